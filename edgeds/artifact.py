@@ -1,0 +1,94 @@
+"""The artifact manifest, `edgeds.json`: the one contract between exporter and runtime.
+
+The runtime learns everything about a model from here (architecture, quantization, graph
+input/output names, KV cache layout, tokenizer files) and refuses an artifact whose files do
+not match the checksums recorded at export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ArtifactError
+
+MANIFEST = "edgeds.json"
+FORMAT = "edgeds-artifact"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_files(folder: Path, names: list[str]) -> dict[str, dict]:
+    return {n: {"size": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)} for n in names}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    root: Path
+    manifest: dict
+
+    @property
+    def model(self) -> dict:
+        return self.manifest["model"]
+
+    @property
+    def formats(self) -> list[str]:
+        return list(self.manifest["graphs"])
+
+    def graph(self, fmt: str) -> dict:
+        if fmt not in self.manifest["graphs"]:
+            raise ArtifactError(f"artifact has no {fmt} graph (it has: {', '.join(self.formats)})")
+        return self.manifest["graphs"][fmt]
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def digest(self) -> str:
+        """A hash of the manifest, which itself holds every file's hash."""
+        return hashlib.sha256((self.root / MANIFEST).read_bytes()).hexdigest()
+
+
+def load_artifact(folder: str | Path, verify: bool = True) -> Artifact:
+    """Read and check an artifact folder; raises ArtifactError before anything runs."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ArtifactError(f"artifact folder '{folder}' does not exist")
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"'{folder}' has no {MANIFEST}; is it an edgeds artifact?")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{MANIFEST} is not valid JSON: {exc}") from exc
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{MANIFEST} is not an edgeds manifest (format={manifest.get('format')!r})")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"artifact format version {version} is not supported by this edgeds "
+            f"(supports {FORMAT_VERSION}); re-export it or upgrade edgeds"
+        )
+    if verify:
+        verify_files(root, manifest.get("files", {}))
+    return Artifact(root, manifest)
+
+
+def verify_files(root: Path, files: dict[str, dict]) -> None:
+    for name, meta in files.items():
+        path = root / name
+        if not path.is_file():
+            raise ArtifactError(f"artifact file '{name}' is missing")
+        if path.stat().st_size != meta["size"]:
+            raise ArtifactError(f"artifact file '{name}' has the wrong size; it was changed or truncated")
+        if sha256_file(path) != meta["sha256"]:
+            raise ArtifactError(f"artifact file '{name}' does not match its sha256; refusing to run it")

@@ -1,0 +1,35 @@
+"""The interface every backend implements; the generate loop knows nothing else about them.
+
+A backend owns the KV cache for `batch_size` slots. A slot holds one sequence; `prefill` fills
+slots with prompts, `decode` advances every slot by one token. Backends that can refill one slot
+while the others keep their caches (`supports_refill`) get continuous batching; the others run
+waves: all slots start together.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class Backend(Protocol):
+    name: str
+    device: str
+    supports_refill: bool
+    vocab_size: int
+
+    def start(self, batch_size: int, capacity: int) -> None:
+        """Allocate (or reset) caches for `batch_size` slots of `capacity` tokens each."""
+
+    def prefill(self, slots: list[int], prompts: list[np.ndarray]) -> np.ndarray:
+        """Run each prompt into its slot's empty cache; returns last-token logits (len(slots), V)."""
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        """Append tokens[i] (int64, one per slot) to each slot; returns logits (batch_size, V)."""
+
+    def release(self, slot: int) -> None:
+        """Forget a slot's sequence; the slot may be prefilled again."""
+
+    def cache_bytes(self, batch_size: int, capacity: int) -> int:
+        """Bytes the KV cache takes for this batch and capacity."""

@@ -1,0 +1,102 @@
+"""ONNX Runtime backend: the cache is a numpy buffer per layer that ORT updates in place.
+
+`past_*` and `present_*` are bound to the same memory, GroupQueryAttention writes each new key
+and value at the sequence's own length, and a decode step moves no cache bytes at all. A slot
+is refilled by binding views of its rows, while the other slots' caches stay untouched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from ..artifact import Artifact
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    supports_refill = True
+
+    def __init__(self, artifact: Artifact, providers: list, threads: int | None = None,
+                 session_options: dict | None = None):
+        graph = artifact.graph("onnx")
+        m = artifact.model
+        self.layers, self.kv_heads, self.head_dim = m["num_layers"], m["num_kv_heads"], m["head_dim"]
+        self.vocab_size = m["vocab_size"]
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        for key, value in (session_options or {}).items():
+            opts.add_session_config_entry(key, str(value))
+        self.session = ort.InferenceSession(str(artifact.path(graph["file"])), opts, providers=providers)
+        self.device = self.session.get_providers()[0]
+        self.batch_size = 0
+
+    def cache_bytes(self, batch_size: int, capacity: int) -> int:
+        return 2 * self.layers * batch_size * self.kv_heads * capacity * self.head_dim * 4
+
+    def start(self, batch_size: int, capacity: int) -> None:
+        shape = (batch_size, self.kv_heads, capacity, self.head_dim)
+        if self.batch_size != batch_size or self.keys[0].shape != shape:
+            self.keys = [np.zeros(shape, np.float32) for _ in range(self.layers)]
+            self.values = [np.zeros(shape, np.float32) for _ in range(self.layers)]
+        self.batch_size, self.capacity = batch_size, capacity
+        self.lengths = np.zeros(batch_size, np.int32)
+        # Decode inputs live in fixed buffers bound once; a step only rewrites their contents.
+        self._ids = np.zeros((batch_size, 1), np.int64)
+        self._seqlens = np.zeros(batch_size, np.int32)
+        self._total = np.zeros((), np.int32)
+        self._positions = np.zeros((batch_size, 1), np.int64)
+        self._logits = np.zeros((batch_size, 1, self.vocab_size), np.float32)
+        self._decode = self._bind(self._ids, self._seqlens, self._total, self._positions,
+                                  self._logits, slice(0, batch_size))
+
+    def _bind(self, ids, seqlens, total, positions, logits, rows: slice) -> ort.IOBinding:
+        b = self.session.io_binding()
+        for name, arr in (("input_ids", ids), ("seqlens_k", seqlens),
+                          ("total_sequence_length", total), ("logits_positions", positions)):
+            b.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+        b.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        for kind, caches in (("key", self.keys), ("value", self.values)):
+            for i, cache in enumerate(caches):
+                view = cache[rows]
+                shape, ptr = list(view.shape), view.ctypes.data
+                b.bind_input(f"past_{kind}.{i}", "cpu", 0, np.float32, shape, ptr)
+                b.bind_output(f"present_{kind}.{i}", "cpu", 0, np.float32, shape, ptr)
+        return b
+
+    def _run_prompts(self, rows: slice, prompts: list[np.ndarray]) -> np.ndarray:
+        n, longest = len(prompts), max(len(p) for p in prompts)
+        ids = np.zeros((n, longest), np.int64)  # right-padded; padding is never attended
+        for j, p in enumerate(prompts):
+            ids[j, : len(p)] = p
+        lens = np.array([len(p) for p in prompts], np.int32)
+        logits = np.empty((n, 1, self.vocab_size), np.float32)
+        binding = self._bind(ids, lens - 1, np.array(longest, np.int32),
+                             (lens - 1).astype(np.int64)[:, None], logits, rows)
+        self.session.run_with_iobinding(binding)
+        return logits[:, 0]
+
+    def prefill(self, slots: list[int], prompts: list[np.ndarray]) -> np.ndarray:
+        if any(len(p) > self.capacity for p in prompts):
+            raise ValueError("prompt longer than the cache capacity")
+        if slots == list(range(self.batch_size)):
+            out = self._run_prompts(slice(0, self.batch_size), prompts)
+        else:
+            out = np.stack([self._run_prompts(slice(s, s + 1), [p])[0] for s, p in zip(slots, prompts)])
+        for s, p in zip(slots, prompts):
+            self.lengths[s] = len(p)
+        return out
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        self._ids[:, 0] = tokens
+        np.minimum(self.lengths, self.capacity - 1, out=self._seqlens)
+        self._total[...] = self._seqlens.max() + 1
+        self.session.run_with_iobinding(self._decode)
+        self.lengths += 1
+        return self._logits[:, 0]
+
+    def release(self, slot: int) -> None:
+        self.lengths[slot] = 0

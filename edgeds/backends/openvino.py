@@ -1,0 +1,82 @@
+"""OpenVINO backend: the KV cache is model state, kept by the plugin in its own buffers.
+
+The state covers the whole batch, so slots cannot be refilled one at a time: this backend runs
+waves (every slot starts together; `supports_refill` is False). Prompts are left-padded and the
+attention mask carries each sequence's own length.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+
+from ..artifact import Artifact
+
+
+class OpenVinoBackend:
+    name = "openvino"
+    supports_refill = False
+
+    def __init__(self, artifact: Artifact, device: str = "CPU", threads: int | None = None,
+                 config: dict | None = None):
+        m = artifact.model
+        self.layers, self.kv_heads, self.head_dim = m["num_layers"], m["num_kv_heads"], m["head_dim"]
+        self.vocab_size = m["vocab_size"]
+        core = ov.Core()
+        cfg = {"PERFORMANCE_HINT": "LATENCY", **(config or {})}
+        if threads:
+            cfg["INFERENCE_NUM_THREADS"] = int(threads)
+        model = core.read_model(str(artifact.path(artifact.graph("openvino")["file"])))
+        self.compiled = core.compile_model(model, device, {k: str(v) for k, v in cfg.items()})
+        self.request = self.compiled.create_infer_request()
+        self.device = device
+
+    def cache_bytes(self, batch_size: int, capacity: int) -> int:
+        return 2 * self.layers * batch_size * self.kv_heads * capacity * self.head_dim * 4
+
+    def start(self, batch_size: int, capacity: int) -> None:
+        self.batch_size, self.capacity = batch_size, capacity
+        self.request.reset_state()
+        self.mask = np.zeros((batch_size, capacity), np.int64)
+        self.positions = np.zeros((batch_size, 1), np.int64)
+        self.total = 0
+        self._beam = np.arange(batch_size, dtype=np.int32)
+        self._last = np.zeros((batch_size, 1), np.int64)
+
+    def _infer(self, ids: np.ndarray, positions: np.ndarray, logits_positions: np.ndarray) -> np.ndarray:
+        self.request.infer({
+            "input_ids": ids,
+            "attention_mask": np.ascontiguousarray(self.mask[:, : self.total]),
+            "position_ids": positions,
+            "beam_idx": self._beam,
+            "logits_positions": logits_positions,
+        }, share_inputs=True)
+        return self.request.get_tensor("logits").data[:, -1]
+
+    def prefill(self, slots: list[int], prompts: list[np.ndarray]) -> np.ndarray:
+        if slots != list(range(self.batch_size)) or self.total:
+            raise RuntimeError("the OpenVINO backend prefills all slots of a wave at once")
+        longest = max(len(p) for p in prompts)
+        if longest > self.capacity:
+            raise ValueError("prompt longer than the cache capacity")
+        ids = np.zeros((self.batch_size, longest), np.int64)
+        for j, p in enumerate(prompts):
+            ids[j, longest - len(p):] = p
+            self.mask[j, longest - len(p): longest] = 1
+        self.total = longest
+        positions = np.maximum(np.cumsum(self.mask[:, :longest], axis=1) - 1, 0)
+        self.positions[:, 0] = positions[:, -1]
+        self._last[:, 0] = longest - 1
+        return self._infer(ids, positions, self._last).copy()
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        if self.total >= self.capacity:
+            raise ValueError("cache capacity exceeded")
+        self.mask[:, self.total] = 1
+        self.total += 1
+        self.positions += 1
+        self._last[:, 0] = 0
+        return self._infer(tokens.reshape(-1, 1).astype(np.int64, copy=False), self.positions, self._last)
+
+    def release(self, slot: int) -> None:
+        pass  # the slot idles until the wave ends

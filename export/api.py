@@ -1,0 +1,91 @@
+"""export_checkpoint(): the whole export, top to bottom."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from .artifact_writer import (
+    check_free_space, copy_tokenizer, generation_defaults, library_versions, staging_folder,
+    write_manifest,
+)
+from .checkpoint import Checkpoint
+from .errors import ExportError
+from .families import family_for
+from .quantize import SCHEMES
+from .tensors import write_tensors
+from .weight_file import WeightFile
+
+log = logging.getLogger("edgeds.export")
+FORMATS = ("onnx", "openvino")
+DEFAULT_CONTEXT = 8192
+
+
+def export_checkpoint(
+    src: str | Path,
+    out: str | Path,
+    formats: tuple[str, ...] = FORMATS,
+    weights: str = "int8",
+    context: int | None = None,
+    overwrite: bool = False,
+    verify: bool = False,
+) -> dict:
+    """Export `src` to the artifact folder `out`; returns the manifest written."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ExportError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    if weights not in SCHEMES:
+        raise ExportError(f"unknown weights '{weights}'; choose from {', '.join(SCHEMES)}")
+    started = time.perf_counter()
+    ckpt = Checkpoint(src)
+    spec = family_for(ckpt.config).decoder_spec(ckpt)
+    scheme = SCHEMES[weights]
+    context = int(context or min(spec.max_position_embeddings, DEFAULT_CONTEXT))
+    out = Path(out).expanduser()
+
+    with staging_folder(out, overwrite) as tmp:
+        check_free_space(tmp, _estimated_bytes(ckpt, scheme.bits, len(formats)))
+        log.info("reading %s (%s, %d layers), quantizing to %s", ckpt.root, spec.model_type,
+                 spec.num_layers, scheme.name)
+        weight_file = WeightFile(tmp / "model.onnx.data")
+        tensors = write_tensors(ckpt, spec, scheme, weight_file, context)
+        weight_file.close()
+        graphs = {}
+        if "onnx" in formats:
+            from .onnx_writer import write_onnx
+
+            graphs["onnx"] = write_onnx(spec, tensors, tmp, weight_file.path.name)
+        if "openvino" in formats:
+            from .openvino_writer import write_openvino
+
+            graphs["openvino"] = write_openvino(spec, tensors, tmp, weight_file)
+        del tensors
+        weight_file = None  # release the memory map before the file may be removed
+        if "onnx" not in formats:
+            (tmp / "model.onnx.data").unlink()
+        manifest = {
+            "model": {**spec.manifest_fields(), "context_length": context},
+            "quantization": scheme.manifest(),
+            "graphs": graphs,
+            "tokenizer": copy_tokenizer(ckpt, tmp),
+            "generation": generation_defaults(ckpt),
+            "source": {"path": str(ckpt.root.resolve()), "files": ckpt.file_hashes()},
+            "exporter": library_versions(),
+        }
+        write_manifest(tmp, manifest)
+        if verify:
+            from .verify import verify_artifact
+
+            report = verify_artifact(ckpt.root, tmp, weights)
+            manifest["verification"] = report
+            write_manifest(tmp, manifest)
+    log.info("exported %s in %.1f s", out, time.perf_counter() - started)
+    return manifest
+
+
+def _estimated_bytes(ckpt: Checkpoint, bits: int | None, n_formats: int) -> int:
+    total = sum(p.stat().st_size for p in ckpt.shards)  # source is usually bf16: 2 bytes/param
+    bytes_per_source_byte = {8: 0.5, 4: 0.25}.get(bits, 2)  # fp32 doubles bf16; fp16 is sized the same way, generously
+    per_format = total * bytes_per_source_byte
+    return int(per_format * n_formats * 1.05)

@@ -1,0 +1,123 @@
+"""Assembles an artifact folder: graphs, tokenizer, chat template, generation defaults, manifest.
+
+Everything is written into a temporary sibling folder and renamed into place at the end, so a
+failed or interrupted export never leaves a half-written artifact behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+from edgeds.artifact import FORMAT, FORMAT_VERSION, MANIFEST, describe_files
+
+from .checkpoint import Checkpoint
+from .errors import ExportError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+@contextmanager
+def staging_folder(out: Path, overwrite: bool):
+    """Yields a temporary folder next to `out`; renames it to `out` only if the block succeeds."""
+    if out.exists() and not overwrite:
+        raise ExportError(f"output folder '{out}' already exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno == 28:
+            raise ExportError(f"disk full while writing the artifact under '{out.parent}'") from exc
+        raise ExportError(f"cannot write the artifact: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ExportError(
+            f"not enough disk space under '{folder}': the artifact needs about "
+            f"{needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
+        )
+
+
+def copy_tokenizer(ckpt: Checkpoint, tmp: Path) -> dict:
+    if not (ckpt.root / "tokenizer.json").is_file():
+        raise ExportError("the checkpoint has no tokenizer.json (the runtime needs the fast tokenizer file)")
+    for name in TOKENIZER_FILES:
+        if (ckpt.root / name).is_file():
+            shutil.copyfile(ckpt.root / name, tmp / name)
+    tok_config = _json(ckpt.root / "tokenizer_config.json")
+    template = tok_config.get("chat_template")
+    if (ckpt.root / "chat_template.jinja").is_file():
+        template = (ckpt.root / "chat_template.jinja").read_text(encoding="utf-8")
+    if isinstance(template, list):  # a list of named templates: take the default one
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    if template:
+        (tmp / "chat_template.jinja").write_text(template, encoding="utf-8")
+    return {
+        "file": "tokenizer.json",
+        "chat_template": "chat_template.jinja" if template else None,
+        "bos_token": _token(tok_config.get("bos_token")),
+        "eos_token": _token(tok_config.get("eos_token")),
+        "add_bos_token": bool(tok_config.get("add_bos_token", False)),
+    }
+
+
+def generation_defaults(ckpt: Checkpoint) -> dict:
+    gen = _json(ckpt.root / "generation_config.json")
+    eos = gen.get("eos_token_id", ckpt.config.get("eos_token_id"))
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    return {
+        "bos_token_id": gen.get("bos_token_id", ckpt.config.get("bos_token_id")),
+        "eos_token_ids": eos_ids,
+        "temperature": gen.get("temperature") if gen.get("do_sample") else 0.0,
+        "top_p": gen.get("top_p", 1.0) if gen.get("do_sample") else 1.0,
+        "top_k": gen.get("top_k", 0) if gen.get("do_sample") else 0,
+    }
+
+
+def write_manifest(tmp: Path, manifest_body: dict) -> None:
+    files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != MANIFEST)
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest_body,
+                "files": describe_files(tmp, files)}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def library_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for pkg in ("edgeds", "torch", "transformers", "safetensors", "onnx", "openvino", "numpy"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return versions
+
+
+def _json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ExportError(f"{path.name} is not valid JSON: {exc}") from exc
+
+
+def _token(value) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value

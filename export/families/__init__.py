@@ -1,0 +1,27 @@
+"""One module per Hugging Face model_type; dispatch is this dict, nothing clever."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from ..errors import ExportError
+from . import llama, qwen2
+
+FAMILIES: dict[str, ModuleType] = {"llama": llama, "qwen2": qwen2}
+
+
+def family_for(config: dict) -> ModuleType:
+    model_type = config.get("model_type")
+    if model_type not in FAMILIES:
+        raise ExportError(
+            f"model_type '{model_type}' is not supported; supported: {', '.join(sorted(FAMILIES))}"
+        )
+    return FAMILIES[model_type]
+
+
+def check_unsupported(config: dict, activations: tuple[str, ...]) -> None:
+    act = config.get("hidden_act", "silu")
+    if act not in activations:
+        raise ExportError(f"hidden_act '{act}' is not supported; supported: {activations}")
+    if config.get("mlp_bias"):
+        raise ExportError("mlp_bias=true is not supported")

@@ -1,0 +1,202 @@
+"""Writes the decoder as one ONNX graph built for ONNX Runtime's fast decode path.
+
+- Linear layers are MatMulNBits (int8/int4 weights stay packed in memory; accuracy_level 4
+  lets the CPU kernels use int8 activations with VNNI/AMX), or plain MatMul for float exports.
+- Attention is GroupQueryAttention with rotary inside it and a KV cache buffer of fixed
+  capacity: `past_*` and `present_*` are bound to the same memory by the runtime, so a decode
+  step writes one position per sequence in place and nothing concatenates the cache.
+- Per-sequence lengths (`seqlens_k`) let sequences of different lengths share a batch.
+- `logits_positions` picks which positions reach the LM head: a prefill computes logits for
+  the last prompt token only, instead of the whole prompt times the vocabulary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .spec import DecoderSpec
+from .tensors import Embedding, Linear, ModelTensors, Stored
+
+OPSET = 21
+MS = "com.microsoft"
+ACCURACY_LEVEL = 4
+DTYPES = {
+    "float32": TensorProto.FLOAT,
+    "float16": TensorProto.FLOAT16,
+    "int8": TensorProto.INT8,
+    "uint8": TensorProto.UINT8,
+}
+
+
+def io_names(num_layers: int) -> dict:
+    return {
+        "inputs": ["input_ids", "seqlens_k", "total_sequence_length", "logits_positions"]
+        + [f"past_key.{i}" for i in range(num_layers)]
+        + [f"past_value.{i}" for i in range(num_layers)],
+        "outputs": ["logits"]
+        + [f"present_key.{i}" for i in range(num_layers)]
+        + [f"present_value.{i}" for i in range(num_layers)],
+    }
+
+
+class _Graph:
+    def __init__(self, data_file: str):
+        self.data_file = data_file
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[TensorProto] = []
+        self._count = 0
+
+    def external(self, name: str, s: Stored) -> str:
+        t = TensorProto()
+        t.name = name
+        t.data_type = DTYPES[s.dtype]
+        t.dims.extend(s.shape)
+        t.data_location = TensorProto.EXTERNAL
+        nbytes = int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize
+        for key, value in (("location", self.data_file), ("offset", s.offset), ("length", nbytes)):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, str(value)
+        self.initializers.append(t)
+        return name
+
+    def const(self, name: str, values, dtype=np.int64) -> str:
+        self.initializers.append(onnx.numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], name: str, outputs: int = 1, domain: str = "", **attrs):
+        outs = [f"{name}/output_{j}" for j in range(outputs)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=name, domain=domain, **attrs))
+        return outs[0] if outputs == 1 else outs
+
+
+def _linear(g: _Graph, x: str, lin: Linear, name: str) -> str:
+    if lin.bits:
+        b = g.external(f"{name}.qweight", lin.weight)
+        s = g.external(f"{name}.scales", lin.scales)
+        y = g.node(
+            "MatMulNBits", [x, b, s], f"{name}/MatMulNBits", domain=MS,
+            K=lin.k, N=lin.n, bits=lin.bits, block_size=lin.block_size,
+            accuracy_level=ACCURACY_LEVEL,
+        )
+    else:
+        w = g.external(f"{name}.weight", lin.weight)
+        if lin.weight.dtype != "float32":
+            w = g.node("Cast", [w], f"{name}/Cast", to=TensorProto.FLOAT)
+        y = g.node("MatMul", [x, w], f"{name}/MatMul")
+    if lin.bias:
+        y = g.node("Add", [y, g.external(f"{name}.bias", lin.bias)], f"{name}/BiasAdd")
+    return y
+
+
+def _embedding(g: _Graph, ids: str, emb: Embedding) -> str:
+    table = g.external("embed_tokens.weight", emb.table)
+    rows = g.node("Gather", [table, ids], "/model/embed_tokens/Gather")
+    if emb.scales is None:
+        if emb.table.dtype != "float32":
+            rows = g.node("Cast", [rows], "/model/embed_tokens/Cast", to=TensorProto.FLOAT)
+        return rows
+    scales = g.external("embed_tokens.scales", emb.scales)
+    rows = g.node("Cast", [rows], "/model/embed_tokens/Cast", to=TensorProto.FLOAT)
+    row_scales = g.node("Gather", [scales, ids], "/model/embed_tokens/GatherScales")
+    return g.node("Mul", [rows, row_scales], "/model/embed_tokens/Dequantize")
+
+
+def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str) -> onnx.ModelProto:
+    g = _Graph(data_file)
+    eps = spec.rms_norm_eps
+    cache_shape = ["batch", spec.num_kv_heads, "cache_capacity", spec.head_dim]
+
+    x = _embedding(g, "input_ids", t.embed)
+    cos, sin = g.external("rope.cos", t.cos), g.external("rope.sin", t.sin)
+    h = g.node("SimplifiedLayerNormalization", [x, g.external("layers.0.input_norm", t.layers[0].input_norm)],
+               "/model/layers.0/input_layernorm", axis=-1, epsilon=eps)
+    residual = x
+    for i, layer in enumerate(t.layers):
+        p = f"/model/layers.{i}"
+        qkv = _linear(g, h, layer.qkv, f"{p}/attn/qkv_proj")
+        attn, _, _ = g.node(
+            "GroupQueryAttention",
+            [qkv, "", "", f"past_key.{i}", f"past_value.{i}", "seqlens_k", "total_sequence_length", cos, sin],
+            f"{p}/attn/GroupQueryAttention", outputs=3, domain=MS,
+            num_heads=spec.num_heads, kv_num_heads=spec.num_kv_heads,
+            do_rotary=1, rotary_interleaved=0, scale=float(spec.head_dim ** -0.5),
+        )
+        g.nodes[-1].output[1:] = [f"present_key.{i}", f"present_value.{i}"]
+        o = _linear(g, attn, layer.o, f"{p}/attn/o_proj")
+        h, _, _, residual = g.node(
+            "SkipSimplifiedLayerNormalization",
+            [o, residual, g.external(f"layers.{i}.post_norm", layer.post_norm)],
+            f"{p}/post_attention_layernorm", outputs=4, domain=MS, epsilon=eps,
+        )
+        gate_up = _linear(g, h, layer.gate_up, f"{p}/mlp/gate_up_proj")
+        gate, up = g.node("Split", [gate_up, g.const(f"{p}/mlp/split_sizes", [spec.intermediate_size] * 2)],
+                          f"{p}/mlp/Split", outputs=2, axis=-1)
+        act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate], f"{p}/mlp/Sigmoid")], f"{p}/mlp/SiLU"), up],
+                     f"{p}/mlp/Mul")
+        down = _linear(g, act, layer.down, f"{p}/mlp/down_proj")
+        if i + 1 < len(t.layers):
+            nxt = t.layers[i + 1].input_norm
+            h, _, _, residual = g.node(
+                "SkipSimplifiedLayerNormalization",
+                [down, residual, g.external(f"layers.{i + 1}.input_norm", nxt)],
+                f"/model/layers.{i + 1}/input_layernorm", outputs=4, domain=MS, epsilon=eps,
+            )
+        else:
+            residual = g.node("Add", [down, residual], f"{p}/residual_add")
+
+    # Only the requested positions reach the final norm and the LM head.
+    pos = g.node("Unsqueeze", ["logits_positions", g.const("/model/axes_last", [-1])], "/model/positions/Unsqueeze")
+    picked = g.node("GatherND", [residual, pos], "/model/positions/GatherND", batch_dims=1)
+    normed = g.node("SimplifiedLayerNormalization", [picked, g.external("final_norm", t.final_norm)],
+                    "/model/norm", axis=-1, epsilon=eps)
+    _linear(g, normed, t.lm_head, "/lm_head")
+    g.nodes[-1].output[0] = "logits"  # the LM head's last node produces the graph output
+
+    f = TensorProto.FLOAT
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+        helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
+        helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+        helper.make_tensor_value_info("logits_positions", TensorProto.INT64, ["batch", "positions"]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", f, ["batch", "positions", spec.vocab_size])]
+    for kind in ("key", "value"):
+        inputs += [helper.make_tensor_value_info(f"past_{kind}.{i}", f, cache_shape) for i in range(spec.num_layers)]
+        outputs += [helper.make_tensor_value_info(f"present_{kind}.{i}", f, cache_shape) for i in range(spec.num_layers)]
+    graph = helper.make_graph(g.nodes, "edgeds_decoder", inputs, outputs, initializer=g.initializers)
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
+        producer_name="edgeds",
+        ir_version=10,
+    )
+
+
+def write_onnx(spec: DecoderSpec, tensors: ModelTensors, folder: Path, data_file: str) -> dict:
+    model = build_graph(spec, tensors, data_file)
+    onnx.save_model(model, str(folder / "model.onnx"))
+    names = io_names(spec.num_layers)
+    return {
+        "file": "model.onnx",
+        "data_file": data_file,
+        "opset": OPSET,
+        "inputs": names["inputs"],
+        "outputs": names["outputs"],
+        "kv_cache": {
+            "kind": "shared_buffer",
+            "layout": "batch, kv_heads, capacity, head_dim",
+            "dtype": "float32",
+            "past": "past_key.{i} / past_value.{i}",
+            "present": "present_key.{i} / present_value.{i} (bind to the same memory as past)",
+            "lengths": "seqlens_k = total length - 1 per sequence; sequences right-padded on prefill",
+        },
+        "ops": {
+            "attention": "com.microsoft.GroupQueryAttention (rotary inside, cos/sin tables for positions < context)",
+            "linear": f"com.microsoft.MatMulNBits accuracy_level={ACCURACY_LEVEL}" if tensors.lm_head.bits else "MatMul",
+            "norm": "SimplifiedLayerNormalization / com.microsoft.SkipSimplifiedLayerNormalization",
+        },
+    }

@@ -1,0 +1,135 @@
+"""Reads a checkpoint once, quantizes it, and writes every tensor the graphs need.
+
+The result, `ModelTensors`, says where each tensor lies in the weight file; the ONNX and
+OpenVINO writers only assemble graphs around those records. Fusions decided here (q|k|v and
+gate|up become one matmul each) halve the number of kernel launches per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .checkpoint import Checkpoint
+from .quantize import Scheme, pack_matmulnbits, quantize, quantize_rows
+from .rope import cos_sin_tables, inv_freq_and_scale
+from .spec import DecoderSpec
+from .weight_file import WeightFile
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One tensor in the weight file."""
+
+    offset: int
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Linear:
+    """y = x @ W^T + b. Quantized: `weight` is MatMulNBits-packed uint8 (N, blocks, bytes) with
+    `scales` (N, blocks); float: `weight` is W^T, shape (K, N)."""
+
+    n: int
+    k: int
+    weight: Stored
+    scales: Stored | None = None
+    bits: int | None = None
+    block_size: int = 0
+    bias: Stored | None = None
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """Float table (V, H), or int8 rows (V, H) with per-row scales (V, 1)."""
+
+    table: Stored
+    scales: Stored | None = None
+
+
+@dataclass(frozen=True)
+class Layer:
+    input_norm: Stored
+    qkv: Linear
+    o: Linear
+    post_norm: Stored
+    gate_up: Linear
+    down: Linear
+
+
+@dataclass(frozen=True)
+class ModelTensors:
+    embed: Embedding
+    layers: tuple[Layer, ...]
+    final_norm: Stored
+    lm_head: Linear
+    cos: Stored
+    sin: Stored
+
+
+class _Writer:
+    def __init__(self, ckpt: Checkpoint, scheme: Scheme, out: WeightFile):
+        self.ckpt, self.scheme, self.out = ckpt, scheme, out
+
+    def store(self, array: np.ndarray) -> Stored:
+        offset, _ = self.out.append(array)
+        return Stored(offset, str(array.dtype), tuple(array.shape))
+
+    def read(self, name: str) -> np.ndarray:
+        return self.ckpt.tensor(name)
+
+    def linear(self, weight_names: list[str], bias_names: list[str | None] | None = None) -> Linear:
+        w = np.concatenate([self.read(n) for n in weight_names], axis=0)
+        n, k = w.shape
+        bias = None
+        if bias_names and any(bias_names):
+            parts = [
+                self.read(b) if b else np.zeros(self.read(wn).shape[0], np.float32)
+                for wn, b in zip(weight_names, bias_names)
+            ]
+            bias = self.store(np.concatenate(parts).astype(np.float32))
+        if self.scheme.bits:
+            qw = quantize(w, self.scheme.bits, self.scheme.block_size)
+            del w
+            return Linear(
+                n, k, self.store(pack_matmulnbits(qw)), self.store(qw.scales),
+                qw.bits, qw.block_size, bias,
+            )
+        return Linear(n, k, self.store(np.ascontiguousarray(w.T.astype(self.scheme.float_dtype))), bias=bias)
+
+    def embedding(self, name: str) -> Embedding:
+        table = self.read(name)
+        if self.scheme.embedding_bits:
+            q, scales = quantize_rows(table, self.scheme.embedding_bits)
+            return Embedding(self.store(q), self.store(scales))
+        return Embedding(self.store(table.astype(self.scheme.float_dtype)))
+
+
+def write_tensors(
+    ckpt: Checkpoint, spec: DecoderSpec, scheme: Scheme, out: WeightFile, context: int
+) -> ModelTensors:
+    w = _Writer(ckpt, scheme, out)
+    layers = []
+    for lw in spec.layers:
+        layers.append(
+            Layer(
+                input_norm=w.store(w.read(lw.input_norm)),
+                qkv=w.linear([lw.q, lw.k, lw.v], [lw.q_bias, lw.k_bias, lw.v_bias]),
+                o=w.linear([lw.o], [lw.o_bias]),
+                post_norm=w.store(w.read(lw.post_norm)),
+                gate_up=w.linear([lw.gate, lw.up]),
+                down=w.linear([lw.down]),
+            )
+        )
+    inv_freq, amplitude = inv_freq_and_scale(spec.head_dim, spec.rope_theta, spec.rope_scaling)
+    cos, sin = cos_sin_tables(inv_freq, amplitude, context)
+    return ModelTensors(
+        embed=w.embedding(spec.embed),
+        layers=tuple(layers),
+        final_norm=w.store(w.read(spec.final_norm)),
+        lm_head=w.linear([spec.lm_head]),
+        cos=w.store(cos),
+        sin=w.store(sin),
+    )
