@@ -1,0 +1,136 @@
+"""The Python API: `engine = edgeds.load(artifact)`, then `engine.generate(prompts)`.
+
+    engine = edgeds.load("r1-1.5b-int8")
+    [r] = engine.generate(["def fib(n):"], max_new_tokens=64)
+    print(r.text, r.finish_reason, r.timings)
+    for piece in engine.stream([{"role": "user", "content": "Hi"}]):
+        print(piece, end="")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import generate as gen
+from .artifact import Artifact, load_artifact
+from .hardware import Hardware, detect
+from .profiles import Profile, choose_profile, load_profiles
+from .sampling import SamplingParams
+from .selection import Choice, choose_backend
+from .tokenizer import TextTokenizer, split_reasoning
+
+Prompt = str | list[dict]
+
+
+@dataclass
+class Completion:
+    text: str
+    reasoning: str | None
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    timings: dict
+
+
+class Engine:
+    def __init__(self, artifact: Artifact, profile: Profile, choice: Choice, hardware: Hardware,
+                 profile_reasons: list[str]):
+        self.artifact, self.profile, self.choice, self.hardware = artifact, profile, choice, hardware
+        self.reasons = profile_reasons + choice.reasons
+        self.tokenizer = TextTokenizer(artifact)
+        self.backend = _make_backend(artifact, profile, choice)
+        gen_cfg = artifact.manifest.get("generation", {})
+        self.eos_ids = set(gen_cfg.get("eos_token_ids") or [])
+        self.context = min(profile.runtime.context, artifact.model["context_length"])
+        self.batch_size = profile.runtime.batch_size
+
+    def encode(self, prompt: Prompt) -> np.ndarray:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        return self.tokenizer.encode_chat(prompt)
+
+    def requests(self, prompts: Iterable[Prompt], params: SamplingParams) -> Iterator[gen.Request]:
+        params.validate()
+        for i, p in enumerate(prompts):
+            ids = self.encode(p)
+            if len(ids) >= self.context:
+                raise ValueError(f"prompt {i} has {len(ids)} tokens; the context is {self.context}")
+            yield gen.Request(i, ids, params)
+
+    def run(self, requests: Iterable[gen.Request], batch_size: int | None = None,
+            stats: gen.StepStats | None = None, should_stop=None) -> Iterator[gen.TokenEvent | gen.Finished]:
+        return gen.run(self.backend, requests, batch_size or self.batch_size, self.context,
+                       self.eos_ids, self.tokenizer.decode, stats, should_stop)
+
+    def complete(self, done: gen.Finished) -> Completion:
+        text = self.tokenizer.decode(done.token_ids)
+        if done.stop_text:
+            text = text[: text.index(done.stop_text)]
+        reasoning = None
+        if self.tokenizer.reasoning:
+            reasoning, text = split_reasoning(text)
+        return Completion(text, reasoning, done.token_ids, done.finish_reason, done.prompt_tokens,
+                          {"ttft_s": done.ttft_s, "latency_s": done.latency_s})
+
+    def generate(self, prompts: list[Prompt], max_new_tokens: int = 256, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+                 repetition_penalty: float = 1.0, stop: tuple[str, ...] = (), seed: int = 0,
+                 batch_size: int | None = None) -> list[Completion]:
+        """Complete each prompt (raw text, or a list of chat messages); results in input order."""
+        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, min_p,
+                                repetition_penalty, seed, tuple(stop))
+        out: list[Completion | None] = [None] * len(prompts)
+        for event in self.run(self.requests(prompts, params), batch_size):
+            if isinstance(event, gen.Finished):
+                out[event.key] = self.complete(event)
+        return out
+
+    def stream(self, prompt: Prompt, max_new_tokens: int = 256, **sampling) -> Iterator[str]:
+        """Yield text pieces of one completion as tokens arrive."""
+        params = SamplingParams(max_new_tokens=max_new_tokens, **sampling)
+        ids: list[int] = []
+        shown = ""
+        for event in self.run(self.requests([prompt], params), batch_size=1):
+            if isinstance(event, gen.TokenEvent):
+                if event.token_id in self.eos_ids:
+                    continue
+                ids.append(event.token_id)
+                text = self.tokenizer.decode(ids)
+                if not text.endswith("\ufffd"):  # hold back half a UTF-8 character
+                    yield text[len(shown):]
+                    shown = text
+
+    def describe(self) -> dict:
+        return {"profile": self.profile.name, "backend": self.choice.backend,
+                "providers": self.choice.providers, "threads": self.choice.threads,
+                "reasons": self.reasons}
+
+
+def load(artifact: str | Path, profile: str | None = None, backend: str | None = None,
+         device: str | None = None, threads: int | None = None, verify: bool = True) -> Engine:
+    """Open an artifact folder and pick profile, backend and provider for this machine."""
+    art = load_artifact(artifact, verify=verify)
+    hw = detect()
+    prof, reasons = choose_profile(hw, load_profiles(), profile)
+    choice = choose_backend(prof, hw, art, backend, device, threads)
+    return Engine(art, prof, choice, hw, reasons)
+
+
+def _make_backend(artifact: Artifact, profile: Profile, choice: Choice):
+    if choice.backend == "openvino":
+        from .backends.openvino import OpenVinoBackend
+
+        ov = profile.openvino
+        return OpenVinoBackend(artifact, choice.providers[0], choice.threads, {
+            "INFERENCE_PRECISION_HINT": ov.inference_precision,
+            "KV_CACHE_PRECISION": ov.kv_cache_precision,
+        })
+    from .backends.onnxruntime import OnnxRuntimeBackend
+
+    opts = profile.onnxruntime.provider_options
+    providers = [(p, dict(opts.get(p, {}))) for p in choice.providers]
+    return OnnxRuntimeBackend(artifact, providers, choice.threads, profile.onnxruntime.session_options)

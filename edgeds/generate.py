@@ -1,0 +1,165 @@
+"""The batched generate loop: slots, prefill, cached decode, continuous batching.
+
+`run` takes requests lazily and yields events as they happen: a token for a sequence, or a
+finished result. A finished sequence frees its slot at once and, on backends that support it,
+the next waiting prompt is prefilled into that slot while the others keep decoding. The loop
+never touches KV tensors; backends own them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backends.base import Backend
+from .sampling import SamplingParams, sample_token
+
+
+@dataclass
+class Request:
+    key: object  # caller's id, returned untouched
+    prompt_ids: np.ndarray
+    params: SamplingParams
+
+
+@dataclass
+class Finished:
+    key: object
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS or a stop string), "length" (max_new_tokens or context)
+    prompt_tokens: int
+    ttft_s: float
+    latency_s: float
+    stop_text: str | None = None  # the stop string that ended it, if any
+
+
+@dataclass
+class TokenEvent:
+    key: object
+    token_id: int
+
+
+@dataclass
+class _Sequence:
+    request: Request
+    started: float
+    rng: np.random.Generator
+    tokens: list[int] = field(default_factory=list)
+    first_token_at: float = 0.0
+
+
+@dataclass
+class StepStats:
+    """What a run measured, for `bench` and the batch job's summary."""
+
+    prefill_s: list[float] = field(default_factory=list)
+    decode_s: list[float] = field(default_factory=list)
+    decode_tokens: int = 0
+
+
+def run(
+    backend: Backend,
+    requests: Iterable[Request],
+    batch_size: int,
+    capacity: int,
+    eos_ids: set[int],
+    decode_text: Callable[[list[int]], str] | None = None,
+    stats: StepStats | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[TokenEvent | Finished]:
+    pending = iter(requests)
+    exhausted = False
+    slots: list[_Sequence | None] = [None] * batch_size
+    if backend.supports_refill:
+        backend.start(batch_size, capacity)
+    tokens = np.zeros(batch_size, np.int64)
+    stats = stats or StepStats()
+
+    def finish(i: int, reason: str, stop_text: str | None = None) -> Finished:
+        seq = slots[i]
+        slots[i] = None
+        backend.release(i)
+        now = time.perf_counter()
+        return Finished(seq.request.key, seq.tokens, reason, len(seq.request.prompt_ids),
+                        seq.first_token_at - seq.started, now - seq.started, stop_text)
+
+    def accept(i: int, token: int) -> Iterator[TokenEvent | Finished]:
+        seq = slots[i]
+        p = seq.request.params
+        seq.tokens.append(token)
+        tokens[i] = token
+        yield TokenEvent(seq.request.key, token)
+        if token in eos_ids and not p.ignore_eos:
+            seq.tokens.pop()
+            yield finish(i, "stop")
+        elif p.stop and decode_text and (hit := _stop_hit(decode_text(seq.tokens), p.stop)):
+            yield finish(i, "stop", hit)
+        elif len(seq.tokens) >= p.max_new_tokens:
+            yield finish(i, "length")
+        elif len(seq.request.prompt_ids) + len(seq.tokens) >= capacity:
+            yield finish(i, "length")
+
+    while True:
+        free = [i for i, s in enumerate(slots) if s is None]
+        if free and not exhausted and (backend.supports_refill or len(free) == len(slots)):
+            if should_stop and should_stop():
+                exhausted = True
+            new = [] if exhausted else _take(pending, len(free))
+            exhausted = exhausted or len(new) < len(free)
+            if new:
+                if not backend.supports_refill:  # a wave: exactly as many slots as prompts
+                    slots = [None] * len(new)
+                    free = list(range(len(new)))
+                    backend.start(len(new), capacity)
+                    tokens = np.zeros(len(new), np.int64)
+                t0 = time.perf_counter()
+                logits = backend.prefill(free[: len(new)], [r.prompt_ids for r in new])
+                now = time.perf_counter()
+                stats.prefill_s.append(now - t0)
+                for i, req, row in zip(free, new, logits):
+                    slots[i] = _Sequence(req, t0, np.random.default_rng(req.params.seed))
+                    slots[i].first_token_at = now
+                    yield from accept(i, _choose(row, slots[i]))
+                continue
+        active = [i for i, s in enumerate(slots) if s is not None]
+        if not active:
+            if exhausted:
+                return
+            continue
+        t0 = time.perf_counter()
+        logits = backend.decode(tokens)
+        stats.decode_s.append(time.perf_counter() - t0)
+        stats.decode_tokens += len(active)
+        if all(slots[i].request.params.greedy for i in active):
+            chosen = logits.argmax(axis=-1)
+            for i in active:
+                yield from accept(i, int(chosen[i]))
+        else:
+            for i in active:
+                yield from accept(i, _choose(logits[i], slots[i]))
+
+
+def _choose(logits: np.ndarray, seq: _Sequence) -> int:
+    p = seq.request.params
+    if p.greedy:
+        return int(np.argmax(logits))
+    history = None
+    if p.repetition_penalty != 1.0:
+        history = np.concatenate([seq.request.prompt_ids, np.asarray(seq.tokens, np.int64)])
+    return sample_token(logits, p, seq.rng, history)
+
+
+def _take(it: Iterator[Request], n: int) -> list[Request]:
+    out = []
+    for req in it:
+        out.append(req)
+        if len(out) == n:
+            break
+    return out
+
+
+def _stop_hit(text: str, stops: tuple[str, ...]) -> str | None:
+    return next((s for s in stops if s in text), None)

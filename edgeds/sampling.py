@@ -1,0 +1,82 @@
+"""Token choice from logits: pure numpy functions, testable on hand-made vectors.
+
+Each sequence carries its own generator, seeded from its request, so a sequence's tokens do not
+depend on which other sequences share its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 means greedy
+    top_k: int = 0  # 0 means off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0 and self.repetition_penalty == 1.0
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if not 0 <= self.min_p < 1:
+            raise ValueError("min_p must be in [0, 1)")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        if self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
+
+
+def penalize_repetition(logits: np.ndarray, history: np.ndarray, penalty: float) -> np.ndarray:
+    """CTRL-style penalty: seen tokens' positive logits are divided, negative ones multiplied."""
+    out = logits.copy()
+    seen = np.unique(history)
+    vals = out[seen]
+    out[seen] = np.where(vals > 0, vals / penalty, vals * penalty)
+    return out
+
+
+def filter_probabilities(probs: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
+    """Zero out tokens outside top-k, the top-p nucleus and the min-p floor; renormalize."""
+    p = probs
+    if top_k and top_k < p.size:
+        kth = np.partition(p, -top_k)[-top_k]
+        p = np.where(p >= kth, p, 0.0)
+    if min_p > 0:
+        p = np.where(p >= min_p * p.max(), p, 0.0)
+    if top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        cumulative = np.cumsum(p[order])
+        cut = int(np.searchsorted(cumulative, top_p * cumulative[-1])) + 1
+        keep = np.zeros_like(p)
+        keep[order[:cut]] = p[order[:cut]]
+        p = keep
+    return p / p.sum()
+
+
+def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
+                 history: np.ndarray | None = None) -> int:
+    if params.repetition_penalty != 1.0 and history is not None and history.size:
+        logits = penalize_repetition(logits, history, params.repetition_penalty)
+    if params.temperature <= 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / params.temperature
+    z -= z.max()
+    probs = np.exp(z)
+    probs = filter_probabilities(probs / probs.sum(), params.top_k, params.top_p, params.min_p)
+    return int(rng.choice(probs.size, p=probs))

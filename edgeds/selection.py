@@ -1,0 +1,69 @@
+"""Which backend and execution provider run an artifact here: profile preference, narrowed by
+what is installed and what the artifact holds. Every choice comes with its reason."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .artifact import Artifact
+from .backends import installed_backends
+from .errors import ConfigError
+from .hardware import Hardware
+from .profiles import Profile
+
+FORMAT_OF = {"onnxruntime": "onnx", "openvino": "openvino"}
+
+
+@dataclass
+class Choice:
+    backend: str
+    providers: list[str]
+    threads: int
+    reasons: list[str] = field(default_factory=list)
+
+
+def ort_providers() -> list[str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    return list(ort.get_available_providers())
+
+
+def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
+                   backend: str | None = None, device: str | None = None,
+                   threads: int | None = None) -> Choice:
+    reasons: list[str] = []
+    installed = installed_backends()
+    order = [backend] if backend else list(profile.runtime.backends)
+    if backend and backend not in FORMAT_OF:
+        raise ConfigError(f"unknown backend '{backend}'; choose from {', '.join(FORMAT_OF)}")
+    for name in order:
+        if not installed.get(name):
+            reasons.append(f"backend {name}: not installed")
+            continue
+        if artifact is not None and FORMAT_OF[name] not in artifact.formats:
+            reasons.append(f"backend {name}: artifact has no {FORMAT_OF[name]} graph")
+            continue
+        n_threads = threads or (profile.onnxruntime.threads if name == "onnxruntime" else profile.openvino.threads) \
+            or hw.physical_cores or os.cpu_count() or 1
+        if name == "openvino":
+            dev = device or profile.openvino.device
+            reasons.append(f"backend openvino: installed, device {dev}, {n_threads} threads")
+            return Choice("openvino", [dev], n_threads, reasons)
+        available = ort_providers()
+        wanted = [device] if device else list(profile.onnxruntime.providers)
+        usable = [p for p in wanted if p in available]
+        missing = [p for p in wanted if p not in available]
+        if missing and (not profile.runtime.allow_fallback or not usable):
+            raise ConfigError(
+                f"profile {profile.name} needs {', '.join(missing)}, which this onnxruntime lacks "
+                f"(it has {', '.join(available)}); install the matching onnxruntime build "
+                "or pass --profile/--device"
+            )
+        if missing:
+            reasons.append(f"providers {', '.join(missing)} not available: falling back")
+        reasons.append(f"backend onnxruntime: providers {', '.join(usable)}, {n_threads} threads")
+        return Choice("onnxruntime", usable, n_threads, reasons)
+    raise ConfigError("no usable backend: " + "; ".join(reasons))

@@ -1,0 +1,71 @@
+"""Tokenizer and chat template from the artifact: `tokenizers` plus a sandboxed Jinja template.
+
+No transformers: the fast tokenizer file and the template are all the runtime needs. The
+template runs in Jinja's immutable sandbox, so a checkpoint's template cannot touch anything.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+from jinja2.exceptions import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+from .artifact import Artifact
+from .errors import ArtifactError
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def _raise(message: str):
+    raise TemplateError(message)
+
+
+class TextTokenizer:
+    def __init__(self, artifact: Artifact):
+        meta = artifact.manifest["tokenizer"]
+        self.tok = Tokenizer.from_file(str(artifact.path(meta["file"])))
+        self.bos_token, self.eos_token = meta.get("bos_token"), meta.get("eos_token")
+        self.bos_id = self.tok.token_to_id(self.bos_token) if self.bos_token else None
+        self.add_bos = bool(meta.get("add_bos_token")) and self.bos_id is not None
+        self.template = None
+        if meta.get("chat_template"):
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                extensions=["jinja2.ext.loopcontrols"])
+            env.globals["raise_exception"] = _raise
+            env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+            source = artifact.path(meta["chat_template"]).read_text(encoding="utf-8")
+            self.template = env.from_string(source)
+        self.reasoning = self.tok.token_to_id(THINK_CLOSE) is not None
+
+    def encode(self, text: str) -> np.ndarray:
+        ids = self.tok.encode(text, add_special_tokens=False).ids
+        if self.add_bos:
+            ids = [self.bos_id, *ids]
+        return np.asarray(ids, dtype=np.int64)
+
+    def render_chat(self, messages: list[dict]) -> str:
+        if self.template is None:
+            raise ArtifactError("this artifact has no chat template; pass raw text prompts")
+        return self.template.render(messages=messages, add_generation_prompt=True,
+                                    bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+
+    def encode_chat(self, messages: list[dict]) -> np.ndarray:
+        # The template writes the BOS token itself, so none is added here.
+        return np.asarray(self.tok.encode(self.render_chat(messages), add_special_tokens=False).ids,
+                          dtype=np.int64)
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(list(map(int, ids)), skip_special_tokens=True)
+
+
+def split_reasoning(text: str) -> tuple[str | None, str]:
+    """DeepSeek-R1 output -> (reasoning, answer). The chat template opens <think> itself, so the
+    generated text usually holds only the closing tag; without one there is no reasoning part."""
+    if THINK_CLOSE not in text:
+        return None, text
+    reasoning, answer = text.split(THINK_CLOSE, 1)
+    return reasoning.replace(THINK_OPEN, "", 1).strip(), answer.lstrip()
