@@ -73,15 +73,15 @@ def export_checkpoint(
             "source": {"path": str(ckpt.root.resolve()), "files": ckpt.file_hashes()},
             "exporter": library_versions(),
         }
-        write_manifest(tmp, manifest)
+        written = write_manifest(tmp, manifest)
         if verify:
             from .verify import verify_artifact
 
             report = verify_artifact(ckpt.root, tmp, weights)
             manifest["verification"] = report
-            write_manifest(tmp, manifest)
+            written = write_manifest(tmp, manifest)
     log.info("exported %s in %.1f s", out, time.perf_counter() - started)
-    return manifest
+    return written
 
 
 def _estimated_bytes(ckpt: Checkpoint, bits: int | None, n_formats: int) -> int:

@@ -91,11 +91,12 @@ def generation_defaults(ckpt: Checkpoint) -> dict:
     }
 
 
-def write_manifest(tmp: Path, manifest_body: dict) -> None:
+def write_manifest(tmp: Path, manifest_body: dict) -> dict:
     files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != MANIFEST)
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest_body,
                 "files": describe_files(tmp, files)}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return manifest
 
 
 def library_versions() -> dict:

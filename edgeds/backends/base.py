@@ -22,8 +22,9 @@ class Backend(Protocol):
     def start(self, batch_size: int, capacity: int) -> None:
         """Allocate (or reset) caches for `batch_size` slots of `capacity` tokens each."""
 
-    def prefill(self, slots: list[int], prompts: list[np.ndarray]) -> np.ndarray:
-        """Run each prompt into its slot's empty cache; returns last-token logits (len(slots), V)."""
+    def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False) -> np.ndarray:
+        """Run each prompt into its slot's empty cache; returns last-token logits (len(slots), V),
+        or with every_position the logits of every prompt position (len(slots), longest, V)."""
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         """Append tokens[i] (int64, one per slot) to each slot; returns logits (batch_size, V)."""

@@ -67,25 +67,29 @@ class OnnxRuntimeBackend:
                 b.bind_output(f"present_{kind}.{i}", "cpu", 0, np.float32, shape, ptr)
         return b
 
-    def _run_prompts(self, rows: slice, prompts: list[np.ndarray]) -> np.ndarray:
+    def _run_prompts(self, rows: slice, prompts: list[np.ndarray], every_position: bool = False) -> np.ndarray:
         n, longest = len(prompts), max(len(p) for p in prompts)
         ids = np.zeros((n, longest), np.int64)  # right-padded; padding is never attended
         for j, p in enumerate(prompts):
             ids[j, : len(p)] = p
         lens = np.array([len(p) for p in prompts], np.int32)
-        logits = np.empty((n, 1, self.vocab_size), np.float32)
-        binding = self._bind(ids, lens - 1, np.array(longest, np.int32),
-                             (lens - 1).astype(np.int64)[:, None], logits, rows)
+        if every_position:
+            positions = np.tile(np.arange(longest, dtype=np.int64), (n, 1))
+        else:
+            positions = (lens - 1).astype(np.int64)[:, None]
+        logits = np.empty((n, positions.shape[1], self.vocab_size), np.float32)
+        binding = self._bind(ids, lens - 1, np.array(longest, np.int32), positions, logits, rows)
         self.session.run_with_iobinding(binding)
-        return logits[:, 0]
+        return logits if every_position else logits[:, 0]
 
-    def prefill(self, slots: list[int], prompts: list[np.ndarray]) -> np.ndarray:
+    def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False) -> np.ndarray:
         if any(len(p) > self.capacity for p in prompts):
             raise ValueError("prompt longer than the cache capacity")
         if slots == list(range(self.batch_size)):
-            out = self._run_prompts(slice(0, self.batch_size), prompts)
+            out = self._run_prompts(slice(0, self.batch_size), prompts, every_position)
         else:
-            out = np.stack([self._run_prompts(slice(s, s + 1), [p])[0] for s, p in zip(slots, prompts)])
+            out = np.stack([self._run_prompts(slice(s, s + 1), [p], every_position)[0]
+                            for s, p in zip(slots, prompts)])
         for s, p in zip(slots, prompts):
             self.lengths[s] = len(p)
         return out

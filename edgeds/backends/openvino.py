@@ -51,9 +51,9 @@ class OpenVinoBackend:
             "beam_idx": self._beam,
             "logits_positions": logits_positions,
         }, share_inputs=True)
-        return self.request.get_tensor("logits").data[:, -1]
+        return self.request.get_tensor("logits").data
 
-    def prefill(self, slots: list[int], prompts: list[np.ndarray]) -> np.ndarray:
+    def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False) -> np.ndarray:
         if slots != list(range(self.batch_size)) or self.total:
             raise RuntimeError("the OpenVINO backend prefills all slots of a wave at once")
         longest = max(len(p) for p in prompts)
@@ -66,8 +66,10 @@ class OpenVinoBackend:
         self.total = longest
         positions = np.maximum(np.cumsum(self.mask[:, :longest], axis=1) - 1, 0)
         self.positions[:, 0] = positions[:, -1]
+        if every_position:  # positions of the padded batch; only unpadded rows are meaningful
+            return self._infer(ids, positions, np.tile(np.arange(longest), (self.batch_size, 1))).copy()
         self._last[:, 0] = longest - 1
-        return self._infer(ids, positions, self._last).copy()
+        return self._infer(ids, positions, self._last)[:, -1].copy()
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         if self.total >= self.capacity:
@@ -76,7 +78,7 @@ class OpenVinoBackend:
         self.total += 1
         self.positions += 1
         self._last[:, 0] = 0
-        return self._infer(tokens.reshape(-1, 1).astype(np.int64, copy=False), self.positions, self._last)
+        return self._infer(tokens.reshape(-1, 1).astype(np.int64, copy=False), self.positions, self._last)[:, -1]
 
     def release(self, slot: int) -> None:
         pass  # the slot idles until the wave ends

@@ -1,0 +1,90 @@
+"""Peak RSS, time and artifact size of `edgeds export` at real model shapes (random weights).
+
+    python benchmarks/export_cost.py            # 1.5B and 7B shapes, INT8, both formats
+    python benchmarks/export_cost.py --shapes deepseek-r1-distill-qwen-1.5b
+
+Each export runs in a child process; its peak RSS is the child's ru_maxrss. Results are written
+to benchmarks/results/export_cost.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE.parent.parent / "shared/reference/configs"
+sys.path.insert(0, str(HERE))
+
+from random_checkpoint import write_checkpoint  # noqa: E402
+
+
+def folder_bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def measure(shape: str, work: Path, weights: str, formats: str) -> dict:
+    src, out = work / f"{shape}-src", work / f"{shape}-{weights}"
+    if not (src / "model.safetensors.index.json").exists():
+        write_checkpoint(CONFIGS / f"{shape}.json", src, CONFIGS.parent / "deepseek-v3-tokenizer")
+    shutil.rmtree(out, ignore_errors=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "edgeds.cli", "export", str(src), "-o", str(out),
+                    "--weights", weights, "--format", formats], check=True)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    manifest = json.loads((out / "edgeds.json").read_text())
+    result = {
+        "shape": shape, "weights": weights, "formats": formats, "seconds": round(seconds, 1),
+        "peak_rss_gib": round(max(peak, before) / 2**20, 2),
+        "source_gib": round(folder_bytes(src) / 2**30, 2),
+        "artifact_gib": round(folder_bytes(out) / 2**30, 2),
+        "per_format_gib": {
+            fmt: round(sum(manifest["files"][f]["size"] for f in (g["file"], g["data_file"])) / 2**30, 2)
+            for fmt, g in manifest["graphs"].items()
+        },
+    }
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", nargs="+", default=["deepseek-r1-distill-qwen-1.5b", "deepseek-r1-distill-qwen-7b"])
+    ap.add_argument("--weights", default="int8")
+    ap.add_argument("--formats", default="onnx,openvino")
+    ap.add_argument("--work", default="/tmp/edgeds-export-cost")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results = []
+    for shape in args.shapes:  # one child per shape, so ru_maxrss of children is per shape
+        out = subprocess.run([sys.executable, __file__, "--one", shape, args.weights, args.formats, str(work)],
+                             check=True, capture_output=True, text=True).stdout
+        results.append(json.loads(out.strip().splitlines()[-1]))
+        print(results[-1], flush=True)
+    machine = f"{platform.machine()}, {__import__('os').cpu_count()} CPUs"
+    lines = [f"# Export cost ({machine}, `python benchmarks/export_cost.py`)", "",
+             "| shape | weights | formats | time (s) | peak RSS (GiB) | source bf16 (GiB) | artifact (GiB) | per format (GiB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['shape']} | {r['weights']} | {r['formats']} | {r['seconds']} | {r['peak_rss_gib']} | "
+                     f"{r['source_gib']} | {r['artifact_gib']} | {r['per_format_gib']} |")
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results/export_cost.md").write_text("\n".join(lines) + "\n")
+    (HERE / "results/export_cost.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--one":
+        print(json.dumps(measure(sys.argv[2], Path(sys.argv[5]), sys.argv[3], sys.argv[4])))
+    else:
+        main()

@@ -1,0 +1,84 @@
+"""Write a random-weight checkpoint (bf16 safetensors, sharded, HF layout) from a published config.
+
+Tensors are generated and saved shard by shard, so even the 7B shape needs only one shard in
+memory. Used to measure export at real sizes without downloading anything.
+
+    python benchmarks/random_checkpoint.py ../shared/reference/configs/deepseek-r1-distill-qwen-7b.json /tmp/r1-7b
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+SHARD_BYTES = 4 << 30
+
+
+def tensor_shapes(c: dict) -> dict[str, tuple[int, ...]]:
+    h, inter, heads = c["hidden_size"], c["intermediate_size"], c["num_attention_heads"]
+    kv = c.get("num_key_value_heads", heads)
+    d = c.get("head_dim") or h // heads
+    bias = c["model_type"] == "qwen2" or c.get("attention_bias", False)
+    shapes = {"model.embed_tokens.weight": (c["vocab_size"], h)}
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}"
+        shapes |= {
+            f"{p}.input_layernorm.weight": (h,), f"{p}.post_attention_layernorm.weight": (h,),
+            f"{p}.self_attn.q_proj.weight": (heads * d, h), f"{p}.self_attn.k_proj.weight": (kv * d, h),
+            f"{p}.self_attn.v_proj.weight": (kv * d, h), f"{p}.self_attn.o_proj.weight": (h, heads * d),
+            f"{p}.mlp.gate_proj.weight": (inter, h), f"{p}.mlp.up_proj.weight": (inter, h),
+            f"{p}.mlp.down_proj.weight": (h, inter),
+        }
+        if bias:
+            shapes |= {f"{p}.self_attn.q_proj.bias": (heads * d,), f"{p}.self_attn.k_proj.bias": (kv * d,),
+                       f"{p}.self_attn.v_proj.bias": (kv * d,)}
+    shapes["model.norm.weight"] = (h,)
+    if not c.get("tie_word_embeddings", False):
+        shapes["lm_head.weight"] = (c["vocab_size"], h)
+    return shapes
+
+
+def write_checkpoint(config_path: Path, out: Path, tokenizer_dir: Path | None = None, seed: int = 0) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    config = json.loads(config_path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    gen = torch.Generator().manual_seed(seed)
+    shard, shard_bytes, weight_map, shards = {}, 0, {}, []
+
+    def flush():
+        nonlocal shard, shard_bytes
+        name = f"model-{len(shards) + 1:05d}.safetensors"
+        save_file(shard, str(out / name), metadata={"format": "pt"})
+        shards.append(name)
+        weight_map.update({k: name for k in shard})
+        shard, shard_bytes = {}, 0
+
+    for name, shape in tensor_shapes(config).items():
+        if len(shape) == 1:
+            t = torch.ones(shape, dtype=torch.bfloat16) if "norm" in name else torch.zeros(shape, dtype=torch.bfloat16)
+        else:
+            t = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
+        shard[name] = t
+        shard_bytes += t.numel() * 2
+        if shard_bytes >= SHARD_BYTES:
+            flush()
+    if shard:
+        flush()
+    index = {"metadata": {"total_size": sum((out / s).stat().st_size for s in shards)}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    (out / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": config.get("bos_token_id"), "eos_token_id": config.get("eos_token_id")}))
+    if tokenizer_dir:
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copyfile(tokenizer_dir / f, out / f)
+    return out
+
+
+if __name__ == "__main__":
+    tok = Path(sys.argv[3]) if len(sys.argv) > 3 else Path(__file__).resolve().parent.parent.parent / "shared/reference/deepseek-v3-tokenizer"
+    write_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]), tok)

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+NAME = "export"
+
+
+def command(
+    src: Annotated[str, typer.Argument(help="Local checkpoint folder (Hugging Face layout, safetensors).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Artifact folder to write.")],
+    format: Annotated[str, typer.Option("--format", help="Comma-separated: onnx, openvino.")] = "onnx,openvino",
+    weights: Annotated[str, typer.Option(help="int8 | int4 | fp16 | fp32.")] = "int8",
+    context: Annotated[int, typer.Option(help="Longest sequence the artifact supports (default: min(model, 8192)).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    verify: Annotated[bool, typer.Option(help="Check logits and greedy tokens against transformers; fail the export if they differ.")] = False,
+):
+    """Export a DeepSeek checkpoint to an edgeds artifact (ONNX and/or OpenVINO IR).
+
+    Examples:
+      edgeds export ./DeepSeek-R1-Distill-Qwen-1.5B -o r1-1.5b-int8
+      edgeds export ./deepseek-coder-1.3b-instruct -o coder-int4 --weights int4 --format onnx --verify
+    """
+    try:
+        from export import export_checkpoint
+    except ImportError as exc:
+        raise ValueError(f"the exporter needs the export extra: pip install 'edgeds[export]' ({exc})") from exc
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    formats = tuple(f.strip() for f in format.split(",") if f.strip())
+    manifest = export_checkpoint(src, output, formats, weights, context or None, overwrite, verify)
+    files = manifest["files"]
+    size = sum(f["size"] for f in files.values())
+    typer.echo(f"wrote {output}: {', '.join(manifest['graphs'])}, {weights}, {size / 2**20:.1f} MiB")
+    if "verification" in manifest:
+        typer.echo(f"verified: {manifest['verification']['summary']}")

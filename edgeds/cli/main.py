@@ -1,0 +1,59 @@
+"""The `edgeds` command. Each command is a thin layer over one library function.
+
+Exit codes (one place): 0 success; 1 a batch job finished but some records failed;
+2 bad input or configuration (a clear one-line message); 130 interrupted (resumable).
+Set EDGEDS_DEBUG=1 to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import typer
+
+from ..errors import EdgedsError
+
+EXIT_OK, EXIT_RECORDS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  pretty_exceptions_enable=False,
+                  help="Run DeepSeek models offline on CPUs and edge devices.")
+
+
+def user_errors(fn):
+    """Map known errors to one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            known = isinstance(exc, (EdgedsError, FileNotFoundError, PermissionError, ValueError)) or \
+                type(exc).__name__ == "ExportError"
+            if not known or os.environ.get("EDGEDS_DEBUG"):
+                raise
+            typer.echo(f"edgeds: error: {exc}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        except KeyboardInterrupt:
+            typer.echo("edgeds: interrupted", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    return wrapper
+
+
+def _register() -> None:
+    from . import bench_cmd, doctor_cmd, export_cmd, infer_cmd
+
+    for module in (export_cmd, infer_cmd, doctor_cmd, bench_cmd):
+        app.command(module.NAME)(user_errors(module.command))
+
+
+_register()
+
+
+def main() -> None:  # pragma: no cover - console entry
+    sys.exit(app())

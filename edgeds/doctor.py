@@ -1,0 +1,79 @@
+"""`edgeds doctor`: what this machine is, what edgeds would run here, and whether a model fits."""
+
+from __future__ import annotations
+
+from .artifact import load_artifact
+from .backends import installed_backends
+from .errors import EdgedsError
+from .hardware import detect
+from .profiles import choose_profile, load_profiles
+from .selection import choose_backend, ort_providers
+
+
+def weight_bytes(manifest: dict, fmt: str) -> int:
+    graph = manifest["graphs"][fmt]
+    return sum(manifest["files"][f]["size"] for f in (graph["file"], graph["data_file"]) if f in manifest["files"])
+
+
+def kv_bytes_per_token(model: dict) -> int:
+    return 2 * model["num_layers"] * model["num_kv_heads"] * model["head_dim"] * 4
+
+
+def diagnose(artifact: str | None = None, profile: str | None = None, backend: str | None = None) -> dict:
+    hw = detect()
+    report: dict = {"hardware": hw.describe(), "backends": installed_backends(),
+                    "onnxruntime_providers": ort_providers()}
+    prof, reasons = choose_profile(hw, load_profiles(), profile)
+    report["profile"] = {"name": prof.name, "description": prof.description,
+                         "batch_size": prof.runtime.batch_size, "context": prof.runtime.context}
+    art = load_artifact(artifact, verify=False) if artifact else None
+    try:
+        choice = choose_backend(prof, hw, art, backend)
+        report["choice"] = {"backend": choice.backend, "providers": choice.providers, "threads": choice.threads}
+        reasons += choice.reasons
+    except EdgedsError as exc:
+        report["choice"] = {"error": str(exc)}
+    report["reasons"] = reasons
+    if art is not None:
+        fmt = "openvino" if report["choice"].get("backend") == "openvino" else "onnx"
+        weights = weight_bytes(art.manifest, fmt if fmt in art.formats else art.formats[0])
+        per_token = kv_bytes_per_token(art.model)
+        batch, context = prof.runtime.batch_size, min(prof.runtime.context, art.model["context_length"])
+        need = weights + per_token * batch * context
+        free_for_kv = hw.memory_bytes * 0.9 - weights
+        report["memory"] = {
+            "weights_mib": round(weights / 2**20, 1),
+            "kv_cache_mib_at_profile": round(per_token * batch * context / 2**20, 1),
+            "total_mib_at_profile": round(need / 2**20, 1),
+            "machine_mib": round(hw.memory_bytes / 2**20, 1),
+            "fits": need < hw.memory_bytes * 0.9,
+            "max_tokens_in_cache": max(int(free_for_kv // per_token), 0),
+            "largest_batch_at_context": max(int(free_for_kv // (per_token * context)), 0),
+            "largest_context_at_batch": min(max(int(free_for_kv // (per_token * batch)), 0),
+                                            art.model["context_length"]),
+        }
+    return report
+
+
+def format_report(r: dict) -> str:
+    hw = r["hardware"]
+    lines = [
+        f"hardware: {hw['cpu']} ({hw['arch']}), {hw['physical_cores']} cores, {hw['memory_gib']} GiB",
+        f"  ISA: {', '.join(hw['isa']) or 'none of note'}" + (f"; Jetson: {hw['jetson']}" if hw["jetson"] else ""),
+        "backends: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["backends"].items()),
+        f"  onnxruntime providers: {', '.join(r['onnxruntime_providers']) or '-'}",
+        f"profile: {r['profile']['name']} ({r['profile']['description']})",
+        "choice: " + ", ".join(f"{k}={v}" for k, v in r["choice"].items()),
+        "why:",
+        *[f"  {x}" for x in r["reasons"]],
+    ]
+    if "memory" in r:
+        m = r["memory"]
+        lines += [
+            f"memory: weights {m['weights_mib']} MiB + KV cache {m['kv_cache_mib_at_profile']} MiB "
+            f"(profile batch x context) = {m['total_mib_at_profile']} MiB of {m['machine_mib']} MiB: "
+            + ("fits" if m["fits"] else "DOES NOT FIT"),
+            f"  largest batch at that context: {m['largest_batch_at_context']}; "
+            f"largest context at that batch: {m['largest_context_at_batch']}",
+        ]
+    return "\n".join(lines)

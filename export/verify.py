@@ -1,0 +1,89 @@
+"""`edgeds export --verify`: the exported graphs against transformers, on the user's checkpoint.
+
+A short random prompt runs through the fp32 transformers reference and through every exported
+graph: logits of the prompt's last token and of cached decode steps (teacher-forced with the
+reference's greedy tokens) are compared, and so are the greedy choices. The export fails when
+they differ by more than the weight format allows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ExportError
+
+PROMPT_TOKENS, DECODE_STEPS = 16, 8
+# Max |logit error| / max |logit| allowed, and the share of steps whose greedy token must agree.
+LIMITS = {"fp32": (1e-3, 1.0), "fp16": (2e-2, 0.9), "int8": (0.15, 0.8), "int4": (0.5, 0.5)}
+
+
+def reference_run(src: Path, prompt: np.ndarray, steps: int) -> tuple[list[np.ndarray], list[int]]:
+    """Last-token logits of the prompt and of `steps` greedy cached decode steps."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, local_files_only=True,
+                                                 trust_remote_code=False).eval()
+    logits, tokens = [], []
+    with torch.no_grad():
+        out = model(torch.from_numpy(prompt[None]), use_cache=True)
+        cache = out.past_key_values
+        for _ in range(steps + 1):
+            row = out.logits[0, -1].float().numpy()
+            logits.append(row)
+            tokens.append(int(row.argmax()))
+            out = model(torch.tensor([[tokens[-1]]]), past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+    return logits, tokens
+
+
+def backend_run(backend, prompt: np.ndarray, tokens: list[int]) -> list[np.ndarray]:
+    backend.start(1, len(prompt) + len(tokens) + 1)
+    rows = [backend.prefill([0], [prompt])[0].copy()]
+    for t in tokens[:-1]:
+        rows.append(backend.decode(np.array([t], np.int64))[0].copy())
+    return rows
+
+
+def open_backends(artifact_dir: Path):
+    from edgeds.artifact import load_artifact
+
+    art = load_artifact(artifact_dir, verify=False)
+    if "onnx" in art.formats:
+        from edgeds.backends.onnxruntime import OnnxRuntimeBackend
+
+        yield "onnx", OnnxRuntimeBackend(art, ["CPUExecutionProvider"])
+    if "openvino" in art.formats:
+        from edgeds.backends.openvino import OpenVinoBackend
+
+        yield "openvino", OpenVinoBackend(art, config={"INFERENCE_PRECISION_HINT": "f32",
+                                                       "KV_CACHE_PRECISION": "f32"})
+
+
+def verify_artifact(src: Path, artifact_dir: Path, weights: str) -> dict:
+    rng = np.random.default_rng(0)
+    from edgeds.artifact import load_artifact
+
+    vocab = load_artifact(artifact_dir, verify=False).model["vocab_size"]
+    prompt = rng.integers(0, vocab, PROMPT_TOKENS).astype(np.int64)
+    ref_logits, ref_tokens = reference_run(src, prompt, DECODE_STEPS)
+    max_rel, min_agree = LIMITS[weights]
+    scale = max(float(np.abs(r).max()) for r in ref_logits)
+    report = {"prompt_tokens": PROMPT_TOKENS, "decode_steps": DECODE_STEPS, "formats": {}}
+    failures = []
+    for fmt, backend in open_backends(artifact_dir):
+        got = backend_run(backend, prompt, ref_tokens)
+        err = max(float(np.abs(g - r).max()) for g, r in zip(got, ref_logits))
+        agree = float(np.mean([int(g.argmax()) == t for g, t in zip(got, ref_tokens)]))
+        report["formats"][fmt] = {"max_abs_error": err, "relative_error": err / scale, "greedy_agreement": agree}
+        if err / scale > max_rel or agree < min_agree:
+            failures.append(f"{fmt}: relative logit error {err / scale:.2e} (limit {max_rel:.0e}), "
+                            f"greedy agreement {agree:.0%} (limit {min_agree:.0%})")
+    report["summary"] = "; ".join(
+        f"{f} rel. error {r['relative_error']:.1e}, greedy agreement {r['greedy_agreement']:.0%}"
+        for f, r in report["formats"].items())
+    if failures:
+        raise ExportError("verification failed, the export was not written: " + "; ".join(failures))
+    return report

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import make_checkpoint  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+CONTEXT = 128
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """kind -> folder of a tiny random checkpoint; built once per session."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    cache = {}
+
+    def get(kind: str) -> Path:
+        if kind not in cache:
+            cache[kind] = make_checkpoint(root / kind, kind, seed=0)
+        return cache[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory, checkpoints):
+    """(kind, weights) -> exported artifact folder (both formats); built once per session."""
+    from export import export_checkpoint
+
+    root = tmp_path_factory.mktemp("artifacts")
+    cache = {}
+
+    def get(kind: str, weights: str = "fp32") -> Path:
+        if (kind, weights) not in cache:
+            out = root / f"{kind}-{weights}"
+            export_checkpoint(checkpoints(kind), out, weights=weights, context=CONTEXT)
+            cache[kind, weights] = out
+        return cache[kind, weights]
+
+    return get
