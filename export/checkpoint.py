@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ExportError
+from .safetensors_reader import SafetensorsFile
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -41,19 +42,12 @@ class Checkpoint:
         self.shards = _find_shards(self.root)
         self._index = self._build_index()
 
-    def _build_index(self) -> dict[str, Path]:
-        from safetensors import safe_open
-
-        index: dict[str, Path] = {}
-        self._handles = {}
+    def _build_index(self) -> dict[str, SafetensorsFile]:
+        index: dict[str, SafetensorsFile] = {}
         for shard in self.shards:
-            try:
-                handle = safe_open(str(shard), framework="pt")
-            except Exception as exc:  # safetensors raises its own error types per version
-                raise ExportError(f"{shard.name} is not a readable safetensors file: {exc}") from exc
-            self._handles[shard] = handle
+            handle = SafetensorsFile(shard)
             for name in handle.keys():
-                index[name] = shard
+                index[name] = handle
         return index
 
     def has(self, name: str) -> bool:
@@ -63,16 +57,10 @@ class Checkpoint:
         return list(self._index)
 
     def tensor(self, name: str) -> np.ndarray:
-        """One tensor as a float32 numpy array (bf16/fp16 upcast here, one tensor at a time)."""
-        import torch
-
+        """One tensor as a float32 numpy array (bf16/fp16 widened here, one tensor at a time)."""
         if name not in self._index:
             raise ExportError(f"tensor '{name}' is missing from the checkpoint's safetensors")
-        try:
-            t = self._handles[self._index[name]].get_tensor(name)
-        except Exception as exc:
-            raise ExportError(f"cannot read tensor '{name}': {exc}") from exc
-        return t.to(torch.float32).numpy()
+        return self._index[name].read(name)
 
     def file_hashes(self) -> dict[str, str]:
         files = [p for p in sorted(self.root.iterdir()) if p.is_file()]

@@ -81,24 +81,38 @@ def block_size_for(k: int, wanted: int) -> int:
     raise ExportError(f"input dimension {k} is not a multiple of 16; cannot quantize blockwise")
 
 
+ROWS_PER_CHUNK = 4096  # bounds the float temporaries to a few rows, not a whole vocabulary
+
+
+def _quantize_blocks(blocks: np.ndarray, bits: int, q_out: np.ndarray, s_out: np.ndarray) -> None:
+    """blocks (..., size) float -> q_out int8 (..., size), s_out float32 (...), chunk by chunk of rows."""
+    for start in range(0, blocks.shape[0], ROWS_PER_CHUNK):
+        chunk = blocks[start : start + ROWS_PER_CHUNK].astype(np.float32, copy=False)
+        scales = np.abs(chunk).max(axis=-1) / np.float32(QMAX[bits])
+        safe = np.where(scales == 0, np.float32(1.0), scales)
+        scaled = chunk / safe[..., None]
+        np.rint(scaled, out=scaled)
+        np.clip(scaled, -QMAX[bits], QMAX[bits], out=scaled)
+        q_out[start : start + ROWS_PER_CHUNK] = scaled
+        s_out[start : start + ROWS_PER_CHUNK] = scales
+
+
 def quantize(w: np.ndarray, bits: int, block_size: int) -> QuantizedWeight:
     """Quantize a (N, K) float weight to `bits`, symmetric, with blocks along K."""
     n, k = w.shape
     size = block_size_for(k, block_size)
-    blocks = w.reshape(n, k // size, size).astype(np.float32, copy=False)
-    absmax = np.abs(blocks).max(axis=2)
-    scales = (absmax / QMAX[bits]).astype(np.float32)
-    safe = np.where(scales == 0, 1.0, scales)
-    q = np.clip(np.rint(blocks / safe[:, :, None]), -QMAX[bits], QMAX[bits]).astype(np.int8)
+    blocks = w.reshape(n, k // size, size)
+    q = np.empty(blocks.shape, np.int8)
+    scales = np.empty(blocks.shape[:2], np.float32)
+    _quantize_blocks(blocks, bits, q, scales)
     return QuantizedWeight(q=q, scales=scales, bits=bits)
 
 
 def quantize_rows(table: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Per-row symmetric quantization of an embedding table: (int8 (V, H), float32 (V, 1))."""
-    absmax = np.abs(table).max(axis=1, keepdims=True)
-    scales = (absmax / QMAX[bits]).astype(np.float32)
-    safe = np.where(scales == 0, 1.0, scales)
-    q = np.clip(np.rint(table / safe), -QMAX[bits], QMAX[bits]).astype(np.int8)
+    q = np.empty(table.shape, np.int8)
+    scales = np.empty((table.shape[0], 1), np.float32)
+    _quantize_blocks(table, bits, q, scales[:, 0])
     return q, scales
 
 
