@@ -1,0 +1,59 @@
+"""An artifact is refused before anything runs when its manifest or files are wrong."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import edgeds
+from edgeds.artifact import load_artifact
+from edgeds.errors import ArtifactError
+
+
+@pytest.fixture
+def artifact_copy(artifacts, tmp_path):
+    dst = tmp_path / "art"
+    shutil.copytree(artifacts("qwen2", "int8"), dst)
+    return dst
+
+
+def test_tampered_file_is_refused(artifact_copy):
+    data = bytearray((artifact_copy / "model.onnx.data").read_bytes())
+    data[100] ^= 0xFF
+    (artifact_copy / "model.onnx.data").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="does not match its sha256"):
+        edgeds.load(artifact_copy)
+
+
+def test_truncated_and_missing_files_are_refused(artifact_copy):
+    (artifact_copy / "tokenizer.json").write_text("{}")
+    with pytest.raises(ArtifactError, match="wrong size"):
+        load_artifact(artifact_copy)
+    (artifact_copy / "tokenizer.json").unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        load_artifact(artifact_copy)
+
+
+def test_unknown_format_version_and_missing_manifest(artifact_copy):
+    m = json.loads((artifact_copy / "edgeds.json").read_text())
+    (artifact_copy / "edgeds.json").write_text(json.dumps({**m, "format_version": 99}))
+    with pytest.raises(ArtifactError, match="format version 99"):
+        load_artifact(artifact_copy)
+    (artifact_copy / "edgeds.json").unlink()
+    with pytest.raises(ArtifactError, match="no edgeds.json"):
+        load_artifact(artifact_copy)
+
+
+def test_cli_refuses_tampered_artifact_with_exit_2(artifact_copy, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeds.cli.main import app
+
+    (artifact_copy / "openvino_model.xml").write_text("<net/>")
+    (tmp_path / "in.jsonl").write_text('{"id": 1, "prompt": "x"}\n')
+    r = CliRunner().invoke(app, ["infer", str(artifact_copy), "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl")])
+    assert r.exit_code == 2
+    assert "openvino_model.xml" in r.output
+    assert not (tmp_path / "o.jsonl").exists()

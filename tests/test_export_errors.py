@@ -1,0 +1,148 @@
+"""Bad input to `edgeds export`: one clear line, a non-zero exit, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from edgeds.cli.main import EXIT_USAGE, app
+
+runner = CliRunner()
+
+
+def export(*args):
+    return runner.invoke(app, ["export", *map(str, args)])
+
+
+def assert_refused(result, *phrases):
+    assert result.exit_code == EXIT_USAGE, result.output
+    for p in phrases:
+        assert p in result.output
+
+
+def test_unsupported_model_type_names_supported(checkpoints, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(checkpoints("qwen2"), src)
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "model_type": "mamba"}))
+    assert_refused(export(src, "-o", tmp_path / "out"), "model_type 'mamba'", "llama", "qwen2")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_safetensors(checkpoints, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(checkpoints("qwen2"), src)
+    (src / "model.safetensors").unlink()
+    assert_refused(export(src, "-o", tmp_path / "out"), "no *.safetensors")
+
+
+def test_corrupt_safetensors(checkpoints, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(checkpoints("qwen2"), src)
+    data = (src / "model.safetensors").read_bytes()
+    (src / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated download
+    assert_refused(export(src, "-o", tmp_path / "out"), "truncated or corrupt")
+    (src / "model.safetensors").write_bytes(b"garbage!" * 4)
+    assert_refused(export(src, "-o", tmp_path / "out"), "not a valid safetensors")
+    assert not list(tmp_path.glob(".out.partial*"))
+
+
+def test_pickle_only_checkpoint_is_refused_unopened(checkpoints, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(checkpoints("qwen2"), src)
+    (src / "model.safetensors").unlink()
+    # A pickle that would run code if anything unpickled it.
+    (src / "pytorch_model.bin").write_bytes(b"cos\nsystem\n(S'touch " + str(tmp_path / "pwned").encode() + b"'\ntR.")
+    assert_refused(export(src, "-o", tmp_path / "out"), "never unpickles", "safe_serialization")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_hub_id_fails_fast_offline(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_refused(export("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "-o", "out"), "hub id", "never downloads")
+
+
+def test_existing_output_needs_overwrite(checkpoints, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert_refused(export(checkpoints("qwen2"), "-o", out), "already exists", "--overwrite")
+    assert (out / "keep.txt").read_text() == "mine"
+    ok = export(checkpoints("qwen2"), "-o", out, "--overwrite", "--format", "onnx", "--context", "64")
+    assert ok.exit_code == 0, ok.output
+    assert (out / "edgeds.json").exists() and not (out / "keep.txt").exists()
+
+
+def test_full_disk_leaves_nothing(checkpoints, tmp_path, monkeypatch):
+    import export.weight_file as wf
+
+    def no_space(self, array):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(wf.WeightFile, "append", no_space)
+    assert_refused(export(checkpoints("qwen2"), "-o", tmp_path / "out"), "disk full")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_not_enough_space_is_checked_before_writing(checkpoints, tmp_path, monkeypatch):
+    import export.artifact_writer as aw
+
+    monkeypatch.setattr(aw.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 10))
+    assert_refused(export(checkpoints("qwen2"), "-o", tmp_path / "out"), "not enough disk space")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sharded_checkpoint_exports_identically(checkpoints, tmp_path):
+    """A checkpoint split into shards with an index gives the same weights as one file."""
+    from safetensors.numpy import load_file, save_file
+
+    src = tmp_path / "sharded"
+    shutil.copytree(checkpoints("qwen2"), src)
+    tensors = load_file(str(src / "model.safetensors"))
+    (src / "model.safetensors").unlink()
+    names = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    weight_map = {}
+    for file, part in halves.items():
+        save_file({n: tensors[n] for n in part}, str(src / file))
+        weight_map |= {n: file for n in part}
+    (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    for folder, out in ((checkpoints("qwen2"), tmp_path / "a"), (src, tmp_path / "b")):
+        assert export(folder, "-o", out, "--format", "onnx", "--context", "64").exit_code == 0
+    assert (tmp_path / "a/model.onnx.data").read_bytes() == (tmp_path / "b/model.onnx.data").read_bytes()
+
+
+def test_manifest_is_self_describing(artifacts):
+    m = json.loads((artifacts("qwen2", "int8") / "edgeds.json").read_text())
+    assert m["format_version"] == 1
+    assert m["model"]["model_type"] == "qwen2" and m["model"]["num_kv_heads"] == 2
+    assert m["quantization"]["weights"] == "int8"
+    assert m["graphs"]["onnx"]["inputs"][:4] == ["input_ids", "seqlens_k", "total_sequence_length", "logits_positions"]
+    assert m["graphs"]["openvino"]["kv_cache"]["kind"] == "stateful"
+    assert set(m["files"]) >= {"model.onnx", "model.onnx.data", "openvino_model.xml", "openvino_model.bin",
+                               "tokenizer.json", "chat_template.jinja"}
+    assert all(len(f["sha256"]) == 64 and f["size"] > 0 for f in m["files"].values())
+    assert "model.safetensors" in m["source"]["files"]
+    assert m["exporter"]["onnx"] and m["exporter"]["openvino"]
+    assert m["generation"]["eos_token_ids"] == [1]
+
+
+def test_verify_gate_passes_fp32_and_fails_a_broken_export(checkpoints, tmp_path, monkeypatch):
+    ok = export(checkpoints("llama"), "-o", tmp_path / "ok", "--weights", "fp32", "--verify", "--context", "64")
+    assert ok.exit_code == 0, ok.output
+    assert "verified" in ok.output
+    import export.tensors as tensors
+
+    real = tensors._Writer.read
+
+    def off_by_a_bit(self, name):  # a wrong exporter: every norm weight slightly off
+        w = real(self, name)
+        return w * 1.05 if "norm" in name else w
+
+    monkeypatch.setattr(tensors._Writer, "read", off_by_a_bit)
+    bad = export(checkpoints("llama"), "-o", tmp_path / "bad", "--weights", "fp32", "--verify", "--context", "64")
+    assert_refused(bad, "verification failed")
+    assert not (tmp_path / "bad").exists()

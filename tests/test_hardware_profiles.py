@@ -1,0 +1,119 @@
+"""Hardware detection against fake root folders, and the profile each target gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeds.errors import ConfigError
+from edgeds.hardware import detect
+from edgeds.profiles import choose_profile, load_profiles, parse_profile
+from edgeds.selection import choose_backend
+
+X86 = "flags\t\t: fpu sse2 avx avx2 fma {extra}\nmodel name\t: {model}\n"
+
+
+def fake_root(tmp_path, cpuinfo: str, mem_kib: int = 16 << 20, tegra: bool = False, dt_model: str = ""):
+    (tmp_path / "proc").mkdir(parents=True)
+    (tmp_path / "proc/cpuinfo").write_text(cpuinfo)
+    (tmp_path / "proc/meminfo").write_text(f"MemTotal:       {mem_kib} kB\nMemFree: 1 kB\n")
+    if tegra:
+        (tmp_path / "etc").mkdir()
+        (tmp_path / "etc/nv_tegra_release").write_text("# R36 (release), REVISION: 3.0\n")
+    if dt_model:
+        (tmp_path / "proc/device-tree").mkdir()
+        (tmp_path / "proc/device-tree/model").write_text(dt_model + "\x00")
+    return tmp_path
+
+
+def x86(n_cores: int, extra: str, model: str = "Some CPU") -> str:
+    blocks = []
+    for i in range(n_cores * 2):  # two hyperthreads per core
+        blocks.append(f"processor\t: {i}\nphysical id\t: 0\ncore id\t\t: {i // 2}\n" + X86.format(extra=extra, model=model))
+    return "\n".join(blocks)
+
+
+def arm(n: int) -> str:
+    return "\n".join(f"processor\t: {i}\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\n" for i in range(n))
+
+
+CASES = {
+    "cpu-avx2": (x86(4, ""), {}),
+    "cpu-avx512": (x86(8, "avx512f avx512_vnni avx512_bf16"), {}),
+    "cpu-amx": (x86(16, "avx512f avx512_vnni avx512_bf16 amx_tile amx_int8 amx_bf16"), {}),
+    "jetson-orin-nano": (arm(6), {"tegra": True, "dt_model": "NVIDIA Jetson Orin Nano Developer Kit"}),
+    "jetson-orin-nx": (arm(8), {"tegra": True, "dt_model": "NVIDIA Jetson Orin NX Engineering Reference Developer Kit"}),
+    "jetson-agx-orin": (arm(12), {"tegra": True, "dt_model": "NVIDIA Jetson AGX Orin Developer Kit"}),
+}
+
+
+@pytest.mark.parametrize("expected", list(CASES))
+def test_each_target_gets_its_profile(expected, tmp_path):
+    cpuinfo, extra = CASES[expected]
+    hw = detect(fake_root(tmp_path, cpuinfo, **extra))
+    profile, reasons = choose_profile(hw, load_profiles())
+    assert profile.name == expected
+    assert any(r.startswith(f"profile {expected}: matches") for r in reasons)
+
+
+def test_detection_reads_cores_memory_and_flags(tmp_path):
+    hw = detect(fake_root(tmp_path, x86(16, "avx512f avx512_vnni amx_tile amx_int8", "Xeon"), mem_kib=64 << 20))
+    assert hw.arch == "x86_64" and hw.cpu_model == "Xeon"
+    assert hw.physical_cores == 16 and hw.logical_cores == 32
+    assert hw.memory_bytes == 64 << 30
+    assert hw.isa == ["avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8"]
+    assert hw.jetson_model is None
+
+
+def test_jetson_detection(tmp_path):
+    hw = detect(fake_root(tmp_path, arm(6), tegra=True, dt_model="NVIDIA Jetson Orin Nano Developer Kit"))
+    assert hw.arch == "aarch64" and hw.jetson_module == "orin-nano"
+    assert "Orin Nano" in hw.jetson_model
+
+
+def test_jetson_without_tensorrt_falls_back_with_reason(tmp_path, monkeypatch):
+    import edgeds.selection as sel
+
+    hw = detect(fake_root(tmp_path, arm(8), tegra=True, dt_model="NVIDIA Jetson Orin NX"))
+    profile, _ = choose_profile(hw, load_profiles())
+    monkeypatch.setattr(sel, "ort_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    choice = choose_backend(profile, hw, None)
+    assert choice.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert any("TensorrtExecutionProvider not available" in r for r in choice.reasons)
+    monkeypatch.setattr(sel, "ort_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                       "CPUExecutionProvider"])
+    assert choose_backend(profile, hw, None).providers[0] == "TensorrtExecutionProvider"
+
+
+def test_missing_required_provider_without_fallback_is_an_error(tmp_path):
+    text = (tmp_path / "p.toml")
+    text.write_text('[runtime]\nbackends = ["onnxruntime"]\nallow_fallback = false\n'
+                    '[onnxruntime]\nproviders = ["TensorrtExecutionProvider", "CPUExecutionProvider"]\n')
+    profile = parse_profile("strict", text.read_text())
+    hw = detect(fake_root(tmp_path / "root", x86(2, "")))
+    with pytest.raises(ConfigError, match="needs TensorrtExecutionProvider"):
+        choose_backend(profile, hw, None)
+
+
+def test_unknown_keys_are_errors():
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['thread'\]"):
+        parse_profile("typo", "[onnxruntime]\nthread = 4\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_profile("typo", "colour = 'blue'\n")
+
+
+def test_overrides_win(tmp_path):
+    hw = detect(fake_root(tmp_path, x86(4, "avx512f avx512_vnni")))
+    profiles = load_profiles()
+    profile, reasons = choose_profile(hw, profiles, "cpu-avx2")
+    assert profile.name == "cpu-avx2" and "--profile" in reasons[0]
+    choice = choose_backend(profile, hw, None, backend="openvino", threads=3)
+    assert (choice.backend, choice.threads) == ("openvino", 3)
+    with pytest.raises(ConfigError, match="unknown profile"):
+        choose_profile(hw, profiles, "cpu-quantum")
+
+
+def test_every_shipped_profile_parses():
+    profiles = load_profiles()
+    assert {"cpu-avx2", "cpu-avx512", "cpu-amx", "jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin"} <= set(profiles)
+    trt = profiles["jetson-orin-nano"].onnxruntime.provider_options["TensorrtExecutionProvider"]
+    assert trt["trt_fp16_enable"] is True and trt["trt_engine_cache_enable"] is True
