@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import ArtifactError
 
-FOLDER = Path(__file__).resolve().parent / "default_model"
+FOLDER = Path(__file__).resolve().parent / "embedded_model"  # r1-distill-tiny-python, INT8
 
 
 def default_artifact() -> Path:

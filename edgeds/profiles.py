@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field, fields
-from importlib import resources
 from pathlib import Path
 
 from .errors import ConfigError
@@ -100,7 +99,7 @@ def profile_folder() -> Path:
     repo = Path(__file__).resolve().parent.parent / "profiles"
     if repo.is_dir():
         return repo
-    return Path(str(resources.files("edgeds") / "profiles"))
+    return Path(__file__).resolve().parent / "profiles_data"
 
 
 def load_profiles(folder: Path | None = None) -> dict[str, Profile]:

@@ -52,8 +52,7 @@ MOE = dict(model_type="deepseek_v3", architectures=["DeepseekV3ForCausalLM"], hi
            **COMMON)
 
 
-def split_corpus() -> tuple[list[Path], list[Path], Path]:
-    root = Path(sysconfig.get_paths()["stdlib"])
+def split_corpus(root: Path) -> tuple[list[Path], list[Path], Path]:
     files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts)
     train, heldout = [], []
     for p in files:
@@ -152,6 +151,8 @@ def train_model(name: str, cfg: dict, train_ids: np.ndarray, held_ids: np.ndarra
         out_of_time = time.time() - t0 > max_seconds
         if step % 50 == 0 or step == steps - 1 or out_of_time:
             curve.append({"step": step, "loss": round(float(loss), 4), "seconds": round(time.time() - t0, 1)})
+            if step % 250 == 0 or step == steps - 1 or out_of_time:
+                curve[-1]["heldout_loss"] = round(heldout_loss(model, held_ids, device, windows=16), 4)
             print(name, curve[-1], flush=True)
         if out_of_time:  # a time budget, so a slow machine still ends with a usable model
             steps = step + 1
@@ -192,16 +193,20 @@ def main() -> None:
     ap.add_argument("--moe-steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--max-seconds", type=float, default=float("inf"), help="per model")
+    ap.add_argument("--stdlib", type=Path, default=Path(sysconfig.get_paths()["stdlib"]),
+                    help="standard library folder to train on (default: this Python's)")
+    ap.add_argument("--python-version", default=sys.version,
+                    help="the Python whose stdlib --stdlib is, for the record")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     args.out.mkdir(parents=True, exist_ok=True)
-    train_files, held_files, root = split_corpus()
+    train_files, held_files, root = split_corpus(args.stdlib)
     train_texts, held_texts = read(train_files), read(held_files)
     tok_dir = args.out / "tokenizer"
     tok_dir.mkdir(exist_ok=True)
     train_tokenizer(train_texts, tok_dir)
     train_ids, held_ids = encode(tok_dir, train_texts), encode(tok_dir, held_texts)
-    corpus = {"python": sys.version, "stdlib": str(root), "train_files": len(train_files),
+    corpus = {"python": args.python_version, "stdlib": str(root), "train_files": len(train_files),
               "heldout_files": [str(p.relative_to(root)) for p in held_files],
               "train_tokens": int(len(train_ids)), "heldout_tokens": int(len(held_ids))}
     sample = "".join(held_texts)[:HELDOUT_SAMPLE_CHARS]
