@@ -1,0 +1,125 @@
+"""Held-out perplexity and top-1 agreement: transformers fp32 against every export.
+
+    python benchmarks/quality.py                       # both reference models, full sample
+    python benchmarks/quality.py --windows 4 --seq 128 # a short slice (what CI runs)
+
+For each reference model in benchmarks/reference_models/, the held-out sample (files of the
+standard library never trained on) is cut into windows; transformers fp32 and each exported
+graph (ONNX Runtime and OpenVINO; fp32, INT8, INT4) score every position. Writes
+benchmarks/results/quality.md and quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+MODELS = HERE / "reference_models"
+
+
+def windows_of(checkpoint: Path, count: int, seq: int) -> np.ndarray:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    text = (checkpoint / "heldout_sample.txt").read_text(encoding="utf-8")
+    ids = np.asarray([0, *tok.encode(text, add_special_tokens=False).ids], np.int64)
+    count = min(count, len(ids) // seq)
+    return ids[: count * seq].reshape(count, seq)
+
+
+def nll_and_top1(logits: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-position negative log-likelihood of the next token, and the argmax predictions."""
+    z = logits[:-1].astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return -logp[np.arange(len(ids) - 1), ids[1:]], logits[:-1].argmax(-1)
+
+
+def reference_scores(checkpoint: Path, wins: np.ndarray):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    nll, top1 = [], []
+    with torch.no_grad():
+        for w in wins:
+            logits = model(torch.from_numpy(w[None])).logits[0].numpy()
+            n, t = nll_and_top1(logits, w)
+            nll.append(n)
+            top1.append(t)
+    return np.concatenate(nll), np.concatenate(top1)
+
+
+def export_scores(artifact: Path, fmt: str, wins: np.ndarray):
+    from export.verify import open_backends
+
+    backend = dict(open_backends(artifact))[fmt]
+    nll, top1 = [], []
+    for w in wins:
+        backend.start(1, len(w) + 1)
+        logits = backend.prefill([0], [w], every_position=True)[0]
+        n, t = nll_and_top1(logits, w)
+        nll.append(n)
+        top1.append(t)
+    return np.concatenate(nll), np.concatenate(top1)
+
+
+def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx", "openvino"),
+             windows: int = 32, seq: int = 256) -> list[dict]:
+    from export import export_checkpoint
+
+    wins = windows_of(checkpoint, windows, seq)
+    ref_nll, ref_top1 = reference_scores(checkpoint, wins)
+    ref_ppl = float(np.exp(ref_nll.mean()))
+    rows = [{"model": checkpoint.name, "graph": "transformers", "weights": "fp32", "perplexity": ref_ppl,
+             "ppl_change_pct": 0.0, "top1_agreement_pct": 100.0, "tokens": int(ref_nll.size)}]
+    with tempfile.TemporaryDirectory() as tmp:
+        for w in weights:
+            art = Path(tmp) / w
+            export_checkpoint(checkpoint, art, formats=tuple(formats), weights=w, context=seq + 8)
+            for fmt in formats:
+                nll, top1 = export_scores(art, fmt, wins)
+                ppl = float(np.exp(nll.mean()))
+                rows.append({"model": checkpoint.name, "graph": fmt, "weights": w, "perplexity": ppl,
+                             "ppl_change_pct": 100 * (ppl / ref_ppl - 1),
+                             "top1_agreement_pct": 100 * float((top1 == ref_top1).mean()), "tokens": int(nll.size)})
+    return rows
+
+
+def to_markdown(rows: list[dict], note: str) -> str:
+    lines = [f"# Quality: held-out perplexity and top-1 agreement vs transformers fp32 ({note})", "",
+             "| model | graph | weights | perplexity | change | top-1 agreement | tokens |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['graph']} | {r['weights']} | {r['perplexity']:.4f} | "
+                     f"{r['ppl_change_pct']:+.3f}% | {r['top1_agreement_pct']:.2f}% | {r['tokens']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["r1-distill-tiny-python"])
+    ap.add_argument("--windows", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--weights", nargs="+", default=["fp32", "int8", "int4"])
+    args = ap.parse_args()
+    rows = []
+    for name in args.models:
+        rows += evaluate(MODELS / name, args.weights, windows=args.windows, seq=args.seq)
+    note = f"`python benchmarks/quality.py --windows {args.windows} --seq {args.seq}`"
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "quality.md").write_text(to_markdown(rows, note))
+    (out / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(to_markdown(rows, note))
+
+
+if __name__ == "__main__":
+    main()
