@@ -14,6 +14,7 @@ from .checkpoint import Checkpoint
 from .errors import ExportError
 from .families import family_for
 from .quantize import SCHEMES
+from .spec import MlaSpec
 from .tensors import write_tensors
 from .weight_file import WeightFile
 
@@ -49,15 +50,27 @@ def export_checkpoint(
         log.info("reading %s (%s, %d layers), quantizing to %s", ckpt.root, spec.model_type,
                  spec.num_layers, scheme.name)
         weight_file = WeightFile(tmp / "model.onnx.data")
-        tensors = write_tensors(ckpt, spec, scheme, weight_file, context)
+        mla = isinstance(spec, MlaSpec)
+        if mla:
+            from .tensors_mla import write_mla_tensors
+
+            tensors = write_mla_tensors(ckpt, spec, scheme, weight_file, context)
+        else:
+            tensors = write_tensors(ckpt, spec, scheme, weight_file, context)
         weight_file.close()
         graphs = {}
         if "onnx" in formats:
-            from .onnx_writer import write_onnx
+            if mla:
+                from .onnx_mla_writer import write_onnx_mla as write_onnx
+            else:
+                from .onnx_writer import write_onnx
 
             graphs["onnx"] = write_onnx(spec, tensors, tmp, weight_file.path.name)
         if "openvino" in formats:
-            from .openvino_writer import write_openvino
+            if mla:
+                from .openvino_mla_writer import write_openvino_mla as write_openvino
+            else:
+                from .openvino_writer import write_openvino
 
             graphs["openvino"] = write_openvino(spec, tensors, tmp, weight_file)
         del tensors

@@ -21,8 +21,15 @@ class OnnxRuntimeBackend:
                  session_options: dict | None = None):
         graph = artifact.graph("onnx")
         m = artifact.model
-        self.layers, self.kv_heads, self.head_dim = m["num_layers"], m["num_kv_heads"], m["head_dim"]
-        self.vocab_size = m["vocab_size"]
+        self.layers, self.vocab_size = m["num_layers"], m["vocab_size"]
+        # The cache layout comes from the manifest: per-head K and V buffers, or one MLA latent
+        # buffer per layer that serves as both key and value.
+        self.latent = graph["kv_cache"]["kind"] == "mla_latent"
+        if self.latent:
+            self.kv_heads, self.head_dim = 1, m["kv_lora_rank"] + m["qk_rope_head_dim"]
+        else:
+            self.kv_heads, self.head_dim = m["num_kv_heads"], m["head_dim"]
+        self.positions_input = "position_ids" in graph["inputs"]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -35,13 +42,22 @@ class OnnxRuntimeBackend:
         self.batch_size = 0
 
     def cache_bytes(self, batch_size: int, capacity: int) -> int:
-        return 2 * self.layers * batch_size * self.kv_heads * capacity * self.head_dim * 4
+        per_layer = (1 if self.latent else 2) * batch_size * self.kv_heads * capacity * self.head_dim * 4
+        return self.layers * per_layer
+
+    def _cache_bindings(self) -> list[tuple[np.ndarray, list[str], list[str]]]:
+        """(buffer, graph inputs, graph outputs) bound to it."""
+        if self.latent:
+            return [(self.keys[i], [f"past_latent.{i}"], [f"present_latent.{i}", f"present_latent_alias.{i}"])
+                    for i in range(self.layers)]
+        return [(c, [f"past_{kind}.{i}"], [f"present_{kind}.{i}"])
+                for kind, caches in (("key", self.keys), ("value", self.values)) for i, c in enumerate(caches)]
 
     def start(self, batch_size: int, capacity: int) -> None:
         shape = (batch_size, self.kv_heads, capacity, self.head_dim)
         if self.batch_size != batch_size or self.keys[0].shape != shape:
             self.keys = [np.zeros(shape, np.float32) for _ in range(self.layers)]
-            self.values = [np.zeros(shape, np.float32) for _ in range(self.layers)]
+            self.values = [] if self.latent else [np.zeros(shape, np.float32) for _ in range(self.layers)]
         self.batch_size, self.capacity = batch_size, capacity
         self.lengths = np.zeros(batch_size, np.int32)
         # Decode inputs live in fixed buffers bound once; a step only rewrites their contents.
@@ -50,21 +66,26 @@ class OnnxRuntimeBackend:
         self._total = np.zeros((), np.int32)
         self._positions = np.zeros((batch_size, 1), np.int64)
         self._logits = np.zeros((batch_size, 1, self.vocab_size), np.float32)
+        self._token_positions = np.zeros((batch_size, 1), np.int64)
         self._decode = self._bind(self._ids, self._seqlens, self._total, self._positions,
-                                  self._logits, slice(0, batch_size))
+                                  self._logits, slice(0, batch_size), self._token_positions)
 
-    def _bind(self, ids, seqlens, total, positions, logits, rows: slice) -> ort.IOBinding:
+    def _bind(self, ids, seqlens, total, positions, logits, rows: slice, token_positions) -> ort.IOBinding:
         b = self.session.io_binding()
-        for name, arr in (("input_ids", ids), ("seqlens_k", seqlens),
-                          ("total_sequence_length", total), ("logits_positions", positions)):
+        inputs = [("input_ids", ids), ("seqlens_k", seqlens), ("total_sequence_length", total),
+                  ("logits_positions", positions)]
+        if self.positions_input:
+            inputs.append(("position_ids", token_positions))
+        for name, arr in inputs:
             b.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
         b.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
-        for kind, caches in (("key", self.keys), ("value", self.values)):
-            for i, cache in enumerate(caches):
-                view = cache[rows]
-                shape, ptr = list(view.shape), view.ctypes.data
-                b.bind_input(f"past_{kind}.{i}", "cpu", 0, np.float32, shape, ptr)
-                b.bind_output(f"present_{kind}.{i}", "cpu", 0, np.float32, shape, ptr)
+        for cache, ins, outs in self._cache_bindings():
+            view = cache[rows]
+            shape, ptr = list(view.shape), view.ctypes.data
+            for name in ins:
+                b.bind_input(name, "cpu", 0, np.float32, shape, ptr)
+            for name in outs:
+                b.bind_output(name, "cpu", 0, np.float32, shape, ptr)
         return b
 
     def _run_prompts(self, rows: slice, prompts: list[np.ndarray], every_position: bool = False) -> np.ndarray:
@@ -78,7 +99,8 @@ class OnnxRuntimeBackend:
         else:
             positions = (lens - 1).astype(np.int64)[:, None]
         logits = np.empty((n, positions.shape[1], self.vocab_size), np.float32)
-        binding = self._bind(ids, lens - 1, np.array(longest, np.int32), positions, logits, rows)
+        token_positions = np.tile(np.arange(longest, dtype=np.int64), (n, 1))
+        binding = self._bind(ids, lens - 1, np.array(longest, np.int32), positions, logits, rows, token_positions)
         self.session.run_with_iobinding(binding)
         return logits if every_position else logits[:, 0]
 
@@ -97,6 +119,7 @@ class OnnxRuntimeBackend:
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         self._ids[:, 0] = tokens
         np.minimum(self.lengths, self.capacity - 1, out=self._seqlens)
+        self._token_positions[:, 0] = self._seqlens
         self._total[...] = self._seqlens.max() + 1
         self.session.run_with_iobinding(self._decode)
         self.lengths += 1

@@ -5,9 +5,11 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..errors import ExportError
-from . import llama, qwen2
+from . import deepseek_v2, deepseek_v3, llama, qwen2
 
-FAMILIES: dict[str, ModuleType] = {"llama": llama, "qwen2": qwen2}
+FAMILIES: dict[str, ModuleType] = {
+    "llama": llama, "qwen2": qwen2, "deepseek_v2": deepseek_v2, "deepseek_v3": deepseek_v3,
+}
 
 
 def family_for(config: dict) -> ModuleType:

@@ -1,0 +1,130 @@
+"""Reads and quantizes a DeepSeek-V2/V3 checkpoint into the weight file (see tensors.py).
+
+MLA is prepared for the absorbed form: kv_b_proj is split per head into W_UK (folded into the
+query) and W_UV (applied to the attention output), so decode attends over the cached latent
+directly. Interleaved rope (DeepSeek's pairs) is turned into the half-split layout by permuting
+the rope rows of the q and kv_a projections; q and k get the same permutation, so their dot
+products are unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .checkpoint import Checkpoint
+from .quantize import Scheme
+from .rope import cos_sin_tables, inv_freq_and_scale
+from .spec import MlaSpec
+from .tensors import Embedding, Linear, Stored, _Writer
+from .weight_file import WeightFile
+
+
+@dataclass(frozen=True)
+class PerHead:
+    """A per-head matrix (H, rows, cols) for a batched MatMul; int8 with (H, 1, cols) scales, or float."""
+
+    weight: Stored
+    scales: Stored | None = None
+
+
+@dataclass(frozen=True)
+class Moe:
+    router: Stored  # (hidden, E) float32
+    router_bias: Stored | None
+    experts: tuple[tuple[Linear, Linear], ...]  # (gate|up, down)
+    shared: tuple[Linear, Linear] | None
+
+
+@dataclass(frozen=True)
+class MlaLayer:
+    input_norm: Stored
+    q_a: Linear | None
+    q_a_norm: Stored | None
+    q: Linear
+    kv_a: Linear
+    kv_a_norm: Stored
+    w_uk: PerHead  # (H, nope, L)
+    w_uv: PerHead  # (H, L, v)
+    o: Linear
+    post_norm: Stored
+    mlp: tuple[Linear, Linear] | None  # dense layers: (gate|up, down)
+    moe: Moe | None
+
+
+@dataclass(frozen=True)
+class MlaTensors:
+    embed: Embedding
+    layers: tuple[MlaLayer, ...]
+    final_norm: Stored
+    lm_head: Linear
+    cos: Stored
+    sin: Stored
+
+
+def _deinterleave(rows: int) -> np.ndarray:
+    return np.concatenate([np.arange(0, rows, 2), np.arange(1, rows, 2)])
+
+
+class _MlaWriter(_Writer):
+    def per_head(self, w: np.ndarray) -> PerHead:
+        if not self.scheme.bits:
+            return PerHead(self.store(w.astype(self.scheme.float_dtype)))
+        scales = (np.abs(w).max(axis=1, keepdims=True) / 127).astype(np.float32)
+        q = np.clip(np.rint(w / np.where(scales == 0, 1, scales)), -127, 127).astype(np.int8)
+        return PerHead(self.store(q), self.store(scales))
+
+    def linear_from(self, w: np.ndarray) -> Linear:
+        """Like linear(), for a weight already in memory (permuted or concatenated here)."""
+        from .quantize import pack_matmulnbits, quantize
+
+        n, k = w.shape
+        if self.scheme.bits:
+            qw = quantize(w, self.scheme.bits, self.scheme.block_size)
+            return Linear(n, k, self.store(pack_matmulnbits(qw)), self.store(qw.scales), qw.bits, qw.block_size)
+        return Linear(n, k, self.store(np.ascontiguousarray(w.T.astype(self.scheme.float_dtype))))
+
+    def mlp(self, gate: str, up: str, down: str) -> tuple[Linear, Linear]:
+        return self.linear([gate, up]), self.linear([down])
+
+
+def write_mla_tensors(ckpt: Checkpoint, spec: MlaSpec, scheme: Scheme, out: WeightFile, context: int) -> MlaTensors:
+    w = _MlaWriter(ckpt, scheme, out)
+    heads, dn, dr, dv, lat = (spec.num_heads, spec.qk_nope_head_dim, spec.qk_rope_head_dim,
+                              spec.v_head_dim, spec.kv_lora_rank)
+    interleaved = ckpt.config.get("rope_interleave", True)
+    rope_perm = _deinterleave(dr) if interleaved else np.arange(dr)
+    q_rows = np.concatenate([h * (dn + dr) + np.concatenate([np.arange(dn), dn + rope_perm]) for h in range(heads)])
+    kv_rows = np.concatenate([np.arange(lat), lat + rope_perm])
+    layers = []
+    for lw in spec.layers:
+        kv_b = w.read(lw.kv_b).reshape(heads, dn + dv, lat)
+        moe = None
+        if lw.experts:
+            moe = Moe(
+                router=w.store(np.ascontiguousarray(w.read(lw.router).T)),
+                router_bias=w.store(w.read(lw.router_bias)) if lw.router_bias else None,
+                experts=tuple(w.mlp(*e) for e in lw.experts),
+                shared=w.mlp(*lw.shared) if lw.shared else None,
+            )
+        layers.append(MlaLayer(
+            input_norm=w.store(w.read(lw.input_norm)),
+            q_a=w.linear([lw.q_a]) if lw.q_a else None,
+            q_a_norm=w.store(w.read(lw.q_a_norm)) if lw.q_a_norm else None,
+            q=w.linear_from(w.read(lw.q)[q_rows]),
+            kv_a=w.linear_from(w.read(lw.kv_a)[kv_rows]),
+            kv_a_norm=w.store(w.read(lw.kv_a_norm)),
+            w_uk=w.per_head(np.ascontiguousarray(kv_b[:, :dn, :])),
+            w_uv=w.per_head(np.ascontiguousarray(kv_b[:, dn:, :].transpose(0, 2, 1))),
+            o=w.linear([lw.o]),
+            post_norm=w.store(w.read(lw.post_norm)),
+            mlp=w.mlp(lw.gate, lw.up, lw.down) if lw.gate else None,
+            moe=moe,
+        ))
+    inv_freq, amplitude = inv_freq_and_scale(dr, spec.rope_theta, spec.rope_scaling)
+    cos, sin = cos_sin_tables(inv_freq, amplitude, context)
+    return MlaTensors(
+        embed=w.embedding(spec.embed), layers=tuple(layers), final_norm=w.store(w.read(spec.final_norm)),
+        lm_head=w.linear([spec.lm_head]), cos=w.store(cos), sin=w.store(sin),
+    )
