@@ -31,6 +31,13 @@ def describe_files(folder: Path, names: list[str]) -> dict[str, dict]:
     return {n: {"size": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)} for n in names}
 
 
+def cache_values_per_token(model: dict) -> int:
+    """KV cache values one token takes across all layers: the MLA latent, or per-head K and V."""
+    if "kv_lora_rank" in model:
+        return model["num_layers"] * (model["kv_lora_rank"] + model["qk_rope_head_dim"])
+    return 2 * model["num_layers"] * model["num_kv_heads"] * model["head_dim"]
+
+
 @dataclass(frozen=True)
 class Artifact:
     root: Path

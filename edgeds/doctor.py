@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .artifact import load_artifact
+from .artifact import cache_values_per_token, load_artifact
 from .backends import installed_backends
 from .errors import EdgedsError
 from .hardware import detect
@@ -16,7 +16,7 @@ def weight_bytes(manifest: dict, fmt: str) -> int:
 
 
 def kv_bytes_per_token(model: dict) -> int:
-    return 2 * model["num_layers"] * model["num_kv_heads"] * model["head_dim"] * 4
+    return cache_values_per_token(model) * 4  # float32 cache
 
 
 def diagnose(artifact: str | None = None, profile: str | None = None, backend: str | None = None) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from ..artifact import Artifact
+from ..artifact import Artifact, cache_values_per_token
 
 
 class OnnxRuntimeBackend:
@@ -21,7 +21,7 @@ class OnnxRuntimeBackend:
                  session_options: dict | None = None):
         graph = artifact.graph("onnx")
         m = artifact.model
-        self.layers, self.vocab_size = m["num_layers"], m["vocab_size"]
+        self.layers, self.vocab_size, self.artifact_model = m["num_layers"], m["vocab_size"], m
         # The cache layout comes from the manifest: per-head K and V buffers, or one MLA latent
         # buffer per layer that serves as both key and value.
         self.latent = graph["kv_cache"]["kind"] == "mla_latent"
@@ -42,8 +42,7 @@ class OnnxRuntimeBackend:
         self.batch_size = 0
 
     def cache_bytes(self, batch_size: int, capacity: int) -> int:
-        per_layer = (1 if self.latent else 2) * batch_size * self.kv_heads * capacity * self.head_dim * 4
-        return self.layers * per_layer
+        return cache_values_per_token(self.artifact_model) * batch_size * capacity * 4
 
     def _cache_bindings(self) -> list[tuple[np.ndarray, list[str], list[str]]]:
         """(buffer, graph inputs, graph outputs) bound to it."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import openvino as ov
 
-from ..artifact import Artifact
+from ..artifact import Artifact, cache_values_per_token
 
 
 class OpenVinoBackend:
@@ -20,8 +20,8 @@ class OpenVinoBackend:
     def __init__(self, artifact: Artifact, device: str = "CPU", threads: int | None = None,
                  config: dict | None = None):
         m = artifact.model
-        self.layers, self.kv_heads, self.head_dim = m["num_layers"], m["num_kv_heads"], m["head_dim"]
-        self.vocab_size = m["vocab_size"]
+        self.layers, self.vocab_size = m["num_layers"], m["vocab_size"]
+        self.cache_values_per_token = cache_values_per_token(m)
         core = ov.Core()
         cfg = {"PERFORMANCE_HINT": "LATENCY", **(config or {})}
         if threads:
@@ -32,7 +32,7 @@ class OpenVinoBackend:
         self.device = device
 
     def cache_bytes(self, batch_size: int, capacity: int) -> int:
-        return 2 * self.layers * batch_size * self.kv_heads * capacity * self.head_dim * 4
+        return self.cache_values_per_token * batch_size * capacity * 4
 
     def start(self, batch_size: int, capacity: int) -> None:
         self.batch_size, self.capacity = batch_size, capacity
