@@ -24,6 +24,9 @@ from .tensors import Embedding, Linear, ModelTensors, Stored
 OPSET = 21
 MS = "com.microsoft"
 ACCURACY_LEVEL = 4
+# int8 activations (accuracy level 4) pay off on long dot products; on short ones (tiny test
+# models, narrow MLA/expert projections) they buy no speed and cost accuracy.
+MIN_K_FOR_INT8_ACTIVATIONS = 256
 DTYPES = {
     "float32": TensorProto.FLOAT,
     "float16": TensorProto.FLOAT16,
@@ -80,7 +83,7 @@ def _linear(g: _Graph, x: str, lin: Linear, name: str) -> str:
         y = g.node(
             "MatMulNBits", [x, b, s], f"{name}/MatMulNBits", domain=MS,
             K=lin.k, N=lin.n, bits=lin.bits, block_size=lin.block_size,
-            accuracy_level=ACCURACY_LEVEL,
+            accuracy_level=ACCURACY_LEVEL if lin.k >= MIN_K_FOR_INT8_ACTIVATIONS else 0,
         )
     else:
         w = g.external(f"{name}.weight", lin.weight)

@@ -12,7 +12,7 @@ from edgeds.artifact import load_artifact
 from export.verify import open_backends
 from tiny_models import load_reference
 
-KINDS = ["qwen2", "llama", "llama-linear", "qwen2-tied"]
+KINDS = ["qwen2", "llama", "llama-linear", "qwen2-tied", "deepseek_v2", "deepseek_v3"]
 FORMATS = ["onnx", "openvino"]
 BACKEND_OF = {"onnx": "onnxruntime", "openvino": "openvino"}
 
@@ -61,7 +61,7 @@ def test_fp32_logits_match_transformers(kind, fmt, checkpoints, artifacts):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+@pytest.mark.parametrize("kind", ["qwen2", "llama", "deepseek_v2", "deepseek_v3"])
 def test_greedy_32_tokens_identical_and_batch_matches_alone(kind, fmt, checkpoints, artifacts):
     model = load_reference(checkpoints(kind))
     engine = edgeds.load(artifacts(kind), backend=BACKEND_OF[fmt], profile="cpu-avx2")

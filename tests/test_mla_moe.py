@@ -1,0 +1,70 @@
+"""DeepSeek-V2/V3 specifics: the latent cache, quantized experts, --verify, what the manifest says."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from edgeds.artifact import load_artifact
+from edgeds.cli.main import app
+from export.verify import open_backends
+
+
+@pytest.mark.parametrize("kind", ["deepseek_v2", "deepseek_v3"])
+def test_cache_holds_the_latent_not_per_head_kv(kind, artifacts):
+    art = load_artifact(artifacts(kind))
+    m, kv = art.model, art.graph("onnx")["kv_cache"]
+    latent = m["kv_lora_rank"] + m["qk_rope_head_dim"]
+    assert kv["kind"] == "mla_latent" and kv["values_per_token_per_layer"] == latent
+    assert kv["bytes_per_token"] == m["num_layers"] * latent * 4
+    per_head = 2 * m["num_heads"] * (m["qk_nope_head_dim"] + m["qk_rope_head_dim"])
+    assert latent < per_head
+    backend = dict(open_backends(art.root))["onnx"]
+    backend.start(2, 64)
+    assert [c.shape for c in backend.keys] == [(2, 1, 64, latent)] * m["num_layers"]
+    assert backend.values == []  # the latent is key and value at once
+    assert art.manifest["graphs"]["openvino"]["kv_cache"]["values_per_token_per_layer"] == latent
+
+
+def test_manifest_says_what_is_left_out_and_how_routing_works(checkpoints, artifacts):
+    art = load_artifact(artifacts("deepseek_v3"))
+    m = art.model
+    assert m["routing"] == "sigmoid_noaux_tc" and m["n_group"] == 4 and m["topk_group"] == 2
+    assert m["moe_layers"] == [1, 2]
+    cfg = json.loads((checkpoints("deepseek_v3") / "config.json").read_text())
+    assert art.graph("onnx")["mtp_layers_left_out"] == cfg.get("num_nextn_predict_layers", 0)
+    assert load_artifact(artifacts("deepseek_v2")).model["routing"] == "softmax_greedy"
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_int8_experts_error_is_bounded(fmt, artifacts, capsys):
+    prompt = np.random.default_rng(5).integers(2, 320, 16).astype(np.int64)
+    ref = dict(open_backends(artifacts("deepseek_v3", "fp32")))[fmt]
+    quant = dict(open_backends(artifacts("deepseek_v3", "int8")))[fmt]
+    for b in (ref, quant):
+        b.start(1, 64)
+    r = ref.prefill([0], [prompt], every_position=True)[0]
+    q = quant.prefill([0], [prompt], every_position=True)[0]
+    rel = np.abs(q - r).max() / np.abs(r).max()
+    with capsys.disabled():
+        print(f"\ndeepseek_v3 int8 {fmt}: {rel:.2%} of max |logit|, top-1 {np.mean(q.argmax(-1) == r.argmax(-1)):.0%}")
+    assert 0 < rel < 0.08
+
+
+def test_every_expert_is_int8(artifacts):
+    art = load_artifact(artifacts("deepseek_v3", "int8"))
+    g = onnx.load(str(art.path("model.onnx")), load_external_data=False).graph
+    nbits = [n.name for n in g.node if n.op_type == "MatMulNBits"]
+    assert sum("/experts." in n for n in nbits) == 2 * 8 * 2  # 2 MoE layers x 8 experts x (gate|up, down)
+    assert not [n for n in g.node if n.op_type == "MatMul" and "/experts." in n.name]
+
+
+def test_verify_works_for_mla(checkpoints, tmp_path):
+    r = CliRunner().invoke(app, ["export", str(checkpoints("deepseek_v2")), "-o", str(tmp_path / "a"),
+                                 "--weights", "fp32", "--verify", "--context", "64"])
+    assert r.exit_code == 0, r.output
+    assert "verified" in r.output
