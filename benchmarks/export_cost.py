@@ -47,6 +47,9 @@ def measure(shape: str, work: Path, weights: str, formats: str) -> dict:
         "peak_rss_gib": round(max(peak, before) / 2**20, 2),
         "source_gib": round(folder_bytes(src) / 2**30, 2),
         "artifact_gib": round(folder_bytes(out) / 2**30, 2),
+        "kv_bytes_per_token": next(iter(manifest["graphs"].values()))["kv_cache"].get(
+            "bytes_per_token", 2 * manifest["model"].get("num_layers", 0) * manifest["model"].get("num_kv_heads", 0)
+            * manifest["model"].get("head_dim", 0) * 4),
         "per_format_gib": {
             fmt: round(sum(manifest["files"][f]["size"] for f in (g["file"], g["data_file"])) / 2**30, 2)
             for fmt, g in manifest["graphs"].items()
@@ -71,13 +74,17 @@ def main() -> None:
                              check=True, capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
         print(results[-1], flush=True)
+    previous = HERE / "results/export_cost.json"
+    if previous.exists():  # keep rows of other shapes measured earlier
+        done = {(r["shape"], r["weights"], r["formats"]) for r in results}
+        results = [r for r in json.loads(previous.read_text()) if (r["shape"], r["weights"], r["formats"]) not in done] + results
     machine = f"{platform.machine()}, {__import__('os').cpu_count()} CPUs"
     lines = [f"# Export cost ({machine}, `python benchmarks/export_cost.py`)", "",
-             "| shape | weights | formats | time (s) | peak RSS (GiB) | source bf16 (GiB) | artifact (GiB) | per format (GiB) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| shape | weights | formats | time (s) | peak RSS (GiB) | source bf16 (GiB) | artifact (GiB) | per format (GiB) | KV bytes/token (fp32) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['shape']} | {r['weights']} | {r['formats']} | {r['seconds']} | {r['peak_rss_gib']} | "
-                     f"{r['source_gib']} | {r['artifact_gib']} | {r['per_format_gib']} |")
+                     f"{r['source_gib']} | {r['artifact_gib']} | {r['per_format_gib']} | {r.get('kv_bytes_per_token', '')} |")
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results/export_cost.md").write_text("\n".join(lines) + "\n")
     (HERE / "results/export_cost.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -16,7 +16,45 @@ from pathlib import Path
 SHARD_BYTES = 4 << 30
 
 
+def mla_shapes(c: dict) -> dict[str, tuple[int, ...]]:
+    """DeepSeek-V2/V3 tensor names and shapes (routed experts stored one by one, as published)."""
+    h, heads = c["hidden_size"], c["num_attention_heads"]
+    dn, dr, dv, lat = c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"], c["kv_lora_rank"]
+    q_lora, e, inter = c.get("q_lora_rank"), c["n_routed_experts"], c["moe_intermediate_size"]
+    shapes = {"model.embed_tokens.weight": (c["vocab_size"], h)}
+    for i in range(c["num_hidden_layers"]):
+        p, a, m = f"model.layers.{i}", f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
+        shapes |= {f"{p}.input_layernorm.weight": (h,), f"{p}.post_attention_layernorm.weight": (h,)}
+        if q_lora:
+            shapes |= {f"{a}.q_a_proj.weight": (q_lora, h), f"{a}.q_a_layernorm.weight": (q_lora,),
+                       f"{a}.q_b_proj.weight": (heads * (dn + dr), q_lora)}
+        else:
+            shapes[f"{a}.q_proj.weight"] = (heads * (dn + dr), h)
+        shapes |= {f"{a}.kv_a_proj_with_mqa.weight": (lat + dr, h), f"{a}.kv_a_layernorm.weight": (lat,),
+                   f"{a}.kv_b_proj.weight": (heads * (dn + dv), lat), f"{a}.o_proj.weight": (h, heads * dv)}
+        if i < c.get("first_k_dense_replace", 0):
+            shapes |= {f"{m}.gate_proj.weight": (c["intermediate_size"], h), f"{m}.up_proj.weight": (c["intermediate_size"], h),
+                       f"{m}.down_proj.weight": (h, c["intermediate_size"])}
+            continue
+        shapes[f"{m}.gate.weight"] = (e, h)
+        if c["model_type"] == "deepseek_v3":
+            shapes[f"{m}.gate.e_score_correction_bias"] = (e,)
+        for j in range(e):
+            shapes |= {f"{m}.experts.{j}.gate_proj.weight": (inter, h), f"{m}.experts.{j}.up_proj.weight": (inter, h),
+                       f"{m}.experts.{j}.down_proj.weight": (h, inter)}
+        shared = inter * c.get("n_shared_experts", 0)
+        if shared:
+            shapes |= {f"{m}.shared_experts.gate_proj.weight": (shared, h), f"{m}.shared_experts.up_proj.weight": (shared, h),
+                       f"{m}.shared_experts.down_proj.weight": (h, shared)}
+    shapes["model.norm.weight"] = (h,)
+    if not c.get("tie_word_embeddings", False):
+        shapes["lm_head.weight"] = (c["vocab_size"], h)
+    return shapes
+
+
 def tensor_shapes(c: dict) -> dict[str, tuple[int, ...]]:
+    if c["model_type"] in ("deepseek_v2", "deepseek_v3"):
+        return mla_shapes(c)
     h, inter, heads = c["hidden_size"], c["intermediate_size"], c["num_attention_heads"]
     kv = c.get("num_key_value_heads", heads)
     d = c.get("head_dim") or h // heads
@@ -40,11 +78,15 @@ def tensor_shapes(c: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def write_checkpoint(config_path: Path, out: Path, tokenizer_dir: Path | None = None, seed: int = 0) -> Path:
+def write_checkpoint(config_path: Path, out: Path, tokenizer_dir: Path | None = None, seed: int = 0,
+                     layers: int | None = None) -> Path:
+    """layers: keep only this many decoder layers (the real widths, a cut depth)."""
     import torch
     from safetensors.torch import save_file
 
     config = json.loads(config_path.read_text())
+    if layers:
+        config["num_hidden_layers"] = layers
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     gen = torch.Generator().manual_seed(seed)
@@ -60,7 +102,7 @@ def write_checkpoint(config_path: Path, out: Path, tokenizer_dir: Path | None = 
 
     for name, shape in tensor_shapes(config).items():
         if len(shape) == 1:
-            t = torch.ones(shape, dtype=torch.bfloat16) if "norm" in name else torch.zeros(shape, dtype=torch.bfloat16)
+            t = torch.ones(shape, dtype=torch.bfloat16) if "norm" in name else (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16) if "correction_bias" in name else torch.zeros(shape, dtype=torch.bfloat16)
         else:
             t = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
         shard[name] = t

@@ -59,6 +59,20 @@ class Artifact:
     def path(self, name: str) -> Path:
         return self.root / name
 
+    def files_for(self, fmt: str) -> list[str]:
+        """The files a backend of this format reads: its graph and weights, and the tokenizer."""
+        graph, tok = self.graph(fmt), self.manifest["tokenizer"]
+        names = [graph["file"], graph["data_file"], tok["file"], tok.get("chat_template")]
+        return [n for n in names if n]
+
+    def verify(self, names: list[str] | None = None) -> None:
+        """Check files against their recorded sha256 (all of them by default)."""
+        files = self.manifest.get("files", {})
+        unknown = [n for n in names or [] if n not in files]
+        if unknown:
+            raise ArtifactError(f"artifact files {unknown} are not in its manifest")
+        verify_files(self.root, files if names is None else {n: files[n] for n in names})
+
     @property
     def digest(self) -> str:
         """A hash of the manifest, which itself holds every file's hash."""

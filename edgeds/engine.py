@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,12 +113,23 @@ class Engine:
 
 def load(artifact: str | Path, profile: str | None = None, backend: str | None = None,
          device: str | None = None, threads: int | None = None, verify: bool = True) -> Engine:
-    """Open an artifact folder and pick profile, backend and provider for this machine."""
-    art = load_artifact(artifact, verify=verify)
+    """Open an artifact folder and pick profile, backend and provider for this machine.
+
+    The files the chosen backend reads are checked against their sha256 while the backend
+    loads (hashing releases the GIL), and the engine is refused if any differs."""
+    art = load_artifact(artifact, verify=False)
     hw = detect()
     prof, reasons = choose_profile(hw, load_profiles(), profile)
     choice = choose_backend(prof, hw, art, backend, device, threads)
-    return Engine(art, prof, choice, hw, reasons)
+    fmt = "openvino" if choice.backend == "openvino" else "onnx"
+    with ThreadPoolExecutor(1) as pool:
+        check = pool.submit(art.verify, art.files_for(fmt)) if verify else None
+        try:
+            engine = Engine(art, prof, choice, hw, reasons)
+        finally:
+            if check is not None:
+                check.result()  # raises ArtifactError on a mismatch, before anything runs
+    return engine
 
 
 def _make_backend(artifact: Artifact, profile: Profile, choice: Choice):

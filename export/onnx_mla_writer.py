@@ -36,8 +36,9 @@ def io_names(n: int) -> dict:
 
 
 class _Mla:
-    def __init__(self, g: _Graph, spec: MlaSpec):
+    def __init__(self, g: _Graph, spec: MlaSpec, sparse_experts: bool = True):
         self.g, self.s = g, spec
+        self.sparse_experts = sparse_experts
         self.shape_cache: dict[tuple, str] = {}
 
     def shape(self, dims) -> str:
@@ -180,6 +181,11 @@ class _Mla:
         out = g.node("Mul", [x2d, g.const(f"{p}/zero", 0.0, np.float32)], f"{p}/zeros")
         for j, expert in enumerate(moe.experts):
             q = f"{p}/experts.{j}"
+            if not self.sparse_experts:  # every expert on every token (a baseline for benchmarks)
+                ye = self.mlp(x2d, expert, s.moe_intermediate_size, q)
+                out = g.node("Add", [out, g.node("Mul", [ye, g.node("Transpose", [w_cols[j]], f"{q}/wT", perm=[1, 0])],
+                                                 f"{q}/weighted")], f"{q}/add")
+                continue
             flat = g.node("Reshape", [sel_cols[j], self.shape([-1])], f"{q}/selflat")
             rows = g.node("Reshape", [g.node("NonZero", [flat], f"{q}/NonZero"), self.shape([-1, 1])], f"{q}/rows")
             xe = g.node("GatherND", [x2d, rows], f"{q}/gather")  # only the tokens routed here
@@ -194,9 +200,9 @@ class _Mla:
         return g.node("Reshape", [out, g.node("Shape", [x], f"{p}/shape")], f"{p}/unflatten")
 
 
-def build_graph(spec: MlaSpec, t: MlaTensors, data_file: str) -> onnx.ModelProto:
+def build_graph(spec: MlaSpec, t: MlaTensors, data_file: str, sparse_experts: bool = True) -> onnx.ModelProto:
     g = _Graph(data_file)
-    m = _Mla(g, spec)
+    m = _Mla(g, spec, sparse_experts)
     x = _embedding(g, "input_ids", t.embed)
     cos_rows = g.node("Gather", [g.external("rope.cos", t.cos), "position_ids"], "/model/rope/cos")
     sin_rows = g.node("Gather", [g.external("rope.sin", t.sin), "position_ids"], "/model/rope/sin")
@@ -234,8 +240,9 @@ def build_graph(spec: MlaSpec, t: MlaTensors, data_file: str) -> onnx.ModelProto
                              producer_name="edgeds", ir_version=10)
 
 
-def write_onnx_mla(spec: MlaSpec, tensors: MlaTensors, folder: Path, data_file: str) -> dict:
-    onnx.save_model(build_graph(spec, tensors, data_file), str(folder / "model.onnx"))
+def write_onnx_mla(spec: MlaSpec, tensors: MlaTensors, folder: Path, data_file: str,
+                   sparse_experts: bool = True) -> dict:
+    onnx.save_model(build_graph(spec, tensors, data_file, sparse_experts), str(folder / "model.onnx"))
     names = io_names(spec.num_layers)
     return {
         "file": "model.onnx", "data_file": data_file, "opset": OPSET,

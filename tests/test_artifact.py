@@ -51,9 +51,17 @@ def test_cli_refuses_tampered_artifact_with_exit_2(artifact_copy, tmp_path):
 
     from edgeds.cli.main import app
 
-    (artifact_copy / "openvino_model.xml").write_text("<net/>")
+    (artifact_copy / "model.onnx").write_bytes(b"not a graph")
     (tmp_path / "in.jsonl").write_text('{"id": 1, "prompt": "x"}\n')
-    r = CliRunner().invoke(app, ["infer", str(artifact_copy), "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl")])
+    r = CliRunner().invoke(app, ["infer", str(artifact_copy), "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl"),
+                                 "--backend", "onnxruntime"])
     assert r.exit_code == 2
-    assert "openvino_model.xml" in r.output
+    assert "model.onnx" in r.output
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_only_the_chosen_backends_files_are_hashed_at_load(artifact_copy):
+    (artifact_copy / "openvino_model.bin").write_bytes(b"corrupt")
+    edgeds.load(artifact_copy, backend="onnxruntime")  # does not read the OpenVINO files
+    with pytest.raises(ArtifactError, match="openvino_model.bin"):
+        edgeds.load(artifact_copy, backend="openvino")
