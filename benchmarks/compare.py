@@ -1,0 +1,186 @@
+"""edgeds beside the runtimes users would pick instead, in one run, on one model.
+
+    python benchmarks/compare.py --peer-python /tmp/peers/bin/python   # R1-Distill-Qwen-1.5B shape
+    python benchmarks/compare.py --quick                               # a smoke run
+
+Peers (optional; install them in their own environment, never with edgeds): OpenVINO GenAI on
+an optimum-intel INT8 export, onnxruntime-genai (its model builder, int8), llama.cpp Q8_0
+through llama-cpp-python, transformers fp32. Each runs in its own process, on token ids, EOS
+ignored. Writes benchmarks/results/<machine>.md (ratios to the best peer) and a PNG of offline
+throughput against batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CONFIGS = REPO.parent / "shared/reference/configs"
+sys.path.insert(0, str(HERE))
+
+
+def read_bandwidth_gb_s(threads: int, size_mb: int = 1024) -> float:
+    """Sustained read bandwidth: `threads` threads summing disjoint slices of a large array."""
+    data = np.ones(size_mb * (1 << 20) // 8)
+    parts = np.array_split(data, threads)
+    best = 0.0
+    for _ in range(3):
+        workers = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
+        t0 = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = max(best, data.nbytes / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str]) -> dict[str, str]:
+    from random_checkpoint import write_checkpoint
+
+    src = Path(shape) if Path(shape).is_dir() else work / f"{shape}-src"
+    shape = src.name if Path(shape).is_dir() else shape
+    if not (src / "config.json").exists():
+        write_checkpoint(CONFIGS / f"{shape}.json", src, CONFIGS.parent / "deepseek-v3-tokenizer")
+    paths = {"transformers-fp32": str(src)}
+    edg = work / f"{shape}-edgeds-int8"
+    if not (edg / "edgeds.json").exists():
+        subprocess.run([sys.executable, "-m", "edgeds.cli", "export", str(src), "-o", str(edg), "--format", "onnx,openvino",
+                        "--context", "2048", "--overwrite"], check=True)
+    paths["edgeds"] = str(edg)
+    py = peer_python or sys.executable
+    ov = work / f"{shape}-optimum-ov-int8"
+    if "openvino-genai" in peers and not (ov / "openvino_model.xml").exists():
+        subprocess.run([str(Path(py).parent / "optimum-cli"), "export", "openvino", "--model", str(src), "--task",
+                        "text-generation-with-past", "--weight-format", "int8", str(ov)], check=True)
+    paths["openvino-genai"] = str(ov)
+    og = work / f"{shape}-ortgenai-int8"
+    if "onnxruntime-genai" in peers and not (og / "genai_config.json").exists():
+        subprocess.run([py, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(og), "-p", "int8",
+                        "-e", "cpu", "-c", str(work / "ortgenai-cache")], check=True)
+    paths["onnxruntime-genai"] = str(og)
+    gguf = work / f"{shape}-q8_0.gguf"
+    paths["llama.cpp-q8_0"] = str(gguf)
+    return paths
+
+
+def run_peer(name: str, path: str, python: str, threads: int, vocab: int, batches: list[int], jobs: int,
+             quick: bool, out: Path) -> dict | None:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{HERE}", "OMP_NUM_THREADS": str(threads)}
+    cmd = [python, "-m", "peers.runners", name, path, str(threads), str(vocab), ",".join(map(str, batches)), str(jobs),
+           "1" if quick else "0", str(out)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"{name}: failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}", flush=True)
+        return None
+    return json.loads(out.read_text())
+
+
+def report(results: list[dict], machine: str, threads: int, bandwidth: float, weights_gb: float, out: Path, note: str) -> str:
+    peers = [r for r in results if r["runtime"] != "edgeds"]
+    edg = next((r for r in results if r["runtime"] == "edgeds"), None)
+
+    def best(key, low=False, sub=None):
+        vals = [(r[key] if sub is None else r[key][sub]) for r in peers if r.get(key) is not None]
+        return (min(vals) if low else max(vals)) if vals else None
+
+    lines = [f"# edgeds against its peers: {machine}, {threads} threads", "", note, "",
+             f"Machine read bandwidth ({threads} threads): {bandwidth:.1f} GB/s; INT8 weights {weights_gb:.2f} GB, "
+             f"so batch-1 decode is bounded near {bandwidth / weights_gb:.1f} tok/s.", "",
+             "| runtime | load (s) | TTFT 128 (s) | decode b1 (tok/s) | weights read b1 (GB/s) | offline best (tok/s @ batch) | peak RSS (MiB) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        off = max(r["offline_tok_s"].values())
+        bw = r["decode_tok_s_batch1"] * weights_gb if r["decode_tok_s_batch1"] else 0
+        lines.append(f"| {r['runtime']} | {r['load_s']:.2f} | {r['ttft_s']:.3f} | {r['decode_tok_s_batch1']:.1f} | {bw:.1f} | "
+                     f"{off:.1f} @ {r['best_batch']} | {r['peak_rss_mib']:.0f} |")
+    if edg and peers:
+        b_dec, b_ttft, b_load = best("decode_tok_s_batch1"), best("ttft_s", low=True), best("load_s", low=True)
+        b_off = max(max(r["offline_tok_s"].values()) for r in peers)
+        lines += ["", "Ratios, edgeds / best peer (higher is better for speed; lower for TTFT and load):", "",
+                  f"- batch-1 decode: {edgeds_val(edg, 'decode_tok_s_batch1') / b_dec:.2f}x",
+                  f"- offline throughput: {max(edg['offline_tok_s'].values()) / b_off:.2f}x",
+                  f"- TTFT: {edg['ttft_s'] / b_ttft:.2f}x", f"- load: {edg['load_s'] / b_load:.2f}x"]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in results:
+            xs = sorted(int(b) for b in r["offline_tok_s"])
+            ax.plot(xs, [r["offline_tok_s"][str(b)] if str(b) in r["offline_tok_s"] else r["offline_tok_s"][b] for b in xs],
+                    marker="o", label=r["runtime"])
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("offline throughput (tok/s)")
+        ax.set_title(f"{machine}, {threads} threads")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out.with_suffix(".png"), dpi=100)
+        lines += ["", f"![throughput against batch size]({out.with_suffix('.png').name})"]
+    except ImportError:
+        pass
+    text = "\n".join(lines) + "\n"
+    out.write_text(text)
+    return text
+
+
+def edgeds_val(r: dict, key: str) -> float:
+    return r[key] or 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="deepseek-r1-distill-qwen-1.5b",
+                    help="a config name in shared/reference/configs, or a checkpoint folder")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--peers", default="edgeds,openvino-genai,onnxruntime-genai,llama.cpp-q8_0,transformers-fp32")
+    ap.add_argument("--peer-python", default=None, help="python of the environment that has the peers")
+    ap.add_argument("--batches", default="1,4,8,16")
+    ap.add_argument("--jobs", type=int, default=64)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--machine", default=None)
+    ap.add_argument("--work", default="/tmp/edgeds-compare")
+    args = ap.parse_args()
+    peers = args.peers.split(",")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    paths = prepare(args.shape, work, args.peer_python, peers)
+    vocab = min(100_000, json.loads((Path(paths['transformers-fp32']) / 'config.json').read_text())['vocab_size'])
+    batches = [int(b) for b in args.batches.split(",")]
+    results = []
+    for name in peers:
+        python = sys.executable if name == "edgeds" else (args.peer_python or sys.executable)
+        if not Path(paths[name]).exists():
+            print(f"{name}: no model at {paths[name]}; skipped", flush=True)
+            continue
+        res = run_peer(name, paths[name], python, args.threads, vocab, batches, args.jobs, args.quick,
+                       work / f"{name}.json")
+        if res:
+            results.append(res)
+            print(json.dumps(res), flush=True)
+    machine = args.machine or f"{platform.machine()}-{args.threads}t"
+    edg = json.loads((Path(paths["edgeds"]) / "edgeds.json").read_text())
+    weights_gb = sum(edg["files"][f]["size"] for f in ("model.onnx", "model.onnx.data")) / 1e9
+    note = (f"`python benchmarks/compare.py {' '.join(sys.argv[1:])}`; shape {args.shape}, random weights; "
+            f"TTFT on a 128-token prompt; decode over {16 if args.quick else 64} tokens; offline job of {args.jobs} prompts "
+            f"of 64-512 tokens, {16 if args.quick else 128} new tokens each, EOS ignored.")
+    out = HERE / "results" / f"{machine}.md"
+    print(report(results, machine, args.threads, read_bandwidth_gb_s(args.threads), weights_gb, out, note))
+
+
+if __name__ == "__main__":
+    main()

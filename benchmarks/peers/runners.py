@@ -1,0 +1,222 @@
+"""One runner per runtime: load a model, then time first tokens, decode and offline batches.
+
+Each runner takes token ids (never text), so every runtime does exactly the same work, and
+ignores EOS. Run one runner per process (`python -m peers.runners NAME ...`) so peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+class Runner:
+    name = ""
+
+    def load(self, path: str, threads: int) -> None: ...
+
+    def offline(self, prompts: list[np.ndarray], batch: int, new_tokens: int) -> int:
+        """An offline job at a batch setting: static groups of `batch` prompts."""
+        return sum(self.generate(prompts[i:i + batch], new_tokens)[1] for i in range(0, len(prompts), batch))
+
+    def generate(self, prompts: list[np.ndarray], new_tokens: int) -> tuple[float, int]:
+        """Generate new_tokens for each prompt as one batch; returns (time to first token, tokens)."""
+        raise NotImplementedError
+
+
+class Edgeds(Runner):
+    name = "edgeds"
+
+    def load(self, path, threads):
+        import edgeds
+
+        self.engine = edgeds.load(path, threads=threads)
+
+    def generate(self, prompts, new_tokens, batch_size=None):
+        from edgeds import generate as gen
+        from edgeds.sampling import SamplingParams
+
+        params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+        reqs = [gen.Request(i, p, params) for i, p in enumerate(prompts)]
+        t0, first, n = time.perf_counter(), None, 0
+        for e in self.engine.run(reqs, batch_size or len(prompts)):
+            if isinstance(e, gen.TokenEvent):
+                first = first or time.perf_counter() - t0
+                n += 1
+        return first, n
+
+    def offline(self, prompts, batch, new_tokens):
+        # Continuous batching: a finished slot takes the next prompt at once.
+        from edgeds import generate as gen
+        from edgeds.sampling import SamplingParams
+
+        params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+        reqs = [gen.Request(i, p, params) for i, p in enumerate(prompts)]
+        return sum(len(e.token_ids) for e in self.engine.run(reqs, batch) if isinstance(e, gen.Finished))
+
+
+class Transformers(Runner):
+    name = "transformers-fp32"
+
+    def load(self, path, threads):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+    def generate(self, prompts, new_tokens):
+        torch = self.torch
+        longest = max(len(p) for p in prompts)
+        ids = np.zeros((len(prompts), longest), np.int64)
+        mask = np.zeros_like(ids)
+        for i, p in enumerate(prompts):  # left padding
+            ids[i, longest - len(p):], mask[i, longest - len(p):] = p, 1
+        t0 = time.perf_counter()
+        first = []
+
+        class Stamp:
+            def put(self, _):
+                if len(first) < 2:  # the prompt, then the first new token
+                    first.append(time.perf_counter() - t0)
+
+            def end(self):
+                pass
+
+        with torch.no_grad():
+            out = self.model.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), do_sample=False,
+                                      max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                      streamer=Stamp() if len(prompts) == 1 else None, pad_token_id=0)
+        ttft = first[-1] if first else None
+        return ttft, (out.shape[1] - longest) * len(prompts)
+
+
+class OpenVinoGenAI(Runner):
+    name = "openvino-genai"
+
+    def load(self, path, threads):
+        import openvino_genai as og
+
+        self.og = og
+        self.pipe = og.LLMPipeline(path, "CPU", INFERENCE_NUM_THREADS=threads)
+
+    def generate(self, prompts, new_tokens):
+        import openvino as ov
+
+        og = self.og
+        longest = max(len(p) for p in prompts)
+        ids = np.zeros((len(prompts), longest), np.int64)
+        mask = np.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, longest - len(p):], mask[i, longest - len(p):] = p, 1
+        cfg = og.GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True)
+        t0, first = time.perf_counter(), []
+
+        def streamer(_):
+            if not first:
+                first.append(time.perf_counter() - t0)
+            return og.StreamingStatus.RUNNING
+
+        out = self.pipe.generate(og.TokenizedInputs(ov.Tensor(ids), ov.Tensor(mask)), cfg,
+                                 streamer=streamer if len(prompts) == 1 else None)
+        return (first[0] if first else None), sum(len(t) for t in out.tokens)
+
+
+class OrtGenAI(Runner):
+    name = "onnxruntime-genai"
+
+    def load(self, path, threads):
+        import onnxruntime_genai as og
+
+        self.og = og
+        cfg = og.Config(path)
+        cfg.clear_providers()
+        self.model = og.Model(cfg)
+
+    def generate(self, prompts, new_tokens):
+        og = self.og
+        out = 0
+        t0, first = time.perf_counter(), None
+        longest = max(len(p) for p in prompts)
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=longest + new_tokens, min_length=longest + new_tokens, batch_size=len(prompts))
+        gen = og.Generator(self.model, params)
+        pad = np.zeros((len(prompts), longest), np.int32)
+        for i, p in enumerate(prompts):  # ort-genai pads on the left itself given a pad id; pad explicitly
+            pad[i, longest - len(p):] = p
+        gen.append_tokens(pad)
+        while not gen.is_done():
+            gen.generate_next_token()
+            first = first or time.perf_counter() - t0
+            out += len(prompts)
+        return first, out
+
+
+class LlamaCpp(Runner):
+    name = "llama.cpp-q8_0"
+
+    def load(self, path, threads):
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=path, n_threads=threads, n_ctx=2048, n_batch=512, verbose=False)
+        self.eos = self.llm.token_eos()
+
+    def generate(self, prompts, new_tokens):
+        # llama-cpp-python decodes one sequence at a time: its best batch setting is 1.
+        total, first = 0, None
+        t0 = time.perf_counter()
+        for p in prompts:
+            self.llm.reset()
+            n = 0
+            for tok in self.llm.generate(p.tolist(), temp=0.0, logits_processor=[self._no_eos]):
+                first = first or time.perf_counter() - t0
+                n += 1
+                if n == new_tokens:
+                    break
+            total += n
+        return first, total
+
+    def _no_eos(self, _ids, logits):
+        logits[self.eos] = -np.inf
+        return logits
+
+
+RUNNERS = {r.name: r for r in (Edgeds, Transformers, OpenVinoGenAI, OrtGenAI, LlamaCpp)}
+
+
+def measure(runner: Runner, path: str, threads: int, vocab: int, batches: list[int], jobs: int, quick: bool) -> dict:
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    runner.load(path, threads)
+    load_s = time.perf_counter() - t0
+    runner.generate([rng.integers(10, vocab, 16)], 4)  # warm-up
+    ttft, _ = runner.generate([rng.integers(10, vocab, 128)], 1)
+    new = 16 if quick else 64
+    t0 = time.perf_counter()
+    first, n = runner.generate([rng.integers(10, vocab, 128)], new)
+    total = time.perf_counter() - t0
+    decode = (n - 1) / (total - first) if first else None
+    lengths = rng.integers(64, 513, jobs)
+    prompts = [rng.integers(10, vocab, n) for n in lengths]
+    out_tokens = 16 if quick else 128
+    throughput = {}
+    for b in batches:
+        t0 = time.perf_counter()
+        n = runner.offline(prompts, b, out_tokens)
+        throughput[b] = n / (time.perf_counter() - t0)
+    return {"runtime": runner.name, "load_s": load_s, "ttft_s": ttft, "decode_tok_s_batch1": decode,
+            "offline_tok_s": throughput, "best_batch": max(throughput, key=throughput.get),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+if __name__ == "__main__":
+    name, path, threads, vocab, batches, jobs, quick, out = sys.argv[1:9]
+    res = measure(RUNNERS[name](), path, int(threads), int(vocab), [int(b) for b in batches.split(",")], int(jobs), quick == "1")
+    with open(out, "w") as f:
+        json.dump(res, f, indent=2)
+    print(json.dumps(res))
