@@ -27,7 +27,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-CONFIGS = REPO.parent / "shared/reference/configs"
+CONFIGS = Path(os.environ.get("EDGEDS_CONFIGS", REPO.parent / "shared/reference/configs"))
 sys.path.insert(0, str(HERE))
 
 
@@ -57,7 +57,10 @@ def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str]) -
     paths = {"transformers-fp32": str(src)}
     edg = work / f"{shape}-edgeds-int8"
     if not (edg / "edgeds.json").exists():
-        subprocess.run([sys.executable, "-m", "edgeds.cli", "export", str(src), "-o", str(edg), "--format", "onnx,openvino",
+        from importlib.util import find_spec
+
+        formats = "onnx,openvino" if find_spec("openvino") else "onnx"
+        subprocess.run([sys.executable, "-m", "edgeds.cli", "export", str(src), "-o", str(edg), "--format", formats,
                         "--context", "2048", "--overwrite"], check=True)
     paths["edgeds"] = str(edg)
     py = peer_python or sys.executable

@@ -26,7 +26,7 @@ from random_checkpoint import write_checkpoint  # noqa: E402
 
 CONFIG = HERE.parent.parent / "shared/reference/configs/deepseek-v2-lite.json"
 TOKENIZER = CONFIG.parent.parent / "deepseek-v3-tokenizer"
-LAYERS = 3  # one dense layer and two MoE layers, at full width
+LAYERS = 6  # one dense layer and five MoE layers, at full width (V2-Lite has 26 MoE of 27)
 
 
 def decode_rate(backend, context: int, steps: int = 16, prompt: int = 32) -> float:
@@ -65,7 +65,7 @@ def main() -> None:
     from edgeds.backends.openvino import OpenVinoBackend
 
     work = Path("/tmp/edgeds-mla-bench")
-    src = work / "v2-lite-cut"
+    src = work / f"v2-lite-{LAYERS}-layers"
     if not (src / "model.safetensors.index.json").exists():
         write_checkpoint(CONFIG, src, TOKENIZER, layers=LAYERS)
     sparse = export_variant(src, work / "sparse", True, ("onnx", "openvino"))

@@ -105,7 +105,7 @@ def to_markdown(rows: list[dict], note: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="+", default=["r1-distill-tiny-python"])
+    ap.add_argument("--models", nargs="+", default=["r1-distill-tiny-python", "deepseek-v3-tiny-python"])
     ap.add_argument("--windows", type=int, default=32)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--weights", nargs="+", default=["fp32", "int8", "int4"])
@@ -113,7 +113,7 @@ def main() -> None:
     rows = []
     for name in args.models:
         rows += evaluate(MODELS / name, args.weights, windows=args.windows, seq=args.seq)
-    note = f"`python benchmarks/quality.py --windows {args.windows} --seq {args.seq}`"
+    note = f"`python benchmarks/quality.py --windows {args.windows} --seq {args.seq}`; held-out stdlib files"
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "quality.md").write_text(to_markdown(rows, note))

