@@ -157,6 +157,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--machine", default=None)
     ap.add_argument("--work", default="/tmp/edgeds-compare")
+    ap.add_argument("--reuse", default="", help="peers whose results from an earlier run (in --work) to reuse")
     args = ap.parse_args()
     peers = args.peers.split(",")
     work = Path(args.work)
@@ -165,6 +166,10 @@ def main() -> None:
     vocab = min(100_000, json.loads((Path(paths['transformers-fp32']) / 'config.json').read_text())['vocab_size'])
     batches = [int(b) for b in args.batches.split(",")]
     results = []
+    reused = [n for n in args.reuse.split(",") if n]
+    for name in reused:
+        results.append(json.loads((work / f"{name}.json").read_text()))
+        results[-1]["runtime"] += " (earlier run)"
     for name in peers:
         python = sys.executable if name == "edgeds" else (args.peer_python or sys.executable)
         if not Path(paths[name]).exists():

@@ -12,6 +12,8 @@ import onnxruntime as ort
 
 from ..artifact import Artifact, cache_values_per_token
 
+PADDING_BUDGET = 1.25  # padded tokens allowed per real token in one batched prefill
+
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
@@ -106,7 +108,11 @@ class OnnxRuntimeBackend:
     def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False) -> np.ndarray:
         if any(len(p) > self.capacity for p in prompts):
             raise ValueError("prompt longer than the cache capacity")
-        if slots == list(range(self.batch_size)):
+        lengths = [len(p) for p in prompts]
+        padded = max(lengths) * len(prompts)
+        # One padded call for all slots only when padding wastes little: prefill is compute-bound,
+        # so separate calls on unpadded prompts cost less than one call on padding.
+        if slots == list(range(self.batch_size)) and padded <= PADDING_BUDGET * sum(lengths):
             out = self._run_prompts(slice(0, self.batch_size), prompts, every_position)
         else:
             out = np.stack([self._run_prompts(slice(s, s + 1), [p], every_position)[0]
