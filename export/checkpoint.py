@@ -6,12 +6,13 @@ loaded, so they are refused with a hint, never opened. Nothing here touches the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
 
 import numpy as np
+
+from edgeds.artifact import sha256_file
 
 from .errors import ExportError
 from .safetensors_reader import SafetensorsFile
@@ -23,14 +24,6 @@ CONVERT_HINT = (
     "`python -c \"from transformers import AutoModelForCausalLM as M; "
     "M.from_pretrained('SRC').save_pretrained('DST', safe_serialization=True)\"`"
 )
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Checkpoint:
