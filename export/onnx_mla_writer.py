@@ -36,9 +36,10 @@ def io_names(n: int) -> dict:
 
 
 class _Mla:
-    def __init__(self, g: _Graph, spec: MlaSpec, sparse_experts: bool = True):
+    def __init__(self, g: _Graph, spec: MlaSpec, sparse_experts: bool = True, latent_cache: bool = True):
         self.g, self.s = g, spec
         self.sparse_experts = sparse_experts
+        self.latent_cache = latent_cache
         self.shape_cache: dict[tuple, str] = {}
 
     def shape(self, dims) -> str:
@@ -53,13 +54,7 @@ class _Mla:
 
     def per_head(self, x: str, p: PerHead, name: str) -> str:
         """x (H, M, rows) @ W (H, rows, cols)."""
-        w = self.g.external(f"{name}.weight", p.weight)
-        if p.scales is not None:
-            w = self.g.node("Mul", [self.g.node("Cast", [w], f"{name}/Cast", to=F),
-                                    self.g.external(f"{name}.scales", p.scales)], f"{name}/Dequantize")
-        elif p.weight.dtype != "float32":
-            w = self.g.node("Cast", [w], f"{name}/Cast", to=F)
-        return self.g.node("MatMul", [x, w], f"{name}/MatMul")
+        return self.g.node("MatMul", [x, self.weight(p, name)], f"{name}/MatMul")
 
     def rope(self, x: str, cos: str, sin: str, name: str) -> str:
         half = self.s.qk_rope_head_dim // 2
@@ -78,6 +73,8 @@ class _Mla:
         q = g.node("Reshape", [_linear(g, q_in, layer.q, f"{p}/q_proj"), self.shape([0, 0, heads, dn + dr])], f"{p}/q/Reshape")
         q_nope, q_rope = g.node("Split", [q, g.const(f"{p}/q/split", [dn, dr])], f"{p}/q/Split", outputs=2, axis=-1)
         q_rope = self.rope(q_rope, cos_q, sin_q, f"{p}/q_rope")
+        if not self.latent_cache:
+            return self.per_head_attention(h, layer, i, q_nope, q_rope, cos_k, sin_k)
         # Absorb W_UK: (H, B*S, nope) @ (H, nope, L) -> the query in latent space.
         qn = g.node("Reshape", [g.node("Transpose", [q_nope], f"{p}/q_nope/T", perm=[2, 0, 1, 3]),
                                 self.shape([heads, -1, dn])], f"{p}/q_nope/Reshape")
@@ -111,6 +108,57 @@ class _Mla:
         values = g.node("Reshape", [g.node("Transpose", [values], f"{p}/v/T", perm=[1, 2, 0, 3]),
                                     self.shape([0, 0, heads * dv])], f"{p}/v/Reshape2")
         return _linear(g, values, layer.o, f"{p}/o_proj")
+
+    def per_head_attention(self, h, layer: MlaLayer, i: int, q_nope: str, q_rope: str, cos_k: str, sin_k: str) -> str:
+        """A baseline for benchmarks: expand the latent into per-head K and V and cache those."""
+        g, s = self.g, self.s
+        p = f"/model/layers.{i}/attn"
+        heads, dn, dr, dv, lat = s.num_heads, s.qk_nope_head_dim, s.qk_rope_head_dim, s.v_head_dim, s.kv_lora_rank
+        query = g.node("Reshape", [g.node("Concat", [q_nope, q_rope], f"{p}/query/Concat", axis=-1),
+                                   self.shape([0, 0, heads * (dn + dr)])], f"{p}/query/Reshape")
+        kv = _linear(g, h, layer.kv_a, f"{p}/kv_a_proj")
+        c, k_rope = g.node("Split", [kv, g.const(f"{p}/kv/split", [lat, dr])], f"{p}/kv/Split", outputs=2, axis=-1)
+        c = self.norm(c, layer.kv_a_norm, f"{p}/kv_a_layernorm")
+        k_rope = self.rope(k_rope, cos_k, sin_k, f"{p}/k_rope")
+        batch_seq = g.node("Shape", [h], f"{p}/Shape", end=2)
+        flat = g.node("Reshape", [c, self.shape([1, -1, lat])], f"{p}/c/Reshape")
+        w_uk = g.node("Transpose", [self.weight(layer.w_uk, f"{p}/w_uk")], f"{p}/w_uk/T", perm=[0, 2, 1])
+
+        def heads_last(x: str, width: int, name: str) -> str:
+            x = g.node("Reshape", [x, g.node("Concat", [self.shape([heads]), batch_seq, self.shape([width])],
+                                             f"{name}/shape", axis=0)], f"{name}/Reshape")
+            return g.node("Transpose", [x], f"{name}/T", perm=[1, 2, 0, 3])  # (B, S, H, width)
+
+        k_nope = heads_last(g.node("MatMul", [flat, w_uk], f"{p}/k_nope/MatMul"), dn, f"{p}/k_nope")
+        v = heads_last(g.node("MatMul", [flat, self.weight(layer.w_uv, f"{p}/w_uv")], f"{p}/v/MatMul"), dv, f"{p}/v")
+        v = g.node("Pad", [v, g.const(f"{p}/v/pads", [0, 0, 0, 0, 0, 0, 0, dn + dr - dv])], f"{p}/v/Pad")
+        k_rope = g.node("Expand", [g.node("Unsqueeze", [k_rope, g.const(f"{p}/k_rope/ax", [2])], f"{p}/k_rope/unsq"),
+                                   self.shape([1, 1, heads, 1])], f"{p}/k_rope/expand")
+        key = g.node("Concat", [k_nope, k_rope], f"{p}/key/Concat", axis=-1)
+        flat_heads = self.shape([0, 0, heads * (dn + dr)])
+        attn, _, _ = g.node(
+            "GroupQueryAttention",
+            [query, g.node("Reshape", [key, flat_heads], f"{p}/key/Reshape"),
+             g.node("Reshape", [v, flat_heads], f"{p}/value/Reshape"), f"past_key.{i}", f"past_value.{i}",
+             "seqlens_k", "total_sequence_length"],
+            f"{p}/GroupQueryAttention", outputs=3, domain=MS,
+            num_heads=heads, kv_num_heads=heads, scale=float(s.softmax_scale), do_rotary=0,
+        )
+        g.nodes[-1].output[1:] = [f"present_key.{i}", f"present_value.{i}"]
+        out = g.node("Reshape", [attn, self.shape([0, 0, heads, dn + dr])], f"{p}/out/Reshape")
+        out = g.node("Slice", [out, g.const(f"{p}/out/start", [0]), g.const(f"{p}/out/end", [dv]),
+                               g.const(f"{p}/out/axis", [3])], f"{p}/out/Slice")
+        return _linear(g, g.node("Reshape", [out, self.shape([0, 0, heads * dv])], f"{p}/out/Reshape2"), layer.o,
+                       f"{p}/o_proj")
+
+    def weight(self, p: PerHead, name: str) -> str:
+        w = self.g.external(f"{name}.weight", p.weight)
+        if p.scales is not None:
+            return self.g.node("Mul", [self.g.node("Cast", [w], f"{name}/Cast", to=F),
+                                       self.g.external(f"{name}.scales", p.scales)], f"{name}/Dequantize")
+        if p.weight.dtype != "float32":
+            return self.g.node("Cast", [w], f"{name}/Cast", to=F)
+        return w
 
     def mlp(self, x: str, mlp: tuple[Linear, Linear], inter: int, name: str) -> str:
         g = self.g
@@ -200,9 +248,10 @@ class _Mla:
         return g.node("Reshape", [out, g.node("Shape", [x], f"{p}/shape")], f"{p}/unflatten")
 
 
-def build_graph(spec: MlaSpec, t: MlaTensors, data_file: str, sparse_experts: bool = True) -> onnx.ModelProto:
+def build_graph(spec: MlaSpec, t: MlaTensors, data_file: str, sparse_experts: bool = True,
+                latent_cache: bool = True) -> onnx.ModelProto:
     g = _Graph(data_file)
-    m = _Mla(g, spec, sparse_experts)
+    m = _Mla(g, spec, sparse_experts, latent_cache)
     x = _embedding(g, "input_ids", t.embed)
     cos_rows = g.node("Gather", [g.external("rope.cos", t.cos), "position_ids"], "/model/rope/cos")
     sin_rows = g.node("Gather", [g.external("rope.sin", t.sin), "position_ids"], "/model/rope/sin")
@@ -225,25 +274,39 @@ def build_graph(spec: MlaSpec, t: MlaTensors, data_file: str, sparse_experts: bo
     g.nodes[-1].output[0] = "logits"
 
     cache = ["batch", 1, "cache_capacity", spec.latent_dim]
+    per_head = ["batch", spec.num_heads, "cache_capacity", spec.qk_nope_head_dim + spec.qk_rope_head_dim]
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
         helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "sequence"]),
         helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
         helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
         helper.make_tensor_value_info("logits_positions", TensorProto.INT64, ["batch", "positions"]),
-    ] + [helper.make_tensor_value_info(f"past_latent.{i}", F, cache) for i in range(spec.num_layers)]
+    ]
     outputs = [helper.make_tensor_value_info("logits", F, ["batch", "positions", spec.vocab_size])]
-    outputs += [helper.make_tensor_value_info(f"present_latent.{i}", F, cache) for i in range(spec.num_layers)]
-    outputs += [helper.make_tensor_value_info(f"present_latent_alias.{i}", F, cache) for i in range(spec.num_layers)]
+    if latent_cache:
+        inputs += [helper.make_tensor_value_info(f"past_latent.{i}", F, cache) for i in range(spec.num_layers)]
+        outputs += [helper.make_tensor_value_info(f"present_latent.{i}", F, cache) for i in range(spec.num_layers)]
+        outputs += [helper.make_tensor_value_info(f"present_latent_alias.{i}", F, cache) for i in range(spec.num_layers)]
+    else:
+        for kind in ("key", "value"):
+            inputs += [helper.make_tensor_value_info(f"past_{kind}.{i}", F, per_head) for i in range(spec.num_layers)]
+            outputs += [helper.make_tensor_value_info(f"present_{kind}.{i}", F, per_head) for i in range(spec.num_layers)]
     graph = helper.make_graph(g.nodes, "edgeds_mla_decoder", inputs, outputs, initializer=g.initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
                              producer_name="edgeds", ir_version=10)
 
 
 def write_onnx_mla(spec: MlaSpec, tensors: MlaTensors, folder: Path, data_file: str,
-                   sparse_experts: bool = True) -> dict:
-    onnx.save_model(build_graph(spec, tensors, data_file, sparse_experts), str(folder / "model.onnx"))
+                   sparse_experts: bool = True, latent_cache: bool = True) -> dict:
+    """sparse_experts=False and latent_cache=False build the baselines benchmarks compare against."""
+    onnx.save_model(build_graph(spec, tensors, data_file, sparse_experts, latent_cache), str(folder / "model.onnx"))
     names = io_names(spec.num_layers)
+    if not latent_cache:
+        heads, dim = spec.num_heads, spec.qk_nope_head_dim + spec.qk_rope_head_dim
+        return {"file": "model.onnx", "data_file": data_file, "opset": OPSET,
+                "inputs": names["inputs"][:5], "outputs": ["logits"],
+                "kv_cache": {"kind": "per_head", "heads": heads, "head_dim": dim,
+                             "bytes_per_token": 2 * spec.num_layers * heads * dim * 4}}
     return {
         "file": "model.onnx", "data_file": data_file, "opset": OPSET,
         "inputs": names["inputs"], "outputs": names["outputs"],

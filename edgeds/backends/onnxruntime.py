@@ -29,6 +29,8 @@ class OnnxRuntimeBackend:
         self.latent = graph["kv_cache"]["kind"] == "mla_latent"
         if self.latent:
             self.kv_heads, self.head_dim = 1, m["kv_lora_rank"] + m["qk_rope_head_dim"]
+        elif "heads" in graph["kv_cache"]:  # per-head cache of an MLA model (a benchmark baseline)
+            self.kv_heads, self.head_dim = graph["kv_cache"]["heads"], graph["kv_cache"]["head_dim"]
         else:
             self.kv_heads, self.head_dim = m["num_kv_heads"], m["head_dim"]
         self.positions_input = "position_ids" in graph["inputs"]
