@@ -68,3 +68,24 @@ def test_verify_works_for_mla(checkpoints, tmp_path):
                                  "--weights", "fp32", "--verify", "--context", "64"])
     assert r.exit_code == 0, r.output
     assert "verified" in r.output
+
+
+def test_per_head_baseline_matches_the_latent_graph(checkpoints, artifacts, tmp_path, monkeypatch):
+    """The benchmark's per-head-cache baseline computes the same model as the latent graph."""
+    import export.onnx_mla_writer as w
+    from export import export_checkpoint
+
+    original = w.write_onnx_mla
+    monkeypatch.setattr(w, "write_onnx_mla", lambda *a, **k: original(*a, **k, latent_cache=False))
+    export_checkpoint(checkpoints("deepseek_v3"), tmp_path / "per-head", formats=("onnx",), weights="fp32", context=128)
+    prompt = np.random.default_rng(9).integers(2, 320, 12).astype(np.int64)
+    outs = []
+    for art in (artifacts("deepseek_v3"), tmp_path / "per-head"):
+        b = dict(open_backends(art))["onnx"]
+        b.start(1, 32)
+        rows = [b.prefill([0], [prompt])[0]]
+        rows += [b.decode(np.array([t]))[0] for t in (5, 6, 7)]
+        outs.append(np.stack(rows))
+    per_head = load_artifact(tmp_path / "per-head").graph("onnx")["kv_cache"]
+    assert per_head["kind"] == "per_head" and per_head["heads"] == 4
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-4)
