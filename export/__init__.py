@@ -9,9 +9,8 @@ Runs on an x86 host with the `export` extra (torch, transformers, onnx, openvino
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from .api import export_checkpoint
 from .errors import ExportError
 
-__all__ = ["export_checkpoint", "ExportError", "Path"]
+__all__ = ["export_checkpoint", "ExportError"]

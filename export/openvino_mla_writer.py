@@ -13,7 +13,7 @@ from openvino import opset6, opset15
 
 from .openvino_writer import _Builder, _i64, _rotate_half
 from .spec import MlaSpec
-from .tensors_mla import MlaLayer, MlaTensors, Moe, PerHead
+from .tensors_mla import MlaTensors, Moe, PerHead
 from .weight_file import WeightFile
 
 INPUTS = ["input_ids", "attention_mask", "position_ids", "beam_idx", "logits_positions"]
