@@ -81,8 +81,8 @@ class _Writer:
         return self.ckpt.tensor(name)
 
     def linear(self, weight_names: list[str], bias_names: list[str | None] | None = None) -> Linear:
+        """Read, concatenate (fused projections) and store the named weights as one linear layer."""
         w = np.concatenate([self.read(n) for n in weight_names], axis=0)
-        n, k = w.shape
         bias = None
         if bias_names and any(bias_names):
             parts = [
@@ -90,13 +90,14 @@ class _Writer:
                 for wn, b in zip(weight_names, bias_names)
             ]
             bias = self.store(np.concatenate(parts).astype(np.float32))
+        return self.linear_from(w, bias)
+
+    def linear_from(self, w: np.ndarray, bias: Stored | None = None) -> Linear:
+        """Store a (N, K) weight already in memory: quantized and packed, or transposed float."""
+        n, k = w.shape
         if self.scheme.bits:
             qw = quantize(w, self.scheme.bits, self.scheme.block_size)
-            del w
-            return Linear(
-                n, k, self.store(pack_matmulnbits(qw)), self.store(qw.scales),
-                qw.bits, qw.block_size, bias,
-            )
+            return Linear(n, k, self.store(pack_matmulnbits(qw)), self.store(qw.scales), qw.bits, qw.block_size, bias)
         return Linear(n, k, self.store(np.ascontiguousarray(w.T.astype(self.scheme.float_dtype))), bias=bias)
 
     def embedding(self, name: str) -> Embedding:

@@ -75,16 +75,6 @@ class _MlaWriter(_Writer):
         q = np.clip(np.rint(w / np.where(scales == 0, 1, scales)), -127, 127).astype(np.int8)
         return PerHead(self.store(q), self.store(scales))
 
-    def linear_from(self, w: np.ndarray) -> Linear:
-        """Like linear(), for a weight already in memory (permuted or concatenated here)."""
-        from .quantize import pack_matmulnbits, quantize
-
-        n, k = w.shape
-        if self.scheme.bits:
-            qw = quantize(w, self.scheme.bits, self.scheme.block_size)
-            return Linear(n, k, self.store(pack_matmulnbits(qw)), self.store(qw.scales), qw.bits, qw.block_size)
-        return Linear(n, k, self.store(np.ascontiguousarray(w.T.astype(self.scheme.float_dtype))))
-
     def mlp(self, gate: str, up: str, down: str) -> tuple[Linear, Linear]:
         return self.linear([gate, up]), self.linear([down])
 
