@@ -74,6 +74,8 @@ def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str]) -
                         "-e", "cpu", "-c", str(work / "ortgenai-cache")], check=True)
     paths["onnxruntime-genai"] = str(og)
     gguf = work / f"{shape}-q8_0.gguf"
+    if "llama.cpp-q8_0" in peers and not gguf.exists():
+        subprocess.run([py, str(HERE / "peers" / "gguf_writer.py"), str(src), str(gguf), "--type", "q8_0"], check=True)
     paths["llama.cpp-q8_0"] = str(gguf)
     return paths
 
