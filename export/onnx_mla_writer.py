@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .onnx_writer import MS, OPSET, _embedding, _Graph, _linear
+from .onnx_writer import MS, OPSET, _embedding, _Graph, _linear, linear_op
 from .spec import MlaSpec
 from .tensors import Linear
 from .tensors_mla import MlaLayer, MlaTensors, Moe, PerHead
@@ -324,7 +324,7 @@ def write_onnx_mla(spec: MlaSpec, tensors: MlaTensors, folder: Path, data_file: 
             "attention": "absorbed MLA: W_UK folded into the query, com.microsoft.GroupQueryAttention with one KV "
                          "head over the cached latent, then W_UV",
             "moe": "exact reference routing in-graph; each routed expert runs only on its tokens (NonZero/GatherND/ScatterND)",
-            "linear": "com.microsoft.MatMulNBits" if tensors.lm_head.bits else "MatMul",
+            "linear": linear_op(tensors.lm_head),
             "w_uk_w_uv": "per-head batched MatMul; int8 per-column on disk, expanded to float by constant folding "
                          "at load" if tensors.lm_head.bits else "per-head batched MatMul",
         },

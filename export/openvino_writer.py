@@ -33,7 +33,11 @@ class _Builder:
         return ov.op.Constant(view, shared_memory=True)
 
     def linear(self, x, lin: Linear):
-        if lin.bits:
+        if lin.bits and not lin.block_size:  # int8 W^T (K, N), one scale per output channel
+            weight = ops.multiply(ops.convert(self.const(lin.weight), np.float32),
+                                  self.const(lin.scales, (1, lin.n)))
+            y = ops.matmul(x, weight, False, False)
+        elif lin.bits:
             blocks = lin.k // lin.block_size
             if lin.bits == 8:
                 w = self.const(lin.weight, (lin.n, blocks, lin.block_size))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checkpoint import Checkpoint
-from .quantize import Scheme, pack_matmulnbits, quantize, quantize_rows
+from .quantize import Scheme, pack_matmulnbits, quantize, quantize_columns, quantize_rows
 from .rope import cos_sin_tables, inv_freq_and_scale
 from .spec import DecoderSpec
 from .weight_file import WeightFile
@@ -29,8 +29,9 @@ class Stored:
 
 @dataclass(frozen=True)
 class Linear:
-    """y = x @ W^T + b. Quantized: `weight` is MatMulNBits-packed uint8 (N, blocks, bytes) with
-    `scales` (N, blocks); float: `weight` is W^T, shape (K, N)."""
+    """y = x @ W^T + b. Blockwise (block_size > 0): `weight` is MatMulNBits-packed uint8
+    (N, blocks, bytes) with `scales` (N, blocks). Per channel (bits 8, block_size 0): `weight` is
+    int8 W^T (K, N) with `scales` (N,). Float: `weight` is W^T, shape (K, N)."""
 
     n: int
     k: int
@@ -95,6 +96,9 @@ class _Writer:
     def linear_from(self, w: np.ndarray, bias: Stored | None = None) -> Linear:
         """Store a (N, K) weight already in memory: quantized and packed, or transposed float."""
         n, k = w.shape
+        if self.scheme.per_channel:
+            q, scales = quantize_columns(w)
+            return Linear(n, k, self.store(q), self.store(scales), 8, 0, bias)
         if self.scheme.bits:
             qw = quantize(w, self.scheme.bits, self.scheme.block_size)
             return Linear(n, k, self.store(pack_matmulnbits(qw)), self.store(qw.scales), qw.bits, qw.block_size, bias)

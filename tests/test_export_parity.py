@@ -110,16 +110,18 @@ def test_int8_weights_stay_int8_in_both_graphs(artifacts):
     art = load_artifact(artifacts("qwen2", "int8"))
     g = onnx.load(str(art.path("model.onnx")), load_external_data=False).graph
     ops = [n.op_type for n in g.node]
-    assert ops.count("MatMulNBits") == 2 * 4 + 1  # qkv, o, gate_up, down per layer, and the LM head
-    assert "MatMul" not in ops
+    assert ops.count("MatMulInteger") == 2 * 4 + 1  # qkv, o, gate_up, down per layer, and the LM head
+    assert "MatMul" not in ops and "MatMulNBits" not in ops
     assert ops.count("GroupQueryAttention") == 2
-    nbits = [n for n in g.node if n.op_type == "MatMulNBits"]
-    assert all(a.i == 8 for n in nbits for a in n.attribute if a.name == "bits")
+    weights = {t.name: t for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "MatMulInteger":
+            assert weights[n.input[1]].data_type == onnx.TensorProto.INT8  # activations are the uint8 side
     xml = art.path("openvino_model.xml").read_text()
-    assert xml.count('element_type="u8"') >= 2 * 4 + 1
+    assert xml.count('element_type="i8"') >= 2 * 4 + 1
     assert "ScaledDotProductAttention" in xml and "ReadValue" in xml
     q = art.manifest["quantization"]
-    assert q["weights"] == "int8" and q["symmetric"] and q["block_size"] == 128
+    assert q["weights"] == "int8" and q["symmetric"] and q["granularity"] == "per output channel"
     # about a quarter of fp32 (plus scales and the int8 embedding)
     fp32 = load_artifact(artifacts("qwen2", "fp32")).manifest["files"]["model.onnx.data"]["size"]
     assert art.manifest["files"]["model.onnx.data"]["size"] < 0.32 * fp32

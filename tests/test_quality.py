@@ -21,7 +21,7 @@ CHECKPOINT = MODELS / "r1-distill-tiny-python"
 def rows(request):
     from quality import evaluate
 
-    rows = evaluate(MODELS / request.param, ("fp32", "int8"), windows=6, seq=128)
+    rows = evaluate(MODELS / request.param, ("fp32", "int8", "int8-wo"), windows=6, seq=128)
     return {"model": request.param, **{(r["graph"], r["weights"]): r for r in rows}}
 
 
@@ -31,17 +31,23 @@ def test_fp32_export_matches_transformers_perplexity(rows, fmt):
     assert abs(r["ppl_change_pct"]) < 0.1 and r["top1_agreement_pct"] > 99.5, r
 
 
+# Top-1 agreement floors on this 762-token slice (0.13% per token). The full benchmark
+# (benchmarks/results/quality.md) is higher. ONNX "int8" also quantizes activations per row
+# (integer matmuls): it trades about 1 point of top-1 on these 256-wide models for 2-3.8x faster
+# batched rows; "int8-wo" keeps float activations. The MoE model's routing flips on a few tokens.
+TOP1_FLOOR = {("r1-distill-tiny-python", "int8-wo"): 98.0, ("r1-distill-tiny-python", "int8"): 97.0,
+              ("deepseek-v3-tiny-python", "int8-wo"): 96.0, ("deepseek-v3-tiny-python", "int8"): 95.5}
+
+
+@pytest.mark.parametrize("weights", ["int8", "int8-wo"])
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
-def test_int8_keeps_quality(rows, fmt, capsys):
-    r = rows[fmt, "int8"]
+def test_int8_keeps_quality(rows, fmt, weights, capsys):
+    r = rows[fmt, weights]
     with capsys.disabled():
-        print(f"\nint8 {fmt}: perplexity {r['perplexity']:.4f} ({r['ppl_change_pct']:+.3f}%), "
+        print(f"\n{weights} {fmt}: perplexity {r['perplexity']:.4f} ({r['ppl_change_pct']:+.3f}%), "
               f"top-1 agreement {r['top1_agreement_pct']:.2f}%")
     assert r["ppl_change_pct"] < 0.5, r
-    # The 98% target holds on the full benchmark (benchmarks/results/quality.md: 98.5-99.0%); this
-    # 762-token slice moves by 0.13% per token, so the MoE model, whose routing flips on a few
-    # tokens, gets a margin.
-    assert r["top1_agreement_pct"] >= (98.0 if rows["model"] == "r1-distill-tiny-python" else 96.0), r
+    assert r["top1_agreement_pct"] >= TOP1_FLOOR[rows["model"], weights], r
     assert rows["transformers", "fp32"]["perplexity"] < 20  # the model really learned Python
 
 

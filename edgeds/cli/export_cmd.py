@@ -12,7 +12,7 @@ def command(
     src: Annotated[str, typer.Argument(help="Local checkpoint folder (Hugging Face layout, safetensors).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Artifact folder to write.")],
     format: Annotated[str, typer.Option("--format", help="Comma-separated: onnx, openvino.")] = "onnx,openvino",
-    weights: Annotated[str, typer.Option(help="int8 | int4 | fp16 | fp32.")] = "int8",
+    weights: Annotated[str, typer.Option(help="int8 (int8 weights and activations) | int8-wo (weight-only, closest to float) | int4 | fp16 | fp32.")] = "int8",
     context: Annotated[int, typer.Option(help="Longest sequence the artifact supports (default: min(model, 8192)).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     verify: Annotated[bool, typer.Option(help="Check logits and greedy tokens against transformers; fail the export if they differ.")] = False,
