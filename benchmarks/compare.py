@@ -61,7 +61,8 @@ def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str]) -
         formats = "onnx,openvino" if find_spec("openvino") else "onnx"
         subprocess.run([sys.executable, "-m", "edgeds.cli", "export", str(src), "-o", str(edg), "--format", formats,
                         "--context", "2048", "--overwrite"], check=True)
-    paths["edgeds"] = str(edg)
+    for name in ("edgeds", "edgeds-onnxruntime", "edgeds-openvino"):
+        paths[name] = str(edg)
     py = peer_python or sys.executable
     ov = work / f"{shape}-optimum-ov-int8"
     if "openvino-genai" in peers and not (ov / "openvino_model.xml").exists():
@@ -82,7 +83,9 @@ def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str]) -
 
 def run_peer(name: str, path: str, python: str, threads: int, vocab: int, batches: list[int], jobs: int,
              quick: bool, out: Path) -> dict | None:
-    env = {**os.environ, "PYTHONPATH": f"{REPO}:{HERE}", "OMP_NUM_THREADS": str(threads)}
+    path_before = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": ":".join(filter(None, [str(REPO), str(HERE), path_before])),
+           "OMP_NUM_THREADS": str(threads)}
     cmd = [python, "-m", "peers.runners", name, path, str(threads), str(vocab), ",".join(map(str, batches)), str(jobs),
            "1" if quick else "0", str(out)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -93,8 +96,8 @@ def run_peer(name: str, path: str, python: str, threads: int, vocab: int, batche
 
 
 def report(results: list[dict], machine: str, threads: int, bandwidth: float, weights_gb: float, out: Path, note: str) -> str:
-    peers = [r for r in results if r["runtime"] != "edgeds"]
-    edg = next((r for r in results if r["runtime"] == "edgeds"), None)
+    peers = [r for r in results if not r["runtime"].startswith("edgeds")]
+    ours = [r for r in results if r["runtime"].startswith("edgeds")]
 
     def best(key, low=False, sub=None):
         vals = [(r[key] if sub is None else r[key][sub]) for r in peers if r.get(key) is not None]
@@ -108,15 +111,18 @@ def report(results: list[dict], machine: str, threads: int, bandwidth: float, we
     for r in results:
         off = max(r["offline_tok_s"].values())
         bw = r["decode_tok_s_batch1"] * weights_gb if r["decode_tok_s_batch1"] else 0
-        lines.append(f"| {r['runtime']} | {r['load_s']:.2f} | {r['ttft_s']:.3f} | {r['decode_tok_s_batch1']:.1f} | {bw:.1f} | "
+        name = f"{r['runtime']} ({r['profile']} profile, {r['backend']})" if "backend" in r else r["runtime"]
+        lines.append(f"| {name} | {r['load_s']:.2f} | {r['ttft_s']:.3f} | {r['decode_tok_s_batch1']:.1f} | {bw:.1f} | "
                      f"{off:.1f} @ {r['best_batch']} | {r['peak_rss_mib']:.0f} |")
-    if edg and peers:
+    if ours and peers:
         b_dec, b_ttft, b_load = best("decode_tok_s_batch1"), best("ttft_s", low=True), best("load_s", low=True)
         b_off = max(max(r["offline_tok_s"].values()) for r in peers)
-        lines += ["", "Ratios, edgeds / best peer (higher is better for speed; lower for TTFT and load):", "",
-                  f"- batch-1 decode: {edgeds_val(edg, 'decode_tok_s_batch1') / b_dec:.2f}x",
-                  f"- offline throughput: {max(edg['offline_tok_s'].values()) / b_off:.2f}x",
-                  f"- TTFT: {edg['ttft_s'] / b_ttft:.2f}x", f"- load: {edg['load_s'] / b_load:.2f}x"]
+        lines += ["", "Ratios to the best peer (higher is better for speed; lower for TTFT and load):", "",
+                  "| runtime | batch-1 decode | offline throughput | TTFT | load |", "|---|---|---|---|---|"]
+        for edg in ours:
+            lines.append(f"| {edg['runtime']} | {edgeds_val(edg, 'decode_tok_s_batch1') / b_dec:.2f}x | "
+                         f"{max(edg['offline_tok_s'].values()) / b_off:.2f}x | {edg['ttft_s'] / b_ttft:.2f}x | "
+                         f"{edg['load_s'] / b_load:.2f}x |")
     try:
         import matplotlib
 
@@ -172,7 +178,7 @@ def main() -> None:
         results.append(json.loads((work / f"{name}.json").read_text()))
         results[-1]["runtime"] += " (earlier run)"
     for name in peers:
-        python = sys.executable if name == "edgeds" else (args.peer_python or sys.executable)
+        python = sys.executable if name.startswith("edgeds") else (args.peer_python or sys.executable)
         if not Path(paths[name]).exists():
             print(f"{name}: no model at {paths[name]}; skipped", flush=True)
             continue

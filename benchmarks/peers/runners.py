@@ -17,6 +17,9 @@ import numpy as np
 class Runner:
     name = ""
 
+    def describe(self) -> dict:
+        return {}
+
     def load(self, path: str, threads: int) -> None: ...
 
     def offline(self, prompts: list[np.ndarray], batch: int, new_tokens: int) -> int:
@@ -30,11 +33,15 @@ class Runner:
 
 class Edgeds(Runner):
     name = "edgeds"
+    backend: str | None = None  # None: what the machine's profile picks
 
     def load(self, path, threads):
         import edgeds
 
-        self.engine = edgeds.load(path, threads=threads)
+        self.engine = edgeds.load(path, threads=threads, backend=self.backend)
+
+    def describe(self) -> dict:
+        return {"profile": self.engine.profile.name, "backend": self.engine.backend.name}
 
     def generate(self, prompts, new_tokens, batch_size=None):
         from edgeds import generate as gen
@@ -57,6 +64,14 @@ class Edgeds(Runner):
         params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
         reqs = [gen.Request(i, p, params) for i, p in enumerate(prompts)]
         return sum(len(e.token_ids) for e in self.engine.run(reqs, batch) if isinstance(e, gen.Finished))
+
+
+class EdgedsOnnxRuntime(Edgeds):
+    name, backend = "edgeds-onnxruntime", "onnxruntime"
+
+
+class EdgedsOpenVino(Edgeds):
+    name, backend = "edgeds-openvino", "openvino"
 
 
 class Transformers(Runner):
@@ -186,7 +201,7 @@ class LlamaCpp(Runner):
         return logits
 
 
-RUNNERS = {r.name: r for r in (Edgeds, Transformers, OpenVinoGenAI, OrtGenAI, LlamaCpp)}
+RUNNERS = {r.name: r for r in (Edgeds, EdgedsOnnxRuntime, EdgedsOpenVino, Transformers, OpenVinoGenAI, OrtGenAI, LlamaCpp)}
 
 
 def measure(runner: Runner, path: str, threads: int, vocab: int, batches: list[int], jobs: int, quick: bool) -> dict:
@@ -211,7 +226,7 @@ def measure(runner: Runner, path: str, threads: int, vocab: int, batches: list[i
         throughput[b] = n / (time.perf_counter() - t0)
     return {"runtime": runner.name, "load_s": load_s, "ttft_s": ttft, "decode_tok_s_batch1": decode,
             "offline_tok_s": throughput, "best_batch": max(throughput, key=throughput.get),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **runner.describe()}
 
 
 if __name__ == "__main__":
