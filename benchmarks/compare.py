@@ -66,7 +66,7 @@ def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str]) -
     py = peer_python or sys.executable
     ov = work / f"{shape}-optimum-ov-int8"
     if "openvino-genai" in peers and not (ov / "openvino_model.xml").exists():
-        subprocess.run([str(Path(py).parent / "optimum-cli"), "export", "openvino", "--model", str(src), "--task",
+        subprocess.run([py, "-m", "optimum.commands.optimum_cli", "export", "openvino", "--model", str(src), "--task",
                         "text-generation-with-past", "--weight-format", "int8", str(ov)], check=True)
     paths["openvino-genai"] = str(ov)
     og = work / f"{shape}-ortgenai-int8"
@@ -165,18 +165,23 @@ def main() -> None:
     ap.add_argument("--machine", default=None)
     ap.add_argument("--work", default="/tmp/edgeds-compare")
     ap.add_argument("--reuse", default="", help="peers whose results from an earlier run (in --work) to reuse")
+    ap.add_argument("--reuse-label", default="earlier run", help="how the report marks reused rows")
+    ap.add_argument("--prepare-only", action="store_true", help="export the models, run nothing")
+    ap.add_argument("--no-report", action="store_true", help="run, keep each result's JSON in --work, write no report")
     args = ap.parse_args()
-    peers = args.peers.split(",")
+    peers = [p for p in args.peers.split(",") if p and p != "none"]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     paths = prepare(args.shape, work, args.peer_python, peers)
+    if args.prepare_only:
+        return
     vocab = min(100_000, json.loads((Path(paths['transformers-fp32']) / 'config.json').read_text())['vocab_size'])
     batches = [int(b) for b in args.batches.split(",")]
     results = []
     reused = [n for n in args.reuse.split(",") if n]
     for name in reused:
         results.append(json.loads((work / f"{name}.json").read_text()))
-        results[-1]["runtime"] += " (earlier run)"
+        results[-1]["runtime"] += f" ({args.reuse_label})" if args.reuse_label else ""
     for name in peers:
         python = sys.executable if name.startswith("edgeds") else (args.peer_python or sys.executable)
         if not Path(paths[name]).exists():
@@ -187,6 +192,8 @@ def main() -> None:
         if res:
             results.append(res)
             print(json.dumps(res), flush=True)
+    if args.no_report:
+        return
     machine = args.machine or f"{platform.machine()}-{args.threads}t"
     edg = json.loads((Path(paths["edgeds"]) / "edgeds.json").read_text())
     weights_gb = sum(edg["files"][f]["size"] for f in ("model.onnx", "model.onnx.data")) / 1e9
