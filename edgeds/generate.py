@@ -60,11 +60,20 @@ class StepStats:
     decode_tokens: int = 0
 
 
+CACHE_STEP = 64  # cache capacity grows in steps of this many tokens
+
+
+def cache_capacity(requests: list[Request], context: int) -> int:
+    """Tokens of cache the longest of these requests can use, rounded up to a step."""
+    longest = max(len(r.prompt_ids) + r.params.max_new_tokens for r in requests)
+    return min(context, -(-longest // CACHE_STEP) * CACHE_STEP)
+
+
 def run(
     backend: Backend,
     requests: Iterable[Request],
     batch_size: int,
-    capacity: int,
+    context: int,
     eos_ids: set[int],
     decode_text: Callable[[list[int]], str] | None = None,
     stats: StepStats | None = None,
@@ -73,8 +82,9 @@ def run(
     pending = iter(requests)
     exhausted = False
     slots: list[_Sequence | None] = [None] * batch_size
-    if backend.supports_refill:
-        backend.start(batch_size, capacity)
+    # The cache is sized to the longest request taken so far, not to the context: a job of
+    # short prompts never holds (and never touches) memory for the longest possible one.
+    allocated = 0
     tokens = np.zeros(batch_size, np.int64)
     stats = stats or StepStats()
 
@@ -99,7 +109,7 @@ def run(
             yield finish(i, "stop", hit)
         elif len(seq.tokens) >= p.max_new_tokens:
             yield finish(i, "length")
-        elif len(seq.request.prompt_ids) + len(seq.tokens) >= capacity:
+        elif len(seq.request.prompt_ids) + len(seq.tokens) >= context:
             yield finish(i, "length")
 
     while True:
@@ -110,11 +120,18 @@ def run(
             new = [] if exhausted else _take(pending, len(free))
             exhausted = exhausted or len(new) < len(free)
             if new:
+                needed = cache_capacity(new, context)
                 if not backend.supports_refill:  # a wave: exactly as many slots as prompts
                     slots = [None] * len(new)
                     free = list(range(len(new)))
-                    backend.start(len(new), capacity)
+                    backend.start(len(new), needed)
                     tokens = np.zeros(len(new), np.int64)
+                elif not allocated:
+                    backend.start(batch_size, needed)
+                    allocated = needed
+                elif needed > allocated:
+                    backend.grow(needed)
+                    allocated = needed
                 t0 = time.perf_counter()
                 logits = backend.prefill(free[: len(new)], [r.prompt_ids for r in new])
                 now = time.perf_counter()

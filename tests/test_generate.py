@@ -22,10 +22,16 @@ class CountingBackend:
         self.inner = inner
         self.prefills: list[list[int]] = []
         self.decodes = 0
+        self.capacities: list[int] = []
         self.supports_refill = inner.supports_refill
 
-    def start(self, *a):
-        return self.inner.start(*a)
+    def start(self, batch_size, capacity):
+        self.capacities.append(capacity)
+        return self.inner.start(batch_size, capacity)
+
+    def grow(self, capacity):
+        self.capacities.append(capacity)
+        return self.inner.grow(capacity)
 
     def prefill(self, slots, prompts, every_position=False):
         self.prefills.append(list(slots))
@@ -56,6 +62,18 @@ def test_finished_slot_takes_the_next_prompt_at_once(engine):
     alone = {r.key: [e for e in gen.run(engine.backend, [r], 1, 128, set()) if isinstance(e, gen.Finished)][0].token_ids
              for r in requests([(5, 2), (9, 20), (4, 3), (7, 3), (6, 3)])}
     assert {d.key: d.token_ids for d in done} == alone
+
+
+def test_cache_grows_to_the_longest_request_and_keeps_what_it_holds(engine):
+    lengths = [(5, 2), (9, 40), (60, 30)]
+    backend = CountingBackend(engine.backend)
+    done = {e.key: e.token_ids for e in gen.run(backend, requests(lengths), 2, 128, set()) if isinstance(e, gen.Finished)}
+    # Sized for the first two requests (9 + 40 tokens -> one 64-token step); grown to the
+    # 128-token context when the third came, while request 1 was mid-way: its cache moved.
+    assert backend.capacities == [64, 128]
+    alone = {r.key: [e for e in gen.run(engine.backend, [r], 1, 128, set()) if isinstance(e, gen.Finished)][0].token_ids
+             for r in requests(lengths)}
+    assert done == alone and len(done[1]) == 40
 
 
 def test_openvino_runs_waves_with_the_same_results(artifacts):

@@ -22,6 +22,10 @@ class Backend(Protocol):
     def start(self, batch_size: int, capacity: int) -> None:
         """Allocate (or reset) caches for `batch_size` slots of `capacity` tokens each."""
 
+    def grow(self, capacity: int) -> None:
+        """Enlarge every slot's cache to `capacity` tokens, keeping what each holds (refill
+        backends only: the loop sizes the cache to the longest request it has taken)."""
+
     def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False) -> np.ndarray:
         """Run each prompt into its slot's empty cache; returns last-token logits (len(slots), V),
         or with every_position the logits of every prompt position (len(slots), longest, V)."""

@@ -63,6 +63,26 @@ class OnnxRuntimeBackend:
             self.values = [] if self.latent else [np.zeros(shape, np.float32) for _ in range(self.layers)]
         self.batch_size, self.capacity = batch_size, capacity
         self.lengths = np.zeros(batch_size, np.int32)
+        self._bind_decode()
+
+    def grow(self, capacity: int) -> None:
+        if capacity <= self.capacity:
+            return
+        shape = (self.batch_size, self.kv_heads, capacity, self.head_dim)
+
+        def larger(old: np.ndarray) -> np.ndarray:
+            new = np.zeros(shape, np.float32)
+            new[:, :, : self.capacity] = old
+            return new
+
+        for caches in (self.keys, self.values):
+            for i in range(len(caches)):  # one layer at a time: the old buffer goes as the new one comes
+                caches[i] = larger(caches[i])
+        self.capacity = capacity
+        self._bind_decode()
+
+    def _bind_decode(self) -> None:
+        batch_size = self.batch_size
         # Decode inputs live in fixed buffers bound once; a step only rewrites their contents.
         self._ids = np.zeros((batch_size, 1), np.int64)
         self._seqlens = np.zeros(batch_size, np.int32)
