@@ -86,7 +86,7 @@ def run_peer(name: str, path: str, python: str, threads: int, vocab: int, batche
     path_before = os.environ.get("PYTHONPATH")
     env = {**os.environ, "PYTHONPATH": ":".join(filter(None, [str(REPO), str(HERE), path_before])),
            "OMP_NUM_THREADS": str(threads)}
-    cmd = [python, "-m", "peers.runners", name, path, str(threads), str(vocab), ",".join(map(str, batches)), str(jobs),
+    cmd = [python, "-m", "peers.runners", name, path, str(threads), str(vocab), ",".join(map(str, batches)) or "none", str(jobs),
            "1" if quick else "0", str(out)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
@@ -109,14 +109,14 @@ def report(results: list[dict], machine: str, threads: int, bandwidth: float, we
              "| runtime | load (s) | TTFT 128 (s) | decode b1 (tok/s) | weights read b1 (GB/s) | offline best (tok/s @ batch) | peak RSS (MiB) |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
-        off = max(r["offline_tok_s"].values())
+        off = f"{max(r['offline_tok_s'].values()):.1f} @ {r['best_batch']}" if r["offline_tok_s"] else "not run"
         bw = r["decode_tok_s_batch1"] * weights_gb if r["decode_tok_s_batch1"] else 0
         name = f"{r['runtime']} ({r['profile']} profile, {r['backend']})" if "backend" in r else r["runtime"]
         lines.append(f"| {name} | {r['load_s']:.2f} | {r['ttft_s']:.3f} | {r['decode_tok_s_batch1']:.1f} | {bw:.1f} | "
-                     f"{off:.1f} @ {r['best_batch']} | {r['peak_rss_mib']:.0f} |")
+                     f"{off} | {r['peak_rss_mib']:.0f} |")
     if ours and peers:
         b_dec, b_ttft, b_load = best("decode_tok_s_batch1"), best("ttft_s", low=True), best("load_s", low=True)
-        b_off = max(max(r["offline_tok_s"].values()) for r in peers)
+        b_off = max(max(r["offline_tok_s"].values()) for r in peers if r["offline_tok_s"])
         lines += ["", "Ratios to the best peer (higher is better for speed; lower for TTFT and load):", "",
                   "| runtime | batch-1 decode | offline throughput | TTFT | load |", "|---|---|---|---|---|"]
         for edg in ours:
@@ -159,7 +159,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--peers", default="edgeds,openvino-genai,onnxruntime-genai,llama.cpp-q8_0,transformers-fp32")
     ap.add_argument("--peer-python", default=None, help="python of the environment that has the peers")
-    ap.add_argument("--batches", default="1,4,8,16")
+    ap.add_argument("--batches", default="1,4,8,16", help='batch settings of the offline job; "none" skips it')
     ap.add_argument("--jobs", type=int, default=64)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--machine", default=None)
@@ -176,7 +176,7 @@ def main() -> None:
     if args.prepare_only:
         return
     vocab = min(100_000, json.loads((Path(paths['transformers-fp32']) / 'config.json').read_text())['vocab_size'])
-    batches = [int(b) for b in args.batches.split(",")]
+    batches = [int(b) for b in args.batches.split(",") if b != "none"]
     results = []
     reused = [n for n in args.reuse.split(",") if n]
     for name in reused:

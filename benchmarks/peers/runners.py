@@ -225,13 +225,14 @@ def measure(runner: Runner, path: str, threads: int, vocab: int, batches: list[i
         n = runner.offline(prompts, b, out_tokens)
         throughput[b] = n / (time.perf_counter() - t0)
     return {"runtime": runner.name, "load_s": load_s, "ttft_s": ttft, "decode_tok_s_batch1": decode,
-            "offline_tok_s": throughput, "best_batch": max(throughput, key=throughput.get),
+            "offline_tok_s": throughput, "best_batch": max(throughput, key=throughput.get) if throughput else None,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **runner.describe()}
 
 
 if __name__ == "__main__":
     name, path, threads, vocab, batches, jobs, quick, out = sys.argv[1:9]
-    res = measure(RUNNERS[name](), path, int(threads), int(vocab), [int(b) for b in batches.split(",")], int(jobs), quick == "1")
+    res = measure(RUNNERS[name](), path, int(threads), int(vocab), [int(b) for b in batches.split(",") if b != "none"],
+                  int(jobs), quick == "1")
     with open(out, "w") as f:
         json.dump(res, f, indent=2)
     print(json.dumps(res))
