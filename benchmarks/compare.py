@@ -46,7 +46,7 @@ def read_bandwidth_gb_s(threads: int, size_mb: int = 1024) -> float:
     return best
 
 
-def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str]) -> dict[str, str]:
+def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], weights: str = "int8") -> dict[str, str]:
     from random_checkpoint import write_checkpoint
 
     src = Path(shape) if Path(shape).is_dir() else work / f"{shape}-src"
@@ -54,12 +54,12 @@ def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str]) -
     if not (src / "config.json").exists():
         write_checkpoint(CONFIGS / f"{shape}.json", src, CONFIGS.parent / "deepseek-v3-tokenizer")
     paths = {"transformers-fp32": str(src)}
-    edg = work / f"{shape}-edgeds-int8"
+    edg = work / f"{shape}-edgeds-{weights}"
     if not (edg / "edgeds.json").exists():
         from importlib.util import find_spec
 
         formats = "onnx,openvino" if find_spec("openvino") else "onnx"
-        subprocess.run([sys.executable, "-m", "edgeds.cli", "export", str(src), "-o", str(edg), "--format", formats,
+        subprocess.run([sys.executable, "-m", "edgeds.cli", "export", str(src), "-o", str(edg), "--format", formats, "--weights", weights,
                         "--context", "2048", "--overwrite"], check=True)
     for name in ("edgeds", "edgeds-onnxruntime", "edgeds-openvino"):
         paths[name] = str(edg)
@@ -162,6 +162,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,4,8,16", help='batch settings of the offline job; "none" skips it')
     ap.add_argument("--jobs", type=int, default=64)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--weights", default="int8", help="edgeds export weights (int8, int8-wo, int4)")
     ap.add_argument("--machine", default=None)
     ap.add_argument("--work", default="/tmp/edgeds-compare")
     ap.add_argument("--reuse", default="", help="peers whose results from an earlier run (in --work) to reuse")
@@ -172,7 +173,8 @@ def main() -> None:
     peers = [p for p in args.peers.split(",") if p and p != "none"]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    paths = prepare(args.shape, work, args.peer_python, peers)
+    paths = prepare(args.shape, work, args.peer_python, peers, args.weights)
+    tag = "" if args.weights == "int8" else f"-{args.weights}"  # edgeds rows of another export get their own name
     if args.prepare_only:
         return
     vocab = min(100_000, json.loads((Path(paths['transformers-fp32']) / 'config.json').read_text())['vocab_size'])
@@ -187,8 +189,12 @@ def main() -> None:
         if not Path(paths[name]).exists():
             print(f"{name}: no model at {paths[name]}; skipped", flush=True)
             continue
-        res = run_peer(name, paths[name], python, args.threads, vocab, batches, args.jobs, args.quick,
-                       work / f"{name}.json")
+        ours = name.startswith("edgeds")
+        out = work / f"{name}{tag if ours else ''}.json"
+        res = run_peer(name, paths[name], python, args.threads, vocab, batches, args.jobs, args.quick, out)
+        if res and ours and tag:
+            res["runtime"] += tag
+            out.write_text(json.dumps(res, indent=2))
         if res:
             results.append(res)
             print(json.dumps(res), flush=True)
