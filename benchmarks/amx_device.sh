@@ -9,7 +9,9 @@
 #           call per part: mkdir -p /tmp/parts && cp .parts/p.XX /tmp/parts/, carrying .parts/p.XX)
 #   there:  bash benchmarks/amx_device.sh prepare | edgeds-onnxruntime | edgeds | openvino-genai | report
 # ONNX Runtime only (no wheels; carry .carry, which holds shared/reference):
-#   there:  bash benchmarks/amx_device.sh ort-ab     # edgeds int8 (W8A8) against int8-wo (MatMulNBits)
+#   there:  bash benchmarks/amx_device.sh edgeds; bash benchmarks/amx_device.sh edgeds --weights int8-wo
+#   then:   REUSE=edgeds,edgeds-int8-wo,... bash benchmarks/amx_device.sh report (results of earlier
+#           calls or machines: put their JSON files in .carry/results)
 set -eo pipefail
 CONFIGS=/tmp/bundle/reference/configs
 [ -d .carry/reference/configs ] && CONFIGS=$PWD/.carry/reference/configs
@@ -22,13 +24,11 @@ case "$1" in
     python3 -m edgeds.cli doctor | tee "$OUT/xeon-amx-16t-doctor.txt"
     python3 benchmarks/compare.py $ARGS --peers edgeds,openvino-genai --prepare-only ;;
   report)
-    python3 benchmarks/compare.py $ARGS --peers none --reuse edgeds-onnxruntime,edgeds,openvino-genai --reuse-label '' ;;
-  ort-ab)
-    python3 -m edgeds.cli doctor | tee "$OUT/xeon-amx-16t-doctor.txt"
-    python3 benchmarks/compare.py $ARGS --peers edgeds --no-report
-    python3 benchmarks/compare.py $ARGS --peers edgeds --weights int8-wo --no-report ;;
+    cp .carry/results/*.json /tmp/cmp/ 2>/dev/null || true
+    python3 benchmarks/compare.py $ARGS --peers none --reuse "${REUSE:-edgeds-onnxruntime,edgeds,openvino-genai}" --reuse-label '' ;;
   *)
-    python3 benchmarks/compare.py $ARGS --peers "$1" --no-report ;;
+    python3 -m edgeds.cli doctor > "$OUT/xeon-amx-16t-doctor.txt"
+    python3 benchmarks/compare.py $ARGS --peers "$1" --no-report "${@:2}" ;;
 esac
 cp /tmp/cmp/*.json "$OUT/" 2>/dev/null || true
 cp benchmarks/results/xeon-amx-16t.* "$OUT/" 2>/dev/null || true
