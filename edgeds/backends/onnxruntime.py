@@ -59,6 +59,7 @@ class OnnxRuntimeBackend:
     def start(self, batch_size: int, capacity: int) -> None:
         shape = (batch_size, self.kv_heads, capacity, self.head_dim)
         if self.batch_size != batch_size or self.keys[0].shape != shape:
+            self.keys = self.values = None  # the old cache goes before the new one comes: no peak of both
             self.keys = [np.zeros(shape, np.float32) for _ in range(self.layers)]
             self.values = [] if self.latent else [np.zeros(shape, np.float32) for _ in range(self.layers)]
         self.batch_size, self.capacity = batch_size, capacity
