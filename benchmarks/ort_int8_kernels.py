@@ -1,6 +1,7 @@
 """ONNX Runtime's int8 weight kernels on one matmul shape (K=1536, N=8960: the 1.5B MLP).
 
-    python benchmarks/ort_int8_kernels.py
+    python benchmarks/ort_int8_kernels.py           # one matmul, weights in cache
+    python benchmarks/ort_int8_kernels.py --chain   # 48 of them (1.3 GB of weights): memory-bound like a model
 
 MatMulNBits (8-bit, block 128) at accuracy levels 0 and 4, and DynamicQuantizeMatMul
 (per-column int8 weights, activations quantized per tensor), at M = 1, 8, 32, 128 rows, 2 threads.
@@ -9,6 +10,8 @@ The weights fit in cache here, so M=1 figures are not memory-bound as in a whole
 
 from __future__ import annotations
 
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -55,6 +58,61 @@ def timed(s: ort.InferenceSession, m: int, runs: int) -> float:
     return (time.perf_counter() - t0) / runs
 
 
+def chain(kind: str, layers: int = 24) -> ort.InferenceSession:
+    """`layers` x (K->N, N->K) matmuls with their own weights, as the exporter writes them:
+    "nbits" = MatMulNBits 8-bit block 128 accuracy 4 (int8-wo), "rows" = per-row uint8
+    activations x per-channel int8 weights through MatMulInteger (int8)."""
+    nodes, inits, x = [], [], "x"
+    shared = [onnx.numpy_helper.from_array(np.array([-1], np.int64), "axis"),
+              onnx.numpy_helper.from_array(np.array(1 / 127, np.float32), "inv127"),
+              onnx.numpy_helper.from_array(np.array(1e-30, np.float32), "tiny"),
+              onnx.numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+              onnx.numpy_helper.from_array(np.array(128, np.uint8), "zp")]
+    for i in range(layers):
+        for j, (k, n) in enumerate(((K, N), (N, K))):
+            p, y = f"l{i}.{j}", f"l{i}.{j}/y"
+            scale = 1 / (73 * np.sqrt(k))  # keeps activations near unit size through 48 layers (no inf/NaN)
+            if kind == "nbits":
+                inits += [onnx.numpy_helper.from_array(rng.integers(0, 255, (n, k // 128, 128), dtype=np.uint8), p + "B"),
+                          onnx.numpy_helper.from_array(np.full(n * k // 128, scale, np.float32), p + "S")]
+                nodes.append(helper.make_node("MatMulNBits", [x, p + "B", p + "S"], [y], domain="com.microsoft", K=k, N=n,
+                                              bits=8, block_size=128, accuracy_level=4))
+            else:
+                inits += [onnx.numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), p + "B"),
+                          onnx.numpy_helper.from_array(np.full(n, scale, np.float32), p + "S")]
+                nodes += [helper.make_node("Abs", [x], [p + "a"]),
+                          helper.make_node("ReduceMax", [p + "a", "axis"], [p + "m"], keepdims=1),
+                          helper.make_node("Max", [p + "m", "tiny"], [p + "m2"]),
+                          helper.make_node("Mul", [p + "m2", "inv127"], [p + "s"]),
+                          helper.make_node("Div", [x, p + "s"], [p + "d"]),
+                          helper.make_node("QuantizeLinear", [p + "d", "one", "zp"], [p + "q"]),
+                          helper.make_node("MatMulInteger", [p + "q", p + "B", "zp"], [p + "i"]),
+                          helper.make_node("Cast", [p + "i"], [p + "f"], to=TensorProto.FLOAT),
+                          helper.make_node("Mul", [p + "f", p + "s"], [p + "r"]),
+                          helper.make_node("Mul", [p + "r", p + "S"], [y])]
+            x = y
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, [None, K])], initializer=inits + shared)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
+                          ir_version=10)
+    with tempfile.TemporaryDirectory() as tmp:  # over 2 GB of protobuf: the weights go to a side file
+        onnx.save(m, f"{tmp}/m.onnx", save_as_external_data=True, location="m.data")
+        o = ort.SessionOptions()
+        o.intra_op_num_threads = THREADS
+        return ort.InferenceSession(f"{tmp}/m.onnx", o, providers=["CPUExecutionProvider"])
+
+
+def main_chain() -> None:
+    print("| graph | M | ms per pass | weights read GB/s | GFLOP/s |\n|---|---|---|---|---|")
+    gb = 48 * K * N / 1e9
+    for kind in ("nbits", "rows"):
+        s = chain(kind)
+        for m in (1, 4, 8, 16, 32, 128):
+            dt = timed(s, m, 5)
+            print(f"| {kind} | {m} | {dt * 1e3:.1f} | {gb / dt:.1f} | {2 * m * gb / dt:.0f} |", flush=True)
+        del s
+
+
 def main() -> None:
     print("| kernel | M | ms | GFLOP/s |\n|---|---|---|---|")
     for name, s, runs in (("MatMulNBits 8-bit, accuracy 0", matmulnbits(0), 3),
@@ -66,4 +124,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main_chain() if "--chain" in sys.argv else main()
