@@ -1,0 +1,58 @@
+"""The ONNX Runtime backend alone, without the generate loop: load, prefill and decode steps, RSS.
+
+    python benchmarks/backend_steps.py ARTIFACT [--threads 16] [--batches 1,32]
+
+Separates what the kernels and cache cost from what the loop and scheduling add (compare with
+`edgeds bench` and benchmarks/compare.py). Prompts of 128 random tokens, capacity 640, median of
+20 decode steps after 4 warm-up steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from edgeds.artifact import load_artifact  # noqa: E402
+from edgeds.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("artifact")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--batches", default="1,32")
+    args = ap.parse_args()
+    proc = psutil.Process()
+
+    def peak() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+
+    t = time.perf_counter()
+    backend = OnnxRuntimeBackend(load_artifact(args.artifact), ["CPUExecutionProvider"], threads=args.threads or None)
+    print(f"{args.artifact}: load {time.perf_counter() - t:.2f} s, RSS after load {proc.memory_info().rss >> 20} MiB, "
+          f"peak {peak()} MiB", flush=True)
+    rng = np.random.default_rng(0)
+    for batch in (int(b) for b in args.batches.split(",")):
+        backend.start(batch, 640)
+        t = time.perf_counter()
+        backend.prefill(list(range(batch)), [rng.integers(10, 50000, 128) for _ in range(batch)])
+        prefill = time.perf_counter() - t
+        tokens, steps = np.full(batch, 5, np.int64), []
+        for _ in range(24):
+            t = time.perf_counter()
+            backend.decode(tokens)
+            steps.append(time.perf_counter() - t)
+        print(f"  batch {batch}: prefill {batch}x128 {prefill:.2f} s, decode {batch / np.median(steps[4:]):.1f} tok/s, "
+              f"RSS {proc.memory_info().rss >> 20} MiB, peak {peak()} MiB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
