@@ -121,3 +121,24 @@ def test_sampling_is_seeded_and_independent_of_batching(engine):
     batched = engine.generate(["import os", "class A:", "x = 1"], batch_size=3, **kw)[0].token_ids
     assert alone == batched
     assert engine.generate(["import os"], **{**kw, "seed": 4})[0].token_ids != alone
+
+
+def test_prefill_groups_stay_dense_and_bounded():
+    from edgeds.backends.onnxruntime import PREFILL_ROWS, _prefill_groups
+
+    assert PREFILL_ROWS == 512
+    assert _prefill_groups(list(range(16)), [128] * 16) == [(0, 4), (4, 8), (8, 12), (12, 16)]  # 512 rows a call
+    assert _prefill_groups([0, 1, 2], [64, 500, 70]) == [(0, 1), (1, 2), (2, 3)]  # padding would double the work
+    assert _prefill_groups([0, 2, 3], [10, 10, 10]) == [(0, 1), (1, 3)]  # only consecutive slots share a call
+
+
+def test_grouped_prefill_matches_one_prompt_at_a_time(engine):
+    prompts = [np.random.default_rng(i).integers(2, 320, 20).astype(np.int64) for i in range(4)]
+    backend = engine.backend
+    backend.start(4, 64)
+    together = backend.prefill([0, 1, 2, 3], prompts)  # one padded call of 4 x 20 rows
+    alone = []
+    for p in prompts:
+        backend.start(1, 64)
+        alone.append(backend.prefill([0], [p])[0])
+    np.testing.assert_allclose(together, np.stack(alone), atol=1e-4)

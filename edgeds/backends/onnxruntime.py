@@ -13,6 +13,25 @@ import onnxruntime as ort
 from ..artifact import Artifact, cache_values_per_token
 
 PADDING_BUDGET = 1.25  # padded tokens allowed per real token in one batched prefill
+# Rows of one prefill call. Prefill is compute-bound, and the int8 kernels reach their speed by
+# a few hundred rows (benchmarks/results/ort_int8_kernels.md); beyond that a larger call only
+# adds activation memory (16 x 128 tokens in one call: +1 GB, and slower).
+PREFILL_ROWS = 512
+
+
+def _prefill_groups(slots: list[int], lengths: list[int]) -> list[tuple[int, int]]:
+    """Split prompts into runs of consecutive slots that share one right-padded call, while
+    padding stays within budget and the call within PREFILL_ROWS; returns (start, stop) pairs."""
+    groups, start = [], 0
+    for i in range(1, len(slots) + 1):
+        if i < len(slots) and slots[i] == slots[i - 1] + 1:
+            group = lengths[start:i + 1]
+            padded = max(group) * len(group)
+            if padded <= PREFILL_ROWS and padded <= PADDING_BUDGET * sum(group):
+                continue
+        groups.append((start, i))
+        start = i
+    return groups
 
 
 class OnnxRuntimeBackend:
@@ -131,15 +150,13 @@ class OnnxRuntimeBackend:
     def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False) -> np.ndarray:
         if any(len(p) > self.capacity for p in prompts):
             raise ValueError("prompt longer than the cache capacity")
-        lengths = [len(p) for p in prompts]
-        padded = max(lengths) * len(prompts)
-        # One padded call for all slots only when padding wastes little: prefill is compute-bound,
-        # so separate calls on unpadded prompts cost less than one call on padding.
-        if slots == list(range(self.batch_size)) and padded <= PADDING_BUDGET * sum(lengths):
-            out = self._run_prompts(slice(0, self.batch_size), prompts, every_position)
+        if every_position:  # scoring: every position's logits, one prompt per call
+            out = np.stack([self._run_prompts(slice(s, s + 1), [p], True)[0] for s, p in zip(slots, prompts)])
         else:
-            out = np.stack([self._run_prompts(slice(s, s + 1), [p], every_position)[0]
-                            for s, p in zip(slots, prompts)])
+            out = np.empty((len(slots), self.vocab_size), np.float32)
+            for start, stop in _prefill_groups(slots, [len(p) for p in prompts]):
+                rows = slice(slots[start], slots[stop - 1] + 1)
+                out[start:stop] = self._run_prompts(rows, prompts[start:stop])
         for s, p in zip(slots, prompts):
             self.lengths[s] = len(p)
         return out
