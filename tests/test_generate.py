@@ -142,3 +142,25 @@ def test_grouped_prefill_matches_one_prompt_at_a_time(engine):
         backend.start(1, 64)
         alone.append(backend.prefill([0], [p])[0])
     np.testing.assert_allclose(together, np.stack(alone), atol=1e-4)
+
+
+@pytest.mark.parametrize("model", ["qwen2", "deepseek_v3"])
+def test_long_prompt_prefills_in_chunks_with_the_same_logits(artifacts, monkeypatch, model):
+    from edgeds.backends import onnxruntime as ort_backend
+
+    backend = edgeds.load(artifacts(model, "fp32"), backend="onnxruntime").backend
+    prompt = np.random.default_rng(3).integers(2, 320, 100).astype(np.int64)
+    backend.start(1, 128)
+    whole = backend.prefill([0], [prompt])[0]
+    whole_next = backend.decode(np.array([7]))[0]
+    monkeypatch.setattr(ort_backend, "PREFILL_ROWS", 32)  # 4 calls: 32 + 32 + 32 + 4 tokens
+    calls = []
+    run = backend._run_prompts
+    monkeypatch.setattr(backend, "_run_prompts", lambda *a, **k: calls.append(k.get("past", 0)) or run(*a, **k))
+    backend.start(1, 128)
+    for cache in backend.keys + backend.values:
+        cache[:] = 0  # nothing left from the unchunked run
+    chunked = backend.prefill([0], [prompt])[0]
+    assert calls == [0, 32, 64, 96]
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
+    np.testing.assert_allclose(backend.decode(np.array([7]))[0], whole_next, atol=1e-5)  # the cache is complete

@@ -13,9 +13,10 @@ import onnxruntime as ort
 from ..artifact import Artifact, cache_values_per_token
 
 PADDING_BUDGET = 1.25  # padded tokens allowed per real token in one batched prefill
-# Rows of one prefill call. Prefill is compute-bound, and the int8 kernels reach their speed by
-# a few hundred rows (benchmarks/results/ort_int8_kernels.md); beyond that a larger call only
-# adds activation memory (16 x 128 tokens in one call: +1 GB, and slower).
+# Rows of one prefill call, for several short prompts or one long prompt in chunks. Prefill is
+# compute-bound, and the int8 kernels reach their speed by a few hundred rows
+# (benchmarks/results/ort_int8_kernels.md); beyond that a larger call only adds activation
+# memory (16 x 128 tokens in one call: +1 GB, and slower) and a long prompt could exhaust it.
 PREFILL_ROWS = 512
 
 
@@ -131,7 +132,9 @@ class OnnxRuntimeBackend:
                 b.bind_output(name, "cpu", 0, np.float32, shape, ptr)
         return b
 
-    def _run_prompts(self, rows: slice, prompts: list[np.ndarray], every_position: bool = False) -> np.ndarray:
+    def _run_prompts(self, rows: slice, prompts: list[np.ndarray], every_position: bool = False,
+                     past: int = 0) -> np.ndarray:
+        """One call: the prompts (right-padded) go into the cache rows after `past` cached tokens."""
         n, longest = len(prompts), max(len(p) for p in prompts)
         ids = np.zeros((n, longest), np.int64)  # right-padded; padding is never attended
         for j, p in enumerate(prompts):
@@ -142,8 +145,9 @@ class OnnxRuntimeBackend:
         else:
             positions = (lens - 1).astype(np.int64)[:, None]
         logits = np.empty((n, positions.shape[1], self.vocab_size), np.float32)
-        token_positions = np.tile(np.arange(longest, dtype=np.int64), (n, 1))
-        binding = self._bind(ids, lens - 1, np.array(longest, np.int32), positions, logits, rows, token_positions)
+        token_positions = np.tile(np.arange(past, past + longest, dtype=np.int64), (n, 1))
+        binding = self._bind(ids, past + lens - 1, np.array(past + longest, np.int32), positions, logits, rows,
+                             token_positions)
         self.session.run_with_iobinding(binding)
         return logits if every_position else logits[:, 0]
 
@@ -155,11 +159,22 @@ class OnnxRuntimeBackend:
         else:
             out = np.empty((len(slots), self.vocab_size), np.float32)
             for start, stop in _prefill_groups(slots, [len(p) for p in prompts]):
+                if stop - start == 1 and len(prompts[start]) > PREFILL_ROWS:
+                    out[start] = self._run_chunked(slots[start], prompts[start])
+                    continue
                 rows = slice(slots[start], slots[stop - 1] + 1)
                 out[start:stop] = self._run_prompts(rows, prompts[start:stop])
         for s, p in zip(slots, prompts):
             self.lengths[s] = len(p)
         return out
+
+    def _run_chunked(self, slot: int, prompt: np.ndarray) -> np.ndarray:
+        """A long prompt in calls of PREFILL_ROWS tokens, each attending to what the earlier ones
+        cached: activation memory stays that of one chunk, whatever the prompt's length."""
+        rows = slice(slot, slot + 1)
+        for done in range(0, len(prompt), PREFILL_ROWS):
+            logits = self._run_prompts(rows, [prompt[done:done + PREFILL_ROWS]], past=done)
+        return logits[0]
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         self._ids[:, 0] = tokens
