@@ -102,7 +102,7 @@ def _int8_linear(g: _Graph, x: str, lin: Linear, name: str) -> str:
 
 
 def _linear(g: _Graph, x: str, lin: Linear, name: str) -> str:
-    if lin.bits and not lin.block_size:
+    if lin.per_channel:
         y = _int8_linear(g, x, lin, name)
     elif lin.bits:
         b = g.external(f"{name}.qweight", lin.weight)
@@ -207,7 +207,7 @@ def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str) -> onnx.Mode
 
 
 def linear_op(lin: Linear) -> str:
-    if lin.bits and not lin.block_size:
+    if lin.per_channel:
         return "MatMulInteger: int8 weights per output channel x uint8 activations per row (dynamic, symmetric)"
     return f"com.microsoft.MatMulNBits accuracy_level={ACCURACY_LEVEL}" if lin.bits else "MatMul"
 

@@ -33,7 +33,7 @@ class _Builder:
         return ov.op.Constant(view, shared_memory=True)
 
     def linear(self, x, lin: Linear):
-        if lin.bits and not lin.block_size:  # int8 W^T (K, N), one scale per output channel
+        if lin.per_channel:  # int8 W^T (K, N), one scale per output channel
             weight = ops.multiply(ops.convert(self.const(lin.weight), np.float32),
                                   self.const(lin.scales, (1, lin.n)))
             y = ops.matmul(x, weight, False, False)

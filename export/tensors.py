@@ -41,6 +41,11 @@ class Linear:
     block_size: int = 0
     bias: Stored | None = None
 
+    @property
+    def per_channel(self) -> bool:
+        """int8 (K, N) with one scale per output channel: an integer matmul's weights."""
+        return bool(self.bits) and not self.block_size
+
 
 @dataclass(frozen=True)
 class Embedding:
