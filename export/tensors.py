@@ -8,6 +8,7 @@ gate|up become one matmul each) halve the number of kernel launches per layer.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -55,6 +56,9 @@ class Embedding:
     scales: Stored | None = None
 
 
+L = TypeVar("L")
+
+
 @dataclass(frozen=True)
 class Layer:
     input_norm: Stored
@@ -66,9 +70,11 @@ class Layer:
 
 
 @dataclass(frozen=True)
-class ModelTensors:
+class ModelTensors(Generic[L]):
+    """Every tensor of a decoder; the layer record is the family's own (Layer, or MlaLayer)."""
+
     embed: Embedding
-    layers: tuple[Layer, ...]
+    layers: tuple[L, ...]
     final_norm: Stored
     lm_head: Linear
     cos: Stored
@@ -119,7 +125,7 @@ class _Writer:
 
 def write_tensors(
     ckpt: Checkpoint, spec: DecoderSpec, scheme: Scheme, out: WeightFile, context: int
-) -> ModelTensors:
+) -> ModelTensors[Layer]:
     w = _Writer(ckpt, scheme, out)
     layers = []
     for lw in spec.layers:

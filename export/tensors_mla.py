@@ -17,7 +17,7 @@ from .checkpoint import Checkpoint
 from .quantize import Scheme
 from .rope import cos_sin_tables, inv_freq_and_scale
 from .spec import MlaSpec
-from .tensors import Embedding, Linear, Stored, _Writer
+from .tensors import Linear, ModelTensors, Stored, _Writer
 from .weight_file import WeightFile
 
 
@@ -53,14 +53,7 @@ class MlaLayer:
     moe: Moe | None
 
 
-@dataclass(frozen=True)
-class MlaTensors:
-    embed: Embedding
-    layers: tuple[MlaLayer, ...]
-    final_norm: Stored
-    lm_head: Linear
-    cos: Stored
-    sin: Stored
+MlaTensors = ModelTensors[MlaLayer]
 
 
 def _deinterleave(rows: int) -> np.ndarray:
