@@ -10,14 +10,18 @@ The weights fit in cache here, so M=1 figures are not memory-bound as in a whole
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 K, N, THREADS = 1536, 8960, 2
 rng = np.random.default_rng(0)
@@ -59,47 +63,35 @@ def timed(s: ort.InferenceSession, m: int, runs: int) -> float:
 
 
 def chain(kind: str, layers: int = 24) -> ort.InferenceSession:
-    """`layers` x (K->N, N->K) matmuls with their own weights, as the exporter writes them:
-    "nbits" = MatMulNBits 8-bit block 128 accuracy 4 (int8-wo), "rows" = per-row uint8
-    activations x per-channel int8 weights through MatMulInteger (int8)."""
-    nodes, inits, x = [], [], "x"
-    shared = [onnx.numpy_helper.from_array(np.array([-1], np.int64), "axis"),
-              onnx.numpy_helper.from_array(np.array(1 / 127, np.float32), "inv127"),
-              onnx.numpy_helper.from_array(np.array(1e-30, np.float32), "tiny"),
-              onnx.numpy_helper.from_array(np.array(1.0, np.float32), "one"),
-              onnx.numpy_helper.from_array(np.array(128, np.uint8), "zp")]
+    """`layers` x (K->N, N->K) matmuls with their own weights, written by the exporter's own
+    quantizer and linear-layer writer: "nbits" = what `--weights int8-wo` exports (MatMulNBits),
+    "rows" = what `--weights int8` exports (per-row uint8 activations x per-channel int8 weights
+    through MatMulInteger)."""
+    from export.onnx_writer import MS, OPSET, _Graph, _linear
+    from export.quantize import SCHEMES
+    from export.tensors import _Writer
+    from export.weight_file import WeightFile
+
+    tmp = tempfile.mkdtemp()
+    weights = WeightFile(Path(tmp) / "w.data")
+    writer = _Writer(None, SCHEMES["int8-wo" if kind == "nbits" else "int8"], weights)
+    g, x = _Graph("w.data"), "x"
     for i in range(layers):
         for j, (k, n) in enumerate(((K, N), (N, K))):
-            p, y = f"l{i}.{j}", f"l{i}.{j}/y"
-            scale = 1 / (73 * np.sqrt(k))  # keeps activations near unit size through 48 layers (no inf/NaN)
-            if kind == "nbits":
-                inits += [onnx.numpy_helper.from_array(rng.integers(0, 255, (n, k // 128, 128), dtype=np.uint8), p + "B"),
-                          onnx.numpy_helper.from_array(np.full(n * k // 128, scale, np.float32), p + "S")]
-                nodes.append(helper.make_node("MatMulNBits", [x, p + "B", p + "S"], [y], domain="com.microsoft", K=k, N=n,
-                                              bits=8, block_size=128, accuracy_level=4))
-            else:
-                inits += [onnx.numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), p + "B"),
-                          onnx.numpy_helper.from_array(np.full(n, scale, np.float32), p + "S")]
-                nodes += [helper.make_node("Abs", [x], [p + "a"]),
-                          helper.make_node("ReduceMax", [p + "a", "axis"], [p + "m"], keepdims=1),
-                          helper.make_node("Max", [p + "m", "tiny"], [p + "m2"]),
-                          helper.make_node("Mul", [p + "m2", "inv127"], [p + "s"]),
-                          helper.make_node("Div", [x, p + "s"], [p + "d"]),
-                          helper.make_node("QuantizeLinear", [p + "d", "one", "zp"], [p + "q"]),
-                          helper.make_node("MatMulInteger", [p + "q", p + "B", "zp"], [p + "i"]),
-                          helper.make_node("Cast", [p + "i"], [p + "f"], to=TensorProto.FLOAT),
-                          helper.make_node("Mul", [p + "f", p + "s"], [p + "r"]),
-                          helper.make_node("Mul", [p + "r", p + "S"], [y])]
-            x = y
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
-                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, [None, K])], initializer=inits + shared)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
-                          ir_version=10)
-    with tempfile.TemporaryDirectory() as tmp:  # over 2 GB of protobuf: the weights go to a side file
-        onnx.save(m, f"{tmp}/m.onnx", save_as_external_data=True, location="m.data")
-        o = ort.SessionOptions()
-        o.intra_op_num_threads = THREADS
-        return ort.InferenceSession(f"{tmp}/m.onnx", o, providers=["CPUExecutionProvider"])
+            # scaled so activations stay near unit size through 48 layers (no inf/NaN)
+            w = rng.standard_normal((n, k), dtype=np.float32) / np.float32(np.sqrt(k))
+            x = _linear(g, x, writer.linear_from(w), f"l{i}.{j}")
+    weights.close()
+    graph = helper.make_graph(g.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [None, K])], initializer=g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
+                              ir_version=10)
+    onnx.save(model, f"{tmp}/m.onnx")
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = THREADS
+    session = ort.InferenceSession(f"{tmp}/m.onnx", o, providers=["CPUExecutionProvider"])
+    shutil.rmtree(tmp)  # the session holds its own copy of the weights now
+    return session
 
 
 def main_chain() -> None:

@@ -6,7 +6,7 @@ scheme for every backend keeps an artifact portable.
 INT8 is per output channel so that the graph can run integer matmuls (MatMulInteger: MLAS's
 u8 x s8 VNNI/AMX kernels) with int8 activations: a scale that is constant along the input
 dimension can be applied after the whole dot product is accumulated in int32. On the 1.5B
-shape that runs 8-128 rows 1.2-1.8x faster than blockwise MatMulNBits (one row: 15% slower)
+shape that runs 8-128 rows 1.1-1.8x faster than blockwise MatMulNBits (one row: up to 20% slower)
 (benchmarks/results/ort_int8_kernels.md). INT4 stays blockwise along the input dimension
 (block 32, MatMulNBits): 4 bits per channel would flatten a row to 15 levels.
 """
@@ -59,7 +59,7 @@ class Scheme:
 SCHEMES = {
     "int8": Scheme(bits=8, block_size=0, embedding_bits=8),
     # Weight-only INT8 (blockwise, float activations in MatMulNBits' own int8 blocks of 128):
-    # closest to the float model; faster at one row, 1.2-1.8x slower at 8-128 rows than "int8".
+    # closest to the float model; as fast or faster at one row, 1.1-1.8x slower at 8-128 rows than "int8".
     "int8-wo": Scheme(bits=8, block_size=128, embedding_bits=8, label="int8-wo"),
     "int4": Scheme(bits=4, block_size=32, embedding_bits=8),
     "fp16": Scheme(bits=None, block_size=0, float_dtype="float16"),

@@ -33,7 +33,7 @@ def test_fp32_export_matches_transformers_perplexity(rows, fmt):
 
 # Top-1 agreement floors on this 762-token slice (0.13% per token). The full benchmark
 # (benchmarks/results/quality.md) is higher. ONNX "int8" also quantizes activations per row
-# (integer matmuls): it trades about 1 point of top-1 on these 256-wide models for 1.2-1.8x faster
+# (integer matmuls): it trades about 1 point of top-1 on these 256-wide models for 1.1-1.8x faster
 # batched rows; "int8-wo" keeps float activations. The MoE model's routing flips on a few tokens.
 TOP1_FLOOR = {("r1-distill-tiny-python", "int8-wo"): 98.0, ("r1-distill-tiny-python", "int8"): 97.0,
               ("deepseek-v3-tiny-python", "int8-wo"): 96.0, ("deepseek-v3-tiny-python", "int8"): 95.5}
