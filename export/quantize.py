@@ -27,21 +27,15 @@ class Scheme:
     """How the exporter stores weights: bits None means float (`float_dtype`); block_size 0
     means one scale per output channel."""
 
+    name: str  # what --weights and the manifest call it
     bits: int | None
     block_size: int
     float_dtype: str = "float32"
     embedding_bits: int | None = None
-    label: str | None = None
 
     @property
     def per_channel(self) -> bool:
         return self.bits is not None and self.block_size == 0
-
-    @property
-    def name(self) -> str:
-        if self.label:
-            return self.label
-        return f"int{self.bits}" if self.bits else {"float32": "fp32", "float16": "fp16"}[self.float_dtype]
 
     def manifest(self) -> dict:
         return {
@@ -57,13 +51,13 @@ class Scheme:
 
 
 SCHEMES = {
-    "int8": Scheme(bits=8, block_size=0, embedding_bits=8),
+    "int8": Scheme("int8", bits=8, block_size=0, embedding_bits=8),
     # Weight-only INT8 (blockwise, float activations in MatMulNBits' own int8 blocks of 128):
     # closest to the float model; as fast or faster at one row, 1.1-1.8x slower at 8-128 rows than "int8".
-    "int8-wo": Scheme(bits=8, block_size=128, embedding_bits=8, label="int8-wo"),
-    "int4": Scheme(bits=4, block_size=32, embedding_bits=8),
-    "fp16": Scheme(bits=None, block_size=0, float_dtype="float16"),
-    "fp32": Scheme(bits=None, block_size=0, float_dtype="float32"),
+    "int8-wo": Scheme("int8-wo", bits=8, block_size=128, embedding_bits=8),
+    "int4": Scheme("int4", bits=4, block_size=32, embedding_bits=8),
+    "fp16": Scheme("fp16", bits=None, block_size=0, float_dtype="float16"),
+    "fp32": Scheme("fp32", bits=None, block_size=0, float_dtype="float32"),
 }
 
 
