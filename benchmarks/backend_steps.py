@@ -3,14 +3,13 @@
     python benchmarks/backend_steps.py ARTIFACT [--threads 16] [--batches 1,32]
 
 Separates what the kernels and cache cost from what the loop and scheduling add (compare with
-`edgeds bench` and benchmarks/compare.py). Prompts of 128 random tokens, capacity 640, median of
-20 decode steps after 4 warm-up steps.
+`edgeds bench` and benchmarks/compare.py). Prompts of 128 random tokens, capacity 640 (less for
+a shorter context), median of 20 decode steps after 4 warm-up steps.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgeds.artifact import load_artifact  # noqa: E402
 from edgeds.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from edgeds.batch.progress import peak_rss_bytes  # noqa: E402
 
 
 def main() -> None:
@@ -33,24 +33,28 @@ def main() -> None:
     proc = psutil.Process()
 
     def peak() -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+        return peak_rss_bytes() >> 20
 
     t = time.perf_counter()
-    backend = OnnxRuntimeBackend(load_artifact(args.artifact), ["CPUExecutionProvider"], threads=args.threads or None)
+    artifact = load_artifact(args.artifact)
+    backend = OnnxRuntimeBackend(artifact, ["CPUExecutionProvider"], threads=args.threads or None)
+    vocab, context = artifact.model["vocab_size"], artifact.model["context_length"]
+    capacity = min(640, context)
+    prompt = min(128, capacity - 32)
     print(f"{args.artifact}: load {time.perf_counter() - t:.2f} s, RSS after load {proc.memory_info().rss >> 20} MiB, "
           f"peak {peak()} MiB", flush=True)
     rng = np.random.default_rng(0)
     for batch in (int(b) for b in args.batches.split(",")):
-        backend.start(batch, 640)
+        backend.start(batch, capacity)
         t = time.perf_counter()
-        backend.prefill(list(range(batch)), [rng.integers(10, 50000, 128) for _ in range(batch)])
+        backend.prefill(list(range(batch)), [rng.integers(10, min(vocab, 50000), prompt) for _ in range(batch)])
         prefill = time.perf_counter() - t
         tokens, steps = np.full(batch, 5, np.int64), []
         for _ in range(24):
             t = time.perf_counter()
             backend.decode(tokens)
             steps.append(time.perf_counter() - t)
-        print(f"  batch {batch}: prefill {batch}x128 {prefill:.2f} s, decode {batch / np.median(steps[4:]):.1f} tok/s, "
+        print(f"  batch {batch}: prefill {batch}x{prompt} {prefill:.2f} s, decode {batch / np.median(steps[4:]):.1f} tok/s, "
               f"RSS {proc.memory_info().rss >> 20} MiB, peak {peak()} MiB", flush=True)
 
 

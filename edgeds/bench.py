@@ -1,7 +1,7 @@
 """`edgeds bench`: load time, time to first token, decode speed, latency percentiles, memory.
 
-Synthetic prompts, EOS ignored, so every run does the same work. The performance harness in
-benchmarks/ calls `run_bench` for edgeds' own rows.
+Synthetic prompts, EOS ignored, so every run does the same work. (benchmarks/compare.py measures
+edgeds and its peers with one runner per runtime instead, so every row is measured alike.)
 """
 
 from __future__ import annotations
