@@ -40,7 +40,7 @@ class OnnxRuntimeBackend:
     supports_refill = True
 
     def __init__(self, artifact: Artifact, providers: list, threads: int | None = None,
-                 session_options: dict | None = None):
+                 session_options: dict | None = None, profile_prefix: str | None = None):
         graph = artifact.graph("onnx")
         m = artifact.model
         self.layers, self.vocab_size, self.artifact_model = m["num_layers"], m["vocab_size"], m
@@ -61,6 +61,9 @@ class OnnxRuntimeBackend:
         opts.inter_op_num_threads = 1
         for key, value in (session_options or {}).items():
             opts.add_session_config_entry(key, str(value))
+        if profile_prefix:  # ORT's per-node timings (benchmarks/op_profile.py)
+            opts.enable_profiling = True
+            opts.profile_file_prefix = profile_prefix
         self.session = ort.InferenceSession(str(artifact.path(graph["file"])), opts, providers=providers)
         self.device = self.session.get_providers()[0]
         self.batch_size = 0
