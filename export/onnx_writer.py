@@ -1,8 +1,9 @@
 """Writes the decoder as one ONNX graph built for ONNX Runtime's fast decode path.
 
 - INT8 linear layers are integer matmuls: each row (token) of the input is quantized to 8 bits
-  with its own scale, multiplied by the per-channel int8 weights in int32 (MatMulInteger, MLAS's
-  VNNI/AMX kernels) and rescaled. Per-row scales keep every token's result independent of what
+  with its own scale, multiplied by the per-channel int8 weights in int32 and scaled back per
+  channel in the GEMM itself (com.microsoft.MatMulIntegerToFloat, MLAS's VNNI/AMX kernels), then
+  per row. Per-row scales keep every token's result independent of what
   else shares the batch. INT4 layers are MatMulNBits; float exports use plain MatMul.
 - Attention is GroupQueryAttention with rotary inside it and a KV cache buffer of fixed
   capacity: `past_*` and `present_*` are bound to the same memory by the runtime, so a decode
@@ -94,11 +95,14 @@ def _int8_linear(g: _Graph, x: str, lin: Linear, name: str) -> str:
     # The floor keeps an all-zero row (padding) from dividing by zero.
     peak = g.node("Max", [peak, g.shared("/int8/tiny", 1e-30, np.float32)], f"{name}/RowMaxFloor")
     scale = g.node("Mul", [peak, g.shared("/int8/inv_qmax", 1 / 127, np.float32)], f"{name}/RowScale")
-    xq = g.node("QuantizeLinear", [g.node("Div", [x, scale], f"{name}/Scale"), g.shared("/int8/one", 1.0, np.float32), zero],
-                f"{name}/Quantize")
-    acc = g.node("MatMulInteger", [xq, g.external(f"{name}.qweight", lin.weight), zero], f"{name}/MatMulInteger")
-    y = g.node("Mul", [g.node("Cast", [acc], f"{name}/Cast", to=TensorProto.FLOAT), scale], f"{name}/RowRescale")
-    return g.node("Mul", [y, g.external(f"{name}.scales", lin.scales)], f"{name}/ChannelRescale")
+    one = g.shared("/int8/one", 1.0, np.float32)
+    xq = g.node("QuantizeLinear", [g.node("Div", [x, scale], f"{name}/Scale"), one, zero], f"{name}/Quantize")
+    # The channel scales are applied inside the GEMM's output stage (MLAS scales each tile while
+    # it is in cache); only the per-row scale, which the op cannot take, costs a pass of its own.
+    y = g.node("MatMulIntegerToFloat", [xq, g.external(f"{name}.qweight", lin.weight), one,
+                                        g.external(f"{name}.scales", lin.scales), zero],
+               f"{name}/MatMulIntegerToFloat", domain=MS)
+    return g.node("Mul", [y, scale], f"{name}/RowRescale")
 
 
 def _linear(g: _Graph, x: str, lin: Linear, name: str) -> str:
@@ -208,7 +212,8 @@ def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str) -> onnx.Mode
 
 def linear_op(lin: Linear) -> str:
     if lin.per_channel:
-        return "MatMulInteger: int8 weights per output channel x uint8 activations per row (dynamic, symmetric)"
+        return ("com.microsoft.MatMulIntegerToFloat: int8 weights per output channel x uint8 activations "
+                "per row (dynamic, symmetric)")
     return f"com.microsoft.MatMulNBits accuracy_level={ACCURACY_LEVEL}" if lin.bits else "MatMul"
 
 

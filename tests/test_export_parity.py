@@ -110,12 +110,12 @@ def test_int8_weights_stay_int8_in_both_graphs(artifacts):
     art = load_artifact(artifacts("qwen2", "int8"))
     g = onnx.load(str(art.path("model.onnx")), load_external_data=False).graph
     ops = [n.op_type for n in g.node]
-    assert ops.count("MatMulInteger") == 2 * 4 + 1  # qkv, o, gate_up, down per layer, and the LM head
+    assert ops.count("MatMulIntegerToFloat") == 2 * 4 + 1  # qkv, o, gate_up, down per layer, and the LM head
     assert "MatMul" not in ops and "MatMulNBits" not in ops
     assert ops.count("GroupQueryAttention") == 2
     weights = {t.name: t for t in g.initializer}
     for n in g.node:
-        if n.op_type == "MatMulInteger":
+        if n.op_type == "MatMulIntegerToFloat":
             assert weights[n.input[1]].data_type == onnx.TensorProto.INT8  # activations are the uint8 side
     xml = art.path("openvino_model.xml").read_text()
     assert xml.count('element_type="i8"') >= 2 * 4 + 1
