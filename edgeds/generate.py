@@ -120,6 +120,9 @@ def run(
             new = [] if exhausted else _take(pending, len(free))
             exhausted = exhausted or len(new) < len(free)
             if new:
+                # Similar lengths side by side: the backend prefills neighbouring slots in one
+                # padded call, which only pays off when their prompts are about as long.
+                new.sort(key=lambda r: len(r.prompt_ids))
                 needed = cache_capacity(new, context)
                 if not backend.supports_refill:  # a wave: exactly as many slots as prompts
                     slots = [None] * len(new)

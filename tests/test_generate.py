@@ -21,6 +21,7 @@ class CountingBackend:
     def __init__(self, inner):
         self.inner = inner
         self.prefills: list[list[int]] = []
+        self.prompt_lengths: list[list[int]] = []
         self.decodes = 0
         self.capacities: list[int] = []
         self.supports_refill = inner.supports_refill
@@ -35,6 +36,7 @@ class CountingBackend:
 
     def prefill(self, slots, prompts, every_position=False):
         self.prefills.append(list(slots))
+        self.prompt_lengths.append([len(p) for p in prompts])
         return self.inner.prefill(slots, prompts, every_position)
 
     def decode(self, tokens):
@@ -130,6 +132,16 @@ def test_prefill_groups_stay_dense_and_bounded():
     assert _prefill_groups(list(range(16)), [128] * 16) == [(0, 4), (4, 8), (8, 12), (12, 16)]  # 512 rows a call
     assert _prefill_groups([0, 1, 2], [64, 500, 70]) == [(0, 1), (1, 2), (2, 3)]  # padding would double the work
     assert _prefill_groups([0, 2, 3], [10, 10, 10]) == [(0, 1), (1, 3)]  # only consecutive slots share a call
+
+
+def test_prompts_taken_together_fill_slots_shortest_first(engine):
+    # Neighbouring slots share one padded prefill call only when their prompts are about as
+    # long, so prompts taken together are laid out by length; results still go to their own ids.
+    backend = CountingBackend(engine.backend)
+    reqs = requests([(40, 2), (6, 2), (30, 2), (5, 2)])
+    done = {e.key: e for e in gen.run(backend, reqs, 4, 128, set()) if isinstance(e, gen.Finished)}
+    assert backend.prompt_lengths == [[5, 6, 30, 40]]
+    assert {k: d.prompt_tokens for k, d in done.items()} == {0: 40, 1: 6, 2: 30, 3: 5}
 
 
 def test_grouped_prefill_matches_one_prompt_at_a_time(engine):
