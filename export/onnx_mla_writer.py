@@ -69,8 +69,8 @@ class _Mla:
         heads, dn, dr, dv, lat = s.num_heads, s.qk_nope_head_dim, s.qk_rope_head_dim, s.v_head_dim, s.kv_lora_rank
         q_in = h
         if layer.q_a is not None:
-            q_in = self.norm(_linear(g, h, layer.q_a, f"{p}/q_a_proj"), layer.q_a_norm, f"{p}/q_a_layernorm")
-        q = g.node("Reshape", [_linear(g, q_in, layer.q, f"{p}/q_proj"), self.shape([0, 0, heads, dn + dr])], f"{p}/q/Reshape")
+            q_in = self.norm(_linear(g, h, layer.q_a, f"{p}/q_a_proj", "tokens"), layer.q_a_norm, f"{p}/q_a_layernorm")
+        q = g.node("Reshape", [_linear(g, q_in, layer.q, f"{p}/q_proj", "tokens"), self.shape([0, 0, heads, dn + dr])], f"{p}/q/Reshape")
         q_nope, q_rope = g.node("Split", [q, g.const(f"{p}/q/split", [dn, dr])], f"{p}/q/Split", outputs=2, axis=-1)
         q_rope = self.rope(q_rope, cos_q, sin_q, f"{p}/q_rope")
         if not self.latent_cache:
@@ -85,7 +85,7 @@ class _Mla:
         q_lat = g.node("Transpose", [q_lat], f"{p}/q_lat/T", perm=[1, 2, 0, 3])  # (B, S, H, L)
         query = g.node("Reshape", [g.node("Concat", [q_lat, q_rope], f"{p}/query/Concat", axis=-1),
                                    self.shape([0, 0, heads * (lat + dr)])], f"{p}/query/Reshape")
-        kv = _linear(g, h, layer.kv_a, f"{p}/kv_a_proj")
+        kv = _linear(g, h, layer.kv_a, f"{p}/kv_a_proj", "tokens")
         c, k_rope = g.node("Split", [kv, g.const(f"{p}/kv/split", [lat, dr])], f"{p}/kv/Split", outputs=2, axis=-1)
         c = self.norm(c, layer.kv_a_norm, f"{p}/kv_a_layernorm")
         key = g.node("Concat", [c, self.rope(k_rope, cos_k, sin_k, f"{p}/k_rope")], f"{p}/key/Concat", axis=-1)
@@ -107,7 +107,7 @@ class _Mla:
                                                    f"{p}/v/shape", axis=0)], f"{p}/v/Reshape")
         values = g.node("Reshape", [g.node("Transpose", [values], f"{p}/v/T", perm=[1, 2, 0, 3]),
                                     self.shape([0, 0, heads * dv])], f"{p}/v/Reshape2")
-        return _linear(g, values, layer.o, f"{p}/o_proj")
+        return _linear(g, values, layer.o, f"{p}/o_proj", "tokens")
 
     def per_head_attention(self, h, layer: MlaLayer, i: int, q_nope: str, q_rope: str, cos_k: str, sin_k: str) -> str:
         """A baseline for benchmarks: expand the latent into per-head K and V and cache those."""
@@ -116,7 +116,7 @@ class _Mla:
         heads, dn, dr, dv, lat = s.num_heads, s.qk_nope_head_dim, s.qk_rope_head_dim, s.v_head_dim, s.kv_lora_rank
         query = g.node("Reshape", [g.node("Concat", [q_nope, q_rope], f"{p}/query/Concat", axis=-1),
                                    self.shape([0, 0, heads * (dn + dr)])], f"{p}/query/Reshape")
-        kv = _linear(g, h, layer.kv_a, f"{p}/kv_a_proj")
+        kv = _linear(g, h, layer.kv_a, f"{p}/kv_a_proj", "tokens")
         c, k_rope = g.node("Split", [kv, g.const(f"{p}/kv/split", [lat, dr])], f"{p}/kv/Split", outputs=2, axis=-1)
         c = self.norm(c, layer.kv_a_norm, f"{p}/kv_a_layernorm")
         k_rope = self.rope(k_rope, cos_k, sin_k, f"{p}/k_rope")
@@ -270,7 +270,7 @@ def build_graph(spec: MlaSpec, t: MlaTensors, data_file: str, sparse_experts: bo
         x = g.node("Add", [x, y], f"/model/layers.{i}/mlp_residual")
     pos = g.node("Unsqueeze", ["logits_positions", g.const("/model/axes_last", [-1])], "/model/positions/Unsqueeze")
     picked = g.node("GatherND", [x, pos], "/model/positions/GatherND", batch_dims=1)
-    _linear(g, m.norm(picked, t.final_norm, "/model/norm"), t.lm_head, "/lm_head")
+    _linear(g, m.norm(picked, t.final_norm, "/model/norm"), t.lm_head, "/lm_head", "positions")
     g.nodes[-1].output[0] = "logits"
 
     cache = ["batch", 1, "cache_capacity", spec.latent_dim]

@@ -55,6 +55,7 @@ class _Graph:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []
         self._shared: set[str] = set()
+        self.row_zero_points: dict[str, str] = {}  # rows key -> uint8 zero points, one per row
 
     def external(self, name: str, s: Stored) -> str:
         t = TensorProto()
@@ -86,7 +87,7 @@ class _Graph:
         return outs[0] if outputs == 1 else outs
 
 
-def _int8_linear(g: _Graph, x: str, lin: Linear, name: str) -> str:
+def _int8_linear(g: _Graph, x: str, lin: Linear, name: str, rows: str | None = None) -> str:
     """x @ W with x quantized per row, symmetric, as uint8 with zero point 128: MLAS has fast
     u8 x s8 kernels, while its s8 x s8 path measured 12x slower on AVX-512 VNNI.
 
@@ -95,14 +96,19 @@ def _int8_linear(g: _Graph, x: str, lin: Linear, name: str) -> str:
     QuantizeLinear takes the row scales itself (one block per row), and the channel scales are
     applied inside the GEMM's output stage (MLAS scales each tile while it is in cache). A row of
     zeros gets scale 0: its quantized values are then arbitrary, but the row rescale makes its
-    result exactly 0."""
+    result exactly 0. Linears whose inputs have the same rows (`rows` names them) share one
+    zero-point tensor."""
     k = lin.k
     peak = g.node("ReduceMax", [g.node("Abs", [x], f"{name}/Abs"), g.shared("/int8/last_axis", [-1], np.int64)],
                   f"{name}/RowMax", keepdims=1)
     scale = g.node("Mul", [peak, g.shared("/int8/inv_qmax", 1 / 127, np.float32)], f"{name}/RowScale")
     # The zero point must have the scale's shape; its rows are only known at run time.
-    zero = g.node("Expand", [g.shared("/int8/zero_point", 128, np.uint8), g.node("Shape", [scale], f"{name}/RowsShape")],
-                  f"{name}/ZeroPoints")
+    zero = g.row_zero_points.get(rows) if rows else None
+    if zero is None:
+        zero = g.node("Expand", [g.shared("/int8/zero_point", 128, np.uint8), g.node("Shape", [scale], f"{name}/RowsShape")],
+                      f"{name}/ZeroPoints")
+        if rows:
+            g.row_zero_points[rows] = zero
     xq = g.node("QuantizeLinear", [x, scale, zero], f"{name}/Quantize", axis=-1, block_size=k)
     y = g.node("MatMulIntegerToFloat", [xq, g.external(f"{name}.qweight", lin.weight), g.shared("/int8/one", 1.0, np.float32),
                                         g.external(f"{name}.scales", lin.scales), g.shared("/int8/zero_point", 128, np.uint8)],
@@ -110,9 +116,11 @@ def _int8_linear(g: _Graph, x: str, lin: Linear, name: str) -> str:
     return g.node("Mul", [y, scale], f"{name}/RowRescale")
 
 
-def _linear(g: _Graph, x: str, lin: Linear, name: str) -> str:
+def _linear(g: _Graph, x: str, lin: Linear, name: str, rows: str | None = None) -> str:
+    """`rows`: a name for the rows of x (e.g. "tokens"), shared by linears whose inputs have
+    the same leading shape, so that they can share per-row constants."""
     if lin.per_channel:
-        y = _int8_linear(g, x, lin, name)
+        y = _int8_linear(g, x, lin, name, rows)
     elif lin.bits:
         b = g.external(f"{name}.qweight", lin.weight)
         s = g.external(f"{name}.scales", lin.scales)
@@ -156,7 +164,7 @@ def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str) -> onnx.Mode
     residual = x
     for i, layer in enumerate(t.layers):
         p = f"/model/layers.{i}"
-        qkv = _linear(g, h, layer.qkv, f"{p}/attn/qkv_proj")
+        qkv = _linear(g, h, layer.qkv, f"{p}/attn/qkv_proj", "tokens")
         attn, _, _ = g.node(
             "GroupQueryAttention",
             [qkv, "", "", f"past_key.{i}", f"past_value.{i}", "seqlens_k", "total_sequence_length", cos, sin],
@@ -165,18 +173,18 @@ def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str) -> onnx.Mode
             do_rotary=1, rotary_interleaved=0, scale=float(spec.head_dim ** -0.5),
         )
         g.nodes[-1].output[1:] = [f"present_key.{i}", f"present_value.{i}"]
-        o = _linear(g, attn, layer.o, f"{p}/attn/o_proj")
+        o = _linear(g, attn, layer.o, f"{p}/attn/o_proj", "tokens")
         h, _, _, residual = g.node(
             "SkipSimplifiedLayerNormalization",
             [o, residual, g.external(f"layers.{i}.post_norm", layer.post_norm)],
             f"{p}/post_attention_layernorm", outputs=4, domain=MS, epsilon=eps,
         )
-        gate_up = _linear(g, h, layer.gate_up, f"{p}/mlp/gate_up_proj")
+        gate_up = _linear(g, h, layer.gate_up, f"{p}/mlp/gate_up_proj", "tokens")
         gate, up = g.node("Split", [gate_up, g.const(f"{p}/mlp/split_sizes", [spec.intermediate_size] * 2)],
                           f"{p}/mlp/Split", outputs=2, axis=-1)
         act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate], f"{p}/mlp/Sigmoid")], f"{p}/mlp/SiLU"), up],
                      f"{p}/mlp/Mul")
-        down = _linear(g, act, layer.down, f"{p}/mlp/down_proj")
+        down = _linear(g, act, layer.down, f"{p}/mlp/down_proj", "tokens")
         if i + 1 < len(t.layers):
             nxt = t.layers[i + 1].input_norm
             h, _, _, residual = g.node(
@@ -192,7 +200,7 @@ def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str) -> onnx.Mode
     picked = g.node("GatherND", [residual, pos], "/model/positions/GatherND", batch_dims=1)
     normed = g.node("SimplifiedLayerNormalization", [picked, g.external("final_norm", t.final_norm)],
                     "/model/norm", axis=-1, epsilon=eps)
-    _linear(g, normed, t.lm_head, "/lm_head")
+    _linear(g, normed, t.lm_head, "/lm_head", "positions")
     g.nodes[-1].output[0] = "logits"  # the LM head's last node produces the graph output
 
     f = TensorProto.FLOAT
