@@ -41,7 +41,9 @@ class Edgeds(Runner):
         self.engine = edgeds.load(path, threads=threads, backend=self.backend)
 
     def describe(self) -> dict:
-        return {"profile": self.engine.profile.name, "backend": self.engine.backend.name}
+        # Where each offline job spent its time: prefill calls against decode steps.
+        return {"profile": self.engine.profile.name, "backend": self.engine.backend.name,
+                "offline_phases": getattr(self, "phases", {})}
 
     def generate(self, prompts, new_tokens, batch_size=None):
         from edgeds import generate as gen
@@ -63,7 +65,12 @@ class Edgeds(Runner):
 
         params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
         reqs = [gen.Request(i, p, params) for i, p in enumerate(prompts)]
-        return sum(len(e.token_ids) for e in self.engine.run(reqs, batch) if isinstance(e, gen.Finished))
+        stats = gen.StepStats()
+        n = sum(len(e.token_ids) for e in self.engine.run(reqs, batch, stats) if isinstance(e, gen.Finished))
+        self.phases = getattr(self, "phases", {})
+        self.phases[batch] = {"prefill_s": round(sum(stats.prefill_s), 2), "prefill_calls": len(stats.prefill_s),
+                              "decode_s": round(sum(stats.decode_s), 2), "decode_steps": len(stats.decode_s)}
+        return n
 
 
 class EdgedsOnnxRuntime(Edgeds):
