@@ -39,11 +39,10 @@ class Completion:
 
 class Engine:
     def __init__(self, artifact: Artifact, profile: Profile, choice: Choice, hardware: Hardware,
-                 profile_reasons: list[str]):
+                 profile_reasons: list[str], tokenizer: TextTokenizer, backend):
         self.artifact, self.profile, self.choice, self.hardware = artifact, profile, choice, hardware
         self.reasons = profile_reasons + choice.reasons
-        self.tokenizer = TextTokenizer(artifact)
-        self.backend = _make_backend(artifact, profile, choice)
+        self.tokenizer, self.backend = tokenizer, backend
         gen_cfg = artifact.manifest.get("generation", {})
         self.eos_ids = set(gen_cfg.get("eos_token_ids") or [])
         self.context = min(profile.runtime.context, artifact.model["context_length"])
@@ -115,21 +114,23 @@ def load(artifact: str | Path, profile: str | None = None, backend: str | None =
          device: str | None = None, threads: int | None = None, verify: bool = True) -> Engine:
     """Open an artifact folder and pick profile, backend and provider for this machine.
 
-    The files the chosen backend reads are checked against their sha256 while the backend
-    loads (hashing releases the GIL), and the engine is refused if any differs."""
+    The files the chosen backend reads are checked against their sha256, and the tokenizer is
+    read, while the backend loads (all three release the GIL): load time is the backend's
+    alone. The engine is refused if any file differs."""
     art = load_artifact(artifact, verify=False)
     hw = detect()
     prof, reasons = choose_profile(hw, load_profiles(), profile)
     choice = choose_backend(prof, hw, art, backend, device, threads)
     fmt = "openvino" if choice.backend == "openvino" else "onnx"
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(2) as pool:
         check = pool.submit(art.verify, art.files_for(fmt)) if verify else None
+        tokenizer = pool.submit(TextTokenizer, art)
         try:
-            engine = Engine(art, prof, choice, hw, reasons)
+            runner = _make_backend(art, prof, choice)
         finally:
             if check is not None:
                 check.result()  # raises ArtifactError on a mismatch, before anything runs
-    return engine
+        return Engine(art, prof, choice, hw, reasons, tokenizer.result(), runner)
 
 
 def _make_backend(artifact: Artifact, profile: Profile, choice: Choice):
