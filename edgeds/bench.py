@@ -12,7 +12,7 @@ import numpy as np
 
 from . import generate as gen
 from .batch.progress import peak_rss_bytes
-from .doctor import weight_bytes
+from .memory_budget import weight_bytes
 from .engine import load
 from .sampling import SamplingParams
 

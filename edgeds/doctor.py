@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from .artifact import cache_values_per_token, load_artifact
+from .artifact import load_artifact
 from .backends import installed_backends
 from .errors import EdgedsError
 from .hardware import detect
+from .memory_budget import USABLE, kv_bytes_per_token, largest_batch, weight_bytes
 from .profiles import choose_profile, load_profiles
 from .selection import choose_backend, ort_providers
-
-
-def weight_bytes(manifest: dict, fmt: str) -> int:
-    graph = manifest["graphs"][fmt]
-    return sum(manifest["files"][f]["size"] for f in (graph["file"], graph["data_file"]) if f in manifest["files"])
-
-
-def kv_bytes_per_token(model: dict) -> int:
-    return cache_values_per_token(model) * 4  # float32 cache
 
 
 def diagnose(artifact: str | None = None, profile: str | None = None, backend: str | None = None) -> dict:
@@ -40,15 +32,15 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
         per_token = kv_bytes_per_token(art.model)
         batch, context = prof.runtime.batch_size, min(prof.runtime.context, art.model["context_length"])
         need = weights + per_token * batch * context
-        free_for_kv = hw.memory_bytes * 0.9 - weights
+        free_for_kv = hw.memory_bytes * USABLE - weights
         report["memory"] = {
             "weights_mib": round(weights / 2**20, 1),
             "kv_cache_mib_at_profile": round(per_token * batch * context / 2**20, 1),
             "total_mib_at_profile": round(need / 2**20, 1),
             "machine_mib": round(hw.memory_bytes / 2**20, 1),
-            "fits": need < hw.memory_bytes * 0.9,
+            "fits": need < hw.memory_bytes * USABLE,
             "max_tokens_in_cache": max(int(free_for_kv // per_token), 0),
-            "largest_batch_at_context": max(int(free_for_kv // (per_token * context)), 0),
+            "largest_batch_at_context": largest_batch(hw.memory_bytes, weights, per_token, context),
             "largest_context_at_batch": min(max(int(free_for_kv // (per_token * batch)), 0),
                                             art.model["context_length"]),
         }

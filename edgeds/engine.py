@@ -19,6 +19,7 @@ import numpy as np
 from . import generate as gen
 from .artifact import Artifact, load_artifact
 from .hardware import Hardware, detect
+from .memory_budget import kv_bytes_per_token, largest_batch, weight_bytes
 from .profiles import Profile, choose_profile, load_profiles
 from .sampling import SamplingParams
 from .selection import Choice, choose_backend
@@ -47,6 +48,12 @@ class Engine:
         self.eos_ids = set(gen_cfg.get("eos_token_ids") or [])
         self.context = min(profile.runtime.context, artifact.model["context_length"])
         self.batch_size = profile.runtime.batch_size
+        fits = largest_batch(hardware.memory_bytes, weight_bytes(artifact.manifest, _format(choice)),
+                             kv_bytes_per_token(artifact.model), self.context)
+        if fits < self.batch_size:
+            self.batch_size = max(fits, 1)
+            self.reasons.append(f"batch {profile.runtime.batch_size} -> {self.batch_size}: a full {self.context}-token "
+                                f"KV cache per slot must fit in {hardware.memory_bytes / 2**30:.1f} GiB with the weights")
 
     def encode(self, prompt: Prompt) -> np.ndarray:
         if isinstance(prompt, str):
@@ -121,7 +128,7 @@ def load(artifact: str | Path, profile: str | None = None, backend: str | None =
     hw = detect()
     prof, reasons = choose_profile(hw, load_profiles(), profile)
     choice = choose_backend(prof, hw, art, backend, device, threads)
-    fmt = "openvino" if choice.backend == "openvino" else "onnx"
+    fmt = _format(choice)
     with ThreadPoolExecutor(2) as pool:
         check = pool.submit(art.verify, art.files_for(fmt)) if verify else None
         tokenizer = pool.submit(TextTokenizer, art)
@@ -131,6 +138,10 @@ def load(artifact: str | Path, profile: str | None = None, backend: str | None =
             if check is not None:
                 check.result()  # raises ArtifactError on a mismatch, before anything runs
         return Engine(art, prof, choice, hw, reasons, tokenizer.result(), runner)
+
+
+def _format(choice: Choice) -> str:
+    return "openvino" if choice.backend == "openvino" else "onnx"
 
 
 def _make_backend(artifact: Artifact, profile: Profile, choice: Choice):

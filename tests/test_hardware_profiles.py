@@ -117,3 +117,24 @@ def test_every_shipped_profile_parses():
     assert {"cpu-avx2", "cpu-avx512", "cpu-amx", "jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin"} <= set(profiles)
     trt = profiles["jetson-orin-nano"].onnxruntime.provider_options["TensorrtExecutionProvider"]
     assert trt["trt_fp16_enable"] is True and trt["trt_engine_cache_enable"] is True
+
+
+def test_batch_is_capped_so_full_context_caches_fit_in_memory(artifacts, monkeypatch):
+    import dataclasses
+
+    import edgeds
+    from edgeds import engine as engine_module
+    from edgeds.artifact import load_artifact
+    from edgeds.memory_budget import USABLE, kv_bytes_per_token, weight_bytes
+
+    path = artifacts("qwen2", "int8")
+    art = load_artifact(path)
+    real = detect()
+    roomy = edgeds.load(path, backend="onnxruntime", profile="cpu-avx2")
+    # A machine with room for the weights and exactly three slots of full context.
+    slot = kv_bytes_per_token(art.model) * roomy.context
+    memory = int((weight_bytes(art.manifest, "onnx") + 3.5 * slot) / USABLE)
+    monkeypatch.setattr(engine_module, "detect", lambda: dataclasses.replace(real, memory_bytes=memory))
+    small = edgeds.load(path, backend="onnxruntime", profile="cpu-avx2")
+    assert roomy.batch_size == 8 and small.batch_size == 3  # cpu-avx2 asks for 8
+    assert any(r.startswith("batch 8 -> 3:") for r in small.reasons)

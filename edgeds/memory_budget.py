@@ -1,0 +1,26 @@
+"""How much of the machine a model takes: its weights, and the KV cache per token and per slot.
+
+The generate loop sizes the cache to the longest request taken, so a batch job's worst case is
+every slot holding a full context. `largest_batch` is that worst case's limit: a profile's batch
+size is capped by it at load time, so that an unattended job cannot grow into the OOM killer.
+"""
+
+from __future__ import annotations
+
+from .artifact import cache_values_per_token
+
+USABLE = 0.9  # of the machine's memory: the rest is the OS, the runtime and activations
+
+
+def weight_bytes(manifest: dict, fmt: str) -> int:
+    graph = manifest["graphs"][fmt]
+    return sum(manifest["files"][f]["size"] for f in (graph["file"], graph["data_file"]) if f in manifest["files"])
+
+
+def kv_bytes_per_token(model: dict) -> int:
+    return cache_values_per_token(model) * 4  # float32 cache
+
+
+def largest_batch(memory_bytes: int, weights: int, per_token: int, context: int) -> int:
+    """Slots that fit when each holds `context` tokens (0: not even one)."""
+    return max(int((memory_bytes * USABLE - weights) // (per_token * context)), 0)
