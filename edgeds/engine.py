@@ -18,6 +18,7 @@ import numpy as np
 
 from . import generate as gen
 from .artifact import Artifact, load_artifact
+from .backends.base import Backend
 from .hardware import Hardware, detect
 from .memory_budget import kv_bytes_per_token, largest_batch, weight_bytes
 from .profiles import Profile, choose_profile, load_profiles
@@ -40,7 +41,7 @@ class Completion:
 
 class Engine:
     def __init__(self, artifact: Artifact, profile: Profile, choice: Choice, hardware: Hardware,
-                 profile_reasons: list[str], tokenizer: TextTokenizer, backend):
+                 profile_reasons: list[str], tokenizer: TextTokenizer, backend: Backend):
         self.artifact, self.profile, self.choice, self.hardware = artifact, profile, choice, hardware
         self.reasons = profile_reasons + choice.reasons
         self.tokenizer, self.backend = tokenizer, backend
