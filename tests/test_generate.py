@@ -128,9 +128,8 @@ def test_sampling_is_seeded_and_independent_of_batching(engine):
 def test_prefill_groups_stay_dense_and_bounded():
     from edgeds.backends.onnxruntime import PREFILL_ROWS, _prefill_groups
 
-    assert PREFILL_ROWS == 256
-    assert _prefill_groups(list(range(8)), [128] * 8) == [(0, 2), (2, 4), (4, 6), (6, 8)]  # 256 rows a call
-    assert _prefill_groups(list(range(4)), [60, 60, 60, 60]) == [(0, 4)]
+    assert PREFILL_ROWS == 512
+    assert _prefill_groups(list(range(16)), [128] * 16) == [(0, 4), (4, 8), (8, 12), (12, 16)]  # 512 rows a call
     assert _prefill_groups([0, 1, 2], [64, 500, 70]) == [(0, 1), (1, 2), (2, 3)]  # padding would double the work
     assert _prefill_groups([0, 2, 3], [10, 10, 10]) == [(0, 1), (1, 3)]  # only consecutive slots share a call
 

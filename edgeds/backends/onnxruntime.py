@@ -14,12 +14,10 @@ from ..artifact import Artifact, cache_values_per_token
 
 PADDING_BUDGET = 1.25  # padded tokens allowed per real token in one batched prefill
 # Rows of one prefill call, for several short prompts or one long prompt in chunks. Prefill is
-# compute-bound, and the int8 kernels reach their speed by a hundred or two rows
+# compute-bound, and the int8 kernels reach their speed by a few hundred rows
 # (benchmarks/results/ort_int8_kernels.md); beyond that a larger call only adds activation
 # memory (16 x 128 tokens in one call: +1 GB, and slower) and a long prompt could exhaust it.
-# 256 against 512 rows: prefill as fast within noise on the 2-core EPYC and the 16-core AMX
-# Xeon, peak RSS 28 and 163 MiB lower (benchmarks/results/before-after.md).
-PREFILL_ROWS = 256
+PREFILL_ROWS = 512
 
 
 def _prefill_groups(slots: list[int], lengths: list[int]) -> list[tuple[int, int]]:
