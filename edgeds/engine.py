@@ -48,13 +48,19 @@ class Engine:
         gen_cfg = artifact.manifest.get("generation", {})
         self.eos_ids = set(gen_cfg.get("eos_token_ids") or [])
         self.context = min(profile.runtime.context, artifact.model["context_length"])
-        self.batch_size = profile.runtime.batch_size
-        fits = largest_batch(hardware.memory_bytes, weight_bytes(artifact.manifest, _format(choice)),
-                             kv_bytes_per_token(artifact.model), self.context)
-        if fits < self.batch_size:
-            self.batch_size = max(fits, 1)
-            self.reasons.append(f"batch {profile.runtime.batch_size} -> {self.batch_size}: a full {self.context}-token "
-                                f"KV cache per slot must fit in {hardware.memory_bytes / 2**30:.1f} GiB with the weights")
+        # No batch, the profile's or a caller's, may hold more slots of full-context cache than fit.
+        self.max_batch = max(largest_batch(hardware.memory_bytes, weight_bytes(artifact.manifest, _format(choice)),
+                                           kv_bytes_per_token(artifact.model), self.context), 1)
+        self.batch_size = self.batch_for(profile.runtime.batch_size)
+        if self.batch_size < profile.runtime.batch_size:
+            self.reasons.append(f"batch {profile.runtime.batch_size} -> {self.batch_size}: {self.cap_reason()}")
+
+    def batch_for(self, requested: int | None) -> int:
+        return min(requested or self.batch_size, self.max_batch)
+
+    def cap_reason(self) -> str:
+        return (f"a full {self.context}-token KV cache per slot must fit in "
+                f"{self.hardware.memory_bytes / 2**30:.1f} GiB with the weights")
 
     def encode(self, prompt: Prompt) -> np.ndarray:
         if isinstance(prompt, str):
@@ -71,7 +77,7 @@ class Engine:
 
     def run(self, requests: Iterable[gen.Request], batch_size: int | None = None,
             stats: gen.StepStats | None = None, should_stop=None) -> Iterator[gen.TokenEvent | gen.Finished]:
-        return gen.run(self.backend, requests, batch_size or self.batch_size, self.context,
+        return gen.run(self.backend, requests, self.batch_for(batch_size), self.context,
                        self.eos_ids, self.tokenizer.decode, stats, should_stop)
 
     def complete(self, done: gen.Finished) -> Completion:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from edgeds.errors import ConfigError
@@ -138,3 +139,10 @@ def test_batch_is_capped_so_full_context_caches_fit_in_memory(artifacts, monkeyp
     small = edgeds.load(path, backend="onnxruntime", profile="cpu-avx2")
     assert roomy.batch_size == 8 and small.batch_size == 3  # cpu-avx2 asks for 8
     assert any(r.startswith("batch 8 -> 3:") for r in small.reasons)
+    # A caller's larger batch is held to the same limit: the backend gets three slots.
+    from edgeds import generate as gen
+    from edgeds.sampling import SamplingParams
+
+    reqs = [gen.Request(i, np.arange(2, 7), SamplingParams(max_new_tokens=2)) for i in range(5)]
+    done = [e for e in small.run(reqs, batch_size=8) if isinstance(e, gen.Finished)]
+    assert len(done) == 5 and small.backend.batch_size == 3

@@ -67,8 +67,11 @@ def command(
         typer.echo(f"edgeds: no model given; using the embedded default model ({artifact})", err=True)
     engine = load(artifact, profile=profile, backend=backend, device=device, threads=threads or None)
     d = engine.describe()
+    batch = engine.batch_for(batch_size or None)
     typer.echo(f"edgeds: profile {d['profile']}, backend {d['backend']} ({', '.join(d['providers'])}), "
-               f"{d['threads']} threads, batch {batch_size or engine.batch_size}", err=True)
+               f"{d['threads']} threads, batch {batch}", err=True)
+    if batch_size and batch < batch_size:
+        typer.echo(f"edgeds: --batch-size {batch_size} lowered to {batch}: {engine.cap_reason()}", err=True)
     defaults = SamplingParams(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed,
                               tuple(stop or ()))
     defaults.validate()
