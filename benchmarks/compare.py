@@ -46,21 +46,6 @@ def read_bandwidth_gb_s(threads: int, size_mb: int = 1024) -> float:
     return best
 
 
-def decode_bytes(artifact: Path) -> int:
-    """Weight bytes one decode step reads: every initializer of the INT8 graph except the
-    embedding table, of which a step gathers one row per sequence."""
-    import onnx
-
-    graph = onnx.load(str(artifact / "model.onnx"), load_external_data=False).graph
-    total = 0
-    for t in graph.initializer:
-        if t.name.startswith("embed_tokens."):
-            continue
-        ext = {e.key: e.value for e in t.external_data}
-        total += int(ext["length"]) if "length" in ext else len(t.raw_data)
-    return total
-
-
 def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], weights: str = "int8") -> dict[str, str]:
     from random_checkpoint import write_checkpoint
 
@@ -217,7 +202,10 @@ def main() -> None:
     if args.no_report:
         return
     machine = args.machine or f"{platform.machine()}-{args.threads}t"
-    weights_gb = decode_bytes(Path(paths["edgeds"])) / 1e9
+    from edgeds.memory_budget import decode_read_bytes
+
+    manifest = json.loads((Path(paths["edgeds"]) / "edgeds.json").read_text())
+    weights_gb = decode_read_bytes(manifest, "onnx") / 1e9  # the 1.5B shape is dense
     note = (f"`python benchmarks/compare.py {' '.join(sys.argv[1:])}`; shape {args.shape}, random weights; "
             f"TTFT on a 128-token prompt; decode over {16 if args.quick else 64} tokens; offline job of {args.jobs} prompts "
             f"of 64-512 tokens, {16 if args.quick else 128} new tokens each, EOS ignored.")

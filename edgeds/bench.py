@@ -12,7 +12,7 @@ import numpy as np
 
 from . import generate as gen
 from .batch.progress import peak_rss_bytes
-from .memory_budget import weight_bytes
+from .memory_budget import decode_read_bytes, weight_bytes
 from .engine import load
 from .sampling import SamplingParams
 
@@ -55,10 +55,11 @@ def run_bench(artifact: str, prompt_tokens: int = 128, new_tokens: int = 64, bat
     runs = [_measure(engine, b, prompt_tokens, new_tokens, rng) for b in sorted({1, batch_size})]
     fmt = "openvino" if engine.choice.backend == "openvino" else "onnx"
     weights = weight_bytes(engine.artifact.manifest, fmt)
+    per_step = decode_read_bytes(engine.artifact.manifest, fmt)
     for r in runs:
-        # Every decode step reads all weights once: bytes/step x steps/s.
+        # A dense model's decode step reads its weights once: bytes/step x steps/s.
         steps_per_s = r["decode_tokens_per_s"] / r["batch_size"] if r["decode_tokens_per_s"] else 0
-        r["weight_bandwidth_gb_s"] = weights * steps_per_s / 1e9
+        r["weight_bandwidth_gb_s"] = per_step * steps_per_s / 1e9 if per_step else None
     return {"artifact": str(artifact), **engine.describe(), "load_s": load_s, "prompt_tokens": prompt_tokens,
             "new_tokens": new_tokens, "runs": runs, "peak_rss_mib": peak_rss_bytes() / 2**20,
             "weights_mib": weights / 2**20}
@@ -71,6 +72,6 @@ def format_bench(r: dict) -> str:
         s = x["step_latency_s"]
         lines.append(
             f"  batch {x['batch_size']:>3}: TTFT {x['ttft_s'] * 1000:.0f} ms, decode {x['decode_tokens_per_s']:.1f} tok/s, "
-            f"step P50/P90/P99 {s['p50'] * 1000:.1f}/{s['p90'] * 1000:.1f}/{s['p99'] * 1000:.1f} ms, "
-            f"weights read {x['weight_bandwidth_gb_s']:.1f} GB/s")
+            f"step P50/P90/P99 {s['p50'] * 1000:.1f}/{s['p90'] * 1000:.1f}/{s['p99'] * 1000:.1f} ms"
+            + (f", weights read {x['weight_bandwidth_gb_s']:.1f} GB/s" if x["weight_bandwidth_gb_s"] else ""))
     return "\n".join(lines)

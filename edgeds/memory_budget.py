@@ -7,6 +7,8 @@ size is capped by it at load time, so that an unattended job cannot grow into th
 
 from __future__ import annotations
 
+import numpy as np
+
 from .artifact import cache_values_per_token
 
 USABLE = 0.9  # of the machine's memory: the rest is the OS, the runtime and activations
@@ -15,6 +17,19 @@ USABLE = 0.9  # of the machine's memory: the rest is the OS, the runtime and act
 def weight_bytes(manifest: dict, fmt: str) -> int:
     graph = manifest["graphs"][fmt]
     return sum(manifest["files"][f]["size"] for f in (graph["file"], graph["data_file"]) if f in manifest["files"])
+
+
+def decode_read_bytes(manifest: dict, fmt: str) -> int | None:
+    """Weight bytes a dense model's decode step reads: all but the embedding table, of which a
+    step gathers one row per sequence. None for MoE models, whose steps read only the experts
+    their tokens are routed to."""
+    m = manifest["model"]
+    if m.get("moe_layers"):
+        return None
+    embedding = manifest["quantization"]["embedding"]
+    table = m["vocab_size"] * m["hidden_size"]
+    embed = table + 4 * m["vocab_size"] if embedding.startswith("int8") else table * np.dtype(embedding).itemsize
+    return weight_bytes(manifest, fmt) - embed
 
 
 def kv_bytes_per_token(model: dict) -> int:

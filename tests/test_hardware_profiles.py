@@ -146,3 +146,19 @@ def test_batch_is_capped_so_full_context_caches_fit_in_memory(artifacts, monkeyp
     reqs = [gen.Request(i, np.arange(2, 7), SamplingParams(max_new_tokens=2)) for i in range(5)]
     done = [e for e in small.run(reqs, batch_size=8) if isinstance(e, gen.Finished)]
     assert len(done) == 5 and small.backend.batch_size == 3
+
+
+def test_decode_read_bytes_leave_out_the_embedding_and_moe(artifacts):
+    import onnx
+
+    from edgeds.artifact import load_artifact
+    from edgeds.memory_budget import decode_read_bytes
+
+    for weights in ("int8", "fp32"):
+        art = load_artifact(artifacts("qwen2", weights))
+        graph = onnx.load(str(art.path("model.onnx")), load_external_data=False).graph
+        stored = sum(int({e.key: e.value for e in t.external_data}["length"])
+                     for t in graph.initializer if t.external_data and not t.name.startswith("embed_tokens."))
+        # What the graph stores outside the embedding; the rest is the graph file itself.
+        assert 0 <= decode_read_bytes(art.manifest, "onnx") - stored <= art.path("model.onnx").stat().st_size
+    assert decode_read_bytes(load_artifact(artifacts("deepseek_v3", "int8")).manifest, "onnx") is None
