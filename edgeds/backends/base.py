@@ -35,6 +35,3 @@ class Backend(Protocol):
 
     def release(self, slot: int) -> None:
         """Forget a slot's sequence; the slot may be prefilled again."""
-
-    def cache_bytes(self, batch_size: int, capacity: int) -> int:
-        """Bytes the KV cache takes for this batch and capacity."""

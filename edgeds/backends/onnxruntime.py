@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from ..artifact import Artifact, cache_values_per_token
+from ..artifact import Artifact
 
 PADDING_BUDGET = 1.25  # padded tokens allowed per real token in one batched prefill
 # Rows of one prefill call, for several short prompts or one long prompt in chunks. Prefill is
@@ -43,7 +43,7 @@ class OnnxRuntimeBackend:
                  session_options: dict | None = None, profile_prefix: str | None = None):
         graph = artifact.graph("onnx")
         m = artifact.model
-        self.layers, self.vocab_size, self.artifact_model = m["num_layers"], m["vocab_size"], m
+        self.layers, self.vocab_size = m["num_layers"], m["vocab_size"]
         # The cache layout comes from the manifest: per-head K and V buffers, or one MLA latent
         # buffer per layer that serves as both key and value.
         self.latent = graph["kv_cache"]["kind"] == "mla_latent"
@@ -67,9 +67,6 @@ class OnnxRuntimeBackend:
         self.session = ort.InferenceSession(str(artifact.path(graph["file"])), opts, providers=providers)
         self.device = self.session.get_providers()[0]
         self.batch_size = 0
-
-    def cache_bytes(self, batch_size: int, capacity: int) -> int:
-        return cache_values_per_token(self.artifact_model) * batch_size * capacity * 4
 
     def _cache_bindings(self) -> list[tuple[np.ndarray, list[str], list[str]]]:
         """(buffer, graph inputs, graph outputs) bound to it."""

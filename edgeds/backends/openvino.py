@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import openvino as ov
 
-from ..artifact import Artifact, cache_values_per_token
+from ..artifact import Artifact
 
 
 class OpenVinoBackend:
@@ -21,7 +21,6 @@ class OpenVinoBackend:
                  config: dict | None = None):
         m = artifact.model
         self.layers, self.vocab_size = m["num_layers"], m["vocab_size"]
-        self.cache_values_per_token = cache_values_per_token(m)
         core = ov.Core()
         cfg = {"PERFORMANCE_HINT": "LATENCY", **(config or {})}
         if threads:
@@ -30,9 +29,6 @@ class OpenVinoBackend:
         self.compiled = core.compile_model(model, device, {k: str(v) for k, v in cfg.items()})
         self.request = self.compiled.create_infer_request()
         self.device = device
-
-    def cache_bytes(self, batch_size: int, capacity: int) -> int:
-        return self.cache_values_per_token * batch_size * capacity * 4
 
     def start(self, batch_size: int, capacity: int) -> None:
         self.batch_size, self.capacity = batch_size, capacity
