@@ -53,7 +53,7 @@ def run_bench(artifact: str, prompt_tokens: int = 128, new_tokens: int = 64, bat
     _measure(engine, 1, min(prompt_tokens, 16), 4, rng)  # warm-up: first-run allocations and kernel picks
     batch_size = engine.batch_for(batch_size)
     runs = [_measure(engine, b, prompt_tokens, new_tokens, rng) for b in sorted({1, batch_size})]
-    fmt = "openvino" if engine.choice.backend == "openvino" else "onnx"
+    fmt = engine.choice.artifact_format
     weights = weight_bytes(engine.artifact.manifest, fmt)
     per_step = decode_read_bytes(engine.artifact.manifest, fmt)
     for r in runs:

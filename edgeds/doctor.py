@@ -19,6 +19,7 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
     report["profile"] = {"name": prof.name, "description": prof.description,
                          "batch_size": prof.runtime.batch_size, "context": prof.runtime.context}
     art = load_artifact(artifact, verify=False) if artifact else None
+    choice = None
     try:
         choice = choose_backend(prof, hw, art, backend)
         report["choice"] = {"backend": choice.backend, "providers": choice.providers, "threads": choice.threads}
@@ -27,7 +28,7 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
         report["choice"] = {"error": str(exc)}
     report["reasons"] = reasons
     if art is not None:
-        fmt = "openvino" if report["choice"].get("backend") == "openvino" else "onnx"
+        fmt = choice.artifact_format if choice else "onnx"
         weights = weight_bytes(art.manifest, fmt if fmt in art.formats else art.formats[0])
         per_token = kv_bytes_per_token(art.model)
         batch, context = prof.runtime.batch_size, min(prof.runtime.context, art.model["context_length"])

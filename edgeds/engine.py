@@ -49,7 +49,7 @@ class Engine:
         self.eos_ids = set(gen_cfg.get("eos_token_ids") or [])
         self.context = min(profile.runtime.context, artifact.model["context_length"])
         # No batch, the profile's or a caller's, may hold more slots of full-context cache than fit.
-        self.max_batch = max(largest_batch(hardware.memory_bytes, weight_bytes(artifact.manifest, _format(choice)),
+        self.max_batch = max(largest_batch(hardware.memory_bytes, weight_bytes(artifact.manifest, choice.artifact_format),
                                            kv_bytes_per_token(artifact.model), self.context), 1)
         self.batch_size = self.batch_for(profile.runtime.batch_size)
         if self.batch_size < profile.runtime.batch_size:
@@ -135,9 +135,8 @@ def load(artifact: str | Path, profile: str | None = None, backend: str | None =
     hw = detect()
     prof, reasons = choose_profile(hw, load_profiles(), profile)
     choice = choose_backend(prof, hw, art, backend, device, threads)
-    fmt = _format(choice)
     with ThreadPoolExecutor(2) as pool:
-        check = pool.submit(art.verify, art.files_for(fmt)) if verify else None
+        check = pool.submit(art.verify, art.files_for(choice.artifact_format)) if verify else None
         tokenizer = pool.submit(TextTokenizer, art)
         try:
             runner = _make_backend(art, prof, choice)
@@ -145,10 +144,6 @@ def load(artifact: str | Path, profile: str | None = None, backend: str | None =
             if check is not None:
                 check.result()  # raises ArtifactError on a mismatch, before anything runs
         return Engine(art, prof, choice, hw, reasons, tokenizer.result(), runner)
-
-
-def _format(choice: Choice) -> str:
-    return "openvino" if choice.backend == "openvino" else "onnx"
 
 
 def _make_backend(artifact: Artifact, profile: Profile, choice: Choice):

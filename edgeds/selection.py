@@ -22,6 +22,11 @@ class Choice:
     threads: int
     reasons: list[str] = field(default_factory=list)
 
+    @property
+    def artifact_format(self) -> str:
+        """The artifact graph this backend reads."""
+        return "openvino" if self.backend == "openvino" else "onnx"
+
 
 def ort_providers() -> list[str]:
     try:
