@@ -3,8 +3,8 @@
 - INT8 linear layers are integer matmuls: each row (token) of the input is quantized to 8 bits
   with its own scale, multiplied by the per-channel int8 weights in int32 and scaled back per
   channel in the GEMM itself (com.microsoft.MatMulIntegerToFloat, MLAS's VNNI/AMX kernels), then
-  per row. Per-row scales keep every token's result independent of what
-  else shares the batch. INT4 layers are MatMulNBits; float exports use plain MatMul.
+  per row. Per-row scales keep every token's result independent of what else shares the batch.
+  int8-wo and INT4 layers are MatMulNBits; float exports use plain MatMul.
 - Attention is GroupQueryAttention with rotary inside it and a KV cache buffer of fixed
   capacity: `past_*` and `present_*` are bound to the same memory by the runtime, so a decode
   step writes one position per sequence in place and nothing concatenates the cache.
@@ -98,7 +98,6 @@ def _int8_linear(g: _Graph, x: str, lin: Linear, name: str, rows: str | None = N
     zeros gets scale 0: its quantized values are then arbitrary, but the row rescale makes its
     result exactly 0. Linears whose inputs have the same rows (`rows` names them) share one
     zero-point tensor."""
-    k = lin.k
     peak = g.node("ReduceMax", [g.node("Abs", [x], f"{name}/Abs"), g.shared("/int8/last_axis", [-1], np.int64)],
                   f"{name}/RowMax", keepdims=1)
     scale = g.node("Mul", [peak, g.shared("/int8/inv_qmax", 1 / 127, np.float32)], f"{name}/RowScale")
@@ -109,7 +108,7 @@ def _int8_linear(g: _Graph, x: str, lin: Linear, name: str, rows: str | None = N
                       f"{name}/ZeroPoints")
         if rows:
             g.row_zero_points[rows] = zero
-    xq = g.node("QuantizeLinear", [x, scale, zero], f"{name}/Quantize", axis=-1, block_size=k)
+    xq = g.node("QuantizeLinear", [x, scale, zero], f"{name}/Quantize", axis=-1, block_size=lin.k)
     y = g.node("MatMulIntegerToFloat", [xq, g.external(f"{name}.qweight", lin.weight), g.shared("/int8/one", 1.0, np.float32),
                                         g.external(f"{name}.scales", lin.scales), g.shared("/int8/zero_point", 128, np.uint8)],
                f"{name}/MatMulIntegerToFloat", domain=MS)

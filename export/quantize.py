@@ -3,8 +3,8 @@
 Symmetric (zero point 0) on purpose: TensorRT takes only zero-point-0 INT8 weights, and one
 scheme for every backend keeps an artifact portable.
 
-INT8 is per output channel so that the graph can run integer matmuls (MatMulInteger: MLAS's
-u8 x s8 VNNI/AMX kernels) with int8 activations: a scale that is constant along the input
+INT8 is per output channel so that the graph can run integer matmuls (MatMulIntegerToFloat:
+MLAS's u8 x s8 VNNI/AMX kernels) with int8 activations: a scale that is constant along the input
 dimension can be applied after the whole dot product is accumulated in int32. On the 1.5B
 shape that runs 8-128 rows 1.1-1.8x faster than blockwise MatMulNBits (one row: up to 20% slower)
 (benchmarks/results/ort_int8_kernels.md). INT4 stays blockwise along the input dimension
