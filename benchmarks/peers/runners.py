@@ -39,20 +39,26 @@ class Edgeds(Runner):
         import edgeds
 
         self.engine = edgeds.load(path, threads=threads, backend=self.backend)
+        self.phases = {}
 
     def describe(self) -> dict:
         # Where each offline job spent its time: prefill calls against decode steps.
         return {"profile": self.engine.profile.name, "backend": self.engine.backend.name,
-                "offline_phases": getattr(self, "phases", {})}
+                "offline_phases": self.phases}
 
-    def generate(self, prompts, new_tokens, batch_size=None):
+    @staticmethod
+    def _requests(prompts, new_tokens):
         from edgeds import generate as gen
         from edgeds.sampling import SamplingParams
 
         params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
-        reqs = [gen.Request(i, p, params) for i, p in enumerate(prompts)]
+        return [gen.Request(i, p, params) for i, p in enumerate(prompts)]
+
+    def generate(self, prompts, new_tokens, batch_size=None):
+        from edgeds import generate as gen
+
         t0, first, n = time.perf_counter(), None, 0
-        for e in self.engine.run(reqs, batch_size or len(prompts)):
+        for e in self.engine.run(self._requests(prompts, new_tokens), batch_size or len(prompts)):
             if isinstance(e, gen.TokenEvent):
                 first = first or time.perf_counter() - t0
                 n += 1
@@ -61,14 +67,13 @@ class Edgeds(Runner):
     def offline(self, prompts, batch, new_tokens):
         # Continuous batching: a finished slot takes the next prompt at once.
         from edgeds import generate as gen
-        from edgeds.sampling import SamplingParams
 
-        params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
-        reqs = [gen.Request(i, p, params) for i, p in enumerate(prompts)]
         stats = gen.StepStats()
-        n = sum(len(e.token_ids) for e in self.engine.run(reqs, batch, stats) if isinstance(e, gen.Finished))
-        self.phases = getattr(self, "phases", {})
-        self.phases[batch] = {"prefill_s": round(sum(stats.prefill_s), 2), "prefill_calls": len(stats.prefill_s),
+        n = sum(len(e.token_ids) for e in self.engine.run(self._requests(prompts, new_tokens), batch, stats)
+                if isinstance(e, gen.Finished))
+        # `slots`: the batch that ran, should the engine's memory limit have lowered it.
+        self.phases[batch] = {"slots": self.engine.batch_for(batch),
+                              "prefill_s": round(sum(stats.prefill_s), 2), "prefill_calls": len(stats.prefill_s),
                               "decode_s": round(sum(stats.decode_s), 2), "decode_steps": len(stats.decode_s)}
         return n
 
