@@ -121,9 +121,9 @@ def report(results: list[dict], machine: str, threads: int, bandwidth: float, we
         lines += ["", "Ratios to the best peer (higher is better for speed; lower for TTFT and load):", "",
                   "| runtime | batch-1 decode | offline throughput | TTFT | load |", "|---|---|---|---|---|"]
         for edg in ours:
+            off = f"{max(edg['offline_tok_s'].values()) / b_off:.2f}x" if edg["offline_tok_s"] else "not run"
             lines.append(f"| {edg['runtime']} | {edgeds_val(edg, 'decode_tok_s_batch1') / b_dec:.2f}x | "
-                         f"{max(edg['offline_tok_s'].values()) / b_off:.2f}x | {edg['ttft_s'] / b_ttft:.2f}x | "
-                         f"{edg['load_s'] / b_load:.2f}x |")
+                         f"{off} | {edg['ttft_s'] / b_ttft:.2f}x | {edg['load_s'] / b_load:.2f}x |")
     try:
         import matplotlib
 
