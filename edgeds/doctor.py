@@ -6,7 +6,7 @@ from .artifact import load_artifact
 from .backends import installed_backends
 from .errors import EdgedsError
 from .hardware import detect
-from .memory_budget import USABLE, kv_bytes_per_token, largest_batch, weight_bytes
+from .memory_budget import kv_budget, kv_bytes_per_token, largest_batch, weight_bytes
 from .profiles import choose_profile, load_profiles
 from .selection import choose_backend, ort_providers
 
@@ -33,13 +33,13 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
         per_token = kv_bytes_per_token(art.model)
         batch, context = prof.runtime.batch_size, min(prof.runtime.context, art.model["context_length"])
         need = weights + per_token * batch * context
-        free_for_kv = hw.memory_bytes * USABLE - weights
+        free_for_kv = kv_budget(hw.memory_bytes, weights)
         report["memory"] = {
             "weights_mib": round(weights / 2**20, 1),
             "kv_cache_mib_at_profile": round(per_token * batch * context / 2**20, 1),
             "total_mib_at_profile": round(need / 2**20, 1),
             "machine_mib": round(hw.memory_bytes / 2**20, 1),
-            "fits": need < hw.memory_bytes * USABLE,
+            "fits": per_token * batch * context < free_for_kv,
             "max_tokens_in_cache": max(int(free_for_kv // per_token), 0),
             "largest_batch_at_context": largest_batch(hw.memory_bytes, weights, per_token, context),
             "largest_context_at_batch": min(max(int(free_for_kv // (per_token * batch)), 0),

@@ -36,6 +36,11 @@ def kv_bytes_per_token(model: dict) -> int:
     return cache_values_per_token(model) * 4  # float32 cache
 
 
+def kv_budget(memory_bytes: int, weights: int) -> float:
+    """Bytes left for the KV cache once the weights are in (negative: not even those fit)."""
+    return memory_bytes * USABLE - weights
+
+
 def largest_batch(memory_bytes: int, weights: int, per_token: int, context: int) -> int:
     """Slots that fit when each holds `context` tokens (0: not even one)."""
-    return max(int((memory_bytes * USABLE - weights) // (per_token * context)), 0)
+    return max(int(kv_budget(memory_bytes, weights) // (per_token * context)), 0)
