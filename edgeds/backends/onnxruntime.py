@@ -56,6 +56,10 @@ class OnnxRuntimeBackend:
         self.positions_input = "position_ids" in graph["inputs"]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ORT's CPU arena keeps the largest prefill's activations for the rest of a job (~260 MB
+        # after 512-row prefill calls of the 1.5B); without it they are freed after each call,
+        # and decode steps ran no slower (benchmarks/results/before-after.md).
+        opts.enable_cpu_mem_arena = False
         if threads:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
