@@ -29,8 +29,9 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
     report["reasons"] = reasons
     if art is not None:
         fmt = choice.artifact_format if choice else "onnx"
-        weights = weight_bytes(art.manifest, fmt if fmt in art.formats else art.formats[0])
-        per_token = kv_bytes_per_token(art.model)
+        fmt = fmt if fmt in art.formats else art.formats[0]
+        weights = weight_bytes(art.manifest, fmt)
+        per_token = kv_bytes_per_token(art.manifest, fmt)
         batch, context = prof.runtime.batch_size, min(prof.runtime.context, art.model["context_length"])
         need = weights + per_token * batch * context
         free_for_kv = kv_budget(hw.memory_bytes, weights)

@@ -49,8 +49,9 @@ class Engine:
         self.eos_ids = set(gen_cfg.get("eos_token_ids") or [])
         self.context = min(profile.runtime.context, artifact.model["context_length"])
         # No batch, the profile's or a caller's, may hold more slots of full-context cache than fit.
-        self.max_batch = max(largest_batch(hardware.memory_bytes, weight_bytes(artifact.manifest, choice.artifact_format),
-                                           kv_bytes_per_token(artifact.model), self.context), 1)
+        fmt = choice.artifact_format
+        self.max_batch = max(largest_batch(hardware.memory_bytes, weight_bytes(artifact.manifest, fmt),
+                                           kv_bytes_per_token(artifact.manifest, fmt), self.context), 1)
         self.batch_size = self.batch_for(profile.runtime.batch_size)
         if self.batch_size < profile.runtime.batch_size:
             self.reasons.append(f"batch {profile.runtime.batch_size} -> {self.batch_size}: {self.cap_reason()}")

@@ -32,8 +32,10 @@ def decode_read_bytes(manifest: dict, fmt: str) -> int | None:
     return weight_bytes(manifest, fmt) - embed
 
 
-def kv_bytes_per_token(model: dict) -> int:
-    return cache_values_per_token(model) * 4  # float32 cache
+def kv_bytes_per_token(manifest: dict, fmt: str) -> int:
+    """The ONNX graph says its cache type; the OpenVINO plugin's is float32 unless configured."""
+    dtype = manifest["graphs"][fmt].get("kv_cache", {}).get("dtype", "float32")
+    return cache_values_per_token(manifest["model"]) * np.dtype(dtype).itemsize
 
 
 def kv_budget(memory_bytes: int, weights: int) -> float:

@@ -20,6 +20,7 @@ from .weight_file import WeightFile
 
 log = logging.getLogger("edgeds.export")
 FORMATS = ("onnx", "openvino")
+KV_CACHES = ("float32", "int8")
 DEFAULT_CONTEXT = 8192
 
 
@@ -31,18 +32,27 @@ def export_checkpoint(
     context: int | None = None,
     overwrite: bool = False,
     verify: bool = False,
+    kv_cache: str = "float32",
 ) -> dict:
-    """Export `src` to the artifact folder `out`; returns the manifest written."""
+    """Export `src` to the artifact folder `out`; returns the manifest written.
+
+    `kv_cache`: the ONNX graph's cache type; "int8" quarters the cache's memory and the bytes a
+    decode step's attention reads (dense models; the OpenVINO plugin chooses its own)."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ExportError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
     if weights not in SCHEMES:
         raise ExportError(f"unknown weights '{weights}'; choose from {', '.join(SCHEMES)}")
+    if kv_cache not in KV_CACHES:
+        raise ExportError(f"unknown kv cache '{kv_cache}'; choose from {', '.join(KV_CACHES)}")
     started = time.perf_counter()
     ckpt = Checkpoint(src)
     spec = family_for(ckpt.config).decoder_spec(ckpt)
     scheme = SCHEMES[weights]
     context = int(context or min(spec.max_position_embeddings, DEFAULT_CONTEXT))
+    if kv_cache != "float32" and isinstance(spec, MlaSpec):
+        raise ExportError(f"--kv-cache {kv_cache} is for GroupQueryAttention (dense) models; the MLA latent "
+                          "cache of this checkpoint stays float32")
     out = Path(out).expanduser()
 
     with staging_folder(out, overwrite) as tmp:
@@ -61,11 +71,14 @@ def export_checkpoint(
         graphs = {}
         if "onnx" in formats:
             if mla:
-                from .onnx_mla_writer import write_onnx_mla as write_onnx
+                from .onnx_mla_writer import write_onnx_mla
+
+                graphs["onnx"] = write_onnx_mla(spec, tensors, tmp, weight_file.path.name)
             else:
                 from .onnx_writer import write_onnx
 
-            graphs["onnx"] = write_onnx(spec, tensors, tmp, weight_file.path.name)
+                graphs["onnx"] = write_onnx(spec, tensors, tmp, weight_file.path.name, kv_cache,
+                                            ckpt.root / "tokenizer.json")
         if "openvino" in formats:
             if mla:
                 from .openvino_mla_writer import write_openvino_mla as write_openvino
@@ -90,7 +103,7 @@ def export_checkpoint(
         if verify:
             from .verify import verify_artifact
 
-            report = verify_artifact(ckpt.root, tmp, weights)
+            report = verify_artifact(ckpt.root, tmp, weights, kv_cache)
             manifest["verification"] = report
             written = write_manifest(tmp, manifest)
     log.info("exported %s in %.1f s", out, time.perf_counter() - started)

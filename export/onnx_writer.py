@@ -151,10 +151,15 @@ def _embedding(g: _Graph, ids: str, emb: Embedding) -> str:
     return g.node("Mul", [rows, row_scales], "/model/embed_tokens/Dequantize")
 
 
-def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str) -> onnx.ModelProto:
+KvScales = list[tuple[np.ndarray, np.ndarray]]  # per layer: key and value scales, [kv_heads, head_dim]
+
+
+def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str, kv_scales: KvScales | None = None) -> onnx.ModelProto:
+    """`kv_scales`: keep the cache in int8 with these static per-channel scales (float32 without)."""
     g = _Graph(data_file)
     eps = spec.rms_norm_eps
     cache_shape = ["batch", spec.num_kv_heads, "cache_capacity", spec.head_dim]
+    cache_type = TensorProto.INT8 if kv_scales else TensorProto.FLOAT
 
     x = _embedding(g, "input_ids", t.embed)
     cos, sin = g.external("rope.cos", t.cos), g.external("rope.sin", t.sin)
@@ -164,12 +169,17 @@ def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str) -> onnx.Mode
     for i, layer in enumerate(t.layers):
         p = f"/model/layers.{i}"
         qkv = _linear(g, h, layer.qkv, f"{p}/attn/qkv_proj", "tokens")
+        inputs = [qkv, "", "", f"past_key.{i}", f"past_value.{i}", "seqlens_k", "total_sequence_length", cos, sin]
+        quant = {}
+        if kv_scales:  # inputs 9-11 (position ids, bias, sinks) unused; 12-13 the cache scales
+            k_scale, v_scale = kv_scales[i]
+            inputs += ["", "", "", g.const(f"{p}/attn/k_scale", k_scale, np.float32),
+                       g.const(f"{p}/attn/v_scale", v_scale, np.float32)]
+            quant = dict(k_quant_type="PER_CHANNEL", v_quant_type="PER_CHANNEL", kv_cache_bit_width=8)
         attn, _, _ = g.node(
-            "GroupQueryAttention",
-            [qkv, "", "", f"past_key.{i}", f"past_value.{i}", "seqlens_k", "total_sequence_length", cos, sin],
-            f"{p}/attn/GroupQueryAttention", outputs=3, domain=MS,
+            "GroupQueryAttention", inputs, f"{p}/attn/GroupQueryAttention", outputs=3, domain=MS,
             num_heads=spec.num_heads, kv_num_heads=spec.num_kv_heads,
-            do_rotary=1, rotary_interleaved=0, scale=float(spec.head_dim ** -0.5),
+            do_rotary=1, rotary_interleaved=0, scale=float(spec.head_dim ** -0.5), **quant,
         )
         g.nodes[-1].output[1:] = [f"present_key.{i}", f"present_value.{i}"]
         o = _linear(g, attn, layer.o, f"{p}/attn/o_proj", "tokens")
@@ -211,8 +221,9 @@ def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str) -> onnx.Mode
     ]
     outputs = [helper.make_tensor_value_info("logits", f, ["batch", "positions", spec.vocab_size])]
     for kind in ("key", "value"):
-        inputs += [helper.make_tensor_value_info(f"past_{kind}.{i}", f, cache_shape) for i in range(spec.num_layers)]
-        outputs += [helper.make_tensor_value_info(f"present_{kind}.{i}", f, cache_shape) for i in range(spec.num_layers)]
+        inputs += [helper.make_tensor_value_info(f"past_{kind}.{i}", cache_type, cache_shape) for i in range(spec.num_layers)]
+        outputs += [helper.make_tensor_value_info(f"present_{kind}.{i}", cache_type, cache_shape)
+                    for i in range(spec.num_layers)]
     graph = helper.make_graph(g.nodes, "edgeds_decoder", inputs, outputs, initializer=g.initializers)
     return helper.make_model(
         graph,
@@ -229,8 +240,21 @@ def linear_op(lin: Linear) -> str:
     return f"com.microsoft.MatMulNBits accuracy_level={ACCURACY_LEVEL}" if lin.bits else "MatMul"
 
 
-def write_onnx(spec: DecoderSpec, tensors: ModelTensors, folder: Path, data_file: str) -> dict:
+def write_onnx(spec: DecoderSpec, tensors: ModelTensors, folder: Path, data_file: str, kv_cache: str = "float32",
+               tokenizer_file: Path | None = None) -> dict:
+    """`kv_cache="int8"`: the float32-cache graph is written first and run over calibration text
+    (export/kv_calibration.py), then replaced by the int8-cache graph with those scales."""
     model = build_graph(spec, tensors, data_file)
+    kv_note = {}
+    if kv_cache == "int8":
+        from .kv_calibration import CALIBRATION_TOKENS, MARGIN, calibration_ids, kv_scales
+
+        onnx.save_model(model, str(folder / "model.onnx"))
+        ids = calibration_ids(tokenizer_file, spec.vocab_size, min(CALIBRATION_TOKENS, tensors.cos.shape[0]))
+        scales = kv_scales(folder / "model.onnx", spec.num_layers, spec.num_kv_heads, spec.head_dim, ids)
+        model = build_graph(spec, tensors, data_file, scales)
+        kv_note = {"scales": f"static, per kv head and channel: {MARGIN} x the largest |value| over "
+                             f"{len(ids)} calibration tokens, / 127; larger values saturate"}
     onnx.save_model(model, str(folder / "model.onnx"))
     names = io_names(spec.num_layers)
     return {
@@ -242,7 +266,8 @@ def write_onnx(spec: DecoderSpec, tensors: ModelTensors, folder: Path, data_file
         "kv_cache": {
             "kind": "shared_buffer",
             "layout": "batch, kv_heads, capacity, head_dim",
-            "dtype": "float32",
+            "dtype": kv_cache,
+            **kv_note,
             "past": "past_key.{i} / past_value.{i}",
             "present": "present_key.{i} / present_value.{i} (bind to the same memory as past)",
             "lengths": "seqlens_k = total length - 1 per sequence; sequences right-padded on prefill",

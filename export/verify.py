@@ -62,7 +62,7 @@ def open_backends(artifact_dir: Path):
                                                        "KV_CACHE_PRECISION": "f32"})
 
 
-def verify_artifact(src: Path, artifact_dir: Path, weights: str) -> dict:
+def verify_artifact(src: Path, artifact_dir: Path, weights: str, kv_cache: str = "float32") -> dict:
     rng = np.random.default_rng(0)
     from edgeds.artifact import load_artifact
 
@@ -70,6 +70,8 @@ def verify_artifact(src: Path, artifact_dir: Path, weights: str) -> dict:
     prompt = rng.integers(0, vocab, PROMPT_TOKENS).astype(np.int64)
     ref_logits, ref_tokens = reference_run(src, prompt, DECODE_STEPS)
     max_rel, min_agree = LIMITS[weights]
+    if kv_cache == "int8":  # an 8-bit cache costs about what 8-bit weights do
+        max_rel, min_agree = max(max_rel, LIMITS["int8"][0]), min(min_agree, LIMITS["int8"][1])
     scale = max(float(np.abs(r).max()) for r in ref_logits)
     report = {"prompt_tokens": PROMPT_TOKENS, "decode_steps": DECODE_STEPS, "formats": {}}
     failures = []

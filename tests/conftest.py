@@ -36,11 +36,11 @@ def artifacts(tmp_path_factory, checkpoints):
     root = tmp_path_factory.mktemp("artifacts")
     cache = {}
 
-    def get(kind: str, weights: str = "fp32") -> Path:
-        if (kind, weights) not in cache:
-            out = root / f"{kind}-{weights}"
-            export_checkpoint(checkpoints(kind), out, weights=weights, context=CONTEXT)
-            cache[kind, weights] = out
-        return cache[kind, weights]
+    def get(kind: str, weights: str = "fp32", kv_cache: str = "float32") -> Path:
+        if (kind, weights, kv_cache) not in cache:
+            out = root / f"{kind}-{weights}-{kv_cache}"
+            export_checkpoint(checkpoints(kind), out, weights=weights, context=CONTEXT, kv_cache=kv_cache)
+            cache[kind, weights, kv_cache] = out
+        return cache[kind, weights, kv_cache]
 
     return get

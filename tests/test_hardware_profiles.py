@@ -133,7 +133,7 @@ def test_batch_is_capped_so_full_context_caches_fit_in_memory(artifacts, monkeyp
     real = detect()
     roomy = edgeds.load(path, backend="onnxruntime", profile="cpu-avx2")
     # A machine with room for the weights and exactly three slots of full context.
-    slot = kv_bytes_per_token(art.model) * roomy.context
+    slot = kv_bytes_per_token(art.manifest, "onnx") * roomy.context
     memory = int((weight_bytes(art.manifest, "onnx") + 3.5 * slot) / USABLE)
     monkeypatch.setattr(engine_module, "detect", lambda: dataclasses.replace(real, memory_bytes=memory))
     small = edgeds.load(path, backend="onnxruntime", profile="cpu-avx2")

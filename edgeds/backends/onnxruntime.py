@@ -53,6 +53,7 @@ class OnnxRuntimeBackend:
             self.kv_heads, self.head_dim = graph["kv_cache"]["heads"], graph["kv_cache"]["head_dim"]
         else:
             self.kv_heads, self.head_dim = m["num_kv_heads"], m["head_dim"]
+        self.cache_dtype = np.dtype(graph["kv_cache"].get("dtype", "float32"))  # int8: quantized by the graph
         self.positions_input = "position_ids" in graph["inputs"]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -84,8 +85,8 @@ class OnnxRuntimeBackend:
         shape = (batch_size, self.kv_heads, capacity, self.head_dim)
         if self.batch_size != batch_size or self.keys[0].shape != shape:
             self.keys = self.values = None  # the old cache goes before the new one comes: no peak of both
-            self.keys = [np.zeros(shape, np.float32) for _ in range(self.layers)]
-            self.values = [] if self.latent else [np.zeros(shape, np.float32) for _ in range(self.layers)]
+            self.keys = [np.zeros(shape, self.cache_dtype) for _ in range(self.layers)]
+            self.values = [] if self.latent else [np.zeros(shape, self.cache_dtype) for _ in range(self.layers)]
         self.batch_size, self.capacity = batch_size, capacity
         self.lengths = np.zeros(batch_size, np.int32)
         self._bind_decode()
@@ -96,7 +97,7 @@ class OnnxRuntimeBackend:
         shape = (self.batch_size, self.kv_heads, capacity, self.head_dim)
 
         def larger(old: np.ndarray) -> np.ndarray:
-            new = np.zeros(shape, np.float32)
+            new = np.zeros(shape, self.cache_dtype)
             new[:, :, : self.capacity] = old
             return new
 
@@ -131,9 +132,9 @@ class OnnxRuntimeBackend:
             view = cache[rows]
             shape, ptr = list(view.shape), view.ctypes.data
             for name in ins:
-                b.bind_input(name, "cpu", 0, np.float32, shape, ptr)
+                b.bind_input(name, "cpu", 0, self.cache_dtype, shape, ptr)
             for name in outs:
-                b.bind_output(name, "cpu", 0, np.float32, shape, ptr)
+                b.bind_output(name, "cpu", 0, self.cache_dtype, shape, ptr)
         return b
 
     def _run_prompts(self, rows: slice, prompts: list[np.ndarray], every_position: bool = False,
