@@ -46,7 +46,8 @@ def read_bandwidth_gb_s(threads: int, size_mb: int = 1024) -> float:
     return best
 
 
-def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], weights: str = "int8") -> dict[str, str]:
+def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], weights: str = "int8",
+            kv_cache: str = "float32") -> dict[str, str]:
     from random_checkpoint import write_checkpoint
 
     src = Path(shape) if Path(shape).is_dir() else work / f"{shape}-src"
@@ -54,13 +55,13 @@ def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], w
     if not (src / "config.json").exists():
         write_checkpoint(CONFIGS / f"{shape}.json", src, CONFIGS.parent / "deepseek-v3-tokenizer")
     paths = {"transformers-fp32": str(src)}
-    edg = work / f"{shape}-edgeds-{weights}"
+    edg = work / f"{shape}-edgeds-{weights}{'' if kv_cache == 'float32' else '-kv-' + kv_cache}"
     if not (edg / "edgeds.json").exists():
         from importlib.util import find_spec
 
         formats = "onnx,openvino" if find_spec("openvino") else "onnx"
         subprocess.run([sys.executable, "-m", "edgeds.cli", "export", str(src), "-o", str(edg), "--format", formats, "--weights", weights,
-                        "--context", "2048", "--overwrite"], check=True)
+                        "--kv-cache", kv_cache, "--context", "2048", "--overwrite"], check=True)
     for name in ("edgeds", "edgeds-onnxruntime", "edgeds-openvino"):
         paths[name] = str(edg)
     py = peer_python or sys.executable
@@ -164,6 +165,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=64)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--weights", default="int8", help="edgeds export weights (int8, int8-wo, int4)")
+    ap.add_argument("--kv-cache", default="float32", help="edgeds export KV cache type (float32, int8)")
     ap.add_argument("--machine", default=None)
     ap.add_argument("--work", default="/tmp/edgeds-compare")
     ap.add_argument("--reuse", default="", help="peers whose results from an earlier run (in --work) to reuse")
@@ -174,8 +176,9 @@ def main() -> None:
     peers = [p for p in args.peers.split(",") if p and p != "none"]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    paths = prepare(args.shape, work, args.peer_python, peers, args.weights)
-    tag = "" if args.weights == "int8" else f"-{args.weights}"  # edgeds rows of another export get their own name
+    paths = prepare(args.shape, work, args.peer_python, peers, args.weights, args.kv_cache)
+    # edgeds rows of another export get their own name
+    tag = ("" if args.weights == "int8" else f"-{args.weights}") + ("" if args.kv_cache == "float32" else f"-kv-{args.kv_cache}")
     if args.prepare_only:
         return
     vocab = min(100_000, json.loads((Path(paths['transformers-fp32']) / 'config.json').read_text())['vocab_size'])

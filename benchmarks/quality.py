@@ -73,7 +73,9 @@ def export_scores(artifact: Path, fmt: str, wins: np.ndarray):
 
 
 def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx", "openvino"),
-             windows: int = 32, seq: int = 256) -> list[dict]:
+             windows: int = 32, seq: int = 256, kv_caches=("float32",)) -> list[dict]:
+    """`kv_caches`: each weight scheme is exported once per KV cache type; an int8 cache is an
+    ONNX graph of a dense model only (MLA models are skipped for it)."""
     from export import export_checkpoint
 
     wins = windows_of(checkpoint, windows, seq)
@@ -82,13 +84,18 @@ def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx"
     rows = [{"model": checkpoint.name, "graph": "transformers", "weights": "fp32", "perplexity": ref_ppl,
              "ppl_change_pct": 0.0, "top1_agreement_pct": 100.0, "tokens": int(ref_nll.size)}]
     with tempfile.TemporaryDirectory() as tmp:
-        for w in weights:
-            art = Path(tmp) / w
-            export_checkpoint(checkpoint, art, formats=tuple(formats), weights=w, context=seq + 8)
-            for fmt in formats:
+        mla = "kv_lora_rank" in json.loads((checkpoint / "config.json").read_text())
+        for w, kv in ((w, kv) for kv in kv_caches for w in weights):
+            if kv != "float32" and mla:
+                continue
+            art = Path(tmp) / f"{w}-{kv}"
+            fmts = formats if kv == "float32" else ("onnx",)
+            export_checkpoint(checkpoint, art, formats=tuple(fmts), weights=w, context=seq + 8, kv_cache=kv)
+            label = w if kv == "float32" else f"{w}, {kv} KV"
+            for fmt in fmts:
                 nll, top1 = export_scores(art, fmt, wins)
                 ppl = float(np.exp(nll.mean()))
-                rows.append({"model": checkpoint.name, "graph": fmt, "weights": w, "perplexity": ppl,
+                rows.append({"model": checkpoint.name, "graph": fmt, "weights": label, "perplexity": ppl,
                              "ppl_change_pct": 100 * (ppl / ref_ppl - 1),
                              "top1_agreement_pct": 100 * float((top1 == ref_top1).mean()), "tokens": int(nll.size)})
     return rows
@@ -109,11 +116,12 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=32)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--weights", nargs="+", default=["fp32", "int8", "int4"])
+    ap.add_argument("--kv-caches", nargs="+", default=["float32"], help="float32 and/or int8 (dense models)")
     args = ap.parse_args()
     rows = []
     for name in args.models:
-        rows += evaluate(MODELS / name, args.weights, windows=args.windows, seq=args.seq)
-    note = f"`python benchmarks/quality.py --windows {args.windows} --seq {args.seq}`; held-out stdlib files"
+        rows += evaluate(MODELS / name, args.weights, windows=args.windows, seq=args.seq, kv_caches=args.kv_caches)
+    note = f"`python benchmarks/quality.py {' '.join(sys.argv[1:])}`; held-out stdlib files"
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "quality.md").write_text(to_markdown(rows, note))
