@@ -93,3 +93,15 @@ def test_int8_cache_batch_matches_alone_and_quarters_the_memory(artifacts):
 def test_int8_cache_is_refused_for_mla(checkpoints, tmp_path):
     with pytest.raises(ExportError, match="MLA"):
         export_checkpoint(checkpoints("deepseek_v3"), tmp_path / "a", formats=("onnx",), kv_cache="int8")
+
+
+def test_int8_cache_on_an_older_onnxruntime_is_a_clear_error(artifacts, monkeypatch):
+    import onnxruntime
+
+    from edgeds.backends.onnxruntime import OnnxRuntimeBackend
+    from edgeds.errors import ArtifactError
+
+    art = load_artifact(artifacts("qwen2", "fp32", "int8"))
+    monkeypatch.setattr(onnxruntime, "__version__", "1.29.1")
+    with pytest.raises(ArtifactError, match="int8 KV cache needs onnxruntime >= 1.30"):
+        OnnxRuntimeBackend(art, ["CPUExecutionProvider"])

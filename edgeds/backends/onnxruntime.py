@@ -11,7 +11,10 @@ import numpy as np
 import onnxruntime as ort
 
 from ..artifact import Artifact
+from ..errors import ArtifactError
 
+# GroupQueryAttention's int8 cache on the CPU: verified on ONNX Runtime 1.30 and 1.32.
+INT8_CACHE_MIN_ORT = (1, 30)
 PADDING_BUDGET = 1.25  # padded tokens allowed per real token in one batched prefill
 # Rows of one prefill call, for several short prompts or one long prompt in chunks. Prefill is
 # compute-bound, and the int8 kernels reach their speed by a few hundred rows
@@ -54,6 +57,10 @@ class OnnxRuntimeBackend:
         else:
             self.kv_heads, self.head_dim = m["num_kv_heads"], m["head_dim"]
         self.cache_dtype = np.dtype(graph["kv_cache"].get("dtype", "float32"))  # int8: quantized by the graph
+        installed = tuple(int(p) for p in ort.__version__.split(".")[:2])
+        if self.cache_dtype == np.int8 and installed < INT8_CACHE_MIN_ORT:
+            raise ArtifactError(f"{artifact.root}: its int8 KV cache needs onnxruntime >= "
+                                f"{'.'.join(map(str, INT8_CACHE_MIN_ORT))} (installed: {ort.__version__})")
         self.positions_input = "position_ids" in graph["inputs"]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
