@@ -38,9 +38,10 @@ DTYPES = {
 }
 
 
-def io_names(num_layers: int) -> dict:
+def io_names(num_layers: int, int8_cache: bool = False) -> dict:
     return {
         "inputs": ["input_ids", "seqlens_k", "total_sequence_length", "logits_positions"]
+        + (["fresh_prompt"] if int8_cache else [])
         + [f"past_key.{i}" for i in range(num_layers)]
         + [f"past_value.{i}" for i in range(num_layers)],
         "outputs": ["logits"]
@@ -154,6 +155,53 @@ def _embedding(g: _Graph, ids: str, emb: Embedding) -> str:
 KvScales = list[tuple[np.ndarray, np.ndarray]]  # per layer: key and value scales, [kv_heads, head_dim]
 
 
+def _attention(g: _Graph, spec: DecoderSpec, i: int, qkv: str, cos: str, sin: str,
+               scales: tuple[np.ndarray, np.ndarray] | None) -> str:
+    """GroupQueryAttention over layer i's cache; writes present_key.i / present_value.i.
+
+    With an int8 cache (`scales`), ONNX Runtime's quantized attention is 2-3.5x slower than
+    the float one on a whole prompt (it dequantizes per query row), while faster on decode
+    steps. So an If on `fresh_prompt` picks per call: a prompt with nothing cached attends in
+    float32 over its own keys and values and returns them quantized ([batch, kv_heads,
+    prompt, head_dim], for the runtime to copy into the cache); every other call (decode
+    steps, later chunks of a long prompt) attends over the int8 cache and writes it in place."""
+    p = f"/model/layers.{i}/attn"
+    gqa = dict(domain=MS, num_heads=spec.num_heads, kv_num_heads=spec.num_kv_heads,
+               do_rotary=1, rotary_interleaved=0, scale=float(spec.head_dim ** -0.5))
+    lengths = ["seqlens_k", "total_sequence_length", cos, sin]
+    present = [f"present_key.{i}", f"present_value.{i}"]
+    if scales is None:
+        g.nodes.append(helper.make_node("GroupQueryAttention", [qkv, "", "", f"past_key.{i}", f"past_value.{i}", *lengths],
+                                        [f"{p}/output", *present], name=f"{p}/GroupQueryAttention", **gqa))
+        return f"{p}/output"
+    k_scale, v_scale = scales
+    shape = (1, spec.num_kv_heads, 1, spec.head_dim)
+    one, zero = g.shared("/kv/one", 1.0, np.float32), g.shared("/kv/zero_point", 0, np.int8)
+    fresh = [helper.make_node("GroupQueryAttention", [qkv, "", "", "", "", *lengths],
+                              [f"{p}/fresh/output", f"{p}/fresh/key", f"{p}/fresh/value"], name=f"{p}/fresh/GroupQueryAttention", **gqa)]
+    for kind, scale in (("key", k_scale), ("value", v_scale)):
+        inverse = g.const(f"{p}/{kind}_inverse_scale", (1 / scale).reshape(shape), np.float32)
+        fresh += [helper.make_node("Mul", [f"{p}/fresh/{kind}", inverse], [f"{p}/fresh/{kind}_scaled"], name=f"{p}/fresh/{kind}/Mul"),
+                  helper.make_node("QuantizeLinear", [f"{p}/fresh/{kind}_scaled", one, zero], [f"{p}/fresh/{kind}_int8"],
+                                   name=f"{p}/fresh/{kind}/Quantize")]
+    cached = [helper.make_node(
+        "GroupQueryAttention",
+        [qkv, "", "", f"past_key.{i}", f"past_value.{i}", *lengths, "", "", "",  # 9-11: positions, bias, sinks
+         g.const(f"{p}/k_scale", k_scale, np.float32), g.const(f"{p}/v_scale", v_scale, np.float32)],
+        [f"{p}/cached/output", f"{p}/cached/key", f"{p}/cached/value"], name=f"{p}/cached/GroupQueryAttention",
+        k_quant_type="PER_CHANNEL", v_quant_type="PER_CHANNEL", kv_cache_bit_width=8, **gqa)]
+
+    def branch(name: str, nodes: list, outs: list[str]) -> onnx.GraphProto:
+        types = [TensorProto.FLOAT, TensorProto.INT8, TensorProto.INT8]
+        return helper.make_graph(nodes, f"{p}/{name}", [], [helper.make_tensor_value_info(o, t, None) for o, t in zip(outs, types)])
+
+    g.nodes.append(helper.make_node(
+        "If", ["fresh_prompt"], [f"{p}/output", *present], name=f"{p}/If",
+        then_branch=branch("fresh", fresh, [f"{p}/fresh/output", f"{p}/fresh/key_int8", f"{p}/fresh/value_int8"]),
+        else_branch=branch("cached", cached, [f"{p}/cached/output", f"{p}/cached/key", f"{p}/cached/value"])))
+    return f"{p}/output"
+
+
 def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str, kv_scales: KvScales | None = None) -> onnx.ModelProto:
     """`kv_scales`: keep the cache in int8 with these static per-channel scales (float32 without)."""
     g = _Graph(data_file)
@@ -169,19 +217,7 @@ def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str, kv_scales: K
     for i, layer in enumerate(t.layers):
         p = f"/model/layers.{i}"
         qkv = _linear(g, h, layer.qkv, f"{p}/attn/qkv_proj", "tokens")
-        inputs = [qkv, "", "", f"past_key.{i}", f"past_value.{i}", "seqlens_k", "total_sequence_length", cos, sin]
-        quant = {}
-        if kv_scales:  # inputs 9-11 (position ids, bias, sinks) unused; 12-13 the cache scales
-            k_scale, v_scale = kv_scales[i]
-            inputs += ["", "", "", g.const(f"{p}/attn/k_scale", k_scale, np.float32),
-                       g.const(f"{p}/attn/v_scale", v_scale, np.float32)]
-            quant = dict(k_quant_type="PER_CHANNEL", v_quant_type="PER_CHANNEL", kv_cache_bit_width=8)
-        attn, _, _ = g.node(
-            "GroupQueryAttention", inputs, f"{p}/attn/GroupQueryAttention", outputs=3, domain=MS,
-            num_heads=spec.num_heads, kv_num_heads=spec.num_kv_heads,
-            do_rotary=1, rotary_interleaved=0, scale=float(spec.head_dim ** -0.5), **quant,
-        )
-        g.nodes[-1].output[1:] = [f"present_key.{i}", f"present_value.{i}"]
+        attn = _attention(g, spec, i, qkv, cos, sin, kv_scales[i] if kv_scales else None)
         o = _linear(g, attn, layer.o, f"{p}/attn/o_proj", "tokens")
         h, _, _, residual = g.node(
             "SkipSimplifiedLayerNormalization",
@@ -218,11 +254,13 @@ def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str, kv_scales: K
         helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
         helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
         helper.make_tensor_value_info("logits_positions", TensorProto.INT64, ["batch", "positions"]),
-    ]
+    ] + ([helper.make_tensor_value_info("fresh_prompt", TensorProto.BOOL, [])] if kv_scales else [])
     outputs = [helper.make_tensor_value_info("logits", f, ["batch", "positions", spec.vocab_size])]
     for kind in ("key", "value"):
         inputs += [helper.make_tensor_value_info(f"past_{kind}.{i}", cache_type, cache_shape) for i in range(spec.num_layers)]
-        outputs += [helper.make_tensor_value_info(f"present_{kind}.{i}", cache_type, cache_shape)
+        # An int8 graph's fresh prompt returns only the prompt's positions (see _attention).
+        present_shape = [*cache_shape[:2], "present_length", cache_shape[3]] if kv_scales else cache_shape
+        outputs += [helper.make_tensor_value_info(f"present_{kind}.{i}", cache_type, present_shape)
                     for i in range(spec.num_layers)]
     graph = helper.make_graph(g.nodes, "edgeds_decoder", inputs, outputs, initializer=g.initializers)
     return helper.make_model(
@@ -254,9 +292,12 @@ def write_onnx(spec: DecoderSpec, tensors: ModelTensors, folder: Path, data_file
         scales = kv_scales(folder / "model.onnx", spec.num_layers, spec.num_kv_heads, spec.head_dim, ids)
         model = build_graph(spec, tensors, data_file, scales)
         kv_note = {"scales": f"static, per kv head and channel: {MARGIN} x the largest |value| over "
-                             f"{len(ids)} calibration tokens, / 127; larger values saturate"}
+                             f"{len(ids)} calibration tokens, / 127; larger values saturate",
+                   "fresh_prompt": "true for a call whose prompts have nothing cached: present_* are then "
+                                   "[batch, kv_heads, prompt, head_dim], the prompt's int8 keys and values, "
+                                   "for the runtime to copy into its cache; false: updated in place as above"}
     onnx.save_model(model, str(folder / "model.onnx"))
-    names = io_names(spec.num_layers)
+    names = io_names(spec.num_layers, kv_cache == "int8")
     return {
         "file": "model.onnx",
         "data_file": data_file,

@@ -105,3 +105,27 @@ def test_int8_cache_on_an_older_onnxruntime_is_a_clear_error(artifacts, monkeypa
     monkeypatch.setattr(onnxruntime, "__version__", "1.29.1")
     with pytest.raises(ArtifactError, match="int8 KV cache needs onnxruntime >= 1.30"):
         OnnxRuntimeBackend(art, ["CPUExecutionProvider"])
+
+
+def test_int8_cache_long_prompt_in_chunks_follows_transformers(checkpoints, artifacts, monkeypatch):
+    """The first chunk takes the fresh-prompt path (float attention, keys and values stored by
+    the runtime), the later ones attend over the int8 cache written before them."""
+    import torch
+
+    from edgeds.backends import onnxruntime as ort_backend
+
+    model = load_reference(checkpoints("qwen2"))
+    prompt = np.random.default_rng(4).integers(2, 320, 30).astype(np.int64)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(prompt[None])).logits[0, -1].numpy()
+    backend = backend_for(artifacts("qwen2", "fp32", "int8"), "onnx")
+    backend.start(1, 64)
+    whole = backend.prefill([0], [prompt])[0].copy()
+    monkeypatch.setattr(ort_backend, "PREFILL_ROWS", 8)
+    backend.start(1, 64)
+    chunked = backend.prefill([0], [prompt])[0]
+    scale = np.abs(expected).max()
+    assert np.abs(whole - expected).max() / scale < 0.08
+    assert np.abs(chunked - expected).max() / scale < 0.08
+    assert not np.array_equal(chunked, whole)  # the chunks did read the int8 cache
+    assert int(chunked.argmax()) == int(expected.argmax())

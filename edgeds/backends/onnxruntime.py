@@ -62,6 +62,10 @@ class OnnxRuntimeBackend:
             raise ArtifactError(f"{artifact.root}: its int8 KV cache needs onnxruntime >= "
                                 f"{'.'.join(map(str, INT8_CACHE_MIN_ORT))} (installed: {ort.__version__})")
         self.positions_input = "position_ids" in graph["inputs"]
+        # int8-cache graphs attend over a fresh prompt in float32 and return its keys and
+        # values for us to store (export/onnx_writer.py, _attention).
+        self.fresh_input = "fresh_prompt" in graph["inputs"]
+        self._flags = {True: np.array(True), False: np.array(False)}  # bound by address: they must live on
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # ORT's CPU arena keeps the largest prefill's activations for the rest of a job (~260 MB
@@ -126,22 +130,27 @@ class OnnxRuntimeBackend:
         self._decode = self._bind(self._ids, self._seqlens, self._total, self._positions,
                                   self._logits, slice(0, batch_size), self._token_positions)
 
-    def _bind(self, ids, seqlens, total, positions, logits, rows: slice, token_positions) -> ort.IOBinding:
+    def _bind(self, ids, seqlens, total, positions, logits, rows: slice, token_positions,
+              fresh: list[np.ndarray] | None = None) -> ort.IOBinding:
+        """`fresh`: one array per cache buffer that receives a fresh prompt's keys and values
+        (int8-cache graphs); without it the cache rows are updated in place."""
         b = self.session.io_binding()
         inputs = [("input_ids", ids), ("seqlens_k", seqlens), ("total_sequence_length", total),
                   ("logits_positions", positions)]
         if self.positions_input:
             inputs.append(("position_ids", token_positions))
+        if self.fresh_input:
+            inputs.append(("fresh_prompt", self._flags[fresh is not None]))
         for name, arr in inputs:
             b.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
         b.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
-        for cache, ins, outs in self._cache_bindings():
+        for j, (cache, ins, outs) in enumerate(self._cache_bindings()):
             view = cache[rows]
-            shape, ptr = list(view.shape), view.ctypes.data
             for name in ins:
-                b.bind_input(name, "cpu", 0, self.cache_dtype, shape, ptr)
+                b.bind_input(name, "cpu", 0, self.cache_dtype, list(view.shape), view.ctypes.data)
+            out = view if fresh is None else fresh[j]
             for name in outs:
-                b.bind_output(name, "cpu", 0, self.cache_dtype, shape, ptr)
+                b.bind_output(name, "cpu", 0, self.cache_dtype, list(out.shape), out.ctypes.data)
         return b
 
     def _run_prompts(self, rows: slice, prompts: list[np.ndarray], every_position: bool = False,
@@ -158,9 +167,16 @@ class OnnxRuntimeBackend:
             positions = (lens - 1).astype(np.int64)[:, None]
         logits = np.empty((n, positions.shape[1], self.vocab_size), np.float32)
         token_positions = np.tile(np.arange(past, past + longest, dtype=np.int64), (n, 1))
-        binding = self._bind(ids, past + lens - 1, np.array(past + longest, np.int32), positions, logits, rows,
-                             token_positions)
+        fresh = None
+        if self.fresh_input and past == 0:
+            fresh = [np.empty((n, self.kv_heads, longest, self.head_dim), self.cache_dtype) for _ in self._cache_bindings()]
+        # ORT reads inputs by address at run time: every bound array stays referenced until then.
+        seqlens, total = past + lens - 1, np.array(past + longest, np.int32)
+        binding = self._bind(ids, seqlens, total, positions, logits, rows, token_positions, fresh)
         self.session.run_with_iobinding(binding)
+        if fresh is not None:
+            for (cache, _, _), new in zip(self._cache_bindings(), fresh):
+                cache[rows, :, :longest] = new
         return logits if every_position else logits[:, 0]
 
     def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False) -> np.ndarray:
