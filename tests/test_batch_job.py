@@ -179,3 +179,17 @@ def test_stdin_stdout_and_text_format(artifacts, tmp_path):
     assert r.returncode == 0, r.stderr
     recs = [json.loads(line) for line in r.stdout.splitlines()]
     assert sorted(rec["id"] for rec in recs) == [1, 3]  # blank line 2 is skipped
+
+
+def test_peak_memory_is_the_jobs_own_not_its_parents():
+    """A job started by a large process (a harness, an orchestrator) reports its own peak."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    parent = np.ones(400 * 2**20 // 4, np.float32)  # 400 MiB resident in this process
+    code = "from edgeds.batch.progress import peak_rss_bytes; print(peak_rss_bytes())"
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert parent.sum() > 0
+    assert 10 * 2**20 < child < 250 * 2**20

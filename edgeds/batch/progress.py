@@ -13,6 +13,19 @@ PLAIN_EVERY_S = 10.0
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak resident memory since it started.
+
+    Linux's ru_maxrss is not that: a child starts from its parent's resident size at fork and
+    keeps it across exec, so a job launched by a large process reported the parent's memory
+    (a benchmark harness that had just written a 1.5B checkpoint made every run read 5.2 GB).
+    VmHWM belongs to the process's own address space."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
