@@ -38,6 +38,7 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
         report["memory"] = {
             "weights_mib": round(weights / 2**20, 1),
             "kv_cache_mib_at_profile": round(per_token * batch * context / 2**20, 1),
+            "kv_cache_dtype": art.manifest["graphs"][fmt].get("kv_cache", {}).get("dtype", "float32"),
             "total_mib_at_profile": round(need / 2**20, 1),
             "machine_mib": round(hw.memory_bytes / 2**20, 1),
             "fits": per_token * batch * context < free_for_kv,
@@ -64,7 +65,7 @@ def format_report(r: dict) -> str:
     if "memory" in r:
         m = r["memory"]
         lines += [
-            f"memory: weights {m['weights_mib']} MiB + KV cache {m['kv_cache_mib_at_profile']} MiB "
+            f"memory: weights {m['weights_mib']} MiB + {m['kv_cache_dtype']} KV cache {m['kv_cache_mib_at_profile']} MiB "
             f"(profile batch x context) = {m['total_mib_at_profile']} MiB of {m['machine_mib']} MiB: "
             + ("fits" if m["fits"] else "DOES NOT FIT"),
             f"  largest batch at that context: {m['largest_batch_at_context']}; "

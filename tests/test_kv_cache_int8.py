@@ -129,3 +129,13 @@ def test_int8_cache_long_prompt_in_chunks_follows_transformers(checkpoints, arti
     assert np.abs(chunked - expected).max() / scale < 0.08
     assert not np.array_equal(chunked, whole)  # the chunks did read the int8 cache
     assert int(chunked.argmax()) == int(expected.argmax())
+
+
+def test_doctor_sizes_the_cache_by_its_type(artifacts):
+    from edgeds.doctor import diagnose, format_report
+
+    int8 = diagnose(str(artifacts("llama", "int8", "int8")), profile="cpu-avx2")
+    floats = diagnose(str(artifacts("llama", "int8")), profile="cpu-avx2")
+    assert int8["memory"]["kv_cache_dtype"] == "int8" and floats["memory"]["kv_cache_dtype"] == "float32"
+    assert int8["memory"]["kv_cache_mib_at_profile"] * 4 == pytest.approx(floats["memory"]["kv_cache_mib_at_profile"], rel=0.01)
+    assert "int8 KV cache" in format_report(int8)
