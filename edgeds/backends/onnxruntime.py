@@ -3,6 +3,10 @@
 `past_*` and `present_*` are bound to the same memory, GroupQueryAttention writes each new key
 and value at the sequence's own length, and a decode step moves no cache bytes at all. A slot
 is refilled by binding views of its rows, while the other slots' caches stay untouched.
+
+The cache holds float32 or, from `--kv-cache int8` exports, int8 (the graph quantizes). An
+int8 graph returns a fresh prompt's keys and values instead of writing them (it attends over
+the prompt in float32), and the prefill copies them into the slot's rows.
 """
 
 from __future__ import annotations
