@@ -12,6 +12,13 @@
 #   there:  bash benchmarks/amx_device.sh edgeds; bash benchmarks/amx_device.sh edgeds --weights int8-wo
 #   then:   REUSE=edgeds,edgeds-int8-wo,... bash benchmarks/amx_device.sh report (results of earlier
 #           calls or machines: put their JSON files in .carry/results)
+# A newer ONNX Runtime than the device image's (session 4 ran 1.32, what pip installs today):
+#   here:   pip download onnxruntime==1.32.0 --no-deps --python-version 3.12 --only-binary=:all:
+#           --platform manylinux_2_28_x86_64 -d /tmp/whl; split -b 14M /tmp/whl/*.whl .parts2/w.
+#   there:  call 1 (carry .parts2/w.aa): mkdir -p /tmp/parts2 && cp .parts2/w.aa /tmp/parts2/
+#           call 2 (carry .parts2/w.ab and .carry): bash benchmarks/amx_device.sh ort-wheel; then
+#           the runs above in the same call (the machine keeps /tmp for 30 s between calls only)
+# Peak RSS is the runner's own (VmHWM): a checkpoint written by compare.py no longer inflates it.
 set -eo pipefail
 CONFIGS=/tmp/bundle/reference/configs
 [ -d .carry/reference/configs ] && CONFIGS=$PWD/.carry/reference/configs
@@ -23,6 +30,11 @@ case "$1" in
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/bundle/*.whl
     python3 -m edgeds.cli doctor | tee "$OUT/xeon-amx-16t-doctor.txt"
     python3 benchmarks/compare.py $ARGS --peers edgeds,openvino-genai --prepare-only ;;
+  ort-wheel)
+    cat /tmp/parts2/w.aa .parts2/w.ab > /tmp/onnxruntime-1.32.0-cp312-cp312-manylinux_2_28_x86_64.whl
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/onnxruntime-*.whl
+    python3 -c "import onnxruntime; print('onnxruntime', onnxruntime.__version__)"
+    exit 0 ;;
   report)
     cp .carry/results/*.json /tmp/cmp/ 2>/dev/null || true
     python3 benchmarks/compare.py $ARGS --peers none --reuse "${REUSE:-edgeds-onnxruntime,edgeds,openvino-genai}" --reuse-label '' ;;
