@@ -45,6 +45,9 @@ def export_checkpoint(
         raise ExportError(f"unknown weights '{weights}'; choose from {', '.join(SCHEMES)}")
     if kv_cache not in KV_CACHES:
         raise ExportError(f"unknown kv cache '{kv_cache}'; choose from {', '.join(KV_CACHES)}")
+    if kv_cache != "float32" and "onnx" not in formats:
+        raise ExportError(f"--kv-cache {kv_cache} is a property of the ONNX graph; add onnx to --format "
+                          "(the OpenVINO plugin picks its own cache precision)")
     started = time.perf_counter()
     ckpt = Checkpoint(src)
     spec = family_for(ckpt.config).decoder_spec(ckpt)

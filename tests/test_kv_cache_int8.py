@@ -90,9 +90,14 @@ def test_int8_cache_batch_matches_alone_and_quarters_the_memory(artifacts):
     assert kv_bytes_per_token(art.manifest, "onnx") * 4 == kv_bytes_per_token(floats, "onnx")
 
 
-def test_int8_cache_is_refused_for_mla(checkpoints, tmp_path):
+def test_int8_cache_is_refused_where_it_cannot_apply(checkpoints, tmp_path):
     with pytest.raises(ExportError, match="MLA"):
         export_checkpoint(checkpoints("deepseek_v3"), tmp_path / "a", formats=("onnx",), kv_cache="int8")
+    with pytest.raises(ExportError, match="ONNX graph"):
+        export_checkpoint(checkpoints("qwen2"), tmp_path / "b", formats=("openvino",), kv_cache="int8")
+    with pytest.raises(ExportError, match="unknown kv cache"):
+        export_checkpoint(checkpoints("qwen2"), tmp_path / "c", kv_cache="fp8")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
 def test_int8_cache_on_an_older_onnxruntime_is_a_clear_error(artifacts, monkeypatch):
