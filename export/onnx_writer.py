@@ -8,6 +8,8 @@
 - Attention is GroupQueryAttention with rotary inside it and a KV cache buffer of fixed
   capacity: `past_*` and `present_*` are bound to the same memory by the runtime, so a decode
   step writes one position per sequence in place and nothing concatenates the cache.
+- With `--kv-cache int8` the cache is int8 with calibrated per-channel scales, and an If per
+  layer sends a prompt with nothing cached through float attention (see `_attention`).
 - Per-sequence lengths (`seqlens_k`) let sequences of different lengths share a batch.
 - `logits_positions` picks which positions reach the LM head: a prefill computes logits for
   the last prompt token only, instead of the whole prompt times the vocabulary.
