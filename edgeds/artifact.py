@@ -38,6 +38,12 @@ def cache_values_per_token(model: dict) -> int:
     return 2 * model["num_layers"] * model["num_kv_heads"] * model["head_dim"]
 
 
+def kv_cache_dtype(graph: dict) -> str:
+    """The cache type a graph entry of the manifest declares; float32 where it says none (the
+    OpenVINO plugin keeps its own cache)."""
+    return graph.get("kv_cache", {}).get("dtype", "float32")
+
+
 @dataclass(frozen=True)
 class Artifact:
     root: Path

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .artifact import load_artifact
+from .artifact import kv_cache_dtype, load_artifact
 from .backends import installed_backends
 from .errors import EdgedsError
 from .hardware import detect
@@ -38,7 +38,7 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
         report["memory"] = {
             "weights_mib": round(weights / 2**20, 1),
             "kv_cache_mib_at_profile": round(per_token * batch * context / 2**20, 1),
-            "kv_cache_dtype": art.manifest["graphs"][fmt].get("kv_cache", {}).get("dtype", "float32"),
+            "kv_cache_dtype": kv_cache_dtype(art.manifest["graphs"][fmt]),
             "total_mib_at_profile": round(need / 2**20, 1),
             "machine_mib": round(hw.memory_bytes / 2**20, 1),
             "fits": per_token * batch * context < free_for_kv,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .artifact import cache_values_per_token
+from .artifact import cache_values_per_token, kv_cache_dtype
 
 USABLE = 0.9  # of the machine's memory: the rest is the OS, the runtime and activations
 
@@ -33,9 +33,7 @@ def decode_read_bytes(manifest: dict, fmt: str) -> int | None:
 
 
 def kv_bytes_per_token(manifest: dict, fmt: str) -> int:
-    """The ONNX graph says its cache type; the OpenVINO plugin's is float32 unless configured."""
-    dtype = manifest["graphs"][fmt].get("kv_cache", {}).get("dtype", "float32")
-    return cache_values_per_token(manifest["model"]) * np.dtype(dtype).itemsize
+    return cache_values_per_token(manifest["model"]) * np.dtype(kv_cache_dtype(manifest["graphs"][fmt])).itemsize
 
 
 def kv_budget(memory_bytes: int, weights: int) -> float:

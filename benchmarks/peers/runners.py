@@ -242,7 +242,9 @@ def measure(runner: Runner, path: str, threads: int, vocab: int, batches: list[i
 
 def peak_rss_mib() -> float:
     """VmHWM, not ru_maxrss: a runner forked from compare.py after it wrote a checkpoint in
-    process inherited compare.py's resident size as its ru_maxrss (5.2 GB on the AMX Xeon)."""
+    process inherited compare.py's resident size as its ru_maxrss (5.2 GB on the AMX Xeon).
+    (edgeds.batch.progress.peak_rss_bytes does the same; peers' runners run in environments
+    without edgeds.)"""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from ..artifact import Artifact
+from ..artifact import Artifact, kv_cache_dtype
 from ..errors import ArtifactError
 
 # GroupQueryAttention's int8 cache on the CPU: verified on ONNX Runtime 1.30 and 1.32.
@@ -60,7 +60,7 @@ class OnnxRuntimeBackend:
             self.kv_heads, self.head_dim = graph["kv_cache"]["heads"], graph["kv_cache"]["head_dim"]
         else:
             self.kv_heads, self.head_dim = m["num_kv_heads"], m["head_dim"]
-        self.cache_dtype = np.dtype(graph["kv_cache"].get("dtype", "float32"))  # int8: quantized by the graph
+        self.cache_dtype = np.dtype(kv_cache_dtype(graph))  # int8: quantized by the graph
         installed = tuple(int(p) for p in ort.__version__.split(".")[:2])
         if self.cache_dtype == np.int8 and installed < INT8_CACHE_MIN_ORT:
             raise ArtifactError(f"{artifact.root}: its int8 KV cache needs onnxruntime >= "
