@@ -15,7 +15,7 @@ from edgeds.artifact import load_artifact
 from edgeds.memory_budget import kv_bytes_per_token
 from export import export_checkpoint
 from export.errors import ExportError
-from test_export_parity import backend_for, reference_logits
+from test_export_parity import _generate_ids, backend_for, reference_logits
 from tiny_models import load_reference
 
 
@@ -75,16 +75,9 @@ def test_int8_cache_batch_matches_alone_and_quarters_the_memory(artifacts):
     engine = edgeds.load(path, backend="onnxruntime")
     rng = np.random.default_rng(3)
     prompts = [rng.integers(2, 320, n).astype(np.int64) for n in (5, 17, 30)]
-    from edgeds import generate as gen
-    from edgeds.sampling import SamplingParams
-
-    def run(batch, ps):
-        reqs = [gen.Request(i, p, SamplingParams(max_new_tokens=12, ignore_eos=True)) for i, p in enumerate(ps)]
-        return {e.key: e.token_ids for e in engine.run(reqs, batch) if isinstance(e, gen.Finished)}
-
-    together = run(3, prompts)
+    together = _generate_ids(engine, prompts, 12)
     for i, p in enumerate(prompts):
-        assert run(1, [p])[0] == together[i]
+        assert _generate_ids(engine, [p], 12)[0] == together[i]
     art = load_artifact(path)
     floats = load_artifact(artifacts("llama", "int8")).manifest
     assert kv_bytes_per_token(art.manifest, "onnx") * 4 == kv_bytes_per_token(floats, "onnx")
