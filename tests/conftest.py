@@ -14,6 +14,13 @@ SHARED = REPO.parent / "shared"
 CONTEXT = 128
 
 
+@pytest.fixture(autouse=True)
+def _own_stamp_folder(tmp_path_factory, monkeypatch):
+    """Each test starts with no checksum stamps and never writes the user's cache folder."""
+    monkeypatch.setenv("EDGEDS_CACHE_DIR", str(tmp_path_factory.mktemp("edgeds-cache")))
+    monkeypatch.delenv("EDGEDS_VERIFY", raising=False)
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """kind -> folder of a tiny random checkpoint; built once per session."""

@@ -65,3 +65,51 @@ def test_only_the_chosen_backends_files_are_hashed_at_load(artifact_copy):
     edgeds.load(artifact_copy, backend="onnxruntime")  # does not read the OpenVINO files
     with pytest.raises(ArtifactError, match="openvino_model.bin"):
         edgeds.load(artifact_copy, backend="openvino")
+
+
+def _count_hashes(monkeypatch) -> list[str]:
+    import edgeds.artifact as artifact_module
+
+    hashed, real = [], artifact_module.sha256_file
+    monkeypatch.setattr(artifact_module, "sha256_file", lambda p: hashed.append(p.name) or real(p))
+    return hashed
+
+
+def test_an_unchanged_artifact_is_hashed_once(artifact_copy, monkeypatch):
+    import edgeds.checksum_stamps as stamps
+
+    monkeypatch.setattr(stamps, "SETTLE_NS", 0)  # the copy was written a moment ago
+    hashed = _count_hashes(monkeypatch)
+    load_artifact(artifact_copy)
+    first = len(hashed)
+    assert "model.onnx.data" in hashed
+    load_artifact(artifact_copy)
+    assert len(hashed) == first  # every file stamped, none read again
+    monkeypatch.setenv("EDGEDS_VERIFY", "always")
+    load_artifact(artifact_copy)
+    assert len(hashed) == 2 * first
+
+
+def test_a_file_changed_after_its_stamp_is_hashed_and_refused(artifact_copy, monkeypatch):
+    import os
+
+    import edgeds.checksum_stamps as stamps
+
+    monkeypatch.setattr(stamps, "SETTLE_NS", 0)
+    edgeds.load(artifact_copy, backend="onnxruntime")  # stamps the files it hashed
+    weights = artifact_copy / "model.onnx.data"
+    before = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[100] ^= 0xFF
+    weights.write_bytes(bytes(data))  # same size, and the old mtime put back: only ctime tells
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(ArtifactError, match="does not match its sha256"):
+        edgeds.load(artifact_copy, backend="onnxruntime")
+
+
+def test_a_file_written_just_before_its_hash_gets_no_stamp(artifact_copy, monkeypatch):
+    hashed = _count_hashes(monkeypatch)  # the copy's files are younger than SETTLE_NS
+    load_artifact(artifact_copy)
+    first = len(hashed)
+    load_artifact(artifact_copy)
+    assert len(hashed) == 2 * first
