@@ -96,6 +96,34 @@ def run_peer(name: str, path: str, python: str, threads: int, vocab: int, batche
     return json.loads(out.read_text())
 
 
+def merge_rounds(runs: list[dict]) -> dict:
+    """One row from a runtime's rounds: each metric's median, and its range under "spread"
+    (a shared machine moves a single run by 10-30%, enough to flip a ratio)."""
+    if len(runs) == 1:
+        return runs[0]
+    row = dict(runs[0])
+    spread = {}
+    for key in ("load_s", "ttft_s", "decode_tok_s_batch1", "peak_rss_mib"):
+        vals = [r[key] for r in runs if r.get(key) is not None]
+        row[key], spread[key] = float(np.median(vals)), (min(vals), max(vals))
+    row["offline_tok_s"] = {}
+    for batch in runs[0]["offline_tok_s"]:
+        vals = [r["offline_tok_s"][batch] for r in runs]
+        row["offline_tok_s"][batch], spread[f"offline@{batch}"] = float(np.median(vals)), (min(vals), max(vals))
+    row["best_batch"] = max(row["offline_tok_s"], key=row["offline_tok_s"].get) if row["offline_tok_s"] else None
+    row["rounds"], row["spread"] = len(runs), spread
+    return row
+
+
+def _with_range(value: float, span: tuple[float, float] | None, fmt: str) -> str:
+    return format(value, fmt) + (f" ({format(span[0], fmt)}-{format(span[1], fmt)})" if span else "")
+
+
+def _cell(r: dict, key: str, fmt: str) -> str:
+    """A metric, with its range over the rounds where there were several."""
+    return _with_range(r[key], r.get("spread", {}).get(key), fmt)
+
+
 def report(results: list[dict], machine: str, threads: int, bandwidth: float, weights_gb: float, out: Path, note: str) -> str:
     peers = [r for r in results if not r["runtime"].startswith("edgeds")]
     ours = [r for r in results if r["runtime"].startswith("edgeds")]
@@ -111,11 +139,16 @@ def report(results: list[dict], machine: str, threads: int, bandwidth: float, we
              "| runtime | load (s) | TTFT 128 (s) | decode b1 (tok/s) | weights read b1 (GB/s) | offline best (tok/s @ batch) | peak RSS (MiB) |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
-        off = f"{max(r['offline_tok_s'].values()):.1f} @ {r['best_batch']}" if r["offline_tok_s"] else "not run"
+        off = "not run"
+        if r["offline_tok_s"]:
+            b = max(r["offline_tok_s"], key=r["offline_tok_s"].get)
+            off = f"{_with_range(r['offline_tok_s'][b], r.get('spread', {}).get(f'offline@{b}'), '.1f')} @ {b}"
         bw = r["decode_tok_s_batch1"] * weights_gb if r["decode_tok_s_batch1"] else 0
         name = f"{r['runtime']} ({r['profile']} profile, {r['backend']})" if "backend" in r else r["runtime"]
-        lines.append(f"| {name} | {r['load_s']:.2f} | {r['ttft_s']:.3f} | {r['decode_tok_s_batch1']:.1f} | {bw:.1f} | "
-                     f"{off} | {r['peak_rss_mib']:.0f} |")
+        if r.get("rounds", 1) > 1:
+            name += f", median of {r['rounds']} rounds"
+        lines.append(f"| {name} | {_cell(r, 'load_s', '.2f')} | {_cell(r, 'ttft_s', '.3f')} | "
+                     f"{_cell(r, 'decode_tok_s_batch1', '.1f')} | {bw:.1f} | {off} | {_cell(r, 'peak_rss_mib', '.0f')} |")
     if ours and peers:
         b_dec, b_ttft, b_load = best("decode_tok_s_batch1"), best("ttft_s", low=True), best("load_s", low=True)
         b_off = max(max(r["offline_tok_s"].values()) for r in peers if r["offline_tok_s"])
@@ -172,6 +205,8 @@ def main() -> None:
     ap.add_argument("--reuse-label", default="earlier run", help="how the report marks reused rows")
     ap.add_argument("--prepare-only", action="store_true", help="export the models, run nothing")
     ap.add_argument("--no-report", action="store_true", help="run, keep each result's JSON in --work, write no report")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every runtime this many times, taking turns; the report gives medians and ranges")
     args = ap.parse_args()
     peers = [p for p in args.peers.split(",") if p and p != "none"]
     work = Path(args.work)
@@ -188,20 +223,25 @@ def main() -> None:
     for name in reused:
         results.append(json.loads((work / f"{name}.json").read_text()))
         results[-1]["runtime"] += f" ({args.reuse_label})" if args.reuse_label else ""
-    for name in peers:
-        python = sys.executable if name.startswith("edgeds") else (args.peer_python or sys.executable)
-        if not Path(paths[name]).exists():
-            print(f"{name}: no model at {paths[name]}; skipped", flush=True)
-            continue
-        ours = name.startswith("edgeds")
-        out = work / f"{name}{tag if ours else ''}.json"
-        res = run_peer(name, paths[name], python, args.threads, vocab, batches, args.jobs, args.quick, out)
-        if res and ours and tag:
-            res["runtime"] += tag
-            out.write_text(json.dumps(res, indent=2))
-        if res:
-            results.append(res)
-            print(json.dumps(res), flush=True)
+    runs: dict[str, list[dict]] = {}
+    for round_ in range(args.rounds):  # taking turns, so that a slow spell of the machine hits every runtime
+        for name in peers:
+            python = sys.executable if name.startswith("edgeds") else (args.peer_python or sys.executable)
+            if not Path(paths[name]).exists():
+                print(f"{name}: no model at {paths[name]}; skipped", flush=True)
+                continue
+            ours = name.startswith("edgeds")
+            out = work / f"{name}{tag if ours else ''}.json"
+            res = run_peer(name, paths[name], python, args.threads, vocab, batches, args.jobs, args.quick, out)
+            if res and ours and tag:
+                res["runtime"] += tag
+            if res:
+                runs.setdefault(name, []).append(res)
+                if args.rounds > 1:
+                    out.with_suffix(f".round{round_ + 1}.json").write_text(json.dumps(res, indent=2))
+                out.write_text(json.dumps(merge_rounds(runs[name]), indent=2))
+                print(json.dumps(res), flush=True)
+    results += [merge_rounds(r) for r in runs.values()]
     if args.no_report:
         return
     machine = args.machine or f"{platform.machine()}-{args.threads}t"
