@@ -29,7 +29,10 @@ def stamp_folder() -> Path | None:
         return None
     root = os.environ.get("EDGEDS_CACHE_DIR")
     if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgeds"
+        try:
+            root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgeds"
+        except RuntimeError:  # no home folder (a bare service account): no stamps
+            return None
     return Path(root) / "verified"
 
 
