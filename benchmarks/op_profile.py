@@ -4,12 +4,14 @@
 
 For each phase: wall time of the call, and each op type's share of the summed node time
 (nodes run one after another here: inter-op threads are 1), so quantize/rescale nodes,
-attention and the integer matmuls can be told apart. Random token ids, fixed seed.
+attention and the integer matmuls can be told apart. Random token ids, fixed seed. An If (the
+int8-cache graph's attention) counts its own time only; its branch's nodes count by their type.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import sys
 import tempfile
@@ -55,20 +57,31 @@ def main() -> None:
         timed(f"prefill {n}x{length}", lambda: backend.prefill(list(range(n)), prompts))
     for batch in (int(b) for b in args.batches.split(",")):
         backend.start(batch, 256)
-        backend.prefill(list(range(batch)), [rng.integers(10, 1000, 64) for _ in range(batch)])
+        backend.prefill(list(range(batch)), [rng.integers(10, min(vocab, 1000), 64) for _ in range(batch)])
         tokens = np.full(batch, 5, np.int64)
         backend.decode(tokens)
         timed(f"decode b{batch} x{args.steps}", lambda: [backend.decode(tokens) for _ in range(args.steps)])
     origin = backend.session.get_profiling_start_time_ns()  # event timestamps are us after this
     events = json.loads(Path(backend.session.end_profiling()).read_text())
+    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    # An If's time holds its branch's nodes, which are listed too: it is counted by its own
+    # share only ("If (own)"), so that attention inside a branch is not counted twice.
+    ifs = sorted((e["ts"], e["ts"] + e["dur"]) for e in nodes if e["args"]["op_name"] == "If")
+    starts = [start for start, _ in ifs]
     by_phase: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for e in events:
-        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
-            continue
+    for e in nodes:
         at = origin + e["ts"] * 1000
         label = next((name for name, t0, t1 in phases if t0 <= at <= t1), None)
-        if label:
-            by_phase[label][e["args"]["op_name"]] += e["dur"] / 1e3
+        if not label:
+            continue
+        op, ms = e["args"]["op_name"], e["dur"] / 1e3
+        if op == "If":
+            by_phase[label]["If (own)"] += ms
+            continue
+        by_phase[label][op] += ms
+        k = bisect.bisect_right(starts, e["ts"]) - 1
+        if k >= 0 and e["ts"] + e["dur"] <= ifs[k][1]:  # inside a branch: not the If's own time
+            by_phase[label]["If (own)"] -= ms
     for label, t0, t1 in phases:
         ops = by_phase[label]
         total = sum(ops.values())
