@@ -6,7 +6,18 @@ of `--weights int8`) on the 1.5B MLP shape (K=1536, N=8960) at 1-2048 rows, in T
 Compare with the CPU's own peak (`benchmarks/int8_peak.c` for AVX-512 VNNI): it tells whether a
 slow prefill is the kernel's ceiling or the graph around it.
 """
-import numpy as np, onnxruntime as ort, time, os
+import ctypes, numpy as np, onnxruntime as ort, time, os
+
+
+def amx_granted() -> bool:
+    """Whether the process holds Linux's AMX tile-data permission (XFEATURE 18), which MLAS asks
+    for when it picks its AMX kernels (`without_amx.c` refuses it)."""
+    mask = ctypes.c_uint64()
+    if ctypes.CDLL(None).syscall(158, 0x1022, ctypes.byref(mask)) != 0:  # arch_prctl(ARCH_GET_XCOMP_PERM)
+        return False
+    return bool(mask.value & (1 << 18))
+
+
 from onnx import helper, TensorProto as T, numpy_helper
 K, N = 1536, 8960
 rng = np.random.default_rng(0)
@@ -20,6 +31,7 @@ m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make
 for thr in (int(os.environ.get("THREADS", "16")),):
     so = ort.SessionOptions(); so.intra_op_num_threads = thr
     s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    print(f"AMX tile data granted to this process: {amx_granted()}")
     for M in (1, 64, 512, 2048):
         a = rng.integers(0, 256, (M, K), dtype=np.uint8)
         for _ in range(3): s.run(None, {"a": a})
