@@ -176,3 +176,25 @@ def test_long_prompt_prefills_in_chunks_with_the_same_logits(artifacts, monkeypa
     assert calls == [0, 32, 64, 96]
     np.testing.assert_allclose(chunked, whole, atol=1e-5)
     np.testing.assert_allclose(backend.decode(np.array([7]))[0], whole_next, atol=1e-5)  # the cache is complete
+
+
+def test_decode_steps_bound_again_each_step_give_the_same_logits(artifacts):
+    """With a GPU provider ONNX Runtime copies a bound CPU input at binding time, so the backend
+    binds the step inputs again before every decode step; that path must equal binding once."""
+    from edgeds.artifact import load_artifact
+    from edgeds.backends.onnxruntime import OnnxRuntimeBackend
+
+    art = load_artifact(artifacts("qwen2", "int8"))
+
+    def steps(bind_every_step: bool) -> np.ndarray:
+        backend = OnnxRuntimeBackend(art, ["CPUExecutionProvider"], 1)
+        backend._copied_at_bind = bind_every_step
+        backend.start(2, 64)
+        out = [backend.prefill([0, 1], [np.arange(10, 22), np.arange(40, 47)])]
+        for t in range(6):
+            out.append(backend.decode(np.array([11 + t, 50 + 3 * t])).copy())
+        return np.stack(out)
+
+    once, every = steps(False), steps(True)
+    np.testing.assert_array_equal(once, every)
+    assert not np.allclose(once[1], once[2])  # the steps differ: inputs really changed between them
