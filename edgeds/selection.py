@@ -36,6 +36,23 @@ def ort_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def cpu_only(artifact: Artifact | None) -> str | None:
+    """Why an artifact's ONNX graph runs on ONNX Runtime's CPU provider only, if it does.
+
+    The int8 export quantizes activations per row at run time (QuantizeLinear with a scale per
+    row) and the int8 KV cache needs GroupQueryAttention's quantized cache: the CUDA provider
+    fails the first ("Unsupported quantization type", ONNX Runtime 1.31 on an H200) and
+    TensorRT takes neither. int8-wo, int4 and float exports run their matmuls on the GPU."""
+    if artifact is None or "onnx" not in artifact.formats:
+        return None
+    graph = artifact.graph("onnx")
+    if graph.get("ops", {}).get("linear", "").startswith("com.microsoft.MatMulIntegerToFloat"):
+        return "its int8 matmuls quantize activations per row, which only the CPU provider runs"
+    if graph.get("kv_cache", {}).get("dtype") == "int8":
+        return "its int8 KV cache runs on the CPU provider only"
+    return None
+
+
 def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
                    backend: str | None = None, device: str | None = None,
                    threads: int | None = None) -> Choice:
@@ -59,6 +76,12 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
             return Choice("openvino", [dev], n_threads, reasons)
         available = ort_providers()
         wanted = [device] if device else list(profile.onnxruntime.providers)
+        if (why := cpu_only(artifact)) and wanted != ["CPUExecutionProvider"]:
+            if device:
+                raise ConfigError(f"this artifact cannot run on {device}: {why}; export it with "
+                                  "--weights int8-wo or int4 for a GPU")
+            wanted = ["CPUExecutionProvider"]
+            reasons.append(f"GPU providers skipped: {why} (export --weights int8-wo or int4 for the GPU)")
         usable = [p for p in wanted if p in available]
         missing = [p for p in wanted if p not in available]
         if missing and (not profile.runtime.allow_fallback or not usable):

@@ -162,3 +162,21 @@ def test_decode_read_bytes_leave_out_the_embedding_and_moe(artifacts):
         # What the graph stores outside the embedding; the rest is the graph file itself.
         assert 0 <= decode_read_bytes(art.manifest, "onnx") - stored <= art.path("model.onnx").stat().st_size
     assert decode_read_bytes(load_artifact(artifacts("deepseek_v3", "int8")).manifest, "onnx") is None
+
+
+def test_int8_artifact_runs_on_the_cpu_provider_of_a_jetson(tmp_path, monkeypatch, artifacts):
+    import edgeds.selection as sel
+    from edgeds.artifact import load_artifact
+
+    hw = detect(fake_root(tmp_path, arm(8), tegra=True, dt_model="NVIDIA Jetson Orin NX"))
+    profile, _ = choose_profile(hw, load_profiles())
+    monkeypatch.setattr(sel, "ort_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                       "CPUExecutionProvider"])
+    integer = load_artifact(artifacts("qwen2", "int8"))
+    choice = choose_backend(profile, hw, integer, backend="onnxruntime")
+    assert choice.providers == ["CPUExecutionProvider"]
+    assert any("GPU providers skipped" in r and "int8-wo" in r for r in choice.reasons)
+    with pytest.raises(ConfigError, match="cannot run on CUDAExecutionProvider"):
+        choose_backend(profile, hw, integer, backend="onnxruntime", device="CUDAExecutionProvider")
+    weight_only = load_artifact(artifacts("qwen2", "int8-wo"))
+    assert choose_backend(profile, hw, weight_only, backend="onnxruntime").providers[0] == "TensorrtExecutionProvider"
