@@ -141,18 +141,15 @@ class OnnxRuntimeBackend:
         self._decode = self._bind(self._ids, self._seqlens, self._total, self._positions,
                                   self._logits, slice(0, batch_size), self._token_positions)
 
-    def _step_inputs(self, ids, seqlens, total, positions, token_positions, fresh: bool) -> list:
+    def _bind_step_inputs(self, b: ort.IOBinding, ids, seqlens, total, positions, token_positions,
+                          fresh: bool) -> None:
         inputs = [("input_ids", ids), ("seqlens_k", seqlens), ("total_sequence_length", total),
                   ("logits_positions", positions)]
         if self.positions_input:
             inputs.append(("position_ids", token_positions))
         if self.fresh_input:
             inputs.append(("fresh_prompt", self._flags[fresh]))
-        return inputs
-
-    def _bind_step_inputs(self, b: ort.IOBinding, inputs: list | None = None) -> None:
-        for name, arr in inputs or self._step_inputs(self._ids, self._seqlens, self._total, self._positions,
-                                                     self._token_positions, False):
+        for name, arr in inputs:
             b.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
 
     def _bind(self, ids, seqlens, total, positions, logits, rows: slice, token_positions,
@@ -160,7 +157,7 @@ class OnnxRuntimeBackend:
         """`fresh`: one array per cache buffer that receives a fresh prompt's keys and values
         (int8-cache graphs); without it the cache rows are updated in place."""
         b = self.session.io_binding()
-        self._bind_step_inputs(b, self._step_inputs(ids, seqlens, total, positions, token_positions, fresh is not None))
+        self._bind_step_inputs(b, ids, seqlens, total, positions, token_positions, fresh is not None)
         b.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         for j, (cache, ins, outs) in enumerate(self._cache_bindings()):
             view = cache[rows]
@@ -228,7 +225,8 @@ class OnnxRuntimeBackend:
         self._token_positions[:, 0] = self._seqlens
         self._total[...] = self._seqlens.max() + 1
         if self._copied_at_bind:
-            self._bind_step_inputs(self._decode)
+            self._bind_step_inputs(self._decode, self._ids, self._seqlens, self._total, self._positions,
+                                   self._token_positions, False)
         self.session.run_with_iobinding(self._decode)
         self.lengths += 1
         return self._logits[:, 0]
