@@ -19,7 +19,7 @@
 #           call 2 (carry .parts2/w.ab and .carry): bash benchmarks/amx_device.sh ort-wheel; then
 #           the runs above in the same call (the machine keeps /tmp for 30 s between calls only)
 # Peak RSS is the runner's own (VmHWM): a checkpoint written by compare.py no longer inflates it.
-# Runtimes taking turns, medians and ranges (one call holds ~3 runs of each at --batches 64):
+# Runtimes taking turns, medians and ranges (a 10-minute call holds two or three rounds of the pair):
 #   there:  bash benchmarks/amx_device.sh edgeds,openvino-genai --batches 64 --rounds 2
 # AMX refused, to see what it is worth: gcc -O2 -o /tmp/without_amx benchmarks/without_amx.c,
 #   then prefix a python3 command with /tmp/without_amx (xeon-amx-16t.md, session 5).
