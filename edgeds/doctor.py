@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import checksum_stamps
 from .artifact import kv_cache_dtype, load_artifact
 from .backends import installed_backends
 from .errors import EdgedsError
@@ -27,6 +28,8 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
     except EdgedsError as exc:
         report["choice"] = {"error": str(exc)}
     report["reasons"] = reasons
+    stamps = checksum_stamps.stamp_folder()
+    report["checksum_stamps"] = str(stamps) if stamps else None
     if art is not None:
         fmt = choice.artifact_format if choice else "onnx"
         fmt = fmt if fmt in art.formats else art.formats[0]
@@ -61,6 +64,9 @@ def format_report(r: dict) -> str:
         "choice: " + ", ".join(f"{k}={v}" for k, v in r["choice"].items()),
         "why:",
         *[f"  {x}" for x in r["reasons"]],
+        (f"checksums: a file is hashed at load until it matches, then stamped in {r['checksum_stamps']} "
+         "(EDGEDS_VERIFY=always hashes at every load)" if r["checksum_stamps"]
+         else "checksums: every file hashed at every load"),
     ]
     if "memory" in r:
         m = r["memory"]

@@ -113,3 +113,12 @@ def test_a_file_written_just_before_its_hash_gets_no_stamp(artifact_copy, monkey
     first = len(hashed)
     load_artifact(artifact_copy)
     assert len(hashed) == 2 * first
+
+
+def test_doctor_says_where_stamps_go_and_how_to_turn_them_off(monkeypatch):
+    from edgeds.doctor import diagnose, format_report
+
+    monkeypatch.setenv("EDGEDS_CACHE_DIR", "/somewhere/edgeds-cache")
+    assert "stamped in /somewhere/edgeds-cache/verified" in format_report(diagnose())
+    monkeypatch.setenv("EDGEDS_VERIFY", "always")
+    assert "every file hashed at every load" in format_report(diagnose())
