@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from .artifact import Artifact
+from .artifact import Artifact, kv_cache_dtype
 from .backends import installed_backends
 from .errors import ConfigError
 from .hardware import Hardware
@@ -48,7 +48,7 @@ def cpu_only(artifact: Artifact | None) -> str | None:
     graph = artifact.graph("onnx")
     if graph.get("ops", {}).get("linear", "").startswith("com.microsoft.MatMulIntegerToFloat"):
         return "its int8 matmuls quantize activations per row, which only the CPU provider runs"
-    if graph.get("kv_cache", {}).get("dtype") == "int8":
+    if kv_cache_dtype(graph) == "int8":
         return "its int8 KV cache runs on the CPU provider only"
     return None
 
