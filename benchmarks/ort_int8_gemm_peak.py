@@ -7,6 +7,7 @@ Compare with the CPU's own peak (`benchmarks/int8_peak.c` for AVX-512 VNNI): it 
 slow prefill is the kernel's ceiling or the graph around it.
 """
 import ctypes, numpy as np, onnxruntime as ort, time, os
+from onnx import helper, TensorProto as T, numpy_helper
 
 
 def amx_granted() -> bool:
@@ -18,7 +19,6 @@ def amx_granted() -> bool:
     return bool(mask.value & (1 << 18))
 
 
-from onnx import helper, TensorProto as T, numpy_helper
 K, N = 1536, 8960
 rng = np.random.default_rng(0)
 W = rng.integers(-127, 128, (K, N), dtype=np.int8)
