@@ -1,6 +1,6 @@
 """Where a prefill call and a decode step spend their time, by ONNX operator type (ORT profiler).
 
-    python benchmarks/op_profile.py ARTIFACT [--threads 2] [--prompts 1x512,4x128] [--batches 1,16]
+    python benchmarks/op_profile.py ARTIFACT [--threads 2] [--prompts 1x512,4x128] [--batches 1,16] [--context 64]
 
 For each phase: wall time of the call, and each op type's share of the summed node time
 (nodes run one after another here: inter-op threads are 1), so quantize/rescale nodes,
@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--prompts", default="1x512,4x128", help="prefill calls: COUNTxLENGTH, comma-separated")
     ap.add_argument("--batches", default="1,16", help="decode batch sizes")
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--context", type=int, default=64,
+                    help="tokens in each slot's cache before the decode steps (an offline job's slots hold 64-640)")
     args = ap.parse_args()
 
     artifact = load_artifact(args.artifact, verify=False)
@@ -56,8 +58,8 @@ def main() -> None:
         backend.start(n, length + 64)
         timed(f"prefill {n}x{length}", lambda: backend.prefill(list(range(n)), prompts))
     for batch in (int(b) for b in args.batches.split(",")):
-        backend.start(batch, 256)
-        backend.prefill(list(range(batch)), [rng.integers(10, min(vocab, 1000), 64) for _ in range(batch)])
+        backend.start(batch, args.context + args.steps + 2)
+        backend.prefill(list(range(batch)), [rng.integers(10, min(vocab, 1000), args.context) for _ in range(batch)])
         tokens = np.full(batch, 5, np.int64)
         backend.decode(tokens)
         timed(f"decode b{batch} x{args.steps}", lambda: [backend.decode(tokens) for _ in range(args.steps)])

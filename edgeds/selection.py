@@ -53,6 +53,21 @@ def cpu_only(artifact: Artifact | None) -> str | None:
     return None
 
 
+def attention_on_host(artifact: Artifact | None) -> str | None:
+    """Why a GPU provider would leave the attention of an artifact's ONNX graph to the CPU.
+
+    GroupQueryAttention's GPU kernels take float16 only: in a float32-cache graph it runs on
+    the CPU provider with copies to and from the device in every layer (session 5, H200)."""
+    if artifact is None or "onnx" not in artifact.formats:
+        return None
+    graph = artifact.graph("onnx")
+    dense = graph.get("kv_cache", {}).get("kind") == "shared_buffer"  # MLA graphs have no float16 export yet
+    if dense and kv_cache_dtype(graph) == "float32":
+        return ("attention stays on the CPU beside the GPU (its GPU kernels take float16): "
+                "export with --kv-cache float16 for the GPU")
+    return None
+
+
 def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
                    backend: str | None = None, device: str | None = None,
                    threads: int | None = None) -> Choice:
@@ -92,6 +107,8 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
             )
         if missing:
             reasons.append(f"providers {', '.join(missing)} not available: falling back")
+        if usable[0] != "CPUExecutionProvider" and (why := attention_on_host(artifact)):
+            reasons.append(why)
         reasons.append(f"backend onnxruntime: providers {', '.join(usable)}, {n_threads} threads")
         return Choice("onnxruntime", usable, n_threads, reasons)
     raise ConfigError("no usable backend: " + "; ".join(reasons))

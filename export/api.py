@@ -20,7 +20,7 @@ from .weight_file import WeightFile
 
 log = logging.getLogger("edgeds.export")
 FORMATS = ("onnx", "openvino")
-KV_CACHES = ("float32", "int8")
+KV_CACHES = ("float32", "float16", "int8")
 DEFAULT_CONTEXT = 8192
 
 
@@ -37,7 +37,8 @@ def export_checkpoint(
     """Export `src` to the artifact folder `out`; returns the manifest written.
 
     `kv_cache`: the ONNX graph's cache type; "int8" quarters the cache's memory and the bytes a
-    decode step's attention reads (dense models; the OpenVINO plugin chooses its own)."""
+    decode step's attention reads, "float16" halves them and puts attention where GPU providers
+    run it (dense models; the OpenVINO plugin chooses its own)."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ExportError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")

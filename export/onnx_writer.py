@@ -10,6 +10,9 @@
   step writes one position per sequence in place and nothing concatenates the cache.
 - With `--kv-cache int8` the cache is int8 with calibrated per-channel scales, and an If per
   layer sends a prompt with nothing cached through float attention (see `_attention`).
+- With `--kv-cache float16` attention runs in float16 between two Casts: half the cache memory,
+  and GroupQueryAttention then runs on GPU providers, whose kernels take float16 only (in a
+  float32 graph it falls back to the CPU with copies around it every layer).
 - Per-sequence lengths (`seqlens_k`) let sequences of different lengths share a batch.
 - `logits_positions` picks which positions reach the LM head: a prefill computes logits for
   the last prompt token only, instead of the whole prompt times the vocabulary.
@@ -158,7 +161,7 @@ KvScales = list[tuple[np.ndarray, np.ndarray]]  # per layer: key and value scale
 
 
 def _attention(g: _Graph, spec: DecoderSpec, i: int, qkv: str, cos: str, sin: str,
-               scales: tuple[np.ndarray, np.ndarray] | None) -> str:
+               scales: tuple[np.ndarray, np.ndarray] | None, half: bool = False) -> str:
     """GroupQueryAttention over layer i's cache; writes present_key.i / present_value.i.
 
     With an int8 cache (`scales`), ONNX Runtime's quantized attention is 2-3.5x slower than
@@ -166,15 +169,21 @@ def _attention(g: _Graph, spec: DecoderSpec, i: int, qkv: str, cos: str, sin: st
     steps. So an If on `fresh_prompt` picks per call: a prompt with nothing cached attends in
     float32 over its own keys and values and returns them quantized ([batch, kv_heads,
     prompt, head_dim], for the runtime to copy into the cache); every other call (decode
-    steps, later chunks of a long prompt) attends over the int8 cache and writes it in place."""
+    steps, later chunks of a long prompt) attends over the int8 cache and writes it in place.
+
+    `half`: a float16 cache; the projections around it stay float32 (cos and sin come cast)."""
     p = f"/model/layers.{i}/attn"
     gqa = dict(domain=MS, num_heads=spec.num_heads, kv_num_heads=spec.num_kv_heads,
                do_rotary=1, rotary_interleaved=0, scale=float(spec.head_dim ** -0.5))
     lengths = ["seqlens_k", "total_sequence_length", cos, sin]
     present = [f"present_key.{i}", f"present_value.{i}"]
     if scales is None:
+        if half:
+            qkv = g.node("Cast", [qkv], f"{p}/qkv/Cast", to=TensorProto.FLOAT16)
         g.nodes.append(helper.make_node("GroupQueryAttention", [qkv, "", "", f"past_key.{i}", f"past_value.{i}", *lengths],
                                         [f"{p}/output", *present], name=f"{p}/GroupQueryAttention", **gqa))
+        if half:
+            return g.node("Cast", [f"{p}/output"], f"{p}/output/Cast", to=TensorProto.FLOAT)
         return f"{p}/output"
     k_scale, v_scale = scales
     shape = (1, spec.num_kv_heads, 1, spec.head_dim)
@@ -204,22 +213,28 @@ def _attention(g: _Graph, spec: DecoderSpec, i: int, qkv: str, cos: str, sin: st
     return f"{p}/output"
 
 
-def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str, kv_scales: KvScales | None = None) -> onnx.ModelProto:
-    """`kv_scales`: keep the cache in int8 with these static per-channel scales (float32 without)."""
+def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str, kv_scales: KvScales | None = None,
+                kv_cache: str = "float32") -> onnx.ModelProto:
+    """`kv_scales`: keep the cache in int8 with these static per-channel scales; else `kv_cache`
+    is float32 or float16."""
     g = _Graph(data_file)
     eps = spec.rms_norm_eps
     cache_shape = ["batch", spec.num_kv_heads, "cache_capacity", spec.head_dim]
-    cache_type = TensorProto.INT8 if kv_scales else TensorProto.FLOAT
+    cache_type = TensorProto.INT8 if kv_scales else DTYPES[kv_cache]
+    half = not kv_scales and kv_cache == "float16"
 
     x = _embedding(g, "input_ids", t.embed)
     cos, sin = g.external("rope.cos", t.cos), g.external("rope.sin", t.sin)
+    if half:  # casts of initializers: ONNX Runtime folds them into float16 constants at load
+        cos = g.node("Cast", [cos], "/model/rope/cos/Cast", to=TensorProto.FLOAT16)
+        sin = g.node("Cast", [sin], "/model/rope/sin/Cast", to=TensorProto.FLOAT16)
     h = g.node("SimplifiedLayerNormalization", [x, g.external("layers.0.input_norm", t.layers[0].input_norm)],
                "/model/layers.0/input_layernorm", axis=-1, epsilon=eps)
     residual = x
     for i, layer in enumerate(t.layers):
         p = f"/model/layers.{i}"
         qkv = _linear(g, h, layer.qkv, f"{p}/attn/qkv_proj", "tokens")
-        attn = _attention(g, spec, i, qkv, cos, sin, kv_scales[i] if kv_scales else None)
+        attn = _attention(g, spec, i, qkv, cos, sin, kv_scales[i] if kv_scales else None, half)
         o = _linear(g, attn, layer.o, f"{p}/attn/o_proj", "tokens")
         h, _, _, residual = g.node(
             "SkipSimplifiedLayerNormalization",
@@ -283,8 +298,9 @@ def linear_op(lin: Linear) -> str:
 def write_onnx(spec: DecoderSpec, tensors: ModelTensors, folder: Path, data_file: str, kv_cache: str = "float32",
                tokenizer_file: Path | None = None) -> dict:
     """`kv_cache="int8"`: the float32-cache graph is written first and run over calibration text
-    (export/kv_calibration.py), then replaced by the int8-cache graph with those scales."""
-    model = build_graph(spec, tensors, data_file)
+    (export/kv_calibration.py), then replaced by the int8-cache graph with those scales.
+    `kv_cache="float16"`: attention and its cache in float16 (see `_attention`)."""
+    model = build_graph(spec, tensors, data_file, kv_cache="float16" if kv_cache == "float16" else "float32")
     kv_note = {}
     if kv_cache == "int8":
         from .kv_calibration import CALIBRATION_TOKENS, MARGIN, calibration_ids, kv_scales
@@ -298,6 +314,9 @@ def write_onnx(spec: DecoderSpec, tensors: ModelTensors, folder: Path, data_file
                    "fresh_prompt": "true for a call whose prompts have nothing cached: present_* are then "
                                    "[batch, kv_heads, prompt, head_dim], the prompt's int8 keys and values, "
                                    "for the runtime to copy into its cache; false: updated in place as above"}
+    if kv_cache == "float16":
+        kv_note = {"attention": "GroupQueryAttention in float16 between Casts from and to the float32 "
+                                "projections (the kernels GPU providers have)"}
     onnx.save_model(model, str(folder / "model.onnx"))
     names = io_names(spec.num_layers, kv_cache == "int8")
     return {

@@ -70,8 +70,9 @@ def verify_artifact(src: Path, artifact_dir: Path, weights: str, kv_cache: str =
     prompt = rng.integers(0, vocab, PROMPT_TOKENS).astype(np.int64)
     ref_logits, ref_tokens = reference_run(src, prompt, DECODE_STEPS)
     max_rel, min_agree = LIMITS[weights]
-    if kv_cache == "int8":  # an 8-bit cache costs about what 8-bit weights do
-        max_rel, min_agree = max(max_rel, LIMITS["int8"][0]), min(min_agree, LIMITS["int8"][1])
+    if kv_cache in ("int8", "float16"):  # an n-bit cache costs about what n-bit weights do
+        limit = LIMITS["int8" if kv_cache == "int8" else "fp16"]
+        max_rel, min_agree = max(max_rel, limit[0]), min(min_agree, limit[1])
     scale = max(float(np.abs(r).max()) for r in ref_logits)
     report = {"prompt_tokens": PROMPT_TOKENS, "decode_steps": DECODE_STEPS, "formats": {}}
     failures = []

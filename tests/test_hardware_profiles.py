@@ -179,4 +179,9 @@ def test_int8_artifact_runs_on_the_cpu_provider_of_a_jetson(tmp_path, monkeypatc
     with pytest.raises(ConfigError, match="cannot run on CUDAExecutionProvider"):
         choose_backend(profile, hw, integer, backend="onnxruntime", device="CUDAExecutionProvider")
     weight_only = load_artifact(artifacts("qwen2", "int8-wo"))
-    assert choose_backend(profile, hw, weight_only, backend="onnxruntime").providers[0] == "TensorrtExecutionProvider"
+    choice = choose_backend(profile, hw, weight_only, backend="onnxruntime")
+    assert choice.providers[0] == "TensorrtExecutionProvider"
+    assert any("attention stays on the CPU" in r and "--kv-cache float16" in r for r in choice.reasons)
+    half = choose_backend(profile, hw, load_artifact(artifacts("qwen2", "int8-wo", "float16")), backend="onnxruntime")
+    assert half.providers[0] == "TensorrtExecutionProvider"
+    assert not any("attention stays on the CPU" in r for r in half.reasons)

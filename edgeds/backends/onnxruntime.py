@@ -4,9 +4,13 @@
 and value at the sequence's own length, and a decode step moves no cache bytes at all. A slot
 is refilled by binding views of its rows, while the other slots' caches stay untouched.
 
-The cache holds float32 or, from `--kv-cache int8` exports, int8 (the graph quantizes). An
-int8 graph returns a fresh prompt's keys and values instead of writing them (it attends over
-the prompt in float32), and the prefill copies them into the slot's rows.
+The cache holds float32, float16 or, from `--kv-cache int8` exports, int8 (the graph
+quantizes). An int8 graph returns a fresh prompt's keys and values instead of writing them (it
+attends over the prompt in float32), and the prefill copies them into the slot's rows.
+
+On a CUDA or TensorRT provider the cache lives in device memory (OrtValues, bound by address
+like the numpy buffers): attention then reads and writes it where it runs, and no cache byte
+crosses the bus in a step.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ PADDING_BUDGET = 1.25  # padded tokens allowed per real token in one batched pre
 # (benchmarks/results/ort_int8_kernels.md); beyond that a larger call only adds activation
 # memory (16 x 128 tokens in one call: +1 GB, and slower) and a long prompt could exhaust it.
 PREFILL_ROWS = 512
+# Providers whose attention reads the cache from device memory, and ORT's name for it.
+DEVICE_MEMORY = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
 
 
 def _prefill_groups(slots: list[int], lengths: list[int]) -> list[tuple[int, int]]:
@@ -47,7 +53,10 @@ class OnnxRuntimeBackend:
     supports_refill = True
 
     def __init__(self, artifact: Artifact, providers: list, threads: int | None = None,
-                 session_options: dict | None = None, profile_prefix: str | None = None):
+                 session_options: dict | None = None, profile_prefix: str | None = None,
+                 cache_on_device: bool | None = None):
+        """`cache_on_device`: keep the cache in OrtValues (None: where the first provider has
+        device memory; True on the CPU provider runs the same code with host OrtValues)."""
         graph = artifact.graph("onnx")
         m = artifact.model
         self.layers, self.vocab_size = m["num_layers"], m["vocab_size"]
@@ -93,7 +102,15 @@ class OnnxRuntimeBackend:
         # the graph runs: with a GPU provider the decode step's small inputs are bound again at
         # every step (on the CPU they are read in place, and binding once is enough).
         self._copied_at_bind = self.device != "CPUExecutionProvider"
-        self.batch_size = 0
+        if cache_on_device and self.fresh_input:
+            raise ValueError("an int8-cache graph writes a fresh prompt's cache from the host: it stays in numpy buffers")
+        if cache_on_device is None:
+            cache_on_device = self.device in DEVICE_MEMORY and not self.fresh_input
+        self._cache_memory = None  # numpy buffers
+        if cache_on_device:
+            device_id = self.session.get_provider_options().get(self.device, {}).get("device_id", 0)
+            self._cache_memory = (DEVICE_MEMORY.get(self.device, "cpu"), int(device_id))
+        self.batch_size = self.capacity = 0
 
     def _cache_bindings(self) -> list[tuple[np.ndarray, list[str], list[str]]]:
         """(buffer, graph inputs, graph outputs) bound to it."""
@@ -103,12 +120,32 @@ class OnnxRuntimeBackend:
         return [(c, [f"past_{kind}.{i}"], [f"present_{kind}.{i}"])
                 for kind, caches in (("key", self.keys), ("value", self.values)) for i, c in enumerate(caches)]
 
+    def _zeros(self, shape: tuple[int, ...], old=None):
+        """A cache buffer of zeros (padding rows are never attended, but must not hold NaNs),
+        holding `old`'s contents in its first positions."""
+        host = np.zeros(shape, self.cache_dtype)
+        if old is not None:  # a device buffer comes over to the host and back: grows are rare
+            old = old if isinstance(old, np.ndarray) else old.numpy()
+            host[:, :, : old.shape[2]] = old
+        if self._cache_memory is None:
+            return host
+        return ort.OrtValue.ortvalue_from_numpy(host, *self._cache_memory)
+
+    def _rows(self, cache, rows: slice) -> tuple[int, list[int]]:
+        """Address and shape of a cache buffer's rows (slots)."""
+        if isinstance(cache, np.ndarray):
+            view = cache[rows]
+            return view.ctypes.data, list(view.shape)
+        shape = cache.shape()
+        row_bytes = int(np.prod(shape[1:])) * self.cache_dtype.itemsize
+        return cache.data_ptr() + rows.start * row_bytes, [rows.stop - rows.start, *shape[1:]]
+
     def start(self, batch_size: int, capacity: int) -> None:
         shape = (batch_size, self.kv_heads, capacity, self.head_dim)
-        if self.batch_size != batch_size or self.keys[0].shape != shape:
+        if self.batch_size != batch_size or self.capacity != capacity:
             self.keys = self.values = None  # the old cache goes before the new one comes: no peak of both
-            self.keys = [np.zeros(shape, self.cache_dtype) for _ in range(self.layers)]
-            self.values = [] if self.latent else [np.zeros(shape, self.cache_dtype) for _ in range(self.layers)]
+            self.keys = [self._zeros(shape) for _ in range(self.layers)]
+            self.values = [] if self.latent else [self._zeros(shape) for _ in range(self.layers)]
         self.batch_size, self.capacity = batch_size, capacity
         self.lengths = np.zeros(batch_size, np.int32)
         self._bind_decode()
@@ -117,15 +154,9 @@ class OnnxRuntimeBackend:
         if capacity <= self.capacity:
             return
         shape = (self.batch_size, self.kv_heads, capacity, self.head_dim)
-
-        def larger(old: np.ndarray) -> np.ndarray:
-            new = np.zeros(shape, self.cache_dtype)
-            new[:, :, : self.capacity] = old
-            return new
-
         for caches in (self.keys, self.values):
             for i in range(len(caches)):  # one layer at a time: the old buffer goes as the new one comes
-                caches[i] = larger(caches[i])
+                caches[i] = self._zeros(shape, caches[i])
         self.capacity = capacity
         self._bind_decode()
 
@@ -159,13 +190,15 @@ class OnnxRuntimeBackend:
         b = self.session.io_binding()
         self._bind_step_inputs(b, ids, seqlens, total, positions, token_positions, fresh is not None)
         b.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        memory = self._cache_memory or ("cpu", 0)
         for j, (cache, ins, outs) in enumerate(self._cache_bindings()):
-            view = cache[rows]
+            address, shape = self._rows(cache, rows)
             for name in ins:
-                b.bind_input(name, "cpu", 0, self.cache_dtype, list(view.shape), view.ctypes.data)
-            out = view if fresh is None else fresh[j]
+                b.bind_input(name, *memory, self.cache_dtype, shape, address)
+            if fresh is not None:
+                address, shape = fresh[j].ctypes.data, list(fresh[j].shape)
             for name in outs:
-                b.bind_output(name, "cpu", 0, self.cache_dtype, list(out.shape), out.ctypes.data)
+                b.bind_output(name, *memory, self.cache_dtype, shape, address)
         return b
 
     def _run_prompts(self, rows: slice, prompts: list[np.ndarray], every_position: bool = False,
