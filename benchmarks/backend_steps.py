@@ -1,6 +1,7 @@
 """The ONNX Runtime backend alone, without the generate loop: load, prefill and decode steps, RSS.
 
     python benchmarks/backend_steps.py ARTIFACT [--threads 16] [--batches 1,32]
+    python benchmarks/backend_steps.py ARTIFACT --providers CUDAExecutionProvider,CPUExecutionProvider [--cache-on-host]
 
 Separates what the kernels and cache cost from what the loop and scheduling add (compare with
 `edgeds bench` and benchmarks/compare.py). Prompts of 128 random tokens, capacity 640 (less for
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,6 +31,9 @@ def main() -> None:
     ap.add_argument("artifact")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--providers", default="CPUExecutionProvider", help="ONNX Runtime providers, in order")
+    ap.add_argument("--cache-on-host", action="store_true",
+                    help="keep the KV cache in numpy buffers even where the provider has device memory")
     args = ap.parse_args()
     proc = psutil.Process()
 
@@ -37,11 +42,16 @@ def main() -> None:
 
     t = time.perf_counter()
     artifact = load_artifact(args.artifact)
-    backend = OnnxRuntimeBackend(artifact, ["CPUExecutionProvider"], threads=args.threads or None)
+    providers = args.providers.split(",")
+    if any(p != "CPUExecutionProvider" for p in providers) and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels, where they are installed
+    backend = OnnxRuntimeBackend(artifact, providers, threads=args.threads or None,
+                                 cache_on_device=False if args.cache_on_host else None)
     vocab, context = artifact.model["vocab_size"], artifact.model["context_length"]
     capacity = min(640, context)
     prompt = min(128, capacity - 32)
-    print(f"{args.artifact}: load {time.perf_counter() - t:.2f} s, RSS after load {proc.memory_info().rss >> 20} MiB, "
+    print(f"{args.artifact}: load {time.perf_counter() - t:.2f} s, cache in "
+          f"{'OrtValues' if backend.cache_memory else 'numpy buffers'}, RSS after load {proc.memory_info().rss >> 20} MiB, "
           f"peak {peak()} MiB", flush=True)
     rng = np.random.default_rng(0)
     for batch in (int(b) for b in args.batches.split(",")):
@@ -54,7 +64,7 @@ def main() -> None:
             t = time.perf_counter()
             backend.decode(tokens)
             steps.append(time.perf_counter() - t)
-        print(f"  batch {batch}: prefill {batch}x{prompt} {prefill:.2f} s, decode {batch / np.median(steps[4:]):.1f} tok/s, "
+        print(f"  batch {batch} on {backend.device}: prefill {batch}x{prompt} {prefill:.2f} s, decode {batch / np.median(steps[4:]):.1f} tok/s, "
               f"RSS {proc.memory_info().rss >> 20} MiB, peak {peak()} MiB", flush=True)
 
 

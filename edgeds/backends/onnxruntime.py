@@ -106,10 +106,10 @@ class OnnxRuntimeBackend:
             raise ValueError("an int8-cache graph writes a fresh prompt's cache from the host: it stays in numpy buffers")
         if cache_on_device is None:
             cache_on_device = self.device in DEVICE_MEMORY and not self.fresh_input
-        self._cache_memory = None  # numpy buffers
+        self.cache_memory = None  # numpy buffers; else (device, id) of the OrtValues
         if cache_on_device:
             device_id = self.session.get_provider_options().get(self.device, {}).get("device_id", 0)
-            self._cache_memory = (DEVICE_MEMORY.get(self.device, "cpu"), int(device_id))
+            self.cache_memory = (DEVICE_MEMORY.get(self.device, "cpu"), int(device_id))
         self.batch_size = self.capacity = 0
 
     def _cache_bindings(self) -> list[tuple[np.ndarray, list[str], list[str]]]:
@@ -127,9 +127,9 @@ class OnnxRuntimeBackend:
         if old is not None:  # a device buffer comes over to the host and back: grows are rare
             old = old if isinstance(old, np.ndarray) else old.numpy()
             host[:, :, : old.shape[2]] = old
-        if self._cache_memory is None:
+        if self.cache_memory is None:
             return host
-        return ort.OrtValue.ortvalue_from_numpy(host, *self._cache_memory)
+        return ort.OrtValue.ortvalue_from_numpy(host, *self.cache_memory)
 
     def _rows(self, cache, rows: slice) -> tuple[int, list[int]]:
         """Address and shape of a cache buffer's rows (slots)."""
@@ -190,7 +190,7 @@ class OnnxRuntimeBackend:
         b = self.session.io_binding()
         self._bind_step_inputs(b, ids, seqlens, total, positions, token_positions, fresh is not None)
         b.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
-        memory = self._cache_memory or ("cpu", 0)
+        memory = self.cache_memory or ("cpu", 0)
         for j, (cache, ins, outs) in enumerate(self._cache_bindings()):
             address, shape = self._rows(cache, rows)
             for name in ins:
