@@ -31,11 +31,14 @@ case "$1" in
     for kv in float32 float16; do
       python3 benchmarks/ep_placement.py $A/int8-wo-$kv --providers $G 2>&1 | grep -v "^W:" | tail -12
     done
-    python3 benchmarks/provider_parity.py $A/int8-wo-float16 --providers $G --steps 16
+    for kv in float32 float16; do
+      python3 benchmarks/provider_parity.py $A/int8-wo-$kv --providers $G --steps 16
+    done
     python3 benchmarks/provider_parity.py .carry/epvar/int8-wo-f16 --providers $G --steps 16
     python3 benchmarks/backend_steps.py $A/int8-wo-float32 --providers $G --batches 1,16,64
     python3 benchmarks/backend_steps.py $A/int8-wo-float16 --providers $G --batches 1,16,64
     python3 benchmarks/backend_steps.py $A/int8-wo-float16 --providers $G --batches 1,16,64 --cache-on-host
+    python3 benchmarks/backend_steps.py $A/int8-wo-float16 --providers $G --batches 1,16,64
     for d in CPUExecutionProvider CUDAExecutionProvider; do
       python3 -c "import onnxruntime as o; o.preload_dlls(); import sys; from edgeds.cli.main import app
 sys.argv = ['edgeds', 'infer', '.carry/epvar/int8-wo-f16', '-i', 'examples/prompts.jsonl', '-o', '/tmp/f16-$d.jsonl',

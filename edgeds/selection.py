@@ -36,6 +36,9 @@ def ort_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+GPU_EXPORT = "--weights int8-wo (or int4) --kv-cache float16"
+
+
 def cpu_only(artifact: Artifact | None) -> str | None:
     """Why an artifact's ONNX graph runs on ONNX Runtime's CPU provider only, if it does.
 
@@ -64,7 +67,7 @@ def attention_on_host(artifact: Artifact | None) -> str | None:
     dense = graph.get("kv_cache", {}).get("kind") == "shared_buffer"  # MLA graphs have no float16 export yet
     if dense and kv_cache_dtype(graph) == "float32":
         return ("attention stays on the CPU beside the GPU (its GPU kernels take float16): "
-                "export with --kv-cache float16 for the GPU")
+                f"export {GPU_EXPORT} for the GPU")
     return None
 
 
@@ -94,9 +97,9 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
         if (why := cpu_only(artifact)) and wanted != ["CPUExecutionProvider"]:
             if device:
                 raise ConfigError(f"this artifact cannot run on {device}: {why}; export it with "
-                                  "--weights int8-wo or int4 for a GPU")
+                                  f"{GPU_EXPORT} for a GPU")
             wanted = ["CPUExecutionProvider"]
-            reasons.append(f"GPU providers skipped: {why} (export --weights int8-wo or int4 for the GPU)")
+            reasons.append(f"GPU providers skipped: {why} (export {GPU_EXPORT} for the GPU)")
         usable = [p for p in wanted if p in available]
         missing = [p for p in wanted if p not in available]
         if missing and (not profile.runtime.allow_fallback or not usable):
