@@ -56,16 +56,30 @@ def cpu_only(artifact: Artifact | None) -> str | None:
     return None
 
 
+def _dense_float32_cache(artifact: Artifact | None) -> bool:
+    """An ONNX graph with per-head GroupQueryAttention over a float32 cache (MLA graphs keep
+    their latent cache in float32: they have no float16 export yet)."""
+    if artifact is None or "onnx" not in artifact.formats:
+        return False
+    graph = artifact.graph("onnx")
+    return graph.get("kv_cache", {}).get("kind") == "shared_buffer" and kv_cache_dtype(graph) == "float32"
+
+
+def float16_cache_hint(hw: Hardware, artifact: Artifact | None) -> str | None:
+    """CPUs with float16 arithmetic run a float16 cache's attention faster: on a 16-core AMX
+    Xeon the 64-prompt job's decode took 13.6-16.1 s against 21.4-23.3 s with float32
+    (benchmarks/results/xeon-amx-16t.md); on CPUs without it, it costs time."""
+    if "avx512_fp16" in hw.flags and _dense_float32_cache(artifact):
+        return "this CPU has AVX512-FP16: an export with --kv-cache float16 decodes faster here, in half the cache memory"
+    return None
+
+
 def attention_on_host(artifact: Artifact | None) -> str | None:
     """Why a GPU provider would leave the attention of an artifact's ONNX graph to the CPU.
 
     GroupQueryAttention's GPU kernels take float16 only: in a float32-cache graph it runs on
     the CPU provider with copies to and from the device in every layer (session 5, H200)."""
-    if artifact is None or "onnx" not in artifact.formats:
-        return None
-    graph = artifact.graph("onnx")
-    dense = graph.get("kv_cache", {}).get("kind") == "shared_buffer"  # MLA graphs have no float16 export yet
-    if dense and kv_cache_dtype(graph) == "float32":
+    if _dense_float32_cache(artifact):
         return ("attention stays on the CPU beside the GPU (its GPU kernels take float16): "
                 f"export {GPU_EXPORT} for the GPU")
     return None
@@ -112,6 +126,8 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
             reasons.append(f"providers {', '.join(missing)} not available: falling back")
         if usable[0] != "CPUExecutionProvider" and (why := attention_on_host(artifact)):
             reasons.append(why)
+        elif usable[0] == "CPUExecutionProvider" and (hint := float16_cache_hint(hw, artifact)):
+            reasons.append(hint)
         reasons.append(f"backend onnxruntime: providers {', '.join(usable)}, {n_threads} threads")
         return Choice("onnxruntime", usable, n_threads, reasons)
     raise ConfigError("no usable backend: " + "; ".join(reasons))

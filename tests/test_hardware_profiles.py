@@ -185,3 +185,19 @@ def test_int8_artifact_runs_on_the_cpu_provider_of_a_jetson(tmp_path, monkeypatc
     half = choose_backend(profile, hw, load_artifact(artifacts("qwen2", "int8-wo", "float16")), backend="onnxruntime")
     assert half.providers[0] == "TensorrtExecutionProvider"
     assert not any("attention stays on the CPU" in r for r in half.reasons)
+
+
+def test_a_cpu_with_float16_arithmetic_is_told_of_the_float16_cache(tmp_path, artifacts):
+    from edgeds.artifact import load_artifact
+
+    sapphire = detect(fake_root(tmp_path / "spr", x86(16, "avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_tile amx_int8 amx_bf16")))
+    zen4 = detect(fake_root(tmp_path / "zen4", x86(2, "avx512f avx512_vnni avx512_bf16")))
+    floats, half = load_artifact(artifacts("qwen2", "int8")), load_artifact(artifacts("qwen2", "int8-wo", "float16"))
+
+    def hinted(hw, art) -> bool:
+        profile, _ = choose_profile(hw, load_profiles())
+        return any("--kv-cache float16" in r for r in choose_backend(profile, hw, art, backend="onnxruntime").reasons)
+
+    assert "avx512_fp16" in sapphire.isa
+    assert hinted(sapphire, floats)
+    assert not hinted(sapphire, half) and not hinted(zen4, floats)
