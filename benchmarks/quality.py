@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=32)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--weights", nargs="+", default=["fp32", "int8", "int4"])
-    ap.add_argument("--kv-caches", nargs="+", default=["float32"], help="float32 and/or int8 (dense models)")
+    ap.add_argument("--kv-caches", nargs="+", default=["float32"], help="float32, int8 and/or float16 (dense models)")
     args = ap.parse_args()
     rows = []
     for name in args.models:
