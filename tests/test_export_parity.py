@@ -37,6 +37,23 @@ def reference_logits(model, prompt: np.ndarray, steps: int):
     return prefill, decode, tokens
 
 
+def errors_against_reference(model, backend, steps: int, seed: int = 1) -> tuple[list[float], list[bool]]:
+    """A 16-token prompt's logits at every position, then `steps` cached decode steps fed the
+    reference's greedy tokens: each call's largest error relative to the reference's logit
+    range, and whether each step picks the reference's next token."""
+    prompt = np.random.default_rng(seed).integers(2, 320, 16).astype(np.int64)
+    ref_prefill, ref_decode, tokens = reference_logits(model, prompt, steps)
+    backend.start(1, 64)
+    prefill = backend.prefill([0], [prompt], every_position=True)[0]
+    scale = np.abs(ref_prefill).max()
+    errors, agree = [float(np.abs(prefill - ref_prefill).max() / scale)], []
+    for step, expected in enumerate(ref_decode):
+        got = backend.decode(np.array([tokens[step]]))[0]
+        errors.append(float(np.abs(got - expected).max() / scale))
+        agree.append(int(got.argmax()) == tokens[step + 1])
+    return errors, agree
+
+
 def reference_greedy(model, prompt: np.ndarray, n: int, eos: int) -> list[int]:
     with torch.no_grad():
         out = model.generate(torch.from_numpy(prompt[None]), max_new_tokens=n, do_sample=False,
@@ -74,6 +91,16 @@ def test_greedy_32_tokens_identical_and_batch_matches_alone(kind, fmt, checkpoin
         assert got == expected
         alone.append(got)
     assert _generate_ids(engine, prompts, 32) == alone
+
+
+def assert_batch_matches_alone(path, n: int = 12) -> None:
+    """Three prompts of different lengths decoded together give what each gives alone."""
+    engine = edgeds.load(path, backend="onnxruntime")
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(2, 320, length).astype(np.int64) for length in (5, 17, 30)]
+    together = _generate_ids(engine, prompts, n)
+    for i, p in enumerate(prompts):
+        assert _generate_ids(engine, [p], n)[0] == together[i]
 
 
 def _generate_ids(engine, prompts, n):

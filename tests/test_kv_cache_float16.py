@@ -11,32 +11,20 @@ import numpy as np
 import onnx
 import pytest
 
-import edgeds
 from edgeds.artifact import load_artifact
 from edgeds.backends.onnxruntime import OnnxRuntimeBackend
 from edgeds.memory_budget import kv_bytes_per_token
 from export import export_checkpoint
 from export.errors import ExportError
-from test_export_parity import _generate_ids, backend_for, reference_logits
+from test_export_parity import assert_batch_matches_alone, backend_for, errors_against_reference
 from tiny_models import load_reference
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])
 def test_float16_cache_logits_follow_transformers(kind, checkpoints, artifacts):
-    model = load_reference(checkpoints(kind))
-    prompt = np.random.default_rng(1).integers(2, 320, 16).astype(np.int64)
-    ref_prefill, ref_decode, tokens = reference_logits(model, prompt, 24)
     backend = backend_for(artifacts(kind, "fp32", "float16"), "onnx")
-    backend.start(1, 64)
+    errors, agree = errors_against_reference(load_reference(checkpoints(kind)), backend, 24)
     assert backend.keys[0].dtype == np.float16 and backend.values[0].dtype == np.float16
-    prefill = backend.prefill([0], [prompt], every_position=True)[0]
-    scale = np.abs(ref_prefill).max()
-    errors = [np.abs(prefill - ref_prefill).max() / scale]
-    agree = []
-    for step, expected in enumerate(ref_decode):
-        got = backend.decode(np.array([tokens[step]]))[0]
-        errors.append(np.abs(got - expected).max() / scale)
-        agree.append(int(got.argmax()) == tokens[step + 1])
     # float16 keeps 11 significant bits: measured 6.8e-4 relative at most (qwen2, --verify).
     assert max(errors) < 5e-3
     assert min(errors) > 0  # the cache did round: this is not the float32 graph
@@ -62,12 +50,7 @@ def test_float16_graph_casts_only_around_attention(artifacts):
 
 def test_float16_cache_batch_matches_alone_and_halves_the_memory(artifacts):
     path = artifacts("llama", "int8-wo", "float16")
-    engine = edgeds.load(path, backend="onnxruntime")
-    rng = np.random.default_rng(3)
-    prompts = [rng.integers(2, 320, n).astype(np.int64) for n in (5, 17, 30)]
-    together = _generate_ids(engine, prompts, 12)
-    for i, p in enumerate(prompts):
-        assert _generate_ids(engine, [p], 12)[0] == together[i]
+    assert_batch_matches_alone(path)
     floats = load_artifact(artifacts("llama", "int8-wo")).manifest
     assert kv_bytes_per_token(load_artifact(path).manifest, "onnx") * 2 == kv_bytes_per_token(floats, "onnx")
 

@@ -10,31 +10,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import edgeds
 from edgeds.artifact import load_artifact
 from edgeds.memory_budget import kv_bytes_per_token
 from export import export_checkpoint
 from export.errors import ExportError
-from test_export_parity import _generate_ids, backend_for, reference_logits
+from test_export_parity import assert_batch_matches_alone, backend_for, errors_against_reference
 from tiny_models import load_reference
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])
 def test_int8_cache_logits_follow_transformers(kind, checkpoints, artifacts):
-    model = load_reference(checkpoints(kind))
-    prompt = np.random.default_rng(1).integers(2, 320, 16).astype(np.int64)
-    ref_prefill, ref_decode, tokens = reference_logits(model, prompt, 16)
     backend = backend_for(artifacts(kind, "fp32", "int8"), "onnx")
-    backend.start(1, 64)
+    errors, agree = errors_against_reference(load_reference(checkpoints(kind)), backend, 16)
     assert backend.keys[0].dtype == np.int8 and backend.values[0].dtype == np.int8
-    prefill = backend.prefill([0], [prompt], every_position=True)[0]
-    scale = np.abs(ref_prefill).max()
-    errors = [np.abs(prefill - ref_prefill).max() / scale]
-    agree = []
-    for step, expected in enumerate(ref_decode):
-        got = backend.decode(np.array([tokens[step]]))[0]
-        errors.append(np.abs(got - expected).max() / scale)
-        agree.append(int(got.argmax()) == tokens[step + 1])
     # Measured: 4.4% (qwen2) and 1.1% (llama) at most; greedy 16/16 and 15/16.
     assert max(errors) < 0.08
     assert np.mean(agree) >= 0.85
@@ -72,12 +60,7 @@ def test_int8_cache_holds_the_float_cache_to_half_a_step(artifacts):
 
 def test_int8_cache_batch_matches_alone_and_quarters_the_memory(artifacts):
     path = artifacts("llama", "int8", "int8")
-    engine = edgeds.load(path, backend="onnxruntime")
-    rng = np.random.default_rng(3)
-    prompts = [rng.integers(2, 320, n).astype(np.int64) for n in (5, 17, 30)]
-    together = _generate_ids(engine, prompts, 12)
-    for i, p in enumerate(prompts):
-        assert _generate_ids(engine, [p], 12)[0] == together[i]
+    assert_batch_matches_alone(path)
     art = load_artifact(path)
     floats = load_artifact(artifacts("llama", "int8")).manifest
     assert kv_bytes_per_token(art.manifest, "onnx") * 4 == kv_bytes_per_token(floats, "onnx")
