@@ -122,7 +122,7 @@ class Engine:
     def describe(self) -> dict:
         return {"profile": self.profile.name, "backend": self.choice.backend,
                 "providers": self.choice.providers, "threads": self.choice.threads,
-                "reasons": self.reasons}
+                "reasons": self.reasons, "advice": self.choice.advice}
 
 
 def load(artifact: str | Path, profile: str | None = None, backend: str | None = None,

@@ -21,6 +21,9 @@ class Choice:
     providers: list[str]
     threads: int
     reasons: list[str] = field(default_factory=list)
+    # What would run better here (another export, usually): also among the reasons, and told
+    # at the start of a job, where a reason list is not read.
+    advice: list[str] = field(default_factory=list)
 
     @property
     def artifact_format(self) -> str:
@@ -89,6 +92,7 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
                    backend: str | None = None, device: str | None = None,
                    threads: int | None = None) -> Choice:
     reasons: list[str] = []
+    advice: list[str] = []
     installed = installed_backends()
     order = [backend] if backend else list(profile.runtime.backends)
     if backend and backend not in FORMAT_OF:
@@ -113,7 +117,7 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
                 raise ConfigError(f"this artifact cannot run on {device}: {why}; export it with "
                                   f"{GPU_EXPORT} for a GPU")
             wanted = ["CPUExecutionProvider"]
-            reasons.append(f"GPU providers skipped: {why} (export {GPU_EXPORT} for the GPU)")
+            advice.append(f"GPU providers skipped: {why} (export {GPU_EXPORT} for the GPU)")
         usable = [p for p in wanted if p in available]
         missing = [p for p in wanted if p not in available]
         if missing and (not profile.runtime.allow_fallback or not usable):
@@ -125,9 +129,10 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
         if missing:
             reasons.append(f"providers {', '.join(missing)} not available: falling back")
         if usable[0] != "CPUExecutionProvider" and (why := attention_on_host(artifact)):
-            reasons.append(why)
+            advice.append(why)
         elif usable[0] == "CPUExecutionProvider" and (hint := float16_cache_hint(hw, artifact)):
-            reasons.append(hint)
+            advice.append(hint)
+        reasons += advice
         reasons.append(f"backend onnxruntime: providers {', '.join(usable)}, {n_threads} threads")
-        return Choice("onnxruntime", usable, n_threads, reasons)
+        return Choice("onnxruntime", usable, n_threads, reasons, advice)
     raise ConfigError("no usable backend: " + "; ".join(reasons))

@@ -201,3 +201,24 @@ def test_a_cpu_with_float16_arithmetic_is_told_of_the_float16_cache(tmp_path, ar
     assert "avx512_fp16" in sapphire.isa
     assert hinted(sapphire, floats)
     assert not hinted(sapphire, half) and not hinted(zen4, floats)
+
+
+def test_a_job_starts_by_telling_what_would_run_better(tmp_path, artifacts, monkeypatch):
+    """The advice goes to stderr at the start of `edgeds infer`, where no one reads doctor's reasons."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import edgeds.engine
+    from edgeds.cli.main import app
+
+    sapphire = detect(fake_root(tmp_path / "spr", x86(16, "avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_tile amx_int8 amx_bf16")))
+    monkeypatch.setattr(edgeds.engine, "detect", lambda: sapphire)
+    (tmp_path / "in.jsonl").write_text(json.dumps({"id": "a", "prompt": "hi", "max_new_tokens": 2}) + "\n")
+    args = ["-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "--overwrite"]
+    told = CliRunner().invoke(app, ["infer", str(artifacts("qwen2", "int8")), *args])
+    assert told.exit_code == 0, told.output
+    assert "edgeds: note: this CPU has AVX512-FP16" in told.output
+    quiet = CliRunner().invoke(app, ["infer", str(artifacts("qwen2", "int8-wo", "float16")), *args])
+    assert quiet.exit_code == 0, quiet.output
+    assert "edgeds: note:" not in quiet.output

@@ -70,6 +70,8 @@ def command(
     batch = engine.batch_for(batch_size or None)
     typer.echo(f"edgeds: profile {d['profile']}, backend {d['backend']} ({', '.join(d['providers'])}), "
                f"{d['threads']} threads, batch {batch}", err=True)
+    for line in d["advice"]:
+        typer.echo(f"edgeds: note: {line}", err=True)
     if batch_size and batch < batch_size:
         typer.echo(f"edgeds: --batch-size {batch_size} lowered to {batch}: {engine.cap_reason()}", err=True)
     defaults = SamplingParams(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed,
