@@ -21,6 +21,8 @@
 # Peak RSS is the runner's own (VmHWM): a checkpoint written by compare.py no longer inflates it.
 # Runtimes taking turns, medians and ranges (a 10-minute call holds two or three rounds of the pair):
 #   there:  bash benchmarks/amx_device.sh edgeds,openvino-genai --batches 64 --rounds 2
+# edgeds exports with several KV caches, each a row, all in the same turns:
+#   there:  bash benchmarks/amx_device.sh edgeds,openvino-genai --batches 64 --rounds 3 --kv-cache float32,float16
 # AMX refused, to see what it is worth: gcc -O2 -o /tmp/without_amx benchmarks/without_amx.c,
 #   then prefix a python3 command with /tmp/without_amx (xeon-amx-16t.md, session 5).
 set -eo pipefail

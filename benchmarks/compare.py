@@ -46,8 +46,14 @@ def read_bandwidth_gb_s(threads: int, size_mb: int = 1024) -> float:
     return best
 
 
+def variant_tag(weights: str, kv_cache: str) -> str:
+    """What names an edgeds export other than the default: "-int8-wo", "-kv-float16", ..."""
+    return ("" if weights == "int8" else f"-{weights}") + ("" if kv_cache == "float32" else f"-kv-{kv_cache}")
+
+
 def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], weights: str = "int8",
-            kv_cache: str = "float32") -> dict[str, str]:
+            kv_caches: tuple[str, ...] = ("float32",)) -> dict[str, str]:
+    """Source checkpoint and every runtime's model; edgeds exports under "edgeds" + their tag."""
     from random_checkpoint import write_checkpoint
 
     src = Path(shape) if Path(shape).is_dir() else work / f"{shape}-src"
@@ -55,15 +61,16 @@ def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], w
     if not (src / "config.json").exists():
         write_checkpoint(CONFIGS / f"{shape}.json", src, CONFIGS.parent / "deepseek-v3-tokenizer")
     paths = {"transformers-fp32": str(src)}
-    edg = work / f"{shape}-edgeds-{weights}{'' if kv_cache == 'float32' else '-kv-' + kv_cache}"
-    if not (edg / "edgeds.json").exists():
-        from importlib.util import find_spec
+    for kv_cache in kv_caches:
+        edg = work / f"{shape}-edgeds-{weights}{'' if kv_cache == 'float32' else '-kv-' + kv_cache}"
+        if not (edg / "edgeds.json").exists():
+            from importlib.util import find_spec
 
-        formats = "onnx,openvino" if find_spec("openvino") else "onnx"
-        subprocess.run([sys.executable, "-m", "edgeds.cli", "export", str(src), "-o", str(edg), "--format", formats, "--weights", weights,
-                        "--kv-cache", kv_cache, "--context", "2048", "--overwrite"], check=True)
-    for name in ("edgeds", "edgeds-onnxruntime", "edgeds-openvino"):
-        paths[name] = str(edg)
+            formats = "onnx,openvino" if find_spec("openvino") else "onnx"
+            subprocess.run([sys.executable, "-m", "edgeds.cli", "export", str(src), "-o", str(edg), "--format", formats,
+                            "--weights", weights, "--kv-cache", kv_cache, "--context", "2048", "--overwrite"], check=True)
+        for name in ("edgeds", "edgeds-onnxruntime", "edgeds-openvino"):
+            paths[name + variant_tag(weights, kv_cache)] = str(edg)
     py = peer_python or sys.executable
     ov = work / f"{shape}-optimum-ov-int8"
     if "openvino-genai" in peers and not (ov / "openvino_model.xml").exists():
@@ -198,7 +205,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=64)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--weights", default="int8", help="edgeds export weights (int8, int8-wo, int4)")
-    ap.add_argument("--kv-cache", default="float32", help="edgeds export KV cache type (float32, int8)")
+    ap.add_argument("--kv-cache", default="float32",
+                    help="edgeds export KV cache types, comma-separated (float32, float16, int8): each is a row, in turns")
     ap.add_argument("--machine", default=None)
     ap.add_argument("--work", default="/tmp/edgeds-compare")
     ap.add_argument("--reuse", default="", help="peers whose results from an earlier run (in --work) to reuse")
@@ -211,9 +219,11 @@ def main() -> None:
     peers = [p for p in args.peers.split(",") if p and p != "none"]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    paths = prepare(args.shape, work, args.peer_python, peers, args.weights, args.kv_cache)
-    # edgeds rows of another export get their own name
-    tag = ("" if args.weights == "int8" else f"-{args.weights}") + ("" if args.kv_cache == "float32" else f"-kv-{args.kv_cache}")
+    kv_caches = tuple(args.kv_cache.split(","))
+    paths = prepare(args.shape, work, args.peer_python, peers, args.weights, kv_caches)
+    # Each edgeds export is a row of its own, named by its tag ("edgeds-kv-float16").
+    rows = [(name + variant_tag(args.weights, kv), name) if name.startswith("edgeds") else (name, name)
+            for name in peers for kv in (kv_caches if name.startswith("edgeds") else ("",))]  # (row, runner)
     if args.prepare_only:
         return
     vocab = min(100_000, json.loads((Path(paths['transformers-fp32']) / 'config.json').read_text())['vocab_size'])
@@ -225,16 +235,16 @@ def main() -> None:
         results[-1]["runtime"] += f" ({args.reuse_label})" if args.reuse_label else ""
     runs: dict[str, list[dict]] = {}
     for round_ in range(args.rounds):  # taking turns, so that a slow spell of the machine hits every runtime
-        for name in peers:
-            python = sys.executable if name.startswith("edgeds") else (args.peer_python or sys.executable)
+        for name, runner in rows:
+            ours = runner.startswith("edgeds")
+            python = sys.executable if ours else (args.peer_python or sys.executable)
             if not Path(paths[name]).exists():
                 print(f"{name}: no model at {paths[name]}; skipped", flush=True)
                 continue
-            ours = name.startswith("edgeds")
-            out = work / f"{name}{tag if ours else ''}.json"
-            res = run_peer(name, paths[name], python, args.threads, vocab, batches, args.jobs, args.quick, out)
-            if res and ours and tag:
-                res["runtime"] += tag
+            out = work / f"{name}.json"
+            res = run_peer(runner, paths[name], python, args.threads, vocab, batches, args.jobs, args.quick, out)
+            if res and ours:
+                res["runtime"] = name
             if res:
                 runs.setdefault(name, []).append(res)
                 if args.rounds > 1:
@@ -247,7 +257,7 @@ def main() -> None:
     machine = args.machine or f"{platform.machine()}-{args.threads}t"
     from edgeds.memory_budget import decode_read_bytes
 
-    manifest = json.loads((Path(paths["edgeds"]) / "edgeds.json").read_text())
+    manifest = json.loads((Path(paths["edgeds" + variant_tag(args.weights, kv_caches[0])]) / "edgeds.json").read_text())
     weights_gb = decode_read_bytes(manifest, "onnx") / 1e9  # the 1.5B shape is dense
     note = (f"`python benchmarks/compare.py {' '.join(sys.argv[1:])}`; shape {args.shape}, random weights; "
             f"TTFT on a 128-token prompt; decode over {16 if args.quick else 64} tokens; offline job of {args.jobs} prompts "
