@@ -81,7 +81,8 @@ def attention_on_host(artifact: Artifact | None) -> str | None:
     """Why a GPU provider would leave the attention of an artifact's ONNX graph to the CPU.
 
     GroupQueryAttention's GPU kernels take float16 only: in a float32-cache graph it runs on
-    the CPU provider with copies to and from the device in every layer (session 5, H200)."""
+    the CPU provider with copies to and from the device in every layer
+    (benchmarks/results/cuda-h200.md)."""
     if _dense_float32_cache(artifact):
         return ("attention stays on the CPU beside the GPU (its GPU kernels take float16): "
                 f"export {GPU_EXPORT} for the GPU")

@@ -300,6 +300,7 @@ def write_onnx(spec: DecoderSpec, tensors: ModelTensors, folder: Path, data_file
     """`kv_cache="int8"`: the float32-cache graph is written first and run over calibration text
     (export/kv_calibration.py), then replaced by the int8-cache graph with those scales.
     `kv_cache="float16"`: attention and its cache in float16 (see `_attention`)."""
+    # An int8 cache is calibrated on the float32-cache graph, built first.
     model = build_graph(spec, tensors, data_file, kv_cache="float16" if kv_cache == "float16" else "float32")
     kv_note = {}
     if kv_cache == "int8":
