@@ -43,19 +43,27 @@ GPU_EXPORT = "--weights int8-wo (or int4) --kv-cache float16"
 
 
 def cpu_only(artifact: Artifact | None) -> str | None:
-    """Why an artifact's ONNX graph runs on ONNX Runtime's CPU provider only, if it does.
+    """Why an artifact's ONNX graph runs on ONNX Runtime's CPU provider only, if it does, and
+    which export would run on the GPU.
 
     The int8 export quantizes activations per row at run time (QuantizeLinear with a scale per
     row) and the int8 KV cache needs GroupQueryAttention's quantized cache: the CUDA provider
     fails the first ("Unsupported quantization type", ONNX Runtime 1.31 on an H200) and
-    TensorRT takes neither. int8-wo, int4 and float exports run their matmuls on the GPU."""
+    TensorRT takes neither. An MLA graph's float16 attention has 576-wide heads, which the CUDA
+    kernel refuses at run time ("exceeds maximum supported MAX_HEAD_SIZE (512)", same H200),
+    while its float16 kernel is the one ONNX Runtime places there. int8-wo, int4 and float
+    exports run their matmuls on the GPU."""
     if artifact is None or "onnx" not in artifact.formats:
         return None
     graph = artifact.graph("onnx")
+    for_gpu = f"export {GPU_EXPORT} for the GPU"
     if graph.get("ops", {}).get("linear", "").startswith("com.microsoft.MatMulIntegerToFloat"):
-        return "its int8 matmuls quantize activations per row, which only the CPU provider runs"
+        return f"its int8 matmuls quantize activations per row, which only the CPU provider runs ({for_gpu})"
     if kv_cache_dtype(graph) == "int8":
-        return "its int8 KV cache runs on the CPU provider only"
+        return f"its int8 KV cache runs on the CPU provider only ({for_gpu})"
+    if graph.get("kv_cache", {}).get("kind") == "mla_latent" and kv_cache_dtype(graph) == "float16":
+        return ("its float16 MLA attention has 576-wide heads, more than GPU attention takes (512) "
+                "(export MLA models with --weights int8-wo --kv-cache float32 for the GPU)")
     return None
 
 
@@ -115,10 +123,9 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
         wanted = [device] if device else list(profile.onnxruntime.providers)
         if (why := cpu_only(artifact)) and wanted != ["CPUExecutionProvider"]:
             if device:
-                raise ConfigError(f"this artifact cannot run on {device}: {why}; export it with "
-                                  f"{GPU_EXPORT} for a GPU")
+                raise ConfigError(f"this artifact cannot run on {device}: {why}")
             wanted = ["CPUExecutionProvider"]
-            advice.append(f"GPU providers skipped: {why} (export {GPU_EXPORT} for the GPU)")
+            advice.append(f"GPU providers skipped: {why}")
         usable = [p for p in wanted if p in available]
         missing = [p for p in wanted if p not in available]
         if missing and (not profile.runtime.allow_fallback or not usable):
