@@ -94,7 +94,7 @@ def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx"
     with tempfile.TemporaryDirectory() as tmp:
         mla = "kv_lora_rank" in json.loads((checkpoint / "config.json").read_text())
         for w, kv in ((w, kv) for kv in kv_caches for w in weights):
-            if kv == "int8" and mla:  # the MLA latent cache is float32 or float16
+            if kv != "float32" and mla:
                 continue
             art = Path(tmp) / f"{w}-{kv}"
             fmts = formats if kv == "float32" else ("onnx",)

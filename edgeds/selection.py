@@ -49,10 +49,7 @@ def cpu_only(artifact: Artifact | None) -> str | None:
     The int8 export quantizes activations per row at run time (QuantizeLinear with a scale per
     row) and the int8 KV cache needs GroupQueryAttention's quantized cache: the CUDA provider
     fails the first ("Unsupported quantization type", ONNX Runtime 1.31 on an H200) and
-    TensorRT takes neither. An MLA graph's float16 attention has 576-wide heads, which the CUDA
-    kernel refuses at run time ("exceeds maximum supported MAX_HEAD_SIZE (512)", same H200),
-    while its float16 kernel is the one ONNX Runtime places there. int8-wo, int4 and float
-    exports run their matmuls on the GPU."""
+    TensorRT takes neither. int8-wo, int4 and float exports run their matmuls on the GPU."""
     if artifact is None or "onnx" not in artifact.formats:
         return None
     graph = artifact.graph("onnx")
@@ -61,15 +58,12 @@ def cpu_only(artifact: Artifact | None) -> str | None:
         return f"its int8 matmuls quantize activations per row, which only the CPU provider runs ({for_gpu})"
     if kv_cache_dtype(graph) == "int8":
         return f"its int8 KV cache runs on the CPU provider only ({for_gpu})"
-    if graph.get("kv_cache", {}).get("kind") == "mla_latent" and kv_cache_dtype(graph) == "float16":
-        return ("its float16 MLA attention has 576-wide heads, more than GPU attention takes (512) "
-                "(export MLA models with --weights int8-wo --kv-cache float32 for the GPU)")
     return None
 
 
 def _dense_float32_cache(artifact: Artifact | None) -> bool:
-    """An ONNX graph with per-head GroupQueryAttention over a float32 cache. MLA graphs are left
-    out: a float16 latent cache was measured neither on a GPU nor for speed on a CPU."""
+    """An ONNX graph with per-head GroupQueryAttention over a float32 cache (MLA graphs keep
+    their latent cache in float32: see export/api.py)."""
     if artifact is None or "onnx" not in artifact.formats:
         return False
     graph = artifact.graph("onnx")

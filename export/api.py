@@ -37,8 +37,8 @@ def export_checkpoint(
     """Export `src` to the artifact folder `out`; returns the manifest written.
 
     `kv_cache`: the ONNX graph's cache type; "int8" quarters the cache's memory and the bytes a
-    decode step's attention reads (dense models), "float16" halves them and puts attention where
-    GPU providers run it (dense models and MLA's latent; the OpenVINO plugin chooses its own)."""
+    decode step's attention reads, "float16" halves them and puts attention where GPU providers
+    run it (dense models; the OpenVINO plugin chooses its own)."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ExportError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
@@ -54,9 +54,11 @@ def export_checkpoint(
     spec = family_for(ckpt.config).decoder_spec(ckpt)
     scheme = SCHEMES[weights]
     context = int(context or min(spec.max_position_embeddings, DEFAULT_CONTEXT))
-    if kv_cache == "int8" and isinstance(spec, MlaSpec):
+    if kv_cache != "float32" and isinstance(spec, MlaSpec):
+        # float16 was tried: 2.5-3.3x slower decode at 8k context on a 2-core EPYC, and CUDA's
+        # attention refuses the latent's 576-wide heads (benchmarks/results/cuda-h200.md).
         raise ExportError(f"--kv-cache {kv_cache} is for GroupQueryAttention (dense) models; the MLA latent "
-                          "cache of this checkpoint can be float32 or float16")
+                          "cache of this checkpoint stays float32")
     out = Path(out).expanduser()
 
     with staging_folder(out, overwrite) as tmp:
@@ -77,7 +79,7 @@ def export_checkpoint(
             if mla:
                 from .onnx_mla_writer import write_onnx_mla
 
-                graphs["onnx"] = write_onnx_mla(spec, tensors, tmp, weight_file.path.name, kv_cache=kv_cache)
+                graphs["onnx"] = write_onnx_mla(spec, tensors, tmp, weight_file.path.name)
             else:
                 from .onnx_writer import write_onnx
 

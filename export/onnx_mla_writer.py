@@ -4,8 +4,7 @@
   one buffer per layer. Attention is absorbed: W_UK is folded into the query, so the cached
   latent serves as key and value of a one-KV-head GroupQueryAttention (the same buffer bound
   to past/present key and value, written in place), and W_UV turns the attended latent into
-  per-head values. No step re-expands the cache into per-head K/V. With `--kv-cache float16`
-  the latent is kept in float16 and attention runs in float16 between Casts.
+  per-head values. No step re-expands the cache into per-head K/V.
 - Routing is computed exactly as the reference (softmax greedy, group-limited, or sigmoid with
   the correction bias and groups), and each routed expert runs only on the tokens routed to it:
   an expert nobody chose gets zero rows, so its weights are never read.
@@ -19,13 +18,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .onnx_writer import DTYPES, MS, OPSET, _embedding, _Graph, _linear, linear_op
+from .onnx_writer import MS, OPSET, _embedding, _Graph, _linear, linear_op
 from .spec import MlaSpec
 from .tensors import Linear
 from .tensors_mla import MlaLayer, MlaTensors, Moe, PerHead
 
 F = TensorProto.FLOAT
-DTYPE_BYTES = {"float32": 4, "float16": 2}
 
 
 def io_names(n: int) -> dict:
@@ -38,12 +36,10 @@ def io_names(n: int) -> dict:
 
 
 class _Mla:
-    def __init__(self, g: _Graph, spec: MlaSpec, sparse_experts: bool = True, latent_cache: bool = True,
-                 half: bool = False):
+    def __init__(self, g: _Graph, spec: MlaSpec, sparse_experts: bool = True, latent_cache: bool = True):
         self.g, self.s = g, spec
         self.sparse_experts = sparse_experts
         self.latent_cache = latent_cache
-        self.half = half  # a float16 latent cache: attention in float16 between Casts
         self.shape_cache: dict[tuple, str] = {}
 
     def shape(self, dims) -> str:
@@ -93,9 +89,6 @@ class _Mla:
         c, k_rope = g.node("Split", [kv, g.const(f"{p}/kv/split", [lat, dr])], f"{p}/kv/Split", outputs=2, axis=-1)
         c = self.norm(c, layer.kv_a_norm, f"{p}/kv_a_layernorm")
         key = g.node("Concat", [c, self.rope(k_rope, cos_k, sin_k, f"{p}/k_rope")], f"{p}/key/Concat", axis=-1)
-        if self.half:
-            query = g.node("Cast", [query], f"{p}/query/Cast", to=TensorProto.FLOAT16)
-            key = g.node("Cast", [key], f"{p}/key/Cast", to=TensorProto.FLOAT16)
         attn, _, _ = g.node(
             "GroupQueryAttention",
             [query, key, key, f"past_latent.{i}", f"past_latent.{i}", "seqlens_k", "total_sequence_length"],
@@ -103,8 +96,6 @@ class _Mla:
             num_heads=heads, kv_num_heads=1, scale=float(s.softmax_scale), do_rotary=0,
         )
         g.nodes[-1].output[1:] = [f"present_latent.{i}", f"present_latent_alias.{i}"]
-        if self.half:
-            attn = g.node("Cast", [attn], f"{p}/output/Cast", to=TensorProto.FLOAT)
         # Keep the latent part of each head's output, then W_UV: (H, B*S, L) @ (H, L, v).
         out = g.node("Reshape", [attn, self.shape([0, 0, heads, lat + dr])], f"{p}/out/Reshape")
         out = g.node("Slice", [out, g.const(f"{p}/out/start", [0]), g.const(f"{p}/out/end", [lat]),
@@ -258,9 +249,9 @@ class _Mla:
 
 
 def build_graph(spec: MlaSpec, t: MlaTensors, data_file: str, sparse_experts: bool = True,
-                latent_cache: bool = True, kv_cache: str = "float32") -> onnx.ModelProto:
+                latent_cache: bool = True) -> onnx.ModelProto:
     g = _Graph(data_file)
-    m = _Mla(g, spec, sparse_experts, latent_cache, half=kv_cache == "float16")
+    m = _Mla(g, spec, sparse_experts, latent_cache)
     x = _embedding(g, "input_ids", t.embed)
     cos_rows = g.node("Gather", [g.external("rope.cos", t.cos), "position_ids"], "/model/rope/cos")
     sin_rows = g.node("Gather", [g.external("rope.sin", t.sin), "position_ids"], "/model/rope/sin")
@@ -293,10 +284,9 @@ def build_graph(spec: MlaSpec, t: MlaTensors, data_file: str, sparse_experts: bo
     ]
     outputs = [helper.make_tensor_value_info("logits", F, ["batch", "positions", spec.vocab_size])]
     if latent_cache:
-        c = DTYPES[kv_cache]
-        inputs += [helper.make_tensor_value_info(f"past_latent.{i}", c, cache) for i in range(spec.num_layers)]
-        outputs += [helper.make_tensor_value_info(f"present_latent.{i}", c, cache) for i in range(spec.num_layers)]
-        outputs += [helper.make_tensor_value_info(f"present_latent_alias.{i}", c, cache) for i in range(spec.num_layers)]
+        inputs += [helper.make_tensor_value_info(f"past_latent.{i}", F, cache) for i in range(spec.num_layers)]
+        outputs += [helper.make_tensor_value_info(f"present_latent.{i}", F, cache) for i in range(spec.num_layers)]
+        outputs += [helper.make_tensor_value_info(f"present_latent_alias.{i}", F, cache) for i in range(spec.num_layers)]
     else:
         for kind in ("key", "value"):
             inputs += [helper.make_tensor_value_info(f"past_{kind}.{i}", F, per_head) for i in range(spec.num_layers)]
@@ -307,11 +297,9 @@ def build_graph(spec: MlaSpec, t: MlaTensors, data_file: str, sparse_experts: bo
 
 
 def write_onnx_mla(spec: MlaSpec, tensors: MlaTensors, folder: Path, data_file: str,
-                   sparse_experts: bool = True, latent_cache: bool = True, kv_cache: str = "float32") -> dict:
-    """sparse_experts=False and latent_cache=False build the baselines benchmarks compare against.
-    `kv_cache`: the latent cache's type, float32 or float16 (attention in float16 between Casts)."""
-    onnx.save_model(build_graph(spec, tensors, data_file, sparse_experts, latent_cache, kv_cache),
-                    str(folder / "model.onnx"))
+                   sparse_experts: bool = True, latent_cache: bool = True) -> dict:
+    """sparse_experts=False and latent_cache=False build the baselines benchmarks compare against."""
+    onnx.save_model(build_graph(spec, tensors, data_file, sparse_experts, latent_cache), str(folder / "model.onnx"))
     names = io_names(spec.num_layers)
     if not latent_cache:
         heads, dim = spec.num_heads, spec.qk_nope_head_dim + spec.qk_rope_head_dim
@@ -325,9 +313,9 @@ def write_onnx_mla(spec: MlaSpec, tensors: MlaTensors, folder: Path, data_file: 
         "kv_cache": {
             "kind": "mla_latent",
             "layout": "batch, 1, capacity, kv_lora_rank + qk_rope_head_dim",
-            "dtype": kv_cache,
+            "dtype": "float32",
             "values_per_token_per_layer": spec.latent_dim,
-            "bytes_per_token": spec.num_layers * spec.latent_dim * DTYPE_BYTES[kv_cache],
+            "bytes_per_token": spec.num_layers * spec.latent_dim * 4,
             "past": "past_latent.{i}",
             "present": "present_latent.{i} and present_latent_alias.{i} (bind both to the past buffer)",
             "lengths": "seqlens_k = total length - 1 per sequence; position_ids per token; right-padded prefill",

@@ -223,21 +223,3 @@ def test_a_job_starts_by_telling_what_would_run_better(tmp_path, artifacts, monk
     assert quiet.exit_code == 0, quiet.output
     assert "edgeds: note:" not in quiet.output
 
-
-def test_float16_mla_artifact_runs_on_the_cpu_provider_of_a_jetson(tmp_path, monkeypatch, artifacts):
-    """CUDA's GroupQueryAttention refuses MLA's 576-wide heads at run time (seen on an H200), so
-    a float16-latent MLA graph must not be given to a GPU; its float32 export may be."""
-    import edgeds.selection as sel
-    from edgeds.artifact import load_artifact
-
-    hw = detect(fake_root(tmp_path, arm(8), tegra=True, dt_model="NVIDIA Jetson Orin NX"))
-    profile, _ = choose_profile(hw, load_profiles())
-    monkeypatch.setattr(sel, "ort_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    half = load_artifact(artifacts("deepseek_v3", "int8-wo", "float16"))
-    choice = choose_backend(profile, hw, half, backend="onnxruntime")
-    assert choice.providers == ["CPUExecutionProvider"]
-    assert any("576-wide heads" in r and "--kv-cache float32" in r for r in choice.advice)
-    with pytest.raises(ConfigError, match="cannot run on CUDAExecutionProvider: its float16 MLA attention"):
-        choose_backend(profile, hw, half, backend="onnxruntime", device="CUDAExecutionProvider")
-    floats = load_artifact(artifacts("deepseek_v3", "int8-wo"))
-    assert choose_backend(profile, hw, floats, backend="onnxruntime").providers[0] == "CUDAExecutionProvider"

@@ -14,6 +14,8 @@ import pytest
 from edgeds.artifact import load_artifact
 from edgeds.backends.onnxruntime import OnnxRuntimeBackend
 from edgeds.memory_budget import kv_bytes_per_token
+from export import export_checkpoint
+from export.errors import ExportError
 from test_export_parity import assert_batch_matches_alone, backend_for, errors_against_reference
 from tiny_models import load_reference
 
@@ -83,19 +85,12 @@ def test_cache_on_device_is_refused_for_int8_cache_graphs(artifacts):
         OnnxRuntimeBackend(art, ["CPUExecutionProvider"], cache_on_device=True)
 
 
-@pytest.mark.parametrize("kind", ["deepseek_v2", "deepseek_v3"])
-def test_float16_latent_cache_follows_transformers_in_half_the_memory(kind, checkpoints, artifacts):
-    """MLA: the latent cache in float16, attention in float16 between Casts."""
-    path = artifacts(kind, "fp32", "float16")
-    backend = backend_for(path, "onnx")
-    errors, agree = errors_against_reference(load_reference(checkpoints(kind)), backend, 16)
-    assert backend.keys[0].dtype == np.float16 and backend.latent
-    assert max(errors) < 5e-3 and min(errors) > 0
-    assert all(agree)
-    floats = load_artifact(artifacts(kind, "fp32")).manifest
-    assert kv_bytes_per_token(load_artifact(path).manifest, "onnx") * 2 == kv_bytes_per_token(floats, "onnx")
-    assert load_artifact(path).graph("onnx")["kv_cache"]["bytes_per_token"] * 2 == \
-        floats["graphs"]["onnx"]["kv_cache"]["bytes_per_token"]
+def test_float16_cache_is_refused_for_mla(checkpoints, tmp_path):
+    """MLA's latent stays float32: float16 decoded 2.5-3.3x slower at 8k context on the 2-core
+    EPYC, and CUDA's attention refuses its 576-wide heads (benchmarks/results/cuda-h200.md)."""
+    with pytest.raises(ExportError, match="MLA"):
+        export_checkpoint(checkpoints("deepseek_v3"), tmp_path / "a", formats=("onnx",), kv_cache="float16")
+    assert not (tmp_path / "a").exists()
 
 
 def test_cache_goes_to_device_memory_only_where_attention_runs(artifacts, monkeypatch):

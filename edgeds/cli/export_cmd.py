@@ -16,7 +16,7 @@ def command(
     context: Annotated[int, typer.Option(help="Longest sequence the artifact supports (default: min(model, 8192)).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     verify: Annotated[bool, typer.Option(help="Check logits and greedy tokens against transformers; fail the export if they differ.")] = False,
-    kv_cache: Annotated[str, typer.Option(help="float32 | float16 | int8 (ONNX). int8 (dense models): a quarter of the cache memory, faster attention at large batches; float16 (also MLA's latent): half, and attention on GPU providers (Jetson).")] = "float32",
+    kv_cache: Annotated[str, typer.Option(help="float32 | float16 | int8 (ONNX, dense models). int8: a quarter of the cache memory, faster attention at large batches; float16: half, and attention on GPU providers (Jetson).")] = "float32",
 ):
     """Export a DeepSeek checkpoint to an edgeds artifact (ONNX and/or OpenVINO IR).
 
