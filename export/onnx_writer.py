@@ -221,7 +221,7 @@ def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str, kv_scales: K
     eps = spec.rms_norm_eps
     cache_shape = ["batch", spec.num_kv_heads, "cache_capacity", spec.head_dim]
     cache_type = TensorProto.INT8 if kv_scales else DTYPES[kv_cache]
-    half = not kv_scales and kv_cache == "float16"
+    half = kv_cache == "float16"
 
     x = _embedding(g, "input_ids", t.embed)
     cos, sin = g.external("rope.cos", t.cos), g.external("rope.sin", t.sin)
@@ -301,7 +301,7 @@ def write_onnx(spec: DecoderSpec, tensors: ModelTensors, folder: Path, data_file
     (export/kv_calibration.py), then replaced by the int8-cache graph with those scales.
     `kv_cache="float16"`: attention and its cache in float16 (see `_attention`)."""
     # An int8 cache is calibrated on the float32-cache graph, built first.
-    model = build_graph(spec, tensors, data_file, kv_cache="float16" if kv_cache == "float16" else "float32")
+    model = build_graph(spec, tensors, data_file, kv_cache="float32" if kv_cache == "int8" else kv_cache)
     kv_note = {}
     if kv_cache == "int8":
         from .kv_calibration import CALIBRATION_TOKENS, MARGIN, calibration_ids, kv_scales
