@@ -42,6 +42,11 @@ def ort_providers() -> list[str]:
 GPU_EXPORT = "--weights int8-wo (or int4) --kv-cache float16"
 
 
+def _onnx_graph(artifact: Artifact | None) -> dict | None:
+    """The manifest's entry for the artifact's ONNX graph, if it has one."""
+    return artifact.graph("onnx") if artifact is not None and "onnx" in artifact.formats else None
+
+
 def cpu_only(artifact: Artifact | None) -> str | None:
     """Why an artifact's ONNX graph runs on ONNX Runtime's CPU provider only, if it does, and
     which export would run on the GPU.
@@ -50,9 +55,8 @@ def cpu_only(artifact: Artifact | None) -> str | None:
     row) and the int8 KV cache needs GroupQueryAttention's quantized cache: the CUDA provider
     fails the first ("Unsupported quantization type", ONNX Runtime 1.31 on an H200) and
     TensorRT takes neither. int8-wo, int4 and float exports run their matmuls on the GPU."""
-    if artifact is None or "onnx" not in artifact.formats:
+    if (graph := _onnx_graph(artifact)) is None:
         return None
-    graph = artifact.graph("onnx")
     for_gpu = f"export {GPU_EXPORT} for the GPU"
     if graph.get("ops", {}).get("linear", "").startswith("com.microsoft.MatMulIntegerToFloat"):
         return f"its int8 matmuls quantize activations per row, which only the CPU provider runs ({for_gpu})"
@@ -64,9 +68,8 @@ def cpu_only(artifact: Artifact | None) -> str | None:
 def _dense_float32_cache(artifact: Artifact | None) -> bool:
     """An ONNX graph with per-head GroupQueryAttention over a float32 cache (MLA graphs keep
     their latent cache in float32: see export/api.py)."""
-    if artifact is None or "onnx" not in artifact.formats:
+    if (graph := _onnx_graph(artifact)) is None:
         return False
-    graph = artifact.graph("onnx")
     return graph.get("kv_cache", {}).get("kind") == "shared_buffer" and kv_cache_dtype(graph) == "float32"
 
 
