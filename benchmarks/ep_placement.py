@@ -42,7 +42,7 @@ def main() -> None:
     backend.start(1, 64)
     backend.prefill([0], [np.arange(10, 26, dtype=np.int64)])
     backend.decode(np.array([5], np.int64))
-    events = json.loads(Path(backend.session.end_profiling()).read_text())
+    events = [e for s in backend.sessions for e in json.loads(Path(s.end_profiling()).read_text())]
     placed: Counter = Counter()
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):

@@ -41,6 +41,7 @@ def main() -> None:
     artifact = load_artifact(args.artifact, verify=False)
     prefix = str(Path(tempfile.mkdtemp()) / "ort")
     backend = OnnxRuntimeBackend(artifact, ["CPUExecutionProvider"], args.threads, profile_prefix=prefix)
+    t_zero = min(s.get_profiling_start_time_ns() for s in backend.sessions)
     vocab = artifact.model["vocab_size"]
     rng = np.random.default_rng(0)
     phases: list[tuple[str, int, int]] = []  # (label, start, end) in ns of the wall clock
@@ -63,9 +64,13 @@ def main() -> None:
         tokens = np.full(batch, 5, np.int64)
         backend.decode(tokens)
         timed(f"decode b{batch} x{args.steps}", lambda: [backend.decode(tokens) for _ in range(args.steps)])
-    origin = backend.session.get_profiling_start_time_ns()  # event timestamps are us after this
-    events = json.loads(Path(backend.session.end_profiling()).read_text())
-    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    nodes = []  # every session's node events (an artifact's graph parts are a session each)
+    for session in backend.sessions:
+        origin = session.get_profiling_start_time_ns()  # its event timestamps are us after this
+        events = json.loads(Path(session.end_profiling()).read_text())
+        nodes += [{**e, "ts": e["ts"] + (origin - t_zero) / 1000} for e in events
+                  if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    origin = t_zero
     # An If's time holds its branch's nodes, which are listed too: it is counted by its own
     # share only ("If (own)"), so that attention inside a branch is not counted twice.
     ifs = sorted((e["ts"], e["ts"] + e["dur"]) for e in nodes if e["args"]["op_name"] == "If")

@@ -7,12 +7,17 @@ import time
 from pathlib import Path
 
 from .artifact_writer import (
-    check_free_space, copy_tokenizer, generation_defaults, library_versions, staging_folder,
+    check_free_space,
+    copy_tokenizer,
+    generation_defaults,
+    library_versions,
+    staging_folder,
     write_manifest,
 )
 from .checkpoint import Checkpoint
 from .errors import ExportError
 from .families import family_for
+from .graph_parts import write_parts
 from .quantize import SCHEMES
 from .spec import MlaSpec
 from .tensors import write_tensors
@@ -22,6 +27,9 @@ log = logging.getLogger("edgeds.export")
 FORMATS = ("onnx", "openvino")
 KV_CACHES = ("float32", "float16", "int8")
 DEFAULT_CONTEXT = 8192
+# ONNX graph parts the CPU runtime loads on parallel threads (export/graph_parts.py): load time
+# divides by min(parts, cores) and a decode step pays ~nothing for the hand-overs.
+DEFAULT_LOAD_PARTS = 4
 
 
 def export_checkpoint(
@@ -33,17 +41,23 @@ def export_checkpoint(
     overwrite: bool = False,
     verify: bool = False,
     kv_cache: str = "float32",
+    load_parts: int | None = None,
 ) -> dict:
     """Export `src` to the artifact folder `out`; returns the manifest written.
 
     `kv_cache`: the ONNX graph's cache type; "int8" quarters the cache's memory and the bytes a
     decode step's attention reads, "float16" halves them and puts attention where GPU providers
-    run it (dense models; the OpenVINO plugin chooses its own)."""
+    run it (dense models; the OpenVINO plugin chooses its own).
+    `load_parts`: also write the ONNX graph as that many consecutive parts (1: none; default
+    DEFAULT_LOAD_PARTS)."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ExportError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
     if weights not in SCHEMES:
         raise ExportError(f"unknown weights '{weights}'; choose from {', '.join(SCHEMES)}")
+    load_parts = DEFAULT_LOAD_PARTS if load_parts is None else load_parts
+    if load_parts < 1:
+        raise ExportError(f"--load-parts must be at least 1 (got {load_parts})")
     if kv_cache not in KV_CACHES:
         raise ExportError(f"unknown kv cache '{kv_cache}'; choose from {', '.join(KV_CACHES)}")
     if kv_cache != "float32" and "onnx" not in formats:
@@ -85,6 +99,9 @@ def export_checkpoint(
 
                 graphs["onnx"] = write_onnx(spec, tensors, tmp, weight_file.path.name, kv_cache,
                                             ckpt.root / "tokenizer.json")
+            parts = write_parts(tmp, graphs["onnx"]["file"], load_parts, spec.hidden_size)
+            if parts:
+                graphs["onnx"]["parts"] = parts
         if "openvino" in formats:
             if mla:
                 from .openvino_mla_writer import write_openvino_mla as write_openvino

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from .graph_parts import mark_boundaries
 from .onnx_writer import MS, OPSET, _embedding, _Graph, _linear, linear_op
 from .spec import MlaSpec
 from .tensors import Linear
@@ -259,7 +260,10 @@ def build_graph(spec: MlaSpec, t: MlaTensors, data_file: str, sparse_experts: bo
     sin_k = g.node("Concat", [sin_rows, sin_rows], "/model/rope/sin2", axis=-1)
     cos_q = g.node("Unsqueeze", [cos_k, g.const("/model/rope/ax", [2])], "/model/rope/cosq")  # (B, S, 1, dr)
     sin_q = g.node("Unsqueeze", [sin_k, g.const("/model/rope/ax2", [2])], "/model/rope/sinq")
+    boundaries = {}  # layer -> the residual stream entering it (export/graph_parts.py)
     for i, layer in enumerate(t.layers):
+        if i:
+            boundaries[i] = [x]
         h = m.norm(x, layer.input_norm, f"/model/layers.{i}/input_layernorm")
         x = g.node("Add", [x, m.attention(h, layer, i, cos_q, sin_q, cos_k, sin_k)], f"/model/layers.{i}/attn_residual")
         h = m.norm(x, layer.post_norm, f"/model/layers.{i}/post_attention_layernorm")
@@ -292,8 +296,8 @@ def build_graph(spec: MlaSpec, t: MlaTensors, data_file: str, sparse_experts: bo
             inputs += [helper.make_tensor_value_info(f"past_{kind}.{i}", F, per_head) for i in range(spec.num_layers)]
             outputs += [helper.make_tensor_value_info(f"present_{kind}.{i}", F, per_head) for i in range(spec.num_layers)]
     graph = helper.make_graph(g.nodes, "edgeds_mla_decoder", inputs, outputs, initializer=g.initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
-                             producer_name="edgeds", ir_version=10)
+    return mark_boundaries(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
+                                             producer_name="edgeds", ir_version=10), boundaries)
 
 
 def write_onnx_mla(spec: MlaSpec, tensors: MlaTensors, folder: Path, data_file: str,

@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from .graph_parts import mark_boundaries
 from .spec import DecoderSpec
 from .tensors import Embedding, Linear, ModelTensors, Stored
 
@@ -35,6 +36,8 @@ ACCURACY_LEVEL = 4
 # int8 activations (accuracy level 4) pay off on long dot products; on short ones (tiny test
 # models, narrow MLA/expert projections) they buy no speed and cost accuracy.
 MIN_K_FOR_INT8_ACTIVATIONS = 256
+# The graph input whose [batch, n] shape the rows of a `rows` key have.
+ROWS_OF = {"tokens": "input_ids", "positions": "logits_positions"}
 DTYPES = {
     "float32": TensorProto.FLOAT,
     "float16": TensorProto.FLOAT16,
@@ -107,11 +110,18 @@ def _int8_linear(g: _Graph, x: str, lin: Linear, name: str, rows: str | None = N
     peak = g.node("ReduceMax", [g.node("Abs", [x], f"{name}/Abs"), g.shared("/int8/last_axis", [-1], np.int64)],
                   f"{name}/RowMax", keepdims=1)
     scale = g.node("Mul", [peak, g.shared("/int8/inv_qmax", 1 / 127, np.float32)], f"{name}/RowScale")
-    # The zero point must have the scale's shape; its rows are only known at run time.
+    # The zero point must have the scale's shape; its rows are only known at run time. Shared
+    # zero points take it from the graph input that has those rows, not from a layer's
+    # activations: a graph part (export/graph_parts.py) can then make its own from its inputs.
     zero = g.row_zero_points.get(rows) if rows else None
     if zero is None:
-        zero = g.node("Expand", [g.shared("/int8/zero_point", 128, np.uint8), g.node("Shape", [scale], f"{name}/RowsShape")],
-                      f"{name}/ZeroPoints")
+        if rows:
+            rows_shape = g.node("Concat", [g.node("Shape", [ROWS_OF[rows]], f"/int8/{rows}/Shape"),
+                                           g.shared("/int8/one_row", [1], np.int64)], f"/int8/{rows}/RowsShape", axis=0)
+        else:
+            rows_shape = g.node("Shape", [scale], f"{name}/RowsShape")
+        zero = g.node("Expand", [g.shared("/int8/zero_point", 128, np.uint8), rows_shape],
+                      f"/int8/{rows}/ZeroPoints" if rows else f"{name}/ZeroPoints")
         if rows:
             g.row_zero_points[rows] = zero
     xq = g.node("QuantizeLinear", [x, scale, zero], f"{name}/Quantize", axis=-1, block_size=lin.k)
@@ -231,6 +241,7 @@ def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str, kv_scales: K
     h = g.node("SimplifiedLayerNormalization", [x, g.external("layers.0.input_norm", t.layers[0].input_norm)],
                "/model/layers.0/input_layernorm", axis=-1, epsilon=eps)
     residual = x
+    boundaries = {}  # layer -> the tensors that carry the residual stream into it (export/graph_parts.py)
     for i, layer in enumerate(t.layers):
         p = f"/model/layers.{i}"
         qkv = _linear(g, h, layer.qkv, f"{p}/attn/qkv_proj", "tokens")
@@ -254,6 +265,7 @@ def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str, kv_scales: K
                 [down, residual, g.external(f"layers.{i + 1}.input_norm", nxt)],
                 f"/model/layers.{i + 1}/input_layernorm", outputs=4, domain=MS, epsilon=eps,
             )
+            boundaries[i + 1] = [h, residual]
         else:
             residual = g.node("Add", [down, residual], f"{p}/residual_add")
 
@@ -280,12 +292,12 @@ def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str, kv_scales: K
         outputs += [helper.make_tensor_value_info(f"present_{kind}.{i}", cache_type, present_shape)
                     for i in range(spec.num_layers)]
     graph = helper.make_graph(g.nodes, "edgeds_decoder", inputs, outputs, initializer=g.initializers)
-    return helper.make_model(
+    return mark_boundaries(helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
         producer_name="edgeds",
         ir_version=10,
-    )
+    ), boundaries)
 
 
 def linear_op(lin: Linear) -> str:

@@ -11,9 +11,17 @@ attends over the prompt in float32), and the prefill copies them into the slot's
 On a CUDA or TensorRT provider the cache lives in device memory (OrtValues, bound by address
 like the numpy buffers): attention then reads and writes it where it runs, and no cache byte
 crosses the bus in a step.
+
+On the CPU provider an artifact's graph parts (export/graph_parts.py) are loaded as one session
+each, on parallel threads: ONNX Runtime prepacks a session's weights on one thread, and that is
+nearly all of its load time. A call then runs the parts in turn, each handing the residual
+stream to the next through a buffer bound to both.
 """
 
 from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
@@ -46,6 +54,43 @@ def _prefill_groups(slots: list[int], lengths: list[int]) -> list[tuple[int, int
         groups.append((start, i))
         start = i
     return groups
+
+
+def _provider_name(provider) -> str:
+    return provider[0] if isinstance(provider, tuple) else provider
+
+
+def _load_sessions(files: list[str], opts: ort.SessionOptions, providers: list) -> list[ort.InferenceSession]:
+    """One session per file; several are created on parallel threads (ORT releases the GIL)."""
+    if len(files) == 1:
+        return [ort.InferenceSession(files[0], opts, providers=providers)]
+    with ThreadPoolExecutor(min(len(files), os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda f: ort.InferenceSession(f, opts, providers=providers), files))
+
+
+def _check_chain(io: list[tuple[set, set]], root) -> list[str]:
+    """The tensors sessions hand on; refuses parts that do not chain into one decoder (each input
+    of a later part written by an earlier one, the logits by the last)."""
+    written: set[str] = set()
+    for ins, outs in io:
+        if ins & written != {n for n in ins if any(n in o for _, o in io)}:
+            raise ArtifactError(f"{root}: its graph parts do not chain in the manifest's order")
+        written |= outs
+    if "logits" not in io[-1][1]:
+        raise ArtifactError(f"{root}: its last graph part does not produce the logits")
+    return sorted({n for _, outs in io for n in outs} & {n for ins, _ in io for n in ins})
+
+
+class _Call:
+    """The bindings of one call, one per session run in turn, and the buffers they hand on
+    (ORT reads bound memory by address at run time: the buffers must live until then)."""
+
+    def __init__(self, bindings: list[ort.IOBinding], sessions: list[ort.InferenceSession]):
+        self.bindings, self.sessions, self.buffers = bindings, sessions, []
+
+    def run(self) -> None:
+        for session, binding in zip(self.sessions, self.bindings):
+            session.run_with_iobinding(binding)
 
 
 class OnnxRuntimeBackend:
@@ -97,7 +142,19 @@ class OnnxRuntimeBackend:
         if profile_prefix:  # ORT's per-node timings (benchmarks/op_profile.py)
             opts.enable_profiling = True
             opts.profile_file_prefix = profile_prefix
-        self.session = ort.InferenceSession(str(artifact.path(graph["file"])), opts, providers=providers)
+        files = [graph["file"]]
+        if graph.get("parts") and _provider_name(providers[0]) == "CPUExecutionProvider":
+            files = [part["file"] for part in graph["parts"]]
+            # A part's threads would otherwise spin on after its run, taking the cores from the
+            # next part's (batch-1 decode at half speed on two cores, measured).
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
+        self.sessions = _load_sessions([str(artifact.path(f)) for f in files], opts, providers)
+        self.session = self.sessions[0]
+        # Per session: the names it reads and writes, so that each binds only its own.
+        self._io = [({i.name for i in s.get_inputs()}, {o.name for o in s.get_outputs()}) for s in self.sessions]
+        # Residual-stream tensors one part hands to the next: [batch, sequence, hidden] float32.
+        self._carried = _check_chain(self._io, artifact.root)
+        self.hidden_size = m["hidden_size"]
         self.device = self.session.get_providers()[0]
         # A CPU input that a GPU node reads is copied to the device when it is bound, not when
         # the graph runs: with a GPU provider the decode step's small inputs are bound again at
@@ -176,7 +233,7 @@ class OnnxRuntimeBackend:
         self._decode = self._bind(self._ids, self._seqlens, self._total, self._positions,
                                   self._logits, slice(0, batch_size), self._token_positions)
 
-    def _bind_step_inputs(self, b: ort.IOBinding, ids, seqlens, total, positions, token_positions,
+    def _bind_step_inputs(self, bindings: list[ort.IOBinding], ids, seqlens, total, positions, token_positions,
                           fresh: bool) -> None:
         inputs = [("input_ids", ids), ("seqlens_k", seqlens), ("total_sequence_length", total),
                   ("logits_positions", positions)]
@@ -184,26 +241,38 @@ class OnnxRuntimeBackend:
             inputs.append(("position_ids", token_positions))
         if self.fresh_input:
             inputs.append(("fresh_prompt", self._flags[fresh]))
-        for name, arr in inputs:
-            b.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+        for b, (ins, _) in zip(bindings, self._io):
+            for name, arr in inputs:
+                if name in ins:
+                    b.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
 
     def _bind(self, ids, seqlens, total, positions, logits, rows: slice, token_positions,
-              fresh: list[np.ndarray] | None = None) -> ort.IOBinding:
+              fresh: list[np.ndarray] | None = None) -> _Call:
         """`fresh`: one array per cache buffer that receives a fresh prompt's keys and values
         (int8-cache graphs); without it the cache rows are updated in place."""
-        b = self.session.io_binding()
-        self._bind_step_inputs(b, ids, seqlens, total, positions, token_positions, fresh is not None)
-        b.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        call = _Call([s.io_binding() for s in self.sessions], self.sessions)
+        self._bind_step_inputs(call.bindings, ids, seqlens, total, positions, token_positions, fresh is not None)
         memory = self.cache_memory or ("cpu", 0)
-        for j, (cache, ins, outs) in enumerate(self._cache_bindings()):
-            address, shape = self._rows(cache, rows)
-            for name in ins:
-                b.bind_input(name, *memory, self.cache_dtype, shape, address)
-            if fresh is not None:
-                address, shape = fresh[j].ctypes.data, list(fresh[j].shape)
-            for name in outs:
-                b.bind_output(name, *memory, self.cache_dtype, shape, address)
-        return b
+        caches = self._cache_bindings()
+        call.buffers = [np.empty((*ids.shape, self.hidden_size), np.float32) for _ in self._carried]
+        for b, (ins, outs) in zip(call.bindings, self._io):
+            if "logits" in outs:
+                b.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+            for name, buf in zip(self._carried, call.buffers):
+                bind = b.bind_input if name in ins else b.bind_output if name in outs else None
+                if bind:
+                    bind(name, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
+            for j, (cache, names_in, names_out) in enumerate(caches):
+                if names_in[0] not in ins:
+                    continue
+                address, shape = self._rows(cache, rows)
+                for name in names_in:
+                    b.bind_input(name, *memory, self.cache_dtype, shape, address)
+                if fresh is not None:
+                    address, shape = fresh[j].ctypes.data, list(fresh[j].shape)
+                for name in names_out:
+                    b.bind_output(name, *memory, self.cache_dtype, shape, address)
+        return call
 
     def _run_prompts(self, rows: slice, prompts: list[np.ndarray], every_position: bool = False,
                      past: int = 0) -> np.ndarray:
@@ -224,8 +293,7 @@ class OnnxRuntimeBackend:
             fresh = [np.empty((n, self.kv_heads, longest, self.head_dim), self.cache_dtype) for _ in self._cache_bindings()]
         # ORT reads inputs by address at run time: every bound array stays referenced until then.
         seqlens, total = past + lens - 1, np.array(past + longest, np.int32)
-        binding = self._bind(ids, seqlens, total, positions, logits, rows, token_positions, fresh)
-        self.session.run_with_iobinding(binding)
+        self._bind(ids, seqlens, total, positions, logits, rows, token_positions, fresh).run()
         if fresh is not None:
             for (cache, _, _), new in zip(self._cache_bindings(), fresh):
                 cache[rows, :, :longest] = new
@@ -262,9 +330,9 @@ class OnnxRuntimeBackend:
         self._token_positions[:, 0] = self._seqlens
         self._total[...] = self._seqlens.max() + 1
         if self._copied_at_bind:
-            self._bind_step_inputs(self._decode, self._ids, self._seqlens, self._total, self._positions,
+            self._bind_step_inputs(self._decode.bindings, self._ids, self._seqlens, self._total, self._positions,
                                    self._token_positions, False)
-        self.session.run_with_iobinding(self._decode)
+        self._decode.run()
         self.lengths += 1
         return self._logits[:, 0]
 

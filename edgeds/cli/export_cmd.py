@@ -17,6 +17,7 @@ def command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     verify: Annotated[bool, typer.Option(help="Check logits and greedy tokens against transformers; fail the export if they differ.")] = False,
     kv_cache: Annotated[str, typer.Option(help="float32 | float16 | int8 (ONNX, dense models). int8: a quarter of the cache memory, faster attention at large batches; float16: half, and attention on GPU providers (Jetson).")] = "float32",
+    load_parts: Annotated[int | None, typer.Option(help="Also write the ONNX graph in this many parts, which the CPU runtime loads on parallel threads (1: whole graph only; default 4).")] = None,
 ):
     """Export a DeepSeek checkpoint to an edgeds artifact (ONNX and/or OpenVINO IR).
 
@@ -30,7 +31,7 @@ def command(
         raise ValueError(f"the exporter needs the export extra: pip install 'edgeds[export]' ({exc})") from exc
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     formats = tuple(f.strip() for f in format.split(",") if f.strip())
-    manifest = export_checkpoint(src, output, formats, weights, context or None, overwrite, verify, kv_cache)
+    manifest = export_checkpoint(src, output, formats, weights, context or None, overwrite, verify, kv_cache, load_parts)
     files = manifest["files"]
     size = sum(f["size"] for f in files.values())
     typer.echo(f"wrote {output}: {', '.join(manifest['graphs'])}, {weights}, {size / 2**20:.1f} MiB")

@@ -1,0 +1,103 @@
+"""ONNX graph parts (export/graph_parts.py): the CPU runtime loads them on parallel threads.
+
+Every parity test against transformers already runs through them (the tiny models' graphs are
+split by default); these tests check that the parts compute exactly what the whole graph does,
+hold each layer once, and are refused when they do not chain.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import CONTEXT
+
+from edgeds.artifact import load_artifact
+from edgeds.backends.onnxruntime import OnnxRuntimeBackend
+from edgeds.errors import ArtifactError
+from export import export_checkpoint
+from export.errors import ExportError
+from export.graph_parts import cut_layers
+
+
+def _steps(backend: OnnxRuntimeBackend) -> list[np.ndarray]:
+    """Prefill of three prompts in one call, decode steps, a slot refilled, more decode steps."""
+    rng = np.random.default_rng(7)
+    prompts = [rng.integers(2, 320, n).astype(np.int64) for n in (4, 11, 23)]
+    tokens = np.array([5, 6, 7])
+    backend.start(3, 48)
+    out = [backend.prefill([0, 1, 2], prompts)]
+    out += [backend.decode(tokens).copy() for _ in range(5)]
+    backend.release(2)
+    out += [backend.prefill([2], [prompts[0]]), backend.decode(tokens).copy()]
+    return out
+
+
+@pytest.mark.parametrize("kind,weights,kv_cache", [("qwen2", "int8", "float32"), ("llama", "fp32", "float16"),
+                                                    ("qwen2", "fp32", "int8"), ("deepseek_v3", "int8", "float32")])
+def test_parts_compute_what_the_whole_graph_computes(kind, weights, kv_cache, checkpoints, artifacts, tmp_path):
+    parts = load_artifact(artifacts(kind, weights, kv_cache))
+    whole = tmp_path / "whole"
+    export_checkpoint(checkpoints(kind), whole, formats=("onnx",), weights=weights, context=CONTEXT,
+                      kv_cache=kv_cache, load_parts=1)
+    split = OnnxRuntimeBackend(parts, ["CPUExecutionProvider"], 2)
+    one = OnnxRuntimeBackend(load_artifact(whole), ["CPUExecutionProvider"], 2)
+    assert len(split.sessions) == min(4, parts.model["num_layers"]) and len(one.sessions) == 1
+    for a, b in zip(_steps(split), _steps(one)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_parts_hold_each_layer_once_and_point_into_the_weight_file(artifacts):
+    path = artifacts("deepseek_v3", "int8")
+    graph = load_artifact(path).graph("onnx")
+    whole = onnx.load(str(path / graph["file"]), load_external_data=False)
+    parts = [onnx.load(str(path / p["file"]), load_external_data=False) for p in graph["parts"]]
+    assert [p["first_layer"] for p in graph["parts"]] == [0, *cut_layers(3, 4)] == [0, 1, 2]
+    seen: dict[str, int] = {}
+    for part in parts:
+        for t in part.graph.initializer:
+            seen[t.name] = seen.get(t.name, 0) + 1
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                assert {e.key: e.value for e in t.external_data}["location"] == graph["data_file"]
+    layer_weights = [n for n in seen if "layers." in n]
+    assert layer_weights and all(seen[n] == 1 for n in layer_weights)
+    assert set(seen) == {t.name for t in whole.graph.initializer}
+    # The layers' nodes are in one part each; only small shared nodes are copied.
+    layer_nodes = [n.name for part in parts for n in part.graph.node if n.name.startswith("/model/layers.")]
+    assert len(layer_nodes) == len(set(layer_nodes))
+    assert sum(len(p.graph.node) for p in parts) < len(whole.graph.node) * 1.05
+    files = load_artifact(path).manifest["files"]
+    assert all(p["file"] in files and files[p["file"]]["sha256"] for p in graph["parts"])
+
+
+def test_parts_that_do_not_chain_are_refused(artifacts, tmp_path):
+    import shutil
+
+    path = tmp_path / "reordered"
+    shutil.copytree(artifacts("qwen2", "int8"), path)
+    manifest = json.loads((path / "edgeds.json").read_text())
+    manifest["graphs"]["onnx"]["parts"].reverse()
+    (path / "edgeds.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="do not chain"):
+        OnnxRuntimeBackend(load_artifact(path), ["CPUExecutionProvider"])
+    manifest["graphs"]["onnx"]["parts"] = manifest["graphs"]["onnx"]["parts"][1:]  # the first part alone
+    (path / "edgeds.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="does not produce the logits"):
+        OnnxRuntimeBackend(load_artifact(path), ["CPUExecutionProvider"])
+
+
+def test_load_parts_option(checkpoints, tmp_path):
+    export_checkpoint(checkpoints("qwen2"), tmp_path / "one", formats=("onnx",), context=CONTEXT, load_parts=1)
+    assert "parts" not in load_artifact(tmp_path / "one").graph("onnx")
+    assert not list((tmp_path / "one").glob("*.part*.onnx"))
+    with pytest.raises(ExportError, match="--load-parts"):
+        export_checkpoint(checkpoints("qwen2"), tmp_path / "none", formats=("onnx",), load_parts=0)
+
+
+def test_cut_layers_are_even():
+    assert cut_layers(28, 4) == [7, 14, 21]
+    assert cut_layers(61, 4) == [15, 30, 46]
+    assert cut_layers(2, 4) == [1]
+    assert cut_layers(5, 1) == []
