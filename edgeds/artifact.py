@@ -70,7 +70,8 @@ class Artifact:
     def files_for(self, fmt: str) -> list[str]:
         """The files a backend of this format reads: its graph and weights, and the tokenizer."""
         graph, tok = self.graph(fmt), self.manifest["tokenizer"]
-        names = [graph["file"], graph["data_file"], tok["file"], tok.get("chat_template")]
+        parts = [part["file"] for part in graph.get("parts", [])]
+        names = [graph["file"], *parts, graph["data_file"], tok["file"], tok.get("chat_template")]
         return [n for n in names if n]
 
     def verify(self, names: list[str] | None = None) -> None:

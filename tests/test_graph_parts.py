@@ -88,6 +88,21 @@ def test_parts_that_do_not_chain_are_refused(artifacts, tmp_path):
         OnnxRuntimeBackend(load_artifact(path), ["CPUExecutionProvider"])
 
 
+def test_a_tampered_part_is_refused(artifacts, tmp_path):
+    import shutil
+
+    import edgeds
+
+    path = tmp_path / "tampered"
+    shutil.copytree(artifacts("qwen2", "int8"), path)
+    part = path / load_artifact(path).graph("onnx")["parts"][-1]["file"]
+    model = onnx.load(str(part), load_external_data=False)
+    model.graph.node[-1].name += "x"  # same size on disk would be luck; any change must be caught
+    onnx.save_model(model, str(part))
+    with pytest.raises(ArtifactError, match="model.part1.onnx"):
+        edgeds.load(path, backend="onnxruntime")
+
+
 def test_load_parts_option(checkpoints, tmp_path):
     export_checkpoint(checkpoints("qwen2"), tmp_path / "one", formats=("onnx",), context=CONTEXT, load_parts=1)
     assert "parts" not in load_artifact(tmp_path / "one").graph("onnx")
