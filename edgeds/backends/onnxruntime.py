@@ -60,11 +60,13 @@ def _provider_name(provider) -> str:
     return provider[0] if isinstance(provider, tuple) else provider
 
 
-def _load_sessions(files: list[str], opts: ort.SessionOptions, providers: list) -> list[ort.InferenceSession]:
-    """One session per file; several are created on parallel threads (ORT releases the GIL)."""
+def _load_sessions(files: list[str], opts: ort.SessionOptions, providers: list,
+                   threads: int | None) -> list[ort.InferenceSession]:
+    """One session per file; several are created on parallel threads, as many as the run may
+    use (ONNX Runtime 1.32 releases the GIL while it creates one; 1.30 did not)."""
     if len(files) == 1:
         return [ort.InferenceSession(files[0], opts, providers=providers)]
-    with ThreadPoolExecutor(min(len(files), os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(min(len(files), threads or os.cpu_count() or 1)) as pool:
         return list(pool.map(lambda f: ort.InferenceSession(f, opts, providers=providers), files))
 
 
@@ -148,7 +150,7 @@ class OnnxRuntimeBackend:
             # A part's threads would otherwise spin on after its run, taking the cores from the
             # next part's (batch-1 decode at half speed on two cores, measured).
             opts.add_session_config_entry("session.force_spinning_stop", "1")
-        self.sessions = _load_sessions([str(artifact.path(f)) for f in files], opts, providers)
+        self.sessions = _load_sessions([str(artifact.path(f)) for f in files], opts, providers, threads)
         self.session = self.sessions[0]
         # Per session: the names it reads and writes, so that each binds only its own.
         self._io = [({i.name for i in s.get_inputs()}, {o.name for o in s.get_outputs()}) for s in self.sessions]
