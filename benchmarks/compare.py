@@ -114,8 +114,9 @@ def merge_rounds(runs: list[dict]) -> dict:
         vals = [r[key] for r in runs if r.get(key) is not None]
         row[key], spread[key] = float(np.median(vals)), (min(vals), max(vals))
     row["offline_tok_s"] = {}
-    for batch in runs[0]["offline_tok_s"]:
-        vals = [r["offline_tok_s"][batch] for r in runs]
+    row["offline_errors"] = {b: msg for r in runs for b, msg in r.get("offline_errors", {}).items()}
+    for batch in sorted({b for r in runs for b in r["offline_tok_s"]}, key=int):
+        vals = [r["offline_tok_s"][batch] for r in runs if batch in r["offline_tok_s"]]
         row["offline_tok_s"][batch], spread[f"offline@{batch}"] = float(np.median(vals)), (min(vals), max(vals))
     row["best_batch"] = max(row["offline_tok_s"], key=row["offline_tok_s"].get) if row["offline_tok_s"] else None
     row["rounds"], row["spread"] = len(runs), spread
@@ -156,6 +157,10 @@ def report(results: list[dict], machine: str, threads: int, bandwidth: float, we
             name += f", median of {r['rounds']} rounds"
         lines.append(f"| {name} | {_cell(r, 'load_s', '.2f')} | {_cell(r, 'ttft_s', '.3f')} | "
                      f"{_cell(r, 'decode_tok_s_batch1', '.1f')} | {bw:.1f} | {off} | {_cell(r, 'peak_rss_mib', '.0f')} |")
+    failed = [f"{r['runtime']}: the offline job at batch {b} failed ({msg})"
+              for r in results for b, msg in r.get("offline_errors", {}).items()]
+    if failed:
+        lines += ["", *[f"- {line}" for line in failed]]
     if ours and peers:
         b_dec, b_ttft, b_load = best("decode_tok_s_batch1"), best("ttft_s", low=True), best("load_s", low=True)
         b_off = max(max(r["offline_tok_s"].values()) for r in peers if r["offline_tok_s"])
