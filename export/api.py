@@ -102,6 +102,9 @@ def export_checkpoint(
             parts = write_parts(tmp, graphs["onnx"]["file"], load_parts, spec.hidden_size)
             if parts:
                 graphs["onnx"]["parts"] = parts
+                graphs["onnx"]["parts_note"] = ("the graph cut at layer boundaries, to be run in this order; "
+                                                "each part's outputs that the next part reads are the residual "
+                                                "stream, [batch, sequence, hidden_size] float32")
         if "openvino" in formats:
             if mla:
                 from .openvino_mla_writer import write_openvino_mla as write_openvino
