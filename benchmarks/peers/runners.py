@@ -231,8 +231,9 @@ def measure(runner: Runner, path: str, threads: int, vocab: int, batches: list[i
     out_tokens = 16 if quick else 128
     throughput, errors = {}, {}
     for b in batches:
-        # Fresh tokens at every setting, the same lengths: OpenVINO GenAI's scheduler caches
-        # prompt prefixes, and a job repeated in one process ran 49 -> 69 tok/s on its third pass.
+        # Fresh tokens at every setting, the same lengths: OpenVINO GenAI ran the same job's
+        # third pass in one process at 69.3 tok/s against 51.8 with fresh prompts (cached
+        # prompt prefixes, presumably).
         prompts = [rng.integers(10, vocab, n) for n in lengths]
         t0 = time.perf_counter()
         try:
