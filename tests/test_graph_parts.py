@@ -15,7 +15,7 @@ import pytest
 from conftest import CONTEXT
 
 from edgeds.artifact import load_artifact
-from edgeds.backends.onnxruntime import OnnxRuntimeBackend
+from edgeds.backends.onnxruntime import OnnxRuntimeBackend, loads_in_parts
 from edgeds.errors import ArtifactError
 from export import export_checkpoint
 from export.errors import ExportError
@@ -101,6 +101,21 @@ def test_a_tampered_part_is_refused(artifacts, tmp_path):
     onnx.save_model(model, str(part))
     with pytest.raises(ArtifactError, match="model.part1.onnx"):
         edgeds.load(path, backend="onnxruntime")
+
+
+def test_parts_wait_for_an_onnxruntime_that_loads_them_in_parallel(artifacts, monkeypatch):
+    import onnxruntime as ort
+
+    import edgeds
+
+    engine = edgeds.load(artifacts("qwen2", "int8"), backend="onnxruntime")
+    assert len(engine.backend.sessions) == 2 and "graph: 2 parts, created in parallel" in engine.reasons
+    graph = engine.artifact.graph("onnx")
+    assert not loads_in_parts(graph, "CUDAExecutionProvider")  # GPU providers load the whole graph
+    monkeypatch.setattr(ort, "__version__", "1.30.0")  # it held the GIL while creating a session
+    engine = edgeds.load(artifacts("qwen2", "int8"), backend="onnxruntime")
+    assert len(engine.backend.sessions) == 1
+    assert any(r.startswith("graph: whole (its 2 parts") for r in engine.reasons)
 
 
 def test_load_parts_option(checkpoints, tmp_path):

@@ -37,6 +37,9 @@ PADDING_BUDGET = 1.25  # padded tokens allowed per real token in one batched pre
 # (benchmarks/results/ort_int8_kernels.md); beyond that a larger call only adds activation
 # memory (16 x 128 tokens in one call: +1 GB, and slower) and a long prompt could exhaust it.
 PREFILL_ROWS = 512
+# Graph parts pay from here: ONNX Runtime 1.32 creates sessions on parallel threads, 1.30 held
+# the GIL while creating one (benchmarks/results/xeon-amx-16t.md, session 7).
+PARALLEL_LOAD_MIN_ORT = (1, 32)
 # Providers whose attention reads the cache from device memory, and ORT's name for it.
 DEVICE_MEMORY = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
 
@@ -58,6 +61,14 @@ def _prefill_groups(slots: list[int], lengths: list[int]) -> list[tuple[int, int
 
 def _provider_name(provider) -> str:
     return provider[0] if isinstance(provider, tuple) else provider
+
+
+def loads_in_parts(graph: dict, provider) -> bool:
+    """Whether the backend loads this graph's parts (export/graph_parts.py) instead of the whole
+    graph: on the CPU provider, with an ONNX Runtime that creates them in parallel."""
+    installed = tuple(int(p) for p in ort.__version__.split(".")[:2])
+    return (bool(graph.get("parts")) and _provider_name(provider) == "CPUExecutionProvider"
+            and installed >= PARALLEL_LOAD_MIN_ORT)
 
 
 def _load_sessions(files: list[str], opts: ort.SessionOptions, providers: list,
@@ -145,7 +156,7 @@ class OnnxRuntimeBackend:
             opts.enable_profiling = True
             opts.profile_file_prefix = profile_prefix
         files = [graph["file"]]
-        if graph.get("parts") and _provider_name(providers[0]) == "CPUExecutionProvider":
+        if loads_in_parts(graph, providers[0]):
             files = [part["file"] for part in graph["parts"]]
             # A part's threads would otherwise spin on after its run, taking the cores from the
             # next part's (batch-1 decode at half speed on two cores, measured).
