@@ -139,10 +139,10 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
             advice.append(hint)
         reasons += advice
         reasons.append(f"backend onnxruntime: providers {', '.join(usable)}, {n_threads} threads")
-        if artifact is not None and (parts := artifact.graph("onnx").get("parts")):
+        if (graph := _onnx_graph(artifact)) and (parts := graph.get("parts")):
             from .backends.onnxruntime import PARALLEL_LOAD_MIN_ORT, loads_in_parts
 
-            reasons.append(f"graph: {len(parts)} parts, created in parallel" if loads_in_parts(artifact.graph("onnx"), usable[0])
+            reasons.append(f"graph: {len(parts)} parts, created in parallel" if loads_in_parts(graph, usable[0])
                            else f"graph: whole (its {len(parts)} parts load in parallel on the CPU provider with "
                                 f"onnxruntime >= {'.'.join(map(str, PARALLEL_LOAD_MIN_ORT))})")
         return Choice("onnxruntime", usable, n_threads, reasons, advice)

@@ -116,12 +116,13 @@ def _int8_linear(g: _Graph, x: str, lin: Linear, name: str, rows: str | None = N
     zero = g.row_zero_points.get(rows) if rows else None
     if zero is None:
         if rows:
-            rows_shape = g.node("Concat", [g.node("Shape", [ROWS_OF[rows]], f"/int8/{rows}/Shape"),
-                                           g.shared("/int8/one_row", [1], np.int64)], f"/int8/{rows}/RowsShape", axis=0)
+            prefix = f"/int8/{rows}"
+            rows_shape = g.node("Concat", [g.node("Shape", [ROWS_OF[rows]], f"{prefix}/Shape"),
+                                           g.shared("/int8/one_row", [1], np.int64)], f"{prefix}/RowsShape", axis=0)
         else:
-            rows_shape = g.node("Shape", [scale], f"{name}/RowsShape")
-        zero = g.node("Expand", [g.shared("/int8/zero_point", 128, np.uint8), rows_shape],
-                      f"/int8/{rows}/ZeroPoints" if rows else f"{name}/ZeroPoints")
+            prefix = name
+            rows_shape = g.node("Shape", [scale], f"{prefix}/RowsShape")
+        zero = g.node("Expand", [g.shared("/int8/zero_point", 128, np.uint8), rows_shape], f"{prefix}/ZeroPoints")
         if rows:
             g.row_zero_points[rows] = zero
     xq = g.node("QuantizeLinear", [x, scale, zero], f"{name}/Quantize", axis=-1, block_size=lin.k)

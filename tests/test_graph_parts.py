@@ -8,6 +8,7 @@ hold each layer once, and are refused when they do not chain.
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -73,8 +74,6 @@ def test_parts_hold_each_layer_once_and_point_into_the_weight_file(artifacts):
 
 
 def test_parts_that_do_not_chain_are_refused(artifacts, tmp_path):
-    import shutil
-
     path = tmp_path / "reordered"
     shutil.copytree(artifacts("qwen2", "int8"), path)
     manifest = json.loads((path / "edgeds.json").read_text())
@@ -89,8 +88,6 @@ def test_parts_that_do_not_chain_are_refused(artifacts, tmp_path):
 
 
 def test_a_tampered_part_is_refused(artifacts, tmp_path):
-    import shutil
-
     import edgeds
 
     path = tmp_path / "tampered"

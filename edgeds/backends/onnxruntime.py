@@ -63,12 +63,15 @@ def _provider_name(provider) -> str:
     return provider[0] if isinstance(provider, tuple) else provider
 
 
+def _ort_version() -> tuple[int, int]:
+    return tuple(int(p) for p in ort.__version__.split(".")[:2])
+
+
 def loads_in_parts(graph: dict, provider) -> bool:
     """Whether the backend loads this graph's parts (export/graph_parts.py) instead of the whole
     graph: on the CPU provider, with an ONNX Runtime that creates them in parallel."""
-    installed = tuple(int(p) for p in ort.__version__.split(".")[:2])
     return (bool(graph.get("parts")) and _provider_name(provider) == "CPUExecutionProvider"
-            and installed >= PARALLEL_LOAD_MIN_ORT)
+            and _ort_version() >= PARALLEL_LOAD_MIN_ORT)
 
 
 def _load_sessions(files: list[str], opts: ort.SessionOptions, providers: list,
@@ -84,14 +87,15 @@ def _load_sessions(files: list[str], opts: ort.SessionOptions, providers: list,
 def _check_chain(io: list[tuple[set, set]], root) -> list[str]:
     """The tensors sessions hand on; refuses parts that do not chain into one decoder (each input
     of a later part written by an earlier one, the logits by the last)."""
+    produced = set().union(*(outs for _, outs in io))
     written: set[str] = set()
     for ins, outs in io:
-        if ins & written != {n for n in ins if any(n in o for _, o in io)}:
+        if (ins & produced) - written:  # reads what only a later part writes
             raise ArtifactError(f"{root}: its graph parts do not chain in the manifest's order")
         written |= outs
     if "logits" not in io[-1][1]:
         raise ArtifactError(f"{root}: its last graph part does not produce the logits")
-    return sorted({n for _, outs in io for n in outs} & {n for ins, _ in io for n in ins})
+    return sorted(produced & set().union(*(ins for ins, _ in io)))
 
 
 class _Call:
@@ -129,8 +133,7 @@ class OnnxRuntimeBackend:
         else:
             self.kv_heads, self.head_dim = m["num_kv_heads"], m["head_dim"]
         self.cache_dtype = np.dtype(kv_cache_dtype(graph))  # int8: quantized by the graph
-        installed = tuple(int(p) for p in ort.__version__.split(".")[:2])
-        if self.cache_dtype == np.int8 and installed < INT8_CACHE_MIN_ORT:
+        if self.cache_dtype == np.int8 and _ort_version() < INT8_CACHE_MIN_ORT:
             raise ArtifactError(f"{artifact.root}: its int8 KV cache needs onnxruntime >= "
                                 f"{'.'.join(map(str, INT8_CACHE_MIN_ORT))} (installed: {ort.__version__})")
         self.positions_input = "position_ids" in graph["inputs"]
