@@ -66,18 +66,17 @@ def main() -> None:
         timed(f"decode b{batch} x{args.steps}", lambda: [backend.decode(tokens) for _ in range(args.steps)])
     nodes = []  # every session's node events (an artifact's graph parts are a session each)
     for session in backend.sessions:
-        origin = session.get_profiling_start_time_ns()  # its event timestamps are us after this
+        start = session.get_profiling_start_time_ns()  # its event timestamps are us after this
         events = json.loads(Path(session.end_profiling()).read_text())
-        nodes += [{**e, "ts": e["ts"] + (origin - t_zero) / 1000} for e in events
+        nodes += [{**e, "ts": e["ts"] + (start - t_zero) / 1000} for e in events
                   if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
-    origin = t_zero
     # An If's time holds its branch's nodes, which are listed too: it is counted by its own
     # share only ("If (own)"), so that attention inside a branch is not counted twice.
     ifs = sorted((e["ts"], e["ts"] + e["dur"]) for e in nodes if e["args"]["op_name"] == "If")
     starts = [start for start, _ in ifs]
     by_phase: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for e in nodes:
-        at = origin + e["ts"] * 1000
+        at = t_zero + e["ts"] * 1000
         label = next((name for name, t0, t1 in phases if t0 <= at <= t1), None)
         if not label:
             continue

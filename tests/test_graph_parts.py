@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -113,6 +114,19 @@ def test_parts_wait_for_an_onnxruntime_that_loads_them_in_parallel(artifacts, mo
     engine = edgeds.load(artifacts("qwen2", "int8"), backend="onnxruntime")
     assert len(engine.backend.sessions) == 1
     assert any(r.startswith("graph: whole (its 2 parts") for r in engine.reasons)
+
+
+def test_each_part_writes_its_own_profile(artifacts, tmp_path):
+    """Parts are created at the same moment, and ORT names a profile by prefix and creation
+    time (to the millisecond: the 1.5B's first two parts collided): each gets its own prefix."""
+    backend = OnnxRuntimeBackend(load_artifact(artifacts("qwen2", "int8")), ["CPUExecutionProvider"],
+                                 profile_prefix=str(tmp_path / "ort"))
+    backend.start(1, 16)
+    backend.prefill([0], [np.arange(2, 9)])
+    files = [Path(s.end_profiling()) for s in backend.sessions]
+    assert len({f.name.split("_")[0] for f in files}) == len(backend.sessions) == 2
+    for f in files:
+        assert any(e.get("cat") == "Node" for e in json.loads(f.read_text()))
 
 
 def test_load_parts_option(checkpoints, tmp_path):

@@ -74,14 +74,40 @@ def loads_in_parts(graph: dict, provider) -> bool:
             and _ort_version() >= PARALLEL_LOAD_MIN_ORT)
 
 
-def _load_sessions(files: list[str], opts: ort.SessionOptions, providers: list,
+def _session_options(threads: int | None, config: dict | None, profile_prefix: str | None,
+                     part: bool) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ORT's CPU arena keeps the largest prefill's activations for the rest of a job (~260 MB
+    # after 512-row prefill calls of the 1.5B); without it they are freed after each call,
+    # and decode steps ran no slower (benchmarks/results/before-after.md).
+    opts.enable_cpu_mem_arena = False
+    # Memory patterns are kept per input shape; in the int8-cache graph's If branches they
+    # add up over the prompt shapes of a job (+1.7 GB over 64 mixed prompts, measured).
+    opts.enable_mem_pattern = False
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, str(value))
+    if profile_prefix:  # ORT's per-node timings (benchmarks/op_profile.py)
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    if part:
+        # A part's threads would otherwise spin on after its run, taking the cores from the
+        # next part's (batch-1 decode at half speed on two cores, measured).
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
+    return opts
+
+
+def _load_sessions(files: list[str], opts: list[ort.SessionOptions], providers: list,
                    threads: int | None) -> list[ort.InferenceSession]:
     """One session per file; several are created on parallel threads, as many as the run may
     use (ONNX Runtime 1.32 releases the GIL while it creates one; 1.30 did not)."""
     if len(files) == 1:
-        return [ort.InferenceSession(files[0], opts, providers=providers)]
+        return [ort.InferenceSession(files[0], opts[0], providers=providers)]
     with ThreadPoolExecutor(min(len(files), threads or os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda f: ort.InferenceSession(f, opts, providers=providers), files))
+        return list(pool.map(lambda f, o: ort.InferenceSession(f, o, providers=providers), files, opts))
 
 
 def _check_chain(io: list[tuple[set, set]], root) -> list[str]:
@@ -141,29 +167,13 @@ class OnnxRuntimeBackend:
         # values for us to store (export/onnx_writer.py, _attention).
         self.fresh_input = "fresh_prompt" in graph["inputs"]
         self._flags = {True: np.array(True), False: np.array(False)}  # bound by address: they must live on
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # ORT's CPU arena keeps the largest prefill's activations for the rest of a job (~260 MB
-        # after 512-row prefill calls of the 1.5B); without it they are freed after each call,
-        # and decode steps ran no slower (benchmarks/results/before-after.md).
-        opts.enable_cpu_mem_arena = False
-        # Memory patterns are kept per input shape; in the int8-cache graph's If branches they
-        # add up over the prompt shapes of a job (+1.7 GB over 64 mixed prompts, measured).
-        opts.enable_mem_pattern = False
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        for key, value in (session_options or {}).items():
-            opts.add_session_config_entry(key, str(value))
-        if profile_prefix:  # ORT's per-node timings (benchmarks/op_profile.py)
-            opts.enable_profiling = True
-            opts.profile_file_prefix = profile_prefix
         files = [graph["file"]]
-        if loads_in_parts(graph, providers[0]):
+        if parts := loads_in_parts(graph, providers[0]):
             files = [part["file"] for part in graph["parts"]]
-            # A part's threads would otherwise spin on after its run, taking the cores from the
-            # next part's (batch-1 decode at half speed on two cores, measured).
-            opts.add_session_config_entry("session.force_spinning_stop", "1")
+        # One options object per session: profiles are named by prefix and creation time, and
+        # parts created at once would write over each other's.
+        prefixes = [profile_prefix and (f"{profile_prefix}.part{j}" if parts else profile_prefix) for j in range(len(files))]
+        opts = [_session_options(threads, session_options, prefix, parts) for prefix in prefixes]
         self.sessions = _load_sessions([str(artifact.path(f)) for f in files], opts, providers, threads)
         self.session = self.sessions[0]
         # Per session: the names it reads and writes, so that each binds only its own.
