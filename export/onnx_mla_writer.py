@@ -19,9 +19,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from .graph_parts import mark_boundaries
-from .onnx_writer import MS, OPSET, _embedding, _Graph, _linear, linear_op
+from .onnx_writer import MS, OPSET, _embedding, _gated_mlp, _Graph, _linear, linear_op
 from .spec import MlaSpec
-from .tensors import Linear
 from .tensors_mla import MlaLayer, MlaTensors, Moe, PerHead
 
 F = TensorProto.FLOAT
@@ -161,14 +160,6 @@ class _Mla:
             return self.g.node("Cast", [w], f"{name}/Cast", to=F)
         return w
 
-    def mlp(self, x: str, mlp: tuple[Linear, Linear], inter: int, name: str) -> str:
-        g = self.g
-        gate, up = g.node("Split", [_linear(g, x, mlp[0], f"{name}/gate_up_proj"), g.const(f"{name}/split", [inter, inter])],
-                          f"{name}/Split", outputs=2, axis=-1)
-        act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate], f"{name}/Sigmoid")], f"{name}/SiLU"), up],
-                     f"{name}/Mul")
-        return _linear(g, act, mlp[1], f"{name}/down_proj")
-
     def routing(self, x2d: str, moe: Moe, p: str) -> tuple[str, str]:
         """(selected mask (T, E) float 0/1, weights (T, E) zero where not selected)."""
         g, s = self.g, self.s
@@ -231,21 +222,20 @@ class _Mla:
         for j, expert in enumerate(moe.experts):
             q = f"{p}/experts.{j}"
             if not self.sparse_experts:  # every expert on every token (a baseline for benchmarks)
-                ye = self.mlp(x2d, expert, s.moe_intermediate_size, q)
+                ye = _gated_mlp(g, x2d, expert, q)
                 out = g.node("Add", [out, g.node("Mul", [ye, g.node("Transpose", [w_cols[j]], f"{q}/wT", perm=[1, 0])],
                                                  f"{q}/weighted")], f"{q}/add")
                 continue
             flat = g.node("Reshape", [sel_cols[j], self.shape([-1])], f"{q}/selflat")
             rows = g.node("Reshape", [g.node("NonZero", [flat], f"{q}/NonZero"), self.shape([-1, 1])], f"{q}/rows")
             xe = g.node("GatherND", [x2d, rows], f"{q}/gather")  # only the tokens routed here
-            ye = self.mlp(xe, expert, s.moe_intermediate_size, q)
+            ye = _gated_mlp(g, xe, expert, q)
             we = g.node("GatherND", [g.node("Reshape", [w_cols[j], self.shape([-1])], f"{q}/wflat"),
                                      rows], f"{q}/weights")
             ye = g.node("Mul", [ye, g.node("Unsqueeze", [we, g.const(f"{q}/ax", [-1])], f"{q}/wcol")], f"{q}/weighted")
             out = g.node("ScatterND", [out, rows, ye], f"{q}/add", reduction="add")
         if moe.shared:
-            out = g.node("Add", [out, self.mlp(x2d, moe.shared, s.moe_intermediate_size * s.n_shared_experts,
-                                               f"{p}/shared_experts")], f"{p}/plus_shared")
+            out = g.node("Add", [out, _gated_mlp(g, x2d, moe.shared, f"{p}/shared_experts")], f"{p}/plus_shared")
         return g.node("Reshape", [out, g.node("Shape", [x], f"{p}/shape")], f"{p}/unflatten")
 
 
@@ -270,7 +260,7 @@ def build_graph(spec: MlaSpec, t: MlaTensors, data_file: str, sparse_experts: bo
         if layer.moe:
             y = m.moe(h, layer.moe, i)
         else:
-            y = m.mlp(h, layer.mlp, spec.intermediate_size, f"/model/layers.{i}/mlp")
+            y = _gated_mlp(g, h, layer.mlp, f"/model/layers.{i}/mlp")
         x = g.node("Add", [x, y], f"/model/layers.{i}/mlp_residual")
     pos = g.node("Unsqueeze", ["logits_positions", g.const("/model/axes_last", [-1])], "/model/positions/Unsqueeze")
     picked = g.node("GatherND", [x, pos], "/model/positions/GatherND", batch_dims=1)

@@ -36,10 +36,6 @@ class _MlaBuilder(_Builder):
             w = ops.convert(w, np.float32)
         return ops.matmul(x, w, False, False)
 
-    def mlp(self, x, mlp, inter: int):
-        gate, up = ops.variadic_split(self.linear(x, mlp[0]), _i64(-1), _i64([inter, inter])).outputs()
-        return self.linear(ops.multiply(ops.swish(gate), up), mlp[1])
-
     def routing(self, x2d, moe: Moe):
         s = self.s
         e, k = s.n_routed_experts, s.num_experts_per_tok
@@ -85,11 +81,11 @@ class _MlaBuilder(_Builder):
         for j, expert in enumerate(moe.experts):
             col = ops.gather(selected, _i64(j), _i64(1))
             rows = ops.transpose(ops.non_zero(col, "i64"), _i64([1, 0]))  # (n, 1): only tokens routed here
-            ye = self.mlp(ops.gather_nd(x2d, rows), expert, s.moe_intermediate_size)
+            ye = self.mlp(ops.gather_nd(x2d, rows), expert)
             we = ops.gather_nd(ops.gather(dense_w, _i64(j), _i64(1)), rows)
             out = opset15.scatter_nd_update(out, rows, ops.multiply(ye, ops.unsqueeze(we, _i64(-1))), "sum")
         if moe.shared:
-            out = ops.add(out, self.mlp(x2d, moe.shared, s.moe_intermediate_size * s.n_shared_experts))
+            out = ops.add(out, self.mlp(x2d, moe.shared))
         return ops.reshape(out, ops.shape_of(x), False)
 
 
@@ -145,7 +141,7 @@ def build_model(spec: MlaSpec, t: MlaTensors, weights: WeightFile) -> ov.Model:
         values = ops.reshape(ops.transpose(values, _i64([1, 2, 0, 3])), _i64([0, 0, heads * dv]), True)
         x = ops.add(x, b.linear(values, layer.o))
         h = b.rms_norm(x, layer.post_norm, spec.rms_norm_eps)
-        x = ops.add(x, b.moe(h, layer.moe) if layer.moe else b.mlp(h, layer.mlp, spec.intermediate_size))
+        x = ops.add(x, b.moe(h, layer.moe) if layer.moe else b.mlp(h, layer.mlp))
     picked = ops.gather(x, params["logits_positions"], _i64(1), 1)
     logits = b.linear(b.rms_norm(picked, t.final_norm, spec.rms_norm_eps), t.lm_head)
     logits.output(0).get_tensor().set_names({"logits"})

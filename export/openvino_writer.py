@@ -18,7 +18,7 @@ import openvino.opset13 as ops
 from openvino import opset6
 
 from .spec import DecoderSpec
-from .tensors import Embedding, Linear, ModelTensors, Stored
+from .tensors import Embedding, GatedMlp, Linear, ModelTensors, Stored
 from .weight_file import WeightFile
 
 INPUTS = ["input_ids", "attention_mask", "position_ids", "beam_idx", "logits_positions"]
@@ -31,6 +31,9 @@ class _Builder:
     def const(self, s: Stored, shape: tuple[int, ...] | None = None) -> ov.Node:
         view = self.weights.view(s.offset, np.dtype(s.dtype), shape or s.shape)
         return ov.op.Constant(view, shared_memory=True)
+
+    def mlp(self, x, mlp: GatedMlp):
+        return self.linear(ops.multiply(ops.swish(self.linear(x, mlp.gate)), self.linear(x, mlp.up)), mlp.down)
 
     def linear(self, x, lin: Linear):
         if lin.per_channel:  # int8 W^T (K, N), one scale per output channel
@@ -145,9 +148,7 @@ def build_model(spec: DecoderSpec, t: ModelTensors, weights: WeightFile) -> ov.M
         attn = ops.reshape(ops.transpose(attn, _i64([0, 2, 1, 3])), _i64([0, 0, heads * d]), True)
         x = ops.add(x, b.linear(attn, layer.o))
         h = b.rms_norm(x, layer.post_norm, spec.rms_norm_eps)
-        gate, up = ops.variadic_split(b.linear(h, layer.gate_up), _i64(-1),
-                                      _i64([spec.intermediate_size] * 2)).outputs()
-        x = ops.add(x, b.linear(ops.multiply(ops.swish(gate), up), layer.down))
+        x = ops.add(x, b.mlp(h, layer.mlp))
 
     picked = ops.gather(x, logits_positions, _i64(1), 1)
     logits = b.linear(b.rms_norm(picked, t.final_norm, spec.rms_norm_eps), t.lm_head)

@@ -1,8 +1,9 @@
 """Reads a checkpoint once, quantizes it, and writes every tensor the graphs need.
 
 The result, `ModelTensors`, says where each tensor lies in the weight file; the ONNX and
-OpenVINO writers only assemble graphs around those records. Fusions decided here (q|k|v and
-gate|up become one matmul each) halve the number of kernel launches per layer.
+OpenVINO writers only assemble graphs around those records. q|k|v become one matmul (one
+kernel launch instead of three); gate and up stay two, so that no graph has to split a fused
+output (a copy of the MLP's widest activation).
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ class Embedding:
     scales: Stored | None = None
 
 
+@dataclass(frozen=True)
+class GatedMlp:
+    """down(silu(gate(x)) * up(x))."""
+
+    gate: Linear
+    up: Linear
+    down: Linear
+
+
 L = TypeVar("L")
 
 
@@ -65,8 +75,7 @@ class Layer:
     qkv: Linear
     o: Linear
     post_norm: Stored
-    gate_up: Linear
-    down: Linear
+    mlp: GatedMlp
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,9 @@ class _Writer:
             bias = self.store(np.concatenate(parts).astype(np.float32))
         return self.linear_from(w, bias)
 
+    def mlp(self, gate: str, up: str, down: str) -> GatedMlp:
+        return GatedMlp(self.linear([gate]), self.linear([up]), self.linear([down]))
+
     def linear_from(self, w: np.ndarray, bias: Stored | None = None) -> Linear:
         """Store a (N, K) weight already in memory: quantized and packed, or transposed float."""
         n, k = w.shape
@@ -135,8 +147,7 @@ def write_tensors(
                 qkv=w.linear([lw.q, lw.k, lw.v], [lw.q_bias, lw.k_bias, lw.v_bias]),
                 o=w.linear([lw.o], [lw.o_bias]),
                 post_norm=w.store(w.read(lw.post_norm)),
-                gate_up=w.linear([lw.gate, lw.up]),
-                down=w.linear([lw.down]),
+                mlp=w.mlp(lw.gate, lw.up, lw.down),
             )
         )
     inv_freq, amplitude = inv_freq_and_scale(spec.head_dim, spec.rope_theta, spec.rope_scaling)

@@ -17,7 +17,7 @@ from .checkpoint import Checkpoint
 from .quantize import Scheme
 from .rope import cos_sin_tables, inv_freq_and_scale
 from .spec import MlaSpec
-from .tensors import Linear, ModelTensors, Stored, _Writer
+from .tensors import GatedMlp, Linear, ModelTensors, Stored, _Writer
 from .weight_file import WeightFile
 
 
@@ -33,8 +33,8 @@ class PerHead:
 class Moe:
     router: Stored  # (hidden, E) float32
     router_bias: Stored | None
-    experts: tuple[tuple[Linear, Linear], ...]  # (gate|up, down)
-    shared: tuple[Linear, Linear] | None
+    experts: tuple[GatedMlp, ...]
+    shared: GatedMlp | None
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class MlaLayer:
     w_uv: PerHead  # (H, L, v)
     o: Linear
     post_norm: Stored
-    mlp: tuple[Linear, Linear] | None  # dense layers: (gate|up, down)
+    mlp: GatedMlp | None  # dense layers
     moe: Moe | None
 
 
@@ -67,9 +67,6 @@ class _MlaWriter(_Writer):
         scales = (np.abs(w).max(axis=1, keepdims=True) / 127).astype(np.float32)
         q = np.clip(np.rint(w / np.where(scales == 0, 1, scales)), -127, 127).astype(np.int8)
         return PerHead(self.store(q), self.store(scales))
-
-    def mlp(self, gate: str, up: str, down: str) -> tuple[Linear, Linear]:
-        return self.linear([gate, up]), self.linear([down])
 
 
 def write_mla_tensors(ckpt: Checkpoint, spec: MlaSpec, scheme: Scheme, out: WeightFile, context: int) -> MlaTensors:

@@ -137,7 +137,7 @@ def test_int8_weights_stay_int8_in_both_graphs(artifacts):
     art = load_artifact(artifacts("qwen2", "int8"))
     g = onnx.load(str(art.path("model.onnx")), load_external_data=False).graph
     ops = [n.op_type for n in g.node]
-    assert ops.count("MatMulIntegerToFloat") == 2 * 4 + 1  # qkv, o, gate_up, down per layer, and the LM head
+    assert ops.count("MatMulIntegerToFloat") == 2 * 5 + 1  # qkv, o, gate, up, down per layer, and the LM head
     assert "MatMul" not in ops and "MatMulNBits" not in ops
     assert ops.count("GroupQueryAttention") == 2
     weights = {t.name: t for t in g.initializer}
