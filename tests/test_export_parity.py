@@ -139,13 +139,15 @@ def test_int8_weights_stay_int8_in_both_graphs(artifacts):
     ops = [n.op_type for n in g.node]
     assert ops.count("MatMulIntegerToFloat") == 2 * 5 + 1  # qkv, o, gate, up, down per layer, and the LM head
     assert "MatMul" not in ops and "MatMulNBits" not in ops
+    assert "Split" not in ops  # gate and up write their own outputs: no copy of the widest activation
+    assert ops.count("QuantizeLinear") == 2 * 4 + 1  # gate and up share their input's quantization
     assert ops.count("GroupQueryAttention") == 2
     weights = {t.name: t for t in g.initializer}
     for n in g.node:
         if n.op_type == "MatMulIntegerToFloat":
             assert weights[n.input[1]].data_type == onnx.TensorProto.INT8  # activations are the uint8 side
     xml = art.path("openvino_model.xml").read_text()
-    assert xml.count('element_type="i8"') >= 2 * 4 + 1
+    assert xml.count('element_type="i8"') >= 2 * 5 + 1
     assert "ScaledDotProductAttention" in xml and "ReadValue" in xml
     q = art.manifest["quantization"]
     assert q["weights"] == "int8" and q["symmetric"] and q["granularity"] == "per output channel"
