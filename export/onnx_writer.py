@@ -146,7 +146,7 @@ def _gated_mlp(g: _Graph, x: str, mlp: GatedMlp, name: str, rows: str | None = N
     down projection quantizes its input per row, which no row's scale changes, so that scale is
     applied once to down's far narrower output instead."""
     gate, up, down = mlp.gate, mlp.up, mlp.down
-    if not (gate.per_channel and up.per_channel and down.per_channel) or gate.bias or up.bias or down.bias:
+    if not all(lin.per_channel and not lin.bias for lin in (gate, up, down)):  # a bias is not in row-scale units
         act = g.node("Mul", [_silu(g, _linear(g, x, gate, f"{name}/gate_proj", rows), name),
                              _linear(g, x, up, f"{name}/up_proj", rows)], f"{name}/Mul")
         return _linear(g, act, down, f"{name}/down_proj", rows)
