@@ -46,13 +46,14 @@ def read_bandwidth_gb_s(threads: int, size_mb: int = 1024) -> float:
     return best
 
 
-def variant_tag(weights: str, kv_cache: str) -> str:
-    """What names an edgeds export other than the default: "-int8-wo", "-kv-float16", ..."""
-    return ("" if weights == "int8" else f"-{weights}") + ("" if kv_cache == "float32" else f"-kv-{kv_cache}")
+def variant_tag(weights: str, kv_cache: str, small_batch: bool = False) -> str:
+    """What names an edgeds export other than the default: "-int8-wo", "-kv-float16", "-small-batch", ..."""
+    return (("" if weights == "int8" else f"-{weights}") + ("" if kv_cache == "float32" else f"-kv-{kv_cache}")
+            + ("-small-batch" if small_batch else ""))
 
 
 def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], weights: str = "int8",
-            kv_caches: tuple[str, ...] = ("float32",)) -> dict[str, str]:
+            kv_caches: tuple[str, ...] = ("float32",), small_batch: bool = False) -> dict[str, str]:
     """Source checkpoint and every runtime's model; edgeds exports under "edgeds" + their tag."""
     from random_checkpoint import write_checkpoint
 
@@ -62,15 +63,17 @@ def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], w
         write_checkpoint(CONFIGS / f"{shape}.json", src, CONFIGS.parent / "deepseek-v3-tokenizer")
     paths = {"transformers-fp32": str(src)}
     for kv_cache in kv_caches:
-        edg = work / f"{shape}-edgeds-{weights}{'' if kv_cache == 'float32' else '-kv-' + kv_cache}"
+        tag = variant_tag(weights, kv_cache, small_batch)
+        edg = work / f"{shape}-edgeds-{weights}{tag.removeprefix('-' + weights)}"
         if not (edg / "edgeds.json").exists():
             from importlib.util import find_spec
 
             formats = "onnx,openvino" if find_spec("openvino") else "onnx"
             subprocess.run([sys.executable, "-m", "edgeds.cli", "export", str(src), "-o", str(edg), "--format", formats,
-                            "--weights", weights, "--kv-cache", kv_cache, "--context", "2048", "--overwrite"], check=True)
+                            "--weights", weights, "--kv-cache", kv_cache, "--context", "2048", "--overwrite",
+                            *(["--small-batch-graph"] if small_batch else [])], check=True)
         for name in ("edgeds", "edgeds-onnxruntime", "edgeds-openvino"):
-            paths[name + variant_tag(weights, kv_cache)] = str(edg)
+            paths[name + tag] = str(edg)
     py = peer_python or sys.executable
     ov = work / f"{shape}-optimum-ov-int8"
     if "openvino-genai" in peers and not (ov / "openvino_model.xml").exists():
@@ -212,6 +215,8 @@ def main() -> None:
     ap.add_argument("--weights", default="int8", help="edgeds export weights (int8, int8-wo, int4)")
     ap.add_argument("--kv-cache", default="float32",
                     help="edgeds export KV cache types, comma-separated (float32, float16, int8): each is a row, in turns")
+    ap.add_argument("--small-batch-graph", action="store_true",
+                    help="export edgeds with its small-batch decode graph (edgeds export --small-batch-graph)")
     ap.add_argument("--machine", default=None)
     ap.add_argument("--work", default="/tmp/edgeds-compare")
     ap.add_argument("--reuse", default="", help="peers whose results from an earlier run (in --work) to reuse")
@@ -225,9 +230,9 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     kv_caches = tuple(args.kv_cache.split(","))
-    paths = prepare(args.shape, work, args.peer_python, peers, args.weights, kv_caches)
+    paths = prepare(args.shape, work, args.peer_python, peers, args.weights, kv_caches, args.small_batch_graph)
     # Each edgeds export is a row of its own, named by its tag ("edgeds-kv-float16").
-    rows = [(name + variant_tag(args.weights, kv), name) if name.startswith("edgeds") else (name, name)
+    rows = [(name + variant_tag(args.weights, kv, args.small_batch_graph), name) if name.startswith("edgeds") else (name, name)
             for name in peers for kv in (kv_caches if name.startswith("edgeds") else ("",))]  # (row, runner)
     if args.prepare_only:
         return
@@ -262,7 +267,8 @@ def main() -> None:
     machine = args.machine or f"{platform.machine()}-{args.threads}t"
     from edgeds.memory_budget import decode_read_bytes
 
-    manifest = json.loads((Path(paths["edgeds" + variant_tag(args.weights, kv_caches[0])]) / "edgeds.json").read_text())
+    manifest = json.loads((Path(paths["edgeds" + variant_tag(args.weights, kv_caches[0], args.small_batch_graph)])
+                           / "edgeds.json").read_text())
     weights_gb = decode_read_bytes(manifest, "onnx") / 1e9  # the 1.5B shape is dense
     note = (f"`python benchmarks/compare.py {' '.join(sys.argv[1:])}`; shape {args.shape}, random weights; "
             f"TTFT on a 128-token prompt; decode over {16 if args.quick else 64} tokens; offline job of {args.jobs} prompts "

@@ -70,8 +70,11 @@ class Artifact:
     def files_for(self, fmt: str) -> list[str]:
         """The files a backend of this format reads: its graph and weights, and the tokenizer."""
         graph, tok = self.graph(fmt), self.manifest["tokenizer"]
-        parts = [part["file"] for part in graph.get("parts", [])]
-        names = [graph["file"], *parts, graph["data_file"], tok["file"], tok.get("chat_template")]
+        names = []
+        for g in (graph, graph.get("small_batch")):
+            if g:
+                names += [g["file"], *(part["file"] for part in g.get("parts", [])), g["data_file"]]
+        names += [tok["file"], tok.get("chat_template")]
         return [n for n in names if n]
 
     def verify(self, names: list[str] | None = None) -> None:

@@ -50,7 +50,8 @@ class Engine:
         self.context = min(profile.runtime.context, artifact.model["context_length"])
         # No batch, the profile's or a caller's, may hold more slots of full-context cache than fit.
         fmt = choice.artifact_format
-        self.max_batch = max(largest_batch(hardware.memory_bytes, weight_bytes(artifact.manifest, fmt),
+        weights = weight_bytes(artifact.manifest, fmt, small_batch=bool(choice.small_batch_max))
+        self.max_batch = max(largest_batch(hardware.memory_bytes, weights,
                                            kv_bytes_per_token(artifact.manifest, fmt), self.context), 1)
         self.batch_size = self.batch_for(profile.runtime.batch_size)
         if self.batch_size < profile.runtime.batch_size:
@@ -160,4 +161,5 @@ def _make_backend(artifact: Artifact, profile: Profile, choice: Choice):
 
     opts = profile.onnxruntime.provider_options
     providers = [(p, dict(opts.get(p, {}))) for p in choice.providers]
-    return OnnxRuntimeBackend(artifact, providers, choice.threads, profile.onnxruntime.session_options)
+    return OnnxRuntimeBackend(artifact, providers, choice.threads, profile.onnxruntime.session_options,
+                              small_batch_max=choice.small_batch_max)

@@ -14,9 +14,13 @@ from .artifact import cache_values_per_token, kv_cache_dtype
 USABLE = 0.9  # of the machine's memory: the rest is the OS, the runtime and activations
 
 
-def weight_bytes(manifest: dict, fmt: str) -> int:
+def weight_bytes(manifest: dict, fmt: str, small_batch: bool = False) -> int:
+    """The graph's files; with `small_batch`, its small-batch graph's too (loaded beside it)."""
     graph = manifest["graphs"][fmt]
-    return sum(manifest["files"][f]["size"] for f in (graph["file"], graph["data_file"]) if f in manifest["files"])
+    files = [graph["file"], graph["data_file"]]
+    if small_batch and (small := graph.get("small_batch")):
+        files += [small["file"], small["data_file"]]
+    return sum(manifest["files"][f]["size"] for f in files if f in manifest["files"])
 
 
 def decode_read_bytes(manifest: dict, fmt: str) -> int | None:

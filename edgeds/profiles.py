@@ -45,6 +45,9 @@ class OnnxRuntimeSettings:
     threads: int = 0
     provider_options: dict = field(default_factory=dict)
     session_options: dict = field(default_factory=dict)
+    # Decode batches up to this size run an artifact's small-batch graph, where it has one
+    # (export --small-batch-graph); 0: never load it.
+    small_batch_max: int = 0
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ class Choice:
     # What would run better here (another export, usually): also among the reasons, and told
     # at the start of a job, where a reason list is not read.
     advice: list[str] = field(default_factory=list)
+    # Decode batches up to this size run the artifact's small-batch graph (0: not loaded).
+    small_batch_max: int = 0
 
     @property
     def artifact_format(self) -> str:
@@ -145,5 +147,14 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
             reasons.append(f"graph: {len(parts)} parts, created in parallel" if loads_in_parts(graph, usable[0])
                            else f"graph: whole (its {len(parts)} parts load in parallel on the CPU provider with "
                                 f"onnxruntime >= {'.'.join(map(str, PARALLEL_LOAD_MIN_ORT))})")
-        return Choice("onnxruntime", usable, n_threads, reasons, advice)
+        small_batch_max = 0
+        if graph and graph.get("small_batch"):
+            if usable[0] != "CPUExecutionProvider":
+                reasons.append("small-batch graph: not used on GPU providers")
+            elif not profile.onnxruntime.small_batch_max:
+                reasons.append(f"small-batch graph: not used by profile {profile.name} (small_batch_max = 0)")
+            else:
+                small_batch_max = profile.onnxruntime.small_batch_max
+                reasons.append(f"small-batch graph: loaded; decode steps of <= {small_batch_max} sequences run it")
+        return Choice("onnxruntime", usable, n_threads, reasons, advice, small_batch_max)
     raise ConfigError("no usable backend: " + "; ".join(reasons))

@@ -42,6 +42,7 @@ def export_checkpoint(
     verify: bool = False,
     kv_cache: str = "float32",
     load_parts: int | None = None,
+    small_batch_graph: bool = False,
 ) -> dict:
     """Export `src` to the artifact folder `out`; returns the manifest written.
 
@@ -49,7 +50,9 @@ def export_checkpoint(
     decode step's attention reads, "float16" halves them and puts attention where GPU providers
     run it (dense models; the OpenVINO plugin chooses its own).
     `load_parts`: also write the ONNX graph as that many consecutive parts (1: none; default
-    DEFAULT_LOAD_PARTS)."""
+    DEFAULT_LOAD_PARTS).
+    `small_batch_graph`: also write the int8 weights repacked for MatMulNBits, in a second graph
+    that the CPU runtime decodes a few sequences with (export/small_batch_graph.py)."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ExportError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
@@ -63,11 +66,16 @@ def export_checkpoint(
     if kv_cache != "float32" and "onnx" not in formats:
         raise ExportError(f"--kv-cache {kv_cache} is a property of the ONNX graph; add onnx to --format "
                           "(the OpenVINO plugin picks its own cache precision)")
+    if small_batch_graph and (weights != "int8" or kv_cache == "int8" or "onnx" not in formats):
+        raise ExportError("--small-batch-graph repacks int8 weights for ONNX Runtime: it needs --weights int8, "
+                          "the onnx format and a float32 or float16 KV cache")
     started = time.perf_counter()
     ckpt = Checkpoint(src)
     spec = family_for(ckpt.config).decoder_spec(ckpt)
     scheme = SCHEMES[weights]
     context = int(context or min(spec.max_position_embeddings, DEFAULT_CONTEXT))
+    if small_batch_graph and isinstance(spec, MlaSpec):
+        raise ExportError("--small-batch-graph is for dense models; MLA/MoE checkpoints are exported without it")
     if kv_cache != "float32" and isinstance(spec, MlaSpec):
         # float16 was tried: 2.5-3.3x slower decode at 8k context on a 2-core EPYC, and CUDA's
         # attention refuses the latent's 576-wide heads (benchmarks/results/cuda-h200.md).
@@ -76,7 +84,7 @@ def export_checkpoint(
     out = Path(out).expanduser()
 
     with staging_folder(out, overwrite) as tmp:
-        check_free_space(tmp, _estimated_bytes(ckpt, scheme.bits, len(formats)))
+        check_free_space(tmp, _estimated_bytes(ckpt, scheme.bits, len(formats) + small_batch_graph))
         log.info("reading %s (%s, %d layers), quantizing to %s", ckpt.root, spec.model_type,
                  spec.num_layers, scheme.name)
         weight_file = WeightFile(tmp / "model.onnx.data")
@@ -99,12 +107,16 @@ def export_checkpoint(
 
                 graphs["onnx"] = write_onnx(spec, tensors, tmp, weight_file.path.name, kv_cache,
                                             ckpt.root / "tokenizer.json")
-            parts = write_parts(tmp, graphs["onnx"]["file"], load_parts, spec.hidden_size)
-            if parts:
-                graphs["onnx"]["parts"] = parts
-                graphs["onnx"]["parts_note"] = ("the graph cut at layer boundaries, to be run in this order; "
-                                                "each part's outputs that the next part reads are the residual "
-                                                "stream, [batch, sequence, hidden_size] float32")
+            if small_batch_graph:
+                from .small_batch_graph import write_small_batch_graph
+
+                graphs["onnx"]["small_batch"] = write_small_batch_graph(spec, tensors, tmp, weight_file, kv_cache)
+            for entry in (graphs["onnx"], graphs["onnx"].get("small_batch")):
+                if entry and (parts := write_parts(tmp, entry["file"], load_parts, spec.hidden_size)):
+                    entry["parts"] = parts
+                    entry["parts_note"] = ("the graph cut at layer boundaries, to be run in this order; each "
+                                           "part's outputs that the next part reads are the residual stream, "
+                                           "[batch, sequence, hidden_size] float32")
         if "openvino" in formats:
             if mla:
                 from .openvino_mla_writer import write_openvino_mla as write_openvino

@@ -73,7 +73,7 @@ class _Graph:
         t.dims.extend(s.shape)
         t.data_location = TensorProto.EXTERNAL
         nbytes = int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize
-        for key, value in (("location", self.data_file), ("offset", s.offset), ("length", nbytes)):
+        for key, value in (("location", s.file or self.data_file), ("offset", s.offset), ("length", nbytes)):
             entry = t.external_data.add()
             entry.key, entry.value = key, str(value)
         self.initializers.append(t)

@@ -22,11 +22,12 @@ from .weight_file import WeightFile
 
 @dataclass(frozen=True)
 class Stored:
-    """One tensor in the weight file."""
+    """One tensor in a weight file: the artifact's main one, or `file` where named."""
 
     offset: int
     dtype: str
     shape: tuple[int, ...]
+    file: str | None = None
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,17 @@ On the CPU provider an artifact's graph parts (export/graph_parts.py) are loaded
 each, on parallel threads: ONNX Runtime prepacks a session's weights on one thread, and that is
 nearly all of its load time. A call then runs the parts in turn, each handing the residual
 stream to the next through a buffer bound to both.
+
+An artifact exported with `--small-batch-graph` has a second graph whose linear layers run
+ONNX Runtime's one-row kernel (export/small_batch_graph.py). Where the profile allows it
+(`small_batch_max`), it is loaded beside the main graph and bound to the same cache: prefill
+calls run the main graph, decode steps of at most `small_batch_max` sequences the second one.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -124,6 +130,21 @@ def _check_chain(io: list[tuple[set, set]], root) -> list[str]:
     return sorted(produced & set().union(*(ins for ins, _ in io)))
 
 
+class _Graph:
+    """The sessions of one graph (its parts, or the whole), run in turn, and the names each reads
+    and writes."""
+
+    def __init__(self, sessions: list[ort.InferenceSession], root):
+        self.sessions = sessions
+        self.io = [({i.name for i in s.get_inputs()}, {o.name for o in s.get_outputs()}) for s in sessions]
+        # Residual-stream tensors one part hands to the next: [batch, sequence, hidden] float32.
+        self.carried = _check_chain(self.io, root)
+
+
+def _graph_files(graph: dict, provider) -> list[str]:
+    return [part["file"] for part in graph["parts"]] if loads_in_parts(graph, provider) else [graph["file"]]
+
+
 class _Call:
     """The bindings of one call, one per session run in turn, and the buffers they hand on
     (ORT reads bound memory by address at run time: the buffers must live until then)."""
@@ -142,10 +163,11 @@ class OnnxRuntimeBackend:
 
     def __init__(self, artifact: Artifact, providers: list, threads: int | None = None,
                  session_options: dict | None = None, profile_prefix: str | None = None,
-                 cache_on_device: bool | None = None):
+                 cache_on_device: bool | None = None, small_batch_max: int = 0):
         """`cache_on_device`: keep the cache in OrtValues (None: where the first provider has
         device memory and attention runs there; True on the CPU provider runs the same code
-        with host OrtValues)."""
+        with host OrtValues). `small_batch_max`: decode batches up to this size on the
+        artifact's small-batch graph, where it has one (0: never load it)."""
         graph = artifact.graph("onnx")
         m = artifact.model
         self.layers, self.vocab_size = m["num_layers"], m["vocab_size"]
@@ -167,19 +189,20 @@ class OnnxRuntimeBackend:
         # values for us to store (export/onnx_writer.py, _attention).
         self.fresh_input = "fresh_prompt" in graph["inputs"]
         self._flags = {True: np.array(True), False: np.array(False)}  # bound by address: they must live on
-        files = [graph["file"]]
-        if parts := loads_in_parts(graph, providers[0]):
-            files = [part["file"] for part in graph["parts"]]
+        # The small-batch graph's sessions load with the main graph's, on the same threads.
+        self.small_batch_max = small_batch_max if graph.get("small_batch") else 0
+        graphs = [graph] + ([graph["small_batch"]] if self.small_batch_max else [])
+        file_lists = [_graph_files(g, providers[0]) for g in graphs]
+        files = [f for fs in file_lists for f in fs]
         # One options object per session: profiles are named by prefix and creation time, and
-        # parts created at once would write over each other's.
-        prefixes = [profile_prefix and (f"{profile_prefix}.part{j}" if parts else profile_prefix) for j in range(len(files))]
-        opts = [_session_options(threads, session_options, prefix, parts) for prefix in prefixes]
-        self.sessions = _load_sessions([str(artifact.path(f)) for f in files], opts, providers, threads)
-        self.session = self.sessions[0]
-        # Per session: the names it reads and writes, so that each binds only its own.
-        self._io = [({i.name for i in s.get_inputs()}, {o.name for o in s.get_outputs()}) for s in self.sessions]
-        # Residual-stream tensors one part hands to the next: [batch, sequence, hidden] float32.
-        self._carried = _check_chain(self._io, artifact.root)
+        # sessions created at once would write over each other's.
+        opts = [_session_options(threads, session_options, profile_prefix and f"{profile_prefix}.{Path(f).stem}",
+                                 len(files) > 1) for f in files]
+        sessions = _load_sessions([str(artifact.path(f)) for f in files], opts, providers, threads)
+        self.main = _Graph(sessions[: len(file_lists[0])], artifact.root)
+        self.small = _Graph(sessions[len(file_lists[0]):], artifact.root) if self.small_batch_max else None
+        self.session = self.main.sessions[0]
+        self.sessions = self.main.sessions + (self.small.sessions if self.small else [])
         self.hidden_size = m["hidden_size"]
         self.device = self.session.get_providers()[0]
         # A CPU input that a GPU node reads is copied to the device when it is bound, not when
@@ -256,35 +279,39 @@ class OnnxRuntimeBackend:
         self._positions = np.zeros((batch_size, 1), np.int64)
         self._logits = np.zeros((batch_size, 1, self.vocab_size), np.float32)
         self._token_positions = np.zeros((batch_size, 1), np.int64)
+        self.decode_graph = self.small if self.small and batch_size <= self.small_batch_max else self.main
         self._decode = self._bind(self._ids, self._seqlens, self._total, self._positions,
-                                  self._logits, slice(0, batch_size), self._token_positions)
+                                  self._logits, slice(0, batch_size), self._token_positions, graph=self.decode_graph)
 
-    def _bind_step_inputs(self, bindings: list[ort.IOBinding], ids, seqlens, total, positions, token_positions,
-                          fresh: bool) -> None:
+    def _bind_step_inputs(self, bindings: list[ort.IOBinding], io: list[tuple[set, set]], ids, seqlens, total,
+                          positions, token_positions, fresh: bool) -> None:
         inputs = [("input_ids", ids), ("seqlens_k", seqlens), ("total_sequence_length", total),
                   ("logits_positions", positions)]
         if self.positions_input:
             inputs.append(("position_ids", token_positions))
         if self.fresh_input:
             inputs.append(("fresh_prompt", self._flags[fresh]))
-        for b, (ins, _) in zip(bindings, self._io):
+        for b, (ins, _) in zip(bindings, io):
             for name, arr in inputs:
                 if name in ins:
                     b.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
 
     def _bind(self, ids, seqlens, total, positions, logits, rows: slice, token_positions,
-              fresh: list[np.ndarray] | None = None) -> _Call:
+              fresh: list[np.ndarray] | None = None, graph: _Graph | None = None) -> _Call:
         """`fresh`: one array per cache buffer that receives a fresh prompt's keys and values
-        (int8-cache graphs); without it the cache rows are updated in place."""
-        call = _Call([s.io_binding() for s in self.sessions], self.sessions)
-        self._bind_step_inputs(call.bindings, ids, seqlens, total, positions, token_positions, fresh is not None)
+        (int8-cache graphs); without it the cache rows are updated in place. `graph`: the main
+        one unless named."""
+        graph = graph or self.main
+        call = _Call([s.io_binding() for s in graph.sessions], graph.sessions)
+        self._bind_step_inputs(call.bindings, graph.io, ids, seqlens, total, positions, token_positions,
+                               fresh is not None)
         memory = self.cache_memory or ("cpu", 0)
         caches = self._cache_bindings()
-        call.buffers = [np.empty((*ids.shape, self.hidden_size), np.float32) for _ in self._carried]
-        for b, (ins, outs) in zip(call.bindings, self._io):
+        call.buffers = [np.empty((*ids.shape, self.hidden_size), np.float32) for _ in graph.carried]
+        for b, (ins, outs) in zip(call.bindings, graph.io):
             if "logits" in outs:
                 b.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
-            for name, buf in zip(self._carried, call.buffers):
+            for name, buf in zip(graph.carried, call.buffers):
                 bind = b.bind_input if name in ins else b.bind_output if name in outs else None
                 if bind:
                     bind(name, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
@@ -356,8 +383,8 @@ class OnnxRuntimeBackend:
         self._token_positions[:, 0] = self._seqlens
         self._total[...] = self._seqlens.max() + 1
         if self._copied_at_bind:
-            self._bind_step_inputs(self._decode.bindings, self._ids, self._seqlens, self._total, self._positions,
-                                   self._token_positions, False)
+            self._bind_step_inputs(self._decode.bindings, self.decode_graph.io, self._ids, self._seqlens, self._total,
+                                   self._positions, self._token_positions, False)
         self._decode.run()
         self.lengths += 1
         return self._logits[:, 0]

@@ -1,0 +1,73 @@
+"""A second ONNX graph for decode steps of a few sequences: the int8 weights as MatMulNBits.
+
+Why: the integer GEMM that makes prefill and large batches fast (MatMulIntegerToFloat, with
+per-row activation quantization around it) is slower on one row than ONNX Runtime's
+MatMulNBits kernel, which streams the same int8 weights with fewer nodes around it: a batch-1
+step took 40-60 ms against 63-70 ms on a 2-core EPYC, and 21-22 ms against 28-38 ms on a
+16-core AMX Xeon; from a few rows on the integer GEMM wins (benchmarks/results/).
+
+The graph is the main one with every linear layer repacked, not re-quantized: the same int8
+values and per-channel scales (each channel's scale repeated over MatMulNBits' blocks), so
+both graphs hold identical weights and differ only in how activations are rounded. Everything
+else (embedding table, norms, biases, rotary tables) stays where the main graph reads it, in
+the main weight file; only the repacked weights are new, about as many bytes as the main ones.
+The runtime binds both graphs to the same KV cache: prefill runs the main graph, decode steps
+of at most the profile's `small_batch_max` sequences run this one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .onnx_writer import build_graph, linear_op
+from .quantize import block_size_for
+from .spec import DecoderSpec
+from .tensors import Layer, Linear, ModelTensors, Stored
+from .weight_file import WeightFile
+
+FILE = "decode_small.onnx"
+DATA_FILE = "decode_small.onnx.data"
+BLOCK_SIZE = 128  # what --weights int8-wo uses; the scales repeat per block, so any size gives the same weights
+
+
+def repack(lin: Linear, source: WeightFile, out: WeightFile) -> Linear:
+    """An int8 per-channel linear (W^T int8 (K, N), scales (N,)) as MatMulNBits' uint8 (N, blocks,
+    block) with value + 128 and (N, blocks) scales, written to `out`."""
+    w = source.view(lin.weight.offset, np.dtype(lin.weight.dtype), lin.weight.shape)  # (K, N) int8
+    scales = source.view(lin.scales.offset, np.dtype(lin.scales.dtype), lin.scales.shape)
+    size = block_size_for(lin.k, BLOCK_SIZE)
+    packed = (w.T.astype(np.int16) + 128).astype(np.uint8).reshape(lin.n, lin.k // size, size)
+    blocks = np.ascontiguousarray(np.repeat(scales[:, None], lin.k // size, axis=1))
+
+    def stored(array: np.ndarray) -> Stored:
+        offset, _ = out.append(array)
+        return Stored(offset, str(array.dtype), tuple(array.shape), out.path.name)
+
+    return Linear(lin.n, lin.k, stored(packed), stored(blocks), 8, size, lin.bias)
+
+
+def repacked_tensors(t: ModelTensors[Layer], source: WeightFile, out: WeightFile) -> ModelTensors[Layer]:
+    layers = tuple(replace(layer, qkv=repack(layer.qkv, source, out), o=repack(layer.o, source, out),
+                           mlp=type(layer.mlp)(*(repack(lin, source, out) for lin in
+                                                 (layer.mlp.gate, layer.mlp.up, layer.mlp.down))))
+                   for layer in t.layers)
+    return replace(t, layers=layers, lm_head=repack(t.lm_head, source, out))
+
+
+def write_small_batch_graph(spec: DecoderSpec, tensors: ModelTensors[Layer], folder: Path, source: WeightFile,
+                            kv_cache: str) -> dict:
+    """Writes the graph and its weight file into `folder`; returns its manifest entry."""
+    out = WeightFile(folder / DATA_FILE)
+    repacked = repacked_tensors(tensors, source, out)
+    out.close()
+    onnx.save_model(build_graph(spec, repacked, source.path.name, kv_cache=kv_cache), str(folder / FILE))
+    return {
+        "file": FILE,
+        "data_file": DATA_FILE,
+        "linear": linear_op(repacked.lm_head) + " (the main graph's int8 weights and scales, repacked)",
+        "use": "decode steps of a few sequences; same inputs, outputs and KV cache as the main graph",
+    }

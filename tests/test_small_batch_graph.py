@@ -1,0 +1,131 @@
+"""`export --small-batch-graph`: the int8 weights repacked for MatMulNBits in a second graph,
+which the runtime decodes small batches with, bound to the main graph's KV cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import edgeds
+from edgeds.artifact import load_artifact
+from edgeds.backends.onnxruntime import OnnxRuntimeBackend
+from edgeds.errors import ArtifactError
+from edgeds.memory_budget import weight_bytes
+from export import export_checkpoint
+from export.errors import ExportError
+from test_export_parity import errors_against_reference
+from tiny_models import load_reference
+
+CONTEXT = 128
+CPU = ["CPUExecutionProvider"]
+
+
+@pytest.fixture(scope="module")
+def small_artifact(checkpoints, tmp_path_factory):
+    """kind -> an int8 ONNX artifact with the small-batch graph, exported once per module."""
+    root, cache = tmp_path_factory.mktemp("small-batch"), {}
+
+    def get(kind: str, kv_cache: str = "float32"):
+        if (kind, kv_cache) not in cache:
+            out = root / f"{kind}-{kv_cache}"
+            export_checkpoint(checkpoints(kind), out, formats=("onnx",), weights="int8", context=CONTEXT,
+                              kv_cache=kv_cache, small_batch_graph=True)
+            cache[kind, kv_cache] = out
+        return cache[kind, kv_cache]
+
+    return get
+
+
+@pytest.mark.parametrize("kind,kv_cache", [("qwen2", "float32"), ("llama", "float32"), ("qwen2", "float16")])
+def test_small_batch_decode_follows_transformers(kind, kv_cache, checkpoints, small_artifact):
+    """Prefill on the main graph, then 24 cached decode steps on the small-batch graph, each
+    against the reference, as close as the main graph's own steps."""
+    art = load_artifact(small_artifact(kind, kv_cache))
+    model = load_reference(checkpoints(kind))
+    small = OnnxRuntimeBackend(art, CPU, 2, small_batch_max=4)
+    main = OnnxRuntimeBackend(art, CPU, 2)
+    errors, agree = errors_against_reference(model, small, 24)
+    main_errors, _ = errors_against_reference(model, main, 24)
+    assert small.decode_graph is small.small and main.small is None
+    assert max(errors) < 0.08  # the int8 bound of test_quantized_logit_error_is_bounded
+    assert max(errors[1:]) < 2 * max(main_errors[1:]) + 1e-3
+    assert errors[1:] != main_errors[1:]  # the steps really ran another graph (activations rounded per block)
+    assert np.mean(agree) >= 0.9
+
+
+def test_small_batch_graph_holds_the_main_weights_repacked(small_artifact):
+    """Every MatMulNBits of the small graph dequantizes to exactly its main-graph twin."""
+    art = load_artifact(small_artifact("qwen2"))
+    main = onnx.load(str(art.path("model.onnx")), load_external_data=False)
+    small = onnx.load(str(art.path("decode_small.onnx")), load_external_data=False)
+    w_main = {t.name: numpy_helper.to_array(t, str(art.root)) for t in main.graph.initializer}
+    w_small = {t.name: numpy_helper.to_array(t, str(art.root)) for t in small.graph.initializer}
+    nbits = [n for n in small.graph.node if n.op_type == "MatMulNBits"]
+    integer = [n for n in main.graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert len(nbits) == len(integer) == 2 * 5 + 1
+    assert not [n for n in small.graph.node if n.op_type in ("MatMulIntegerToFloat", "QuantizeLinear")]
+    for nb, mm in zip(nbits, integer):
+        packed, scales = w_small[nb.input[1]], w_small[nb.input[2]]
+        n, blocks, size = packed.shape
+        from_small = ((packed.astype(np.float32) - 128) * scales[:, :, None]).reshape(n, blocks * size)
+        from_main = (w_main[mm.input[1]].astype(np.float32) * w_main[mm.input[3]]).T  # (K, N) int8 x (N,) scales
+        np.testing.assert_array_equal(from_small, from_main)
+    # Everything that is not a linear layer is read from the main weight file, not copied.
+    shared = [t for t in small.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+              and t.name not in {x for nb in nbits for x in nb.input[1:3]}]
+    assert shared and all(e.value == "model.onnx.data" for t in shared for e in t.external_data if e.key == "location")
+
+
+def test_batches_above_the_limit_decode_on_the_main_graph(small_artifact):
+    art = load_artifact(small_artifact("qwen2"))
+    backend = OnnxRuntimeBackend(art, CPU, 2, small_batch_max=2)
+    prompts = [np.arange(3, 3 + n) for n in (5, 9, 7)]
+    backend.start(3, 32)
+    backend.prefill([0, 1, 2], prompts)
+    assert backend.decode_graph is backend.main
+    three = backend.decode(np.array([4, 4, 4]))
+    backend.start(2, 32)
+    backend.prefill([0, 1], prompts[:2])
+    assert backend.decode_graph is backend.small
+    two = backend.decode(np.array([4, 4]))
+    # The two graphs round activations differently; their logits stay within int8 error.
+    np.testing.assert_allclose(two, three[:2], atol=0.05 * np.abs(three).max())
+
+
+def test_profile_decides_whether_it_loads(small_artifact, monkeypatch):
+    path = small_artifact("qwen2")
+    engine = edgeds.load(path, backend="onnxruntime", profile="cpu-avx512")
+    loaded = engine.profile.onnxruntime.small_batch_max
+    assert loaded and engine.backend.small_batch_max == loaded
+    assert f"small-batch graph: loaded; decode steps of <= {loaded} sequences run it" in engine.reasons
+    engine = edgeds.load(path, backend="onnxruntime", profile="jetson-orin-nano")
+    assert engine.backend.small is None
+    # The engine's memory budget counts the second graph's weights where it is loaded.
+    manifest = engine.artifact.manifest
+    assert weight_bytes(manifest, "onnx", small_batch=True) > 1.5 * weight_bytes(manifest, "onnx")
+
+
+def test_tampered_small_batch_weights_are_refused(small_artifact, tmp_path):
+    import shutil
+
+    copy = tmp_path / "art"
+    shutil.copytree(small_artifact("qwen2"), copy)
+    data = copy / "decode_small.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError, match="decode_small.onnx.data"):
+        edgeds.load(copy, backend="onnxruntime")
+
+
+@pytest.mark.parametrize("kwargs,kind", [
+    ({"weights": "int8-wo"}, "qwen2"),
+    ({"weights": "int8", "kv_cache": "int8"}, "qwen2"),
+    ({"weights": "int8", "formats": ("openvino",)}, "qwen2"),
+    ({"weights": "int8"}, "deepseek_v2"),
+])
+def test_refused_where_it_does_not_apply(kwargs, kind, checkpoints, tmp_path):
+    with pytest.raises(ExportError, match="--small-batch-graph"):
+        export_checkpoint(checkpoints(kind), tmp_path / "out", context=CONTEXT, small_batch_graph=True, **kwargs)
