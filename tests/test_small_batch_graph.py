@@ -7,6 +7,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from test_export_parity import errors_against_reference
+from tiny_models import load_reference
 
 import edgeds
 from edgeds.artifact import load_artifact
@@ -15,8 +17,6 @@ from edgeds.errors import ArtifactError
 from edgeds.memory_budget import weight_bytes
 from export import export_checkpoint
 from export.errors import ExportError
-from test_export_parity import errors_against_reference
-from tiny_models import load_reference
 
 CONTEXT = 128
 CPU = ["CPUExecutionProvider"]
