@@ -54,7 +54,7 @@ def run_bench(artifact: str, prompt_tokens: int = 128, new_tokens: int = 64, bat
     batch_size = engine.batch_for(batch_size)
     runs = [_measure(engine, b, prompt_tokens, new_tokens, rng) for b in sorted({1, batch_size})]
     fmt = engine.choice.artifact_format
-    weights = weight_bytes(engine.artifact.manifest, fmt)
+    weights = weight_bytes(engine.artifact.manifest, fmt, small_batch=bool(engine.choice.small_batch_max))
     per_step = decode_read_bytes(engine.artifact.manifest, fmt)
     for r in runs:
         # A dense model's decode step reads its weights once: bytes/step x steps/s.

@@ -33,7 +33,7 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
     if art is not None:
         fmt = choice.artifact_format if choice else "onnx"
         fmt = fmt if fmt in art.formats else art.formats[0]
-        weights = weight_bytes(art.manifest, fmt)
+        weights = weight_bytes(art.manifest, fmt, small_batch=bool(choice and choice.small_batch_max))
         per_token = kv_bytes_per_token(art.manifest, fmt)
         batch, context = prof.runtime.batch_size, min(prof.runtime.context, art.model["context_length"])
         need = weights + per_token * batch * context
