@@ -129,3 +129,24 @@ def test_tampered_small_batch_weights_are_refused(small_artifact, tmp_path):
 def test_refused_where_it_does_not_apply(kwargs, kind, checkpoints, tmp_path):
     with pytest.raises(ExportError, match="--small-batch-graph"):
         export_checkpoint(checkpoints(kind), tmp_path / "out", context=CONTEXT, small_batch_graph=True, **kwargs)
+
+
+def test_refilled_slots_decode_on_the_small_graph_as_alone(small_artifact):
+    """Five prompts through two slots: finished slots take the next prompt (a prefill on the main
+    graph into the small graph's cache rows) and each prompt gets what it gets alone."""
+    from edgeds import generate as gen
+    from edgeds.sampling import SamplingParams
+
+    def run(prompts, lengths, batch_size):
+        reqs = [gen.Request(i, p, SamplingParams(max_new_tokens=n, ignore_eos=True))
+                for i, (p, n) in enumerate(zip(prompts, lengths))]
+        done = {e.key: e.token_ids for e in engine.run(reqs, batch_size) if isinstance(e, gen.Finished)}
+        return [done[i] for i in range(len(prompts))]
+
+    engine = edgeds.load(small_artifact("qwen2"), backend="onnxruntime", profile="cpu-avx512")
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(2, 320, n).astype(np.int64) for n in (5, 17, 9, 30, 12)]
+    lengths = [3, 11, 6, 9, 4]  # slots free at different steps: refills come mid-decode
+    together = run(prompts, lengths, 2)
+    assert engine.backend.decode_graph is engine.backend.small
+    assert together == [run([p], [n], 1)[0] for p, n in zip(prompts, lengths)]
