@@ -46,8 +46,10 @@ class OnnxRuntimeSettings:
     provider_options: dict = field(default_factory=dict)
     session_options: dict = field(default_factory=dict)
     # Decode batches up to this size run an artifact's small-batch graph, where it has one
-    # (export --small-batch-graph); 0: never load it.
+    # (export --small-batch-graph); 0: never load it. MoE models have their own limit: each
+    # expert sees a fraction of the batch, so the one-row kernel pays up to larger batches.
     small_batch_max: int = 0
+    small_batch_max_moe: int = 0
 
 
 @dataclass(frozen=True)

@@ -149,12 +149,14 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
                                 f"onnxruntime >= {'.'.join(map(str, PARALLEL_LOAD_MIN_ORT))})")
         small_batch_max = 0
         if graph and graph.get("small_batch"):
+            moe = bool(artifact.model.get("moe_layers"))
+            key = "small_batch_max_moe" if moe else "small_batch_max"
             if usable[0] != "CPUExecutionProvider":
                 reasons.append("small-batch graph: not used on GPU providers")
-            elif not profile.onnxruntime.small_batch_max:
-                reasons.append(f"small-batch graph: not used by profile {profile.name} (small_batch_max = 0)")
+            elif not getattr(profile.onnxruntime, key):
+                reasons.append(f"small-batch graph: not used by profile {profile.name} ({key} = 0)")
             else:
-                small_batch_max = profile.onnxruntime.small_batch_max
+                small_batch_max = getattr(profile.onnxruntime, key)
                 reasons.append(f"small-batch graph: loaded; decode steps of <= {small_batch_max} sequences run it")
         return Choice("onnxruntime", usable, n_threads, reasons, advice, small_batch_max)
     raise ConfigError("no usable backend: " + "; ".join(reasons))

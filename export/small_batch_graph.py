@@ -17,7 +17,7 @@ of at most the profile's `small_batch_max` sequences run this one.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,8 @@ import onnx
 
 from .onnx_writer import build_graph, linear_op
 from .quantize import block_size_for
-from .spec import DecoderSpec
-from .tensors import Layer, Linear, ModelTensors, Stored
+from .spec import DecoderSpec, MlaSpec
+from .tensors import Linear, ModelTensors, Stored
 from .weight_file import WeightFile
 
 FILE = "decode_small.onnx"
@@ -50,24 +50,34 @@ def repack(lin: Linear, source: WeightFile, out: WeightFile) -> Linear:
     return Linear(lin.n, lin.k, stored(packed), stored(blocks), 8, size, lin.bias)
 
 
-def repacked_tensors(t: ModelTensors[Layer], source: WeightFile, out: WeightFile) -> ModelTensors[Layer]:
-    layers = tuple(replace(layer, qkv=repack(layer.qkv, source, out), o=repack(layer.o, source, out),
-                           mlp=type(layer.mlp)(*(repack(lin, source, out) for lin in
-                                                 (layer.mlp.gate, layer.mlp.up, layer.mlp.down))))
-                   for layer in t.layers)
-    return replace(t, layers=layers, lm_head=repack(t.lm_head, source, out))
+def repacked(record, source: WeightFile, out: WeightFile):
+    """`record` (a ModelTensors, a layer, an MLP, a tuple of experts, ...) with every int8
+    per-channel linear in it repacked; whatever else it holds is returned as it is."""
+    if isinstance(record, Linear):
+        return repack(record, source, out) if record.per_channel else record
+    if isinstance(record, tuple):
+        return tuple(repacked(r, source, out) for r in record)
+    if is_dataclass(record) and not isinstance(record, Stored):
+        return replace(record, **{f.name: repacked(getattr(record, f.name), source, out) for f in fields(record)})
+    return record
 
 
-def write_small_batch_graph(spec: DecoderSpec, tensors: ModelTensors[Layer], folder: Path, source: WeightFile,
+def write_small_batch_graph(spec: DecoderSpec | MlaSpec, tensors: ModelTensors, folder: Path, source: WeightFile,
                             kv_cache: str) -> dict:
     """Writes the graph and its weight file into `folder`; returns its manifest entry."""
     out = WeightFile(folder / DATA_FILE)
-    repacked = repacked_tensors(tensors, source, out)
+    small = repacked(tensors, source, out)
     out.close()
-    onnx.save_model(build_graph(spec, repacked, source.path.name, kv_cache=kv_cache), str(folder / FILE))
+    if isinstance(spec, MlaSpec):
+        from .onnx_mla_writer import build_graph as build_mla_graph
+
+        model = build_mla_graph(spec, small, source.path.name)
+    else:
+        model = build_graph(spec, small, source.path.name, kv_cache=kv_cache)
+    onnx.save_model(model, str(folder / FILE))
     return {
         "file": FILE,
         "data_file": DATA_FILE,
-        "linear": linear_op(repacked.lm_head) + " (the main graph's int8 weights and scales, repacked)",
+        "linear": linear_op(small.lm_head) + " (the main graph's int8 weights and scales, repacked)",
         "use": "decode steps of a few sequences; same inputs, outputs and KV cache as the main graph",
     }

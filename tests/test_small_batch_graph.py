@@ -38,7 +38,8 @@ def small_artifact(checkpoints, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("kind,kv_cache", [("qwen2", "float32"), ("llama", "float32"), ("qwen2", "float16")])
+@pytest.mark.parametrize("kind,kv_cache", [("qwen2", "float32"), ("llama", "float32"), ("qwen2", "float16"),
+                                           ("deepseek_v2", "float32"), ("deepseek_v3", "float32")])
 def test_small_batch_decode_follows_transformers(kind, kv_cache, checkpoints, small_artifact):
     """Prefill on the main graph, then 24 cached decode steps on the small-batch graph, each
     against the reference, as close as the main graph's own steps."""
@@ -78,6 +79,17 @@ def test_small_batch_graph_holds_the_main_weights_repacked(small_artifact):
     assert shared and all(e.value == "model.onnx.data" for t in shared for e in t.external_data if e.key == "location")
 
 
+def test_every_integer_matmul_of_an_moe_graph_is_repacked(small_artifact):
+    """MLA/MoE: attention projections, every expert, the shared experts and the LM head."""
+    art = load_artifact(small_artifact("deepseek_v2"))
+    main = onnx.load(str(art.path("model.onnx")), load_external_data=False).graph
+    small = onnx.load(str(art.path("decode_small.onnx")), load_external_data=False).graph
+    integer = sum(n.op_type == "MatMulIntegerToFloat" for n in main.node)
+    assert integer > 2 * 5 + 1  # experts' matmuls besides attention and the LM head
+    assert sum(n.op_type == "MatMulNBits" for n in small.node) == integer
+    assert not any(n.op_type == "MatMulIntegerToFloat" for n in small.node)
+
+
 def test_batches_above_the_limit_decode_on_the_main_graph(small_artifact):
     art = load_artifact(small_artifact("qwen2"))
     backend = OnnxRuntimeBackend(art, CPU, 2, small_batch_max=2)
@@ -102,6 +114,8 @@ def test_profile_decides_whether_it_loads(small_artifact, monkeypatch):
     assert f"small-batch graph: loaded; decode steps of <= {loaded} sequences run it" in engine.reasons
     engine = edgeds.load(path, backend="onnxruntime", profile="jetson-orin-nano")
     assert engine.backend.small is None
+    moe = edgeds.load(small_artifact("deepseek_v2"), backend="onnxruntime", profile="cpu-avx512")
+    assert moe.backend.small_batch_max == moe.profile.onnxruntime.small_batch_max_moe > loaded
     # The engine's memory budget counts the second graph's weights where it is loaded.
     manifest = engine.artifact.manifest
     assert weight_bytes(manifest, "onnx", small_batch=True) > 1.5 * weight_bytes(manifest, "onnx")
@@ -124,7 +138,6 @@ def test_tampered_small_batch_weights_are_refused(small_artifact, tmp_path):
     ({"weights": "int8-wo"}, "qwen2"),
     ({"weights": "int8", "kv_cache": "int8"}, "qwen2"),
     ({"weights": "int8", "formats": ("openvino",)}, "qwen2"),
-    ({"weights": "int8"}, "deepseek_v2"),
 ])
 def test_refused_where_it_does_not_apply(kwargs, kind, checkpoints, tmp_path):
     with pytest.raises(ExportError, match="--small-batch-graph"):

@@ -18,7 +18,7 @@ def command(
     verify: Annotated[bool, typer.Option(help="Check logits and greedy tokens against transformers; fail the export if they differ.")] = False,
     kv_cache: Annotated[str, typer.Option(help="float32 | float16 | int8 (ONNX, dense models). int8: a quarter of the cache memory, faster attention at large batches; float16: half, and attention on GPU providers (Jetson).")] = "float32",
     load_parts: Annotated[int | None, typer.Option(help="Also write the ONNX graph in this many parts, which the CPU runtime loads on parallel threads (1: whole graph only; default 4).")] = None,
-    small_batch_graph: Annotated[bool, typer.Option(help="Also write the int8 weights repacked for ONNX Runtime's one-row kernel, in a second graph the CPU runtime decodes a few sequences with: batch-1 decode 1.2-1.6x faster, for about 1.8x the disk and, where a profile uses it, the memory (int8, dense models).")] = False,
+    small_batch_graph: Annotated[bool, typer.Option(help="Also write the int8 weights repacked for ONNX Runtime's one-row kernel, in a second graph the CPU runtime decodes a few sequences with: batch-1 decode 1.2-1.6x faster, for about 1.8x the disk and, where a profile uses it, the memory (int8 weights).")] = False,
 ):
     """Export a DeepSeek checkpoint to an edgeds artifact (ONNX and/or OpenVINO IR).
 
