@@ -163,3 +163,20 @@ def test_refilled_slots_decode_on_the_small_graph_as_alone(small_artifact):
     together = run(prompts, lengths, 2)
     assert engine.backend.decode_graph is engine.backend.small
     assert together == [run([p], [n], 1)[0] for p, n in zip(prompts, lengths)]
+
+
+def test_a_small_batch_graph_that_does_not_load_leaves_the_job_on_the_main_graph(small_artifact, tmp_path):
+    """It only speeds decoding up: an onnxruntime that cannot create it (simulated by an
+    unreadable graph, checksums off) must not stop a job, and the job says why."""
+    import shutil
+
+    copy = tmp_path / "art"
+    shutil.copytree(small_artifact("qwen2"), copy)
+    for part in copy.glob("decode_small*.onnx"):
+        part.write_bytes(b"not an onnx graph")
+    engine = edgeds.load(copy, backend="onnxruntime", profile="cpu-avx512", verify=False)
+    assert engine.backend.small is None and engine.backend.small_batch_max == 0
+    assert any(r.startswith("small-batch graph: not loaded") for r in engine.reasons)
+    assert any(a.startswith("small-batch graph: not loaded") for a in engine.describe()["advice"])
+    [done] = engine.generate(["def add(a, b):"], max_new_tokens=4)
+    assert done.token_ids and engine.backend.decode_graph is engine.backend.main

@@ -26,8 +26,8 @@ calls run the main graph, decode steps of at most `small_batch_max` sequences th
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -107,13 +107,22 @@ def _session_options(threads: int | None, config: dict | None, profile_prefix: s
 
 
 def _load_sessions(files: list[str], opts: list[ort.SessionOptions], providers: list,
-                   threads: int | None) -> list[ort.InferenceSession]:
+                   threads: int | None, optional_from: int | None = None) -> list:
     """One session per file; several are created on parallel threads, as many as the run may
-    use (ONNX Runtime 1.32 releases the GIL while it creates one; 1.30 did not)."""
+    use (ONNX Runtime 1.32 releases the GIL while it creates one; 1.30 did not). Files from
+    index `optional_from` on are optional: one that fails to load comes back as its exception."""
+    def create(i: int) -> ort.InferenceSession | Exception:
+        try:
+            return ort.InferenceSession(files[i], opts[i], providers=providers)
+        except Exception as exc:
+            if optional_from is None or i < optional_from:
+                raise
+            return exc
+
     if len(files) == 1:
-        return [ort.InferenceSession(files[0], opts[0], providers=providers)]
+        return [create(0)]
     with ThreadPoolExecutor(min(len(files), threads or os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda f, o: ort.InferenceSession(f, o, providers=providers), files, opts))
+        return list(pool.map(create, range(len(files))))
 
 
 def _check_chain(io: list[tuple[set, set]], root) -> list[str]:
@@ -198,9 +207,18 @@ class OnnxRuntimeBackend:
         # sessions created at once would write over each other's.
         opts = [_session_options(threads, session_options, profile_prefix and f"{profile_prefix}.{Path(f).stem}",
                                  len(files) > 1) for f in files]
-        sessions = _load_sessions([str(artifact.path(f)) for f in files], opts, providers, threads)
-        self.main = _Graph(sessions[: len(file_lists[0])], artifact.root)
-        self.small = _Graph(sessions[len(file_lists[0]):], artifact.root) if self.small_batch_max else None
+        n_main = len(file_lists[0])
+        sessions = _load_sessions([str(artifact.path(f)) for f in files], opts, providers, threads, n_main)
+        self.main, self.small = _Graph(sessions[:n_main], artifact.root), None
+        # The small-batch graph only speeds decoding up: where it does not load (an onnxruntime
+        # without its kernel, say) the job runs on the main graph and says why.
+        self.small_batch_error = None
+        if failed := next((s for s in sessions[n_main:] if isinstance(s, Exception)), None):
+            self.small_batch_max = 0
+            self.small_batch_error = (f"small-batch graph: not loaded ({type(failed).__name__}: "
+                                      f"{str(failed).splitlines()[0][:200]}); decoding on the main graph")
+        elif self.small_batch_max:
+            self.small = _Graph(sessions[n_main:], artifact.root)
         self.session = self.main.sessions[0]
         self.sessions = self.main.sessions + (self.small.sessions if self.small else [])
         self.hidden_size = m["hidden_size"]
