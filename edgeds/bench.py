@@ -49,12 +49,15 @@ def run_bench(artifact: str, prompt_tokens: int = 128, new_tokens: int = 64, bat
     t0 = time.perf_counter()
     engine = load(artifact, profile=profile, backend=backend, threads=threads)
     load_s = time.perf_counter() - t0
+    if prompt_tokens + new_tokens > engine.context:
+        raise ValueError(f"{prompt_tokens} prompt + {new_tokens} new tokens exceed this artifact's context "
+                         f"({engine.context}); pass a smaller --prompt-tokens or --new-tokens")
     rng = np.random.default_rng(0)
     _measure(engine, 1, min(prompt_tokens, 16), 4, rng)  # warm-up: first-run allocations and kernel picks
     batch_size = engine.batch_for(batch_size)
     runs = [_measure(engine, b, prompt_tokens, new_tokens, rng) for b in sorted({1, batch_size})]
     fmt = engine.choice.artifact_format
-    weights = weight_bytes(engine.artifact.manifest, fmt, small_batch=bool(engine.choice.small_batch_max))
+    weights = weight_bytes(engine.artifact.manifest, fmt, small_batch=bool(getattr(engine.backend, "small", None)))
     per_step = decode_read_bytes(engine.artifact.manifest, fmt)
     for r in runs:
         # A dense model's decode step reads its weights once: bytes/step x steps/s.

@@ -1,0 +1,21 @@
+"""`edgeds bench`: the one-command measurement of an artifact on this machine."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeds.bench import format_bench, run_bench
+
+
+def test_bench_measures_batch_one_and_the_batch_asked(artifacts):
+    result = run_bench(str(artifacts("qwen2", "int8")), prompt_tokens=16, new_tokens=6, batch_size=3)
+    assert [r["batch_size"] for r in result["runs"]] == [1, 3]
+    for r in result["runs"]:
+        assert r["decode_tokens_per_s"] > 0 and r["decode_steps"] == 5  # the first token comes from the prefill
+        assert r["step_latency_s"]["p50"] <= r["step_latency_s"]["p99"]
+    assert result["weights_mib"] > 0 and "batch   3" in format_bench(result)
+
+
+def test_a_prompt_longer_than_the_context_is_a_clear_error(artifacts):
+    with pytest.raises(ValueError, match="exceed this artifact's context"):
+        run_bench(str(artifacts("qwen2", "int8")), prompt_tokens=128, new_tokens=8)
