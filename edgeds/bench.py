@@ -12,8 +12,8 @@ import numpy as np
 
 from . import generate as gen
 from .batch.progress import peak_rss_bytes
-from .memory_budget import decode_read_bytes, weight_bytes
 from .engine import load
+from .memory_budget import decode_read_bytes, weight_bytes
 from .sampling import SamplingParams
 
 
