@@ -67,11 +67,12 @@ class Artifact:
     def path(self, name: str) -> Path:
         return self.root / name
 
-    def files_for(self, fmt: str) -> list[str]:
-        """The files a backend of this format reads: its graph and weights, and the tokenizer."""
+    def files_for(self, fmt: str, small_batch: bool = False) -> list[str]:
+        """The files a backend of this format reads: its graph and weights (with `small_batch`,
+        the small-batch graph's too), and the tokenizer."""
         graph, tok = self.graph(fmt), self.manifest["tokenizer"]
         names = []
-        for g in (graph, graph.get("small_batch")):
+        for g in (graph, small_batch and graph.get("small_batch")):
             if g:
                 names += [g["file"], *(part["file"] for part in g.get("parts", [])), g["data_file"]]
         names += [tok["file"], tok.get("chat_template")]

@@ -141,7 +141,9 @@ def load(artifact: str | Path, profile: str | None = None, backend: str | None =
     prof, reasons = choose_profile(hw, load_profiles(), profile)
     choice = choose_backend(prof, hw, art, backend, device, threads)
     with ThreadPoolExecutor(2) as pool:
-        check = pool.submit(art.verify, art.files_for(choice.artifact_format)) if verify else None
+        # Only what will be read is hashed: an artifact's small-batch graph where it loads.
+        files = art.files_for(choice.artifact_format, small_batch=bool(choice.small_batch_max))
+        check = pool.submit(art.verify, files) if verify else None
         tokenizer = pool.submit(TextTokenizer, art)
         try:
             runner = _make_backend(art, prof, choice)

@@ -131,7 +131,10 @@ def test_tampered_small_batch_weights_are_refused(small_artifact, tmp_path):
     raw[len(raw) // 2] ^= 0xFF
     data.write_bytes(bytes(raw))
     with pytest.raises(ArtifactError, match="decode_small.onnx.data"):
-        edgeds.load(copy, backend="onnxruntime")
+        edgeds.load(copy, backend="onnxruntime", profile="cpu-avx512")
+    # A profile that does not load it (a Jetson's) neither reads nor hashes it.
+    engine = edgeds.load(copy, backend="onnxruntime", profile="jetson-orin-nano")
+    assert engine.backend.small is None
 
 
 @pytest.mark.parametrize("kwargs,kind", [
