@@ -40,7 +40,11 @@ def repack(lin: Linear, source: WeightFile, out: WeightFile) -> Linear:
     w = source.view(lin.weight.offset, np.dtype(lin.weight.dtype), lin.weight.shape)  # (K, N) int8
     scales = source.view(lin.scales.offset, np.dtype(lin.scales.dtype), lin.scales.shape)
     size = block_size_for(lin.k, BLOCK_SIZE)
-    packed = (w.T.astype(np.int16) + 128).astype(np.uint8).reshape(lin.n, lin.k // size, size)
+    # v + 128 of an int8 is its two's-complement byte with the top bit flipped: one uint8 copy
+    # (the transpose), no wider temporary, even for a 70B model's LM head.
+    packed = np.ascontiguousarray(w.view(np.uint8).T)
+    np.bitwise_xor(packed, np.uint8(0x80), out=packed)
+    packed = packed.reshape(lin.n, lin.k // size, size)
     blocks = np.ascontiguousarray(np.repeat(scales[:, None], lin.k // size, axis=1))
 
     def stored(array: np.ndarray) -> Stored:
