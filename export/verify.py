@@ -55,6 +55,8 @@ def open_backends(artifact_dir: Path):
         from edgeds.backends.onnxruntime import OnnxRuntimeBackend
 
         yield "onnx", OnnxRuntimeBackend(art, ["CPUExecutionProvider"])
+        if art.graph("onnx").get("small_batch"):  # its decode steps, after the main graph's prefill
+            yield "onnx small-batch", OnnxRuntimeBackend(art, ["CPUExecutionProvider"], small_batch_max=1)
     if "openvino" in art.formats:
         from edgeds.backends.openvino import OpenVinoBackend
 

@@ -137,6 +137,14 @@ def test_tampered_small_batch_weights_are_refused(small_artifact, tmp_path):
     assert engine.backend.small is None
 
 
+def test_export_verify_checks_the_small_batch_graph_too(checkpoints, tmp_path):
+    manifest = export_checkpoint(checkpoints("llama"), tmp_path / "out", formats=("onnx",), context=CONTEXT,
+                                 small_batch_graph=True, verify=True)
+    checked = manifest["verification"]["formats"]
+    assert set(checked) == {"onnx", "onnx small-batch"}
+    assert checked["onnx small-batch"]["relative_error"] != checked["onnx"]["relative_error"]
+
+
 @pytest.mark.parametrize("kwargs,kind", [
     ({"weights": "int8-wo"}, "qwen2"),
     ({"weights": "int8", "kv_cache": "int8"}, "qwen2"),
