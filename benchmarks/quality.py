@@ -81,9 +81,10 @@ def export_scores(artifact: Path, fmt: str, wins: np.ndarray, stepwise: bool = F
 
 
 def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx", "openvino"),
-             windows: int = 32, seq: int = 256, kv_caches=("float32",)) -> list[dict]:
+             windows: int = 32, seq: int = 256, kv_caches=("float32",), small_batch: bool = False) -> list[dict]:
     """`kv_caches`: each weight scheme is exported once per KV cache type; an int8 cache is an
-    ONNX graph of a dense model only (MLA models are skipped for it)."""
+    ONNX graph of a dense model only (MLA models are skipped for it). `small_batch`: int8 is
+    exported with its small-batch graph, and scored in decode steps on both graphs as well."""
     from export import export_checkpoint
 
     wins = windows_of(checkpoint, windows, seq)
@@ -98,12 +99,17 @@ def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx"
                 continue
             art = Path(tmp) / f"{w}-{kv}"
             fmts = formats if kv == "float32" else ("onnx",)
-            export_checkpoint(checkpoint, art, formats=tuple(fmts), weights=w, context=seq + 8, kv_cache=kv)
+            small = small_batch and w == "int8" and kv != "int8"
+            export_checkpoint(checkpoint, art, formats=tuple(fmts), weights=w, context=seq + 8, kv_cache=kv,
+                              small_batch_graph=small)
             label = w if kv == "float32" else f"{w}, {kv} KV (decode steps)"
-            for fmt in fmts:
-                nll, top1 = export_scores(art, fmt, wins, stepwise=kv != "float32")
+            runs = [(fmt, label, kv != "float32") for fmt in fmts]
+            if small:  # the main graph's decode steps against the small-batch graph's
+                runs += [("onnx", f"{label} (decode steps)", True), ("onnx small-batch", f"{label} (decode steps)", True)]
+            for fmt, row_label, stepwise in runs:
+                nll, top1 = export_scores(art, fmt, wins, stepwise=stepwise)
                 ppl = float(np.exp(nll.mean()))
-                rows.append({"model": checkpoint.name, "graph": fmt, "weights": label, "perplexity": ppl,
+                rows.append({"model": checkpoint.name, "graph": fmt, "weights": row_label, "perplexity": ppl,
                              "ppl_change_pct": 100 * (ppl / ref_ppl - 1),
                              "top1_agreement_pct": 100 * float((top1 == ref_top1).mean()), "tokens": int(nll.size)})
     return rows
@@ -125,15 +131,19 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--weights", nargs="+", default=["fp32", "int8", "int4"])
     ap.add_argument("--kv-caches", nargs="+", default=["float32"], help="float32, int8 and/or float16 (dense models)")
+    ap.add_argument("--small-batch-graph", action="store_true",
+                    help="int8 with its small-batch graph, scored in decode steps on both graphs too")
+    ap.add_argument("--out", default="quality", help="results/OUT.md and .json")
     args = ap.parse_args()
     rows = []
     for name in args.models:
-        rows += evaluate(MODELS / name, args.weights, windows=args.windows, seq=args.seq, kv_caches=args.kv_caches)
+        rows += evaluate(MODELS / name, args.weights, windows=args.windows, seq=args.seq, kv_caches=args.kv_caches,
+                         small_batch=args.small_batch_graph)
     note = f"`python benchmarks/quality.py {' '.join(sys.argv[1:])}`; held-out stdlib files"
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "quality.md").write_text(to_markdown(rows, note))
-    (out / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / f"{args.out}.md").write_text(to_markdown(rows, note))
+    (out / f"{args.out}.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(to_markdown(rows, note))
 
 
