@@ -130,7 +130,10 @@ def run(
                     backend.start(len(new), needed)
                     tokens = np.zeros(len(new), np.int64)
                 elif not allocated:
-                    backend.start(batch_size, needed)
+                    if exhausted:  # the whole job fits in fewer slots than a batch: no idle rows in every step
+                        slots, free = [None] * len(new), list(range(len(new)))
+                        tokens = np.zeros(len(new), np.int64)
+                    backend.start(len(slots), needed)
                     allocated = needed
                 elif needed > allocated:
                     backend.grow(needed)

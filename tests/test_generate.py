@@ -28,6 +28,7 @@ class CountingBackend:
 
     def start(self, batch_size, capacity):
         self.capacities.append(capacity)
+        self.batch_size = batch_size
         return self.inner.start(batch_size, capacity)
 
     def grow(self, capacity):
@@ -64,6 +65,17 @@ def test_finished_slot_takes_the_next_prompt_at_once(engine):
     alone = {r.key: [e for e in gen.run(engine.backend, [r], 1, 128, set()) if isinstance(e, gen.Finished)][0].token_ids
              for r in requests([(5, 2), (9, 20), (4, 3), (7, 3), (6, 3)])}
     assert {d.key: d.token_ids for d in done} == alone
+
+
+def test_a_job_smaller_than_the_batch_takes_only_the_slots_it_needs(engine):
+    """Three prompts with a batch of 8: every decode step computes three rows, not eight."""
+    backend = CountingBackend(engine.backend)
+    done = [e for e in gen.run(backend, iter(requests([(5, 4), (9, 6), (4, 3)])), 8, 128, set())
+            if isinstance(e, gen.Finished)]
+    assert backend.batch_size == 3 and sorted(len(d.token_ids) for d in done) == [3, 4, 6]
+    backend = CountingBackend(engine.backend)
+    list(gen.run(backend, iter(requests([(5, 2)] * 5)), 4, 128, set()))
+    assert backend.batch_size == 4  # more prompts than slots: the batch as asked
 
 
 def test_cache_grows_to_the_longest_request_and_keeps_what_it_holds(engine):
