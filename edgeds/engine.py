@@ -45,15 +45,13 @@ class Engine:
         self.artifact, self.profile, self.choice, self.hardware = artifact, profile, choice, hardware
         self.reasons = profile_reasons + choice.reasons
         self.tokenizer, self.backend = tokenizer, backend
-        if note := getattr(backend, "small_batch_error", None):  # told at the start of a job, too
-            self.reasons.append(note)
-            choice.advice.append(note)
         gen_cfg = artifact.manifest.get("generation", {})
         self.eos_ids = set(gen_cfg.get("eos_token_ids") or [])
         self.context = min(profile.runtime.context, artifact.model["context_length"])
         # No batch, the profile's or a caller's, may hold more slots of full-context cache than fit.
         fmt = choice.artifact_format
-        weights = weight_bytes(artifact.manifest, fmt, small_batch=bool(getattr(backend, "small", None)))
+        # The small-batch graph counts where it may load (at the first batch small enough for it).
+        weights = weight_bytes(artifact.manifest, fmt, small_batch=getattr(backend, "small_batch_max", 0) > 0)
         self.max_batch = max(largest_batch(hardware.memory_bytes, weights,
                                            kv_bytes_per_token(artifact.manifest, fmt), self.context), 1)
         self.batch_size = self.batch_for(profile.runtime.batch_size)

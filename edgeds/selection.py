@@ -157,6 +157,7 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
                 reasons.append(f"small-batch graph: not used by profile {profile.name} ({key} = 0)")
             else:
                 small_batch_max = getattr(profile.onnxruntime, key)
-                reasons.append(f"small-batch graph: loaded; decode steps of <= {small_batch_max} sequences run it")
+                reasons.append(f"small-batch graph: decode steps of <= {small_batch_max} sequences run it "
+                               "(loaded when the first such batch starts)")
         return Choice("onnxruntime", usable, n_threads, reasons, advice, small_batch_max)
     raise ConfigError("no usable backend: " + "; ".join(reasons))

@@ -91,16 +91,19 @@ def test_every_integer_matmul_of_an_moe_graph_is_repacked(small_artifact):
 
 
 def test_batches_above_the_limit_decode_on_the_main_graph(small_artifact):
+    """...and the small-batch graph loads only when a batch small enough for it starts."""
     art = load_artifact(small_artifact("qwen2"))
     backend = OnnxRuntimeBackend(art, CPU, 2, small_batch_max=2)
     prompts = [np.arange(3, 3 + n) for n in (5, 9, 7)]
     backend.start(3, 32)
     backend.prefill([0, 1, 2], prompts)
-    assert backend.decode_graph is backend.main
+    assert backend.decode_graph is backend.main and backend.small is None
+    assert len(backend.sessions) == len(backend.main.sessions)
     three = backend.decode(np.array([4, 4, 4]))
     backend.start(2, 32)
     backend.prefill([0, 1], prompts[:2])
-    assert backend.decode_graph is backend.small
+    assert backend.decode_graph is backend.small is not None
+    assert len(backend.sessions) == len(backend.main.sessions) + len(backend.small.sessions)
     two = backend.decode(np.array([4, 4]))
     # The two graphs round activations differently; their logits stay within int8 error.
     np.testing.assert_allclose(two, three[:2], atol=0.05 * np.abs(three).max())
@@ -111,8 +114,12 @@ def test_profile_decides_whether_it_loads(small_artifact, monkeypatch):
     engine = edgeds.load(path, backend="onnxruntime", profile="cpu-avx512")
     loaded = engine.profile.onnxruntime.small_batch_max
     assert loaded and engine.backend.small_batch_max == loaded
-    assert f"small-batch graph: loaded; decode steps of <= {loaded} sequences run it" in engine.reasons
+    assert (f"small-batch graph: decode steps of <= {loaded} sequences run it (loaded when the first such "
+            "batch starts)") in engine.reasons
+    engine.generate(["def f(x):"], max_new_tokens=2)
+    assert engine.backend.small is not None
     engine = edgeds.load(path, backend="onnxruntime", profile="jetson-orin-nano")
+    engine.generate(["def f(x):"], max_new_tokens=2)
     assert engine.backend.small is None
     moe = edgeds.load(small_artifact("deepseek_v2"), backend="onnxruntime", profile="cpu-avx512")
     assert moe.backend.small_batch_max == moe.profile.onnxruntime.small_batch_max_moe > loaded
@@ -134,6 +141,7 @@ def test_tampered_small_batch_weights_are_refused(small_artifact, tmp_path):
         edgeds.load(copy, backend="onnxruntime", profile="cpu-avx512")
     # A profile that does not load it (a Jetson's) neither reads nor hashes it.
     engine = edgeds.load(copy, backend="onnxruntime", profile="jetson-orin-nano")
+    engine.generate(["def f(x):"], max_new_tokens=2)
     assert engine.backend.small is None
 
 
@@ -176,7 +184,8 @@ def test_refilled_slots_decode_on_the_small_graph_as_alone(small_artifact):
     assert together == [run([p], [n], 1)[0] for p, n in zip(prompts, lengths)]
 
 
-def test_a_small_batch_graph_that_does_not_load_leaves_the_job_on_the_main_graph(small_artifact, tmp_path):
+def test_a_small_batch_graph_that_does_not_load_leaves_the_job_on_the_main_graph(small_artifact, tmp_path,
+                                                                                   caplog):
     """It only speeds decoding up: an onnxruntime that cannot create it (simulated by an
     unreadable graph, checksums off) must not stop a job, and the job says why."""
     import shutil
@@ -186,8 +195,11 @@ def test_a_small_batch_graph_that_does_not_load_leaves_the_job_on_the_main_graph
     for part in copy.glob("decode_small*.onnx"):
         part.write_bytes(b"not an onnx graph")
     engine = edgeds.load(copy, backend="onnxruntime", profile="cpu-avx512", verify=False)
-    assert engine.backend.small is None and engine.backend.small_batch_max == 0
-    assert any(r.startswith("small-batch graph: not loaded") for r in engine.reasons)
-    assert any(a.startswith("small-batch graph: not loaded") for a in engine.describe()["advice"])
-    [done] = engine.generate(["def add(a, b):"], max_new_tokens=4)
+    with caplog.at_level("WARNING", logger="edgeds"):
+        [done] = engine.generate(["def add(a, b):"], max_new_tokens=4)
     assert done.token_ids and engine.backend.decode_graph is engine.backend.main
+    assert engine.backend.small is None and engine.backend.small_batch_max == 0
+    assert engine.backend.small_batch_error.startswith("small-batch graph: not loaded")
+    assert engine.backend.small_batch_error in caplog.text
+    engine.generate(["def add(a, b):"], max_new_tokens=2)  # not tried again
+    assert caplog.text.count("not loaded") == 1

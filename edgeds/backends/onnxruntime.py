@@ -19,12 +19,14 @@ stream to the next through a buffer bound to both.
 
 An artifact exported with `--small-batch-graph` has a second graph whose linear layers run
 ONNX Runtime's one-row kernel (export/small_batch_graph.py). Where the profile allows it
-(`small_batch_max`), it is loaded beside the main graph and bound to the same cache: prefill
-calls run the main graph, decode steps of at most `small_batch_max` sequences the second one.
+(`small_batch_max`), it is loaded when the first batch of at most that many sequences starts
+and is bound to the same cache: prefill calls run the main graph, decode steps of such batches
+the second one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +36,8 @@ import onnxruntime as ort
 
 from ..artifact import Artifact, kv_cache_dtype
 from ..errors import ArtifactError
+
+log = logging.getLogger("edgeds")
 
 # GroupQueryAttention's int8 cache on the CPU: verified on ONNX Runtime 1.30 and 1.32.
 INT8_CACHE_MIN_ORT = (1, 30)
@@ -107,19 +111,13 @@ def _session_options(threads: int | None, config: dict | None, profile_prefix: s
 
 
 def _load_sessions(files: list[str], opts: list[ort.SessionOptions], providers: list,
-                   threads: int | None, optional_from: int | None = None, first: tuple[int, ...] = ()) -> list:
+                   threads: int | None, first: tuple[int, ...] = ()) -> list[ort.InferenceSession]:
     """One session per file; several are created on parallel threads, as many as the run may
-    use (ONNX Runtime 1.32 releases the GIL while it creates one; 1.30 did not). Files from
-    index `optional_from` on are optional: one that fails to load comes back as its exception.
-    The files at indices `first` start before the others (the longest to create: so that no
-    thread is left alone with one of them at the end)."""
-    def create(i: int) -> ort.InferenceSession | Exception:
-        try:
-            return ort.InferenceSession(files[i], opts[i], providers=providers)
-        except Exception as exc:
-            if optional_from is None or i < optional_from:
-                raise
-            return exc
+    use (ONNX Runtime 1.32 releases the GIL while it creates one; 1.30 did not). The files at
+    indices `first` start before the others (the longest to create: so that no thread is left
+    alone with one of them at the end)."""
+    def create(i: int) -> ort.InferenceSession:
+        return ort.InferenceSession(files[i], opts[i], providers=providers)
 
     if len(files) == 1:
         return [create(0)]
@@ -201,32 +199,13 @@ class OnnxRuntimeBackend:
         # values for us to store (export/onnx_writer.py, _attention).
         self.fresh_input = "fresh_prompt" in graph["inputs"]
         self._flags = {True: np.array(True), False: np.array(False)}  # bound by address: they must live on
-        # The small-batch graph's sessions load with the main graph's, on the same threads.
+        # The small-batch graph loads when the first batch small enough for it starts: a job of
+        # larger batches (an offline job) never pays its memory and load time.
         self.small_batch_max = small_batch_max if graph.get("small_batch") else 0
-        graphs = [graph] + ([graph["small_batch"]] if self.small_batch_max else [])
-        file_lists = [_graph_files(g, providers[0]) for g in graphs]
-        files = [f for fs in file_lists for f in fs]
-        # One options object per session: profiles are named by prefix and creation time, and
-        # sessions created at once would write over each other's.
-        opts = [_session_options(threads, session_options, profile_prefix and f"{profile_prefix}.{Path(f).stem}",
-                                 len(files) > 1) for f in files]
-        n_main = len(file_lists[0])
-        # Each graph's last part holds the LM head, its largest weight (MatMulNBits prepacks it
-        # slowest: 1.2-1.7 s of a 2-core EPYC's 2-3 s).
-        lasts = tuple(sum(map(len, file_lists[: j + 1])) - 1 for j in range(len(file_lists)))
-        sessions = _load_sessions([str(artifact.path(f)) for f in files], opts, providers, threads, n_main, lasts)
-        self.main, self.small = _Graph(sessions[:n_main], artifact.root), None
-        # The small-batch graph only speeds decoding up: where it does not load (an onnxruntime
-        # without its kernel, say) the job runs on the main graph and says why.
-        self.small_batch_error = None
-        if failed := next((s for s in sessions[n_main:] if isinstance(s, Exception)), None):
-            self.small_batch_max = 0
-            self.small_batch_error = (f"small-batch graph: not loaded ({type(failed).__name__}: "
-                                      f"{str(failed).splitlines()[0][:200]}); decoding on the main graph")
-        elif self.small_batch_max:
-            self.small = _Graph(sessions[n_main:], artifact.root)
+        self.small, self.small_batch_error = None, None
+        self._load = (artifact, providers, threads, session_options, profile_prefix)
+        self.main = self._load_graph(graph)
         self.session = self.main.sessions[0]
-        self.sessions = self.main.sessions + (self.small.sessions if self.small else [])
         self.hidden_size = m["hidden_size"]
         self.device = self.session.get_providers()[0]
         # A CPU input that a GPU node reads is copied to the device when it is bound, not when
@@ -245,6 +224,39 @@ class OnnxRuntimeBackend:
             device_id = self.session.get_provider_options().get(self.device, {}).get("device_id", 0)
             self.cache_memory = (DEVICE_MEMORY.get(self.device, "cpu"), int(device_id))
         self.batch_size = self.capacity = 0
+
+    def _load_graph(self, graph: dict) -> _Graph:
+        """One graph's sessions, its parts on parallel threads where it has them."""
+        artifact, providers, threads, session_options, profile_prefix = self._load
+        files = _graph_files(graph, providers[0])
+        # One options object per session: profiles are named by prefix and creation time, and
+        # sessions created at once would write over each other's. Sessions run in turn (parts,
+        # or two graphs) stop their threads' spinning after each run.
+        in_turn = len(files) > 1 or self.small_batch_max > 0
+        opts = [_session_options(threads, session_options, profile_prefix and f"{profile_prefix}.{Path(f).stem}",
+                                 in_turn) for f in files]
+        # The last part holds the LM head, the graph's largest weight: it starts first.
+        sessions = _load_sessions([str(artifact.path(f)) for f in files], opts, providers, threads, (len(files) - 1,))
+        return _Graph(sessions, artifact.root)
+
+    def _small_graph(self) -> _Graph | None:
+        """The small-batch graph, loaded on first use. It only speeds decoding up: where it does
+        not load (an onnxruntime without its kernel, say) decoding stays on the main graph, and
+        the reason is logged and kept in `small_batch_error`."""
+        if self.small is None and self.small_batch_max:
+            artifact = self._load[0]
+            try:
+                self.small = self._load_graph(artifact.graph("onnx")["small_batch"])
+            except Exception as exc:  # noqa: BLE001 - whatever ONNX Runtime raises
+                self.small_batch_max = 0
+                self.small_batch_error = (f"small-batch graph: not loaded ({type(exc).__name__}: "
+                                          f"{str(exc).splitlines()[0][:200]}); decoding on the main graph")
+                log.warning("edgeds: %s", self.small_batch_error)
+        return self.small
+
+    @property
+    def sessions(self) -> list[ort.InferenceSession]:
+        return self.main.sessions + (self.small.sessions if self.small else [])
 
     def _cache_bindings(self) -> list[tuple[np.ndarray, list[str], list[str]]]:
         """(buffer, graph inputs, graph outputs) bound to it."""
@@ -303,7 +315,8 @@ class OnnxRuntimeBackend:
         self._positions = np.zeros((batch_size, 1), np.int64)
         self._logits = np.zeros((batch_size, 1, self.vocab_size), np.float32)
         self._token_positions = np.zeros((batch_size, 1), np.int64)
-        self.decode_graph = self.small if self.small and batch_size <= self.small_batch_max else self.main
+        small = batch_size <= self.small_batch_max and self._small_graph()
+        self.decode_graph = small or self.main
         self._decode = self._bind(self._ids, self._seqlens, self._total, self._positions,
                                   self._logits, slice(0, batch_size), self._token_positions, graph=self.decode_graph)
 
