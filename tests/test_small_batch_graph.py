@@ -107,6 +107,17 @@ def test_batches_above_the_limit_decode_on_the_main_graph(small_artifact):
     two = backend.decode(np.array([4, 4]))
     # The two graphs round activations differently; their logits stay within int8 error.
     np.testing.assert_allclose(two, three[:2], atol=0.05 * np.abs(three).max())
+    # A larger batch again: the small graph's sessions are released before its cache comes...
+    import weakref
+
+    gone = weakref.ref(backend.small.sessions[0])
+    backend.start(3, 32)
+    assert backend.small is None and gone() is None and backend.decode_graph is backend.main
+    backend.prefill([0, 1, 2], prompts)
+    np.testing.assert_array_equal(backend.decode(np.array([4, 4, 4])), three)
+    # ...and loaded again by the next small batch.
+    backend.start(1, 32)
+    assert backend.decode_graph is backend.small is not None
 
 
 def test_profile_decides_whether_it_loads(small_artifact, monkeypatch):

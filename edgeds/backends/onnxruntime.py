@@ -287,6 +287,11 @@ class OnnxRuntimeBackend:
         return cache.data_ptr() + rows.start * row_bytes, [rows.stop - rows.start, *shape[1:]]
 
     def start(self, batch_size: int, capacity: int) -> None:
+        if self.small is not None and batch_size > self.small_batch_max:
+            # A batch too large for the small-batch graph: its sessions (the weights' size again)
+            # go before this batch's cache comes, and the next small batch loads them again. A
+            # job runs one batch size, so this is once per job, not per step.
+            self.small = self._decode = self.decode_graph = None
         shape = (batch_size, self.kv_heads, capacity, self.head_dim)
         if self.batch_size != batch_size or self.capacity != capacity:
             self.keys = self.values = None  # the old cache goes before the new one comes: no peak of both
