@@ -13,7 +13,7 @@ import numpy as np
 from . import generate as gen
 from .batch.progress import peak_rss_bytes
 from .engine import load
-from .memory_budget import decode_read_bytes, weight_bytes
+from .memory_budget import decode_read_bytes
 from .sampling import SamplingParams
 
 
@@ -57,7 +57,6 @@ def run_bench(artifact: str, prompt_tokens: int = 128, new_tokens: int = 64, bat
     batch_size = engine.batch_for(batch_size)
     runs = [_measure(engine, b, prompt_tokens, new_tokens, rng) for b in sorted({1, batch_size})]
     fmt = engine.choice.artifact_format
-    weights = weight_bytes(engine.artifact.manifest, fmt, small_batch=bool(getattr(engine.backend, "small", None)))
     per_step = decode_read_bytes(engine.artifact.manifest, fmt)
     for r in runs:
         # A dense model's decode step reads its weights once: bytes/step x steps/s.
@@ -65,7 +64,7 @@ def run_bench(artifact: str, prompt_tokens: int = 128, new_tokens: int = 64, bat
         r["weight_bandwidth_gb_s"] = per_step * steps_per_s / 1e9 if per_step else None
     return {"artifact": str(artifact), **engine.describe(), "load_s": load_s, "prompt_tokens": prompt_tokens,
             "new_tokens": new_tokens, "runs": runs, "peak_rss_mib": peak_rss_bytes() / 2**20,
-            "weights_mib": weights / 2**20}
+            "weights_mib": engine.weight_bytes / 2**20}
 
 
 def format_bench(r: dict) -> str:

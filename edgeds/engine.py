@@ -51,8 +51,8 @@ class Engine:
         # No batch, the profile's or a caller's, may hold more slots of full-context cache than fit.
         fmt = choice.artifact_format
         # The small-batch graph counts where it may load (at the first batch small enough for it).
-        weights = weight_bytes(artifact.manifest, fmt, small_batch=getattr(backend, "small_batch_max", 0) > 0)
-        self.max_batch = max(largest_batch(hardware.memory_bytes, weights,
+        self.weight_bytes = weight_bytes(artifact.manifest, fmt, small_batch=bool(choice.small_batch_max))
+        self.max_batch = max(largest_batch(hardware.memory_bytes, self.weight_bytes,
                                            kv_bytes_per_token(artifact.manifest, fmt), self.context), 1)
         self.batch_size = self.batch_for(profile.runtime.batch_size)
         if self.batch_size < profile.runtime.batch_size:

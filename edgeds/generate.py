@@ -124,13 +124,10 @@ def run(
                 # padded call, which only pays off when their prompts are about as long.
                 new.sort(key=lambda r: len(r.prompt_ids))
                 needed = cache_capacity(new, context)
-                if not backend.supports_refill:  # a wave: exactly as many slots as prompts
-                    slots = [None] * len(new)
-                    free = list(range(len(new)))
-                    backend.start(len(new), needed)
-                    tokens = np.zeros(len(new), np.int64)
-                elif not allocated:
-                    if exhausted:  # the whole job fits in fewer slots than a batch: no idle rows in every step
+                if not backend.supports_refill or not allocated:
+                    # Exactly as many slots as prompts for a wave, and for a whole job smaller
+                    # than a batch (no idle rows in every step).
+                    if not backend.supports_refill or exhausted:
                         slots, free = [None] * len(new), list(range(len(new)))
                         tokens = np.zeros(len(new), np.int64)
                     backend.start(len(slots), needed)

@@ -149,14 +149,15 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
                                 f"onnxruntime >= {'.'.join(map(str, PARALLEL_LOAD_MIN_ORT))})")
         small_batch_max = 0
         if graph and graph.get("small_batch"):
-            moe = bool(artifact.model.get("moe_layers"))
-            key = "small_batch_max_moe" if moe else "small_batch_max"
+            ort_settings = profile.onnxruntime
+            limit, key = ((ort_settings.small_batch_max_moe, "small_batch_max_moe") if artifact.model.get("moe_layers")
+                          else (ort_settings.small_batch_max, "small_batch_max"))
             if usable[0] != "CPUExecutionProvider":
                 reasons.append("small-batch graph: not used on GPU providers")
-            elif not getattr(profile.onnxruntime, key):
+            elif not limit:
                 reasons.append(f"small-batch graph: not used by profile {profile.name} ({key} = 0)")
             else:
-                small_batch_max = getattr(profile.onnxruntime, key)
+                small_batch_max = limit
                 reasons.append(f"small-batch graph: decode steps of <= {small_batch_max} sequences run it "
                                "(loaded when the first such batch starts)")
         return Choice("onnxruntime", usable, n_threads, reasons, advice, small_batch_max)
