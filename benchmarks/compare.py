@@ -46,10 +46,14 @@ def read_bandwidth_gb_s(threads: int, size_mb: int = 1024) -> float:
     return best
 
 
+def export_suffix(kv_cache: str, small_batch: bool = False) -> str:
+    """What an edgeds export has besides its weights: "-kv-float16", "-small-batch", ..."""
+    return ("" if kv_cache == "float32" else f"-kv-{kv_cache}") + ("-small-batch" if small_batch else "")
+
+
 def variant_tag(weights: str, kv_cache: str, small_batch: bool = False) -> str:
     """What names an edgeds export other than the default: "-int8-wo", "-kv-float16", "-small-batch", ..."""
-    return (("" if weights == "int8" else f"-{weights}") + ("" if kv_cache == "float32" else f"-kv-{kv_cache}")
-            + ("-small-batch" if small_batch else ""))
+    return ("" if weights == "int8" else f"-{weights}") + export_suffix(kv_cache, small_batch)
 
 
 def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], weights: str = "int8",
@@ -63,8 +67,7 @@ def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], w
         write_checkpoint(CONFIGS / f"{shape}.json", src, CONFIGS.parent / "deepseek-v3-tokenizer")
     paths = {"transformers-fp32": str(src)}
     for kv_cache in kv_caches:
-        tag = variant_tag(weights, kv_cache, small_batch)
-        edg = work / f"{shape}-edgeds-{weights}{tag.removeprefix('-' + weights)}"
+        edg = work / f"{shape}-edgeds-{weights}{export_suffix(kv_cache, small_batch)}"
         if not (edg / "edgeds.json").exists():
             from importlib.util import find_spec
 
@@ -73,7 +76,7 @@ def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], w
                             "--weights", weights, "--kv-cache", kv_cache, "--context", "2048", "--overwrite",
                             *(["--small-batch-graph"] if small_batch else [])], check=True)
         for name in ("edgeds", "edgeds-onnxruntime", "edgeds-openvino"):
-            paths[name + tag] = str(edg)
+            paths[name + variant_tag(weights, kv_cache, small_batch)] = str(edg)
     py = peer_python or sys.executable
     ov = work / f"{shape}-optimum-ov-int8"
     if "openvino-genai" in peers and not (ov / "openvino_model.xml").exists():
