@@ -1,0 +1,126 @@
+/* Int8 GEMM kernels shared by the benchmarks that measure an own kernel (`amx_gemm.c`,
+ * `fused_decode_step.c`): y = (A - 128) W * row_scale * channel_scale, A uint8 [M, K] (rows
+ * quantized with their own scales, zero point 128), W int8 [K, N] packed sixteen columns by four
+ * K values to a 64-byte row: the operand layout of both vpdpbusd (one zmm) and AMX's tdpbusd (one
+ * tile row), so one packing serves both kernels. The zero point is taken out after the integer
+ * sum (128 x the column sums of W), as MLAS does. */
+#pragma once
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+typedef struct {
+  int K, N;
+  int8_t *packed;  /* [N/16][K/4][16][4] */
+  int32_t *zero_fix; /* 128 * sum_k W[k][n]: what the zero point adds to each column */
+  float *scale;    /* per channel */
+} Weights;
+
+static inline Weights pack(const int8_t *w, const float *scale, int K, int N) {
+  Weights p = {K, N, aligned_alloc(64, (size_t)K * N), aligned_alloc(64, N * 4), aligned_alloc(64, N * 4)};
+  for (int nb = 0; nb < N / 16; nb++)
+    for (int k4 = 0; k4 < K / 4; k4++)
+      for (int n = 0; n < 16; n++)
+        for (int i = 0; i < 4; i++)
+          p.packed[((size_t)nb * (K / 4) + k4) * 64 + n * 4 + i] = w[(size_t)(k4 * 4 + i) * N + nb * 16 + n];
+  for (int n = 0; n < N; n++) {
+    int32_t s = 0;
+    for (int k = 0; k < K; k++) s += w[(size_t)k * N + n];
+    p.zero_fix[n] = 128 * s;
+    p.scale[n] = scale[n];
+  }
+  return p;
+}
+
+/* acc: rows x 16 int32 at stride `ld`, to y's rows x 16 floats starting at column n. */
+static inline void finish(const int32_t *acc, int ld, int rows, const Weights *w, int n, const float *row_scale,
+                          float *y, int m) {
+  __m512i fix = _mm512_loadu_si512(w->zero_fix + n);
+  __m512 cs = _mm512_loadu_ps(w->scale + n);
+  for (int r = 0; r < rows; r++) {
+    __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(acc + (size_t)r * ld), fix));
+    _mm512_storeu_ps(y + (size_t)(m + r) * w->N + n, _mm512_mul_ps(v, _mm512_mul_ps(cs, _mm512_set1_ps(row_scale[m + r]))));
+  }
+}
+
+/* AVX-512 VNNI: 4 rows x 64 columns a block, 16 zmm accumulators. M % 4 == 0, N % 64 == 0. */
+static void gemm_vnni(const uint8_t *a, int M, const Weights *w, const float *row_scale, float *y) {
+  const int K = w->K;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int nb = 0; nb < w->N / 64; nb++)
+    for (int m = 0; m < M; m += 4) {
+      __m512i acc[4][4];
+      for (int r = 0; r < 4; r++)
+        for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_si512();
+      const int8_t *b = w->packed + (size_t)(4 * nb) * (K / 4) * 64;
+      for (int k4 = 0; k4 < K / 4; k4++) {
+        __m512i bj[4];
+        for (int j = 0; j < 4; j++) bj[j] = _mm512_load_si512(b + ((size_t)j * (K / 4) + k4) * 64);
+        for (int r = 0; r < 4; r++) {
+          __m512i ar = _mm512_set1_epi32(*(const int32_t *)(a + (size_t)(m + r) * K + 4 * k4));
+          for (int j = 0; j < 4; j++) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], ar, bj[j]);
+        }
+      }
+      int32_t out[4][64] __attribute__((aligned(64)));
+      for (int r = 0; r < 4; r++)
+        for (int j = 0; j < 4; j++) _mm512_store_si512(out[r] + 16 * j, acc[r][j]);
+      for (int j = 0; j < 4; j++) finish(out[0] + 16 * j, 64, 4, w, 64 * nb + 16 * j, row_scale, y, m);
+    }
+}
+
+#ifdef __AMX_INT8__
+typedef struct {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+} TileConfig;
+
+static int amx_permitted(void) {
+  /* Linux hands out the tile data registers only on request (ARCH_REQ_XCOMP_PERM, XTILEDATA). */
+  return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+}
+
+/* AMX: 32 rows x 32 columns a block in four accumulator tiles (0-3), two A tiles (4, 5) and two
+ * B tiles (6, 7) per 64 K; a thread walks the rows for its column pairs, so the columns' weights
+ * stay in its L2 while A streams. M % 32 == 0, N % 32 == 0, K % 64 == 0. */
+static void gemm_amx(const uint8_t *a, int M, const Weights *w, const float *row_scale, float *y) {
+  const int K = w->K;
+#pragma omp parallel
+  {
+    TileConfig cfg = {0};
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    _tile_loadconfig(&cfg);
+    int32_t acc[32 * 32] __attribute__((aligned(64)));
+#pragma omp for schedule(static)
+    for (int nb = 0; nb < w->N / 32; nb++) {
+      const int8_t *b0 = w->packed + (size_t)(2 * nb) * K * 16, *b1 = b0 + (size_t)K * 16;
+      for (int m = 0; m < M; m += 32) {
+        const uint8_t *a0 = a + (size_t)m * K, *a1 = a0 + (size_t)16 * K;
+        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+        for (int k = 0; k < K; k += 64) {
+          _tile_loadd(4, a0 + k, K);
+          _tile_loadd(5, a1 + k, K);
+          _tile_loadd(6, b0 + (size_t)k * 16, 64);
+          _tile_loadd(7, b1 + (size_t)k * 16, 64);
+          _tile_dpbusd(0, 4, 6);
+          _tile_dpbusd(1, 4, 7);
+          _tile_dpbusd(2, 5, 6);
+          _tile_dpbusd(3, 5, 7);
+        }
+        _tile_stored(0, acc, 128);
+        _tile_stored(1, acc + 16, 128);
+        _tile_stored(2, acc + 16 * 32, 128);
+        _tile_stored(3, acc + 16 * 32 + 16, 128);
+        finish(acc, 32, 32, w, 32 * nb, row_scale, y, m);
+        finish(acc + 16, 32, 32, w, 32 * nb + 16, row_scale, y, m);
+      }
+    }
+    _tile_release();
+  }
+}
+#endif
+
