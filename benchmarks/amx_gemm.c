@@ -16,7 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "int8_gemm.h"
+#include "../edgeds/native/int8_gemm.h"
 
 typedef void (*Gemm)(const uint8_t *, int, const Weights *, const float *, float *);
 

@@ -12,7 +12,7 @@
  *     python3 -c "import numpy as n; r = n.random.default_rng(0); [r.integers(10, 151936, k) for k in (16, 128, 128)]; print(*r.integers(64, 513, 64))"
  *
  * The arithmetic is the int8 export's: every linear layer's input quantized per row to uint8
- * (zero point 128), int8 weights with per-channel scales (`int8_gemm.h`: AMX tiles where the CPU
+ * (zero point 128), int8 weights with per-channel scales (`edgeds/native/int8_gemm.h`: AMX tiles where the CPU
  * grants them, else AVX-512 VNNI), RMSNorm, rotary, a float16 KV cache, float32 attention and
  * SiLU. Weights are random and already packed: this times a step, it is no model. The phase
  * times it prints come from timers between the loops (the loops are the phases). */
@@ -20,7 +20,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "int8_gemm.h"
+#include "../edgeds/native/int8_gemm.h"
 
 enum { L = 28, H = 1536, NH = 12, NKV = 2, D = 128, GROUP = NH / NKV, QKV = (NH + 2 * NKV) * D, I = 8960, V = 151936 };
 

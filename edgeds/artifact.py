@@ -74,7 +74,7 @@ class Artifact:
         names = []
         for g in (graph, small_batch and graph.get("small_batch")):
             if g:
-                names += [g["file"], *(part["file"] for part in g.get("parts", [])), g["data_file"]]
+                names += [g["file"], *(part["file"] for part in g.get("parts", [])), g["data_file"], g.get("tensors")]
         names += [tok["file"], tok.get("chat_template")]
         return [n for n in names if n]
 

@@ -23,17 +23,22 @@ from pathlib import Path
 SETTLE_NS = 2_000_000_000
 
 
-def stamp_folder() -> Path | None:
-    """Where stamps live ($EDGEDS_CACHE_DIR, else the XDG cache folder); None: no stamps."""
-    if os.environ.get("EDGEDS_VERIFY") == "always":
-        return None
+def cache_folder() -> Path | None:
+    """edgeds' cache folder ($EDGEDS_CACHE_DIR, else the XDG cache folder); None without a home."""
     root = os.environ.get("EDGEDS_CACHE_DIR")
-    if not root:
-        try:
-            root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgeds"
-        except RuntimeError:  # no home folder (a bare service account): no stamps
-            return None
-    return Path(root) / "verified"
+    if root:
+        return Path(root)
+    try:
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgeds"
+    except RuntimeError:  # no home folder (a bare service account)
+        return None
+
+
+def stamp_folder() -> Path | None:
+    """Where stamps live; None: no stamps (EDGEDS_VERIFY=always, or no cache folder)."""
+    if os.environ.get("EDGEDS_VERIFY") == "always" or (root := cache_folder()) is None:
+        return None
+    return root / "verified"
 
 
 def _identity(st: os.stat_result) -> list[int]:

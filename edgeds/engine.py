@@ -152,6 +152,10 @@ def load(artifact: str | Path, profile: str | None = None, backend: str | None =
 
 
 def _make_backend(artifact: Artifact, profile: Profile, choice: Choice):
+    if choice.backend == "native":
+        from .backends.native import NativeBackend
+
+        return NativeBackend(artifact, choice.threads)
     if choice.backend == "openvino":
         from .backends.openvino import OpenVinoBackend
 

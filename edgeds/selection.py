@@ -12,7 +12,7 @@ from .errors import ConfigError
 from .hardware import Hardware
 from .profiles import Profile
 
-FORMAT_OF = {"onnxruntime": "onnx", "openvino": "openvino"}
+FORMAT_OF = {"native": "onnx", "onnxruntime": "onnx", "openvino": "openvino"}
 
 
 @dataclass
@@ -96,6 +96,19 @@ def attention_on_host(artifact: Artifact | None) -> str | None:
     return None
 
 
+def native_unavailable(hw: Hardware, artifact: Artifact | None) -> str | None:
+    """Why the native backend cannot run this artifact here, or None."""
+    from .native import unavailable
+
+    if (why := unavailable(hw.flags)) is not None:
+        return why
+    if artifact is None:
+        return "no artifact to check"
+    from .backends.native import unsupported
+
+    return unsupported(artifact)
+
+
 def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
                    backend: str | None = None, device: str | None = None,
                    threads: int | None = None) -> Choice:
@@ -106,6 +119,14 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
     if backend and backend not in FORMAT_OF:
         raise ConfigError(f"unknown backend '{backend}'; choose from {', '.join(FORMAT_OF)}")
     for name in order:
+        if name == "native":
+            if (why := native_unavailable(hw, artifact)) is None:
+                n_threads = threads or profile.onnxruntime.threads or hw.physical_cores or os.cpu_count() or 1
+                amx = " (AMX tiles for calls of more than 16 rows)" if "amx_int8" in hw.flags else ""
+                reasons.append(f"backend native: edgeds' own decoder loops{amx}, {n_threads} threads")
+                return Choice("native", ["cpu"], n_threads, reasons)
+            reasons.append(f"backend native: {why}")
+            continue
         if not installed.get(name):
             reasons.append(f"backend {name}: not installed")
             continue

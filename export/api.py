@@ -20,7 +20,7 @@ from .families import family_for
 from .graph_parts import write_parts
 from .quantize import SCHEMES
 from .spec import MlaSpec
-from .tensors import write_tensors
+from .tensors import write_tensor_index, write_tensors
 from .weight_file import WeightFile
 
 log = logging.getLogger("edgeds.export")
@@ -105,6 +105,7 @@ def export_checkpoint(
 
                 graphs["onnx"] = write_onnx(spec, tensors, tmp, weight_file.path.name, kv_cache,
                                             ckpt.root / "tokenizer.json")
+                graphs["onnx"]["tensors"] = write_tensor_index(tensors, tmp)
             if small_batch_graph:  # beside the main graph, whose weight file it reads
                 from .small_batch_graph import write_small_batch_graph
 

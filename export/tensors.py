@@ -8,7 +8,9 @@ output (a copy of the MLP's widest activation).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -161,3 +163,13 @@ def write_tensors(
         cos=w.store(cos),
         sin=w.store(sin),
     )
+
+
+TENSOR_INDEX = "tensors.json"
+
+
+def write_tensor_index(tensors: ModelTensors[Layer], folder: Path) -> str:
+    """Where each tensor of a dense model lies in the weight file, by role (the ModelTensors
+    record as JSON): what the native backend reads the weights by, with no graph to parse."""
+    (folder / TENSOR_INDEX).write_text(json.dumps(asdict(tensors)) + "\n", encoding="utf-8")
+    return TENSOR_INDEX

@@ -14,7 +14,7 @@ def command(
     new_tokens: Annotated[int, typer.Option(help="Tokens generated per prompt (EOS ignored).")] = 64,
     batch_size: Annotated[int, typer.Option(help="Batch measured besides 1 (default: the profile's).")] = 0,
     profile: Annotated[str | None, typer.Option(help="Profile name (default: detected).")] = None,
-    backend: Annotated[str | None, typer.Option(help="onnxruntime | openvino.")] = None,
+    backend: Annotated[str | None, typer.Option(help="native | onnxruntime | openvino.")] = None,
     threads: Annotated[int, typer.Option(help="Threads (default: the profile's).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ):

@@ -11,7 +11,7 @@ NAME = "doctor"
 def command(
     artifact: Annotated[str | None, typer.Argument(help="Artifact folder to size against this machine.")] = None,
     profile: Annotated[str | None, typer.Option(help="Profile name (default: detected).")] = None,
-    backend: Annotated[str | None, typer.Option(help="onnxruntime | openvino.")] = None,
+    backend: Annotated[str | None, typer.Option(help="native | onnxruntime | openvino.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ):
     """Show the hardware, installed backends, and what edgeds would choose here, and why.

@@ -30,7 +30,7 @@ def command(
     timings: Annotated[bool, typer.Option(help="Write latency_s per record (off: byte-identical reruns).")] = True,
     metrics: Annotated[str | None, typer.Option(help="Write the summary as JSON here.")] = None,
     profile: Annotated[str | None, typer.Option(help="Profile name (default: detected).")] = None,
-    backend: Annotated[str | None, typer.Option(help="onnxruntime | openvino.")] = None,
+    backend: Annotated[str | None, typer.Option(help="native | onnxruntime | openvino.")] = None,
     device: Annotated[str | None, typer.Option(help="Execution provider or OpenVINO device.")] = None,
     threads: Annotated[int, typer.Option(help="Threads (default: the profile's).")] = 0,
 ):

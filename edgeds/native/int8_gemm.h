@@ -1,5 +1,5 @@
-/* Int8 GEMM kernels shared by the benchmarks that measure an own kernel (`amx_gemm.c`,
- * `fused_decode_step.c`): y = (A - 128) W * row_scale * channel_scale, A uint8 [M, K] (rows
+/* The int8 GEMM of the native backend (`decoder.c`) and of the benchmarks that measure it
+ * (`benchmarks/amx_gemm.c`, `benchmarks/fused_decode_step.c`): y = (A - 128) W * row_scale * channel_scale, A uint8 [M, K] (rows
  * quantized with their own scales, zero point 128), W int8 [K, N] packed sixteen columns by four
  * K values to a 64-byte row: the operand layout of both vpdpbusd (one zmm) and AMX's tdpbusd (one
  * tile row), so one packing serves both kernels. The zero point is taken out after the integer
@@ -19,18 +19,19 @@ typedef struct {
   float *scale;    /* per channel */
 } Weights;
 
+/* w: int8 [K, N] row-major, as the export stores a linear layer's weights. Each thread packs its
+ * own sixteen-column blocks, reading sixteen bytes of every row. */
 static inline Weights pack(const int8_t *w, const float *scale, int K, int N) {
   Weights p = {K, N, aligned_alloc(64, (size_t)K * N), aligned_alloc(64, N * 4), aligned_alloc(64, N * 4)};
-  for (int nb = 0; nb < N / 16; nb++)
-    for (int k4 = 0; k4 < K / 4; k4++)
-      for (int n = 0; n < 16; n++)
-        for (int i = 0; i < 4; i++)
-          p.packed[((size_t)nb * (K / 4) + k4) * 64 + n * 4 + i] = w[(size_t)(k4 * 4 + i) * N + nb * 16 + n];
-  for (int n = 0; n < N; n++) {
-    int32_t s = 0;
-    for (int k = 0; k < K; k++) s += w[(size_t)k * N + n];
-    p.zero_fix[n] = 128 * s;
-    p.scale[n] = scale[n];
+#pragma omp parallel for schedule(static)
+  for (int nb = 0; nb < N / 16; nb++) {
+    int32_t sum[16] = {0};
+    int8_t *dst = p.packed + (size_t)nb * K * 16;
+    for (int k = 0; k < K; k++) {
+      const int8_t *src = w + (size_t)k * N + nb * 16;
+      for (int n = 0; n < 16; n++) dst[(k / 4) * 64 + n * 4 + k % 4] = src[n], sum[n] += src[n];
+    }
+    for (int n = 0; n < 16; n++) p.zero_fix[nb * 16 + n] = 128 * sum[n], p.scale[nb * 16 + n] = scale[nb * 16 + n];
   }
   return p;
 }

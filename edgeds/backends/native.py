@@ -1,0 +1,182 @@
+"""The native backend: a dense int8 export's decoder run by edgeds' own loops
+(`edgeds/native/decoder.c`) instead of ONNX Runtime.
+
+It reads the same artifact as the ONNX Runtime backend: the weight file of the ONNX graph, found
+through the export's tensor index (`tensors.json`), so the weights and their quantization are
+bit-identical and no graph is parsed. The int8 weights are packed once at load into the layout
+of the GEMM kernels (AMX tiles where the kernel grants them, else AVX-512 VNNI); the KV cache is
+numpy memory owned here. Every slot holds its own sequence at its own position, so slots are
+refilled while the others decode (continuous batching).
+
+Where it pays (benchmarks/results/xeon-amx-16t.md, session 10): batch-64 decode steps and
+prefill, where ONNX Runtime's per-node dispatch and one-head-at-a-time attention cost more than
+the matmuls."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+
+import numpy as np
+
+from ..artifact import Artifact, kv_cache_dtype
+from ..native import library
+
+PREFILL_ROWS = 512  # rows per call: what the int8 GEMM needs to reach its speed, and no more memory
+MAX_GROUP = 16  # query heads per KV head that decoder.c's attention keeps in registers
+
+
+def unsupported(artifact: Artifact) -> str | None:
+    """Why this artifact cannot run on the native backend, or None."""
+    if "onnx" not in artifact.formats:
+        return "the artifact has no ONNX export (whose weight file it reads)"
+    graph, model, quant = artifact.graph("onnx"), artifact.model, artifact.manifest.get("quantization", {})
+    if model.get("kv_lora_rank") or model.get("moe_layers"):
+        return "MLA/MoE models run on ONNX Runtime"
+    if not graph.get("tensors"):
+        return "the export has no tensor index (re-export with this edgeds)"
+    if quant.get("weights") != "int8":
+        return f"weights {quant.get('weights')}: it runs --weights int8 exports"
+    if kv_cache_dtype(graph) not in ("float32", "float16"):
+        return f"its {kv_cache_dtype(graph)} KV cache (it keeps float32 or float16)"
+    group, rest = divmod(model["num_heads"], model["num_kv_heads"])
+    if rest or group > MAX_GROUP or model["head_dim"] % 16:
+        return f"{model['num_heads']} heads over {model['num_kv_heads']} KV heads of {model['head_dim']}"
+    qkv = (model["num_heads"] + 2 * model["num_kv_heads"]) * model["head_dim"]
+    if any(d % 64 for d in (model["hidden_size"], model["intermediate_size"], model["vocab_size"], qkv)):
+        return "widths that are not multiples of 64 (the GEMM's blocks)"
+    return None
+
+
+def _ptr(array: np.ndarray | None):
+    return None if array is None else array.ctypes.data
+
+
+class NativeBackend:
+    name = "native"
+    device = "cpu"
+    supports_refill = True
+
+    def __init__(self, artifact: Artifact, threads: int, use_amx: bool = True):
+        """use_amx: take the AMX tiles where the CPU and kernel grant them (elsewhere the request
+        fails and the VNNI kernel runs)."""
+        if why := unsupported(artifact):
+            raise ValueError(f"native backend: {why}")
+        self.lib = library()
+        graph, model = artifact.graph("onnx"), artifact.model
+        index = json.loads(artifact.path(graph["tensors"]).read_text(encoding="utf-8"))
+        self.layers, self.kv_heads, self.head_dim = model["num_layers"], model["num_kv_heads"], model["head_dim"]
+        self.vocab_size = model["vocab_size"]
+        self.cache_dtype = np.float16 if kv_cache_dtype(graph) == "float16" else np.float32
+        data_path = artifact.path(graph["data_file"])
+        self._model = self.lib.ed_new(self.layers, model["hidden_size"], model["num_heads"], self.kv_heads,
+                                      self.head_dim, model["intermediate_size"], self.vocab_size,
+                                      model["rms_norm_eps"], threads, int(use_amx))
+        data = np.memmap(data_path, dtype=np.uint8, mode="r")
+
+        def view(stored: dict | None, dtype=None) -> np.ndarray | None:
+            if stored is None:
+                return None
+            dt = np.dtype(stored["dtype"])
+            arr = np.frombuffer(data, dt, int(np.prod(stored["shape"])), stored["offset"]).reshape(stored["shape"])
+            return np.ascontiguousarray(arr, dtype=dtype) if dtype is not None else arr
+
+        def set_linear(layer: int, which: int, lin: dict) -> None:
+            weight = view(lin["weight"])  # int8 [K, N]: packed by the library, then unmapped
+            self.lib.ed_set_linear(self._model, layer, which, _ptr(weight), _ptr(view(lin["scales"], np.float32)),
+                                   _ptr(view(lin["bias"], np.float32)), lin["k"], lin["n"])
+
+        for i, layer in enumerate(index["layers"]):
+            mlp = layer["mlp"]
+            for which, lin in enumerate((layer["qkv"], layer["o"], mlp["gate"], mlp["up"], mlp["down"])):
+                set_linear(i, which, lin)
+            self.lib.ed_set_norms(self._model, i, _ptr(view(layer["input_norm"], np.float32)),
+                                  _ptr(view(layer["post_norm"], np.float32)))
+        set_linear(-1, 0, index["lm_head"])
+        self.lib.ed_set_norms(self._model, -1, _ptr(view(index["final_norm"], np.float32)), None)
+        cos, sin = view(index["cos"], np.float32), view(index["sin"], np.float32)
+        self.lib.ed_set_rope(self._model, _ptr(cos), _ptr(sin), cos.shape[0])
+        del data  # the packed copies are the library's; only the embedding table stays mapped
+        embed = index["embed"]
+        table, scales = embed["table"], embed["scales"]
+        self._table = np.memmap(data_path, np.dtype(table["dtype"]), "r", table["offset"], tuple(table["shape"]))
+        self._row_scales = None if scales is None else np.ascontiguousarray(
+            np.memmap(data_path, np.dtype(scales["dtype"]), "r", scales["offset"], tuple(scales["shape"])), np.float32)
+        int8_table = self._table.dtype == np.int8
+        if not int8_table:
+            self._table = np.ascontiguousarray(self._table, np.float32)
+        self.lib.ed_set_embedding(self._model, _ptr(self._table) if int8_table else None, _ptr(self._row_scales),
+                                  None if int8_table else _ptr(self._table))
+        self.uses_amx = bool(self.lib.ed_uses_amx(self._model))
+        self.batch_size = self.capacity = 0
+
+    def __del__(self):
+        if getattr(self, "_model", None):
+            self.lib.ed_free(self._model)
+            self._model = None
+
+    def start(self, batch_size: int, capacity: int) -> None:
+        shape = (self.layers, batch_size, self.kv_heads, capacity, self.head_dim)
+        if (self.batch_size, self.capacity) != (batch_size, capacity):
+            self.k = self.v = None  # free the old cache before the new one is allocated
+            self.k, self.v = np.zeros(shape, self.cache_dtype), np.zeros(shape, self.cache_dtype)
+            self._logits = np.empty((-(-batch_size // 32) * 32, self.vocab_size), np.float32)
+        self.batch_size, self.capacity = batch_size, capacity
+        self.lengths = np.zeros(batch_size, np.int32)
+        self._slots = np.arange(batch_size, dtype=np.int32)
+
+    def grow(self, capacity: int) -> None:
+        if capacity <= self.capacity:
+            return
+        shape = (self.layers, self.batch_size, self.kv_heads, capacity, self.head_dim)
+        for name in ("k", "v"):
+            new = np.zeros(shape, self.cache_dtype)
+            new[:, :, :, :self.capacity] = getattr(self, name)
+            setattr(self, name, new)
+        self.capacity = capacity
+
+    def _forward(self, ids: np.ndarray, slots: np.ndarray, positions: np.ndarray, logit_rows: np.ndarray,
+                 logits: np.ndarray) -> None:
+        rc = self.lib.ed_forward(self._model, len(ids), _ptr(ids), _ptr(slots), _ptr(positions), len(logit_rows),
+                                 _ptr(logit_rows), _ptr(self.k), _ptr(self.v), int(self.cache_dtype == np.float16),
+                                 self.batch_size, self.capacity, _ptr(logits))
+        if rc != 0:
+            raise ValueError("a position outside the cache capacity or the model's context")
+
+    def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False) -> np.ndarray:
+        if any(len(p) > self.capacity for p in prompts):
+            raise ValueError("prompt longer than the cache capacity")
+        ids = np.concatenate([np.asarray(p, np.int64) for p in prompts])
+        row_slot = np.repeat(np.asarray(slots, np.int32), [len(p) for p in prompts])
+        positions = np.concatenate([np.arange(len(p), dtype=np.int32) for p in prompts])
+        ends = np.cumsum([len(p) for p in prompts]) - 1
+        wanted = np.arange(len(ids)) if every_position else ends
+        out = np.empty((len(wanted), self.vocab_size), np.float32)
+        # Calls of PREFILL_ROWS rows; a prompt may straddle two, its later rows attending to what
+        # the earlier call cached.
+        for start in range(0, len(ids), PREFILL_ROWS):
+            stop = min(start + PREFILL_ROWS, len(ids))
+            pick = np.flatnonzero((wanted >= start) & (wanted < stop))
+            rows = (wanted[pick] - start).astype(np.int32)
+            logits = np.empty((-(-max(len(rows), 1) // 32) * 32, self.vocab_size), np.float32)
+            self._forward(ids[start:stop], row_slot[start:stop], positions[start:stop], rows, logits)
+            out[pick] = logits[:len(rows)]
+        for s, p in zip(slots, prompts):
+            self.lengths[s] = len(p)
+        if not every_position:
+            return out
+        longest = max(len(p) for p in prompts)
+        full = np.zeros((len(prompts), longest, self.vocab_size), np.float32)
+        for i, (p, end) in enumerate(zip(prompts, ends)):
+            full[i, :len(p)] = out[end - len(p) + 1:end + 1]
+        return full
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        # Idle slots decode too (their rows are ignored) at a position kept inside the cache.
+        positions = np.minimum(self.lengths, self.capacity - 1)
+        self._forward(np.ascontiguousarray(tokens, np.int64), self._slots, positions, self._slots, self._logits)
+        self.lengths += 1
+        return self._logits[:self.batch_size]
+
+    def release(self, slot: int) -> None:
+        self.lengths[slot] = 0

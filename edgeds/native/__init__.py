@@ -1,0 +1,85 @@
+"""The native decoder library (`decoder.c`): built from source with the system C compiler on first
+use and kept in the edgeds cache folder, keyed by the source's hash; loaded with ctypes.
+
+It needs an x86-64 CPU with AVX-512 VNNI (AMX is used where the kernel grants it) and a C
+compiler (gcc or clang with OpenMP). Where either is missing, `unavailable()` says why and the
+runtime stays on ONNX Runtime."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+from ..checksum_stamps import cache_folder
+
+HERE = Path(__file__).resolve().parent
+SOURCES = (HERE / "decoder.c", HERE / "int8_gemm.h")
+FLAGS = ["-O3", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-mavx512f", "-mavx512bw", "-mavx512dq",
+         "-mavx512vl", "-mavx512vnni", "-mfma", "-mf16c", "-mamx-tile", "-mamx-int8"]
+NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")
+
+
+class NativeUnavailable(RuntimeError):
+    pass
+
+
+def compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc") or shutil.which("clang")
+
+
+def unavailable(cpu_flags: frozenset[str] | set[str]) -> str | None:
+    """Why the native decoder cannot run here, or None."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return f"native decoder: x86-64 only (this is {platform.machine()})"
+    if missing := [f for f in NEEDED_FLAGS if f not in cpu_flags]:
+        return f"native decoder: this CPU lacks {', '.join(missing)}"
+    if not _library_path().is_file() and compiler() is None:
+        return "native decoder: no C compiler to build it with (set CC, or install gcc)"
+    return None
+
+
+def _library_path() -> Path:
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + " ".join(FLAGS).encode()).hexdigest()[:16]
+    root = cache_folder() or Path(tempfile.gettempdir()) / "edgeds"
+    return root / "native" / f"decoder-{digest}.so"
+
+
+def _build(target: Path) -> None:
+    cc = compiler()
+    if cc is None:
+        raise NativeUnavailable("native decoder: no C compiler to build it with (set CC, or install gcc)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside the target and renamed: processes starting together never load half a file.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    result = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCES[0]), "-lm"], capture_output=True, text=True)
+    if result.returncode != 0:
+        os.unlink(tmp)
+        raise NativeUnavailable(f"native decoder: {cc} failed to build it: {result.stderr.strip()[-400:]}")
+    os.replace(tmp, target)
+
+
+@cache
+def library() -> ctypes.CDLL:
+    path = _library_path()
+    if not path.is_file():
+        _build(path)
+    lib = ctypes.CDLL(str(path))
+    p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    lib.ed_new.restype = p
+    lib.ed_new.argtypes = [i, i, i, i, i, i, i, f, i, i]
+    lib.ed_set_linear.argtypes = [p, i, i, p, p, p, i, i]
+    lib.ed_set_norms.argtypes = [p, i, p, p]
+    lib.ed_set_embedding.argtypes = [p, p, p, p]
+    lib.ed_set_rope.argtypes = [p, p, p, i]
+    lib.ed_uses_amx.argtypes = [p]
+    lib.ed_free.argtypes = [p]
+    lib.ed_forward.argtypes = [p, i, p, p, p, i, p, p, p, i, i, i, p]
+    return lib

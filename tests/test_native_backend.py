@@ -1,0 +1,132 @@
+"""The native backend: edgeds' own decoder loops (edgeds/native/decoder.c) over a dense int8
+export's weight file, against transformers, ONNX Runtime on the same artifact, and itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_export_parity import errors_against_reference
+from test_hardware_profiles import fake_root, x86
+from tiny_models import load_reference
+
+import edgeds
+from edgeds import native
+from edgeds.artifact import load_artifact
+from edgeds.backends import native as native_backend
+from edgeds.backends.native import NativeBackend
+from edgeds.backends.onnxruntime import OnnxRuntimeBackend
+from edgeds.errors import ConfigError
+from edgeds.hardware import detect
+from edgeds.profiles import choose_profile, load_profiles
+from edgeds.selection import choose_backend
+
+CPU = ["CPUExecutionProvider"]
+
+pytestmark = pytest.mark.skipif(native.unavailable(detect().flags) is not None,
+                                reason=str(native.unavailable(detect().flags)))
+
+
+@pytest.mark.parametrize("kind,kv_cache", [("qwen2", "float32"), ("llama", "float16"), ("qwen2-tied", "float32")])
+def test_native_logits_follow_transformers_as_closely_as_onnxruntime(kind, kv_cache, checkpoints, artifacts):
+    """A 16-token prefill (every position) and 24 cached decode steps against the reference:
+    within the int8 bound, and as close as ONNX Runtime running the same export's graph."""
+    art = load_artifact(artifacts(kind, "int8", kv_cache))
+    model = load_reference(checkpoints(kind))
+    errors, agree = errors_against_reference(model, NativeBackend(art, 2), 24)
+    ort_errors, _ = errors_against_reference(model, OnnxRuntimeBackend(art, CPU, 2), 24)
+    assert max(errors) < 0.08  # the int8 bound of test_quantized_logit_error_is_bounded
+    assert max(errors) < 1.5 * max(ort_errors) + 1e-3
+    assert np.mean(agree) >= 0.85
+
+
+def test_native_and_onnxruntime_agree_on_a_mixed_batch(artifacts):
+    """Prompts of different lengths prefilled together (one call), then decode steps of the
+    whole batch: each row's logits as ONNX Runtime's, to float32 rounding of the same int8 math."""
+    art = load_artifact(artifacts("qwen2", "int8"))
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(2, 320, n).astype(np.int64) for n in (7, 19, 3)]
+    results = []
+    for backend in (NativeBackend(art, 2), OnnxRuntimeBackend(art, CPU, 2)):
+        backend.start(3, 64)
+        logits = [backend.prefill([0, 1, 2], prompts)]
+        for _ in range(6):
+            logits.append(backend.decode(logits[-1].argmax(-1)).copy())
+        results.append(np.stack(logits))
+    native_logits, ort_logits = results
+    scale = np.abs(ort_logits).max()
+    assert np.abs(native_logits - ort_logits).max() / scale < 2e-3
+    assert (native_logits.argmax(-1) == ort_logits.argmax(-1)).all()
+
+
+def test_a_prompt_split_over_calls_gives_the_logits_of_one_call(artifacts, monkeypatch):
+    """Prefill calls hold PREFILL_ROWS rows; a prompt straddling calls attends to what the
+    earlier call cached."""
+    art = load_artifact(artifacts("llama", "int8"))
+    prompt = np.random.default_rng(5).integers(2, 320, 40).astype(np.int64)
+    backend = NativeBackend(art, 2)
+    backend.start(2, 64)
+    whole = backend.prefill([1], [prompt], every_position=True)
+    monkeypatch.setattr(native_backend, "PREFILL_ROWS", 16)
+    backend.start(2, 64)
+    split = backend.prefill([1], [prompt], every_position=True)
+    np.testing.assert_allclose(split, whole, rtol=0, atol=1e-5 * np.abs(whole).max())
+
+
+def test_refilled_slots_get_what_each_prompt_gets_alone(artifacts):
+    """Five prompts through two slots of the generate loop: finished slots take the next prompt
+    mid-decode, and each prompt gets the tokens it gets alone."""
+    from edgeds import generate as gen
+    from edgeds.sampling import SamplingParams
+
+    engine = edgeds.load(artifacts("qwen2", "int8"), backend="native", profile="cpu-avx512")
+    assert engine.describe()["backend"] == "native"
+
+    def run(prompts, lengths, batch_size):
+        reqs = [gen.Request(i, p, SamplingParams(max_new_tokens=n, ignore_eos=True))
+                for i, (p, n) in enumerate(zip(prompts, lengths))]
+        done = {e.key: e.token_ids for e in engine.run(reqs, batch_size) if isinstance(e, gen.Finished)}
+        return [done[i] for i in range(len(prompts))]
+
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(2, 320, n).astype(np.int64) for n in (5, 17, 9, 30, 12)]
+    lengths = [3, 11, 6, 9, 4]
+    together = run(prompts, lengths, 2)
+    assert together == [run([p], [n], 1)[0] for p, n in zip(prompts, lengths)]
+
+
+def test_the_avx512_and_amx_profiles_pick_native_for_a_dense_int8_export(tmp_path, artifacts):
+    hw = detect(fake_root(tmp_path, x86(8, "avx512f avx512bw avx512_vnni avx512_bf16")))
+    profile, _ = choose_profile(hw, load_profiles())
+    choice = choose_backend(profile, hw, load_artifact(artifacts("qwen2", "int8")))
+    assert choice.backend == "native" and choice.artifact_format == "onnx"
+    assert any(r.startswith("backend native: edgeds' own decoder loops") for r in choice.reasons)
+
+
+@pytest.mark.parametrize("weights,kv_cache,why", [("fp32", "float32", "weights fp32"),
+                                                  ("int8", "int8", "its int8 KV cache")])
+def test_exports_it_cannot_run_stay_on_onnxruntime_with_the_reason(weights, kv_cache, why, tmp_path, artifacts):
+    hw = detect(fake_root(tmp_path, x86(8, "avx512f avx512bw avx512_vnni")))
+    profile, _ = choose_profile(hw, load_profiles())
+    choice = choose_backend(profile, hw, load_artifact(artifacts("qwen2", weights, kv_cache)))
+    assert choice.backend == "onnxruntime"
+    assert any(r.startswith("backend native: ") and why in r for r in choice.reasons)
+
+
+def test_an_mla_export_stays_on_onnxruntime(tmp_path, checkpoints):
+    from export import export_checkpoint
+
+    out = tmp_path / "v3"
+    export_checkpoint(checkpoints("deepseek_v3"), out, formats=("onnx",), weights="int8", context=64)
+    why = native_backend.unsupported(load_artifact(out))
+    assert why == "MLA/MoE models run on ONNX Runtime"
+
+
+def test_cpus_without_vnni_and_machines_without_a_compiler_are_told_why(tmp_path, monkeypatch, artifacts):
+    avx2 = detect(fake_root(tmp_path, x86(4, "")))
+    assert native.unavailable(avx2.flags) == "native decoder: this CPU lacks avx512f, avx512bw, avx512_vnni"
+    flags = frozenset({"avx512f", "avx512bw", "avx512_vnni"})
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    monkeypatch.setenv("EDGEDS_CACHE_DIR", str(tmp_path / "empty-cache"))  # nothing built there yet
+    assert native.unavailable(flags) == "native decoder: no C compiler to build it with (set CC, or install gcc)"
+    with pytest.raises(ConfigError, match="no C compiler"):
+        edgeds.load(artifacts("qwen2", "int8"), backend="native")
