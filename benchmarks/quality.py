@@ -5,7 +5,8 @@
 
 For each reference model in benchmarks/reference_models/, the held-out sample (files of the
 standard library never trained on) is cut into windows; transformers fp32 and each exported
-graph (ONNX Runtime and OpenVINO; fp32, INT8, INT4) score every position. Writes
+graph (ONNX Runtime and OpenVINO; fp32, INT8, INT4; "onnx native": an int8 export through the
+native backend, where this CPU runs it) score every position. Writes
 benchmarks/results/quality.md and quality.json.
 """
 
@@ -85,7 +86,9 @@ def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx"
     """`kv_caches`: each weight scheme is exported once per KV cache type; an int8 cache is an
     ONNX graph of a dense model only (MLA models are skipped for it). `small_batch`: int8 is
     exported with its small-batch graph, and scored in decode steps on both graphs as well."""
+    from edgeds.artifact import load_artifact
     from export import export_checkpoint
+    from export.verify import native_runs_here
 
     wins = windows_of(checkpoint, windows, seq)
     ref_nll, ref_top1 = reference_scores(checkpoint, wins)
@@ -104,6 +107,8 @@ def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx"
                               small_batch_graph=small)
             label = w if kv == "float32" else f"{w}, {kv} KV (decode steps)"
             runs = [(fmt, label, kv != "float32") for fmt in fmts]
+            if "onnx" in fmts and native_runs_here(load_artifact(art, verify=False)):
+                runs.append(("onnx native", label, kv != "float32"))  # the same weights, edgeds' own decoder
             if small:  # the main graph's decode steps against the small-batch graph's
                 runs += [("onnx", f"{label} (decode steps)", True), ("onnx small-batch", f"{label} (decode steps)", True)]
             for fmt, row_label, stepwise in runs:

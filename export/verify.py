@@ -8,6 +8,7 @@ they differ by more than the weight format allows.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,15 @@ def backend_run(backend, prompt: np.ndarray, tokens: list[int]) -> list[np.ndarr
     return rows
 
 
+def native_runs_here(art) -> bool:
+    """Whether the native backend runs this artifact on this machine."""
+    from edgeds.backends.native import unsupported
+    from edgeds.hardware import detect
+    from edgeds.native import unavailable
+
+    return unsupported(art) is None and unavailable(detect().flags) is None
+
+
 def open_backends(artifact_dir: Path):
     from edgeds.artifact import load_artifact
 
@@ -57,6 +67,10 @@ def open_backends(artifact_dir: Path):
         yield "onnx", OnnxRuntimeBackend(art, ["CPUExecutionProvider"])
         if art.graph("onnx").get("small_batch"):  # its decode steps, after the main graph's prefill
             yield "onnx small-batch", OnnxRuntimeBackend(art, ["CPUExecutionProvider"], small_batch_max=1)
+        if native_runs_here(art):  # the same weight file through edgeds' own decoder
+            from edgeds.backends.native import NativeBackend
+
+            yield "onnx native", NativeBackend(art, os.cpu_count() or 1)
     if "openvino" in art.formats:
         from edgeds.backends.openvino import OpenVinoBackend
 

@@ -12,6 +12,9 @@ import pytest
 
 from conftest import REPO
 
+from edgeds.hardware import detect
+from edgeds.native import unavailable as native_unavailable
+
 sys.path.insert(0, str(REPO / "benchmarks"))
 MODELS = REPO / "benchmarks/reference_models"
 CHECKPOINT = MODELS / "r1-distill-tiny-python"
@@ -49,6 +52,17 @@ def test_int8_keeps_quality(rows, fmt, weights, capsys):
     assert r["ppl_change_pct"] < 0.5, r
     assert r["top1_agreement_pct"] >= TOP1_FLOOR[rows["model"], weights], r
     assert rows["transformers", "fp32"]["perplexity"] < 20  # the model really learned Python
+
+
+def test_native_backend_keeps_the_quality_of_the_same_export(rows):
+    """The int8 export through edgeds' own decoder scores as ONNX Runtime does on its graph: the
+    same int8 arithmetic, only the float rounding differs."""
+    if ("onnx native", "int8") not in rows:
+        assert rows["model"] == "deepseek-v3-tiny-python" or native_unavailable(detect().flags)
+        return
+    native, ort = rows["onnx native", "int8"], rows["onnx", "int8"]
+    assert abs(native["ppl_change_pct"] - ort["ppl_change_pct"]) < 0.1, (native, ort)
+    assert native["top1_agreement_pct"] >= TOP1_FLOOR[rows["model"], "int8"], native
 
 
 def test_embedded_default_is_this_model_in_int8():

@@ -70,7 +70,7 @@ int ed_uses_amx(const Model *m) { return m->amx; }
 
 /* A few rows do not fill a 16-row tile: the VNNI kernel, which reads each weight once per four
  * rows, is faster there (fused_decode_step.c at batch 1 on AMX tiles: 28-38 ms a step, padded to
- * 32 rows). Rows are padded to the kernel's block; padded rows are computed and ignored. */
+ * 32 rows). AMX calls pad the rows to 32; padded rows are computed and ignored. */
 enum { AMX_MIN_ROWS = 16 };
 
 typedef struct {
@@ -82,7 +82,7 @@ static Call call_for(const Model *m, int rows) {
 #ifdef __AMX_INT8__
   if (m->amx && rows > AMX_MIN_ROWS) return (Call){gemm_amx, (rows + 31) / 32 * 32};
 #endif
-  return (Call){gemm_vnni, (rows + 3) / 4 * 4};
+  return (Call){gemm_vnni, rows};
 }
 
 static float *copy_floats(const float *src, size_t n) {
