@@ -130,3 +130,13 @@ def test_cpus_without_vnni_and_machines_without_a_compiler_are_told_why(tmp_path
     assert native.unavailable(flags) == "native decoder: no C compiler to build it with (set CC, or install gcc)"
     with pytest.raises(ConfigError, match="no C compiler"):
         edgeds.load(artifacts("qwen2", "int8"), backend="native")
+
+
+def test_export_verify_checks_the_native_backend_too(checkpoints, tmp_path):
+    from export import export_checkpoint
+
+    manifest = export_checkpoint(checkpoints("qwen2"), tmp_path / "out", formats=("onnx",), context=64, verify=True)
+    checked = manifest["verification"]["formats"]
+    assert set(checked) == {"onnx", "onnx native"}
+    assert checked["onnx native"]["greedy_agreement"] >= 0.9
+    assert checked["onnx native"]["relative_error"] < 0.05

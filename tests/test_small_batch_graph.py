@@ -160,7 +160,7 @@ def test_export_verify_checks_the_small_batch_graph_too(checkpoints, tmp_path):
     manifest = export_checkpoint(checkpoints("llama"), tmp_path / "out", formats=("onnx",), context=CONTEXT,
                                  small_batch_graph=True, verify=True)
     checked = manifest["verification"]["formats"]
-    assert set(checked) == {"onnx", "onnx small-batch"}
+    assert set(checked) - {"onnx native"} == {"onnx", "onnx small-batch"}  # native: where this CPU runs it
     assert checked["onnx small-batch"]["relative_error"] != checked["onnx"]["relative_error"]
 
 
