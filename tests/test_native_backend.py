@@ -121,15 +121,37 @@ def test_an_mla_export_stays_on_onnxruntime(tmp_path, checkpoints):
     assert why == "MLA/MoE models run on ONNX Runtime"
 
 
-def test_cpus_without_vnni_and_machines_without_a_compiler_are_told_why(tmp_path, monkeypatch, artifacts):
+@pytest.fixture
+def unbuilt(tmp_path, monkeypatch):
+    """A process that has not loaded the library, with an empty cache folder."""
+    monkeypatch.setenv("EDGEDS_CACHE_DIR", str(tmp_path / "empty-cache"))
+    native.library.cache_clear()
+    yield
+    native.library.cache_clear()
+
+
+def test_cpus_without_vnni_and_machines_without_a_compiler_are_told_why(tmp_path, monkeypatch, artifacts, unbuilt):
     avx2 = detect(fake_root(tmp_path, x86(4, "")))
     assert native.unavailable(avx2.flags) == "native decoder: this CPU lacks avx512f, avx512bw, avx512_vnni"
     flags = frozenset({"avx512f", "avx512bw", "avx512_vnni"})
     monkeypatch.setattr(native, "compiler", lambda: None)
-    monkeypatch.setenv("EDGEDS_CACHE_DIR", str(tmp_path / "empty-cache"))  # nothing built there yet
     assert native.unavailable(flags) == "native decoder: no C compiler to build it with (set CC, or install gcc)"
     with pytest.raises(ConfigError, match="no C compiler"):
         edgeds.load(artifacts("qwen2", "int8"), backend="native")
+    # The profile's order goes on to ONNX Runtime, and says why.
+    engine = edgeds.load(artifacts("qwen2", "int8"), profile="cpu-avx512")
+    assert engine.describe()["backend"] == "onnxruntime"
+    assert "backend native: native decoder: no C compiler to build it with (set CC, or install gcc)" in engine.reasons
+
+
+def test_a_failing_build_leaves_the_job_on_onnxruntime(monkeypatch, artifacts, unbuilt, tmp_path):
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'cc: internal error' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    engine = edgeds.load(artifacts("qwen2", "int8"), profile="cpu-avx512")
+    assert engine.describe()["backend"] == "onnxruntime"
+    assert any("failed to build it: cc: internal error" in r for r in engine.reasons)
 
 
 def test_export_verify_checks_the_native_backend_too(checkpoints, tmp_path):

@@ -2,8 +2,8 @@
 use and kept in the edgeds cache folder, keyed by the source's hash; loaded with ctypes.
 
 It needs an x86-64 CPU with AVX-512 VNNI (AMX is used where the kernel grants it) and a C
-compiler (gcc or clang with OpenMP). Where either is missing, `unavailable()` says why and the
-runtime stays on ONNX Runtime."""
+compiler (gcc or clang with OpenMP) the first time. Where either is missing, or the build
+fails, `unavailable()` says why and the runtime goes on to ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -35,13 +35,17 @@ def compiler() -> str | None:
 
 
 def unavailable(cpu_flags: frozenset[str] | set[str]) -> str | None:
-    """Why the native decoder cannot run here, or None."""
+    """Why the native decoder cannot run here, or None. Builds the library if it is not built
+    yet (about a second), so that a compiler or cache folder that fails says so here, where the
+    runtime can still pick another backend, and not in the middle of loading."""
     if platform.machine() not in ("x86_64", "AMD64"):
         return f"native decoder: x86-64 only (this is {platform.machine()})"
     if missing := [f for f in NEEDED_FLAGS if f not in cpu_flags]:
         return f"native decoder: this CPU lacks {', '.join(missing)}"
-    if not _library_path().is_file() and compiler() is None:
-        return "native decoder: no C compiler to build it with (set CC, or install gcc)"
+    try:
+        library()
+    except NativeUnavailable as exc:
+        return str(exc)
     return None
 
 
@@ -55,10 +59,13 @@ def _build(target: Path) -> None:
     cc = compiler()
     if cc is None:
         raise NativeUnavailable("native decoder: no C compiler to build it with (set CC, or install gcc)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Built beside the target and renamed: processes starting together never load half a file.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Built beside the target and renamed: processes starting together never load half a file.
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise NativeUnavailable(f"native decoder: cannot write its build to {target.parent} ({exc.strerror})") from exc
     result = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCES[0]), "-lm"], capture_output=True, text=True)
     if result.returncode != 0:
         os.unlink(tmp)
@@ -71,7 +78,10 @@ def library() -> ctypes.CDLL:
     path = _library_path()
     if not path.is_file():
         _build(path)
-    lib = ctypes.CDLL(str(path))
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise NativeUnavailable(f"native decoder: cannot load {path.name} ({exc})") from exc
     p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
     lib.ed_new.restype = p
     lib.ed_new.argtypes = [i, i, i, i, i, i, i, f, i, i]
