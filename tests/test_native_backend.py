@@ -72,6 +72,32 @@ def test_a_prompt_split_over_calls_gives_the_logits_of_one_call(artifacts, monke
     np.testing.assert_allclose(split, whole, rtol=0, atol=1e-5 * np.abs(whole).max())
 
 
+def test_a_grown_cache_keeps_what_it_held(artifacts):
+    """The generate loop enlarges the cache when a longer request arrives: decoding after grow()
+    gives the logits of a cache that was that large from the start."""
+    art = load_artifact(artifacts("qwen2", "int8"))
+    prompt = np.random.default_rng(6).integers(2, 320, 10).astype(np.int64)
+    runs = []
+    for first_capacity in (12, 40):
+        backend = NativeBackend(art, 2)
+        backend.start(2, first_capacity)
+        logits = [backend.prefill([1], [prompt])[0]]
+        backend.grow(40)
+        for _ in range(20):
+            logits.append(backend.decode(np.array([3, logits[-1].argmax()]))[1].copy())
+        runs.append(np.stack(logits))
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_bad_positions_and_token_ids_are_refused_not_read(artifacts):
+    backend = NativeBackend(load_artifact(artifacts("qwen2", "int8")), 2)
+    backend.start(1, 8)
+    with pytest.raises(ValueError, match="longer than the cache capacity"):
+        backend.prefill([0], [np.arange(2, 12)])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        backend.prefill([0], [np.array([5, 320])])
+
+
 def test_refilled_slots_get_what_each_prompt_gets_alone(artifacts):
     """Five prompts through two slots of the generate loop: finished slots take the next prompt
     mid-decode, and each prompt gets the tokens it gets alone."""

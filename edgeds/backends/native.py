@@ -140,8 +140,10 @@ class NativeBackend:
         rc = self.lib.ed_forward(self._model, len(ids), _ptr(ids), _ptr(slots), _ptr(positions), len(logit_rows),
                                  _ptr(logit_rows), _ptr(self.k), _ptr(self.v), int(self.cache_dtype == np.float16),
                                  self.batch_size, self.capacity, _ptr(logits))
-        if rc != 0:
+        if rc == -1:
             raise ValueError("a position outside the cache capacity or the model's context")
+        if rc == -2:
+            raise ValueError(f"a token id outside the vocabulary (0..{self.vocab_size - 1})")
 
     def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False) -> np.ndarray:
         if any(len(p) > self.capacity for p in prompts):

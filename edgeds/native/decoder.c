@@ -232,7 +232,8 @@ static void linear(const Model *m, const Linear *lin, Call c, const float *row_s
  * slot's positions up to its own (rows of one slot come in position order; earlier positions are
  * already cached or in this call). Writes logits of the rows `logit_rows` ([n_logits] row
  * indices) to `logits`, which has room for n_logits rounded up to 32 rows of `vocab`.
- * Returns 0, or -1 for a position outside the rope table or the cache. */
+ * Returns 0; -1 for a position outside the rope table or the cache, -2 for a token id outside
+ * the vocabulary (nothing is computed then). */
 int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, const int32_t *pos, int n_logits,
                const int32_t *logit_rows, void *k_cache, void *v_cache, int f16, int slots, int capacity, float *logits) {
   const int H = m->hidden, D = m->head_dim, NH = m->heads, NKV = m->kv_heads, group = NH / NKV, I = m->inter;
@@ -242,6 +243,7 @@ int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, cons
   int longest = 0;
   for (int r = 0; r < rows; r++) {
     if (pos[r] < 0 || pos[r] >= capacity || pos[r] >= m->rope_positions || slot[r] < 0 || slot[r] >= slots) return -1;
+    if (ids[r] < 0 || ids[r] >= m->vocab) return -2;
     longest = pos[r] + 1 > longest ? pos[r] + 1 : longest;
   }
   omp_set_num_threads(m->threads);
