@@ -211,13 +211,23 @@ static void attend(const float *q, const void *k, const void *v, int f16, size_t
     for (int t = 0; t < len; t++) sum += s[t];
     for (int t = 0; t < len; t++) s[t] /= sum;
   }
-  for (int h = 0; h < group; h++)
-    for (int c = 0; c < d; c += 16) {
-      __m512 acc = _mm512_setzero_ps();
-      const float *p = scores + h * len;
-      for (int t = 0; t < len; t++) acc = _mm512_fmadd_ps(_mm512_set1_ps(p[t]), load16(v, f16, base + (size_t)t * d + c), acc);
-      _mm512_storeu_ps(out + h * d + c, acc);
+  /* Each value row is read once per 64 of its columns for all heads: 4 x group accumulators. */
+  for (int c0 = 0; c0 < d; c0 += 64) {
+    const int chunks = d - c0 < 64 ? (d - c0) / 16 : 4;
+    __m512 acc[16][4];
+    for (int h = 0; h < group; h++)
+      for (int c = 0; c < chunks; c++) acc[h][c] = _mm512_setzero_ps();
+    for (int t = 0; t < len; t++) {
+      __m512 vc[4];
+      for (int c = 0; c < chunks; c++) vc[c] = load16(v, f16, base + (size_t)t * d + c0 + 16 * c);
+      for (int h = 0; h < group; h++) {
+        __m512 p = _mm512_set1_ps(scores[h * len + t]);
+        for (int c = 0; c < chunks; c++) acc[h][c] = _mm512_fmadd_ps(p, vc[c], acc[h][c]);
+      }
     }
+    for (int h = 0; h < group; h++)
+      for (int c = 0; c < chunks; c++) _mm512_storeu_ps(out + h * d + c0 + 16 * c, acc[h][c]);
+  }
 }
 
 static void linear(const Model *m, const Linear *lin, Call c, const float *row_scale, float *y, int rows) {
