@@ -102,8 +102,8 @@ def native_unavailable(hw: Hardware, artifact: Artifact | None) -> str | None:
 
     if (why := unavailable(hw.flags)) is not None:
         return why
-    if artifact is None:
-        return "no artifact to check"
+    if artifact is None:  # what this machine would run: dense int8 exports here, the rest on ONNX Runtime
+        return None
     from .backends.native import unsupported
 
     return unsupported(artifact)
@@ -123,7 +123,8 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
             if (why := native_unavailable(hw, artifact)) is None:
                 n_threads = threads or profile.onnxruntime.threads or hw.physical_cores or os.cpu_count() or 1
                 amx = " (AMX tiles for calls of more than 16 rows)" if "amx_int8" in hw.flags else ""
-                reasons.append(f"backend native: edgeds' own decoder loops{amx}, {n_threads} threads")
+                which = "" if artifact is not None else " for dense int8 exports (others: the next backend)"
+                reasons.append(f"backend native: edgeds' own decoder loops{amx}{which}, {n_threads} threads")
                 return Choice("native", ["cpu"], n_threads, reasons)
             reasons.append(f"backend native: {why}")
             continue
