@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import mmap
 
 import numpy as np
 
@@ -72,7 +73,8 @@ class NativeBackend:
         self._model = self.lib.ed_new(self.layers, model["hidden_size"], model["num_heads"], self.kv_heads,
                                       self.head_dim, model["intermediate_size"], self.vocab_size,
                                       model["rms_norm_eps"], threads, int(use_amx))
-        data = np.memmap(data_path, dtype=np.uint8, mode="r")
+        with open(data_path, "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
         def view(stored: dict | None, dtype=None) -> np.ndarray | None:
             if stored is None:
@@ -82,9 +84,13 @@ class NativeBackend:
             return np.ascontiguousarray(arr, dtype=dtype) if dtype is not None else arr
 
         def set_linear(layer: int, which: int, lin: dict) -> None:
-            weight = view(lin["weight"])  # int8 [K, N]: packed by the library, then unmapped
+            weight = view(lin["weight"])  # int8 [K, N], packed by the library
             self.lib.ed_set_linear(self._model, layer, which, _ptr(weight), _ptr(view(lin["scales"], np.float32)),
                                    _ptr(view(lin["bias"], np.float32)), lin["k"], lin["n"])
+            # Its file pages leave this process's memory now: loading a model peaks at the packed
+            # weights plus one layer, not twice the weights.
+            start = lin["weight"]["offset"] // mmap.PAGESIZE * mmap.PAGESIZE
+            data.madvise(mmap.MADV_DONTNEED, start, lin["weight"]["offset"] + weight.nbytes - start)
 
         for i, layer in enumerate(index["layers"]):
             mlp = layer["mlp"]
