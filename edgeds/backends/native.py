@@ -25,6 +25,7 @@ from ..native import library
 
 PREFILL_ROWS = 512  # rows per call: what the int8 GEMM needs to reach its speed, and no more memory
 MAX_GROUP = 16  # query heads per KV head that decoder.c's attention keeps in registers
+MAX_HEAD_DIM = 256  # decoder.c's MAX_HEAD_DIM
 
 
 def unsupported(artifact: Artifact) -> str | None:
@@ -41,7 +42,7 @@ def unsupported(artifact: Artifact) -> str | None:
     if kv_cache_dtype(graph) not in ("float32", "float16"):
         return f"its {kv_cache_dtype(graph)} KV cache (it keeps float32 or float16)"
     group, rest = divmod(model["num_heads"], model["num_kv_heads"])
-    if rest or group > MAX_GROUP or model["head_dim"] % 16:
+    if rest or group > MAX_GROUP or model["head_dim"] % 16 or model["head_dim"] > MAX_HEAD_DIM:
         return f"{model['num_heads']} heads over {model['num_kv_heads']} KV heads of {model['head_dim']}"
     qkv = (model["num_heads"] + 2 * model["num_kv_heads"]) * model["head_dim"]
     if any(d % 64 for d in (model["hidden_size"], model["intermediate_size"], model["vocab_size"], qkv)):
