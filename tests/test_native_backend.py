@@ -89,13 +89,52 @@ def test_a_grown_cache_keeps_what_it_held(artifacts):
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
-def test_bad_positions_and_token_ids_are_refused_not_read(artifacts):
+def test_bad_input_is_refused_not_read(artifacts):
     backend = NativeBackend(load_artifact(artifacts("qwen2", "int8")), 2)
-    backend.start(1, 8)
+    backend.start(2, 8)
     with pytest.raises(ValueError, match="longer than the cache capacity"):
         backend.prefill([0], [np.arange(2, 12)])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         backend.prefill([0], [np.array([5, 320])])
+    with pytest.raises(ValueError, match="an empty prompt"):
+        backend.prefill([0, 1], [np.array([], np.int64), np.array([5, 6])])
+    with pytest.raises(ValueError, match="a slot given twice"):
+        backend.prefill([1, 1], [np.array([5]), np.array([6])])
+    with pytest.raises(ValueError, match="3 tokens for 2 slots"):
+        backend.decode(np.array([5, 6, 7]))
+
+
+def test_idle_slots_stay_at_position_0_while_others_decode(artifacts):
+    """A released (or never filled) slot's row is computed and ignored; it must not attend over
+    a length that grows every step."""
+    backend = NativeBackend(load_artifact(artifacts("qwen2", "int8")), 2)
+    backend.start(2, 32)
+    backend.prefill([1], [np.array([5, 6, 7])])
+    for _ in range(4):
+        backend.decode(np.array([3, 4]))
+    assert backend.lengths.tolist() == [0, 7]
+    backend.release(1)
+    backend.decode(np.array([3, 4]))
+    assert backend.lengths.tolist() == [0, 0]
+
+
+def test_heads_that_do_not_span_the_hidden_size_stay_on_onnxruntime(tmp_path):
+    """Llama configs may set head_dim apart from hidden / heads; the native loops assume them equal."""
+    from tiny_models import make_checkpoint
+
+    from export import export_checkpoint
+
+    out = tmp_path / "art"
+    export_checkpoint(make_checkpoint(tmp_path / "ck", "llama", head_dim=32), out, formats=("onnx",),
+                      weights="int8", context=64)
+    assert native_backend.unsupported(load_artifact(out)) == "4 heads of 32 do not span the hidden size 64"
+
+
+def test_loading_the_library_leaves_the_process_float_mode_alone():
+    """Linked without -ffast-math: gcc's crtfastmath.o would turn on flush-to-zero for every
+    library in the process (numpy, ONNX Runtime) once this one is loaded."""
+    native.library()
+    assert np.float32(1e-39) * np.float32(1) != 0
 
 
 def test_refilled_slots_get_what_each_prompt_gets_alone(artifacts):
@@ -168,6 +207,13 @@ def test_cpus_without_vnni_and_machines_without_a_compiler_are_told_why(tmp_path
     engine = edgeds.load(artifacts("qwen2", "int8"), profile="cpu-avx512")
     assert engine.describe()["backend"] == "onnxruntime"
     assert "backend native: native decoder: no C compiler to build it with (set CC, or install gcc)" in engine.reasons
+
+
+def test_a_compiler_that_cannot_be_run_is_a_reason_not_a_crash(monkeypatch, unbuilt, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc") + " -v")
+    why = native.unavailable(frozenset({"avx512f", "avx512bw", "avx512_vnni"}))
+    assert why.startswith("native decoder: cannot run ") and "No such file" in why
+    assert not list((tmp_path / "empty-cache" / "native").glob("*"))  # no half-built leftovers
 
 
 def test_a_failing_build_leaves_the_job_on_onnxruntime(monkeypatch, artifacts, unbuilt, tmp_path):

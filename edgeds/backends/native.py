@@ -41,6 +41,8 @@ def unsupported(artifact: Artifact) -> str | None:
         return f"weights {quant.get('weights')}: it runs --weights int8 exports"
     if kv_cache_dtype(graph) not in ("float32", "float16"):
         return f"its {kv_cache_dtype(graph)} KV cache (it keeps float32 or float16)"
+    if model["num_heads"] * model["head_dim"] != model["hidden_size"]:
+        return f"{model['num_heads']} heads of {model['head_dim']} do not span the hidden size {model['hidden_size']}"
     group, rest = divmod(model["num_heads"], model["num_kv_heads"])
     if rest or group > MAX_GROUP or model["head_dim"] % 16 or model["head_dim"] > MAX_HEAD_DIM:
         return f"{model['num_heads']} heads over {model['num_kv_heads']} KV heads of {model['head_dim']}"
@@ -84,10 +86,12 @@ class NativeBackend:
             arr = np.frombuffer(data, dt, int(np.prod(stored["shape"])), stored["offset"]).reshape(stored["shape"])
             return np.ascontiguousarray(arr, dtype=dtype) if dtype is not None else arr
 
+        # Arrays are bound to names until the library has copied them: a converted copy passed
+        # inline would be freed before the call reads it.
         def set_linear(layer: int, which: int, lin: dict) -> None:
             weight = view(lin["weight"])  # int8 [K, N], packed by the library
-            self.lib.ed_set_linear(self._model, layer, which, _ptr(weight), _ptr(view(lin["scales"], np.float32)),
-                                   _ptr(view(lin["bias"], np.float32)), lin["k"], lin["n"])
+            scales, bias = view(lin["scales"], np.float32), view(lin["bias"], np.float32)
+            self.lib.ed_set_linear(self._model, layer, which, _ptr(weight), _ptr(scales), _ptr(bias), lin["k"], lin["n"])
             # Its file pages leave this process's memory now: loading a model peaks at the packed
             # weights plus one layer, not twice the weights.
             start = lin["weight"]["offset"] // mmap.PAGESIZE * mmap.PAGESIZE
@@ -97,10 +101,11 @@ class NativeBackend:
             mlp = layer["mlp"]
             for which, lin in enumerate((layer["qkv"], layer["o"], mlp["gate"], mlp["up"], mlp["down"])):
                 set_linear(i, which, lin)
-            self.lib.ed_set_norms(self._model, i, _ptr(view(layer["input_norm"], np.float32)),
-                                  _ptr(view(layer["post_norm"], np.float32)))
+            norms = view(layer["input_norm"], np.float32), view(layer["post_norm"], np.float32)
+            self.lib.ed_set_norms(self._model, i, _ptr(norms[0]), _ptr(norms[1]))
         set_linear(-1, 0, index["lm_head"])
-        self.lib.ed_set_norms(self._model, -1, _ptr(view(index["final_norm"], np.float32)), None)
+        final_norm = view(index["final_norm"], np.float32)
+        self.lib.ed_set_norms(self._model, -1, _ptr(final_norm), None)
         cos, sin = view(index["cos"], np.float32), view(index["sin"], np.float32)
         self.lib.ed_set_rope(self._model, _ptr(cos), _ptr(sin), cos.shape[0])
         del data  # the packed copies are the library's; only the embedding table stays mapped
@@ -130,6 +135,7 @@ class NativeBackend:
             self._logits = np.empty((-(-batch_size // 32) * 32, self.vocab_size), np.float32)
         self.batch_size, self.capacity = batch_size, capacity
         self.lengths = np.zeros(batch_size, np.int32)
+        self._idle = np.ones(batch_size, bool)
         self._slots = np.arange(batch_size, dtype=np.int32)
 
     def grow(self, capacity: int) -> None:
@@ -151,10 +157,16 @@ class NativeBackend:
             raise ValueError("a position outside the cache capacity or the model's context")
         if rc == -2:
             raise ValueError(f"a token id outside the vocabulary (0..{self.vocab_size - 1})")
+        if rc != 0:
+            raise ValueError("a logit row outside the call")
 
     def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False) -> np.ndarray:
         if any(len(p) > self.capacity for p in prompts):
             raise ValueError("prompt longer than the cache capacity")
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("an empty prompt")
+        if len(set(slots)) != len(slots):
+            raise ValueError("a slot given twice in one prefill")
         ids = np.concatenate([np.asarray(p, np.int64) for p in prompts])
         row_slot = np.repeat(np.asarray(slots, np.int32), [len(p) for p in prompts])
         positions = np.concatenate([np.arange(len(p), dtype=np.int32) for p in prompts])
@@ -172,6 +184,7 @@ class NativeBackend:
             out[pick] = logits[:len(rows)]
         for s, p in zip(slots, prompts):
             self.lengths[s] = len(p)
+            self._idle[s] = False
         if not every_position:
             return out
         longest = max(len(p) for p in prompts)
@@ -181,11 +194,15 @@ class NativeBackend:
         return full
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
-        # Idle slots decode too (their rows are ignored) at a position kept inside the cache.
-        positions = np.minimum(self.lengths, self.capacity - 1)
+        if len(tokens) != self.batch_size:
+            raise ValueError(f"{len(tokens)} tokens for {self.batch_size} slots")
+        # Idle slots decode too (their rows are ignored), at position 0: attending over one
+        # position, not over a length that would grow every step.
+        positions = np.where(self._idle, 0, np.minimum(self.lengths, self.capacity - 1)).astype(np.int32)
         self._forward(np.ascontiguousarray(tokens, np.int64), self._slots, positions, self._slots, self._logits)
-        self.lengths += 1
+        self.lengths += ~self._idle
         return self._logits[:self.batch_size]
 
     def release(self, slot: int) -> None:
         self.lengths[slot] = 0
+        self._idle[slot] = True

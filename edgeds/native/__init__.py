@@ -11,6 +11,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -21,8 +22,13 @@ from ..checksum_stamps import cache_folder
 
 HERE = Path(__file__).resolve().parent
 SOURCES = (HERE / "decoder.c", HERE / "int8_gemm.h")
-FLAGS = ["-O3", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-mavx512f", "-mavx512bw", "-mavx512dq",
-         "-mavx512vl", "-mavx512vnni", "-mfma", "-mf16c", "-mamx-tile", "-mamx-int8"]
+# Compiled with -ffast-math but linked without it: at link time gcc would add crtfastmath.o, whose
+# constructor turns on flush-to-zero for the whole process (numpy's and ONNX Runtime's arithmetic
+# too) the moment the library is loaded.
+COMPILE = ["-O3", "-ffast-math", "-fopenmp", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl",
+           "-mavx512vnni", "-mfma", "-mf16c", "-mamx-tile", "-mamx-int8"]
+LINK = ["-shared", "-fopenmp"]
+FLAGS = COMPILE + ["|"] + LINK  # what the library's cache key hashes
 NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")
 
 
@@ -66,11 +72,20 @@ def _build(target: Path) -> None:
         os.close(fd)
     except OSError as exc:
         raise NativeUnavailable(f"native decoder: cannot write its build to {target.parent} ({exc.strerror})") from exc
-    result = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCES[0]), "-lm"], capture_output=True, text=True)
-    if result.returncode != 0:
-        os.unlink(tmp)
-        raise NativeUnavailable(f"native decoder: {cc} failed to build it: {result.stderr.strip()[-400:]}")
-    os.replace(tmp, target)
+    obj = tmp[:-3] + ".o"
+    try:
+        for step in ([*shlex.split(cc), *COMPILE, "-c", "-o", obj, str(SOURCES[0])],
+                     [*shlex.split(cc), *LINK, "-o", tmp, obj, "-lm"]):
+            result = subprocess.run(step, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise NativeUnavailable(f"native decoder: {cc} failed to build it: {result.stderr.strip()[-400:]}")
+        os.replace(tmp, target)
+    except OSError as exc:  # a CC that cannot be run
+        raise NativeUnavailable(f"native decoder: cannot run {cc} ({exc.strerror})") from exc
+    finally:
+        for leftover in (obj, tmp):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
 
 
 @cache

@@ -138,25 +138,28 @@ void ed_free(Model *m) {
   free(m);
 }
 
+/* aligned_alloc wants a size that is a multiple of the alignment. */
+static void *alloc64(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 * 64); }
+
 static void grow_scratch(Model *m, int rows, int longest) {
   int threads = m->threads, group = m->heads / m->kv_heads;
   if (rows > m->rows_cap) {
     int wide = m->inter > m->hidden ? m->inter : m->hidden, qkv = (m->heads + 2 * m->kv_heads) * m->head_dim;
     free(m->h), free(m->wide1), free(m->wide2), free(m->qkv), free(m->attn), free(m->row_scale), free(m->xq);
-    m->h = aligned_alloc(64, (size_t)rows * m->hidden * 4);
-    m->wide1 = aligned_alloc(64, (size_t)rows * wide * 4);
-    m->wide2 = aligned_alloc(64, (size_t)rows * wide * 4);
-    m->qkv = aligned_alloc(64, (size_t)rows * qkv * 4);
-    m->attn = aligned_alloc(64, (size_t)rows * m->hidden * 4);
-    m->row_scale = aligned_alloc(64, (size_t)rows * 4);
-    m->xq = aligned_alloc(64, (size_t)rows * wide);
+    m->h = alloc64((size_t)rows * m->hidden * 4);
+    m->wide1 = alloc64((size_t)rows * wide * 4);
+    m->wide2 = alloc64((size_t)rows * wide * 4);
+    m->qkv = alloc64((size_t)rows * qkv * 4);
+    m->attn = alloc64((size_t)rows * m->hidden * 4);
+    m->row_scale = alloc64((size_t)rows * 4);
+    m->xq = alloc64((size_t)rows * wide);
     memset(m->xq, 128, (size_t)rows * wide);
     memset(m->row_scale, 0, (size_t)rows * 4);
     m->rows_cap = rows;
   }
   if (longest > m->scores_cap) {
     free(m->scores);
-    m->scores = aligned_alloc(64, (size_t)threads * group * longest * 4);
+    m->scores = alloc64((size_t)threads * group * longest * 4);
     m->scores_cap = longest;
   }
 }
@@ -267,7 +270,7 @@ static void linear(const Model *m, const Linear *lin, Call c, const float *row_s
  * already cached or in this call). Writes logits of the rows `logit_rows` ([n_logits] row
  * indices) to `logits`, which has room for n_logits rounded up to 32 rows of `vocab`.
  * Returns 0; -1 for a position outside the rope table or the cache, -2 for a token id outside
- * the vocabulary (nothing is computed then). */
+ * the vocabulary, -3 for a logit row outside the call (nothing is computed then). */
 int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, const int32_t *pos, int n_logits,
                const int32_t *logit_rows, void *k_cache, void *v_cache, int f16, int slots, int capacity, float *logits) {
   const int H = m->hidden, D = m->head_dim, NH = m->heads, NKV = m->kv_heads, group = NH / NKV, I = m->inter;
@@ -280,6 +283,8 @@ int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, cons
     if (ids[r] < 0 || ids[r] >= m->vocab) return -2;
     longest = pos[r] + 1 > longest ? pos[r] + 1 : longest;
   }
+  for (int i = 0; i < n_logits; i++)
+    if (logit_rows[i] < 0 || logit_rows[i] >= rows) return -3;
   omp_set_num_threads(m->threads);
   grow_scratch(m, c.M > head.M ? c.M : head.M, longest);
   float *h = m->h, *t1 = m->wide1, *t2 = m->wide2, *qkv = m->qkv, *attn = m->attn, *rs = m->row_scale;
