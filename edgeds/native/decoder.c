@@ -234,7 +234,9 @@ static void attend(const float *q, const void *k, const void *v, int f16, size_t
   for (int h = 0; h < group; h++) {
     float *s = scores + h * len, peak = -FLT_MAX, sum = 0;
     for (int t = 0; t < len; t++) peak = fmaxf(peak, s[t]);
-    for (int t = 0; t < len; t++) s[t] = expf(s[t] - peak);
+    /* Far below the peak a weight is 0, not a subnormal: those cost Intel cores a microcode
+     * assist per operation, and the process keeps subnormals (it is linked without fast-math). */
+    for (int t = 0; t < len; t++) s[t] = s[t] - peak < -80.0f ? 0.0f : expf(s[t] - peak);
     for (int t = 0; t < len; t++) sum += s[t];
     for (int t = 0; t < len; t++) s[t] /= sum;
   }
