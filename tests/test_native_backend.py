@@ -104,10 +104,12 @@ def test_bad_input_is_refused_not_read(artifacts):
         backend.decode(np.array([5, 6, 7]))
 
 
-def test_idle_slots_stay_at_position_0_while_others_decode(artifacts):
+@pytest.mark.parametrize("which", ["native", "onnxruntime"])
+def test_idle_slots_stay_at_position_0_while_others_decode(which, artifacts):
     """A released (or never filled) slot's row is computed and ignored; it must not attend over
     a length that grows every step."""
-    backend = NativeBackend(load_artifact(artifacts("qwen2", "int8")), 2)
+    art = load_artifact(artifacts("qwen2", "int8"))
+    backend = NativeBackend(art, 2) if which == "native" else OnnxRuntimeBackend(art, CPU, 2)
     backend.start(2, 32)
     backend.prefill([1], [np.array([5, 6, 7])])
     for _ in range(4):

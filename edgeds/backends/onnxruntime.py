@@ -299,6 +299,7 @@ class OnnxRuntimeBackend:
             self.values = [] if self.latent else [self._zeros(shape) for _ in range(self.layers)]
         self.batch_size, self.capacity = batch_size, capacity
         self.lengths = np.zeros(batch_size, np.int32)
+        self._idle = np.ones(batch_size, bool)  # released or never filled: decoded at position 0
         self._bind_decode()
 
     def grow(self, capacity: int) -> None:
@@ -409,6 +410,7 @@ class OnnxRuntimeBackend:
                 out[start:stop] = self._run_prompts(rows, prompts[start:stop])
         for s, p in zip(slots, prompts):
             self.lengths[s] = len(p)
+            self._idle[s] = False
         return out
 
     def _run_chunked(self, slot: int, prompt: np.ndarray) -> np.ndarray:
@@ -422,14 +424,16 @@ class OnnxRuntimeBackend:
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         self._ids[:, 0] = tokens
         np.minimum(self.lengths, self.capacity - 1, out=self._seqlens)
+        self._seqlens[self._idle] = 0  # an idle slot's row is ignored: one position, not a growing length
         self._token_positions[:, 0] = self._seqlens
         self._total[...] = self._seqlens.max() + 1
         if self._copied_at_bind:
             self._bind_step_inputs(self._decode.bindings, self.decode_graph.io, self._ids, self._seqlens, self._total,
                                    self._positions, self._token_positions, False)
         self._decode.run()
-        self.lengths += 1
+        self.lengths += ~self._idle
         return self._logits[:, 0]
 
     def release(self, slot: int) -> None:
         self.lengths[slot] = 0
+        self._idle[slot] = True
