@@ -218,6 +218,21 @@ def test_a_compiler_that_cannot_be_run_is_a_reason_not_a_crash(monkeypatch, unbu
     assert not list((tmp_path / "empty-cache" / "native").glob("*"))  # no half-built leftovers
 
 
+def test_a_compiler_without_amx_builds_the_vnni_kernels(monkeypatch, artifacts, unbuilt, tmp_path):
+    """gcc before 11 has no -mamx-*: the library is built without the AMX kernel, and runs."""
+    old_gcc = tmp_path / "old-gcc"
+    old_gcc.write_text('#!/bin/sh\ncase "$*" in *-mamx*) echo "unrecognized option -mamx-tile" >&2; exit 1;; esac\n'
+                       f'exec {native.compiler()} "$@"\n')
+    old_gcc.chmod(0o755)
+    monkeypatch.setenv("CC", str(old_gcc))
+    assert native.unavailable(frozenset({"avx512f", "avx512bw", "avx512_vnni"})) is None
+    art = load_artifact(artifacts("qwen2", "int8"))
+    backend = NativeBackend(art, 2)
+    assert not backend.uses_amx
+    backend.start(1, 16)
+    assert np.isfinite(backend.prefill([0], [np.array([5, 6, 7])])).all()
+
+
 def test_a_failing_build_leaves_the_job_on_onnxruntime(monkeypatch, artifacts, unbuilt, tmp_path):
     broken = tmp_path / "cc"
     broken.write_text("#!/bin/sh\necho 'cc: internal error' >&2\nexit 1\n")

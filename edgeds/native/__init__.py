@@ -25,8 +25,9 @@ SOURCES = (HERE / "decoder.c", HERE / "int8_gemm.h")
 # Compiled with -ffast-math but linked without it: at link time gcc would add crtfastmath.o, whose
 # constructor turns on flush-to-zero for the whole process (numpy's and ONNX Runtime's arithmetic
 # too) the moment the library is loaded.
+AMX = ["-mamx-tile", "-mamx-int8"]  # gcc >= 11, clang >= 12; without them the library is VNNI only
 COMPILE = ["-O3", "-ffast-math", "-fopenmp", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl",
-           "-mavx512vnni", "-mfma", "-mf16c", "-mamx-tile", "-mamx-int8"]
+           "-mavx512vnni", "-mfma", "-mf16c", *AMX]
 LINK = ["-shared", "-fopenmp"]
 FLAGS = COMPILE + ["|"] + LINK  # what the library's cache key hashes
 NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")
@@ -73,12 +74,18 @@ def _build(target: Path) -> None:
     except OSError as exc:
         raise NativeUnavailable(f"native decoder: cannot write its build to {target.parent} ({exc.strerror})") from exc
     obj = tmp[:-3] + ".o"
+
+    def run(step: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([*shlex.split(cc), *step], capture_output=True, text=True)
+
     try:
-        for step in ([*shlex.split(cc), *COMPILE, "-c", "-o", obj, str(SOURCES[0])],
-                     [*shlex.split(cc), *LINK, "-o", tmp, obj, "-lm"]):
-            result = subprocess.run(step, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise NativeUnavailable(f"native decoder: {cc} failed to build it: {result.stderr.strip()[-400:]}")
+        result = run([*COMPILE, "-c", "-o", obj, str(SOURCES[0])])
+        if result.returncode != 0:  # an older compiler without AMX: the VNNI kernels alone
+            result = run([*(f for f in COMPILE if f not in AMX), "-c", "-o", obj, str(SOURCES[0])])
+        if result.returncode == 0:
+            result = run([*LINK, "-o", tmp, obj, "-lm"])
+        if result.returncode != 0:
+            raise NativeUnavailable(f"native decoder: {cc} failed to build it: {result.stderr.strip()[-400:]}")
         os.replace(tmp, target)
     except OSError as exc:  # a CC that cannot be run
         raise NativeUnavailable(f"native decoder: cannot run {cc} ({exc.strerror})") from exc
