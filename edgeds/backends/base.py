@@ -35,3 +35,31 @@ class Backend(Protocol):
 
     def release(self, slot: int) -> None:
         """Forget a slot's sequence; the slot may be prefilled again."""
+
+
+class SlotLengths:
+    """How many tokens each slot holds and which slots are idle (released, or never filled):
+    the bookkeeping of a backend that refills slots. A decode step computes every slot's row
+    (the batch has one shape) and the loop ignores the idle ones; they stay at position 0, so
+    that such a row attends over one position, not over a length that grows every step."""
+
+    def __init__(self, batch_size: int):
+        self.lengths = np.zeros(batch_size, np.int32)
+        self.idle = np.ones(batch_size, bool)
+
+    def filled(self, slot: int, tokens: int) -> None:
+        self.lengths[slot] = tokens
+        self.idle[slot] = False
+
+    def released(self, slot: int) -> None:
+        self.lengths[slot] = 0
+        self.idle[slot] = True
+
+    def decode_positions(self, capacity: int, out: np.ndarray) -> np.ndarray:
+        """Each slot's position for the next token (the cache's last one at most), into `out`."""
+        np.minimum(self.lengths, capacity - 1, out=out)
+        out[self.idle] = 0
+        return out
+
+    def advance(self) -> None:
+        self.lengths += ~self.idle

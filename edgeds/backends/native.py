@@ -22,6 +22,7 @@ import numpy as np
 
 from ..artifact import Artifact, kv_cache_dtype
 from ..native import library
+from .base import SlotLengths
 
 PREFILL_ROWS = 512  # rows per call: what the int8 GEMM needs to reach its speed, and no more memory
 MAX_GROUP = 16  # query heads per KV head that decoder.c's attention keeps in registers
@@ -134,9 +135,9 @@ class NativeBackend:
             self.k, self.v = np.zeros(shape, self.cache_dtype), np.zeros(shape, self.cache_dtype)
             self._logits = np.empty((-(-batch_size // 32) * 32, self.vocab_size), np.float32)
         self.batch_size, self.capacity = batch_size, capacity
-        self.lengths = np.zeros(batch_size, np.int32)
-        self._idle = np.ones(batch_size, bool)
-        self._slots = np.arange(batch_size, dtype=np.int32)
+        self.slot_lengths = SlotLengths(batch_size)
+        self._slot_ids = np.arange(batch_size, dtype=np.int32)
+        self._positions = np.zeros(batch_size, np.int32)
 
     def grow(self, capacity: int) -> None:
         if capacity <= self.capacity:
@@ -183,8 +184,7 @@ class NativeBackend:
             self._forward(ids[start:stop], row_slot[start:stop], positions[start:stop], rows, logits)
             out[pick] = logits[:len(rows)]
         for s, p in zip(slots, prompts):
-            self.lengths[s] = len(p)
-            self._idle[s] = False
+            self.slot_lengths.filled(s, len(p))
         if not every_position:
             return out
         longest = max(len(p) for p in prompts)
@@ -196,13 +196,14 @@ class NativeBackend:
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         if len(tokens) != self.batch_size:
             raise ValueError(f"{len(tokens)} tokens for {self.batch_size} slots")
-        # Idle slots decode too (their rows are ignored), at position 0: attending over one
-        # position, not over a length that would grow every step.
-        positions = np.where(self._idle, 0, np.minimum(self.lengths, self.capacity - 1)).astype(np.int32)
-        self._forward(np.ascontiguousarray(tokens, np.int64), self._slots, positions, self._slots, self._logits)
-        self.lengths += ~self._idle
+        positions = self.slot_lengths.decode_positions(self.capacity, out=self._positions)
+        self._forward(np.ascontiguousarray(tokens, np.int64), self._slot_ids, positions, self._slot_ids, self._logits)
+        self.slot_lengths.advance()
         return self._logits[:self.batch_size]
 
     def release(self, slot: int) -> None:
-        self.lengths[slot] = 0
-        self._idle[slot] = True
+        self.slot_lengths.released(slot)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.slot_lengths.lengths

@@ -36,6 +36,7 @@ import onnxruntime as ort
 
 from ..artifact import Artifact, kv_cache_dtype
 from ..errors import ArtifactError
+from .base import SlotLengths
 
 log = logging.getLogger("edgeds")
 
@@ -298,8 +299,7 @@ class OnnxRuntimeBackend:
             self.keys = [self._zeros(shape) for _ in range(self.layers)]
             self.values = [] if self.latent else [self._zeros(shape) for _ in range(self.layers)]
         self.batch_size, self.capacity = batch_size, capacity
-        self.lengths = np.zeros(batch_size, np.int32)
-        self._idle = np.ones(batch_size, bool)  # released or never filled: decoded at position 0
+        self.slot_lengths = SlotLengths(batch_size)
         self._bind_decode()
 
     def grow(self, capacity: int) -> None:
@@ -409,8 +409,7 @@ class OnnxRuntimeBackend:
                 rows = slice(slots[start], slots[stop - 1] + 1)
                 out[start:stop] = self._run_prompts(rows, prompts[start:stop])
         for s, p in zip(slots, prompts):
-            self.lengths[s] = len(p)
-            self._idle[s] = False
+            self.slot_lengths.filled(s, len(p))
         return out
 
     def _run_chunked(self, slot: int, prompt: np.ndarray) -> np.ndarray:
@@ -423,17 +422,19 @@ class OnnxRuntimeBackend:
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         self._ids[:, 0] = tokens
-        np.minimum(self.lengths, self.capacity - 1, out=self._seqlens)
-        self._seqlens[self._idle] = 0  # an idle slot's row is ignored: one position, not a growing length
+        self.slot_lengths.decode_positions(self.capacity, out=self._seqlens)
         self._token_positions[:, 0] = self._seqlens
         self._total[...] = self._seqlens.max() + 1
         if self._copied_at_bind:
             self._bind_step_inputs(self._decode.bindings, self.decode_graph.io, self._ids, self._seqlens, self._total,
                                    self._positions, self._token_positions, False)
         self._decode.run()
-        self.lengths += ~self._idle
+        self.slot_lengths.advance()
         return self._logits[:, 0]
 
     def release(self, slot: int) -> None:
-        self.lengths[slot] = 0
-        self._idle[slot] = True
+        self.slot_lengths.released(slot)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.slot_lengths.lengths
