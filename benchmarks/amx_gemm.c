@@ -18,8 +18,6 @@
 
 #include "../edgeds/native/int8_gemm.h"
 
-typedef void (*Gemm)(const uint8_t *, int, const Weights *, const float *, float *);
-
 static int check(Gemm gemm, int M, int K, int N) {
   int8_t *w = malloc((size_t)K * N);
   uint8_t *a = aligned_alloc(64, (size_t)M * K);

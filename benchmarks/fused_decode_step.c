@@ -24,7 +24,6 @@
 
 enum { L = 28, H = 1536, NH = 12, NKV = 2, D = 128, GROUP = NH / NKV, QKV = (NH + 2 * NKV) * D, I = 8960, V = 151936 };
 
-typedef void (*Gemm)(const uint8_t *, int, const Weights *, const float *, float *);
 static Gemm gemm = gemm_vnni;
 
 static Weights random_weights(int K, int N, uint32_t seed) {

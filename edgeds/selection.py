@@ -119,9 +119,11 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
     if backend and backend not in FORMAT_OF:
         raise ConfigError(f"unknown backend '{backend}'; choose from {', '.join(FORMAT_OF)}")
     for name in order:
+        # The native backend takes ONNX Runtime's thread setting: both run the CPU's cores.
+        setting = profile.openvino.threads if name == "openvino" else profile.onnxruntime.threads
+        n_threads = threads or setting or hw.physical_cores or os.cpu_count() or 1
         if name == "native":
             if (why := native_unavailable(hw, artifact)) is None:
-                n_threads = threads or profile.onnxruntime.threads or hw.physical_cores or os.cpu_count() or 1
                 amx = " (AMX tiles for calls of more than 16 rows)" if "amx_int8" in hw.flags else ""
                 which = "" if artifact is not None else " for dense int8 exports (others: the next backend)"
                 reasons.append(f"backend native: edgeds' own decoder loops{amx}{which}, {n_threads} threads")
@@ -134,8 +136,6 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
         if artifact is not None and FORMAT_OF[name] not in artifact.formats:
             reasons.append(f"backend {name}: artifact has no {FORMAT_OF[name]} graph")
             continue
-        n_threads = threads or (profile.onnxruntime.threads if name == "onnxruntime" else profile.openvino.threads) \
-            or hw.physical_cores or os.cpu_count() or 1
         if name == "openvino":
             dev = device or profile.openvino.device
             reasons.append(f"backend openvino: installed, device {dev}, {n_threads} threads")

@@ -50,11 +50,10 @@ def backend_run(backend, prompt: np.ndarray, tokens: list[int]) -> list[np.ndarr
 
 def native_runs_here(art) -> bool:
     """Whether the native backend runs this artifact on this machine."""
-    from edgeds.backends.native import unsupported
     from edgeds.hardware import detect
-    from edgeds.native import unavailable
+    from edgeds.selection import native_unavailable
 
-    return unsupported(art) is None and unavailable(detect().flags) is None
+    return native_unavailable(detect(), art) is None
 
 
 def open_backends(artifact_dir: Path):

@@ -18,8 +18,6 @@
 
 #include "int8_gemm.h"
 
-typedef void (*Gemm)(const uint8_t *, int, const Weights *, const float *, float *);
-
 enum { MAX_HEAD_DIM = 256 }; /* the attention's key block lives on the stack */
 
 typedef struct {

@@ -19,6 +19,9 @@ typedef struct {
   float *scale;    /* per channel */
 } Weights;
 
+/* y = (a - 128) W * row_scale * channel_scale for M rows of a: the kernels below. */
+typedef void (*Gemm)(const uint8_t *a, int M, const Weights *w, const float *row_scale, float *y);
+
 /* w: int8 [K, N] row-major, as the export stores a linear layer's weights; K % 4 == 0,
  * N % 64 == 0. Each thread packs whole 64-column stripes: four rows at a time, it reads one
  * 64-byte line of each and interleaves them into the four 16-column blocks' 64-byte rows. */
