@@ -53,6 +53,11 @@ def unsupported(artifact: Artifact) -> str | None:
     return None
 
 
+def _logits_buffer(rows: int, vocab: int) -> np.ndarray:
+    """Room for `rows` rows of logits, rounded up to the AMX kernel's 32-row block (it writes them)."""
+    return np.empty((-(-max(rows, 1) // 32) * 32, vocab), np.float32)
+
+
 def _ptr(array: np.ndarray | None):
     return None if array is None else array.ctypes.data
 
@@ -133,7 +138,7 @@ class NativeBackend:
         if (self.batch_size, self.capacity) != (batch_size, capacity):
             self.k = self.v = None  # free the old cache before the new one is allocated
             self.k, self.v = np.zeros(shape, self.cache_dtype), np.zeros(shape, self.cache_dtype)
-            self._logits = np.empty((-(-batch_size // 32) * 32, self.vocab_size), np.float32)
+            self._logits = _logits_buffer(batch_size, self.vocab_size)
         self.batch_size, self.capacity = batch_size, capacity
         self.slot_lengths = SlotLengths(batch_size)
         self._slot_ids = np.arange(batch_size, dtype=np.int32)
@@ -180,7 +185,7 @@ class NativeBackend:
             stop = min(start + PREFILL_ROWS, len(ids))
             pick = np.flatnonzero((wanted >= start) & (wanted < stop))
             rows = (wanted[pick] - start).astype(np.int32)
-            logits = np.empty((-(-max(len(rows), 1) // 32) * 32, self.vocab_size), np.float32)
+            logits = _logits_buffer(len(rows), self.vocab_size)
             self._forward(ids[start:stop], row_slot[start:stop], positions[start:stop], rows, logits)
             out[pick] = logits[:len(rows)]
         for s, p in zip(slots, prompts):
