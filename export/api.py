@@ -100,6 +100,7 @@ def export_checkpoint(
                 from .onnx_mla_writer import write_onnx_mla
 
                 graphs["onnx"] = write_onnx_mla(spec, tensors, tmp, weight_file.path.name)
+                graphs["onnx"]["tensors"] = write_tensor_index(tensors, tmp)
             else:
                 from .onnx_writer import write_onnx
 

@@ -168,8 +168,9 @@ def write_tensors(
 TENSOR_INDEX = "tensors.json"
 
 
-def write_tensor_index(tensors: ModelTensors[Layer], folder: Path) -> str:
-    """Where each tensor of a dense model lies in the weight file, by role (the ModelTensors
-    record as JSON): what the native backend reads the weights by, with no graph to parse."""
+def write_tensor_index(tensors: ModelTensors, folder: Path) -> str:
+    """Where each tensor lies in the weight file, by role (the ModelTensors record as JSON, its
+    layers dense or MLA: tensors_mla.MlaLayer): what the native backends read the weights by,
+    with no graph to parse."""
     (folder / TENSOR_INDEX).write_text(json.dumps(asdict(tensors)) + "\n", encoding="utf-8")
     return TENSOR_INDEX

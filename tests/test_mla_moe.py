@@ -93,3 +93,32 @@ def test_per_head_baseline_matches_the_latent_graph(checkpoints, artifacts, tmp_
     per_head = load_artifact(tmp_path / "per-head").graph("onnx")["kv_cache"]
     assert per_head["kind"] == "per_head" and per_head["heads"] == 4
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["deepseek_v2", "deepseek_v3"])
+def test_tensor_index_locates_every_mla_tensor(kind, artifacts):
+    """tensors.json (listed and checksummed in the manifest) points at the weight file's bytes:
+    the router read through it is the float32 (hidden, experts) matrix the graph uses."""
+    art = load_artifact(artifacts(kind, "int8"))
+    graph = art.graph("onnx")
+    assert graph["tensors"] in art.manifest["files"]
+    index = json.loads(art.path(graph["tensors"]).read_text())
+    m = art.model
+    layers = index["layers"]
+    assert len(layers) == m["num_layers"]
+    assert [i for i, ly in enumerate(layers) if ly["moe"]] == m["moe_layers"]
+    assert all((ly["q_a"] is None) == (m["q_lora_rank"] is None) for ly in layers)
+    moe = layers[m["moe_layers"][0]]["moe"]
+    assert len(moe["experts"]) == m["n_routed_experts"]
+    assert moe["router"]["shape"] == [m["hidden_size"], m["n_routed_experts"]]
+    assert moe["experts"][0]["gate"]["weight"]["dtype"] == "int8"
+    assert layers[0]["w_uk"]["weight"]["shape"] == [m["num_heads"], m["qk_nope_head_dim"], m["kv_lora_rank"]]
+    data = art.path(graph["data_file"]).read_bytes()
+    router = moe["router"]
+    stored = np.frombuffer(data, np.float32, int(np.prod(router["shape"])), router["offset"])
+    g = onnx.load(str(art.path("model.onnx")), load_external_data=False).graph
+    name = f"/model/layers.{m['moe_layers'][0]}/mlp/gate.weight"
+    init = next(t for t in g.initializer if t.name == name)
+    offset = int(next(e.value for e in init.external_data if e.key == "offset"))
+    assert offset == router["offset"]
+    assert np.isfinite(stored).all() and stored.any()
