@@ -46,8 +46,8 @@ def decode_rate(backend, context: int, steps: int = 16, prompt: int = 32) -> flo
 
 
 def export_variant(src: Path, out: Path, sparse: bool, formats=("onnx",), latent: bool = True) -> Path:
-    import export.onnx_mla_writer as w
-    from export import export_checkpoint
+    import edgeds_export.mla.onnx_writer as w
+    from edgeds_export import export_checkpoint
 
     if (out / "edgeds.json").exists():
         return out

@@ -67,10 +67,10 @@ def chain(kind: str, layers: int = 24) -> ort.InferenceSession:
     quantizer and linear-layer writer: "nbits" = what `--weights int8-wo` exports (MatMulNBits),
     "rows" = what `--weights int8` exports (per-row uint8 activations x per-channel int8 weights
     through MatMulInteger)."""
-    from export.onnx_writer import MS, OPSET, _Graph, _linear
-    from export.quantize import SCHEMES
-    from export.tensors import _Writer
-    from export.weight_file import WeightFile
+    from edgeds_export.dense.onnx_writer import MS, OPSET, _Graph, _linear
+    from edgeds_export.quantize import SCHEMES
+    from edgeds_export.dense.tensors import _Writer
+    from edgeds_export.weight_file import WeightFile
 
     tmp = tempfile.mkdtemp()
     weights = WeightFile(Path(tmp) / "w.data")

@@ -63,7 +63,7 @@ def export_scores(artifact: Path, fmt: str, wins: np.ndarray, stepwise: bool = F
     """`stepwise`: one token per call after the first (teacher-forced decode steps), so that
     every position attends over the cache as generation does; an int8 cache is only read that
     way (a fresh prompt attends in float32)."""
-    from export.verify import open_backends
+    from edgeds_export.verify import open_backends
 
     backend = dict(open_backends(artifact))[fmt]
     nll, top1 = [], []
@@ -87,8 +87,8 @@ def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx"
     ONNX graph of a dense model only (MLA models are skipped for it). `small_batch`: int8 is
     exported with its small-batch graph, and scored in decode steps on both graphs as well."""
     from edgeds.artifact import load_artifact
-    from export import export_checkpoint
-    from export.verify import native_runs_here
+    from edgeds_export import export_checkpoint
+    from edgeds_export.verify import native_runs_here
 
     wins = windows_of(checkpoint, windows, seq)
     ref_nll, ref_top1 = reference_scores(checkpoint, wins)

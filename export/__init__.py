@@ -1,6 +1,6 @@
 """The exporter: a local DeepSeek checkpoint in, an edgeds artifact folder out.
 
-    from export import export_checkpoint
+    from edgeds_export import export_checkpoint
     export_checkpoint("DeepSeek-R1-Distill-Qwen-1.5B", "r1-1.5b-int8", weights="int8")
 
 Runs on an x86 host with the `export` extra (torch, transformers, onnx, openvino). The runtime

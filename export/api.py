@@ -16,18 +16,18 @@ from .artifact_writer import (
 )
 from .checkpoint import Checkpoint
 from .errors import ExportError
+from .dense.tensors import write_tensor_index, write_tensors
 from .families import family_for
-from .graph_parts import write_parts
+from .graph.parts import write_parts
 from .quantize import SCHEMES
 from .spec import MlaSpec
-from .tensors import write_tensor_index, write_tensors
 from .weight_file import WeightFile
 
 log = logging.getLogger("edgeds.export")
 FORMATS = ("onnx", "openvino")
 KV_CACHES = ("float32", "float16", "int8")
 DEFAULT_CONTEXT = 8192
-# ONNX graph parts the CPU runtime loads on parallel threads (export/graph_parts.py): load time
+# ONNX graph parts the CPU runtime loads on parallel threads (export/graph/parts.py): load time
 # divides by min(parts, cores) and a decode step pays ~nothing for the hand-overs.
 DEFAULT_LOAD_PARTS = 4
 
@@ -88,7 +88,7 @@ def export_checkpoint(
         weight_file = WeightFile(tmp / "model.onnx.data")
         mla = isinstance(spec, MlaSpec)
         if mla:
-            from .tensors_mla import write_mla_tensors
+            from .mla.tensors import write_mla_tensors
 
             tensors = write_mla_tensors(ckpt, spec, scheme, weight_file, context)
         else:
@@ -97,12 +97,12 @@ def export_checkpoint(
         graphs = {}
         if "onnx" in formats:
             if mla:
-                from .onnx_mla_writer import write_onnx_mla
+                from .mla.onnx_writer import write_onnx_mla
 
                 graphs["onnx"] = write_onnx_mla(spec, tensors, tmp, weight_file.path.name)
                 graphs["onnx"]["tensors"] = write_tensor_index(tensors, tmp)
             else:
-                from .onnx_writer import write_onnx
+                from .dense.onnx_writer import write_onnx
 
                 graphs["onnx"] = write_onnx(spec, tensors, tmp, weight_file.path.name, kv_cache,
                                             ckpt.root / "tokenizer.json")
@@ -119,9 +119,9 @@ def export_checkpoint(
                                            "[batch, sequence, hidden_size] float32")
         if "openvino" in formats:
             if mla:
-                from .openvino_mla_writer import write_openvino_mla as write_openvino
+                from .mla.openvino_writer import write_openvino_mla as write_openvino
             else:
-                from .openvino_writer import write_openvino
+                from .dense.openvino_writer import write_openvino
 
             graphs["openvino"] = write_openvino(spec, tensors, tmp, weight_file)
         del tensors

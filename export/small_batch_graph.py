@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .onnx_writer import build_graph, linear_op
+from .dense.onnx_writer import build_graph, linear_op
 from .quantize import block_size_for
 from .spec import DecoderSpec, MlaSpec
-from .tensors import Linear, ModelTensors, Stored
+from .dense.tensors import Linear, ModelTensors, Stored
 from .weight_file import WeightFile
 
 FILE = "decode_small.onnx"
@@ -76,7 +76,7 @@ def write_small_batch_graph(spec: DecoderSpec | MlaSpec, tensors: ModelTensors, 
     small = repacked(tensors, source, out)
     out.close()
     if isinstance(spec, MlaSpec):
-        from .onnx_mla_writer import build_graph as build_mla_graph
+        from .mla.onnx_writer import build_graph as build_mla_graph
 
         model = build_mla_graph(spec, small, source.path.name)
     else:

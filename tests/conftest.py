@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -10,6 +12,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import make_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+class _CheckoutExporter(importlib.abc.MetaPathFinder):
+    """`edgeds_export` from this checkout's export/ folder, which pyproject's package-dir maps
+    to that name: the tests then exercise this checkout's exporter, as they do its `edgeds`,
+    whichever checkout an editable install points at (or an install that predates the name)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "edgeds_export":
+            return None  # submodules resolve through the package's __path__
+        folder = REPO / "export"
+        return importlib.util.spec_from_file_location(name, folder / "__init__.py",
+                                                      submodule_search_locations=[str(folder)])
+
+
+sys.meta_path.insert(0, _CheckoutExporter())
 SHARED = REPO.parent / "shared"
 CONTEXT = 128
 
@@ -38,7 +56,7 @@ def checkpoints(tmp_path_factory):
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory, checkpoints):
     """(kind, weights) -> exported artifact folder (both formats); built once per session."""
-    from export import export_checkpoint
+    from edgeds_export import export_checkpoint
 
     root = tmp_path_factory.mktemp("artifacts")
     cache = {}

@@ -76,7 +76,7 @@ def test_existing_output_needs_overwrite(checkpoints, tmp_path):
 
 
 def test_full_disk_leaves_nothing(checkpoints, tmp_path, monkeypatch):
-    import export.weight_file as wf
+    import edgeds_export.weight_file as wf
 
     def no_space(self, array):
         raise OSError(28, "No space left on device")
@@ -87,7 +87,7 @@ def test_full_disk_leaves_nothing(checkpoints, tmp_path, monkeypatch):
 
 
 def test_not_enough_space_is_checked_before_writing(checkpoints, tmp_path, monkeypatch):
-    import export.artifact_writer as aw
+    import edgeds_export.artifact_writer as aw
 
     monkeypatch.setattr(aw.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 10))
     assert_refused(export(checkpoints("qwen2"), "-o", tmp_path / "out"), "not enough disk space")
@@ -133,7 +133,7 @@ def test_verify_gate_passes_fp32_and_fails_a_broken_export(checkpoints, tmp_path
     ok = export(checkpoints("llama"), "-o", tmp_path / "ok", "--weights", "fp32", "--verify", "--context", "64")
     assert ok.exit_code == 0, ok.output
     assert "verified" in ok.output
-    import export.tensors as tensors
+    import edgeds_export.dense.tensors as tensors
 
     real = tensors._Writer.read
 

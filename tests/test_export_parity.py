@@ -9,7 +9,7 @@ import torch
 
 import edgeds
 from edgeds.artifact import load_artifact
-from export.verify import open_backends
+from edgeds_export.verify import open_backends
 from tiny_models import load_reference
 
 KINDS = ["qwen2", "llama", "llama-linear", "qwen2-tied", "deepseek_v2", "deepseek_v3"]

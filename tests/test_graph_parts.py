@@ -1,4 +1,4 @@
-"""ONNX graph parts (export/graph_parts.py): the CPU runtime loads them on parallel threads.
+"""ONNX graph parts (export/graph/parts.py): the CPU runtime loads them on parallel threads.
 
 Every parity test against transformers already runs through them (the tiny models' graphs are
 split by default); these tests check that the parts compute exactly what the whole graph does,
@@ -19,9 +19,9 @@ from conftest import CONTEXT
 from edgeds.artifact import load_artifact
 from edgeds.backends.onnxruntime import OnnxRuntimeBackend, loads_in_parts
 from edgeds.errors import ArtifactError
-from export import export_checkpoint
-from export.errors import ExportError
-from export.graph_parts import cut_layers
+from edgeds_export import export_checkpoint
+from edgeds_export.errors import ExportError
+from edgeds_export.graph.parts import cut_layers
 
 
 def _steps(backend: OnnxRuntimeBackend) -> list[np.ndarray]:

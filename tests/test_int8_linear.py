@@ -7,10 +7,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from export.onnx_writer import MS, OPSET, _Graph, _linear
-from export.quantize import SCHEMES
-from export.tensors import _Writer
-from export.weight_file import WeightFile
+from edgeds_export.dense.onnx_writer import MS, OPSET, _Graph, _linear
+from edgeds_export.quantize import SCHEMES
+from edgeds_export.dense.tensors import _Writer
+from edgeds_export.weight_file import WeightFile
 
 K, N = 64, 48
 

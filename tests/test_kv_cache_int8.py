@@ -12,8 +12,8 @@ import pytest
 
 from edgeds.artifact import load_artifact
 from edgeds.memory_budget import kv_bytes_per_token
-from export import export_checkpoint
-from export.errors import ExportError
+from edgeds_export import export_checkpoint
+from edgeds_export.errors import ExportError
 from test_export_parity import assert_batch_matches_alone, backend_for, errors_against_reference
 from tiny_models import load_reference
 

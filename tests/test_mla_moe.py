@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from edgeds.artifact import load_artifact
 from edgeds.cli.main import app
-from export.verify import open_backends
+from edgeds_export.verify import open_backends
 
 
 @pytest.mark.parametrize("kind", ["deepseek_v2", "deepseek_v3"])
@@ -76,8 +76,8 @@ def test_verify_works_for_mla(checkpoints, tmp_path):
 
 def test_per_head_baseline_matches_the_latent_graph(checkpoints, artifacts, tmp_path, monkeypatch):
     """The benchmark's per-head-cache baseline computes the same model as the latent graph."""
-    import export.onnx_mla_writer as w
-    from export import export_checkpoint
+    import edgeds_export.mla.onnx_writer as w
+    from edgeds_export import export_checkpoint
 
     original = w.write_onnx_mla
     monkeypatch.setattr(w, "write_onnx_mla", lambda *a, **k: original(*a, **k, latent_cache=False))

@@ -124,7 +124,7 @@ def test_heads_that_do_not_span_the_hidden_size_stay_on_onnxruntime(tmp_path):
     """Llama configs may set head_dim apart from hidden / heads; the native loops assume them equal."""
     from tiny_models import make_checkpoint
 
-    from export import export_checkpoint
+    from edgeds_export import export_checkpoint
 
     out = tmp_path / "art"
     export_checkpoint(make_checkpoint(tmp_path / "ck", "llama", head_dim=32), out, formats=("onnx",),
@@ -180,7 +180,7 @@ def test_exports_it_cannot_run_stay_on_onnxruntime_with_the_reason(weights, kv_c
 
 
 def test_an_mla_export_stays_on_onnxruntime(tmp_path, checkpoints):
-    from export import export_checkpoint
+    from edgeds_export import export_checkpoint
 
     out = tmp_path / "v3"
     export_checkpoint(checkpoints("deepseek_v3"), out, formats=("onnx",), weights="int8", context=64)
@@ -244,7 +244,7 @@ def test_a_failing_build_leaves_the_job_on_onnxruntime(monkeypatch, artifacts, u
 
 
 def test_export_verify_checks_the_native_backend_too(checkpoints, tmp_path):
-    from export import export_checkpoint
+    from edgeds_export import export_checkpoint
 
     manifest = export_checkpoint(checkpoints("qwen2"), tmp_path / "out", formats=("onnx",), context=64, verify=True)
     checked = manifest["verification"]["formats"]

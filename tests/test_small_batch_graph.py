@@ -15,8 +15,8 @@ from edgeds.artifact import load_artifact
 from edgeds.backends.onnxruntime import OnnxRuntimeBackend
 from edgeds.errors import ArtifactError
 from edgeds.memory_budget import weight_bytes
-from export import export_checkpoint
-from export.errors import ExportError
+from edgeds_export import export_checkpoint
+from edgeds_export.errors import ExportError
 
 CONTEXT = 128
 CPU = ["CPUExecutionProvider"]

@@ -27,7 +27,7 @@ def command(
       edgeds export ./deepseek-coder-1.3b-instruct -o coder-int4 --weights int4 --format onnx --verify
     """
     try:
-        from export import export_checkpoint
+        from edgeds_export import export_checkpoint
     except ImportError as exc:
         raise ValueError(f"the exporter needs the export extra: pip install 'edgeds[export]' ({exc})") from exc
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -1,4 +1,4 @@
-"""Reads and quantizes a DeepSeek-V2/V3 checkpoint into the weight file (see tensors.py).
+"""Reads and quantizes a DeepSeek-V2/V3 checkpoint into the weight file (see dense/tensors.py).
 
 MLA is prepared for the absorbed form: kv_b_proj is split per head into W_UK (folded into the
 query) and W_UV (applied to the attention output), so decode attends over the cached latent
@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checkpoint import Checkpoint
-from .quantize import Scheme
-from .rope import cos_sin_tables, inv_freq_and_scale
-from .spec import MlaSpec
-from .tensors import GatedMlp, Linear, ModelTensors, Stored, _Writer
-from .weight_file import WeightFile
+from ..checkpoint import Checkpoint
+from ..dense.tensors import GatedMlp, Linear, ModelTensors, Stored, _Writer
+from ..quantize import Scheme
+from ..rope import cos_sin_tables, inv_freq_and_scale
+from ..spec import MlaSpec
+from ..weight_file import WeightFile
 
 
 @dataclass(frozen=True)

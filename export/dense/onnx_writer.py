@@ -26,8 +26,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .graph_parts import mark_boundaries
-from .spec import DecoderSpec
+from ..graph.parts import mark_boundaries
+from ..spec import DecoderSpec
 from .tensors import Embedding, GatedMlp, Linear, ModelTensors, Stored
 
 OPSET = 21
@@ -110,7 +110,7 @@ def _row_quantize(g: _Graph, x: str, k: int, name: str, rows: str | None = None)
     scale = g.node("Mul", [peak, g.shared("/int8/inv_qmax", 1 / 127, np.float32)], f"{name}/RowScale")
     # The zero point must have the scale's shape; its rows are only known at run time. Shared
     # zero points take it from the graph input that has those rows, not from a layer's
-    # activations: a graph part (export/graph_parts.py) can then make its own from its inputs.
+    # activations: a graph part (export/graph/parts.py) can then make its own from its inputs.
     zero = g.row_zero_points.get(rows) if rows else None
     if zero is None:
         if rows:
@@ -272,7 +272,7 @@ def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str, kv_scales: K
     h = g.node("SimplifiedLayerNormalization", [x, g.external("layers.0.input_norm", t.layers[0].input_norm)],
                "/model/layers.0/input_layernorm", axis=-1, epsilon=eps)
     residual = x
-    boundaries = {}  # layer -> the tensors that carry the residual stream into it (export/graph_parts.py)
+    boundaries = {}  # layer -> the tensors that carry the residual stream into it (export/graph/parts.py)
     for i, layer in enumerate(t.layers):
         p = f"/model/layers.{i}"
         qkv = _linear(g, h, layer.qkv, f"{p}/attn/qkv_proj", "tokens")
@@ -342,7 +342,7 @@ def write_onnx(spec: DecoderSpec, tensors: ModelTensors, folder: Path, data_file
     model = build_graph(spec, tensors, data_file, kv_cache="float32" if kv_cache == "int8" else kv_cache)
     kv_note = {}
     if kv_cache == "int8":
-        from .kv_calibration import CALIBRATION_TOKENS, MARGIN, calibration_ids, kv_scales
+        from ..kv_calibration import CALIBRATION_TOKENS, MARGIN, calibration_ids, kv_scales
 
         onnx.save_model(model, str(folder / "model.onnx"))
         ids = calibration_ids(tokenizer_file, spec.vocab_size, min(CALIBRATION_TOKENS, tensors.cos.shape[0]))

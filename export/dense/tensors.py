@@ -15,11 +15,11 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from .checkpoint import Checkpoint
-from .quantize import Scheme, pack_matmulnbits, quantize, quantize_columns, quantize_rows
-from .rope import cos_sin_tables, inv_freq_and_scale
-from .spec import DecoderSpec
-from .weight_file import WeightFile
+from ..checkpoint import Checkpoint
+from ..quantize import Scheme, pack_matmulnbits, quantize, quantize_columns, quantize_rows
+from ..rope import cos_sin_tables, inv_freq_and_scale
+from ..spec import DecoderSpec
+from ..weight_file import WeightFile
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ import openvino as ov
 import openvino.opset13 as ops
 from openvino import opset6
 
-from .spec import DecoderSpec
+from ..spec import DecoderSpec
 from .tensors import Embedding, GatedMlp, Linear, ModelTensors, Stored
-from .weight_file import WeightFile
+from ..weight_file import WeightFile
 
 INPUTS = ["input_ids", "attention_mask", "position_ids", "beam_idx", "logits_positions"]
 

@@ -18,10 +18,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .graph_parts import mark_boundaries
-from .onnx_writer import MS, OPSET, _embedding, _gated_mlp, _Graph, _linear, linear_op
-from .spec import MlaSpec
-from .tensors_mla import MlaLayer, MlaTensors, Moe, PerHead
+from ..dense.onnx_writer import MS, OPSET, _embedding, _gated_mlp, _Graph, _linear, linear_op
+from ..graph.parts import mark_boundaries
+from ..spec import MlaSpec
+from .tensors import MlaLayer, MlaTensors, Moe, PerHead
 
 F = TensorProto.FLOAT
 
@@ -250,7 +250,7 @@ def build_graph(spec: MlaSpec, t: MlaTensors, data_file: str, sparse_experts: bo
     sin_k = g.node("Concat", [sin_rows, sin_rows], "/model/rope/sin2", axis=-1)
     cos_q = g.node("Unsqueeze", [cos_k, g.const("/model/rope/ax", [2])], "/model/rope/cosq")  # (B, S, 1, dr)
     sin_q = g.node("Unsqueeze", [sin_k, g.const("/model/rope/ax2", [2])], "/model/rope/sinq")
-    boundaries = {}  # layer -> the residual stream entering it (export/graph_parts.py)
+    boundaries = {}  # layer -> the residual stream entering it (export/graph/parts.py)
     for i, layer in enumerate(t.layers):
         if i:
             boundaries[i] = [x]

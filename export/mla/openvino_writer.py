@@ -1,5 +1,5 @@
 """Writes DeepSeek-V2/V3 (MLA + MoE) as a stateful OpenVINO IR; same design as the ONNX graph
-(onnx_mla_writer.py): the state holds the latent (kv_lora_rank + qk_rope_head_dim per token per
+(mla/onnx_writer.py): the state holds the latent (kv_lora_rank + qk_rope_head_dim per token per
 layer), attention is absorbed, routing is exact, and each expert runs only on its tokens."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import openvino as ov
 import openvino.opset13 as ops
 from openvino import opset6, opset15
 
-from .openvino_writer import _Builder, _i64, _rotate_half
-from .spec import MlaSpec
-from .tensors_mla import MlaTensors, Moe, PerHead
-from .weight_file import WeightFile
+from ..dense.openvino_writer import _Builder, _i64, _rotate_half
+from ..spec import MlaSpec
+from ..weight_file import WeightFile
+from .tensors import MlaTensors, Moe, PerHead
 
 INPUTS = ["input_ids", "attention_mask", "position_ids", "beam_idx", "logits_positions"]
 

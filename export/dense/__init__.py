@@ -1,0 +1,1 @@
+"""Dense decoders (llama, qwen2): per-head K/V cache, GroupQueryAttention."""

@@ -1,0 +1,1 @@
+"""What every graph writer shares."""
