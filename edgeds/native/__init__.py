@@ -24,10 +24,12 @@ HERE = Path(__file__).resolve().parent
 SOURCES = (HERE / "decoder.c", HERE / "int8_gemm.h")
 # Compiled with -ffast-math but linked without it: at link time gcc would add crtfastmath.o, whose
 # constructor turns on flush-to-zero for the whole process (numpy's and ONNX Runtime's arithmetic
-# too) the moment the library is loaded.
+# too) the moment the library is loaded. Without -fassociative-math: with it gcc regrouped the
+# GEMM epilogue's products differently for the first row of a 4-row block than for the others, so
+# a row's logits depended on where its batch put it (intrinsics are plain float arithmetic to gcc).
 AMX = ["-mamx-tile", "-mamx-int8"]  # gcc >= 11, clang >= 12; without them the library is VNNI only
-COMPILE = ["-O3", "-ffast-math", "-fopenmp", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl",
-           "-mavx512vnni", "-mfma", "-mf16c", *AMX]
+COMPILE = ["-O3", "-ffast-math", "-fno-associative-math", "-fopenmp", "-fPIC", "-mavx512f", "-mavx512bw",
+           "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma", "-mf16c", *AMX]
 LINK = ["-shared", "-fopenmp"]
 FLAGS = COMPILE + ["|"] + LINK  # what the library's cache key hashes
 NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")

@@ -155,6 +155,7 @@ static void grow_scratch(Model *m, int rows, int longest) {
     memset(m->row_scale, 0, (size_t)rows * 4);
     m->rows_cap = rows;
   }
+  longest = (longest + 15) / 16 * 16;
   if (longest > m->scores_cap) {
     free(m->scores);
     m->scores = alloc64((size_t)threads * group * longest * 4);
@@ -162,12 +163,32 @@ static void grow_scratch(Model *m, int rows, int longest) {
   }
 }
 
+/* Lanes [0, n) of a 16-float block: the masked tail of a row of any length. */
+static inline __mmask16 first(int n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
+
+/* Sums in one order written out (16 lanes, then _mm512_reduce_add_ps): built without
+ * -fassociative-math, the compiler keeps it, and a row's sum is the same in every call. (Left
+ * to the vectorizer, a sum without reassociation is added one element at a time.) */
+static inline float sum_of(const float *x, int n) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int i = 0; i < n; i += 16) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(first(n - i), x + i));
+  return _mm512_reduce_add_ps(acc);
+}
+
+static inline float sum_of_squares(const float *x, int n) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int i = 0; i < n; i += 16) {
+    __m512 v = _mm512_maskz_loadu_ps(first(n - i), x + i);
+    acc = _mm512_fmadd_ps(v, v, acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
 /* x (after an optional RMSNorm with weights g) -> uint8 row, zero point 128, and its scale. */
 static void quantize_row(const Model *m, const float *x, int n, const float *g, float *normed, uint8_t *q, float *scale) {
   const float *src = x;
   if (g) {
-    float ss = 0;
-    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float ss = sum_of_squares(x, n);
     float r = 1.0f / sqrtf(ss / n + m->eps);
     for (int i = 0; i < n; i++) normed[i] = x[i] * r * g[i];
     src = normed;
@@ -212,6 +233,10 @@ static inline __m512 hsum16(const __m512 v[16]) {
 static void attend(const float *q, const void *k, const void *v, int f16, size_t base, int len, int group, int d,
                    float *out, float *scores) {
   const __m512 scale = _mm512_set1_ps(1.0f / sqrtf((float)d));
+  /* Each head's scores start on a 64-byte line (grow_scratch rounds the rows too): where the
+   * vectorized loops below split a row into body and tail cannot depend on which thread's
+   * buffer, or which call's longest row, it lies in. */
+  const int ld = (len + 15) / 16 * 16;
   /* Scores 16 keys at a time: the keys widened once into `block`, then per head 16 dot products
    * whose sums one transposing reduction (hsum16) lays side by side, instead of 16 reductions. */
   float block[16 * MAX_HEAD_DIM] __attribute__((aligned(64)));
@@ -226,17 +251,17 @@ static void attend(const float *q, const void *k, const void *v, int f16, size_t
         __m512 qc = _mm512_loadu_ps(q + h * d + c);
         for (int tt = 0; tt < nt; tt++) acc[tt] = _mm512_fmadd_ps(qc, _mm512_load_ps(block + tt * d + c), acc[tt]);
       }
-      _mm512_mask_storeu_ps(scores + h * len + t0, (__mmask16)((1u << nt) - 1), _mm512_mul_ps(hsum16(acc), scale));
+      _mm512_mask_storeu_ps(scores + h * ld + t0, (__mmask16)((1u << nt) - 1), _mm512_mul_ps(hsum16(acc), scale));
     }
   }
   for (int h = 0; h < group; h++) {
-    float *s = scores + h * len, peak = -FLT_MAX, sum = 0;
+    float *s = scores + h * ld, peak = -FLT_MAX;
     for (int t = 0; t < len; t++) peak = fmaxf(peak, s[t]);
     /* Far below the peak a weight is 0, not a subnormal: those cost Intel cores a microcode
      * assist per operation, and the process keeps subnormals (it is linked without fast-math). */
     for (int t = 0; t < len; t++) s[t] = s[t] - peak < -80.0f ? 0.0f : expf(s[t] - peak);
-    for (int t = 0; t < len; t++) sum += s[t];
-    for (int t = 0; t < len; t++) s[t] /= sum;
+    const float total = sum_of(s, len);
+    for (int t = 0; t < len; t++) s[t] /= total;
   }
   /* Each value row is read once per 64 of its columns for all heads: 4 x group accumulators. */
   for (int c0 = 0; c0 < d; c0 += 64) {
@@ -248,7 +273,7 @@ static void attend(const float *q, const void *k, const void *v, int f16, size_t
       __m512 vc[4];
       for (int c = 0; c < chunks; c++) vc[c] = load16(v, f16, base + (size_t)t * d + c0 + 16 * c);
       for (int h = 0; h < group; h++) {
-        __m512 p = _mm512_set1_ps(scores[h * len + t]);
+        __m512 p = _mm512_set1_ps(scores[h * ld + t]);
         for (int c = 0; c < chunks; c++) acc[h][c] = _mm512_fmadd_ps(p, vc[c], acc[h][c]);
       }
     }
