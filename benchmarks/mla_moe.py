@@ -11,6 +11,7 @@ Writes benchmarks/results/mla_moe.md and .json.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -45,19 +46,15 @@ def decode_rate(backend, context: int, steps: int = 16, prompt: int = 32) -> flo
     return (time.perf_counter() - t0) / steps
 
 
-def export_variant(src: Path, out: Path, sparse: bool, formats=("onnx",), latent: bool = True) -> Path:
-    import edgeds_export.mla.onnx_writer as w
+def export_variant(src: Path, out: Path, graph: type | None = None, formats=("onnx",)) -> Path:
+    """`graph`: one of mla_baselines' graphs instead of the exporter's own."""
     from edgeds_export import export_checkpoint
+    from mla_baselines import exported_with
 
     if (out / "edgeds.json").exists():
         return out
-    original = w.write_onnx_mla
-    if not sparse or not latent:
-        w.write_onnx_mla = lambda *a, **k: original(*a, **k, sparse_experts=sparse, latent_cache=latent)
-    try:
+    with exported_with(graph) if graph else contextlib.nullcontext():
         export_checkpoint(src, out, formats=formats, weights="int8", context=8192 + 64, overwrite=True)
-    finally:
-        w.write_onnx_mla = original
     return out
 
 
@@ -70,9 +67,11 @@ def main() -> None:
     src = work / f"v2-lite-{LAYERS}-layers"
     if not (src / "model.safetensors.index.json").exists():
         write_checkpoint(CONFIG, src, TOKENIZER, layers=LAYERS)
-    sparse = export_variant(src, work / "sparse", True, ("onnx", "openvino"))
-    dense = export_variant(src, work / "dense", False)
-    per_head = export_variant(src, work / "per-head", True, latent=False)
+    from mla_baselines import AllExperts, PerHeadCache
+
+    sparse = export_variant(src, work / "sparse", formats=("onnx", "openvino"))
+    dense = export_variant(src, work / "dense", AllExperts)
+    per_head = export_variant(src, work / "per-head", PerHeadCache)
     res: dict = {"model": f"DeepSeek-V2-Lite widths, {LAYERS} layers (1 dense + {LAYERS - 1} MoE: 64 experts, top-6), INT8"}
     ort_sparse = OnnxRuntimeBackend(load_artifact(sparse), ["CPUExecutionProvider"])
     ort_dense = OnnxRuntimeBackend(load_artifact(dense), ["CPUExecutionProvider"])

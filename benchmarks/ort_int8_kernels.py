@@ -67,20 +67,20 @@ def chain(kind: str, layers: int = 24) -> ort.InferenceSession:
     quantizer and linear-layer writer: "nbits" = what `--weights int8-wo` exports (MatMulNBits),
     "rows" = what `--weights int8` exports (per-row uint8 activations x per-channel int8 weights
     through MatMulInteger)."""
-    from edgeds_export.dense.onnx_writer import MS, OPSET, _Graph, _linear
+    from edgeds_export.graph.onnx_ops import MS, OPSET, Graph, linear
     from edgeds_export.quantize import SCHEMES
-    from edgeds_export.dense.tensors import _Writer
+    from edgeds_export.tensors import TensorWriter
     from edgeds_export.weight_file import WeightFile
 
     tmp = tempfile.mkdtemp()
     weights = WeightFile(Path(tmp) / "w.data")
-    writer = _Writer(None, SCHEMES["int8-wo" if kind == "nbits" else "int8"], weights)
-    g, x = _Graph("w.data"), "x"
+    writer = TensorWriter(None, SCHEMES["int8-wo" if kind == "nbits" else "int8"], weights)
+    g, x = Graph("w.data"), "x"
     for i in range(layers):
         for j, (k, n) in enumerate(((K, N), (N, K))):
             # scaled so activations stay near unit size through 48 layers (no inf/NaN)
             w = rng.standard_normal((n, k), dtype=np.float32) / np.float32(np.sqrt(k))
-            x = _linear(g, x, writer.linear_from(w), f"l{i}.{j}")
+            x = linear(g, x, writer.linear_from(w), f"l{i}.{j}")
     weights.close()
     graph = helper.make_graph(g.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
                               [helper.make_tensor_value_info(x, TensorProto.FLOAT, [None, K])], initializer=g.initializers)

@@ -4,7 +4,7 @@ decode; 1536 and 8960 wide), then four ways of quantizing a row, on T threads.
 
     python benchmarks/row_quantize_threads.py [--threads 16]
 
-V0 is the committed one (export/dense/onnx_writer.py, _row_quantize): Abs, ReduceMax, Mul and a
+V0 is the committed one (export/graph/onnx_ops.py, row_quantize): Abs, ReduceMax, Mul and a
 QuantizeLinear with one block per row. V1 finds the row peak with ReduceMax and ReduceMin
 instead of Abs; V2 multiplies x by 127 / peak and quantizes per tensor; V3 is V1's peak with
 V2's quantization. Each variant's largest difference from V0's quantized values is printed.

@@ -6,6 +6,7 @@ import logging
 import time
 from pathlib import Path
 
+from . import dense, mla
 from .artifact_writer import (
     check_free_space,
     copy_tokenizer,
@@ -16,16 +17,17 @@ from .artifact_writer import (
 )
 from .checkpoint import Checkpoint
 from .errors import ExportError
-from .dense.tensors import write_tensor_index, write_tensors
 from .families import family_for
 from .graph.parts import write_parts
 from .quantize import SCHEMES
-from .spec import MlaSpec
+from .tensors import write_tensor_index
 from .weight_file import WeightFile
 
 log = logging.getLogger("edgeds.export")
 FORMATS = ("onnx", "openvino")
-KV_CACHES = ("float32", "float16", "int8")
+# The writers of each attention kind (a spec's `kind`), which all take the same calls.
+KINDS = {"dense": dense, "mla": mla}
+KV_CACHES = tuple(dict.fromkeys(cache for kind in KINDS.values() for cache in kind.KV_CACHES))
 DEFAULT_CONTEXT = 8192
 # ONNX graph parts the CPU runtime loads on parallel threads (export/graph/parts.py): load time
 # divides by min(parts, cores) and a decode step pays ~nothing for the hand-overs.
@@ -74,11 +76,10 @@ def export_checkpoint(
     spec = family_for(ckpt.config).decoder_spec(ckpt)
     scheme = SCHEMES[weights]
     context = int(context or min(spec.max_position_embeddings, DEFAULT_CONTEXT))
-    if kv_cache != "float32" and isinstance(spec, MlaSpec):
-        # float16 was tried: 2.5-3.3x slower decode at 8k context on a 2-core EPYC, and CUDA's
-        # attention refuses the latent's 576-wide heads (benchmarks/results/cuda-h200.md).
-        raise ExportError(f"--kv-cache {kv_cache} is for GroupQueryAttention (dense) models; the MLA latent "
-                          "cache of this checkpoint stays float32")
+    kind = KINDS[spec.kind]
+    if kv_cache not in kind.KV_CACHES:
+        raise ExportError(f"--kv-cache {kv_cache} is not available for {spec.model_type} "
+                          f"({spec.kind.upper()} attention): it takes {', '.join(kind.KV_CACHES)}")
     out = Path(out).expanduser()
 
     with staging_folder(out, overwrite) as tmp:
@@ -86,31 +87,18 @@ def export_checkpoint(
         log.info("reading %s (%s, %d layers), quantizing to %s", ckpt.root, spec.model_type,
                  spec.num_layers, scheme.name)
         weight_file = WeightFile(tmp / "model.onnx.data")
-        mla = isinstance(spec, MlaSpec)
-        if mla:
-            from .mla.tensors import write_mla_tensors
-
-            tensors = write_mla_tensors(ckpt, spec, scheme, weight_file, context)
-        else:
-            tensors = write_tensors(ckpt, spec, scheme, weight_file, context)
+        tensors = kind.write_tensors(ckpt, spec, scheme, weight_file, context)
         weight_file.close()
         graphs = {}
         if "onnx" in formats:
-            if mla:
-                from .mla.onnx_writer import write_onnx_mla
-
-                graphs["onnx"] = write_onnx_mla(spec, tensors, tmp, weight_file.path.name)
-                graphs["onnx"]["tensors"] = write_tensor_index(tensors, tmp)
-            else:
-                from .dense.onnx_writer import write_onnx
-
-                graphs["onnx"] = write_onnx(spec, tensors, tmp, weight_file.path.name, kv_cache,
-                                            ckpt.root / "tokenizer.json")
-                graphs["onnx"]["tensors"] = write_tensor_index(tensors, tmp)
+            graphs["onnx"] = kind.write_onnx(spec, tensors, tmp, weight_file.path.name, kv_cache,
+                                             ckpt.root / "tokenizer.json")
+            graphs["onnx"]["tensors"] = write_tensor_index(tensors, tmp)
             if small_batch_graph:  # beside the main graph, whose weight file it reads
                 from .small_batch_graph import write_small_batch_graph
 
-                graphs["onnx"]["small_batch"] = write_small_batch_graph(spec, tensors, tmp, weight_file, kv_cache)
+                graphs["onnx"]["small_batch"] = write_small_batch_graph(kind.onnx_graph, spec, tensors, tmp,
+                                                                        weight_file, kv_cache)
             for entry in (graphs["onnx"], graphs["onnx"].get("small_batch")):
                 if entry and (parts := write_parts(tmp, entry["file"], load_parts, spec.hidden_size)):
                     entry["parts"] = parts
@@ -118,12 +106,7 @@ def export_checkpoint(
                                            "part's outputs that the next part reads are the residual stream, "
                                            "[batch, sequence, hidden_size] float32")
         if "openvino" in formats:
-            if mla:
-                from .mla.openvino_writer import write_openvino_mla as write_openvino
-            else:
-                from .dense.openvino_writer import write_openvino
-
-            graphs["openvino"] = write_openvino(spec, tensors, tmp, weight_file)
+            graphs["openvino"] = kind.write_openvino(spec, tensors, tmp, weight_file)
         del tensors
         weight_file = None  # release the memory map before the file may be removed
         if "onnx" not in formats:

@@ -133,6 +133,14 @@ def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(q.T), scales[:, 0]
 
 
+def quantize_per_column(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """INT8 per column of each (rows, cols) matrix of a (H, rows, cols) stack, for x @ W:
+    (int8 (H, rows, cols), float32 (H, 1, cols))."""
+    scales = (np.abs(matrices).max(axis=1, keepdims=True) / 127).astype(np.float32)
+    q = np.clip(np.rint(matrices / np.where(scales == 0, 1, scales)), -127, 127).astype(np.int8)
+    return q, scales
+
+
 def pack_matmulnbits(qw: QuantizedWeight) -> np.ndarray:
     """ONNX Runtime MatMulNBits layout: uint8 (N, blocks, block_size*bits/8), zero point implied
     at 2^(bits-1), so a symmetric value v is stored as v + 2^(bits-1)."""

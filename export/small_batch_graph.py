@@ -17,16 +17,16 @@ of at most the profile's `small_batch_max` sequences run this one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from .dense.onnx_writer import build_graph, linear_op
+from .graph.onnx_ops import linear_op
 from .quantize import block_size_for
-from .spec import DecoderSpec, MlaSpec
-from .dense.tensors import Linear, ModelTensors, Stored
+from .tensors import Linear, ModelTensors, Stored
 from .weight_file import WeightFile
 
 FILE = "decode_small.onnx"
@@ -69,18 +69,14 @@ def repacked(record, source: WeightFile, out: WeightFile):
     return record
 
 
-def write_small_batch_graph(spec: DecoderSpec | MlaSpec, tensors: ModelTensors, folder: Path, source: WeightFile,
-                            kv_cache: str) -> dict:
-    """Writes the graph and its weight file into `folder`; returns its manifest entry."""
+def write_small_batch_graph(onnx_graph: Callable[..., onnx.ModelProto], spec, tensors: ModelTensors,
+                            folder: Path, source: WeightFile, kv_cache: str) -> dict:
+    """Writes the graph (`onnx_graph`: the attention kind's builder of the main graph) and its
+    weight file into `folder`; returns its manifest entry."""
     out = WeightFile(folder / DATA_FILE)
     small = repacked(tensors, source, out)
     out.close()
-    if isinstance(spec, MlaSpec):
-        from .mla.onnx_writer import build_graph as build_mla_graph
-
-        model = build_mla_graph(spec, small, source.path.name)
-    else:
-        model = build_graph(spec, small, source.path.name, kv_cache=kv_cache)
+    model = onnx_graph(spec, small, source.path.name, kv_cache=kv_cache)
     onnx.save_model(model, str(folder / FILE))
     return {
         "file": FILE,

@@ -133,15 +133,15 @@ def test_verify_gate_passes_fp32_and_fails_a_broken_export(checkpoints, tmp_path
     ok = export(checkpoints("llama"), "-o", tmp_path / "ok", "--weights", "fp32", "--verify", "--context", "64")
     assert ok.exit_code == 0, ok.output
     assert "verified" in ok.output
-    import edgeds_export.dense.tensors as tensors
+    import edgeds_export.tensors as tensors
 
-    real = tensors._Writer.read
+    real = tensors.TensorWriter.read
 
     def off_by_a_bit(self, name):  # a wrong exporter: every norm weight slightly off
         w = real(self, name)
         return w * 1.05 if "norm" in name else w
 
-    monkeypatch.setattr(tensors._Writer, "read", off_by_a_bit)
+    monkeypatch.setattr(tensors.TensorWriter, "read", off_by_a_bit)
     bad = export(checkpoints("llama"), "-o", tmp_path / "bad", "--weights", "fp32", "--verify", "--context", "64")
     assert_refused(bad, "verification failed")
     assert not (tmp_path / "bad").exists()

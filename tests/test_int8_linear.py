@@ -7,9 +7,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from edgeds_export.dense.onnx_writer import MS, OPSET, _Graph, _linear
+from edgeds_export.graph.onnx_ops import MS, OPSET, Graph, linear
 from edgeds_export.quantize import SCHEMES
-from edgeds_export.dense.tensors import _Writer
+from edgeds_export.tensors import TensorWriter
 from edgeds_export.weight_file import WeightFile
 
 K, N = 64, 48
@@ -17,10 +17,10 @@ K, N = 64, 48
 
 def int8_linear_session(tmp_path, w: np.ndarray) -> ort.InferenceSession:
     weights = WeightFile(tmp_path / "w.data")
-    lin = _Writer(None, SCHEMES["int8"], weights).linear_from(w)
+    lin = TensorWriter(None, SCHEMES["int8"], weights).linear_from(w)
     weights.close()
-    g = _Graph("w.data")
-    y = _linear(g, "x", lin, "lin")
+    g = Graph("w.data")
+    y = linear(g, "x", lin, "lin")
     graph = helper.make_graph(g.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, K])],
                               [helper.make_tensor_value_info(y, TensorProto.FLOAT, [None, None, N])],
                               initializer=g.initializers)

@@ -74,27 +74,6 @@ def test_verify_works_for_mla(checkpoints, tmp_path):
     assert "verified" in r.output
 
 
-def test_per_head_baseline_matches_the_latent_graph(checkpoints, artifacts, tmp_path, monkeypatch):
-    """The benchmark's per-head-cache baseline computes the same model as the latent graph."""
-    import edgeds_export.mla.onnx_writer as w
-    from edgeds_export import export_checkpoint
-
-    original = w.write_onnx_mla
-    monkeypatch.setattr(w, "write_onnx_mla", lambda *a, **k: original(*a, **k, latent_cache=False))
-    export_checkpoint(checkpoints("deepseek_v3"), tmp_path / "per-head", formats=("onnx",), weights="fp32", context=128)
-    prompt = np.random.default_rng(9).integers(2, 320, 12).astype(np.int64)
-    outs = []
-    for art in (artifacts("deepseek_v3"), tmp_path / "per-head"):
-        b = dict(open_backends(art))["onnx"]
-        b.start(1, 32)
-        rows = [b.prefill([0], [prompt])[0]]
-        rows += [b.decode(np.array([t]))[0] for t in (5, 6, 7)]
-        outs.append(np.stack(rows))
-    per_head = load_artifact(tmp_path / "per-head").graph("onnx")["kv_cache"]
-    assert per_head["kind"] == "per_head" and per_head["heads"] == 4
-    np.testing.assert_allclose(outs[0], outs[1], atol=1e-4)
-
-
 @pytest.mark.parametrize("kind", ["deepseek_v2", "deepseek_v3"])
 def test_tensor_index_locates_every_mla_tensor(kind, artifacts):
     """tensors.json (listed and checksummed in the manifest) points at the weight file's bytes:

@@ -1,8 +1,6 @@
-"""Writes the decoder as an OpenVINO IR (stateful), from the same weight file as the ONNX graph.
+"""Writes a dense decoder as an OpenVINO IR (stateful), from the same weight file as the ONNX
+graph (the linear layers, norms and embedding: graph/openvino_ops.py).
 
-- Weights stay compressed: a u8/u4 constant, a zero point of 2^(bits-1), and per-block scales
-  feed each MatMul; OpenVINO's CPU plugin recognizes this pattern and runs int8/int4 kernels
-  without ever materializing float weights.
 - The KV cache is model state (ReadValue -> Concat -> SDPA, Assign). The CPU plugin fuses that
   pattern into an in-place cache of its own, so no step copies the whole cache.
 - Per-sequence lengths come from `attention_mask` (left padding) and `position_ids`.
@@ -17,79 +15,14 @@ import openvino as ov
 import openvino.opset13 as ops
 from openvino import opset6
 
-from ..spec import DecoderSpec
-from .tensors import Embedding, GatedMlp, Linear, ModelTensors, Stored
+from ..graph.openvino_ops import INPUTS, Builder, i64, rotate_half
+from ..tensors import ModelTensors
 from ..weight_file import WeightFile
-
-INPUTS = ["input_ids", "attention_mask", "position_ids", "beam_idx", "logits_positions"]
-
-
-class _Builder:
-    def __init__(self, weights: WeightFile):
-        self.weights = weights
-
-    def const(self, s: Stored, shape: tuple[int, ...] | None = None) -> ov.Node:
-        view = self.weights.view(s.offset, np.dtype(s.dtype), shape or s.shape)
-        return ov.op.Constant(view, shared_memory=True)
-
-    def mlp(self, x, mlp: GatedMlp):
-        return self.linear(ops.multiply(ops.swish(self.linear(x, mlp.gate)), self.linear(x, mlp.up)), mlp.down)
-
-    def linear(self, x, lin: Linear):
-        if lin.per_channel:  # int8 W^T (K, N), one scale per output channel
-            weight = ops.multiply(ops.convert(self.const(lin.weight), np.float32),
-                                  self.const(lin.scales, (1, lin.n)))
-            y = ops.matmul(x, weight, False, False)
-        elif lin.bits:
-            blocks = lin.k // lin.block_size
-            if lin.bits == 8:
-                w = self.const(lin.weight, (lin.n, blocks, lin.block_size))
-            else:
-                packed = self.weights.view(lin.weight.offset, np.uint8, lin.weight.shape)
-                w = ov.op.Constant(ov.Tensor(packed, ov.Shape([lin.n, blocks, lin.block_size]), ov.Type.u4))
-            if lin.bits == 8:
-                zero = ops.constant(np.uint8(128))
-            else:
-                zero = ov.op.Constant(ov.Type.u4, ov.Shape([]), [8])
-            centered = ops.subtract(ops.convert(w, np.float32), ops.convert(zero, np.float32))
-            scaled = ops.multiply(centered, self.const(lin.scales, (lin.n, blocks, 1)))
-            weight = ops.reshape(scaled, ops.constant(np.array([lin.n, lin.k], np.int64)), False)
-            y = ops.matmul(x, weight, False, True)
-        else:
-            weight = self.const(lin.weight)
-            if lin.weight.dtype != "float32":
-                weight = ops.convert(weight, np.float32)
-            y = ops.matmul(x, weight, False, False)
-        if lin.bias:
-            y = ops.add(y, self.const(lin.bias))
-        return y
-
-    def rms_norm(self, x, weight: Stored, eps: float):
-        var = ops.reduce_mean(ops.power(x, ops.constant(np.float32(2.0))), ops.constant(np.array([-1])), True)
-        inv = ops.divide(ops.constant(np.float32(1.0)), ops.sqrt(ops.add(var, ops.constant(np.float32(eps)))))
-        return ops.multiply(ops.multiply(x, inv), self.const(weight))
-
-    def embedding(self, ids, emb: Embedding):
-        rows = ops.gather(self.const(emb.table), ids, ops.constant(np.int64(0)))
-        if emb.table.dtype != "float32":
-            rows = ops.convert(rows, np.float32)
-        if emb.scales is None:
-            return rows
-        row_scales = ops.gather(self.const(emb.scales), ids, ops.constant(np.int64(0)))
-        return ops.multiply(rows, row_scales)
-
-
-def _rotate_half(x, half: int):
-    x1, x2 = ops.variadic_split(x, ops.constant(np.int64(-1)), ops.constant(np.array([half, half]))).outputs()
-    return ops.concat([ops.negative(x2), x1], -1)
-
-
-def _i64(values) -> ov.Node:
-    return ops.constant(np.array(values, np.int64))
+from .spec import DecoderSpec
 
 
 def build_model(spec: DecoderSpec, t: ModelTensors, weights: WeightFile) -> ov.Model:
-    b = _Builder(weights)
+    b = Builder(weights)
     heads, kv_heads, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
     input_ids = ops.parameter([-1, -1], np.int64, name="input_ids")
     attention_mask = ops.parameter([-1, -1], np.int64, name="attention_mask")
@@ -100,57 +33,57 @@ def build_model(spec: DecoderSpec, t: ModelTensors, weights: WeightFile) -> ov.M
     for p in params:
         p.output(0).get_tensor().set_names({p.get_friendly_name()})
 
-    batch = ops.gather(ops.shape_of(input_ids), _i64([0]), _i64(0))  # 1-D, for building shapes
-    seq = ops.gather(ops.shape_of(input_ids), _i64(1), _i64(0))
-    total = ops.gather(ops.shape_of(attention_mask), _i64(1), _i64(0))
+    batch = ops.gather(ops.shape_of(input_ids), i64([0]), i64(0))  # 1-D, for building shapes
+    seq = ops.gather(ops.shape_of(input_ids), i64(1), i64(0))
+    total = ops.gather(ops.shape_of(attention_mask), i64(1), i64(0))
     past_len = ops.subtract(total, seq)
 
     # Boolean mask (batch, 1, seq, total): causal over absolute positions, padding keys off,
     # and each query always sees itself so fully padded rows never produce NaN.
-    rows = ops.unsqueeze(ops.add(ops.range(_i64(0), seq, _i64(1), "i64"), past_len), _i64(1))
-    cols = ops.unsqueeze(ops.range(_i64(0), total, _i64(1), "i64"), _i64(0))
+    rows = ops.unsqueeze(ops.add(ops.range(i64(0), seq, i64(1), "i64"), past_len), i64(1))
+    cols = ops.unsqueeze(ops.range(i64(0), total, i64(1), "i64"), i64(0))
     causal = ops.less_equal(cols, rows)
-    keep = ops.not_equal(ops.unsqueeze(attention_mask, _i64([1, 2])), _i64(0))
-    mask = ops.logical_or(ops.logical_and(ops.unsqueeze(causal, _i64([0, 1])), keep),
-                          ops.unsqueeze(ops.equal(cols, rows), _i64([0, 1])))
+    keep = ops.not_equal(ops.unsqueeze(attention_mask, i64([1, 2])), i64(0))
+    mask = ops.logical_or(ops.logical_and(ops.unsqueeze(causal, i64([0, 1])), keep),
+                          ops.unsqueeze(ops.equal(cols, rows), i64([0, 1])))
 
-    cos_rows = ops.gather(b.const(t.cos), position_ids, _i64(0))
-    sin_rows = ops.gather(b.const(t.sin), position_ids, _i64(0))
-    cos = ops.unsqueeze(ops.concat([cos_rows, cos_rows], -1), _i64(1))
-    sin = ops.unsqueeze(ops.concat([sin_rows, sin_rows], -1), _i64(1))
+    cos_rows = ops.gather(b.const(t.cos), position_ids, i64(0))
+    sin_rows = ops.gather(b.const(t.sin), position_ids, i64(0))
+    cos = ops.unsqueeze(ops.concat([cos_rows, cos_rows], -1), i64(1))
+    sin = ops.unsqueeze(ops.concat([sin_rows, sin_rows], -1), i64(1))
 
     def rope(x):
-        return ops.add(ops.multiply(x, cos), ops.multiply(_rotate_half(x, d // 2), sin))
+        return ops.add(ops.multiply(x, cos), ops.multiply(rotate_half(x, d // 2), sin))
 
     def heads_first(x, n):
-        return ops.transpose(ops.reshape(x, _i64([0, 0, n, d]), True), _i64([0, 2, 1, 3]))
+        return ops.transpose(ops.reshape(x, i64([0, 0, n, d]), True), i64([0, 2, 1, 3]))
 
-    empty_cache = ops.broadcast(ops.constant(np.float32(0)), ops.concat([batch, _i64([kv_heads, 0, d])], 0))
+    empty_cache = ops.broadcast(ops.constant(np.float32(0)), ops.concat([batch, i64([kv_heads, 0, d])], 0))
     x = b.embedding(input_ids, t.embed)
     sinks = []
     for i, layer in enumerate(t.layers):
         h = b.rms_norm(x, layer.input_norm, spec.rms_norm_eps)
         qkv = b.linear(h, layer.qkv)
-        q, k, v = ops.variadic_split(qkv, _i64(-1), _i64([heads * d, kv_heads * d, kv_heads * d])).outputs()
+        q, k, v = ops.variadic_split(qkv, i64(-1), i64([heads * d, kv_heads * d, kv_heads * d])).outputs()
         q, k, v = rope(heads_first(q, heads)), rope(heads_first(k, kv_heads)), heads_first(v, kv_heads)
         caches = []
         for kind, new in (("key", k), ("value", v)):
             var_id = f"past_key_values.{i}.{kind}"
             past = opset6.read_value(empty_cache, var_id, np.float32, ov.PartialShape([-1, kv_heads, -1, d]))
-            full = ops.concat([ops.gather(past, beam_idx, _i64(0)), new], 2)
+            full = ops.concat([ops.gather(past, beam_idx, i64(0)), new], 2)
             sinks.append(opset6.assign(full, var_id))
             if heads != kv_heads:
-                full = ops.broadcast(ops.unsqueeze(full, _i64(2)), ops.concat(
-                    [batch, _i64([kv_heads, heads // kv_heads]), ops.gather(ops.shape_of(full), _i64([2, 3]), _i64(0))], 0))
-                full = ops.reshape(full, _i64([0, heads, -1, d]), True)
+                full = ops.broadcast(ops.unsqueeze(full, i64(2)), ops.concat(
+                    [batch, i64([kv_heads, heads // kv_heads]), ops.gather(ops.shape_of(full), i64([2, 3]), i64(0))], 0))
+                full = ops.reshape(full, i64([0, heads, -1, d]), True)
             caches.append(full)
         attn = ops.scaled_dot_product_attention(q, caches[0], caches[1], mask, ops.constant(np.float32(d ** -0.5)))
-        attn = ops.reshape(ops.transpose(attn, _i64([0, 2, 1, 3])), _i64([0, 0, heads * d]), True)
+        attn = ops.reshape(ops.transpose(attn, i64([0, 2, 1, 3])), i64([0, 0, heads * d]), True)
         x = ops.add(x, b.linear(attn, layer.o))
         h = b.rms_norm(x, layer.post_norm, spec.rms_norm_eps)
         x = ops.add(x, b.mlp(h, layer.mlp))
 
-    picked = ops.gather(x, logits_positions, _i64(1), 1)
+    picked = ops.gather(x, logits_positions, i64(1), 1)
     logits = b.linear(b.rms_norm(picked, t.final_norm, spec.rms_norm_eps), t.lm_head)
     logits.output(0).get_tensor().set_names({"logits"})
     return ov.Model([logits.output(0)], sinks, params, "edgeds_decoder")

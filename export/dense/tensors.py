@@ -1,75 +1,19 @@
-"""Reads a checkpoint once, quantizes it, and writes every tensor the graphs need.
+"""Reads a dense decoder's checkpoint (llama, qwen2) once, quantized, into the weight file.
 
-The result, `ModelTensors`, says where each tensor lies in the weight file; the ONNX and
-OpenVINO writers only assemble graphs around those records. q|k|v become one matmul (one
-kernel launch instead of three); gate and up stay two, so that no graph has to split a fused
-output (a copy of the MLP's widest activation).
+q|k|v become one matmul (one kernel launch instead of three); gate and up stay two, so that no
+graph has to split a fused output (a copy of the MLP's widest activation).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Generic, TypeVar
-
-import numpy as np
+from dataclasses import dataclass
 
 from ..checkpoint import Checkpoint
-from ..quantize import Scheme, pack_matmulnbits, quantize, quantize_columns, quantize_rows
+from ..quantize import Scheme
 from ..rope import cos_sin_tables, inv_freq_and_scale
-from ..spec import DecoderSpec
+from ..tensors import GatedMlp, Linear, ModelTensors, Stored, TensorWriter
 from ..weight_file import WeightFile
-
-
-@dataclass(frozen=True)
-class Stored:
-    """One tensor in a weight file: the artifact's main one, or `file` where named."""
-
-    offset: int
-    dtype: str
-    shape: tuple[int, ...]
-    file: str | None = None
-
-
-@dataclass(frozen=True)
-class Linear:
-    """y = x @ W^T + b. Blockwise (block_size > 0): `weight` is MatMulNBits-packed uint8
-    (N, blocks, bytes) with `scales` (N, blocks). Per channel (bits 8, block_size 0): `weight` is
-    int8 W^T (K, N) with `scales` (N,). Float: `weight` is W^T, shape (K, N)."""
-
-    n: int
-    k: int
-    weight: Stored
-    scales: Stored | None = None
-    bits: int | None = None
-    block_size: int = 0
-    bias: Stored | None = None
-
-    @property
-    def per_channel(self) -> bool:
-        """int8 (K, N) with one scale per output channel: an integer matmul's weights."""
-        return bool(self.bits) and not self.block_size
-
-
-@dataclass(frozen=True)
-class Embedding:
-    """Float table (V, H), or int8 rows (V, H) with per-row scales (V, 1)."""
-
-    table: Stored
-    scales: Stored | None = None
-
-
-@dataclass(frozen=True)
-class GatedMlp:
-    """down(silu(gate(x)) * up(x))."""
-
-    gate: Linear
-    up: Linear
-    down: Linear
-
-
-L = TypeVar("L")
+from .spec import DecoderSpec
 
 
 @dataclass(frozen=True)
@@ -81,67 +25,10 @@ class Layer:
     mlp: GatedMlp
 
 
-@dataclass(frozen=True)
-class ModelTensors(Generic[L]):
-    """Every tensor of a decoder; the layer record is the family's own (Layer, or MlaLayer)."""
-
-    embed: Embedding
-    layers: tuple[L, ...]
-    final_norm: Stored
-    lm_head: Linear
-    cos: Stored
-    sin: Stored
-
-
-class _Writer:
-    def __init__(self, ckpt: Checkpoint, scheme: Scheme, out: WeightFile):
-        self.ckpt, self.scheme, self.out = ckpt, scheme, out
-
-    def store(self, array: np.ndarray) -> Stored:
-        offset, _ = self.out.append(array)
-        return Stored(offset, str(array.dtype), tuple(array.shape))
-
-    def read(self, name: str) -> np.ndarray:
-        return self.ckpt.tensor(name)
-
-    def linear(self, weight_names: list[str], bias_names: list[str | None] | None = None) -> Linear:
-        """Read, concatenate (fused projections) and store the named weights as one linear layer."""
-        w = np.concatenate([self.read(n) for n in weight_names], axis=0)
-        bias = None
-        if bias_names and any(bias_names):
-            parts = [
-                self.read(b) if b else np.zeros(self.read(wn).shape[0], np.float32)
-                for wn, b in zip(weight_names, bias_names)
-            ]
-            bias = self.store(np.concatenate(parts).astype(np.float32))
-        return self.linear_from(w, bias)
-
-    def mlp(self, gate: str, up: str, down: str) -> GatedMlp:
-        return GatedMlp(self.linear([gate]), self.linear([up]), self.linear([down]))
-
-    def linear_from(self, w: np.ndarray, bias: Stored | None = None) -> Linear:
-        """Store a (N, K) weight already in memory: quantized and packed, or transposed float."""
-        n, k = w.shape
-        if self.scheme.per_channel:
-            q, scales = quantize_columns(w)
-            return Linear(n, k, self.store(q), self.store(scales), 8, 0, bias)
-        if self.scheme.bits:
-            qw = quantize(w, self.scheme.bits, self.scheme.block_size)
-            return Linear(n, k, self.store(pack_matmulnbits(qw)), self.store(qw.scales), qw.bits, qw.block_size, bias)
-        return Linear(n, k, self.store(np.ascontiguousarray(w.T.astype(self.scheme.float_dtype))), bias=bias)
-
-    def embedding(self, name: str) -> Embedding:
-        table = self.read(name)
-        if self.scheme.embedding_bits:
-            q, scales = quantize_rows(table, self.scheme.embedding_bits)
-            return Embedding(self.store(q), self.store(scales))
-        return Embedding(self.store(table.astype(self.scheme.float_dtype)))
-
-
 def write_tensors(
     ckpt: Checkpoint, spec: DecoderSpec, scheme: Scheme, out: WeightFile, context: int
 ) -> ModelTensors[Layer]:
-    w = _Writer(ckpt, scheme, out)
+    w = TensorWriter(ckpt, scheme, out)
     layers = []
     for lw in spec.layers:
         layers.append(
@@ -163,14 +50,3 @@ def write_tensors(
         cos=w.store(cos),
         sin=w.store(sin),
     )
-
-
-TENSOR_INDEX = "tensors.json"
-
-
-def write_tensor_index(tensors: ModelTensors, folder: Path) -> str:
-    """Where each tensor lies in the weight file, by role (the ModelTensors record as JSON, its
-    layers dense or MLA: tensors_mla.MlaLayer): what the native backends read the weights by,
-    with no graph to parse."""
-    (folder / TENSOR_INDEX).write_text(json.dumps(asdict(tensors)) + "\n", encoding="utf-8")
-    return TENSOR_INDEX

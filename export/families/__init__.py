@@ -19,11 +19,3 @@ def family_for(config: dict) -> ModuleType:
             f"model_type '{model_type}' is not supported; supported: {', '.join(sorted(FAMILIES))}"
         )
     return FAMILIES[model_type]
-
-
-def check_unsupported(config: dict, activations: tuple[str, ...]) -> None:
-    act = config.get("hidden_act", "silu")
-    if act not in activations:
-        raise ExportError(f"hidden_act '{act}' is not supported; supported: {activations}")
-    if config.get("mlp_bias"):
-        raise ExportError("mlp_bias=true is not supported")

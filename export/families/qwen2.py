@@ -7,8 +7,8 @@ Sliding-window attention is refused rather than silently ignored.
 from __future__ import annotations
 
 from ..checkpoint import Checkpoint
+from ..dense.spec import DecoderSpec
 from ..errors import ExportError
-from ..spec import DecoderSpec
 from . import llama
 
 

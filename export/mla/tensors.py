@@ -1,4 +1,4 @@
-"""Reads and quantizes a DeepSeek-V2/V3 checkpoint into the weight file (see dense/tensors.py).
+"""Reads a DeepSeek-V2/V3 checkpoint (MLA + MoE) once, quantized, into the weight file.
 
 MLA is prepared for the absorbed form: kv_b_proj is split per head into W_UK (folded into the
 query) and W_UV (applied to the attention output), so decode attends over the cached latent
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..checkpoint import Checkpoint
-from ..dense.tensors import GatedMlp, Linear, ModelTensors, Stored, _Writer
-from ..quantize import Scheme
+from ..quantize import Scheme, quantize_per_column
 from ..rope import cos_sin_tables, inv_freq_and_scale
-from ..spec import MlaSpec
+from ..tensors import GatedMlp, Linear, ModelTensors, Stored, TensorWriter
 from ..weight_file import WeightFile
+from .spec import MlaSpec
 
 
 @dataclass(frozen=True)
@@ -60,17 +60,17 @@ def _deinterleave(rows: int) -> np.ndarray:
     return np.concatenate([np.arange(0, rows, 2), np.arange(1, rows, 2)])
 
 
-class _MlaWriter(_Writer):
-    def per_head(self, w: np.ndarray) -> PerHead:
-        if not self.scheme.bits:
-            return PerHead(self.store(w.astype(self.scheme.float_dtype)))
-        scales = (np.abs(w).max(axis=1, keepdims=True) / 127).astype(np.float32)
-        q = np.clip(np.rint(w / np.where(scales == 0, 1, scales)), -127, 127).astype(np.int8)
-        return PerHead(self.store(q), self.store(scales))
+def _per_head(w: TensorWriter, matrices: np.ndarray) -> PerHead:
+    """(H, rows, cols) per-head matrices: int8 per column of each head with any int scheme
+    (a batched MatMul takes no packed format), else the scheme's float type."""
+    if not w.scheme.bits:
+        return PerHead(w.store(matrices.astype(w.scheme.float_dtype)))
+    q, scales = quantize_per_column(matrices)
+    return PerHead(w.store(q), w.store(scales))
 
 
-def write_mla_tensors(ckpt: Checkpoint, spec: MlaSpec, scheme: Scheme, out: WeightFile, context: int) -> MlaTensors:
-    w = _MlaWriter(ckpt, scheme, out)
+def write_tensors(ckpt: Checkpoint, spec: MlaSpec, scheme: Scheme, out: WeightFile, context: int) -> MlaTensors:
+    w = TensorWriter(ckpt, scheme, out)
     heads, dn, dr, dv, lat = (spec.num_heads, spec.qk_nope_head_dim, spec.qk_rope_head_dim,
                               spec.v_head_dim, spec.kv_lora_rank)
     interleaved = ckpt.config.get("rope_interleave", True)
@@ -95,8 +95,8 @@ def write_mla_tensors(ckpt: Checkpoint, spec: MlaSpec, scheme: Scheme, out: Weig
             q=w.linear_from(w.read(lw.q)[q_rows]),
             kv_a=w.linear_from(w.read(lw.kv_a)[kv_rows]),
             kv_a_norm=w.store(w.read(lw.kv_a_norm)),
-            w_uk=w.per_head(np.ascontiguousarray(kv_b[:, :dn, :])),
-            w_uv=w.per_head(np.ascontiguousarray(kv_b[:, dn:, :].transpose(0, 2, 1))),
+            w_uk=_per_head(w, np.ascontiguousarray(kv_b[:, :dn, :])),
+            w_uv=_per_head(w, np.ascontiguousarray(kv_b[:, dn:, :].transpose(0, 2, 1))),
             o=w.linear([lw.o]),
             post_norm=w.store(w.read(lw.post_norm)),
             mlp=w.mlp(lw.gate, lw.up, lw.down) if lw.gate else None,
