@@ -1,0 +1,560 @@
+"""edgeds' MLA+MoE path beside llama.cpp and ik_llama.cpp, on one random checkpoint.
+
+    python benchmarks/peers/moe_compare.py --layers 8 --threads 16 --peers-src .moebench \
+        --peers-build /tmp/peerbuild --work /tmp/moe --machine xeon-amx-16t
+    ... --prepare-only                          # checkpoint, edgeds export and GGUFs only
+    ... --engines llama.cpp,edgeds-native --no-report   # some rows; their JSON stays in --work
+    ... --engines none --reuse llama.cpp,ik_llama.cpp   # a report from results in --work
+
+The checkpoint has DeepSeek-V2-Lite's widths cut to --layers layers (1 dense + the rest MoE: 64
+experts top-6 + 2 shared; benchmarks/random_checkpoint.py), random bf16 weights. edgeds
+exports it int8; each peer's own converter (its convert_hf_to_gguf.py, run from its source
+tarball: llama.cpp's is the llama-cpp-python sdist's vendored tree) writes a bf16 GGUF that the
+peer's llama-quantize turns into Q8_0. The peers come from benchmarks/peers/build_peers.sh
+(sources, then build). Every engine runs alone, one after another, on the
+same threads: the peers as llama-batched-bench (llama.cpp with -nr: its weight repacking aborts
+the deepseek2 graph; ik_llama.cpp with -mla 3 -fa on, fused MoE being its default), edgeds as the
+backend it loads (prefill and decode calls, no sampling: batched-bench samples nothing either),
+each on random tokens. Rows: prefill of a 512-token prompt; decode at batch 1 after 128 and after
+4,096 tokens; decode at batch 16 and 64 (each sequence 128 tokens, the whole batch's tokens/s).
+Writes benchmarks/results/moe-<machine>.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+BENCH = HERE.parent
+REPO = BENCH.parent
+CONFIGS = Path(os.environ.get("EDGEDS_CONFIGS", REPO.parent / "shared/reference/configs"))
+sys.path.insert(0, str(BENCH))
+
+PROMPT, DECODE_STEPS, BATCHES = 128, 32, (1, 16, 64)  # batched-bench's -npp, -ntg, -npl
+PREFILLS = (512, 4096)  # one sequence each, then DECODE_STEPS steps after it
+ROWS = {  # metric key: what the table calls it
+    "prefill_512": "prefill 512 tok/s",
+    "decode_b1_128": "decode batch 1 after 128 tokens, tok/s",
+    "decode_b1_4096": "decode batch 1 after 4,096 tokens, tok/s",
+    "decode_b16_128": "decode batch 16 (whole batch), tok/s",
+    "decode_b64_128": "decode batch 64 (whole batch), tok/s",
+}
+EDGEDS = {"edgeds-native": "native", "edgeds-onnxruntime": "onnxruntime"}
+PEERS = ("llama.cpp", "ik_llama.cpp")
+PEER_FLAGS = {"llama.cpp": ["-nr"], "ik_llama.cpp": ["-mla", "3", "-fa", "on"]}
+
+
+def prepare(
+    work: Path,
+    config: Path,
+    layers: int,
+    engines: list[str],
+    peers_src: Path | None,
+    peers_build: Path,
+    threads: int,
+) -> dict[str, Path]:
+    """The checkpoint and every engine's model (each step skipped where its output exists)."""
+    from random_checkpoint import write_checkpoint
+
+    src = work / f"v2-lite-{layers}l-src"
+    if not (src / "model.safetensors.index.json").exists():
+        # The only tokenizer here is V3's (129,280 ids, more than V2's 102,400): the vocabulary,
+        # and so the embedding and LM head, are V3's, which llama.cpp's converter checks.
+        widths = json.loads(config.read_text())
+        v3 = json.loads((CONFIGS / "deepseek-v3.json").read_text())
+        widths |= {k: v3[k] for k in ("vocab_size", "bos_token_id", "eos_token_id")}
+        (work / "config.json").write_text(json.dumps(widths, indent=2))
+        write_checkpoint(
+            work / "config.json", src, CONFIGS.parent / "deepseek-v3-tokenizer", layers=layers
+        )
+    paths = {"checkpoint": src}
+    art = work / f"v2-lite-{layers}l-edgeds-int8"
+    if any(e in EDGEDS for e in engines) and not (art / "edgeds.json").exists():
+        run(
+            [
+                sys.executable,
+                "-m",
+                "edgeds.cli",
+                "export",
+                str(src),
+                "-o",
+                str(art),
+                "--format",
+                "onnx",
+                "--weights",
+                "int8",
+                "--context",
+                str(max(PREFILLS) + DECODE_STEPS + 64),
+                "--overwrite",
+            ]
+        )
+    paths |= {e: art for e in EDGEDS}
+    for peer in (e for e in engines if e in PEERS):
+        gguf = paths[peer] = work / f"v2-lite-{layers}l-{peer}-q8_0.gguf"
+        quantize = peers_build / peer / "bin" / "llama-quantize"
+        if gguf.exists():
+            continue
+        bf16 = work / f"v2-lite-{layers}l-{peer}-bf16.gguf"
+        if not bf16.exists():
+            convert_to_gguf(peer, src, bf16, peers_src, work)
+        if not quantize.exists():
+            print(f"{peer}: {quantize} not built yet; its Q8_0 GGUF waits", flush=True)
+            continue
+        # Mainline reads q_lora_rank unless the model has 26 or 27 layers; V2-Lite has none (0).
+        extra = (
+            ["--override-kv", "deepseek2.attention.q_lora_rank=int:0"]
+            if peer == "llama.cpp"
+            else []
+        )
+        run([str(quantize), *extra, str(bf16), str(gguf), "Q8_0", str(threads)], quiet=True)
+        bf16.unlink()
+    return paths
+
+
+def convert_to_gguf(peer: str, src: Path, out: Path, peers_src: Path | None, work: Path) -> None:
+    """The peer's own converter from its source tarball: ik_llama.cpp's keeps kv_b_proj whole
+    beside the split K/V halves (it reads llama.cpp's split-only GGUF as an "incompatible
+    mainline model")."""
+    tree = work / f"{peer}-convert"
+    if not (tree / "convert_hf_to_gguf.py").exists():
+        if peers_src is None:
+            raise SystemExit(
+                f"moe_compare: --peers-src ({peer}.tar.xz) is needed to convert to GGUF"
+            )
+        with tarfile.open(peers_src / f"{peer}.tar.xz") as t:
+            top = ("convert_hf_to_gguf.py", "conversion", "gguf-py")
+            members = [
+                m for m in t.getmembers() if m.name.split("/")[1:2] and m.name.split("/")[1] in top
+            ]
+            t.extractall(work / f"{peer}-convert-tmp", members=members, filter="data")
+        (work / f"{peer}-convert-tmp" / peer).rename(tree)
+    env = {**os.environ, "PYTHONPATH": f"{tree / 'gguf-py'}:{os.environ.get('PYTHONPATH', '')}"}
+    run(
+        [
+            sys.executable,
+            str(tree / "convert_hf_to_gguf.py"),
+            str(src),
+            "--outtype",
+            "bf16",
+            "--outfile",
+            str(out),
+        ],
+        env=env,
+        quiet=True,
+    )
+
+
+def run(cmd: list[str], env: dict | None = None, quiet: bool = False) -> str:
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        print((r.stdout + r.stderr)[-3000:], file=sys.stderr)
+        raise SystemExit(f"moe_compare: failed ({r.returncode}): {' '.join(cmd[:3])} ...")
+    print(
+        f"{' '.join(Path(c).name for c in cmd[:4])}: {time.perf_counter() - t0:.0f} s", flush=True
+    )
+    return r.stdout + ("" if quiet else r.stderr)
+
+
+def run_measured(cmd: list[str]) -> tuple[str, float]:
+    """A command's output and its own peak RSS (MiB), from wait4 (not the harness's)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        print(out[-3000:], file=sys.stderr)
+        raise RuntimeError(f"{' '.join(cmd[:2])} failed ({p.returncode})")
+    return out, usage.ru_maxrss / 1024
+
+
+def parse_batched_bench(text: str) -> list[dict]:
+    """Rows of llama-batched-bench's table (the same in both peers)."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 10 and re.fullmatch(r"\d+", cells[0]):
+            pp, tg, b, _, t_pp, s_pp, t_tg, s_tg, _, _ = cells
+            rows.append(
+                {
+                    "pp": int(pp),
+                    "tg": int(tg),
+                    "batch": int(b),
+                    "prefill_tok_s": float(s_pp),
+                    "decode_tok_s": float(s_tg),
+                    "prefill_s": float(t_pp),
+                    "decode_s": float(t_tg),
+                }
+            )
+    return rows
+
+
+def metrics_from_rows(rows: list[dict]) -> dict:
+    m = {}
+    for r in rows:
+        if r["batch"] == 1 and r["pp"] in PREFILLS:
+            m[f"prefill_{r['pp']}"] = r["prefill_tok_s"]
+        m[f"decode_b{r['batch']}_{r['pp']}"] = r["decode_tok_s"]
+    return m
+
+
+def measure_peer(peer: str, gguf: Path, build: Path, threads: int) -> dict:
+    """Two batched-bench runs: the batches (each sequence its own slots: -c is the sum), then the
+    single long sequences."""
+    exe = str(build / peer / "bin" / "llama-batched-bench")
+    common = [
+        "-m",
+        str(gguf),
+        "-t",
+        str(threads),
+        "-tb",
+        str(threads),
+        "-b",
+        "2048",
+        "-ub",
+        "512",
+        *PEER_FLAGS[peer],
+    ]
+    calls = [
+        [
+            "-c",
+            str(max(BATCHES) * (PROMPT + DECODE_STEPS)),
+            "-npp",
+            str(PROMPT),
+            "-ntg",
+            str(DECODE_STEPS),
+            "-npl",
+            ",".join(map(str, BATCHES)),
+        ],
+        [
+            "-c",
+            str(max(PREFILLS) + DECODE_STEPS + 64),
+            "-npp",
+            ",".join(map(str, PREFILLS)),
+            "-ntg",
+            str(DECODE_STEPS),
+            "-npl",
+            "1",
+        ],
+    ]
+    rows, rss = [], 0.0
+    for args in calls:
+        out, peak = run_measured([exe, *common, *args])
+        rows += parse_batched_bench(out)
+        rss = max(rss, peak)
+    return {
+        "engine": peer,
+        "metrics": metrics_from_rows(rows),
+        "rows": rows,
+        "peak_rss_mib": rss,
+        "flags": " ".join(common[2:]),
+    }
+
+
+def measure_edgeds(artifact: Path, backend: str, threads: int) -> dict:
+    """The backend edgeds.load gives, driven as batched-bench drives a peer: random prompts into
+    fresh slots, then DECODE_STEPS decode calls of random tokens; the first call of each shape
+    warms it up untimed."""
+    import edgeds
+    from edgeds.batch.progress import peak_rss_bytes
+
+    t0 = time.perf_counter()
+    engine = edgeds.load(artifact, threads=threads, backend=backend)
+    load_s = time.perf_counter() - t0
+    be, rng = engine.backend, np.random.default_rng(0)
+    vocab = be.vocab_size
+
+    def tokens(n: int) -> np.ndarray:
+        return rng.integers(0, vocab, n).astype(np.int64)
+
+    def run_batch(batch: int, prompt: int) -> tuple[float, float]:
+        be.start(batch, prompt + DECODE_STEPS + 8)
+        t = time.perf_counter()
+        be.prefill(list(range(batch)), [tokens(prompt) for _ in range(batch)])
+        t_prefill = time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in range(DECODE_STEPS):
+            be.decode(tokens(batch))
+        return batch * prompt / t_prefill, batch * DECODE_STEPS / (time.perf_counter() - t)
+
+    rows = []
+    for batch, prompt in [*((b, PROMPT) for b in BATCHES), *((1, p) for p in PREFILLS)]:
+        run_batch(min(batch, 2), 16)  # warm-up
+        s_pp, s_tg = run_batch(batch, prompt)
+        rows.append(
+            {
+                "pp": prompt,
+                "tg": DECODE_STEPS,
+                "batch": batch,
+                "prefill_tok_s": s_pp,
+                "decode_tok_s": s_tg,
+            }
+        )
+    return {
+        "engine": f"edgeds-{be.name}",
+        "metrics": metrics_from_rows(rows),
+        "rows": rows,
+        "load_s": load_s,
+        "peak_rss_mib": peak_rss_bytes() / 2**20,
+        "profile": engine.profile.name,
+        "backend": be.name,
+    }
+
+
+def decode_read_gb(config: dict) -> float:
+    """The int8 weight bytes a batch-1 decode step reads: every attention projection, the dense
+    layers' MLP, the active experts (top-k routed + shared) of each MoE layer, the LM head."""
+    h, heads = config["hidden_size"], config["num_attention_heads"]
+    dn, dr, dv, lat = (
+        config[k] for k in ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "kv_lora_rank")
+    )
+    q = heads * (dn + dr) * (config["q_lora_rank"] + h if config.get("q_lora_rank") else h)
+    attn = q + (lat + dr) * h + heads * (dn + dv) * lat + h * heads * dv
+    dense = config.get("first_k_dense_replace", 0)
+    active = config["num_experts_per_tok"] + config.get("n_shared_experts", 0)
+    moe = 3 * h * config["moe_intermediate_size"] * active + config["n_routed_experts"] * h
+    layers = config["num_hidden_layers"]
+    total = layers * attn + dense * 3 * h * config["intermediate_size"] + (layers - dense) * moe
+    return (total + config["vocab_size"] * h) / 1e9
+
+
+def measure(engine: str, paths: dict, args) -> dict | None:
+    """One engine's rows, in a process of its own (its peak RSS its own; nothing else running)."""
+    out = Path(args.work) / f"{engine}.json"
+    if engine in PEERS:
+        try:
+            res = measure_peer(engine, paths[engine], Path(args.peers_build), args.threads)
+        except RuntimeError as exc:
+            print(f"{engine}: {exc}", flush=True)
+            return None
+    else:
+        child = [sys.executable, __file__, "--edgeds-child", EDGEDS[engine], str(paths[engine])]
+        r = subprocess.run(
+            [*child, "--threads", str(args.threads), "--work", args.work], check=False
+        )
+        if r.returncode != 0:
+            print(f"{engine}: failed ({r.returncode})", flush=True)
+            return None
+        res = json.loads(out.read_text())
+    out.write_text(json.dumps(res, indent=2))
+    print(f"{engine}: " + ", ".join(f"{k} {v:.1f}" for k, v in res["metrics"].items()), flush=True)
+    return res
+
+
+def merge_rounds(runs: list[dict]) -> dict:
+    """Each metric's median over an engine's rounds, its range under "spread"."""
+    row = dict(runs[-1], rounds=len(runs))
+    row["metrics"] = {
+        k: float(np.median([r["metrics"][k] for r in runs if k in r["metrics"]]))
+        for k in runs[-1]["metrics"]
+    }
+    row["spread"] = {
+        k: (min(r["metrics"][k] for r in runs), max(r["metrics"][k] for r in runs))
+        for k in row["metrics"]
+        if len(runs) > 1
+    }
+    return row
+
+
+def report(
+    results: list[dict],
+    machine: str,
+    threads: int,
+    layers: int,
+    bandwidth: float | None,
+    read_gb: float,
+    note: str,
+) -> str:
+    peers = [r for r in results if r["engine"] in PEERS]
+    ours = [r for r in results if r["engine"].startswith("edgeds")]
+    cols = [r["engine"] for r in ours] + [r["engine"] for r in peers]
+    head = (
+        "| metric | "
+        + " | ".join(cols)
+        + " | "
+        + " | ".join(f"{r['engine']} / best peer" for r in ours)
+        + " |"
+    )
+    lines = [
+        f"# MLA+MoE: edgeds against llama.cpp and ik_llama.cpp ({machine}, {threads} threads)",
+        "",
+        note,
+        "",
+        head,
+        "|" + "---|" * (1 + len(cols) + len(ours)),
+    ]
+
+    def cell(r: dict, key: str) -> str:
+        v = r["metrics"].get(key)
+        if v is None:
+            return "-"
+        lo_hi = r.get("spread", {}).get(key)
+        return f"{v:.1f}" + (f" ({lo_hi[0]:.1f}-{lo_hi[1]:.1f})" if lo_hi else "")
+
+    for key, label in ROWS.items():
+        best = max((p["metrics"][key] for p in peers if key in p["metrics"]), default=None)
+        ratios = [
+            f"**{o['metrics'][key] / best:.2f}x**" if best and key in o["metrics"] else "-"
+            for o in ours
+        ]
+        lines.append(
+            f"| {label} | "
+            + " | ".join(cell(r, key) for r in ours + peers)
+            + " | "
+            + " | ".join(ratios)
+            + " |"
+        )
+    lines += [
+        "",
+        (
+            f"A batch-1 decode step reads {read_gb:.3f} GB of int8 weights ({layers} layers' "
+            "attention, the dense layer's MLP, the routed and shared experts active in each MoE "
+            "layer, its router, the LM head)."
+        ),
+    ]
+    if bandwidth:
+        limit = bandwidth / read_gb
+        lines.append(
+            f"Read bandwidth here ({threads} threads, numpy): {bandwidth:.1f} GB/s, so batch 1 "
+            f"is bounded near {limit:.0f} tok/s; after 128 tokens: "
+            + ", ".join(
+                f"{r['engine']} {100 * r['metrics']['decode_b1_128'] / limit:.0f}%"
+                for r in ours + peers
+                if "decode_b1_128" in r["metrics"]
+            )
+            + " of it."
+        )
+    lines += ["", "| engine | peak RSS (MiB) | load (s) | settings |", "|---|---|---|---|"]
+    for r in ours + peers:
+        load = f"{r['load_s']:.2f}" if "load_s" in r else "-"
+        setting = (
+            f"{r['profile']} profile, {r['backend']} backend"
+            if "backend" in r
+            else r.get("flags", "")
+        )
+        rounds = f", median of {r['rounds']} rounds" if r.get("rounds", 1) > 1 else ""
+        rounds += ", from an earlier call" if r.get("reused") else ""
+        lines.append(f"| {r['engine']} | {r['peak_rss_mib']:.0f} | {load} | {setting}{rounds} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument(
+        "--layers",
+        type=int,
+        default=8,
+        help="decoder layers of the V2-Lite cut (1 dense + the rest MoE)",
+    )
+    ap.add_argument(
+        "--config",
+        default=str(CONFIGS / "deepseek-v2-lite.json"),
+        help="the widths (a DeepSeek-V2/V3 config.json)",
+    )
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--engines", default="edgeds-native,edgeds-onnxruntime,llama.cpp,ik_llama.cpp")
+    ap.add_argument(
+        "--peers-src", default=None, help="folder with llama.cpp.tar.xz (build_peers.sh sources)"
+    )
+    ap.add_argument("--peers-build", default="/tmp/peerbuild", help="build_peers.sh's BUILDDIR")
+    ap.add_argument("--work", default="/tmp/edgeds-moe")
+    ap.add_argument("--machine", default=None)
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="every engine this many times, taking turns"
+    )
+    ap.add_argument(
+        "--reuse",
+        default="",
+        help="engines whose results in --work (earlier calls) join the report",
+    )
+    ap.add_argument("--prepare-only", action="store_true")
+    ap.add_argument("--no-report", action="store_true")
+    ap.add_argument(
+        "--edgeds-child", nargs=2, metavar=("BACKEND", "ARTIFACT"), help=argparse.SUPPRESS
+    )
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.edgeds_child:
+        backend, art = args.edgeds_child
+        res = measure_edgeds(Path(art), backend, args.threads)
+        name = next(e for e, b in EDGEDS.items() if b == backend)
+        (work / f"{name}.json").write_text(json.dumps(res | {"engine": name}, indent=2))
+        return
+    engines = [e for e in args.engines.split(",") if e and e != "none"]
+    unknown = [e for e in engines if e not in EDGEDS and e not in PEERS]
+    if unknown:
+        known = ", ".join([*EDGEDS, *PEERS])
+        raise SystemExit(f"moe_compare: unknown engine(s) {', '.join(unknown)}; known: {known}")
+    paths = prepare(
+        work,
+        Path(args.config),
+        args.layers,
+        engines,
+        Path(args.peers_src) if args.peers_src else None,
+        Path(args.peers_build),
+        args.threads,
+    )
+    if args.prepare_only:
+        return
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.rounds):  # in turns, so that a slow spell of the machine hits every engine
+        for engine in engines:
+            res = measure(engine, paths, args)
+            if res:
+                runs.setdefault(engine, []).append(res)
+    results = [merge_rounds(r) for r in runs.values()]
+    for engine in filter(None, args.reuse.split(",")):
+        results.append(json.loads((work / f"{engine}.json").read_text()) | {"reused": True})
+    for r in results:
+        (work / f"{r['engine']}.json").write_text(json.dumps(r, indent=2))
+    if args.no_report:
+        return
+    from compare import read_bandwidth_gb_s
+
+    config = json.loads((paths["checkpoint"] / "config.json").read_text())
+    machine = args.machine or f"{os.uname().machine}-{args.threads}t"
+    note = (
+        f"`python benchmarks/peers/moe_compare.py {' '.join(sys.argv[1:])}`: DeepSeek-V2-Lite "
+        f"widths, {args.layers} layers (1 dense + {args.layers - 1} MoE), random weights; edgeds "
+        f"int8, the peers Q8_0; prompts of {PROMPT} tokens per sequence and {DECODE_STEPS} decode "
+        "steps per row, random tokens."
+    )
+    text = report(
+        results,
+        machine,
+        args.threads,
+        args.layers,
+        read_bandwidth_gb_s(args.threads),
+        decode_read_gb(config),
+        note,
+    )
+    out = BENCH / "results" / f"moe-{machine}"
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "machine": machine,
+                "threads": args.threads,
+                "layers": args.layers,
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
