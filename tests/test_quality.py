@@ -58,7 +58,7 @@ def test_native_backend_keeps_the_quality_of_the_same_export(rows):
     """The int8 export through edgeds' own decoder scores as ONNX Runtime does on its graph: the
     same int8 arithmetic, only the float rounding (summation order) differs, which moves a
     row's quantized activations at rounding ties. On this 762-token slice the two measured
-    +0.456% / +0.341% (+0.216% / +0.162% on the full benchmark, quality-native.md)."""
+    +0.263% / +0.341%."""
     if ("onnx native", "int8") not in rows:
         assert rows["model"] == "deepseek-v3-tiny-python" or native_unavailable(detect().flags)
         return

@@ -175,22 +175,24 @@ static inline float sum_of(const float *x, int n) {
   return _mm512_reduce_add_ps(acc);
 }
 
-static inline float sum_of_squares(const float *x, int n) {
-  __m512 acc = _mm512_setzero_ps();
+/* In float64: RMSNorm is computed as ONNX Runtime's CPU kernel writes it (a float64 sum, then
+ * x / rms * g in float64), so both backends' normed rows meet the int8 rounding alike. */
+static inline double sum_of_squares(const float *x, int n) {
+  __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
   for (int i = 0; i < n; i += 16) {
     __m512 v = _mm512_maskz_loadu_ps(first(n - i), x + i);
-    acc = _mm512_fmadd_ps(v, v, acc);
+    __m512d a = _mm512_cvtps_pd(_mm512_castps512_ps256(v)), b = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
+    lo = _mm512_fmadd_pd(a, a, lo), hi = _mm512_fmadd_pd(b, b, hi);
   }
-  return _mm512_reduce_add_ps(acc);
+  return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
 }
 
 /* x (after an optional RMSNorm with weights g) -> uint8 row, zero point 128, and its scale. */
 static void quantize_row(const Model *m, const float *x, int n, const float *g, float *normed, uint8_t *q, float *scale) {
   const float *src = x;
   if (g) {
-    float ss = sum_of_squares(x, n);
-    float r = 1.0f / sqrtf(ss / n + m->eps);
-    for (int i = 0; i < n; i++) normed[i] = x[i] * r * g[i];
+    const double rms = sqrt(sum_of_squares(x, n) / n + m->eps);
+    for (int i = 0; i < n; i++) normed[i] = (float)(x[i] / rms * g[i]);
     src = normed;
   }
   float peak = 0;
