@@ -153,9 +153,9 @@ def load(artifact: str | Path, profile: str | None = None, backend: str | None =
 
 def _make_backend(artifact: Artifact, profile: Profile, choice: Choice):
     if choice.backend == "native":
-        from .backends.native import NativeBackend
+        from .backends.native import open_native
 
-        return NativeBackend(artifact, choice.threads)
+        return open_native(artifact, choice.threads)
     if choice.backend == "openvino":
         from .backends.openvino import OpenVinoBackend
 

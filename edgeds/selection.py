@@ -102,7 +102,7 @@ def native_unavailable(hw: Hardware, artifact: Artifact | None) -> str | None:
 
     if (why := unavailable(hw.flags)) is not None:
         return why
-    if artifact is None:  # what this machine would run: dense int8 exports here, the rest on ONNX Runtime
+    if artifact is None:  # what this machine would run: int8 exports here, the rest on ONNX Runtime
         return None
     from .backends.native import unsupported
 
@@ -124,9 +124,14 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
         n_threads = threads or setting or hw.physical_cores or os.cpu_count() or 1
         if name == "native":
             if (why := native_unavailable(hw, artifact)) is None:
-                amx = " (AMX tiles for calls of more than 16 rows)" if "amx_int8" in hw.flags else ""
-                which = "" if artifact is not None else " for dense int8 exports (others: the next backend)"
-                reasons.append(f"backend native: edgeds' own decoder loops{amx}{which}, {n_threads} threads")
+                from .backends.native import is_mla
+
+                mla = artifact is not None and is_mla(artifact)
+                amx = " (AMX tiles for calls of more than 16 rows)" if "amx_int8" in hw.flags and not mla else ""
+                kind = " for MLA + MoE (latent cache, absorbed attention, experts by token group)" if mla else ""
+                which = ("" if artifact is not None
+                         else " for int8 exports, dense and DeepSeek-V2/V3 (others: the next backend)")
+                reasons.append(f"backend native: edgeds' own decoder loops{kind}{amx}{which}, {n_threads} threads")
                 return Choice("native", ["cpu"], n_threads, reasons)
             reasons.append(f"backend native: {why}")
             continue

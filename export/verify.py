@@ -67,9 +67,9 @@ def open_backends(artifact_dir: Path):
         if art.graph("onnx").get("small_batch"):  # its decode steps, after the main graph's prefill
             yield "onnx small-batch", OnnxRuntimeBackend(art, ["CPUExecutionProvider"], small_batch_max=1)
         if native_runs_here(art):  # the same weight file through edgeds' own decoder
-            from edgeds.backends.native import NativeBackend
+            from edgeds.backends.native import open_native
 
-            yield "onnx native", NativeBackend(art, os.cpu_count() or 1)
+            yield "onnx native", open_native(art, os.cpu_count() or 1)
     if "openvino" in art.formats:
         from edgeds.backends.openvino import OpenVinoBackend
 

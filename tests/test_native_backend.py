@@ -217,15 +217,6 @@ def test_exports_it_cannot_run_stay_on_onnxruntime_with_the_reason(weights, kv_c
     assert any(r.startswith("backend native: ") and why in r for r in choice.reasons)
 
 
-def test_an_mla_export_stays_on_onnxruntime(tmp_path, checkpoints):
-    from edgeds_export import export_checkpoint
-
-    out = tmp_path / "v3"
-    export_checkpoint(checkpoints("deepseek_v3"), out, formats=("onnx",), weights="int8", context=64)
-    why = native_backend.unsupported(load_artifact(out))
-    assert why == "MLA/MoE models run on ONNX Runtime"
-
-
 @pytest.fixture
 def unbuilt(tmp_path, monkeypatch):
     """A process that has not loaded the library, with an empty cache folder."""

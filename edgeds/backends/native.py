@@ -34,8 +34,10 @@ def unsupported(artifact: Artifact) -> str | None:
     if "onnx" not in artifact.formats:
         return "the artifact has no ONNX export (whose weight file it reads)"
     graph, model, quant = artifact.graph("onnx"), artifact.model, artifact.manifest.get("quantization", {})
-    if model.get("kv_lora_rank") or model.get("moe_layers"):
-        return "MLA/MoE models run on ONNX Runtime"
+    if is_mla(artifact):
+        from .native_mla import unsupported as mla_unsupported
+
+        return mla_unsupported(artifact)
     if not graph.get("tensors"):
         return "the export has no tensor index (re-export with this edgeds)"
     if quant.get("weights") != "int8":
@@ -51,6 +53,20 @@ def unsupported(artifact: Artifact) -> str | None:
     if any(d % 64 for d in (model["hidden_size"], model["intermediate_size"], model["vocab_size"], qkv)):
         return "widths that are not multiples of 64 (the GEMM's blocks)"
     return None
+
+
+def is_mla(artifact: Artifact) -> bool:
+    """DeepSeek-V2/V3 (MLA + MoE): native_mla.py's decoder, not this one."""
+    return bool(artifact.model.get("kv_lora_rank") or artifact.model.get("moe_layers"))
+
+
+def open_native(artifact: Artifact, threads: int, use_amx: bool = True):
+    """The native backend for this artifact's architecture."""
+    if is_mla(artifact):
+        from .native_mla import NativeMlaBackend
+
+        return NativeMlaBackend(artifact, threads, use_amx)
+    return NativeBackend(artifact, threads, use_amx)
 
 
 def _logits_buffer(rows: int, vocab: int) -> np.ndarray:

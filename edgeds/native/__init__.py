@@ -1,4 +1,4 @@
-"""The native decoder library (`decoder.c`): built from source with the system C compiler on first
+"""The native decoder library (`decoder.c`, dense models; `mla_moe.c`, DeepSeek-V2/V3): built from source with the system C compiler on first
 use and kept in the edgeds cache folder, keyed by the source's hash; loaded with ctypes.
 
 It needs an x86-64 CPU with AVX-512 VNNI (AMX is used where the kernel grants it) and a C
@@ -21,7 +21,8 @@ from pathlib import Path
 from ..checksum_stamps import cache_folder
 
 HERE = Path(__file__).resolve().parent
-SOURCES = (HERE / "decoder.c", HERE / "int8_gemm.h")
+SOURCES = (HERE / "decoder.c", HERE / "mla_moe.c", HERE / "int8_gemm.h")
+C_FILES = [p for p in SOURCES if p.suffix == ".c"]
 # Compiled with -ffast-math but linked without it: at link time gcc would add crtfastmath.o, whose
 # constructor turns on flush-to-zero for the whole process (numpy's and ONNX Runtime's arithmetic
 # too) the moment the library is loaded. Without -fassociative-math: with it gcc regrouped the
@@ -75,24 +76,27 @@ def _build(target: Path) -> None:
         os.close(fd)
     except OSError as exc:
         raise NativeUnavailable(f"native decoder: cannot write its build to {target.parent} ({exc.strerror})") from exc
-    obj = tmp[:-3] + ".o"
+    objs = [f"{tmp[:-3]}.{source.stem}.o" for source in C_FILES]
 
     def run(step: list[str]) -> subprocess.CompletedProcess:
         return subprocess.run([*shlex.split(cc), *step], capture_output=True, text=True)
 
     try:
-        result = run([*COMPILE, "-c", "-o", obj, str(SOURCES[0])])
-        if result.returncode != 0:  # an older compiler without AMX: the VNNI kernels alone
-            result = run([*(f for f in COMPILE if f not in AMX), "-c", "-o", obj, str(SOURCES[0])])
+        for source, obj in zip(C_FILES, objs):
+            result = run([*COMPILE, "-c", "-o", obj, str(source)])
+            if result.returncode != 0:  # an older compiler without AMX: the VNNI kernels alone
+                result = run([*(f for f in COMPILE if f not in AMX), "-c", "-o", obj, str(source)])
+            if result.returncode != 0:
+                break
         if result.returncode == 0:
-            result = run([*LINK, "-o", tmp, obj, "-lm"])
+            result = run([*LINK, "-o", tmp, *objs, "-lm"])
         if result.returncode != 0:
             raise NativeUnavailable(f"native decoder: {cc} failed to build it: {result.stderr.strip()[-400:]}")
         os.replace(tmp, target)
     except OSError as exc:  # a CC that cannot be run
         raise NativeUnavailable(f"native decoder: cannot run {cc} ({exc.strerror})") from exc
     finally:
-        for leftover in (obj, tmp):
+        for leftover in (*objs, tmp):
             if os.path.exists(leftover):
                 os.unlink(leftover)
 
@@ -116,4 +120,15 @@ def library() -> ctypes.CDLL:
     lib.ed_uses_amx.argtypes = [p]
     lib.ed_free.argtypes = [p]
     lib.ed_forward.argtypes = [p, i, p, p, p, i, p, p, p, i, i, i, p]
+    lib.em_new.restype = p
+    lib.em_new.argtypes = [p, f, f, f, i]
+    lib.em_set_linear.argtypes = [p, i, i, p, p, i, i]
+    lib.em_set_expert.argtypes = [p, i, i, i, p, p, i, i]
+    lib.em_set_router.argtypes = [p, i, p, p]
+    lib.em_set_absorb.argtypes = [p, i, p, p, p, p]
+    lib.em_set_norms.argtypes = [p, i, p, p, p, p]
+    lib.em_set_embedding.argtypes = [p, p, p, p]
+    lib.em_set_rope.argtypes = [p, p, p, i]
+    lib.em_free.argtypes = [p]
+    lib.em_forward.argtypes = [p, i, p, p, p, i, p, p, i, i, p]
     return lib

@@ -1,0 +1,246 @@
+"""The native backend for DeepSeek-V2/V3 int8 exports (MLA + MoE): edgeds' own decoder loops
+(`edgeds/native/mla_moe.c`) instead of ONNX Runtime's graph.
+
+It reads the artifact's weight file through its tensor index (`tensors.json`, MlaLayer records),
+so weights and quantization are the ONNX graph's, bit for bit. The int8 linear layers and experts
+are packed once at load into the GEMM kernels' layout and their file pages released as it goes;
+W_UK, W_UV and the float32 router are copied as they are. The cache is MLA's latent, numpy memory
+owned here: [layers, slots, capacity, kv_lora_rank + qk_rope_head_dim] float32. Slots are refilled
+while the others decode (continuous batching), as in the dense native backend, whose prefill and
+decode steps this class shares."""
+
+from __future__ import annotations
+
+import json
+import mmap
+
+import numpy as np
+
+from ..artifact import Artifact
+from ..native import library
+from .base import SlotLengths
+from .native import NativeBackend, _logits_buffer, _ptr
+
+ROUTINGS = {"softmax_greedy": 0, "softmax_group_limited": 1, "sigmoid_noaux_tc": 2}
+MAX_EXPERTS, MAX_GROUPS, MAX_LORA = 1024, 256, 4096  # mla_moe.c's stack arrays
+
+
+def unsupported(artifact: Artifact) -> str | None:
+    """Why this MLA/MoE artifact cannot run on the native backend, or None."""
+    graph, m, quant = (
+        artifact.graph("onnx"),
+        artifact.model,
+        artifact.manifest.get("quantization", {}),
+    )
+    if not graph.get("tensors"):
+        return "the export has no tensor index (re-export with this edgeds)"
+    if quant.get("weights") != "int8":
+        return f"weights {quant.get('weights')}: it runs --weights int8 exports"
+    if graph.get("kv_cache", {}).get("kind") != "mla_latent":
+        return "the export's cache is not MLA's latent"
+    if m.get("routing") not in ROUTINGS:
+        return f"routing {m.get('routing')!r}"
+    if (
+        m["n_routed_experts"] > MAX_EXPERTS
+        or m["n_group"] > MAX_GROUPS
+        or m["kv_lora_rank"] > MAX_LORA
+    ):
+        return "more experts, groups or latent width than the native decoder holds"
+    widths = [
+        m["hidden_size"],
+        m["kv_lora_rank"],
+        m["qk_rope_head_dim"],
+        m["v_head_dim"],
+        m["vocab_size"],
+        m["intermediate_size"],
+        m["moe_intermediate_size"],
+        m["q_lora_rank"] or 16,
+    ]
+    if any(w % 16 for w in widths):
+        return "widths that are not multiples of 16 (the GEMM's blocks)"
+    return None
+
+
+class NativeMlaBackend(NativeBackend):
+    name = "native"
+    device = "cpu"
+    supports_refill = True
+
+    def __init__(self, artifact: Artifact, threads: int, use_amx: bool = True):
+        """use_amx: kept for the dense backend's signature; these kernels are AVX-512 VNNI."""
+        if why := unsupported(artifact):
+            raise ValueError(f"native backend: {why}")
+        self.lib = library()
+        graph, m = artifact.graph("onnx"), artifact.model
+        index = json.loads(artifact.path(graph["tensors"]).read_text(encoding="utf-8"))
+        self.layers, self.vocab_size = m["num_layers"], m["vocab_size"]
+        self.latent_dim = m["kv_lora_rank"] + m["qk_rope_head_dim"]
+        shared = next(
+            (ly["moe"]["shared"] for ly in index["layers"] if ly["moe"] and ly["moe"]["shared"]),
+            None,
+        )
+        dims = [
+            m["num_layers"],
+            m["hidden_size"],
+            m["num_heads"],
+            m["q_lora_rank"] or 0,
+            m["kv_lora_rank"],
+            m["qk_nope_head_dim"],
+            m["qk_rope_head_dim"],
+            m["v_head_dim"],
+            m["intermediate_size"],
+            m["moe_intermediate_size"],
+            m["n_routed_experts"],
+            shared["gate"]["n"] if shared else 0,
+            m["num_experts_per_tok"],
+            ROUTINGS[m["routing"]],
+            m["n_group"],
+            m["topk_group"],
+            int(m["norm_topk_prob"]),
+            m["vocab_size"],
+        ]
+        self._dims = np.asarray(dims, np.int32)
+        self._model = self.lib.em_new(
+            _ptr(self._dims),
+            m["rms_norm_eps"],
+            m["softmax_scale"],
+            m["routed_scaling_factor"],
+            threads,
+        )
+        data_path = artifact.path(graph["data_file"])
+        with open(data_path, "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+        def view(stored: dict | None, dtype=None) -> np.ndarray | None:
+            if stored is None:
+                return None
+            arr = np.frombuffer(
+                data, np.dtype(stored["dtype"]), int(np.prod(stored["shape"])), stored["offset"]
+            )
+            return np.ascontiguousarray(arr, dtype=dtype) if dtype is not None else arr
+
+        def release(stored: dict, nbytes: int) -> None:
+            # Packed: its file pages leave this process's memory, so loading peaks at the packed
+            # weights plus one tensor, not twice the weights.
+            start = stored["offset"] // mmap.PAGESIZE * mmap.PAGESIZE
+            data.madvise(mmap.MADV_DONTNEED, start, stored["offset"] + nbytes - start)
+
+        # Arrays are bound to names until the library has copied them.
+        def packed(setter, *where, lin: dict) -> None:
+            weight, scales = view(lin["weight"]), view(lin["scales"], np.float32)
+            setter(self._model, *where, _ptr(weight), _ptr(scales), lin["k"], lin["n"])
+            release(lin["weight"], weight.nbytes)
+
+        for i, ly in enumerate(index["layers"]):
+            for which, key in enumerate(("q_a", "q", "kv_a", "o")):
+                if ly[key] is not None:
+                    packed(self.lib.em_set_linear, i, which, lin=ly[key])
+            if ly["mlp"] is not None:
+                for which, key in enumerate(("gate", "up", "down")):
+                    packed(self.lib.em_set_linear, i, 4 + which, lin=ly["mlp"][key])
+            if (moe := ly["moe"]) is not None:
+                router, bias = view(moe["router"], np.float32), view(moe["router_bias"], np.float32)
+                self.lib.em_set_router(self._model, i, _ptr(router), _ptr(bias))
+                for e, expert in enumerate(moe["experts"]):
+                    for which, key in enumerate(("gate", "up", "down")):
+                        packed(self.lib.em_set_expert, i, e, which, lin=expert[key])
+                if moe["shared"] is not None:
+                    for which, key in enumerate(("gate", "up", "down")):
+                        packed(self.lib.em_set_linear, i, 7 + which, lin=moe["shared"][key])
+            absorb = [
+                view(ly[key][part], np.int8 if part == "weight" else np.float32)
+                for key in ("w_uk", "w_uv")
+                for part in ("weight", "scales")
+            ]
+            self.lib.em_set_absorb(self._model, i, *map(_ptr, absorb))
+            norms = [
+                view(ly[key], np.float32)
+                for key in ("input_norm", "post_norm", "q_a_norm", "kv_a_norm")
+            ]
+            self.lib.em_set_norms(self._model, i, *map(_ptr, norms))
+        packed(self.lib.em_set_linear, -1, 0, lin=index["lm_head"])
+        final_norm = view(index["final_norm"], np.float32)
+        self.lib.em_set_norms(self._model, -1, _ptr(final_norm), None, None, None)
+        cos, sin = view(index["cos"], np.float32), view(index["sin"], np.float32)
+        self.lib.em_set_rope(self._model, _ptr(cos), _ptr(sin), index["cos"]["shape"][0])
+        data = None  # the packed copies are the library's; only the embedding table stays mapped
+        embed = index["embed"]
+        table, scales = embed["table"], embed["scales"]
+        self._table = np.memmap(
+            data_path, np.dtype(table["dtype"]), "r", table["offset"], tuple(table["shape"])
+        )
+        self._row_scales = (
+            None
+            if scales is None
+            else np.ascontiguousarray(
+                np.memmap(
+                    data_path,
+                    np.dtype(scales["dtype"]),
+                    "r",
+                    scales["offset"],
+                    tuple(scales["shape"]),
+                ),
+                np.float32,
+            )
+        )
+        int8_table = self._table.dtype == np.int8
+        if not int8_table:
+            self._table = np.ascontiguousarray(self._table, np.float32)
+        self.lib.em_set_embedding(
+            self._model,
+            _ptr(self._table) if int8_table else None,
+            _ptr(self._row_scales),
+            None if int8_table else _ptr(self._table),
+        )
+        self.uses_amx = False
+        self.batch_size = self.capacity = 0
+
+    def __del__(self):
+        if getattr(self, "_model", None):
+            self.lib.em_free(self._model)
+            self._model = None
+
+    def start(self, batch_size: int, capacity: int) -> None:
+        if (self.batch_size, self.capacity) != (batch_size, capacity):
+            self.latent = None  # free the old cache before the new one is allocated
+            self.latent = np.zeros((self.layers, batch_size, capacity, self.latent_dim), np.float32)
+            self._logits = _logits_buffer(batch_size, self.vocab_size)
+        self.batch_size, self.capacity = batch_size, capacity
+        self.slot_lengths = SlotLengths(batch_size)
+        self._slot_ids = np.arange(batch_size, dtype=np.int32)
+        self._positions = np.zeros(batch_size, np.int32)
+
+    def grow(self, capacity: int) -> None:
+        if capacity <= self.capacity:
+            return
+        new = np.zeros((self.layers, self.batch_size, capacity, self.latent_dim), np.float32)
+        new[:, :, : self.capacity] = self.latent
+        self.latent, self.capacity = new, capacity
+
+    def _forward(
+        self,
+        ids: np.ndarray,
+        slots: np.ndarray,
+        positions: np.ndarray,
+        logit_rows: np.ndarray,
+        logits: np.ndarray,
+    ) -> None:
+        rc = self.lib.em_forward(
+            self._model,
+            len(ids),
+            _ptr(ids),
+            _ptr(slots),
+            _ptr(positions),
+            len(logit_rows),
+            _ptr(logit_rows),
+            _ptr(self.latent),
+            self.batch_size,
+            self.capacity,
+            _ptr(logits),
+        )
+        if rc == -1:
+            raise ValueError("a position outside the cache capacity or the model's context")
+        if rc == -2:
+            raise ValueError(f"a token id outside the vocabulary (0..{self.vocab_size - 1})")
+        if rc != 0:
+            raise ValueError("a logit row outside the call")

@@ -1,0 +1,834 @@
+/* The DeepSeek-V2/V3 decoder of an int8 export (Multi-head Latent Attention + Mixture of
+ * Experts) as a few OpenMP loops a layer, for the native MLA backend
+ * (edgeds/backends/native_mla.py).
+ *
+ * The arithmetic is the export's (export/tensors_mla.py, export/onnx_mla_writer.py): each linear
+ * layer's input quantized per row to uint8 (zero point 128, scale = peak / 127, rounded half to
+ * even), int8 weights with per-channel scales, float32 everywhere else; W_UK and W_UV int8 per
+ * head with per-column scales, applied to float activations; the router in float32.
+ *
+ * - The cache holds MLA's latent: kv_lora_rank normed values + qk_rope_head_dim rotated ones per
+ *   token per layer, [layers, slots, capacity, kv_lora_rank + rope] float32, owned by the caller.
+ *   Attention is absorbed: W_UK is folded into the query, every head attends over the latent
+ *   directly (each cached row read once for all heads), W_UV turns the attended latent into
+ *   values. Attention runs over fixed chunks of KV_CHUNK positions, each a task of its own, and
+ *   the chunks' partial softmaxes are merged in position order: a row's arithmetic depends on
+ *   its length only, never on the thread count or the rest of the batch.
+ * - MoE: the tokens of a call are grouped by expert, so each active expert's weights are read
+ *   once per call for all the tokens routed to it; gate and up are computed block by block in
+ *   one task with the SiLU between them; each token's activations are quantized once and reused
+ *   by every expert it goes to. Work items are (expert, 64 output columns), all experts of a
+ *   layer (and the shared expert) in one loop, so no thread waits on a hot expert. Each token
+ *   sums its experts' outputs in expert order and the shared expert's last, whatever the batch.
+ *
+ * The int8 products accumulate in int32 (exact), so the kernel a row goes through never changes
+ * its result: greedy outputs do not depend on batch size or composition. */
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#include "int8_gemm.h"
+
+enum { KV_CHUNK = 256 };                                        /* positions per attention task */
+enum { MAX_EXPERTS = 1024, MAX_GROUPS = 256, MAX_LORA = 4096 }; /* native_mla.py checks these */
+enum { ROUTE_SOFTMAX = 0, ROUTE_SOFTMAX_GROUPS = 1, ROUTE_SIGMOID = 2 };
+
+typedef struct {
+  Weights gate, up, down;
+} Mlp;
+
+typedef struct {
+  Weights q_a, q, kv_a, o; /* q_a.K == 0: no q_lora */
+  float *input_norm, *post_norm, *q_a_norm, *kv_a_norm;
+  int8_t *w_uk, *w_uv;        /* [heads][nope][lora], [heads][lora][v] */
+  float *uk_scale, *uv_scale; /* [heads][lora], [heads][v] */
+  Mlp mlp;                    /* a dense layer's */
+  int moe;
+  float *router, *router_bias; /* [hidden][experts] float32; bias or NULL */
+  Mlp *experts;
+  Mlp shared; /* shared.gate.K == 0: none */
+} MLayer;
+
+/* dims, in this order (the caller's list) */
+enum {
+  D_LAYERS,
+  D_HIDDEN,
+  D_HEADS,
+  D_Q_LORA,
+  D_KV_LORA,
+  D_NOPE,
+  D_ROPE,
+  D_V,
+  D_INTER,
+  D_MOE_INTER,
+  D_EXPERTS,
+  D_SHARED_INTER,
+  D_TOPK,
+  D_ROUTING,
+  D_GROUPS,
+  D_TOPK_GROUPS,
+  D_NORM_TOPK,
+  D_VOCAB,
+  D_COUNT
+};
+
+typedef struct {
+  const Weights *w,
+      *up;          /* up: gate/up fused with SiLU between them (y = silu(a w) * (a up)), or NULL */
+  const uint8_t *a; /* row i: a + (idx ? idx[i] : i) * lda, its scale rs[idx ? idx[i] : i] */
+  int lda;
+  const int32_t *idx;
+  const float *rs;
+  float *y; /* row i: y + i * ldy */
+  int ldy, rows;
+} Job;
+
+typedef struct {
+  int job, nb0, nb1; /* sixteen-column blocks [nb0, nb1) of job's weights */
+} Item;
+
+typedef struct {
+  int d[D_COUNT];
+  float eps, softmax_scale, routed_scaling;
+  int threads, rope_positions;
+  MLayer *layer;
+  Weights head;
+  float *final_norm, *cos_t, *sin_t;
+  const int8_t *embed_q;
+  const float *embed_scale, *embed_f;
+  /* scratch, grown to the largest call */
+  int rows_cap, chunks_cap, items_cap, act_width;
+  float *h, *xn, *proj, *kv, *query, *part, *scores, *vals, *out, *rs, *logit_e, *wts, *act, *ye,
+      *ars;
+  uint8_t *xq, *actq;
+  int32_t *sel, *assign, *tok_of;
+  Item *items;
+} MlaModel;
+
+static void *alloc64(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 * 64); }
+
+static float *copy_floats(const float *src, size_t n) {
+  if (!src) return NULL;
+  float *dst = malloc(n * sizeof(float));
+  memcpy(dst, src, n * sizeof(float));
+  return dst;
+}
+
+MlaModel *em_new(const int *dims, float eps, float softmax_scale, float routed_scaling,
+                 int threads) {
+  MlaModel *m = calloc(1, sizeof *m);
+  memcpy(m->d, dims, sizeof m->d);
+  m->eps = eps, m->softmax_scale = softmax_scale, m->routed_scaling = routed_scaling,
+  m->threads = threads;
+  m->layer = calloc(dims[D_LAYERS], sizeof(MLayer));
+  int wide = dims[D_INTER];
+  if (dims[D_MOE_INTER] > wide) wide = dims[D_MOE_INTER];
+  if (dims[D_SHARED_INTER] > wide) wide = dims[D_SHARED_INTER];
+  m->act_width = wide;
+  return m;
+}
+
+/* pack() of int8_gemm.h where N % 64 == 0 (vectorized, parallel); else one column at a time, into
+ * the same layout: [N/16][K/4][16][4]. */
+static Weights pack_any(const int8_t *w, const float *scale, int K, int N) {
+  if (N % 64 == 0) return pack(w, scale, K, N);
+  Weights p = {K, N, alloc64((size_t)K * N), alloc64((size_t)N * 4), alloc64((size_t)N * 4)};
+  for (int n = 0; n < N; n++) {
+    int32_t sum = 0;
+    for (int k = 0; k < K; k++) {
+      int8_t v = w[(size_t)k * N + n];
+      p.packed[(((size_t)(n / 16) * (K / 4) + k / 4) * 16 + n % 16) * 4 + k % 4] = v;
+      sum += v;
+    }
+    p.zero_fix[n] = sum * 128;
+    p.scale[n] = scale[n];
+  }
+  return p;
+}
+
+static void free_weights(Weights *w) {
+  free(w->packed), free(w->zero_fix), free(w->scale);
+  w->packed = NULL, w->zero_fix = NULL, w->scale = NULL;
+}
+
+static void free_mlp(Mlp *p) {
+  free_weights(&p->gate), free_weights(&p->up), free_weights(&p->down);
+}
+
+/* which: 0 q_a, 1 q (q_b with q_lora), 2 kv_a, 3 o, 4-6 the dense MLP's gate/up/down, 7-9 the
+ * shared expert's; layer -1: the LM head. w int8 [K, N]. */
+void em_set_linear(MlaModel *m, int layer, int which, const int8_t *w, const float *scale, int K,
+                   int N) {
+  omp_set_num_threads(m->threads);
+  Weights p = pack_any(w, scale, K, N);
+  if (layer < 0) {
+    m->head = p;
+    return;
+  }
+  MLayer *ly = &m->layer[layer];
+  Weights *slot[] = {&ly->q_a,       &ly->q,          &ly->kv_a,     &ly->o,
+                     &ly->mlp.gate,  &ly->mlp.up,     &ly->mlp.down, &ly->shared.gate,
+                     &ly->shared.up, &ly->shared.down};
+  *slot[which] = p;
+}
+
+/* which: 0 gate, 1 up, 2 down of routed expert e. */
+void em_set_expert(MlaModel *m, int layer, int e, int which, const int8_t *w, const float *scale,
+                   int K, int N) {
+  omp_set_num_threads(m->threads);
+  MLayer *ly = &m->layer[layer];
+  if (!ly->experts) ly->experts = calloc(m->d[D_EXPERTS], sizeof(Mlp));
+  (&ly->experts[e].gate)[which] = pack_any(w, scale, K, N);
+}
+
+/* router [hidden][experts] float32; bias [experts] or NULL. */
+void em_set_router(MlaModel *m, int layer, const float *router, const float *bias) {
+  MLayer *ly = &m->layer[layer];
+  ly->moe = 1;
+  ly->router = copy_floats(router, (size_t)m->d[D_HIDDEN] * m->d[D_EXPERTS]);
+  ly->router_bias = copy_floats(bias, m->d[D_EXPERTS]);
+}
+
+/* w_uk int8 [heads][nope][lora] with scales [heads][lora]; w_uv [heads][lora][v], [heads][v]. */
+void em_set_absorb(MlaModel *m, int layer, const int8_t *w_uk, const float *uk_scale,
+                   const int8_t *w_uv, const float *uv_scale) {
+  MLayer *ly = &m->layer[layer];
+  const size_t H = m->d[D_HEADS], L = m->d[D_KV_LORA], dn = m->d[D_NOPE], dv = m->d[D_V];
+  ly->w_uk = malloc(H * dn * L), ly->w_uv = malloc(H * L * dv);
+  memcpy(ly->w_uk, w_uk, H * dn * L), memcpy(ly->w_uv, w_uv, H * L * dv);
+  ly->uk_scale = copy_floats(uk_scale, H * L), ly->uv_scale = copy_floats(uv_scale, H * dv);
+}
+
+/* layer -1: input_norm is the final norm. */
+void em_set_norms(MlaModel *m, int layer, const float *input_norm, const float *post_norm,
+                  const float *q_a_norm, const float *kv_a_norm) {
+  const int hidden = m->d[D_HIDDEN];
+  if (layer < 0) {
+    m->final_norm = copy_floats(input_norm, hidden);
+    return;
+  }
+  MLayer *ly = &m->layer[layer];
+  ly->input_norm = copy_floats(input_norm, hidden), ly->post_norm = copy_floats(post_norm, hidden);
+  ly->q_a_norm = copy_floats(q_a_norm, m->d[D_Q_LORA]),
+  ly->kv_a_norm = copy_floats(kv_a_norm, m->d[D_KV_LORA]);
+}
+
+void em_set_embedding(MlaModel *m, const int8_t *q, const float *row_scale, const float *f) {
+  m->embed_q = q, m->embed_scale = row_scale, m->embed_f = f;
+}
+
+/* cos and sin: [positions, rope / 2], yarn's amplitude included (export/rope.py). */
+void em_set_rope(MlaModel *m, const float *cos_t, const float *sin_t, int positions) {
+  m->rope_positions = positions;
+  m->cos_t = copy_floats(cos_t, (size_t)positions * m->d[D_ROPE] / 2);
+  m->sin_t = copy_floats(sin_t, (size_t)positions * m->d[D_ROPE] / 2);
+}
+
+void em_free(MlaModel *m) {
+  for (int l = 0; l < m->d[D_LAYERS]; l++) {
+    MLayer *ly = &m->layer[l];
+    free_weights(&ly->q_a), free_weights(&ly->q), free_weights(&ly->kv_a), free_weights(&ly->o);
+    free(ly->input_norm), free(ly->post_norm), free(ly->q_a_norm), free(ly->kv_a_norm);
+    free(ly->w_uk), free(ly->w_uv), free(ly->uk_scale), free(ly->uv_scale);
+    free_mlp(&ly->mlp), free_mlp(&ly->shared);
+    free(ly->router), free(ly->router_bias);
+    if (ly->experts)
+      for (int e = 0; e < m->d[D_EXPERTS]; e++) free_mlp(&ly->experts[e]);
+    free(ly->experts);
+  }
+  free_weights(&m->head);
+  free(m->layer), free(m->final_norm), free(m->cos_t), free(m->sin_t);
+  float *f[] = {m->h,   m->xn, m->proj,    m->kv,  m->query, m->part, m->scores, m->vals,
+                m->out, m->rs, m->logit_e, m->wts, m->act,   m->ye,   m->ars};
+  for (size_t i = 0; i < sizeof f / sizeof *f; i++) free(f[i]);
+  free(m->xq), free(m->actq), free(m->sel), free(m->assign), free(m->tok_of), free(m->items);
+  free(m);
+}
+
+/* ---- kernels ---- */
+
+/* `rows` (1-4) rows (pointers ap) against `nblk` (1-4) sixteen-column blocks at b: int32 sums. */
+static inline __attribute__((always_inline)) void micro(const uint8_t *const *ap, int K,
+                                                        const int8_t *b, int rows, int nblk,
+                                                        int32_t out[4][64]) {
+  __m512i acc[4][4];
+  const size_t stride = (size_t)(K / 4) * 64;
+  for (int r = 0; r < rows; r++)
+    for (int j = 0; j < nblk; j++) acc[r][j] = _mm512_setzero_si512();
+  for (int k4 = 0; k4 < K / 4; k4++) {
+    __m512i bj[4];
+    for (int j = 0; j < nblk; j++) bj[j] = _mm512_load_si512(b + j * stride + (size_t)k4 * 64);
+    for (int r = 0; r < rows; r++) {
+      __m512i ar = _mm512_set1_epi32(*(const int32_t *)(ap[r] + 4 * k4));
+      for (int j = 0; j < nblk; j++) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], ar, bj[j]);
+    }
+  }
+  for (int r = 0; r < rows; r++)
+    for (int j = 0; j < nblk; j++) _mm512_store_si512(out[r] + 16 * j, acc[r][j]);
+}
+
+#define MICRO_CASE(R, B)        \
+  case (R) * 8 + (B):           \
+    micro(ap, K, b, R, B, out); \
+    break;
+
+static void micro_any(const uint8_t *const *ap, int K, const int8_t *b, int rows, int nblk,
+                      int32_t out[4][64]) {
+  switch (rows * 8 + nblk) {
+    MICRO_CASE(1, 1)
+    MICRO_CASE(1, 2)
+    MICRO_CASE(1, 3) MICRO_CASE(1, 4) MICRO_CASE(2, 1) MICRO_CASE(2, 2) MICRO_CASE(2, 3)
+        MICRO_CASE(2, 4) MICRO_CASE(3, 1) MICRO_CASE(3, 2) MICRO_CASE(3, 3) MICRO_CASE(3, 4)
+            MICRO_CASE(4, 1) MICRO_CASE(4, 2) MICRO_CASE(4, 3) MICRO_CASE(4, 4)
+  }
+}
+
+/* int32 sums of 16 columns starting at column n -> floats, as int8_gemm.h's finish(). Not
+ * inlined, nor silu_mul: one copy of the float arithmetic, which -ffast-math would otherwise
+ * compile differently in each kernel variant (vectorized expf is not scalar expf), so that a
+ * row's result never depends on how its columns were cut into work items. */
+static __attribute__((noinline)) void to_float(const int32_t *acc, const Weights *w, int n,
+                                               float row_scale, float *dst) {
+  __m512 v = _mm512_cvtepi32_ps(
+      _mm512_sub_epi32(_mm512_load_si512(acc), _mm512_loadu_si512(w->zero_fix + n)));
+  _mm512_storeu_ps(dst, _mm512_mul_ps(v, _mm512_mul_ps(_mm512_loadu_ps(w->scale + n),
+                                                       _mm512_set1_ps(row_scale))));
+}
+
+static __attribute__((noinline)) void silu_mul(const float *g, const float *u, float *dst) {
+  for (int i = 0; i < 16; i++) dst[i] = g[i] / (1 + expf(-g[i])) * u[i];
+}
+
+/* One item: every row of the job against blocks [nb0, nb1), four rows and up to four blocks at a
+ * time (the weights of the item stay in L2 while the rows go by). */
+static void run_item(const Job *j, int nb0, int nb1) {
+  const int K = j->w->K;
+  const size_t bstride = (size_t)(K / 4) * 64;
+  for (int r0 = 0; r0 < j->rows; r0 += 4) {
+    const int rows = j->rows - r0 < 4 ? j->rows - r0 : 4;
+    const uint8_t *ap[4];
+    float rs[4];
+    for (int r = 0; r < rows; r++) {
+      const int src = j->idx ? j->idx[r0 + r] : r0 + r;
+      ap[r] = j->a + (size_t)src * j->lda;
+      rs[r] = j->rs[src];
+    }
+    for (int nb = nb0; nb < nb1; nb += 4) {
+      const int nblk = nb1 - nb < 4 ? nb1 - nb : 4;
+      int32_t out[4][64] __attribute__((aligned(64)));
+      micro_any(ap, K, j->w->packed + nb * bstride, rows, nblk, out);
+      if (!j->up) {
+        for (int r = 0; r < rows; r++)
+          for (int b = 0; b < nblk; b++)
+            to_float(out[r] + 16 * b, j->w, 16 * (nb + b), rs[r],
+                     j->y + (size_t)(r0 + r) * j->ldy + 16 * (nb + b));
+        continue;
+      }
+      int32_t up[4][64] __attribute__((aligned(64)));
+      micro_any(ap, K, j->up->packed + nb * bstride, rows, nblk, up);
+      for (int r = 0; r < rows; r++)
+        for (int b = 0; b < nblk; b++) {
+          float g[16], u[16], *dst = j->y + (size_t)(r0 + r) * j->ldy + 16 * (nb + b);
+          to_float(out[r] + 16 * b, j->w, 16 * (nb + b), rs[r], g);
+          to_float(up[r] + 16 * b, j->up, 16 * (nb + b), rs[r], u);
+          silu_mul(g, u, dst);
+        }
+    }
+  }
+}
+
+static void grow_items(MlaModel *m, int n) {
+  if (n > m->items_cap) {
+    free(m->items);
+    m->items = malloc((size_t)n * sizeof(Item));
+    m->items_cap = n;
+  }
+}
+
+/* Every job's output columns cut into items of 64 (16 where that leaves threads without work),
+ * all in one parallel loop. */
+static void run_jobs(MlaModel *m, const Job *jobs, int n_jobs) {
+  int blocks = 0;
+  for (int j = 0; j < n_jobs; j++) blocks += jobs[j].rows ? jobs[j].w->N / 16 : 0;
+  const int per = blocks >= 16 * m->threads ? 4 : 1;
+  grow_items(m, blocks);
+  int n = 0;
+  for (int j = 0; j < n_jobs; j++) {
+    if (!jobs[j].rows) continue;
+    for (int nb = 0; nb < jobs[j].w->N / 16; nb += per)
+      m->items[n++] = (Item){j, nb, nb + per < jobs[j].w->N / 16 ? nb + per : jobs[j].w->N / 16};
+  }
+  const Item *items = m->items;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int i = 0; i < n; i++) run_item(&jobs[items[i].job], items[i].nb0, items[i].nb1);
+}
+
+/* y[n] = scale[n] * sum_k x[k] w[k][n]: float activations against int8 columns (W_UK, W_UV).
+ * N % 16 == 0. */
+static void int8_matvec(const float *x, int K, const int8_t *w, int N, const float *scale,
+                        float *y) {
+  for (int n0 = 0; n0 < N; n0 += 64) {
+    const int chunks = N - n0 < 64 ? (N - n0) / 16 : 4;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                     _mm512_setzero_ps()};
+    for (int k = 0; k < K; k++) {
+      __m512 xk = _mm512_set1_ps(x[k]);
+      const int8_t *row = w + (size_t)k * N + n0;
+      for (int c = 0; c < chunks; c++)
+        acc[c] = _mm512_fmadd_ps(xk,
+                                 _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                     _mm_loadu_si128((const __m128i *)(row + 16 * c)))),
+                                 acc[c]);
+    }
+    for (int c = 0; c < chunks; c++)
+      _mm512_storeu_ps(y + n0 + 16 * c,
+                       _mm512_mul_ps(acc[c], _mm512_loadu_ps(scale + n0 + 16 * c)));
+  }
+}
+
+/* RMSNorm with weights g into `normed` (if g), then a uint8 row with zero point 128 and its scale.
+ */
+static void quantize_row(float eps, const float *x, int n, const float *g, float *normed,
+                         uint8_t *q, float *scale) {
+  const float *src = x;
+  if (g) {
+    float ss = 0;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float r = 1.0f / sqrtf(ss / n + eps);
+    for (int i = 0; i < n; i++) normed[i] = x[i] * r * g[i];
+    src = normed;
+  }
+  float peak = 0;
+  for (int i = 0; i < n; i++) peak = fmaxf(peak, fabsf(src[i]));
+  float s = peak / 127;
+  /* A row of zeros: scale 0, and its products come out 0 whatever q holds. */
+  for (int i = 0; i < n; i++) q[i] = (uint8_t)((int)nearbyintf(s > 0 ? src[i] / s : 0) + 128);
+  *scale = s;
+}
+
+static void rms_norm(float eps, float *x, int n, const float *g) {
+  float ss = 0;
+  for (int i = 0; i < n; i++) ss += x[i] * x[i];
+  float r = 1.0f / sqrtf(ss / n + eps);
+  for (int i = 0; i < n; i++) x[i] = x[i] * r * g[i];
+}
+
+static void rotate(float *x, const float *cos_p, const float *sin_p, int half) {
+  for (int i = 0; i < half; i++) {
+    float a = x[i], b = x[i + half];
+    x[i] = a * cos_p[i] - b * sin_p[i];
+    x[i + half] = b * cos_p[i] + a * sin_p[i];
+  }
+}
+
+/* Lane i of the result: the sum of v[i]'s lanes. */
+static inline __m512 hsum16(const __m512 v[16]) {
+  __m512 a[8], b[4];
+  for (int i = 0; i < 8; i++)
+    a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                         _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; i++) {
+    __m512d x = _mm512_castps_pd(a[2 * i]), y = _mm512_castps_pd(a[2 * i + 1]);
+    b[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  __m512 d0 =
+      _mm512_add_ps(_mm512_shuffle_f32x4(b[0], b[1], 0x88), _mm512_shuffle_f32x4(b[0], b[1], 0xDD));
+  __m512 d1 =
+      _mm512_add_ps(_mm512_shuffle_f32x4(b[2], b[3], 0x88), _mm512_shuffle_f32x4(b[2], b[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xDD));
+}
+
+/* Every head's query q [heads][D] (latent query, then rope) over cached rows [t0, t1) of one
+ * slot (kv: row t at kv + t * D): per head the chunk's peak, its exp-sum and the exp-weighted
+ * sum of the latents, part [heads][2 + L]. */
+static void attend_chunk(const float *q, const float *kv, int t0, int t1, int heads, int D, int L,
+                         float scale, float *scores, float *part) {
+  const int len = t1 - t0;
+  for (int b0 = 0; b0 < len; b0 += 16) {
+    const int nt = len - b0 < 16 ? len - b0 : 16;
+    const float *keys = kv + (size_t)(t0 + b0) * D;
+    for (int h = 0; h < heads; h++) {
+      __m512 acc[16];
+      for (int tt = 0; tt < 16; tt++) acc[tt] = _mm512_setzero_ps();
+      for (int c = 0; c < D; c += 16) {
+        __m512 qc = _mm512_loadu_ps(q + (size_t)h * D + c);
+        for (int tt = 0; tt < nt; tt++)
+          acc[tt] = _mm512_fmadd_ps(qc, _mm512_loadu_ps(keys + (size_t)tt * D + c), acc[tt]);
+      }
+      _mm512_mask_storeu_ps(scores + (size_t)h * KV_CHUNK + b0, (__mmask16)((1u << nt) - 1),
+                            _mm512_mul_ps(hsum16(acc), _mm512_set1_ps(scale)));
+    }
+  }
+  for (int h = 0; h < heads; h++) {
+    float *s = scores + (size_t)h * KV_CHUNK, peak = -FLT_MAX, sum = 0;
+    for (int t = 0; t < len; t++) peak = fmaxf(peak, s[t]);
+    /* Far below the peak a weight is 0, not a subnormal (they cost microcode assists). */
+    for (int t = 0; t < len; t++) s[t] = s[t] - peak < -80.0f ? 0.0f : expf(s[t] - peak);
+    for (int t = 0; t < len; t++) sum += s[t];
+    part[(size_t)h * (L + 2)] = peak, part[(size_t)h * (L + 2) + 1] = sum;
+  }
+  /* Each latent row read once per 64 of its columns for four heads at a time. */
+  for (int c0 = 0; c0 < L; c0 += 64) {
+    const int chunks = L - c0 < 64 ? (L - c0) / 16 : 4;
+    for (int h0 = 0; h0 < heads; h0 += 4) {
+      const int hn = heads - h0 < 4 ? heads - h0 : 4;
+      __m512 acc[4][4];
+      for (int h = 0; h < hn; h++)
+        for (int c = 0; c < chunks; c++) acc[h][c] = _mm512_setzero_ps();
+      for (int t = 0; t < len; t++) {
+        __m512 vc[4];
+        for (int c = 0; c < chunks; c++)
+          vc[c] = _mm512_loadu_ps(kv + (size_t)(t0 + t) * D + c0 + 16 * c);
+        for (int h = 0; h < hn; h++) {
+          __m512 p = _mm512_set1_ps(scores[(size_t)(h0 + h) * KV_CHUNK + t]);
+          for (int c = 0; c < chunks; c++) acc[h][c] = _mm512_fmadd_ps(p, vc[c], acc[h][c]);
+        }
+      }
+      for (int h = 0; h < hn; h++)
+        for (int c = 0; c < chunks; c++)
+          _mm512_storeu_ps(part + (size_t)(h0 + h) * (L + 2) + 2 + c0 + 16 * c, acc[h][c]);
+    }
+  }
+}
+
+/* The chunks' partial softmaxes of one head merged in position order into its attended latent. */
+static void merge_chunks(const float *part, int chunks, size_t chunk_stride, int L, float *out) {
+  float peak = -FLT_MAX, sum = 0;
+  for (int c = 0; c < chunks; c++) peak = fmaxf(peak, part[c * chunk_stride]);
+  for (int i = 0; i < L; i++) out[i] = 0;
+  for (int c = 0; c < chunks; c++) {
+    const float *p = part + c * chunk_stride;
+    const float w = expf(p[0] - peak);
+    sum += w * p[1];
+    for (int i = 0; i < L; i++) out[i] += w * p[2 + i];
+  }
+  for (int i = 0; i < L; i++) out[i] /= sum;
+}
+
+/* ---- routing, exactly as transformers' DeepSeek-V2/V3 gates ---- */
+
+/* Indices of the k largest of v[0..n) (ties: the lower index), in descending order. */
+static void top_k(const float *v, int n, int k, int32_t *idx) {
+  for (int j = 0; j < k; j++) {
+    int best = -1;
+    for (int i = 0; i < n; i++) {
+      int taken = 0;
+      for (int p = 0; p < j; p++) taken |= idx[p] == i;
+      if (!taken && (best < 0 || v[i] > v[best])) best = i;
+    }
+    idx[j] = best;
+  }
+}
+
+/* logits [experts] -> sel [topk] experts in ascending order, w [topk] their weights. */
+static void route(const MlaModel *m, const MLayer *ly, const float *logits, int32_t *sel,
+                  float *w) {
+  const int E = m->d[D_EXPERTS], k = m->d[D_TOPK], routing = m->d[D_ROUTING], G = m->d[D_GROUPS];
+  float scores[MAX_EXPERTS], choice[MAX_EXPERTS];
+  if (routing == ROUTE_SIGMOID) {
+    for (int e = 0; e < E; e++) scores[e] = 1.0f / (1.0f + expf(-logits[e]));
+    for (int e = 0; e < E; e++)
+      choice[e] = scores[e] + (ly->router_bias ? ly->router_bias[e] : 0.0f);
+  } else {
+    float peak = -FLT_MAX, sum = 0;
+    for (int e = 0; e < E; e++) peak = fmaxf(peak, logits[e]);
+    for (int e = 0; e < E; e++) sum += scores[e] = expf(logits[e] - peak);
+    for (int e = 0; e < E; e++) choice[e] = scores[e] /= sum;
+  }
+  if (routing != ROUTE_SOFTMAX && G > 1) {
+    const int per = E / G;
+    float group[MAX_GROUPS];
+    int32_t keep[MAX_GROUPS];
+    for (int g = 0; g < G; g++) {
+      const float *c = choice + g * per;
+      if (routing == ROUTE_SIGMOID) { /* a group's score: the sum of its two best experts */
+        int32_t two[2];
+        top_k(c, per, 2, two);
+        group[g] = c[two[0]] + c[two[1]];
+      } else {
+        group[g] = -FLT_MAX;
+        for (int i = 0; i < per; i++) group[g] = fmaxf(group[g], c[i]);
+      }
+    }
+    top_k(group, G, m->d[D_TOPK_GROUPS], keep);
+    for (int g = 0; g < G; g++) {
+      int kept = 0;
+      for (int j = 0; j < m->d[D_TOPK_GROUPS]; j++) kept |= keep[j] == g;
+      if (!kept)
+        for (int i = 0; i < per; i++)
+          choice[g * per + i] = routing == ROUTE_SIGMOID ? -INFINITY : 0.0f;
+    }
+  }
+  top_k(choice, E, k, sel);
+  float total = 0;
+  for (int j = 0; j < k; j++) total += w[j] = scores[sel[j]];
+  for (int j = 0; j < k; j++) {
+    if (m->d[D_NORM_TOPK]) w[j] /= total + 1e-20f;
+    w[j] *= m->routed_scaling;
+  }
+  for (int a = 1; a < k; a++) /* expert order: the order each token sums its experts in */
+    for (int b = a; b > 0 && sel[b] < sel[b - 1]; b--) {
+      int32_t t = sel[b];
+      sel[b] = sel[b - 1], sel[b - 1] = t;
+      float f = w[b];
+      w[b] = w[b - 1], w[b - 1] = f;
+    }
+}
+
+/* ---- the forward pass ---- */
+
+static void grow_scratch(MlaModel *m, int rows, int chunks) {
+  const int *d = m->d;
+  const int H = d[D_HEADS], D = d[D_KV_LORA] + d[D_ROPE], L = d[D_KV_LORA], hidden = d[D_HIDDEN];
+  const int topk = d[D_TOPK] > 0 ? d[D_TOPK] : 1;
+  const int q_width =
+      H * (d[D_NOPE] + d[D_ROPE]) > d[D_Q_LORA] ? H * (d[D_NOPE] + d[D_ROPE]) : d[D_Q_LORA];
+  if (rows > m->rows_cap || chunks > m->chunks_cap) {
+    int wide = hidden;
+    if (d[D_Q_LORA] > wide) wide = d[D_Q_LORA];
+    if (H * d[D_V] > wide) wide = H * d[D_V];
+    float **f[] = {&m->h,   &m->xn, &m->proj,    &m->kv,  &m->query, &m->part, &m->vals,
+                   &m->out, &m->rs, &m->logit_e, &m->wts, &m->act,   &m->ye,   &m->ars};
+    for (size_t i = 0; i < sizeof f / sizeof *f; i++) free(*f[i]);
+    free(m->xq), free(m->actq), free(m->sel), free(m->assign), free(m->tok_of), free(m->scores);
+    const size_t R = rows, A = R * (topk + 1);
+    m->h = alloc64(R * hidden * 4), m->xn = alloc64(R * hidden * 4),
+    m->out = alloc64(R * hidden * 4);
+    m->proj = alloc64(R * q_width * 4), m->kv = alloc64(R * D * 4),
+    m->query = alloc64(R * H * D * 4);
+    m->part = alloc64(R * chunks * H * (L + 2) * 4),
+    m->vals = alloc64(R * H * (L > d[D_V] ? L : d[D_V]) * 4);
+    m->rs = alloc64(R * 4), m->logit_e = alloc64(R * (d[D_EXPERTS] + 1) * 4),
+    m->wts = alloc64(R * topk * 4);
+    m->act = alloc64(A * m->act_width * 4), m->actq = alloc64(A * m->act_width),
+    m->ars = alloc64(A * 4);
+    m->ye = alloc64(A * hidden * 4);
+    m->xq = alloc64(R * wide), m->sel = alloc64(R * topk * 4), m->assign = alloc64(R * topk * 4);
+    m->tok_of = alloc64(A * 4);
+    m->scores = alloc64((size_t)m->threads * H * KV_CHUNK * 4);
+    m->rows_cap = rows, m->chunks_cap = chunks;
+  }
+}
+
+/* A dense layer's MLP, or a MoE layer's routed and shared experts, on xq (normed xn for the
+ * router): the result into m->out. Row a of act/actq/ye is one (token, expert) pair: expert e's
+ * pairs are rows first[j] .. first[j] + count of its job j. */
+static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
+  const int *d = m->d;
+  const int hidden = d[D_HIDDEN], E = d[D_EXPERTS], k = d[D_TOPK], W = m->act_width;
+  float *out = m->out, *act = m->act, *ye = m->ye;
+  Job jobs[MAX_EXPERTS + 1];
+  const Mlp *mlp[MAX_EXPERTS + 1];
+  int32_t first[MAX_EXPERTS + 1], count[MAX_EXPERTS], offset[MAX_EXPERTS];
+  int n_jobs = 0, total = 0, routed = 0;
+  if (!ly->moe) {
+    mlp[n_jobs] = &ly->mlp, first[n_jobs++] = 0, total = rows;
+  } else {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) { /* router logits in float32, one row's sums in one order */
+      const float *x = m->xn + (size_t)r * hidden;
+      float *lg = m->logit_e + (size_t)r * (E + 1);
+      for (int e = 0; e < E; e++) lg[e] = 0;
+      for (int i = 0; i < hidden; i++) {
+        const float xi = x[i], *wr = ly->router + (size_t)i * E;
+        for (int e = 0; e < E; e++) lg[e] += xi * wr[e];
+      }
+      route(m, ly, lg, m->sel + (size_t)r * k, m->wts + (size_t)r * k);
+    }
+    /* The (token, choice) pairs grouped by expert. */
+    memset(count, 0, sizeof(int32_t) * E);
+    for (int i = 0; i < rows * k; i++) count[m->sel[i]]++;
+    for (int e = 0; e < E; e++) offset[e] = total, total += count[e];
+    memset(count, 0, sizeof(int32_t) * E);
+    for (int r = 0; r < rows; r++)
+      for (int j = 0; j < k; j++) {
+        const int e = m->sel[(size_t)r * k + j], a = offset[e] + count[e]++;
+        m->tok_of[a] = r, m->assign[(size_t)r * k + j] = a;
+      }
+    for (int e = 0; e < E; e++)
+      if (count[e]) mlp[n_jobs] = &ly->experts[e], first[n_jobs++] = offset[e];
+    routed = total;
+    if (ly->shared.gate.K) {
+      for (int r = 0; r < rows; r++) m->tok_of[total + r] = r;
+      mlp[n_jobs] = &ly->shared, first[n_jobs++] = total;
+      total += rows;
+    }
+  }
+  for (int j = 0; j < n_jobs; j++) {
+    const int n = (j + 1 < n_jobs ? first[j + 1] : total) - first[j];
+    jobs[j] = (Job){&mlp[j]->gate,
+                    &mlp[j]->up,
+                    m->xq,
+                    hidden,
+                    ly->moe ? m->tok_of + first[j] : NULL,
+                    m->rs,
+                    act + (size_t)first[j] * W,
+                    W,
+                    n};
+  }
+  run_jobs(m, jobs, n_jobs);
+  /* Each pair's activations quantized once for its down projection. */
+  const int inter = ly->moe ? d[D_MOE_INTER] : d[D_INTER], tail = d[D_SHARED_INTER];
+#pragma omp parallel for schedule(static)
+  for (int a = 0; a < total; a++)
+    quantize_row(m->eps, act + (size_t)a * W, ly->moe && a >= routed ? tail : inter, NULL, NULL,
+                 m->actq + (size_t)a * W, m->ars + a);
+  for (int j = 0; j < n_jobs; j++)
+    jobs[j] = (Job){&mlp[j]->down,
+                    NULL,
+                    m->actq + (size_t)first[j] * W,
+                    W,
+                    NULL,
+                    m->ars + first[j],
+                    (ly->moe ? ye + (size_t)first[j] * hidden : out),
+                    hidden,
+                    jobs[j].rows};
+  run_jobs(m, jobs, n_jobs);
+  if (!ly->moe) return;
+  const int shared = ly->shared.gate.K != 0;
+#pragma omp parallel for schedule(static)
+  for (int r = 0; r < rows; r++) {
+    float *o = out + (size_t)r * hidden;
+    for (int i = 0; i < hidden; i++) o[i] = 0;
+    for (int j = 0; j < k; j++) {
+      const float w = m->wts[(size_t)r * k + j],
+                  *y = ye + (size_t)m->assign[(size_t)r * k + j] * hidden;
+      for (int i = 0; i < hidden; i++) o[i] += w * y[i];
+    }
+    if (shared) {
+      const float *y = ye + (size_t)(routed + r) * hidden;
+      for (int i = 0; i < hidden; i++) o[i] += y[i];
+    }
+  }
+}
+
+/* `rows` tokens: row r is token ids[r] at position pos[r] of cache slot slot[r], attending to that
+ * slot's positions up to its own (rows of one slot come in position order). cache: [layers,
+ * slots, capacity, kv_lora_rank + rope] float32. Writes the logits of rows `logit_rows`
+ * ([n_logits] row indices) to `logits` [n_logits][vocab].
+ * Returns 0; -1 for a position outside the rope table or the cache or a slot outside the cache,
+ * -2 for a token id outside the vocabulary, -3 for a logit row outside the call (nothing is
+ * computed then). */
+int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, const int32_t *pos,
+               int n_logits, const int32_t *logit_rows, float *cache, int slots, int capacity,
+               float *logits) {
+  const int *d = m->d;
+  const int hidden = d[D_HIDDEN], H = d[D_HEADS], L = d[D_KV_LORA], dr = d[D_ROPE], dn = d[D_NOPE],
+            dv = d[D_V];
+  const int D = L + dr, QW = H * (dn + dr), qlora = d[D_Q_LORA];
+  int longest = 0;
+  for (int r = 0; r < rows; r++) {
+    if (pos[r] < 0 || pos[r] >= capacity || pos[r] >= m->rope_positions || slot[r] < 0 ||
+        slot[r] >= slots)
+      return -1;
+    if (ids[r] < 0 || ids[r] >= d[D_VOCAB]) return -2;
+    longest = pos[r] + 1 > longest ? pos[r] + 1 : longest;
+  }
+  for (int i = 0; i < n_logits; i++)
+    if (logit_rows[i] < 0 || logit_rows[i] >= rows) return -3;
+  omp_set_num_threads(m->threads);
+  const int max_chunks = (longest + KV_CHUNK - 1) / KV_CHUNK;
+  grow_scratch(m, rows > n_logits ? rows : n_logits, max_chunks);
+  float *h = m->h, *xn = m->xn, *rs = m->rs, *proj = m->proj, *kv = m->kv, *query = m->query,
+        *vals = m->vals;
+  uint8_t *xq = m->xq;
+  const size_t per_layer = (size_t)slots * capacity * D,
+               part_row = (size_t)max_chunks * H * (L + 2);
+
+#pragma omp parallel for
+  for (int r = 0; r < rows; r++) {
+    float *dst = h + (size_t)r * hidden;
+    if (m->embed_q) {
+      const int8_t *src = m->embed_q + (size_t)ids[r] * hidden;
+      for (int i = 0; i < hidden; i++) dst[i] = src[i] * m->embed_scale[ids[r]];
+    } else {
+      memcpy(dst, m->embed_f + (size_t)ids[r] * hidden, hidden * sizeof(float));
+    }
+  }
+  for (int l = 0; l < d[D_LAYERS]; l++) {
+    const MLayer *ly = &m->layer[l];
+    float *cl = cache + l * per_layer;
+#pragma omp parallel for
+    for (int r = 0; r < rows; r++)
+      quantize_row(m->eps, h + (size_t)r * hidden, hidden, ly->input_norm, xn + (size_t)r * hidden,
+                   xq + (size_t)r * hidden, rs + r);
+    /* q_a (or q) and kv_a read the same quantized rows: one loop over both. */
+    Job jobs[2] = {
+        {qlora ? &ly->q_a : &ly->q, NULL, xq, hidden, NULL, rs, proj, qlora ? qlora : QW, rows},
+        {&ly->kv_a, NULL, xq, hidden, NULL, rs, kv, D, rows}};
+    run_jobs(m, jobs, 2);
+    if (qlora) {
+#pragma omp parallel for
+      for (int r = 0; r < rows; r++)
+        quantize_row(m->eps, proj + (size_t)r * qlora, qlora, ly->q_a_norm,
+                     proj + (size_t)r * qlora, xq + (size_t)r * qlora, rs + r);
+      Job q = {&ly->q, NULL, xq, qlora, NULL, rs, proj, QW, rows};
+      run_jobs(m, &q, 1);
+    }
+    /* The latent (normed) and the rotated rope key into the cache; the query's rope rotated. */
+#pragma omp parallel for
+    for (int r = 0; r < rows; r++) {
+      float *c = kv + (size_t)r * D, *q = proj + (size_t)r * QW;
+      const float *cs = m->cos_t + (size_t)pos[r] * dr / 2,
+                  *sn = m->sin_t + (size_t)pos[r] * dr / 2;
+      rms_norm(m->eps, c, L, ly->kv_a_norm);
+      rotate(c + L, cs, sn, dr / 2);
+      memcpy(cl + ((size_t)slot[r] * capacity + pos[r]) * D, c, D * sizeof(float));
+      for (int hd = 0; hd < H; hd++) {
+        rotate(q + hd * (dn + dr) + dn, cs, sn, dr / 2);
+        memcpy(query + ((size_t)r * H + hd) * D + L, q + hd * (dn + dr) + dn, dr * sizeof(float));
+      }
+    }
+    /* W_UK absorbed: each head's no-rope query into the latent space. */
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int r = 0; r < rows; r++)
+      for (int hd = 0; hd < H; hd++)
+        int8_matvec(proj + (size_t)r * QW + hd * (dn + dr), dn, ly->w_uk + (size_t)hd * dn * L, L,
+                    ly->uk_scale + (size_t)hd * L, query + ((size_t)r * H + hd) * D);
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int r = 0; r < rows; r++)
+      for (int c = 0; c < max_chunks; c++) {
+        const int len = pos[r] + 1, t0 = c * KV_CHUNK;
+        if (t0 >= len) continue;
+        attend_chunk(query + (size_t)r * H * D, cl + (size_t)slot[r] * capacity * D, t0,
+                     t0 + KV_CHUNK < len ? t0 + KV_CHUNK : len, H, D, L, m->softmax_scale,
+                     m->scores + (size_t)omp_get_thread_num() * H * KV_CHUNK,
+                     m->part + r * part_row + (size_t)c * H * (L + 2));
+      }
+    /* Chunks merged, then W_UV: (L) -> (v) per head. */
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int r = 0; r < rows; r++)
+      for (int hd = 0; hd < H; hd++) {
+        float lat[MAX_LORA];
+        merge_chunks(m->part + r * part_row + (size_t)hd * (L + 2), (pos[r] + KV_CHUNK) / KV_CHUNK,
+                     (size_t)H * (L + 2), L, lat);
+        int8_matvec(lat, L, ly->w_uv + (size_t)hd * L * dv, dv, ly->uv_scale + (size_t)hd * dv,
+                    vals + (size_t)r * H * dv + hd * dv);
+      }
+#pragma omp parallel for
+    for (int r = 0; r < rows; r++)
+      quantize_row(m->eps, vals + (size_t)r * H * dv, H * dv, NULL, NULL, xq + (size_t)r * H * dv,
+                   rs + r);
+    Job o = {&ly->o, NULL, xq, H * dv, NULL, rs, m->out, hidden, rows};
+    run_jobs(m, &o, 1);
+#pragma omp parallel for
+    for (int r = 0; r < rows; r++) {
+      float *x = h + (size_t)r * hidden;
+      for (int i = 0; i < hidden; i++) x[i] += m->out[(size_t)r * hidden + i];
+      quantize_row(m->eps, x, hidden, ly->post_norm, xn + (size_t)r * hidden,
+                   xq + (size_t)r * hidden, rs + r);
+    }
+    feed_forward(m, ly, rows);
+#pragma omp parallel for
+    for (int r = 0; r < rows; r++)
+      for (int i = 0; i < hidden; i++) h[(size_t)r * hidden + i] += m->out[(size_t)r * hidden + i];
+  }
+#pragma omp parallel for
+  for (int i = 0; i < n_logits; i++)
+    quantize_row(m->eps, h + (size_t)logit_rows[i] * hidden, hidden, m->final_norm,
+                 xn + (size_t)i * hidden, xq + (size_t)i * hidden, rs + i);
+  Job head = {&m->head, NULL, xq, hidden, NULL, rs, logits, d[D_VOCAB], n_logits};
+  run_jobs(m, &head, 1);
+  return 0;
+}
