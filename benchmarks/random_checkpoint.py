@@ -3,7 +3,7 @@
 Tensors are generated and saved shard by shard, so even the 7B shape needs only one shard in
 memory. Used to measure export at real sizes without downloading anything.
 
-    python benchmarks/random_checkpoint.py ../shared/reference/configs/deepseek-r1-distill-qwen-7b.json /tmp/r1-7b
+    python -m benchmarks.random_checkpoint ../shared/reference/configs/deepseek-r1-distill-qwen-7b.json /tmp/r1-7b
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import json
 import shutil
 import sys
 from pathlib import Path
+
+from benchmarks import SHARED_REFERENCE
 
 SHARD_BYTES = 4 << 30
 
@@ -122,5 +124,5 @@ def write_checkpoint(config_path: Path, out: Path, tokenizer_dir: Path | None = 
 
 
 if __name__ == "__main__":
-    tok = Path(sys.argv[3]) if len(sys.argv) > 3 else Path(__file__).resolve().parent.parent.parent / "shared/reference/deepseek-v3-tokenizer"
+    tok = Path(sys.argv[3]) if len(sys.argv) > 3 else SHARED_REFERENCE / "deepseek-v3-tokenizer"
     write_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]), tok)

@@ -1,21 +1,17 @@
-"""The baselines benchmarks/mla_moe.py measures the MLA graph against compute the same model:
-a per-head K/V cache and every expert on every token differ from edgeds' graph in cost only."""
+"""The baselines that benchmarks/design/mla_moe.py measures the MLA graph against compute the
+same model: a per-head K/V cache and every expert on every token differ from it in cost only."""
 
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import CONTEXT, REPO
+from conftest import CONTEXT
 
+from benchmarks.design.mla_baselines import AllExperts, PerHeadCache, exported_with
 from edgeds.artifact import load_artifact
 from edgeds_export import export_checkpoint
 from edgeds_export.verify import open_backends
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-from mla_baselines import AllExperts, PerHeadCache, exported_with  # noqa: E402
 
 
 def logits_of(art) -> np.ndarray:
@@ -32,7 +28,8 @@ def logits_of(art) -> np.ndarray:
 def test_baseline_matches_the_exported_graph(graph, checkpoints, artifacts, tmp_path):
     out = tmp_path / graph.__name__
     with exported_with(graph):
-        export_checkpoint(checkpoints("deepseek_v3"), out, formats=("onnx",), weights="fp32", context=CONTEXT)
+        export_checkpoint(checkpoints("deepseek_v3"), out, formats=("onnx",), weights="fp32",
+                          context=CONTEXT)
     entry = load_artifact(out).graph("onnx")
     assert entry["ops"] | graph.ops == entry["ops"]  # the manifest says which baseline it holds
     if graph is PerHeadCache:
@@ -43,5 +40,6 @@ def test_baseline_matches_the_exported_graph(graph, checkpoints, artifacts, tmp_
 def test_the_exporter_is_itself_again_after_the_block(checkpoints, tmp_path):
     with exported_with(PerHeadCache):
         pass
-    export_checkpoint(checkpoints("deepseek_v3"), tmp_path / "a", formats=("onnx",), weights="fp32", context=CONTEXT)
+    export_checkpoint(checkpoints("deepseek_v3"), tmp_path / "a", formats=("onnx",), weights="fp32",
+                      context=CONTEXT)
     assert load_artifact(tmp_path / "a").graph("onnx")["kv_cache"]["kind"] == "mla_latent"

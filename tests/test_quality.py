@@ -6,8 +6,6 @@ and by fresh fp32 and INT8 exports in both formats.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from conftest import REPO
@@ -15,14 +13,13 @@ from conftest import REPO
 from edgeds.hardware import detect
 from edgeds.native import unavailable as native_unavailable
 
-sys.path.insert(0, str(REPO / "benchmarks"))
 MODELS = REPO / "benchmarks/reference_models"
 CHECKPOINT = MODELS / "r1-distill-tiny-python"
 
 
 @pytest.fixture(scope="module", params=["r1-distill-tiny-python", "deepseek-v3-tiny-python"])
 def rows(request):
-    from quality import evaluate
+    from benchmarks.quality.perplexity import evaluate
 
     rows = evaluate(MODELS / request.param, ("fp32", "int8", "int8-wo"), windows=6, seq=128)
     return {"model": request.param, **{(r["graph"], r["weights"]): r for r in rows}}
@@ -84,7 +81,7 @@ def test_int8_kv_cache_keeps_quality(capsys):
     """An int8 KV cache on top of int8 weights, scored in decode steps (every position reads
     the cache). Measured on this slice: perplexity -0.03%, top-1 96.59% (int8 weights alone:
     97.38%; on the full benchmark 98.19% against 98.33%)."""
-    from quality import evaluate
+    from benchmarks.quality.perplexity import evaluate
 
     rows = evaluate(CHECKPOINT, ("int8",), windows=6, seq=128, kv_caches=("int8",))
     [r] = [r for r in rows if r["graph"] == "onnx"]

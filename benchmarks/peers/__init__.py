@@ -1,0 +1,1 @@
+"""edgeds beside the runtimes users would pick instead (llama.cpp, OpenVINO GenAI, ...)."""

@@ -1,6 +1,6 @@
 """Check benchmarks/peers/gguf_writer.py: llama.cpp on the GGUF must compute what transformers does.
 
-    /tmp/peers/bin/python benchmarks/peers/check_gguf.py
+    /tmp/peers/bin/python -m benchmarks.peers.check_gguf
 
 Builds tiny random Qwen2 (untied lm_head, q/k/v biases) and Llama (tied embeddings, q/k rows
 permuted by the converter) checkpoints with the DeepSeek-V3 tokenizer, converts each to F32 and
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-TOKENIZER = HERE.parents[2] / "shared/reference/deepseek-v3-tokenizer"
-sys.path.insert(0, str(HERE))
+from benchmarks import SHARED_REFERENCE
+
+TOKENIZER = SHARED_REFERENCE / "deepseek-v3-tokenizer"
 
 # F32 weights with an F32 KV cache should agree to float rounding; Q8_0 (llama.cpp also quantizes
 # activations to 8 bits in its matmuls) only roughly.
@@ -67,7 +67,7 @@ def llama_cpp_logits(path: Path, ids: list[int]) -> np.ndarray:
 
 
 def main() -> int:
-    from gguf_writer import convert
+    from benchmarks.peers.gguf_writer import convert
 
     ids = [0] + np.random.default_rng(0).integers(3, 128000, 47).tolist()
     ok = True

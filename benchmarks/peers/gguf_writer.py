@@ -1,8 +1,8 @@
 """Convert a local Hugging Face Qwen2 or Llama safetensors checkpoint to GGUF, for llama.cpp.
 
-    python benchmarks/peers/gguf_writer.py SRC_DIR OUT.gguf [--type q8_0|f32]
+    python -m benchmarks.peers.gguf_writer SRC_DIR OUT.gguf [--type q8_0|f32]
 
-The llama.cpp peer of benchmarks/compare.py must run the same (random-weight) checkpoint as the
+The llama.cpp peer of benchmarks/peers/compare.py must run the same (random-weight) checkpoint as the
 other peers, and llama.cpp's own converter is not at hand, so this is a small one written on the
 `gguf` package's GGUFWriter. It covers what the benchmark shapes need and nothing more: dense
 Qwen2ForCausalLM / LlamaForCausalLM decoders without rope scaling, with a byte-level BPE

@@ -1,6 +1,6 @@
 """edgeds' MLA+MoE path beside llama.cpp and ik_llama.cpp, on one random checkpoint.
 
-    python benchmarks/peers/moe_compare.py --layers 8 --threads 16 --peers-src .moebench \
+    python -m benchmarks.peers.moe_compare --layers 8 --threads 16 --peers-src .moebench \
         --peers-build /tmp/peerbuild --work /tmp/moe --machine xeon-amx-16t
     ... --prepare-only                          # checkpoint, edgeds export and GGUFs only
     ... --engines llama.cpp,edgeds-native --no-report   # some rows; their JSON stays in --work
@@ -34,11 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-BENCH = HERE.parent
-REPO = BENCH.parent
-CONFIGS = Path(os.environ.get("EDGEDS_CONFIGS", REPO.parent / "shared/reference/configs"))
-sys.path.insert(0, str(BENCH))
+from benchmarks import RESULTS, SHARED_REFERENCE
+
+CONFIGS = Path(os.environ.get("EDGEDS_CONFIGS", SHARED_REFERENCE / "configs"))
 
 PROMPT, DECODE_STEPS, BATCHES = 128, 32, (1, 16, 64)  # batched-bench's -npp, -ntg, -npl
 PREFILLS = (512, 4096)  # one sequence each, then DECODE_STEPS steps after it
@@ -64,7 +62,7 @@ def prepare(
     threads: int,
 ) -> dict[str, Path]:
     """The checkpoint and every engine's model (each step skipped where its output exists)."""
-    from random_checkpoint import write_checkpoint
+    from benchmarks.random_checkpoint import write_checkpoint
 
     src = work / f"v2-lite-{layers}l-src"
     if not (src / "model.safetensors.index.json").exists():
@@ -338,7 +336,7 @@ def measure(engine: str, paths: dict, args) -> dict | None:
             print(f"{engine}: {exc}", flush=True)
             return None
     else:
-        child = [sys.executable, __file__, "--edgeds-child", EDGEDS[engine], str(paths[engine])]
+        child = [sys.executable, "-m", __spec__.name, "--edgeds-child", EDGEDS[engine], str(paths[engine])]
         r = subprocess.run(
             [*child, "--threads", str(args.threads), "--work", args.work], check=False
         )
@@ -520,12 +518,12 @@ def main() -> None:
         (work / f"{r['engine']}.json").write_text(json.dumps(r, indent=2))
     if args.no_report:
         return
-    from compare import read_bandwidth_gb_s
+    from benchmarks.peers.compare import read_bandwidth_gb_s
 
     config = json.loads((paths["checkpoint"] / "config.json").read_text())
     machine = args.machine or f"{os.uname().machine}-{args.threads}t"
     note = (
-        f"`python benchmarks/peers/moe_compare.py {' '.join(sys.argv[1:])}`: DeepSeek-V2-Lite "
+        f"`python -m benchmarks.peers.moe_compare {' '.join(sys.argv[1:])}`: DeepSeek-V2-Lite "
         f"widths, {args.layers} layers (1 dense + {args.layers - 1} MoE), random weights; edgeds "
         f"int8, the peers Q8_0; prompts of {PROMPT} tokens per sequence and {DECODE_STEPS} decode "
         "steps per row, random tokens."
@@ -539,7 +537,7 @@ def main() -> None:
         decode_read_gb(config),
         note,
     )
-    out = BENCH / "results" / f"moe-{machine}"
+    out = RESULTS / f"moe-{machine}"
     out.with_suffix(".md").write_text(text)
     out.with_suffix(".json").write_text(
         json.dumps(

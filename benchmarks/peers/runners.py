@@ -1,7 +1,7 @@
 """One runner per runtime: load a model, then time first tokens, decode and offline batches.
 
 Each runner takes token ids (never text), so every runtime does exactly the same work, and
-ignores EOS. Run one runner per process (`python -m peers.runners NAME ...`) so peak RSS is its own.
+ignores EOS. Run one runner per process (`python -m benchmarks.peers.runners NAME ...`) so peak RSS is its own.
 """
 
 from __future__ import annotations

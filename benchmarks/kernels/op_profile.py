@@ -1,6 +1,6 @@
 """Where a prefill call and a decode step spend their time, by ONNX operator type (ORT profiler).
 
-    python benchmarks/op_profile.py ARTIFACT [--threads 2] [--prompts 1x512,4x128] [--batches 1,16] [--context 64]
+    python -m benchmarks.kernels.op_profile ARTIFACT [--threads 2] [--prompts 1x512,4x128] [--batches 1,16] [--context 64]
 
 For each phase: wall time of the call, and each op type's share of the summed node time
 (nodes run one after another here: inter-op threads are 1), so quantize/rescale nodes,
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -21,10 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from edgeds.artifact import load_artifact  # noqa: E402
-from edgeds.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from edgeds.artifact import load_artifact
+from edgeds.backends.onnxruntime import OnnxRuntimeBackend
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Two or more exports of one model, backend alone, in turns: did a graph change pay?
 
-    python benchmarks/backend_ab.py ARTIFACT_A ARTIFACT_B [...] [--threads 2] [--rounds 3]
+    python -m benchmarks.design.backend_ab ARTIFACT_A ARTIFACT_B [...] [--threads 2] [--rounds 3]
 
 Each measurement is a fresh process (ONNX Runtime backend, CPU, no generate loop), the
 artifacts taking turns so that a slow spell of a shared machine hits each of them: a 512-token
@@ -17,15 +17,11 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def measure(artifact: str, threads: int) -> dict:
-    sys.path.insert(0, str(REPO))
     from edgeds.artifact import load_artifact
     from edgeds.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -75,7 +71,7 @@ def main() -> None:
         return
     for round_ in range(args.rounds):
         for artifact in args.artifacts:
-            cmd = [sys.executable, __file__, artifact, "--threads", str(args.threads), "--measure"]
+            cmd = [sys.executable, "-m", __spec__.name, artifact, "--threads", str(args.threads), "--measure"]
             line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             print(json.dumps({"round": round_ + 1, **json.loads(line)}), flush=True)
 

@@ -1,29 +1,25 @@
 """The ONNX Runtime backend alone, without the generate loop: load, prefill and decode steps, RSS.
 
-    python benchmarks/backend_steps.py ARTIFACT [--threads 16] [--batches 1,32]
-    python benchmarks/backend_steps.py ARTIFACT --providers CUDAExecutionProvider,CPUExecutionProvider [--cache-on-host]
+    python -m benchmarks.design.backend_steps ARTIFACT [--threads 16] [--batches 1,32]
+    python -m benchmarks.design.backend_steps ARTIFACT --providers CUDAExecutionProvider,CPUExecutionProvider [--cache-on-host]
 
 Separates what the kernels and cache cost from what the loop and scheduling add (compare with
-`edgeds bench` and benchmarks/compare.py). Prompts of 128 random tokens, capacity 640 (less for
+`edgeds bench` and benchmarks/peers/compare.py). Prompts of 128 random tokens, capacity 640 (less for
 a shorter context), median of 20 decode steps after 4 warm-up steps.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from edgeds.artifact import load_artifact  # noqa: E402
-from edgeds.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
-from edgeds.batch.progress import peak_rss_bytes  # noqa: E402
+from edgeds.artifact import load_artifact
+from edgeds.backends.onnxruntime import OnnxRuntimeBackend
+from edgeds.batch.progress import peak_rss_bytes
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Load time against the number of ONNX graph parts (`edgeds export --load-parts N`).
 
-    python benchmarks/load_parts.py SRC --parts 1,4,8 [--threads 16] [--rounds 3] [--work DIR]
+    python -m benchmarks.design.load_parts SRC --parts 1,4,8 [--threads 16] [--rounds 3] [--work DIR]
 
 Exports SRC once per part count (ONNX, int8, context 2048; kept in --work), then in each round
 loads every artifact in a fresh process, in turn: `edgeds.load` (checksums, tokenizer, backend
@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def measure(artifact: str, threads: int | None, what: str) -> dict:
     """`what`: "engine" is `edgeds.load` (checksums, tokenizer and backend, the harness's load);
@@ -30,7 +28,6 @@ def measure(artifact: str, threads: int | None, what: str) -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    sys.path.insert(0, str(REPO))
     import edgeds
     from edgeds.artifact import load_artifact
     from edgeds.backends.onnxruntime import OnnxRuntimeBackend
@@ -79,7 +76,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for parts, path in artifacts.items():
             for what in args.what.split(","):
-                cmd = [sys.executable, __file__, "--measure", path, "--threads", str(args.threads), "--what", what]
+                cmd = [sys.executable, "-m", __spec__.name, "--measure", path, "--threads", str(args.threads), "--what", what]
                 line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
                 print(line, flush=True)
                 results.setdefault((parts, what), []).append(json.loads(line))

@@ -2,7 +2,7 @@
 T threads, at the shapes the 1.5B's int8 graph gives them (512-row prefill, 64-row and 1-row
 decode; 1536 and 8960 wide), then four ways of quantizing a row, on T threads.
 
-    python benchmarks/row_quantize_threads.py [--threads 16]
+    python -m benchmarks.kernels.row_quantize_threads [--threads 16]
 
 V0 is the committed one (export/graph/onnx_ops.py, row_quantize): Abs, ReduceMax, Mul and a
 QuantizeLinear with one block per row. V1 finds the row peak with ReduceMax and ReduceMin

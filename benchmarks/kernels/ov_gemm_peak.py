@@ -1,7 +1,7 @@
 """OpenVINO's matmul on INT8-compressed weights alone, beside ONNX Runtime's integer GEMM
 (`ort_int8_gemm_peak.py`): the 1.5B MLP shape (K=1536, N=8960) at 1-2048 rows, in TOPS.
 
-    THREADS=16 python benchmarks/ov_gemm_peak.py
+    THREADS=16 python -m benchmarks.kernels.ov_gemm_peak
 
 The weights are what the OpenVINO IR of `--weights int8` holds (i8 per output channel, scale
 after Convert), so the CPU plugin fuses them into one FullyConnected with decompression. Each

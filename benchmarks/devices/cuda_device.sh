@@ -10,9 +10,9 @@
 #           --platform manylinux_2_28_x86_64 -d /tmp/whl; split -b 21M /tmp/whl/*.whl .parts3/g.
 #   there:  one call per part but the last (carry .parts3/g.XX): mkdir -p /tmp/p3 && cp .parts3/g.XX /tmp/p3/
 #           then (carry the last part and .carry, which holds the configs, the tokenizer and tiny artifacts):
-#           bash benchmarks/cuda_device.sh prepare; then bash benchmarks/cuda_device.sh measure
+#           bash benchmarks/devices/cuda_device.sh prepare; then bash benchmarks/devices/cuda_device.sh measure
 set -eo pipefail
-export PYTHONPATH=/tmp/gsite:$PWD PYTHONUNBUFFERED=1
+source benchmarks/devices/checkout_env.sh /tmp/gsite
 A=/tmp/cuda-art
 case "$1" in
   prepare)
@@ -20,7 +20,7 @@ case "$1" in
     cat /tmp/p3/g.* > /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
     python3 -m pip install -q --no-deps --no-compile --target /tmp/gsite /tmp/onnxruntime_gpu-*.whl 2>&1 | grep -vi warn || true
     python3 -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())"
-    python3 benchmarks/random_checkpoint.py .carry/reference/configs/deepseek-r1-distill-qwen-1.5b.json /tmp/r1-1.5b \
+    python3 -m benchmarks.random_checkpoint .carry/reference/configs/deepseek-r1-distill-qwen-1.5b.json /tmp/r1-1.5b \
       .carry/reference/deepseek-v3-tokenizer
     for kv in float32 float16; do
       python3 -m edgeds.cli export /tmp/r1-1.5b -o $A/int8-wo-$kv --weights int8-wo --format onnx --kv-cache $kv \
@@ -29,16 +29,16 @@ case "$1" in
   measure)
     G=CUDAExecutionProvider,CPUExecutionProvider
     for kv in float32 float16; do
-      python3 benchmarks/ep_placement.py $A/int8-wo-$kv --providers $G 2>&1 | grep -v "^W:" | tail -12
+      python3 -m benchmarks.devices.ep_placement $A/int8-wo-$kv --providers $G 2>&1 | grep -v "^W:" | tail -12
     done
     for kv in float32 float16; do
-      python3 benchmarks/provider_parity.py $A/int8-wo-$kv --providers $G --steps 16
+      python3 -m benchmarks.devices.provider_parity $A/int8-wo-$kv --providers $G --steps 16
     done
-    python3 benchmarks/provider_parity.py .carry/epvar/int8-wo-f16 --providers $G --steps 16
-    python3 benchmarks/backend_steps.py $A/int8-wo-float32 --providers $G --batches 1,16,64
-    python3 benchmarks/backend_steps.py $A/int8-wo-float16 --providers $G --batches 1,16,64
-    python3 benchmarks/backend_steps.py $A/int8-wo-float16 --providers $G --batches 1,16,64 --cache-on-host
-    python3 benchmarks/backend_steps.py $A/int8-wo-float16 --providers $G --batches 1,16,64
+    python3 -m benchmarks.devices.provider_parity .carry/epvar/int8-wo-f16 --providers $G --steps 16
+    python3 -m benchmarks.design.backend_steps $A/int8-wo-float32 --providers $G --batches 1,16,64
+    python3 -m benchmarks.design.backend_steps $A/int8-wo-float16 --providers $G --batches 1,16,64
+    python3 -m benchmarks.design.backend_steps $A/int8-wo-float16 --providers $G --batches 1,16,64 --cache-on-host
+    python3 -m benchmarks.design.backend_steps $A/int8-wo-float16 --providers $G --batches 1,16,64
     for d in CPUExecutionProvider CUDAExecutionProvider; do
       python3 -c "import onnxruntime as o; o.preload_dlls(); import sys; from edgeds.cli.main import app
 sys.argv = ['edgeds', 'infer', '.carry/epvar/int8-wo-f16', '-i', 'examples/prompts.jsonl', '-o', '/tmp/f16-$d.jsonl',

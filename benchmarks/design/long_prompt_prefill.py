@@ -1,7 +1,7 @@
 """One long prompt's prefill on each backend that can run an artifact, in turns: does a
 backend's attention over a prompt keep up as prompts grow?
 
-    python benchmarks/long_prompt_prefill.py ARTIFACT [--tokens 512,2040] [--threads 2] [--rounds 2]
+    python -m benchmarks.design.long_prompt_prefill ARTIFACT [--tokens 512,2040] [--threads 2] [--rounds 2]
 
 Each measurement is a fresh process: the backend alone (no generate loop), a 64-token warm-up
 prefill, then one prefill of N random tokens into an empty cache, timed. One line each.
@@ -13,15 +13,11 @@ import argparse
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def measure(artifact: str, backend: str, tokens: int, threads: int) -> str:
-    sys.path.insert(0, str(REPO))
     from edgeds.artifact import load_artifact
 
     art = load_artifact(artifact, verify=False)
@@ -58,7 +54,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for tokens in args.tokens.split(","):
             for backend in args.backends.split(","):
-                subprocess.run([sys.executable, __file__, args.artifact, "--threads", str(args.threads),
+                subprocess.run([sys.executable, "-m", __spec__.name, args.artifact, "--threads", str(args.threads),
                                 "--measure", backend, tokens], check=True)
 
 

@@ -1,7 +1,7 @@
 """edgeds beside the runtimes users would pick instead, in one run, on one model.
 
-    python benchmarks/compare.py --peer-python /tmp/peers/bin/python   # R1-Distill-Qwen-1.5B shape
-    python benchmarks/compare.py --quick                               # a smoke run
+    python -m benchmarks.peers.compare --peer-python /tmp/peers/bin/python   # R1-Distill-Qwen-1.5B shape
+    python -m benchmarks.peers.compare --quick                               # a smoke run
 
 Peers (optional; install them in their own environment, never with edgeds): OpenVINO GenAI on
 an optimum-intel INT8 export, onnxruntime-genai (its model builder, int8), llama.cpp Q8_0
@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-CONFIGS = Path(os.environ.get("EDGEDS_CONFIGS", REPO.parent / "shared/reference/configs"))
-sys.path.insert(0, str(HERE))
+from benchmarks import REPO, RESULTS, SHARED_REFERENCE
+
+CONFIGS = Path(os.environ.get("EDGEDS_CONFIGS", SHARED_REFERENCE / "configs"))
 
 
 def read_bandwidth_gb_s(threads: int, size_mb: int = 1024) -> float:
@@ -59,7 +58,7 @@ def variant_tag(weights: str, kv_cache: str, small_batch: bool = False) -> str:
 def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], weights: str = "int8",
             kv_caches: tuple[str, ...] = ("float32",), small_batch: bool = False) -> dict[str, str]:
     """Source checkpoint and every runtime's model; edgeds exports under "edgeds" + their tag."""
-    from random_checkpoint import write_checkpoint
+    from benchmarks.random_checkpoint import write_checkpoint
 
     src = Path(shape) if Path(shape).is_dir() else work / f"{shape}-src"
     shape = src.name if Path(shape).is_dir() else shape
@@ -90,7 +89,7 @@ def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], w
     paths["onnxruntime-genai"] = str(og)
     gguf = work / f"{shape}-q8_0.gguf"
     if "llama.cpp-q8_0" in peers and not gguf.exists():
-        subprocess.run([py, str(HERE / "peers" / "gguf_writer.py"), str(src), str(gguf), "--type", "q8_0"], check=True)
+        subprocess.run([py, str(Path(__file__).with_name("gguf_writer.py")), str(src), str(gguf), "--type", "q8_0"], check=True)
     paths["llama.cpp-q8_0"] = str(gguf)
     return paths
 
@@ -98,9 +97,9 @@ def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], w
 def run_peer(name: str, path: str, python: str, threads: int, vocab: int, batches: list[int], jobs: int,
              quick: bool, out: Path) -> dict | None:
     path_before = os.environ.get("PYTHONPATH")
-    env = {**os.environ, "PYTHONPATH": ":".join(filter(None, [str(REPO), str(HERE), path_before])),
+    env = {**os.environ, "PYTHONPATH": ":".join(filter(None, [str(REPO), path_before])),
            "OMP_NUM_THREADS": str(threads)}
-    cmd = [python, "-m", "peers.runners", name, path, str(threads), str(vocab), ",".join(map(str, batches)) or "none", str(jobs),
+    cmd = [python, "-m", "benchmarks.peers.runners", name, path, str(threads), str(vocab), ",".join(map(str, batches)) or "none", str(jobs),
            "1" if quick else "0", str(out)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
@@ -273,10 +272,10 @@ def main() -> None:
     manifest = json.loads((Path(paths["edgeds" + variant_tag(args.weights, kv_caches[0], args.small_batch_graph)])
                            / "edgeds.json").read_text())
     weights_gb = decode_read_bytes(manifest, "onnx") / 1e9  # the 1.5B shape is dense
-    note = (f"`python benchmarks/compare.py {' '.join(sys.argv[1:])}`; shape {args.shape}, random weights; "
+    note = (f"`python -m benchmarks.peers.compare {' '.join(sys.argv[1:])}`; shape {args.shape}, random weights; "
             f"TTFT on a 128-token prompt; decode over {16 if args.quick else 64} tokens; offline job of {args.jobs} prompts "
             f"of 64-512 tokens, {16 if args.quick else 128} new tokens each, EOS ignored.")
-    out = HERE / "results" / f"{machine}.md"
+    out = RESULTS / f"{machine}.md"
     print(report(results, machine, args.threads, read_bandwidth_gb_s(args.threads), weights_gb, out, note))
 
 

@@ -2,7 +2,7 @@
 main graph and on its small-batch graph (export --small-batch-graph), for a profile's
 `small_batch_max`.
 
-    python benchmarks/small_batch_crossover.py ARTIFACT [--threads 2] [--rounds 2] [--batches 1,2,4,8]
+    python -m benchmarks.design.small_batch_crossover ARTIFACT [--threads 2] [--rounds 2] [--batches 1,2,4,8]
 
 Each measurement is a fresh process (ONNX Runtime backend, CPU, no generate loop), the two
 graphs taking turns: session creation time, then per batch size the median decode step (ms)
@@ -23,11 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def measure(artifact: str, threads: int, batches: list[int], small_batch_max: int) -> dict:
-    sys.path.insert(0, str(REPO))
     from edgeds.artifact import load_artifact
     from edgeds.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -66,7 +63,7 @@ def main() -> None:
         sys.exit(f"{args.artifact} has no small-batch graph: export it with --small-batch-graph")
     for round_ in range(args.rounds):
         for small_batch_max in (0, max(batches)):
-            line = subprocess.run([sys.executable, __file__, args.artifact, "--threads", str(args.threads),
+            line = subprocess.run([sys.executable, "-m", __spec__.name, args.artifact, "--threads", str(args.threads),
                                    "--batches", args.batches, "--measure", str(small_batch_max)],
                                   check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             print(json.dumps({"round": round_ + 1, **json.loads(line)}), flush=True)

@@ -1,6 +1,6 @@
 """One artifact on two ONNX Runtime providers: do their logits agree, prefill and decode?
 
-    python benchmarks/provider_parity.py ARTIFACT --providers CUDAExecutionProvider --against CPUExecutionProvider
+    python -m benchmarks.devices.provider_parity ARTIFACT --providers CUDAExecutionProvider --against CPUExecutionProvider
 
 Two prompts of different lengths in one batch (so per-sequence lengths matter), then
 teacher-forced decode steps on the tokens the first provider picks: the largest logit
@@ -10,16 +10,12 @@ difference (and the logits' range, for scale) and how often both pick the same t
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from edgeds.artifact import load_artifact  # noqa: E402
-from edgeds.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from edgeds.artifact import load_artifact
+from edgeds.backends.onnxruntime import OnnxRuntimeBackend
 
 
 def run(backend: OnnxRuntimeBackend, prompts: list[np.ndarray], steps: int, forced: list[np.ndarray] | None):

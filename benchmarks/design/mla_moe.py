@@ -1,6 +1,6 @@
 """MLA and MoE decode costs, on DeepSeek-V2-Lite's real widths (random weights, cut depth).
 
-    python benchmarks/mla_moe.py
+    python -m benchmarks.design.mla_moe
 
 1. Sparse experts against every expert computed: decode tokens/s at batch 1 of the same
    INT8 model (64 routed experts, top-6), the only difference being the expert dispatch.
@@ -13,20 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
+from benchmarks import RESULTS, SHARED_REFERENCE
+from benchmarks.random_checkpoint import write_checkpoint
 
-from random_checkpoint import write_checkpoint  # noqa: E402
-
-CONFIG = HERE.parent.parent / "shared/reference/configs/deepseek-v2-lite.json"
-TOKENIZER = CONFIG.parent.parent / "deepseek-v3-tokenizer"
+CONFIG = SHARED_REFERENCE / "configs/deepseek-v2-lite.json"
+TOKENIZER = SHARED_REFERENCE / "deepseek-v3-tokenizer"
 LAYERS = 6  # one dense layer and five MoE layers, at full width (V2-Lite has 26 MoE of 27)
 
 
@@ -49,7 +45,8 @@ def decode_rate(backend, context: int, steps: int = 16, prompt: int = 32) -> flo
 def export_variant(src: Path, out: Path, graph: type | None = None, formats=("onnx",)) -> Path:
     """`graph`: one of mla_baselines' graphs instead of the exporter's own."""
     from edgeds_export import export_checkpoint
-    from mla_baselines import exported_with
+
+    from benchmarks.design.mla_baselines import exported_with
 
     if (out / "edgeds.json").exists():
         return out
@@ -67,7 +64,7 @@ def main() -> None:
     src = work / f"v2-lite-{LAYERS}-layers"
     if not (src / "model.safetensors.index.json").exists():
         write_checkpoint(CONFIG, src, TOKENIZER, layers=LAYERS)
-    from mla_baselines import AllExperts, PerHeadCache
+    from benchmarks.design.mla_baselines import AllExperts, PerHeadCache
 
     sparse = export_variant(src, work / "sparse", formats=("onnx", "openvino"))
     dense = export_variant(src, work / "dense", AllExperts)
@@ -87,9 +84,9 @@ def main() -> None:
     res["per_layer"] = {"onnxruntime_ms_per_layer": s * 1e3 / LAYERS, "openvino_ms_per_layer": ov_s * 1e3 / LAYERS,
                         "kv_bytes_per_token_per_layer": m["graphs"]["onnx"]["kv_cache"]["bytes_per_token"] // LAYERS,
                         "per_head_kv_bytes_per_token_per_layer_fp32": 2 * 16 * 192 * 4}
-    out = HERE / "results"
+    out = RESULTS
     (out / "mla_moe.json").write_text(json.dumps(res, indent=2) + "\n")
-    lines = [f"# MLA and MoE decode ({res['model']}; `python benchmarks/mla_moe.py`, 2 threads)", "",
+    lines = [f"# MLA and MoE decode ({res['model']}; `python -m benchmarks.design.mla_moe`, 2 threads)", "",
              "| experts | decode step (ms) |", "|---|---|",
              f"| only the routed ones (edgeds) | {res['moe']['sparse_step_ms']:.1f} |",
              f"| all 64 computed | {res['moe']['all_experts_step_ms']:.1f} |",

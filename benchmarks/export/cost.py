@@ -1,7 +1,7 @@
 """Peak RSS, time and artifact size of `edgeds export` at real model shapes (random weights).
 
-    python benchmarks/export_cost.py            # 1.5B and 7B shapes, INT8, both formats
-    python benchmarks/export_cost.py --shapes deepseek-r1-distill-qwen-1.5b
+    python -m benchmarks.export.cost            # 1.5B and 7B shapes, INT8, both formats
+    python -m benchmarks.export.cost --shapes deepseek-r1-distill-qwen-1.5b
 
 Each export runs in a child process; its peak RSS is the child's ru_maxrss. Results are written
 to benchmarks/results/export_cost.md and .json.
@@ -19,11 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-CONFIGS = HERE.parent.parent / "shared/reference/configs"
-sys.path.insert(0, str(HERE))
+from benchmarks import RESULTS, SHARED_REFERENCE
+from benchmarks.random_checkpoint import write_checkpoint
 
-from random_checkpoint import write_checkpoint  # noqa: E402
+CONFIGS = SHARED_REFERENCE / "configs"
 
 
 def folder_bytes(p: Path) -> int:
@@ -70,24 +69,24 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     results = []
     for shape in args.shapes:  # one child per shape, so ru_maxrss of children is per shape
-        out = subprocess.run([sys.executable, __file__, "--one", shape, args.weights, args.formats, str(work)],
+        out = subprocess.run([sys.executable, "-m", __spec__.name, "--one", shape, args.weights, args.formats, str(work)],
                              check=True, capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
         print(results[-1], flush=True)
-    previous = HERE / "results/export_cost.json"
+    previous = RESULTS / "export_cost.json"
     if previous.exists():  # keep rows of other shapes measured earlier
         done = {(r["shape"], r["weights"], r["formats"]) for r in results}
         results = [r for r in json.loads(previous.read_text()) if (r["shape"], r["weights"], r["formats"]) not in done] + results
     machine = f"{platform.machine()}, {__import__('os').cpu_count()} CPUs"
-    lines = [f"# Export cost ({machine}, `python benchmarks/export_cost.py`)", "",
+    lines = [f"# Export cost ({machine}, `python -m benchmarks.export.cost`)", "",
              "| shape | weights | formats | time (s) | peak RSS (GiB) | source bf16 (GiB) | artifact (GiB) | per format (GiB) | KV bytes/token (fp32) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['shape']} | {r['weights']} | {r['formats']} | {r['seconds']} | {r['peak_rss_gib']} | "
                      f"{r['source_gib']} | {r['artifact_gib']} | {r['per_format_gib']} | {r.get('kv_bytes_per_token', '')} |")
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results/export_cost.md").write_text("\n".join(lines) + "\n")
-    (HERE / "results/export_cost.json").write_text(json.dumps(results, indent=2) + "\n")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "export_cost.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "export_cost.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

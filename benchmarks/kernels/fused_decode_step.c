@@ -4,7 +4,7 @@
  * own (issue 7: on the AMX Xeon a batch-64 step of the int8 export spends 41% in the integer
  * matmuls, 35% in GroupQueryAttention and 24% in the small nodes around them).
  *
- *   gcc -O3 -march=native -ffast-math -fopenmp benchmarks/fused_decode_step.c -o /tmp/fused -lm
+ *   gcc -O3 -march=native -ffast-math -fopenmp benchmarks/kernels/fused_decode_step.c -o /tmp/fused -lm
  *   /tmp/fused decode BATCH CACHED [STEPS]   a decode step, e.g. /tmp/fused decode 64 256
  *   /tmp/fused prefill TOKENS [STEPS]        one prompt's prefill, e.g. /tmp/fused prefill 512
  *   echo LENGTHS | /tmp/fused job            the harness's 64-prompt offline job, prompt lengths on

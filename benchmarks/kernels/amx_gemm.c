@@ -2,7 +2,7 @@
  * of edgeds' own would buy beside ONNX Runtime's MLAS (`ort_int8_gemm_peak.py`), before anyone
  * builds a runtime around one (issue 7: the offline targets are held by the GEMM and attention).
  *
- *   gcc -O3 -march=native -fopenmp benchmarks/amx_gemm.c -o /tmp/amx_gemm && /tmp/amx_gemm [vnni|amx]
+ *   gcc -O3 -march=native -fopenmp benchmarks/kernels/amx_gemm.c -o /tmp/amx_gemm && /tmp/amx_gemm [vnni|amx]
  *
  * It computes what the int8 export's MatMulIntegerToFloat + row rescale compute: A is uint8 [M, K]
  * (each row quantized with its own scale, zero point 128), W int8 [K, N] with per-channel scales;

@@ -1,7 +1,7 @@
 """Held-out perplexity and top-1 agreement: transformers fp32 against every export.
 
-    python benchmarks/quality.py                       # both reference models, full sample
-    python benchmarks/quality.py --windows 4 --seq 128 # a short slice (what CI runs)
+    python -m benchmarks.quality.perplexity                       # both reference models, full sample
+    python -m benchmarks.quality.perplexity --windows 4 --seq 128 # a short slice (what CI runs)
 
 For each reference model in benchmarks/reference_models/, the held-out sample (files of the
 standard library never trained on) is cut into windows; transformers fp32 and each exported
@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))
-MODELS = HERE / "reference_models"
+from benchmarks import REFERENCE_MODELS, RESULTS
+
+MODELS = REFERENCE_MODELS
 
 
 def windows_of(checkpoint: Path, count: int, seq: int) -> np.ndarray:
@@ -86,9 +85,10 @@ def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx"
     """`kv_caches`: each weight scheme is exported once per KV cache type; an int8 cache is an
     ONNX graph of a dense model only (MLA models are skipped for it). `small_batch`: int8 is
     exported with its small-batch graph, and scored in decode steps on both graphs as well."""
-    from edgeds.artifact import load_artifact
     from edgeds_export import export_checkpoint
     from edgeds_export.verify import native_runs_here
+
+    from edgeds.artifact import load_artifact
 
     wins = windows_of(checkpoint, windows, seq)
     ref_nll, ref_top1 = reference_scores(checkpoint, wins)
@@ -144,8 +144,8 @@ def main() -> None:
     for name in args.models:
         rows += evaluate(MODELS / name, args.weights, windows=args.windows, seq=args.seq, kv_caches=args.kv_caches,
                          small_batch=args.small_batch_graph)
-    note = f"`python benchmarks/quality.py {' '.join(sys.argv[1:])}`; held-out stdlib files"
-    out = HERE / "results"
+    note = f"`python -m benchmarks.quality.perplexity {' '.join(sys.argv[1:])}`; held-out stdlib files"
+    out = RESULTS
     out.mkdir(exist_ok=True)
     (out / f"{args.out}.md").write_text(to_markdown(rows, note))
     (out / f"{args.out}.json").write_text(json.dumps(rows, indent=2) + "\n")

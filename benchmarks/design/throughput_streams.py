@@ -1,6 +1,6 @@
 """An offline job on one backend, against the same job split over several concurrent backends.
 
-    python benchmarks/throughput_streams.py ARTIFACT --streams 1,2,4 [--threads 16] [--prompts 64] [--rounds 2]
+    python -m benchmarks.design.throughput_streams ARTIFACT --streams 1,2,4 [--threads 16] [--prompts 64] [--rounds 2]
 
 N prompts of 64-512 random tokens (fixed seed), then 127 greedy decode steps, on S ONNX Runtime
 backends of threads/S threads each, every backend taking N/S prompts in its own Python thread
@@ -18,15 +18,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def run(artifact: str, streams: int, threads: int, n: int) -> dict:
-    sys.path.insert(0, str(REPO))
     from edgeds.artifact import load_artifact
     from edgeds.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -74,7 +70,7 @@ def main() -> None:
         return
     for _ in range(args.rounds):
         for streams in (int(s) for s in args.streams.split(",")):
-            cmd = [sys.executable, __file__, args.artifact, "--threads", str(args.threads), "--prompts",
+            cmd = [sys.executable, "-m", __spec__.name, args.artifact, "--threads", str(args.threads), "--prompts",
                    str(args.prompts), "--measure", str(streams)]
             print(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip(), flush=True)
 

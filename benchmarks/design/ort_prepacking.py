@@ -1,7 +1,7 @@
 """ONNX Runtime with and without weight prepacking on an edgeds artifact: load, TTFT, decode, RSS.
 
-    python benchmarks/ort_prepacking.py ARTIFACT on
-    python benchmarks/ort_prepacking.py ARTIFACT off    # session.disable_prepacking=1
+    python -m benchmarks.design.ort_prepacking ARTIFACT on
+    python -m benchmarks.design.ort_prepacking ARTIFACT off    # session.disable_prepacking=1
 
 One setting per process, so peak RSS is its own.
 """
@@ -11,14 +11,11 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from edgeds.artifact import load_artifact  # noqa: E402
-from edgeds.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from edgeds.artifact import load_artifact
+from edgeds.backends.onnxruntime import OnnxRuntimeBackend
 
 
 def main(artifact: str, prepacking: str) -> None:

@@ -1,6 +1,6 @@
 """Which execution provider runs each operator of an artifact's ONNX graph.
 
-    python benchmarks/ep_placement.py ARTIFACT --providers CUDAExecutionProvider,CPUExecutionProvider
+    python -m benchmarks.devices.ep_placement ARTIFACT --providers CUDAExecutionProvider,CPUExecutionProvider
 
 ONNX Runtime gives a node to the first provider in the list that has a kernel for it; the rest
 fall back to the CPU, with copies between devices at every boundary. On a Jetson that decides
@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from edgeds.artifact import load_artifact  # noqa: E402
-from edgeds.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from edgeds.artifact import load_artifact
+from edgeds.backends.onnxruntime import OnnxRuntimeBackend
 
 
 def main() -> None:

@@ -3,9 +3,9 @@
  * that checks the answer (ONNX Runtime's MLAS, oneDNN in OpenVINO) falls back to AVX-512.
  * Timing a kernel with and without it shows whether its AMX path runs and what it is worth.
  *
- *     gcc -O2 -o /tmp/without_amx benchmarks/without_amx.c
- *     THREADS=16 python3 benchmarks/ort_int8_gemm_peak.py
- *     THREADS=16 /tmp/without_amx python3 benchmarks/ort_int8_gemm_peak.py
+ *     gcc -O2 -o /tmp/without_amx benchmarks/kernels/without_amx.c
+ *     THREADS=16 python3 -m benchmarks.kernels.ort_int8_gemm_peak
+ *     THREADS=16 /tmp/without_amx python3 -m benchmarks.kernels.ort_int8_gemm_peak
  */
 #include <errno.h>
 #include <linux/audit.h>

@@ -1,13 +1,19 @@
 """ONNX Runtime's integer GEMM alone: MatMulIntegerToFloat (u8 activations x s8 weights, the op
 of `--weights int8`) on the 1.5B MLP shape (K=1536, N=8960) at 1-2048 rows, in TOPS.
 
-    THREADS=16 python benchmarks/ort_int8_gemm_peak.py
+    THREADS=16 python -m benchmarks.kernels.ort_int8_gemm_peak
 
-Compare with the CPU's own peak (`benchmarks/int8_peak.c` for AVX-512 VNNI): it tells whether a
+Compare with the CPU's own peak (`benchmarks/kernels/int8_peak.c` for AVX-512 VNNI): it tells whether a
 slow prefill is the kernel's ceiling or the graph around it.
 """
-import ctypes, numpy as np, onnxruntime as ort, time, os
-from onnx import helper, TensorProto as T, numpy_helper
+import ctypes
+import os
+import time
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto as T
+from onnx import helper, numpy_helper
 
 
 def amx_granted() -> bool:

@@ -1,0 +1,1 @@
+"""Whether a design choice pays: graph variants, parts, caches, expert dispatch, batching."""

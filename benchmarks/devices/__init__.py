@@ -1,0 +1,1 @@
+"""Runs on lent machines (the device tool): AMX Xeon, H200; GPU providers' placement and parity."""

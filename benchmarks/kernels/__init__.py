@@ -1,0 +1,1 @@
+"""What the hardware and the kernels under each backend can do: peaks, GEMMs, operators."""
