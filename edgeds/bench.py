@@ -44,7 +44,7 @@ def _measure(engine, batch: int, prompt_tokens: int, new_tokens: int, rng) -> di
     }
 
 
-def run_bench(artifact: str, prompt_tokens: int = 128, new_tokens: int = 64, batch_size: int | None = None,
+def run_bench(artifact: str | None = None, prompt_tokens: int = 128, new_tokens: int = 64, batch_size: int | None = None,
               profile: str | None = None, backend: str | None = None, threads: int | None = None) -> dict:
     t0 = time.perf_counter()
     engine = load(artifact, profile=profile, backend=backend, threads=threads)
@@ -62,7 +62,7 @@ def run_bench(artifact: str, prompt_tokens: int = 128, new_tokens: int = 64, bat
         # A dense model's decode step reads its weights once: bytes/step x steps/s.
         steps_per_s = r["decode_tokens_per_s"] / r["batch_size"] if r["decode_tokens_per_s"] else 0
         r["weight_bandwidth_gb_s"] = per_step * steps_per_s / 1e9 if per_step else None
-    return {"artifact": str(artifact), **engine.describe(), "load_s": load_s, "prompt_tokens": prompt_tokens,
+    return {"artifact": str(engine.artifact.root), **engine.describe(), "load_s": load_s, "prompt_tokens": prompt_tokens,
             "new_tokens": new_tokens, "runs": runs, "peak_rss_mib": peak_rss_bytes() / 2**20,
             "weights_mib": engine.weight_bytes / 2**20}
 

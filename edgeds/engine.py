@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import numpy as np
 from . import generate as gen
 from .artifact import Artifact, load_artifact
 from .backends.base import Backend
+from .default_model import default_artifact
+from .errors import ConfigError
 from .hardware import Hardware, detect
 from .memory_budget import kv_bytes_per_token, largest_batch, weight_bytes
 from .profiles import Profile, choose_profile, load_profiles
@@ -127,14 +130,16 @@ class Engine:
                 "reasons": self.reasons, "advice": self.choice.advice}
 
 
-def load(artifact: str | Path, profile: str | None = None, backend: str | None = None,
+def load(artifact: str | Path | None = None, profile: str | None = None, backend: str | None = None,
          device: str | None = None, threads: int | None = None, verify: bool = True) -> Engine:
-    """Open an artifact folder and pick profile, backend and provider for this machine.
+    """Open an artifact folder (None: the embedded default model) and pick profile, backend and
+    provider for this machine. `threads`: 1 to this machine's CPU count; None or 0: the profile's.
 
     The files the chosen backend reads are checked against their sha256, and the tokenizer is
     read, while the backend loads (all three release the GIL): load time is the backend's
     alone. The engine is refused if any file differs."""
-    art = load_artifact(artifact, verify=False)
+    check_threads(threads)
+    art = load_artifact(default_artifact() if artifact is None else artifact, verify=False)
     hw = detect()
     prof, reasons = choose_profile(hw, load_profiles(), profile)
     choice = choose_backend(prof, hw, art, backend, device, threads)
@@ -149,6 +154,16 @@ def load(artifact: str | Path, profile: str | None = None, backend: str | None =
             if check is not None:
                 check.result()  # raises ArtifactError on a mismatch, before anything runs
         return Engine(art, prof, choice, hw, reasons, tokenizer.result(), runner)
+
+
+def check_threads(threads: int | None) -> None:
+    """Refuse a thread count no backend can run, before anything is read: negative counts and
+    counts far beyond the machine crashed the native loops and made ONNX Runtime spin up thousands
+    of threads. More threads than CPUs never speeds these compute-bound loops up."""
+    cpus = os.cpu_count() or 1
+    if threads is None or (type(threads) is int and 0 <= threads <= cpus):
+        return
+    raise ConfigError(f"threads {threads!r}: give 1 to {cpus} (this machine's CPUs), or 0 for the profile's")
 
 
 def _make_backend(artifact: Artifact, profile: Profile, choice: Choice):

@@ -19,3 +19,24 @@ def test_bench_measures_batch_one_and_the_batch_asked(artifacts):
 def test_a_prompt_longer_than_the_context_is_a_clear_error(artifacts):
     with pytest.raises(ValueError, match="exceed this artifact's context"):
         run_bench(str(artifacts("qwen2", "int8")), prompt_tokens=128, new_tokens=8)
+
+
+def test_bench_without_an_artifact_measures_the_embedded_default(capsys):
+    from typer.testing import CliRunner
+
+    from edgeds.cli.main import app
+    from edgeds.default_model import FOLDER
+
+    r = CliRunner().invoke(app, ["bench", "--prompt-tokens", "8", "--new-tokens", "3", "--batch-size", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    assert f'"artifact": "{FOLDER}"' in r.output and '"batch_size": 2' in r.output
+
+
+def test_load_without_an_artifact_gives_the_embedded_default_as_infer_does():
+    import edgeds
+    from edgeds.default_model import FOLDER
+
+    engine = edgeds.load()
+    assert engine.artifact.root == FOLDER
+    [done] = engine.generate(["def add(a, b):"], max_new_tokens=4)
+    assert done.finish_reason in ("length", "stop") and done.token_ids

@@ -280,3 +280,90 @@ def test_export_verify_checks_the_native_backend_too(checkpoints, tmp_path):
     assert set(checked) == {"onnx", "onnx native"}
     assert checked["onnx native"]["greedy_agreement"] >= 0.9
     assert checked["onnx native"]["relative_error"] < 0.05
+
+
+@pytest.mark.parametrize("threads", [-3, -1, 0, 100000])
+def test_thread_counts_it_cannot_run_are_refused_before_anything_is_read(threads, artifacts):
+    art = load_artifact(artifacts("qwen2", "int8"))
+    with pytest.raises(ValueError, match=rf"native backend: {threads} threads \(it runs 1 to 4096\)"):
+        NativeBackend(art, threads)
+
+
+@pytest.mark.parametrize("which", ["native", "onnxruntime"])
+@pytest.mark.parametrize("threads", [-3, -1, 100000])
+def test_load_refuses_thread_counts_beyond_the_machine_for_every_backend(which, threads, artifacts):
+    """ONNX Runtime took --threads 100000 and spun at 4-5 GB RSS; the native loops corrupted the heap."""
+    with pytest.raises(ConfigError, match=rf"threads {threads}: give 1 to \d+ \(this machine's CPUs\)"):
+        edgeds.load(artifacts("qwen2", "int8"), backend=which, threads=threads)
+
+
+def test_infer_with_a_bad_thread_count_is_one_line_and_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeds.cli.main import app
+
+    (tmp_path / "in.jsonl").write_text('{"id": 1, "prompt": "x"}\n')
+    r = CliRunner().invoke(app, ["infer", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl"),
+                                 "--threads", "-3"])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines()[-1].startswith("edgeds: error: threads -3: give 1 to ")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+NEW_OK = dict(layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, inter=128, vocab=320, eps=1e-6, threads=2,
+              use_amx=0)
+
+
+@pytest.mark.parametrize("bad", [dict(threads=-3), dict(threads=-1), dict(threads=0), dict(threads=100000),
+                                 dict(layers=0), dict(heads=3), dict(head_dim=8, heads=8), dict(hidden=96),
+                                 dict(heads=64, kv_heads=2, head_dim=16, hidden=1024), dict(inter=100),
+                                 dict(vocab=0), dict(eps=float("nan")), dict(eps=-1.0)])
+def test_the_c_entry_point_refuses_what_its_loops_cannot_run(bad):
+    """ed_new checks every count before it allocates (and Python is not the only possible caller)."""
+    lib = native.library()
+    ok = lib.ed_new(*NEW_OK.values())
+    assert ok
+    lib.ed_free(ok)
+    assert not lib.ed_new(*{**NEW_OK, **bad}.values())
+
+
+def test_the_c_setters_refuse_shapes_the_model_does_not_have_and_forward_refuses_a_partial_model():
+    lib = native.library()
+    m = lib.ed_new(*NEW_OK.values())
+    w, scale = np.zeros((64, 128), np.int8), np.ones(128, np.float32)
+    try:
+        assert lib.ed_set_linear(m, 0, 0, w.ctypes.data, scale.ctypes.data, None, 64, 128) == 0  # qkv: 64 -> 128
+        assert lib.ed_set_linear(m, 0, 0, w.ctypes.data, scale.ctypes.data, None, 64, 128) == -1  # set twice
+        assert lib.ed_set_linear(m, 0, 1, w.ctypes.data, scale.ctypes.data, None, 64, 128) == -1  # o is 64 -> 64
+        assert lib.ed_set_linear(m, 2, 0, w.ctypes.data, scale.ctypes.data, None, 64, 128) == -1  # layer 2 of 2
+        assert lib.ed_set_linear(m, 0, 5, w.ctypes.data, scale.ctypes.data, None, 64, 128) == -1
+        assert lib.ed_set_linear(m, 1, 0, None, scale.ctypes.data, None, 64, 128) == -1
+        assert lib.ed_set_norms(m, 3, scale.ctypes.data, scale.ctypes.data) == -1
+        assert lib.ed_set_rope(m, scale.ctypes.data, scale.ctypes.data, 0) == -1
+        assert lib.ed_set_embedding(m, None, None, None) == -1
+        ids, at = np.array([5], np.int64), np.zeros(1, np.int32)
+        logits, k = np.zeros((32, 320), np.float32), np.zeros(2 * 2 * 8 * 16, np.float32)
+        rc = lib.ed_forward(m, 1, ids.ctypes.data, at.ctypes.data, at.ctypes.data, 1, at.ctypes.data,
+                            k.ctypes.data, k.ctypes.data, 0, 1, 8, logits.ctypes.data)
+        assert rc == -4
+    finally:
+        lib.ed_free(m)
+
+
+def test_a_tensor_index_that_points_outside_the_weight_file_is_refused(artifacts, tmp_path):
+    import json
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(artifacts("qwen2", "int8"), art)
+    index = json.loads((art / "tensors.json").read_text())
+    index["layers"][1]["mlp"]["down"]["weight"]["offset"] = 10**9
+    index["layers"][0]["o"]["weight"]["shape"] = [64, 65]
+    (art / "tensors.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"tensors.json: a tensor the weight file does not hold as described "
+                                         r"\(shape \[64, 65\], not \[64, 64\]\)"):
+        NativeBackend(load_artifact(art, verify=False), 2)
+    index["layers"][0]["o"]["weight"]["shape"] = [64, 64]
+    (art / "tensors.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"tensors.json: a tensor the weight file does not hold as described"):
+        NativeBackend(load_artifact(art, verify=False), 2)

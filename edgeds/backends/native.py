@@ -27,6 +27,7 @@ from .base import SlotLengths
 PREFILL_ROWS = 512  # rows per call: what the int8 GEMM needs to reach its speed, and no more memory
 MAX_GROUP = 16  # query heads per KV head that decoder.c's attention keeps in registers
 MAX_HEAD_DIM = 256  # decoder.c's MAX_HEAD_DIM
+MAX_THREADS = 4096  # decoder.c's MAX_THREADS
 
 
 def unsupported(artifact: Artifact) -> str | None:
@@ -94,53 +95,91 @@ class NativeBackend:
         self.layers, self.kv_heads, self.head_dim = model["num_layers"], model["num_kv_heads"], model["head_dim"]
         self.vocab_size = model["vocab_size"]
         self.cache_dtype = np.float16 if kv_cache_dtype(graph) == "float16" else np.float32
+        if not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"native backend: {threads!r} threads (it runs 1 to {MAX_THREADS})")
         data_path = artifact.path(graph["data_file"])
         self._model = self.lib.ed_new(self.layers, model["hidden_size"], model["num_heads"], self.kv_heads,
                                       self.head_dim, model["intermediate_size"], self.vocab_size,
                                       model["rms_norm_eps"], threads, int(use_amx))
+        if not self._model:
+            raise ValueError("native backend: the decoder refused the model's dimensions or rms_norm_eps")
         with open(data_path, "rb") as f:
             data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
-        def view(stored: dict | None, dtype=None) -> np.ndarray | None:
+        def view(stored: dict | None, dtype=None, shape: tuple | None = None) -> np.ndarray | None:
+            """The stored tensor, refused unless it lies inside the file with the dtype and shape
+            (where given) the model's widths say: the library reads exactly that many bytes."""
             if stored is None:
                 return None
-            dt = np.dtype(stored["dtype"])
-            arr = np.frombuffer(data, dt, int(np.prod(stored["shape"])), stored["offset"]).reshape(stored["shape"])
+            try:
+                dt, stored_shape = np.dtype(stored["dtype"]), tuple(int(d) for d in stored["shape"])
+                if shape is not None and stored_shape != shape:
+                    raise ValueError(f"shape {list(stored_shape)}, not {list(shape)}")
+                arr = np.frombuffer(data, dt, int(np.prod(stored_shape)), int(stored["offset"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"native backend: {graph['tensors']}: a tensor the weight file does not "
+                                 f"hold as described ({exc})") from None
+            arr = arr.reshape(stored_shape)
             return np.ascontiguousarray(arr, dtype=dtype) if dtype is not None else arr
+
+        def check(rc: int, what: str) -> None:
+            if rc != 0:
+                raise ValueError(f"native backend: the decoder refused {what} from {graph['tensors']}")
 
         # Arrays are bound to names until the library has copied them: a converted copy passed
         # inline would be freed before the call reads it.
         def set_linear(layer: int, which: int, lin: dict) -> None:
-            weight = view(lin["weight"])  # int8 [K, N], packed by the library
-            scales, bias = view(lin["scales"], np.float32), view(lin["bias"], np.float32)
-            self.lib.ed_set_linear(self._model, layer, which, _ptr(weight), _ptr(scales), _ptr(bias), lin["k"], lin["n"])
+            shape = (int(lin["k"]), int(lin["n"]))
+            weight = view(lin["weight"], shape=shape)  # int8 [K, N], packed by the library
+            if weight.dtype != np.int8:
+                raise ValueError(f"native backend: {graph['tensors']}: {weight.dtype} weights, not int8")
+            scales, bias = view(lin["scales"], np.float32, (shape[1],)), view(lin["bias"], np.float32, (shape[1],))
+            check(self.lib.ed_set_linear(self._model, layer, which, _ptr(weight), _ptr(scales), _ptr(bias), *shape),
+                  f"a {shape[0]}x{shape[1]} linear layer")
             # Its file pages leave this process's memory now: loading a model peaks at the packed
             # weights plus one layer, not twice the weights.
             start = lin["weight"]["offset"] // mmap.PAGESIZE * mmap.PAGESIZE
             data.madvise(mmap.MADV_DONTNEED, start, lin["weight"]["offset"] + weight.nbytes - start)
 
+        if len(index["layers"]) != self.layers:
+            raise ValueError(f"native backend: {graph['tensors']} lists {len(index['layers'])} layers, "
+                             f"the manifest {self.layers}")
+        hidden = (model["hidden_size"],)
         for i, layer in enumerate(index["layers"]):
             mlp = layer["mlp"]
             for which, lin in enumerate((layer["qkv"], layer["o"], mlp["gate"], mlp["up"], mlp["down"])):
                 set_linear(i, which, lin)
-            norms = view(layer["input_norm"], np.float32), view(layer["post_norm"], np.float32)
-            self.lib.ed_set_norms(self._model, i, _ptr(norms[0]), _ptr(norms[1]))
+            norms = view(layer["input_norm"], np.float32, hidden), view(layer["post_norm"], np.float32, hidden)
+            check(self.lib.ed_set_norms(self._model, i, _ptr(norms[0]), _ptr(norms[1])), "a norm")
         set_linear(-1, 0, index["lm_head"])
-        final_norm = view(index["final_norm"], np.float32)
-        self.lib.ed_set_norms(self._model, -1, _ptr(final_norm), None)
-        cos, sin = view(index["cos"], np.float32), view(index["sin"], np.float32)
-        self.lib.ed_set_rope(self._model, _ptr(cos), _ptr(sin), cos.shape[0])
+        final_norm = view(index["final_norm"], np.float32, hidden)
+        check(self.lib.ed_set_norms(self._model, -1, _ptr(final_norm), None), "the final norm")
+        positions = int(index["cos"]["shape"][0])
+        cos = view(index["cos"], np.float32, (positions, self.head_dim // 2))
+        sin = view(index["sin"], np.float32, (positions, self.head_dim // 2))
+        check(self.lib.ed_set_rope(self._model, _ptr(cos), _ptr(sin), positions), "the rotary tables")
         del data  # the packed copies are the library's; only the embedding table stays mapped
         embed = index["embed"]
         table, scales = embed["table"], embed["scales"]
-        self._table = np.memmap(data_path, np.dtype(table["dtype"]), "r", table["offset"], tuple(table["shape"]))
-        self._row_scales = None if scales is None else np.ascontiguousarray(
-            np.memmap(data_path, np.dtype(scales["dtype"]), "r", scales["offset"], tuple(scales["shape"])), np.float32)
+        if tuple(table["shape"]) != (self.vocab_size, model["hidden_size"]) or (
+                scales is not None and int(np.prod(scales["shape"])) != self.vocab_size):
+            raise ValueError(f"native backend: {graph['tensors']}: an embedding table not of the manifest's "
+                             f"{self.vocab_size} x {model['hidden_size']}")
+        try:
+            self._table = np.memmap(data_path, np.dtype(table["dtype"]), "r", table["offset"], tuple(table["shape"]))
+            self._row_scales = None if scales is None else np.ascontiguousarray(np.memmap(
+                data_path, np.dtype(scales["dtype"]), "r", scales["offset"], tuple(scales["shape"])), np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"native backend: {graph['tensors']}: the embedding table is not inside "
+                             f"{graph['data_file']} ({exc})") from None
         int8_table = self._table.dtype == np.int8
+        if int8_table != (self._row_scales is not None):
+            raise ValueError(f"native backend: {graph['tensors']}: an int8 embedding table comes with row scales")
         if not int8_table:
             self._table = np.ascontiguousarray(self._table, np.float32)
-        self.lib.ed_set_embedding(self._model, _ptr(self._table) if int8_table else None, _ptr(self._row_scales),
-                                  None if int8_table else _ptr(self._table))
+        check(self.lib.ed_set_embedding(self._model, _ptr(self._table) if int8_table else None,
+                                        _ptr(self._row_scales), None if int8_table else _ptr(self._table)),
+              "the embedding table")
         self.uses_amx = bool(self.lib.ed_uses_amx(self._model))
         self.batch_size = self.capacity = 0
 
@@ -179,8 +218,12 @@ class NativeBackend:
             raise ValueError("a position outside the cache capacity or the model's context")
         if rc == -2:
             raise ValueError(f"a token id outside the vocabulary (0..{self.vocab_size - 1})")
-        if rc != 0:
+        if rc == -3:
             raise ValueError("a logit row outside the call")
+        if rc == -5:
+            raise MemoryError("native backend: no memory for the decoder's scratch buffers")
+        if rc != 0:
+            raise ValueError("native backend: a model not completely loaded, or counts out of range")
 
     def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False) -> np.ndarray:
         if any(len(p) > self.capacity for p in prompts):

@@ -9,7 +9,7 @@ NAME = "bench"
 
 
 def command(
-    artifact: Annotated[str, typer.Argument(help="Artifact folder.")],
+    artifact: Annotated[str | None, typer.Argument(help="Artifact folder; omitted: the embedded default model.")] = None,
     prompt_tokens: Annotated[int, typer.Option(help="Synthetic prompt length.")] = 128,
     new_tokens: Annotated[int, typer.Option(help="Tokens generated per prompt (EOS ignored).")] = 64,
     batch_size: Annotated[int, typer.Option(help="Batch measured besides 1 (default: the profile's).")] = 0,
@@ -21,6 +21,7 @@ def command(
     """Measure load time, time to first token, decode speed and memory on this machine.
 
     Examples:
+      edgeds bench
       edgeds bench r1-1.5b-int8
       edgeds bench r1-1.5b-int8 --batch-size 8 --json
     """

@@ -32,6 +32,13 @@ AMX = ["-mamx-tile", "-mamx-int8"]  # gcc >= 11, clang >= 12; without them the l
 COMPILE = ["-O3", "-ffast-math", "-fno-associative-math", "-fopenmp", "-fPIC", "-mavx512f", "-mavx512bw",
            "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma", "-mf16c", *AMX]
 LINK = ["-shared", "-fopenmp"]
+# EDGEDS_NATIVE_SANITIZE=address,undefined builds the library with those sanitizers, for the
+# test suite (tests/test_native_sanitized.py); a Python host must preload the ASan runtime
+# (LD_PRELOAD=$(gcc -print-file-name=libasan.so)), as python itself is not built with it.
+SANITIZE = os.environ.get("EDGEDS_NATIVE_SANITIZE")
+if SANITIZE:
+    COMPILE += ["-g", "-fno-omit-frame-pointer", f"-fsanitize={SANITIZE}", "-fno-sanitize-recover=all"]
+    LINK += [f"-fsanitize={SANITIZE}"]
 FLAGS = COMPILE + ["|"] + LINK  # what the library's cache key hashes
 NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")
 
@@ -117,6 +124,8 @@ def library() -> ctypes.CDLL:
     lib.ed_set_norms.argtypes = [p, i, p, p]
     lib.ed_set_embedding.argtypes = [p, p, p, p]
     lib.ed_set_rope.argtypes = [p, p, p, i]
+    for setter in (lib.ed_set_linear, lib.ed_set_norms, lib.ed_set_embedding, lib.ed_set_rope):
+        setter.restype = i
     lib.ed_uses_amx.argtypes = [p]
     lib.ed_free.argtypes = [p]
     lib.ed_forward.argtypes = [p, i, p, p, p, i, p, p, p, i, i, i, p]

@@ -18,7 +18,11 @@
 
 #include "int8_gemm.h"
 
-enum { MAX_HEAD_DIM = 256 }; /* the attention's key block lives on the stack */
+enum {
+  MAX_HEAD_DIM = 256, /* the attention's key block lives on the stack */
+  MAX_GROUP = 16,     /* query heads per KV head: the attention's accumulators */
+  MAX_THREADS = 4096, /* more is a caller's mistake, not a machine */
+};
 
 typedef struct {
   Weights w;
@@ -54,15 +58,36 @@ int ed_amx_granted(void) {
 #endif
 }
 
+/* Read from the bits: built with -ffinite-math-only, the compiler takes isnan() to be false. */
+static int is_finite(float x) {
+  uint32_t bits;
+  memcpy(&bits, &x, sizeof bits);
+  return (bits & 0x7f800000u) != 0x7f800000u;
+}
+
+/* NULL for what these loops cannot run (checked before anything is allocated, so that no value
+ * a caller passes can make them write outside a buffer): the GEMM wants widths in 64s, the
+ * attention at most MAX_GROUP heads per KV head of at most MAX_HEAD_DIM in 16s, heads that span
+ * the hidden size; the scratch is sized per thread. */
 Model *ed_new(int layers, int hidden, int heads, int kv_heads, int head_dim, int inter, int vocab, float eps,
               int threads, int use_amx) {
+  if (layers < 1 || heads < 1 || kv_heads < 1 || heads % kv_heads || heads / kv_heads > MAX_GROUP)
+    return NULL;
+  if (head_dim < 16 || head_dim % 16 || head_dim > MAX_HEAD_DIM || (long)heads * head_dim != hidden) return NULL;
+  if (hidden % 64 || inter < 64 || inter % 64 || vocab < 64 || vocab % 64 || (heads + 2 * kv_heads) * head_dim % 64)
+    return NULL;
+  if (threads < 1 || threads > MAX_THREADS || !is_finite(eps) || eps < 0 || eps >= 1) return NULL;
   Model *m = calloc(1, sizeof *m);
+  if (!m) return NULL;
   *m = (Model){.layers = layers, .hidden = hidden, .heads = heads, .kv_heads = kv_heads, .head_dim = head_dim,
                .inter = inter, .vocab = vocab, .threads = threads, .eps = eps};
 #ifdef __AMX_INT8__
   m->amx = use_amx && amx_permitted();
 #endif
-  m->layer = calloc(layers, sizeof(Layer));
+  if (!(m->layer = calloc(layers, sizeof(Layer)))) {
+    free(m);
+    return NULL;
+  }
   return m;
 }
 
@@ -92,32 +117,55 @@ static float *copy_floats(const float *src, size_t n) {
   return dst;
 }
 
-/* which: 0 qkv, 1 o, 2 gate, 3 up, 4 down; layer -1 is the LM head. w int8 [K, N]. */
-void ed_set_linear(Model *m, int layer, int which, const int8_t *w, const float *scale, const float *bias, int K, int N) {
-  omp_set_num_threads(m->threads);
+/* which: 0 qkv, 1 o, 2 gate, 3 up, 4 down; layer -1 is the LM head. w int8 [K, N], which must
+ * be the shape the model's widths give that layer. Returns 0, or -1 (nothing is kept). */
+int ed_set_linear(Model *m, int layer, int which, const int8_t *w, const float *scale, const float *bias, int K, int N) {
+  const int H = m->hidden, QKV = (m->heads + 2 * m->kv_heads) * m->head_dim;
+  const int shape[5][2] = {{H, QKV}, {H, H}, {H, m->inter}, {H, m->inter}, {m->inter, H}};
+  if (layer < -1 || layer >= m->layers || which < 0 || which > 4 || (layer < 0 && which) || !w || !scale) return -1;
+  if (layer < 0 ? K != H || N != m->vocab : K != shape[which][0] || N != shape[which][1]) return -1;
   Linear *lin = layer < 0 ? &m->head : &(&m->layer[layer].qkv)[which];
+  if (lin->w.packed) return -1; /* set once */
+  omp_set_num_threads(m->threads);
   lin->w = pack(w, scale, K, N);
   lin->bias = copy_floats(bias, N);
+  return 0;
 }
 
-void ed_set_norms(Model *m, int layer, const float *input_norm, const float *post_norm) {
-  if (layer < 0) {
-    m->final_norm = copy_floats(input_norm, m->hidden);
-    return;
-  }
-  m->layer[layer].input_norm = copy_floats(input_norm, m->hidden);
-  m->layer[layer].post_norm = copy_floats(post_norm, m->hidden);
+int ed_set_norms(Model *m, int layer, const float *input_norm, const float *post_norm) {
+  if (layer < -1 || layer >= m->layers || !input_norm || (layer >= 0 && !post_norm)) return -1;
+  float **in = layer < 0 ? &m->final_norm : &m->layer[layer].input_norm;
+  if (*in) return -1;
+  *in = copy_floats(input_norm, m->hidden);
+  if (layer >= 0) m->layer[layer].post_norm = copy_floats(post_norm, m->hidden);
+  return 0;
 }
 
-void ed_set_embedding(Model *m, const int8_t *q, const float *row_scale, const float *f) {
+/* The caller keeps the table ([vocab, hidden]) alive as long as the model. */
+int ed_set_embedding(Model *m, const int8_t *q, const float *row_scale, const float *f) {
+  if (q ? !row_scale || f : !f) return -1;
   m->embed_q = q, m->embed_scale = row_scale, m->embed_f = f;
+  return 0;
 }
 
 /* cos and sin: [positions, head_dim / 2], amplitude included (export/rope.py). */
-void ed_set_rope(Model *m, const float *cos_t, const float *sin_t, int positions) {
+int ed_set_rope(Model *m, const float *cos_t, const float *sin_t, int positions) {
+  if (positions < 1 || !cos_t || !sin_t || m->cos_t) return -1;
   m->rope_positions = positions;
   m->cos_t = copy_floats(cos_t, (size_t)positions * m->head_dim / 2);
   m->sin_t = copy_floats(sin_t, (size_t)positions * m->head_dim / 2);
+  return 0;
+}
+
+/* Every weight, norm, table: a forward reads all of them. */
+static int complete(const Model *m) {
+  for (int l = 0; l < m->layers; l++) {
+    const Layer *ly = &m->layer[l];
+    for (const Linear *lin = &ly->qkv; lin <= &ly->down; lin++)
+      if (!lin->w.packed) return 0;
+    if (!ly->input_norm || !ly->post_norm) return 0;
+  }
+  return m->head.w.packed && m->final_norm && m->cos_t && (m->embed_q || m->embed_f);
 }
 
 static void free_linear(Linear *l) {
@@ -125,6 +173,7 @@ static void free_linear(Linear *l) {
 }
 
 void ed_free(Model *m) {
+  if (!m) return;
   for (int l = 0; l < m->layers; l++) {
     Layer *ly = &m->layer[l];
     for (Linear *lin = &ly->qkv; lin <= &ly->down; lin++) free_linear(lin);
@@ -139,8 +188,9 @@ void ed_free(Model *m) {
 /* aligned_alloc wants a size that is a multiple of the alignment. */
 static void *alloc64(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 * 64); }
 
-static void grow_scratch(Model *m, int rows, int longest) {
-  int threads = m->threads, group = m->heads / m->kv_heads;
+/* Returns 0, or -1 where memory ran out (the scratch is then empty, and grown at the next call). */
+static int grow_scratch(Model *m, int rows, int longest) {
+  const int group = m->heads / m->kv_heads;
   if (rows > m->rows_cap) {
     int wide = m->inter > m->hidden ? m->inter : m->hidden, qkv = (m->heads + 2 * m->kv_heads) * m->head_dim;
     free(m->h), free(m->wide1), free(m->wide2), free(m->qkv), free(m->attn), free(m->row_scale), free(m->xq);
@@ -151,16 +201,25 @@ static void grow_scratch(Model *m, int rows, int longest) {
     m->attn = alloc64((size_t)rows * m->hidden * 4);
     m->row_scale = alloc64((size_t)rows * 4);
     m->xq = alloc64((size_t)rows * wide);
+    m->rows_cap = rows;
+    if (!m->h || !m->wide1 || !m->wide2 || !m->qkv || !m->attn || !m->row_scale || !m->xq) {
+      free(m->h), free(m->wide1), free(m->wide2), free(m->qkv), free(m->attn), free(m->row_scale), free(m->xq);
+      m->h = m->wide1 = m->wide2 = m->qkv = m->attn = m->row_scale = NULL, m->xq = NULL;
+      m->rows_cap = 0;
+      return -1;
+    }
     memset(m->xq, 128, (size_t)rows * wide);
     memset(m->row_scale, 0, (size_t)rows * 4);
-    m->rows_cap = rows;
   }
   longest = (longest + 15) / 16 * 16;
   if (longest > m->scores_cap) {
     free(m->scores);
-    m->scores = alloc64((size_t)threads * group * longest * 4);
-    m->scores_cap = longest;
+    /* one buffer per thread of a team, which omp_set_num_threads(m->threads) caps */
+    m->scores = alloc64((size_t)m->threads * group * longest * 4);
+    m->scores_cap = m->scores ? longest : 0;
+    if (!m->scores) return -1;
   }
+  return 0;
 }
 
 /* Lanes [0, n) of a 16-float block: the masked tail of a row of any length. */
@@ -297,13 +356,15 @@ static void linear(const Model *m, const Linear *lin, Call c, const float *row_s
  * already cached or in this call). Writes logits of the rows `logit_rows` ([n_logits] row
  * indices) to `logits`, which has room for n_logits rounded up to 32 rows of `vocab`.
  * Returns 0; -1 for a position outside the rope table or the cache, -2 for a token id outside
- * the vocabulary, -3 for a logit row outside the call (nothing is computed then). */
+ * the vocabulary, -3 for a logit row outside the call, -4 for a model not completely set or
+ * counts out of range, -5 for memory that could not be had (nothing is computed then). */
 int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, const int32_t *pos, int n_logits,
                const int32_t *logit_rows, void *k_cache, void *v_cache, int f16, int slots, int capacity, float *logits) {
   const int H = m->hidden, D = m->head_dim, NH = m->heads, NKV = m->kv_heads, group = NH / NKV, I = m->inter;
   const int QKV = (NH + 2 * NKV) * D;
   const Call c = call_for(m, rows), head = call_for(m, n_logits);
   const size_t per_layer = (size_t)slots * NKV * capacity * D, elem = f16 ? 2 : 4;
+  if (!complete(m) || rows < 1 || n_logits < 0 || n_logits > rows || slots < 1 || capacity < 1 || !logits) return -4;
   int longest = 0;
   for (int r = 0; r < rows; r++) {
     if (pos[r] < 0 || pos[r] >= capacity || pos[r] >= m->rope_positions || slot[r] < 0 || slot[r] >= slots) return -1;
@@ -313,7 +374,7 @@ int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, cons
   for (int i = 0; i < n_logits; i++)
     if (logit_rows[i] < 0 || logit_rows[i] >= rows) return -3;
   omp_set_num_threads(m->threads);
-  grow_scratch(m, c.M > head.M ? c.M : head.M, longest);
+  if (grow_scratch(m, c.M > head.M ? c.M : head.M, longest)) return -5;
   float *h = m->h, *t1 = m->wide1, *t2 = m->wide2, *qkv = m->qkv, *attn = m->attn, *rs = m->row_scale;
   uint8_t *xq = m->xq;
 
