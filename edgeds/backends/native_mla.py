@@ -67,7 +67,8 @@ class NativeMlaBackend(NativeBackend):
     supports_refill = True
 
     def __init__(self, artifact: Artifact, threads: int, use_amx: bool = True):
-        """use_amx: kept for the dense backend's signature; these kernels are AVX-512 VNNI."""
+        """use_amx: take the AMX tiles where the CPU and kernel grant them (calls whose rows for
+        a weight reach 16; elsewhere the request fails and the VNNI kernel runs)."""
         if why := unsupported(artifact):
             raise ValueError(f"native backend: {why}")
         self.lib = library()
@@ -106,6 +107,7 @@ class NativeMlaBackend(NativeBackend):
             m["softmax_scale"],
             m["routed_scaling_factor"],
             threads,
+            int(use_amx),
         )
         data_path = artifact.path(graph["data_file"])
         with open(data_path, "rb") as f:
@@ -192,8 +194,15 @@ class NativeMlaBackend(NativeBackend):
             _ptr(self._row_scales),
             None if int8_table else _ptr(self._table),
         )
-        self.uses_amx = False
+        self.uses_amx = bool(self.lib.em_uses_amx(self._model))
         self.batch_size = self.capacity = 0
+
+    def profile(self, reset: bool = False) -> np.ndarray:
+        """Seconds spent in each phase of mla_moe.c's calls since the last reset: attention
+        projections, attention, o_proj, routing, experts, dense MLP, LM head, the rest."""
+        out = np.zeros(8, np.float64)
+        self.lib.em_profile(self._model, _ptr(out), int(reset))
+        return out
 
     def __del__(self):
         if getattr(self, "_model", None):

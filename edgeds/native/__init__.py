@@ -130,7 +130,9 @@ def library() -> ctypes.CDLL:
     lib.ed_free.argtypes = [p]
     lib.ed_forward.argtypes = [p, i, p, p, p, i, p, p, p, i, i, i, p]
     lib.em_new.restype = p
-    lib.em_new.argtypes = [p, f, f, f, i]
+    lib.em_new.argtypes = [p, f, f, f, i, i]
+    lib.em_uses_amx.argtypes = [p]
+    lib.em_profile.argtypes = [p, p, i]
     lib.em_set_linear.argtypes = [p, i, i, p, p, i, i]
     lib.em_set_expert.argtypes = [p, i, i, i, p, p, i, i]
     lib.em_set_router.argtypes = [p, i, p, p]

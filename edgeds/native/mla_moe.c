@@ -32,6 +32,8 @@
 enum { KV_CHUNK = 256 };                                        /* positions per attention task */
 enum { MAX_EXPERTS = 1024, MAX_GROUPS = 256, MAX_LORA = 4096 }; /* native_mla.py checks these */
 enum { ROUTE_SOFTMAX = 0, ROUTE_SOFTMAX_GROUPS = 1, ROUTE_SIGMOID = 2 };
+/* em_profile's phases: where a call's time goes (benchmarks/mla_decode_profile.py). */
+enum { P_ATTN_PROJ, P_ATTN, P_O, P_ROUTE, P_EXPERTS, P_DENSE_MLP, P_HEAD, P_REST, P_COUNT };
 
 typedef struct {
   Weights gate, up, down;
@@ -81,6 +83,7 @@ typedef struct {
   const float *rs;
   float *y; /* row i: y + i * ldy */
   int ldy, rows;
+  const uint8_t *tiles; /* AMX: the rows gathered in order, padded to 16 (run_jobs), or NULL */
 } Job;
 
 typedef struct {
@@ -91,6 +94,8 @@ typedef struct {
   int d[D_COUNT];
   float eps, softmax_scale, routed_scaling;
   int threads, rope_positions;
+  int amx; /* the process holds the AMX tiles: jobs of AMX_MIN_ROWS rows or more use them */
+  double seconds[P_COUNT], stamp; /* em_profile's */
   MLayer *layer;
   Weights head;
   float *final_norm, *cos_t, *sin_t;
@@ -98,6 +103,8 @@ typedef struct {
   const float *embed_scale, *embed_f;
   /* scratch, grown to the largest call */
   int rows_cap, chunks_cap, items_cap, act_width;
+  size_t tiles_cap;
+  uint8_t *tiles;
   float *h, *xn, *proj, *kv, *query, *part, *scores, *vals, *out, *rs, *logit_e, *wts, *act, *ye,
       *ars;
   uint8_t *xq, *actq;
@@ -114,8 +121,8 @@ static float *copy_floats(const float *src, size_t n) {
   return dst;
 }
 
-MlaModel *em_new(const int *dims, float eps, float softmax_scale, float routed_scaling,
-                 int threads) {
+MlaModel *em_new(const int *dims, float eps, float softmax_scale, float routed_scaling, int threads,
+                 int use_amx) {
   MlaModel *m = calloc(1, sizeof *m);
   memcpy(m->d, dims, sizeof m->d);
   m->eps = eps, m->softmax_scale = softmax_scale, m->routed_scaling = routed_scaling,
@@ -125,8 +132,13 @@ MlaModel *em_new(const int *dims, float eps, float softmax_scale, float routed_s
   if (dims[D_MOE_INTER] > wide) wide = dims[D_MOE_INTER];
   if (dims[D_SHARED_INTER] > wide) wide = dims[D_SHARED_INTER];
   m->act_width = wide;
+#ifdef __AMX_INT8__
+  m->amx = use_amx && amx_permitted();
+#endif
   return m;
 }
+
+int em_uses_amx(const MlaModel *m) { return m->amx; }
 
 /* pack() of int8_gemm.h where N % 64 == 0 (vectorized, parallel); else one column at a time, into
  * the same layout: [N/16][K/4][16][4]. */
@@ -242,6 +254,7 @@ void em_free(MlaModel *m) {
                 m->out, m->rs, m->logit_e, m->wts, m->act,   m->ye,   m->ars};
   for (size_t i = 0; i < sizeof f / sizeof *f; i++) free(f[i]);
   free(m->xq), free(m->actq), free(m->sel), free(m->assign), free(m->tok_of), free(m->items);
+  free(m->tiles);
   free(m);
 }
 
@@ -277,9 +290,10 @@ static void micro_any(const uint8_t *const *ap, int K, const int8_t *b, int rows
   switch (rows * 8 + nblk) {
     MICRO_CASE(1, 1)
     MICRO_CASE(1, 2)
-    MICRO_CASE(1, 3) MICRO_CASE(1, 4) MICRO_CASE(2, 1) MICRO_CASE(2, 2) MICRO_CASE(2, 3)
-        MICRO_CASE(2, 4) MICRO_CASE(3, 1) MICRO_CASE(3, 2) MICRO_CASE(3, 3) MICRO_CASE(3, 4)
-            MICRO_CASE(4, 1) MICRO_CASE(4, 2) MICRO_CASE(4, 3) MICRO_CASE(4, 4)
+    MICRO_CASE(1, 3)
+    MICRO_CASE(1, 4) MICRO_CASE(2, 1) MICRO_CASE(2, 2) MICRO_CASE(2, 3) MICRO_CASE(2, 4)
+        MICRO_CASE(3, 1) MICRO_CASE(3, 2) MICRO_CASE(3, 3) MICRO_CASE(3, 4) MICRO_CASE(4, 1)
+            MICRO_CASE(4, 2) MICRO_CASE(4, 3) MICRO_CASE(4, 4)
   }
 }
 
@@ -299,6 +313,89 @@ static __attribute__((noinline)) void silu_mul(const float *g, const float *u, f
   for (int i = 0; i < 16; i++) dst[i] = g[i] / (1 + expf(-g[i])) * u[i];
 }
 
+/* Rows [r0, r0 + rows) of the job: their int32 sums for blocks [nb, nb + nblk) (out) -> floats,
+ * through SiLU with up's sums (up) where the job is fused. */
+static void epilogue(const Job *j, int r0, int rows, int nb, int nblk, const int32_t *out,
+                     const int32_t *up, int ld) {
+  for (int r = 0; r < rows; r++) {
+    const int src = j->idx ? j->idx[r0 + r] : r0 + r;
+    const float rs = j->rs[src];
+    float *y = j->y + (size_t)(r0 + r) * j->ldy;
+    for (int b = 0; b < nblk; b++) {
+      const int n = 16 * (nb + b);
+      if (!up) {
+        to_float(out + (size_t)r * ld + 16 * b, j->w, n, rs, y + n);
+        continue;
+      }
+      float g[16], u[16];
+      to_float(out + (size_t)r * ld + 16 * b, j->w, n, rs, g);
+      to_float(up + (size_t)r * ld + 16 * b, j->up, n, rs, u);
+      silu_mul(g, u, y + n);
+    }
+  }
+}
+
+enum { AMX_MIN_ROWS = 16 }; /* fewer rows: VNNI, which reads each weight once per four rows */
+
+#ifdef __AMX_INT8__
+/* 16 gathered rows (a, stride K) against nblk (1-4) blocks at b: int32 sums [16][64] into out.
+ * One A tile (4) per 64 K, a B tile per block (5-7, 5 again for the fourth), accumulators 0-3;
+ * the packed layout is the B tile's: 16 rows of four K values by 16 columns, 64 bytes a row. */
+static void amx_rows(const uint8_t *a, int K, const int8_t *b, int nblk, int32_t *out) {
+  const size_t stride = (size_t)(K / 4) * 64;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int k = 0; k < K; k += 64) {
+    _tile_loadd(4, a + k, K);
+    _tile_loadd(5, b + (size_t)k * 16, 64);
+    _tile_dpbusd(0, 4, 5);
+    if (nblk > 1) {
+      _tile_loadd(6, b + stride + (size_t)k * 16, 64);
+      _tile_dpbusd(1, 4, 6);
+    }
+    if (nblk > 2) {
+      _tile_loadd(7, b + 2 * stride + (size_t)k * 16, 64);
+      _tile_dpbusd(2, 4, 7);
+    }
+    if (nblk > 3) {
+      _tile_loadd(5, b + 3 * stride + (size_t)k * 16, 64);
+      _tile_dpbusd(3, 4, 5);
+    }
+  }
+  _tile_stored(0, out, 256);
+  if (nblk > 1) _tile_stored(1, out + 16, 256);
+  if (nblk > 2) _tile_stored(2, out + 32, 256);
+  if (nblk > 3) _tile_stored(3, out + 48, 256);
+}
+
+/* An item on AMX tiles: 16 rows at a time; the same epilogue as the VNNI path's, and integer
+ * sums are exact, so a row's result does not depend on which kernel its batch took. */
+static void run_item_amx(const Job *j, int nb0, int nb1) {
+  const int K = j->w->K;
+  const size_t bstride = (size_t)(K / 4) * 64;
+  int32_t out[16 * 64] __attribute__((aligned(64))), up[16 * 64] __attribute__((aligned(64)));
+  for (int r0 = 0; r0 < j->rows; r0 += 16) {
+    const int rows = j->rows - r0 < 16 ? j->rows - r0 : 16;
+    const uint8_t *a = j->tiles + (size_t)r0 * K;
+    for (int nb = nb0; nb < nb1; nb += 4) {
+      const int nblk = nb1 - nb < 4 ? nb1 - nb : 4;
+      amx_rows(a, K, j->w->packed + nb * bstride, nblk, out);
+      if (j->up) amx_rows(a, K, j->up->packed + nb * bstride, nblk, up);
+      epilogue(j, r0, rows, nb, nblk, out, j->up ? up : NULL, 64);
+    }
+  }
+}
+
+static void tiles_on(void) {
+  TileConfig cfg = {0};
+  cfg.palette = 1;
+  for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+  _tile_loadconfig(&cfg);
+}
+#endif
+
 /* One item: every row of the job against blocks [nb0, nb1), four rows and up to four blocks at a
  * time (the weights of the item stay in L2 while the rows go by). */
 static void run_item(const Job *j, int nb0, int nb1) {
@@ -307,32 +404,14 @@ static void run_item(const Job *j, int nb0, int nb1) {
   for (int r0 = 0; r0 < j->rows; r0 += 4) {
     const int rows = j->rows - r0 < 4 ? j->rows - r0 : 4;
     const uint8_t *ap[4];
-    float rs[4];
-    for (int r = 0; r < rows; r++) {
-      const int src = j->idx ? j->idx[r0 + r] : r0 + r;
-      ap[r] = j->a + (size_t)src * j->lda;
-      rs[r] = j->rs[src];
-    }
+    for (int r = 0; r < rows; r++)
+      ap[r] = j->a + (size_t)(j->idx ? j->idx[r0 + r] : r0 + r) * j->lda;
     for (int nb = nb0; nb < nb1; nb += 4) {
       const int nblk = nb1 - nb < 4 ? nb1 - nb : 4;
-      int32_t out[4][64] __attribute__((aligned(64)));
+      int32_t out[4][64] __attribute__((aligned(64))), up[4][64] __attribute__((aligned(64)));
       micro_any(ap, K, j->w->packed + nb * bstride, rows, nblk, out);
-      if (!j->up) {
-        for (int r = 0; r < rows; r++)
-          for (int b = 0; b < nblk; b++)
-            to_float(out[r] + 16 * b, j->w, 16 * (nb + b), rs[r],
-                     j->y + (size_t)(r0 + r) * j->ldy + 16 * (nb + b));
-        continue;
-      }
-      int32_t up[4][64] __attribute__((aligned(64)));
-      micro_any(ap, K, j->up->packed + nb * bstride, rows, nblk, up);
-      for (int r = 0; r < rows; r++)
-        for (int b = 0; b < nblk; b++) {
-          float g[16], u[16], *dst = j->y + (size_t)(r0 + r) * j->ldy + 16 * (nb + b);
-          to_float(out[r] + 16 * b, j->w, 16 * (nb + b), rs[r], g);
-          to_float(up[r] + 16 * b, j->up, 16 * (nb + b), rs[r], u);
-          silu_mul(g, u, dst);
-        }
+      if (j->up) micro_any(ap, K, j->up->packed + nb * bstride, rows, nblk, up);
+      epilogue(j, r0, rows, nb, nblk, out[0], j->up ? up[0] : NULL, 64);
     }
   }
 }
@@ -347,8 +426,36 @@ static void grow_items(MlaModel *m, int n) {
 
 /* Every job's output columns cut into items of 64 (16 where that leaves threads without work),
  * all in one parallel loop. */
-static void run_jobs(MlaModel *m, const Job *jobs, int n_jobs) {
-  int blocks = 0;
+static void run_jobs(MlaModel *m, Job *jobs, int n_jobs) {
+  int blocks = 0, amx = 0;
+  (void)amx; /* a build without AMX */
+#ifdef __AMX_INT8__
+  /* Jobs of enough rows (and K a multiple of the tile's 64) get their rows gathered in order,
+   * padded to 16, for the A tiles; padded rows are computed and dropped. */
+  size_t need = 0;
+  for (int j = 0; j < n_jobs; j++)
+    if (m->amx && jobs[j].rows >= AMX_MIN_ROWS && jobs[j].w->K % 64 == 0)
+      need += (size_t)(jobs[j].rows + 15) / 16 * 16 * jobs[j].w->K;
+  if (need > m->tiles_cap) {
+    free(m->tiles);
+    m->tiles = alloc64(need);
+    memset(m->tiles, 128, need);
+    m->tiles_cap = need;
+  }
+  need = 0;
+  for (int j = 0; j < n_jobs; j++) {
+    jobs[j].tiles = NULL;
+    if (!(m->amx && jobs[j].rows >= AMX_MIN_ROWS && jobs[j].w->K % 64 == 0)) continue;
+    jobs[j].tiles = m->tiles + need;
+    need += (size_t)(jobs[j].rows + 15) / 16 * 16 * jobs[j].w->K;
+    amx = 1;
+  }
+#pragma omp parallel for schedule(dynamic, 1) if (amx)
+  for (int j = 0; j < n_jobs; j++)
+    for (int r = 0; jobs[j].tiles && r < jobs[j].rows; r++)
+      memcpy((uint8_t *)jobs[j].tiles + (size_t)r * jobs[j].w->K,
+             jobs[j].a + (size_t)(jobs[j].idx ? jobs[j].idx[r] : r) * jobs[j].lda, jobs[j].w->K);
+#endif
   for (int j = 0; j < n_jobs; j++) blocks += jobs[j].rows ? jobs[j].w->N / 16 : 0;
   const int per = blocks >= 16 * m->threads ? 4 : 1;
   grow_items(m, blocks);
@@ -359,8 +466,26 @@ static void run_jobs(MlaModel *m, const Job *jobs, int n_jobs) {
       m->items[n++] = (Item){j, nb, nb + per < jobs[j].w->N / 16 ? nb + per : jobs[j].w->N / 16};
   }
   const Item *items = m->items;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int i = 0; i < n; i++) run_item(&jobs[items[i].job], items[i].nb0, items[i].nb1);
+#pragma omp parallel
+  {
+#ifdef __AMX_INT8__
+    if (amx) tiles_on();
+#endif
+#pragma omp for schedule(dynamic, 1)
+    for (int i = 0; i < n; i++) {
+      const Job *j = &jobs[items[i].job];
+#ifdef __AMX_INT8__
+      if (j->tiles) {
+        run_item_amx(j, items[i].nb0, items[i].nb1);
+        continue;
+      }
+#endif
+      run_item(j, items[i].nb0, items[i].nb1);
+    }
+#ifdef __AMX_INT8__
+    if (amx) _tile_release();
+#endif
+  }
 }
 
 /* y[n] = scale[n] * sum_k x[k] w[k][n]: float activations against int8 columns (W_UK, W_UV).
@@ -442,13 +567,13 @@ static inline __m512 hsum16(const __m512 v[16]) {
 /* Every head's query q [heads][D] (latent query, then rope) over cached rows [t0, t1) of one
  * slot (kv: row t at kv + t * D): per head the chunk's peak, its exp-sum and the exp-weighted
  * sum of the latents, part [heads][2 + L]. */
-static void attend_chunk(const float *q, const float *kv, int t0, int t1, int heads, int D, int L,
-                         float scale, float *scores, float *part) {
-  const int len = t1 - t0;
+static void attend_chunk(const float *q, const float *kv, int chunk, int length, int h_lo, int h_hi,
+                         int D, int L, float scale, float *scores, float *part) {
+  const int t0 = chunk * KV_CHUNK, len = length - t0 < KV_CHUNK ? length - t0 : KV_CHUNK;
   for (int b0 = 0; b0 < len; b0 += 16) {
     const int nt = len - b0 < 16 ? len - b0 : 16;
     const float *keys = kv + (size_t)(t0 + b0) * D;
-    for (int h = 0; h < heads; h++) {
+    for (int h = h_lo; h < h_hi; h++) {
       __m512 acc[16];
       for (int tt = 0; tt < 16; tt++) acc[tt] = _mm512_setzero_ps();
       for (int c = 0; c < D; c += 16) {
@@ -460,7 +585,7 @@ static void attend_chunk(const float *q, const float *kv, int t0, int t1, int he
                             _mm512_mul_ps(hsum16(acc), _mm512_set1_ps(scale)));
     }
   }
-  for (int h = 0; h < heads; h++) {
+  for (int h = h_lo; h < h_hi; h++) {
     float *s = scores + (size_t)h * KV_CHUNK, peak = -FLT_MAX, sum = 0;
     for (int t = 0; t < len; t++) peak = fmaxf(peak, s[t]);
     /* Far below the peak a weight is 0, not a subnormal (they cost microcode assists). */
@@ -471,8 +596,8 @@ static void attend_chunk(const float *q, const float *kv, int t0, int t1, int he
   /* Each latent row read once per 64 of its columns for four heads at a time. */
   for (int c0 = 0; c0 < L; c0 += 64) {
     const int chunks = L - c0 < 64 ? (L - c0) / 16 : 4;
-    for (int h0 = 0; h0 < heads; h0 += 4) {
-      const int hn = heads - h0 < 4 ? heads - h0 : 4;
+    for (int h0 = h_lo; h0 < h_hi; h0 += 4) {
+      const int hn = h_hi - h0 < 4 ? h_hi - h0 : 4;
       __m512 acc[4][4];
       for (int h = 0; h < hn; h++)
         for (int c = 0; c < chunks; c++) acc[h][c] = _mm512_setzero_ps();
@@ -504,6 +629,15 @@ static void merge_chunks(const float *part, int chunks, size_t chunk_stride, int
     for (int i = 0; i < L; i++) out[i] += w * p[2 + i];
   }
   for (int i = 0; i < L; i++) out[i] /= sum;
+}
+
+/* One head's chunks (partials at part, H * (L + 2) apart) merged, then W_UV: its v values. */
+static void attended_values(const MlaModel *m, const MLayer *ly, const float *part, int pos, int hd,
+                            float *out) {
+  const int H = m->d[D_HEADS], L = m->d[D_KV_LORA], dv = m->d[D_V];
+  float lat[MAX_LORA];
+  merge_chunks(part, pos / KV_CHUNK + 1, (size_t)H * (L + 2), L, lat);
+  int8_matvec(lat, L, ly->w_uv + (size_t)hd * L * dv, dv, ly->uv_scale + (size_t)hd * dv, out);
 }
 
 /* ---- routing, exactly as transformers' DeepSeek-V2/V3 gates ---- */
@@ -597,7 +731,7 @@ static void grow_scratch(MlaModel *m, int rows, int chunks) {
     m->out = alloc64(R * hidden * 4);
     m->proj = alloc64(R * q_width * 4), m->kv = alloc64(R * D * 4),
     m->query = alloc64(R * H * D * 4);
-    m->part = alloc64(R * chunks * H * (L + 2) * 4),
+    m->part = alloc64((size_t)m->threads * chunks * H * (L + 2) * 4),
     m->vals = alloc64(R * H * (L > d[D_V] ? L : d[D_V]) * 4);
     m->rs = alloc64(R * 4), m->logit_e = alloc64(R * (d[D_EXPERTS] + 1) * 4),
     m->wts = alloc64(R * topk * 4);
@@ -609,6 +743,19 @@ static void grow_scratch(MlaModel *m, int rows, int chunks) {
     m->scores = alloc64((size_t)m->threads * H * KV_CHUNK * 4);
     m->rows_cap = rows, m->chunks_cap = chunks;
   }
+}
+
+/* The time since the last lap goes to `phase`. */
+static void lap(MlaModel *m, int phase) {
+  const double t = omp_get_wtime();
+  m->seconds[phase] += t - m->stamp;
+  m->stamp = t;
+}
+
+/* Seconds spent in each phase (P_*) since the last reset, into out[P_COUNT]. */
+void em_profile(MlaModel *m, double *out, int reset) {
+  memcpy(out, m->seconds, sizeof m->seconds);
+  if (reset) memset(m->seconds, 0, sizeof m->seconds);
 }
 
 /* A dense layer's MLP, or a MoE layer's routed and shared experts, on xq (normed xn for the
@@ -655,6 +802,7 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
       total += rows;
     }
   }
+  lap(m, P_ROUTE);
   for (int j = 0; j < n_jobs; j++) {
     const int n = (j + 1 < n_jobs ? first[j + 1] : total) - first[j];
     jobs[j] = (Job){&mlp[j]->gate,
@@ -685,7 +833,10 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
                     hidden,
                     jobs[j].rows};
   run_jobs(m, jobs, n_jobs);
-  if (!ly->moe) return;
+  if (!ly->moe) {
+    lap(m, P_DENSE_MLP);
+    return;
+  }
   const int shared = ly->shared.gate.K != 0;
 #pragma omp parallel for schedule(static)
   for (int r = 0; r < rows; r++) {
@@ -701,6 +852,7 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
       for (int i = 0; i < hidden; i++) o[i] += y[i];
     }
   }
+  lap(m, P_EXPERTS);
 }
 
 /* `rows` tokens: row r is token ids[r] at position pos[r] of cache slot slot[r], attending to that
@@ -728,6 +880,7 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
   for (int i = 0; i < n_logits; i++)
     if (logit_rows[i] < 0 || logit_rows[i] >= rows) return -3;
   omp_set_num_threads(m->threads);
+  m->stamp = omp_get_wtime();
   const int max_chunks = (longest + KV_CHUNK - 1) / KV_CHUNK;
   grow_scratch(m, rows > n_logits ? rows : n_logits, max_chunks);
   float *h = m->h, *xn = m->xn, *rs = m->rs, *proj = m->proj, *kv = m->kv, *query = m->query,
@@ -786,30 +939,42 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
       for (int hd = 0; hd < H; hd++)
         int8_matvec(proj + (size_t)r * QW + hd * (dn + dr), dn, ly->w_uk + (size_t)hd * dn * L, L,
                     ly->uk_scale + (size_t)hd * L, query + ((size_t)r * H + hd) * D);
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
-    for (int r = 0; r < rows; r++)
-      for (int c = 0; c < max_chunks; c++) {
-        const int len = pos[r] + 1, t0 = c * KV_CHUNK;
-        if (t0 >= len) continue;
-        attend_chunk(query + (size_t)r * H * D, cl + (size_t)slot[r] * capacity * D, t0,
-                     t0 + KV_CHUNK < len ? t0 + KV_CHUNK : len, H, D, L, m->softmax_scale,
-                     m->scores + (size_t)omp_get_thread_num() * H * KV_CHUNK,
-                     m->part + r * part_row + (size_t)c * H * (L + 2));
-      }
-    /* Chunks merged, then W_UV: (L) -> (v) per head. */
+    lap(m, P_ATTN_PROJ);
+    if (rows < m->threads) { /* few rows: a task per (row, chunk, 4 heads): every thread busy */
+      const int groups = (H + 3) / 4;
+#pragma omp parallel for collapse(3) schedule(dynamic, 1)
+      for (int r = 0; r < rows; r++)
+        for (int c = 0; c < max_chunks; c++)
+          for (int g = 0; g < groups; g++)
+            if (c * KV_CHUNK <= pos[r])
+              attend_chunk(query + (size_t)r * H * D, cl + (size_t)slot[r] * capacity * D, c,
+                           pos[r] + 1, 4 * g, 4 * g + 4 < H ? 4 * g + 4 : H, D, L, m->softmax_scale,
+                           m->scores + (size_t)omp_get_thread_num() * H * KV_CHUNK,
+                           m->part + r * part_row + (size_t)c * H * (L + 2));
 #pragma omp parallel for collapse(2) schedule(static)
-    for (int r = 0; r < rows; r++)
-      for (int hd = 0; hd < H; hd++) {
-        float lat[MAX_LORA];
-        merge_chunks(m->part + r * part_row + (size_t)hd * (L + 2), (pos[r] + KV_CHUNK) / KV_CHUNK,
-                     (size_t)H * (L + 2), L, lat);
-        int8_matvec(lat, L, ly->w_uv + (size_t)hd * L * dv, dv, ly->uv_scale + (size_t)hd * dv,
-                    vals + (size_t)r * H * dv + hd * dv);
+      for (int r = 0; r < rows; r++)
+        for (int hd = 0; hd < H; hd++)
+          attended_values(m, ly, m->part + r * part_row + (size_t)hd * (L + 2), pos[r], hd,
+                          vals + (size_t)r * H * dv + hd * dv);
+    } else { /* a task per row, its chunks' partials in the thread's own buffer */
+#pragma omp parallel for schedule(dynamic, 1)
+      for (int r = 0; r < rows; r++) {
+        float *part = m->part + (size_t)omp_get_thread_num() * part_row;
+        for (int c = 0; c * KV_CHUNK <= pos[r]; c++)
+          attend_chunk(query + (size_t)r * H * D, cl + (size_t)slot[r] * capacity * D, c,
+                       pos[r] + 1, 0, H, D, L, m->softmax_scale,
+                       m->scores + (size_t)omp_get_thread_num() * H * KV_CHUNK,
+                       part + (size_t)c * H * (L + 2));
+        for (int hd = 0; hd < H; hd++)
+          attended_values(m, ly, part + (size_t)hd * (L + 2), pos[r], hd,
+                          vals + (size_t)r * H * dv + hd * dv);
       }
+    }
 #pragma omp parallel for
     for (int r = 0; r < rows; r++)
       quantize_row(m->eps, vals + (size_t)r * H * dv, H * dv, NULL, NULL, xq + (size_t)r * H * dv,
                    rs + r);
+    lap(m, P_ATTN);
     Job o = {&ly->o, NULL, xq, H * dv, NULL, rs, m->out, hidden, rows};
     run_jobs(m, &o, 1);
 #pragma omp parallel for
@@ -819,16 +984,19 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
       quantize_row(m->eps, x, hidden, ly->post_norm, xn + (size_t)r * hidden,
                    xq + (size_t)r * hidden, rs + r);
     }
+    lap(m, P_O);
     feed_forward(m, ly, rows);
 #pragma omp parallel for
     for (int r = 0; r < rows; r++)
       for (int i = 0; i < hidden; i++) h[(size_t)r * hidden + i] += m->out[(size_t)r * hidden + i];
   }
+  lap(m, P_REST);
 #pragma omp parallel for
   for (int i = 0; i < n_logits; i++)
     quantize_row(m->eps, h + (size_t)logit_rows[i] * hidden, hidden, m->final_norm,
                  xn + (size_t)i * hidden, xq + (size_t)i * hidden, rs + i);
   Job head = {&m->head, NULL, xq, hidden, NULL, rs, logits, d[D_VOCAB], n_logits};
   run_jobs(m, &head, 1);
+  lap(m, P_HEAD);
   return 0;
 }

@@ -1,0 +1,140 @@
+"""A decode step of the native MLA + MoE backend, phase by phase, beside ONNX Runtime on the same
+artifact: DeepSeek-V2-Lite's widths cut to a few layers (benchmarks/random_checkpoint.py, random
+weights, int8 export), batch 1 and 16 after a 128-token prompt, prefill of 128 / 512 tokens.
+
+    python benchmarks/mla_decode_profile.py --layers 3 --threads 2 --work /tmp/mla-profile \
+        --machine epyc-zen4-2t
+
+Prints a markdown table and writes benchmarks/results/mla-profile-<machine>.md. The phases are
+mla_moe.c's own timers (em_profile): attention projections (q, kv_a, norms, rope, W_UK),
+attention over the latent (and W_UV), o_proj, routing (router, top-k, grouping by expert),
+experts (routed + shared: gate/up/SiLU, quantization, down, the weighted sum), dense MLP layers,
+LM head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+sys.path[:0] = [str(HERE.parent), str(HERE), str(HERE / "peers")]  # this checkout's edgeds
+
+PHASES = (
+    "attention projections",
+    "attention",
+    "o_proj",
+    "routing",
+    "experts",
+    "dense MLP",
+    "LM head",
+    "rest",
+)
+STEPS = 16
+
+
+def decode_times(backend, batch: int, prompt: int, steps: int, rng) -> tuple[float, float]:
+    """Seconds of one prefill (batch prompts of `prompt` tokens) and of one decode step (median)."""
+    vocab = backend.vocab_size
+    backend.start(batch, prompt + steps + 8)
+    t = time.perf_counter()
+    backend.prefill(list(range(batch)), [rng.integers(0, vocab, prompt) for _ in range(batch)])
+    prefill = time.perf_counter() - t
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        backend.decode(rng.integers(0, vocab, batch).astype(np.int64))
+        times.append(time.perf_counter() - t)
+    return prefill, float(np.median(times))
+
+
+def profile(backend, batch: int, prompt: int, steps: int, rng) -> np.ndarray:
+    """Per-phase seconds of one native decode step (mean over `steps`)."""
+    backend.start(batch, prompt + steps + 8)
+    backend.prefill(
+        list(range(batch)), [rng.integers(0, backend.vocab_size, prompt) for _ in range(batch)]
+    )
+    backend.profile(reset=True)
+    for _ in range(steps):
+        backend.decode(rng.integers(0, backend.vocab_size, batch).astype(np.int64))
+    return backend.profile(reset=True) / steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", default="/tmp/mla-profile")
+    p.add_argument("--machine", default="local")
+    p.add_argument("--batches", default="1,16")
+    p.add_argument("--no-ort", action="store_true")
+    args = p.parse_args()
+    from moe_compare import CONFIGS, prepare
+
+    from edgeds.artifact import load_artifact
+    from edgeds.backends.native_mla import NativeMlaBackend
+    from edgeds.backends.onnxruntime import OnnxRuntimeBackend
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    paths = prepare(
+        work,
+        CONFIGS / "deepseek-v2-lite.json",
+        args.layers,
+        ["edgeds-native"],
+        None,
+        work / "none",
+        args.threads,
+    )
+    art = load_artifact(paths["edgeds-native"], verify=False)
+    rng = np.random.default_rng(0)
+    batches = [int(b) for b in args.batches.split(",")]
+    lines = [
+        (
+            f"V2-Lite widths, {args.layers} layers, {args.threads} threads, int8 export; decode "
+            f"after a 128-token prompt (median of {STEPS} steps)"
+        ),
+        "",
+        "| backend | batch | decode step ms | tok/s | prefill 128 tok/s |",
+        "|---|---|---|---|---|",
+    ]
+    t = time.perf_counter()
+    native = NativeMlaBackend(art, args.threads)
+    load_native = time.perf_counter() - t
+    runs = [("native", native)]
+    if not args.no_ort:
+        runs.append(
+            ("onnxruntime", OnnxRuntimeBackend(art, ["CPUExecutionProvider"], args.threads))
+        )
+    for name, backend in runs:
+        decode_times(backend, 1, 16, 2, rng)  # warm-up
+        for batch in batches:
+            prefill, step = decode_times(backend, batch, 128, STEPS, rng)
+            lines.append(
+                f"| {name} | {batch} | {step * 1e3:.1f} | {batch / step:.1f} | "
+                f"{batch * 128 / prefill:.0f} |"
+            )
+            print(lines[-1], flush=True)
+    lines += [
+        "",
+        f"native load {load_native:.2f} s",
+        "",
+        "| native phase, ms per decode step | " + " | ".join(f"batch {b}" for b in batches) + " |",
+        "|---|" + "---|" * len(batches),
+    ]
+    table = np.stack([profile(native, b, 128, STEPS, rng) for b in batches], 1) * 1e3
+    for phase, row in zip(PHASES, table):
+        lines.append(f"| {phase} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+    lines.append("| total | " + " | ".join(f"{v:.2f}" for v in table.sum(0)) + " |")
+    print("\n".join(lines))
+    out = HERE / "results" / f"mla-profile-{args.machine}.md"
+    out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
