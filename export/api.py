@@ -82,7 +82,7 @@ def export_checkpoint(
                           f"({spec.kind.upper()} attention): it takes {', '.join(kind.KV_CACHES)}")
     out = Path(out).expanduser()
 
-    with staging_folder(out, overwrite) as tmp:
+    with staging_folder(out, ckpt.root, overwrite) as tmp:
         check_free_space(tmp, _estimated_bytes(ckpt, scheme.bits, len(formats) + small_batch_graph))
         log.info("reading %s (%s, %d layers), quantizing to %s", ckpt.root, spec.model_type,
                  spec.num_layers, scheme.name)

@@ -1,7 +1,8 @@
 """Assembles an artifact folder: graphs, tokenizer, chat template, generation defaults, manifest.
 
 Everything is written into a temporary sibling folder and renamed into place at the end, so a
-failed or interrupted export never leaves a half-written artifact behind.
+failed or interrupted export never leaves a half-written artifact behind, and --overwrite
+replaces an old artifact only then (and only an artifact: check_output).
 """
 
 from __future__ import annotations
@@ -22,17 +23,47 @@ from .errors import ExportError
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-@contextmanager
-def staging_folder(out: Path, overwrite: bool):
-    """Yields a temporary folder next to `out`; renames it to `out` only if the block succeeds."""
-    if out.exists() and not overwrite:
+def check_output(out: Path, src: Path, overwrite: bool) -> None:
+    """Refuse, before anything is written, an output that is or holds the checkpoint (or lies
+    inside it), and an existing output unless --overwrite is given and it is an edgeds artifact
+    and nothing else: a folder whose manifest says so, holding only the files it lists."""
+    out_r, src_r = out.expanduser().resolve(), src.resolve()
+    if out_r == src_r or src_r in out_r.parents or out_r in src_r.parents:
+        raise ExportError(f"output '{out}' and checkpoint '{src}' overlap; write the artifact to its own folder")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
         raise ExportError(f"output folder '{out}' already exists; pass --overwrite to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise ExportError(f"--overwrite replaces an edgeds artifact folder; '{out}' is "
+                          f"{'a symbolic link' if out.is_symlink() else 'not a folder'}")
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        listed = set(manifest["files"]) if manifest.get("format") == FORMAT else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        listed = None
+    if listed is None:
+        raise ExportError(f"--overwrite replaces an edgeds artifact; '{out}' has no edgeds manifest "
+                          f"({MANIFEST}), so it is left alone")
+    for entry in sorted(out.iterdir()):
+        if entry.name != MANIFEST and (entry.name not in listed or entry.is_symlink() or not entry.is_file()):
+            raise ExportError(f"--overwrite replaces an edgeds artifact and nothing else; '{out}' also holds "
+                              f"'{entry.name}', which its manifest does not list: move it, or pick another output")
+
+
+@contextmanager
+def staging_folder(out: Path, src: Path, overwrite: bool):
+    """Yields a temporary folder next to `out`; swaps it in for `out` only if the block succeeds
+    (check_output first): the old artifact is renamed aside, the new one renamed into place, and
+    only then is the old one deleted, so a failure at any point leaves one whole artifact."""
+    check_output(out, src, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         yield tmp
+        _swap_in(tmp, out)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno == 28:
@@ -41,9 +72,20 @@ def staging_folder(out: Path, overwrite: bool):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def check_free_space(folder: Path, needed: int) -> None:

@@ -64,15 +64,79 @@ def test_hub_id_fails_fast_offline(tmp_path, monkeypatch):
     assert_refused(export("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "-o", "out"), "hub id", "never downloads")
 
 
-def test_existing_output_needs_overwrite(checkpoints, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    assert_refused(export(checkpoints("qwen2"), "-o", out), "already exists", "--overwrite")
-    assert (out / "keep.txt").read_text() == "mine"
-    ok = export(checkpoints("qwen2"), "-o", out, "--overwrite", "--format", "onnx", "--context", "64")
+def snapshot(folder):
+    """Every file under `folder` with its bytes: what must survive a refused or failed export."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def fresh_export(checkpoints, out):
+    ok = export(checkpoints("qwen2"), "-o", out, "--format", "onnx", "--context", "64")
     assert ok.exit_code == 0, ok.output
-    assert (out / "edgeds.json").exists() and not (out / "keep.txt").exists()
+
+
+def test_existing_output_needs_overwrite_and_an_artifact_is_replaced(checkpoints, tmp_path):
+    out = tmp_path / "out"
+    fresh_export(checkpoints, out)
+    assert_refused(export(checkpoints("qwen2"), "-o", out), "already exists", "--overwrite")
+    (out / "model.part0.onnx").write_bytes(b"stale")  # a file the manifest lists: the artifact's own
+    ok = export(checkpoints("qwen2"), "-o", out, "--overwrite", "--format", "onnx", "--context", "32")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((out / "edgeds.json").read_text())["model"]["context_length"] == 32
+    assert (out / "model.part0.onnx").read_bytes() != b"stale"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no .partial, no old copy
+
+
+def test_overwrite_never_touches_the_checkpoint(checkpoints, tmp_path):
+    """`-o SRC --overwrite` deleted the checkpoint (exit 0); so did an output holding it."""
+    src = tmp_path / "models" / "src"
+    shutil.copytree(checkpoints("qwen2"), src)
+    before = snapshot(tmp_path)
+    for out in (src, tmp_path / "models", src / "artifact", tmp_path):
+        assert_refused(export(src, "-o", out, "--overwrite"), "overlap", "own folder")
+    assert snapshot(tmp_path) == before
+
+
+def test_overwrite_leaves_a_folder_that_is_not_only_an_artifact(checkpoints, tmp_path):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    assert_refused(export(checkpoints("qwen2"), "-o", notes, "--overwrite"), "no edgeds manifest", "left alone")
+    art = tmp_path / "art"
+    fresh_export(checkpoints, art)
+    (art / "results.jsonl").write_text("{}\n")  # a user's file beside the artifact's own
+    before = snapshot(tmp_path)
+    assert_refused(export(checkpoints("qwen2"), "-o", art, "--overwrite"), "'results.jsonl'", "does not list")
+    assert snapshot(tmp_path) == before
+    (art / "results.jsonl").unlink()
+    (art / "edgeds.json").write_text('{"format": "something-else", "files": {}}')
+    before = snapshot(tmp_path)
+    assert_refused(export(checkpoints("qwen2"), "-o", art, "--overwrite"), "no edgeds manifest")
+    assert snapshot(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "notes"]
+
+
+def test_overwrite_onto_a_plain_file_is_one_line_and_leaves_nothing(checkpoints, tmp_path):
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"not an artifact")
+    assert_refused(export(checkpoints("qwen2"), "-o", target, "--overwrite"), "not a folder")
+    assert target.read_bytes() == b"not an artifact"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
+
+
+def test_a_failed_overwrite_keeps_the_old_artifact_whole(checkpoints, tmp_path, monkeypatch):
+    import edgeds_export.weight_file as wf
+
+    out = tmp_path / "out"
+    fresh_export(checkpoints, out)
+    before = snapshot(out)
+
+    def no_space(self, array):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(wf.WeightFile, "append", no_space)
+    assert_refused(export(checkpoints("qwen2"), "-o", out, "--overwrite", "--format", "onnx"), "disk full")
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_full_disk_leaves_nothing(checkpoints, tmp_path, monkeypatch):
@@ -145,3 +209,12 @@ def test_verify_gate_passes_fp32_and_fails_a_broken_export(checkpoints, tmp_path
     bad = export(checkpoints("llama"), "-o", tmp_path / "bad", "--weights", "fp32", "--verify", "--context", "64")
     assert_refused(bad, "verification failed")
     assert not (tmp_path / "bad").exists()
+
+
+def test_without_the_exporter_the_hint_works_from_a_checkout(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "edgeds_export", None)  # as if its dependencies were not installed
+    result = export(tmp_path, "-o", tmp_path / "out")
+    assert_refused(result, "from the edgeds source folder: pip install '.[export]'")
+    assert "edgeds[export]" not in result.output

@@ -14,7 +14,7 @@ def command(
     format: Annotated[str, typer.Option("--format", help="Comma-separated: onnx, openvino.")] = "onnx,openvino",
     weights: Annotated[str, typer.Option(help="int8 (int8 weights and activations) | int8-wo (weight-only, closest to float) | int4 | fp16 | fp32.")] = "int8",
     context: Annotated[int, typer.Option(help="Longest sequence the artifact supports (default: min(model, 8192)).")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing edgeds artifact (only that: never the checkpoint, a file or a folder holding anything else); the old one stays until the new one is complete.")] = False,
     verify: Annotated[bool, typer.Option(help="Check logits and greedy tokens against transformers; fail the export if they differ.")] = False,
     kv_cache: Annotated[str, typer.Option(help="float32 | float16 | int8 (ONNX, dense models). int8: a quarter of the cache memory, faster attention at large batches; float16: half, and attention on GPU providers (Jetson).")] = "float32",
     load_parts: Annotated[int | None, typer.Option(help="Also write the ONNX graph in this many parts, which the CPU runtime loads on parallel threads (1: whole graph only; default 4).")] = None,
@@ -29,7 +29,9 @@ def command(
     try:
         from edgeds_export import export_checkpoint
     except ImportError as exc:
-        raise ValueError(f"the exporter needs the export extra: pip install 'edgeds[export]' ({exc})") from exc
+        # edgeds is installed from its source folder (it is not on PyPI), and so is the extra
+        raise ValueError(f"the exporter's dependencies are missing ({exc}); from the edgeds source folder: "
+                         "pip install '.[export]'") from exc
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     formats = tuple(f.strip() for f in format.split(",") if f.strip())
     manifest = export_checkpoint(src, output, formats, weights, context or None, overwrite, verify, kv_cache, load_parts,
