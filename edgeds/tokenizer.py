@@ -1,27 +1,20 @@
 """Tokenizer and chat template from the artifact: `tokenizers` plus a sandboxed Jinja template.
 
 No transformers: the fast tokenizer file and the template are all the runtime needs. The
-template runs in Jinja's immutable sandbox, so a checkpoint's template cannot touch anything.
+template runs in Jinja's immutable sandbox within bounds of time and size (chat_template.py).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import numpy as np
-from jinja2.exceptions import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from .artifact import Artifact
+from .chat_template import ChatTemplate
 from .errors import ArtifactError
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ROLES = ("system", "user", "assistant", "tool")
-
-
-def _raise(message: str):
-    raise TemplateError(message)
 
 
 class TextTokenizer:
@@ -31,14 +24,7 @@ class TextTokenizer:
         self.bos_token, self.eos_token = meta.get("bos_token"), meta.get("eos_token")
         self.bos_id = self.tok.token_to_id(self.bos_token) if self.bos_token else None
         self.add_bos = bool(meta.get("add_bos_token")) and self.bos_id is not None
-        self.template = None
-        if meta.get("chat_template"):
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                extensions=["jinja2.ext.loopcontrols"])
-            env.globals["raise_exception"] = _raise
-            env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-            source = artifact.path(meta["chat_template"]).read_text(encoding="utf-8")
-            self.template = env.from_string(source)
+        self.template = ChatTemplate(artifact.path(meta["chat_template"])) if meta.get("chat_template") else None
         self.reasoning = self.tok.token_to_id(THINK_CLOSE) is not None
 
     def encode(self, text: str) -> np.ndarray:
