@@ -69,14 +69,39 @@ def filter_probabilities(probs: np.ndarray, top_k: int, top_p: float, min_p: flo
     return p / p.sum()
 
 
+def nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
+    """Ids of the smallest set of largest entries of `p` holding top_p of its sum, largest first:
+    filter_probabilities' top-p cut, without sorting the whole vocabulary. The largest few are
+    partitioned out and sorted; only where they hold too little are more taken (a flat
+    distribution ends in the full sort)."""
+    target, m = top_p * p.sum(), 64
+    while True:
+        if m >= p.size:
+            ids = np.argsort(-p, kind="stable")
+        else:
+            ids = np.argpartition(-p, m)[:m]
+            ids = ids[np.argsort(-p[ids], kind="stable")]
+        cumulative = np.cumsum(p[ids])
+        if cumulative[-1] >= target or m >= p.size:
+            return ids[:int(np.searchsorted(cumulative, target)) + 1]
+        m *= 8
+
+
 def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
                  history: np.ndarray | None = None) -> int:
+    """The distribution of filter_probabilities, drawn from the kept tokens alone (one uniform
+    draw against their running sum): no sort or cumulative sum over the whole vocabulary."""
     if params.repetition_penalty != 1.0 and history is not None and history.size:
         logits = penalize_repetition(logits, history, params.repetition_penalty)
     if params.temperature <= 0:
         return int(np.argmax(logits))
     z = logits.astype(np.float64) / params.temperature
-    z -= z.max()
-    probs = np.exp(z)
-    probs = filter_probabilities(probs / probs.sum(), params.top_k, params.top_p, params.min_p)
-    return int(rng.choice(probs.size, p=probs))
+    p = np.exp(z - z.max())
+    if params.top_k and params.top_k < p.size:
+        p[p < np.partition(p, -params.top_k)[-params.top_k]] = 0.0
+    if params.min_p > 0:
+        p[p < params.min_p * p.max()] = 0.0
+    ids = nucleus(p, params.top_p) if params.top_p < 1.0 else np.flatnonzero(p)
+    cumulative = np.cumsum(p[ids])
+    at = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    return int(ids[min(at, ids.size - 1)])
