@@ -8,8 +8,10 @@ Set EDGEDS_DEBUG=1 to see tracebacks.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
+from typing import Annotated
 
 import typer
 
@@ -45,11 +47,31 @@ def user_errors(fn):
     return wrapper
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"edgeds {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print edgeds' version and exit.")] = False) -> None:
+    """Run DeepSeek models offline on CPUs and edge devices."""
+
+
+def _help(doc: str) -> str:
+    """A command's docstring as its --help, its Examples block kept line by line (click rewraps
+    every paragraph not marked with \\b)."""
+    return inspect.cleandoc(doc).replace("\nExamples:\n", "\n\b\nExamples:\n")
+
+
 def _register() -> None:
     from . import bench_cmd, doctor_cmd, export_cmd, infer_cmd
 
     for module in (export_cmd, infer_cmd, doctor_cmd, bench_cmd):
-        app.command(module.NAME)(user_errors(module.command))
+        app.command(module.NAME, help=_help(module.command.__doc__ or ""))(user_errors(module.command))
 
 
 _register()
