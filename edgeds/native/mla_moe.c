@@ -128,10 +128,9 @@ MlaModel *em_new(const int *dims, float eps, float softmax_scale, float routed_s
   m->eps = eps, m->softmax_scale = softmax_scale, m->routed_scaling = routed_scaling,
   m->threads = threads;
   m->layer = calloc(dims[D_LAYERS], sizeof(MLayer));
-  int wide = dims[D_INTER];
-  if (dims[D_MOE_INTER] > wide) wide = dims[D_MOE_INTER];
-  if (dims[D_SHARED_INTER] > wide) wide = dims[D_SHARED_INTER];
-  m->act_width = wide;
+  /* A MoE layer's activation rows: the routed experts' and the shared expert's, one stride. */
+  m->act_width =
+      dims[D_MOE_INTER] > dims[D_SHARED_INTER] ? dims[D_MOE_INTER] : dims[D_SHARED_INTER];
 #ifdef __AMX_INT8__
   m->amx = use_amx && amx_permitted();
 #endif
@@ -291,9 +290,10 @@ static void micro_any(const uint8_t *const *ap, int K, const int8_t *b, int rows
     MICRO_CASE(1, 1)
     MICRO_CASE(1, 2)
     MICRO_CASE(1, 3)
-    MICRO_CASE(1, 4) MICRO_CASE(2, 1) MICRO_CASE(2, 2) MICRO_CASE(2, 3) MICRO_CASE(2, 4)
-        MICRO_CASE(3, 1) MICRO_CASE(3, 2) MICRO_CASE(3, 3) MICRO_CASE(3, 4) MICRO_CASE(4, 1)
-            MICRO_CASE(4, 2) MICRO_CASE(4, 3) MICRO_CASE(4, 4)
+    MICRO_CASE(1, 4)
+    MICRO_CASE(2, 1) MICRO_CASE(2, 2) MICRO_CASE(2, 3) MICRO_CASE(2, 4) MICRO_CASE(3, 1)
+        MICRO_CASE(3, 2) MICRO_CASE(3, 3) MICRO_CASE(3, 4) MICRO_CASE(4, 1) MICRO_CASE(4, 2)
+            MICRO_CASE(4, 3) MICRO_CASE(4, 4)
   }
 }
 
@@ -735,8 +735,8 @@ static void grow_scratch(MlaModel *m, int rows, int chunks) {
     m->vals = alloc64(R * H * (L > d[D_V] ? L : d[D_V]) * 4);
     m->rs = alloc64(R * 4), m->logit_e = alloc64(R * (d[D_EXPERTS] + 1) * 4),
     m->wts = alloc64(R * topk * 4);
-    m->act = alloc64(A * m->act_width * 4), m->actq = alloc64(A * m->act_width),
-    m->ars = alloc64(A * 4);
+    const size_t acts = A * m->act_width > R * d[D_INTER] ? A * m->act_width : R * d[D_INTER];
+    m->act = alloc64(acts * 4), m->actq = alloc64(acts), m->ars = alloc64(A * 4);
     m->ye = alloc64(A * hidden * 4);
     m->xq = alloc64(R * wide), m->sel = alloc64(R * topk * 4), m->assign = alloc64(R * topk * 4);
     m->tok_of = alloc64(A * 4);
@@ -763,7 +763,8 @@ void em_profile(MlaModel *m, double *out, int reset) {
  * pairs are rows first[j] .. first[j] + count of its job j. */
 static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
   const int *d = m->d;
-  const int hidden = d[D_HIDDEN], E = d[D_EXPERTS], k = d[D_TOPK], W = m->act_width;
+  const int hidden = d[D_HIDDEN], E = d[D_EXPERTS], k = d[D_TOPK];
+  const int W = ly->moe ? m->act_width : d[D_INTER]; /* act's row stride */
   float *out = m->out, *act = m->act, *ye = m->ye;
   Job jobs[MAX_EXPERTS + 1];
   const Mlp *mlp[MAX_EXPERTS + 1];
@@ -772,17 +773,24 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
   if (!ly->moe) {
     mlp[n_jobs] = &ly->mlp, first[n_jobs++] = 0, total = rows;
   } else {
-#pragma omp parallel for schedule(static)
-    for (int r = 0; r < rows; r++) { /* router logits in float32, one row's sums in one order */
-      const float *x = m->xn + (size_t)r * hidden;
-      float *lg = m->logit_e + (size_t)r * (E + 1);
-      for (int e = 0; e < E; e++) lg[e] = 0;
-      for (int i = 0; i < hidden; i++) {
-        const float xi = x[i], *wr = ly->router + (size_t)i * E;
-        for (int e = 0; e < E; e++) lg[e] += xi * wr[e];
+    /* Router logits in float32, sixteen experts a task (a few rows still use every thread);
+     * each logit's sum runs over the hidden size in one order, whatever the split. */
+    const int eb = (E + 15) / 16;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int r = 0; r < rows; r++)
+      for (int b = 0; b < eb; b++) {
+        const float *x = m->xn + (size_t)r * hidden, *wr = ly->router + 16 * b;
+        const __mmask16 mask = E - 16 * b >= 16 ? 0xFFFF : (__mmask16)((1u << (E - 16 * b)) - 1);
+        __m512 acc = _mm512_setzero_ps();
+        for (int i = 0; i < hidden; i++)
+          acc = _mm512_fmadd_ps(_mm512_set1_ps(x[i]),
+                                _mm512_maskz_loadu_ps(mask, wr + (size_t)i * E), acc);
+        _mm512_mask_storeu_ps(m->logit_e + (size_t)r * (E + 1) + 16 * b, mask, acc);
       }
-      route(m, ly, lg, m->sel + (size_t)r * k, m->wts + (size_t)r * k);
-    }
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++)
+      route(m, ly, m->logit_e + (size_t)r * (E + 1), m->sel + (size_t)r * k,
+            m->wts + (size_t)r * k);
     /* The (token, choice) pairs grouped by expert. */
     memset(count, 0, sizeof(int32_t) * E);
     for (int i = 0; i < rows * k; i++) count[m->sel[i]]++;
