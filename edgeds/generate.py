@@ -117,8 +117,8 @@ def run(
         if free and not exhausted and (backend.supports_refill or len(free) == len(slots)):
             if should_stop and should_stop():
                 exhausted = True
-            new = [] if exhausted else _take(pending, len(free))
-            exhausted = exhausted or len(new) < len(free)
+            new, ended = ([], True) if exhausted else _take(pending, len(free))
+            exhausted = exhausted or ended
             if new:
                 # Similar lengths side by side: the backend prefills neighbouring slots in one
                 # padded call, which only pays off when their prompts are about as long.
@@ -172,13 +172,17 @@ def _choose(logits: np.ndarray, seq: _Sequence) -> int:
     return sample_token(logits, p, seq.rng, history)
 
 
-def _take(it: Iterator[Request], n: int) -> list[Request]:
+def _take(it: Iterator[Request | None], n: int) -> tuple[list[Request], bool]:
+    """Up to n requests, and whether the iterator has ended. None from it means "none ready
+    yet" (a job reading a pipe): the loop decodes what it has and asks again next step."""
     out = []
     for req in it:
+        if req is None:
+            return out, False
         out.append(req)
         if len(out) == n:
-            break
-    return out
+            return out, False
+    return out, True
 
 
 def _stop_hit(text: str, stops: tuple[str, ...]) -> str | None:

@@ -28,18 +28,48 @@ class SamplingParams:
         return self.temperature <= 0 and self.repetition_penalty == 1.0
 
     def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        if not 0 <= self.min_p < 1:
-            raise ValueError("min_p must be in [0, 1)")
-        if self.top_k < 0:
-            raise ValueError("top_k must be >= 0")
-        if self.repetition_penalty <= 0:
-            raise ValueError("repetition_penalty must be > 0")
+        """Refuse any setting outside its range, NaN and infinities included, naming the field.
+
+        The bounds keep every sampler finite: a temperature below MIN_TEMPERATURE or a
+        repetition penalty outside its range overflows float64 logits into inf and NaN."""
+        for name, (kind, low, high, what) in LIMITS.items():
+            value = getattr(self, name)
+            if kind is int:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok or not (low <= value <= high) or (name in OPEN_AT_ZERO and value == 0):
+                raise SamplingError(name, f"{name} must be {what}, not {value!r}")
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise SamplingError("temperature", f"temperature must be {LIMITS['temperature'][3]}, "
+                                               f"not {self.temperature!r}")
+        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
+            raise SamplingError("stop", "stop must be a tuple of non-empty strings")
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise SamplingError("stop", f"at most {MAX_STOP_STRINGS} stop strings")
+
+
+class SamplingError(ValueError):
+    """A sampling setting out of its range; `field` names it (for a batch job's error record)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+MIN_TEMPERATURE = 1e-3
+MAX_STOP_STRINGS = 64
+OPEN_AT_ZERO = ("top_p", "repetition_penalty")  # their ranges exclude 0
+# field -> (type, lowest, highest, the range in words). Comparisons are written so that NaN fails.
+LIMITS = {
+    "max_new_tokens": (int, 1, 1 << 24, "an integer from 1 to 16777216"),
+    "temperature": (float, 0.0, 100.0, "0 (greedy) or from 0.001 to 100"),
+    "top_k": (int, 0, (1 << 31) - 1, "an integer >= 0 (0: off)"),
+    "top_p": (float, 0.0, 1.0, "in (0, 1]"),
+    "min_p": (float, 0.0, 1.0 - 1e-9, "in [0, 1)"),
+    "repetition_penalty": (float, 0.01, 100.0, "from 0.01 to 100 (1: off)"),
+    "seed": (int, 0, (1 << 64) - 1, "an integer from 0 to 2**64-1"),
+}
 
 
 def penalize_repetition(logits: np.ndarray, history: np.ndarray, penalty: float) -> np.ndarray:

@@ -3,34 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-
-from conftest import REPO
-
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-
-
-def infer(artifact, inp, out, *extra, **kw):
-    cmd = [sys.executable, "-m", "edgeds.cli", "infer", str(artifact), "-i", str(inp), "-o", str(out), *map(str, extra)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300, **kw)
-
-
-def read_out(path):
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines]
-
-
-def write_prompts(path, n, start=0):
-    with open(path, "w") as f:
-        for i in range(start, start + n):
-            f.write(json.dumps({"id": f"r{i}", "prompt": f"def f{i}(x):"}) + "\n")
-
+from batch_helpers import ENV, infer, read_out, write_prompts
 
 BAD_LINES = [
     (b'{"id": "ok1", "prompt": "import os"}', None),
@@ -42,13 +21,26 @@ BAD_LINES = [
     (b'{"id": "e", "prompt": "   "}', "empty prompt"),
     (b'{"id": "r", "messages": [{"role": "robot", "content": "hi"}]}', "unknown role"),
     (b'{"id": "u", "prompt": "caf\xe9"}', "invalid UTF-8"),
-    (b'{"id": "big", "prompt": "' + b"a" * (9 << 20) + b'"}', "longer than 8 MiB"),
+    (b'{"id": "big", "prompt": "' + b"a" * (9 << 20) + b'"}', "line longer than 1048576 bytes"),
     (b'{"id": "long", "prompt": "' + b"import os " * 200 + b'"}', "over the context"),
     (b'{"id": "both", "prompt": "a", "messages": []}', "exactly one of"),
     (b'[1, 2, 3]', "must be a JSON object"),
     (b'{"id": "p", "prompt": "a", "top_p": "high"}', "wrong type"),
     (b'{"id": "s", "prompt": "a", "stop": 5}', "'stop' must be"),
     (b'{"id": "v", "prompt": "a", "temperature": -1}', "temperature must be"),
+    (b'{"id": "seed", "prompt": "a", "seed": -1}', "seed must be"),
+    (b'{"id": "nan", "prompt": "a", "temperature": NaN}', "temperature must be"),
+    (b'{"id": "inf", "prompt": "a", "temperature": Infinity}', "temperature must be"),
+    (b'{"id": "tiny", "prompt": "a", "temperature": 1e-308}', "temperature must be"),
+    (b'{"id": "rp", "prompt": "a", "repetition_penalty": NaN}', "repetition_penalty must be"),
+    (b'{"id": "tp", "prompt": "a", "top_p": 1.5}', "top_p must be"),
+    (b'{"id": "tk", "prompt": "a", "top_k": -2}', "top_k must be"),
+    (b'{"id": "mp", "prompt": "a", "min_p": -0.1}', "min_p must be"),
+    (b'{"id": "mn", "prompt": "a", "max_new_tokens": 0}', "max_new_tokens must be"),
+    (b'{"id": "deep", "prompt": ' + b"[" * 10_000 + b"]" * 10_000 + b'}', "nested deeper"),
+    (b'{"id": "deep2", "prompt": "a", "meta": ' + b"[" * 40 + b"]" * 40 + b'}', "nested deeper"),
+    (b'{"id": "\\ud800", "prompt": "a"}', "lone surrogate"),
+    (b'{"id": "sp", "prompt": "a\\udfff b"}', "lone surrogate"),
     (b'{"id": "ok2", "messages": [{"role": "user", "content": "hello"}], "max_new_tokens": 3}', None),
 ]
 
@@ -65,6 +57,8 @@ def test_every_kind_of_bad_line_becomes_an_error_record(artifacts, tmp_path):
             assert "error" not in by_line[n] and by_line[n]["finish_reason"] in ("stop", "length")
         else:
             assert reason in by_line[n]["error"], (n, by_line[n])
+    fields = {by_line[n].get("field") for n, (line, _) in enumerate(BAD_LINES, 1) if b"NaN" in line}
+    assert fields == {"temperature", "repetition_penalty"}
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["records_ok"] == 2 and metrics["records_failed"] == len(BAD_LINES) - 2
     assert "records ok / failed" in r.stderr and "P50/P90/P99" in r.stderr
@@ -131,15 +125,22 @@ def test_sigint_stops_cleanly_and_resumes(artifacts, tmp_path):
     assert sorted(rec["id"] for rec in read_out(out)) == sorted(f"r{i}" for i in range(300))
 
 
-def test_resume_with_other_settings_is_refused(artifacts, tmp_path):
+def test_other_settings_or_artifact_recompute_and_keep_the_old_records_aside(artifacts, tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    replaced = tmp_path / "out.jsonl.replaced.jsonl"
     write_prompts(inp, 3)
     assert infer(artifacts("qwen2", "int8"), inp, out, "--max-new-tokens", 4).returncode == 0
+    first = read_out(out)
     r = infer(artifacts("qwen2", "int8"), inp, out, "--max-new-tokens", 5)
-    assert r.returncode == 2 and "settings differ" in r.stderr and "max_new_tokens" in r.stderr
-    r = infer(artifacts("qwen2", "fp32"), inp, out, "--max-new-tokens", 4)
-    assert r.returncode == 2 and "artifact_sha256" in r.stderr
-    r = infer(artifacts("qwen2", "fp32"), inp, out, "--max-new-tokens", 4, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    second = read_out(out)
+    assert [rec["id"] for rec in second] == ["r0", "r1", "r2"]  # one record per id
+    digests = {rec["request_digest"] for rec in second}
+    assert digests.isdisjoint(rec["request_digest"] for rec in first)
+    assert read_out(replaced) == first  # nothing lost
+    r = infer(artifacts("qwen2", "fp32"), inp, out, "--max-new-tokens", 5)
+    assert r.returncode == 0 and len(read_out(out)) == 3 and len(read_out(replaced)) == 6
+    r = infer(artifacts("qwen2", "fp32"), inp, out, "--max-new-tokens", 5, "--overwrite")
     assert r.returncode == 0 and len(read_out(out)) == 3
 
 

@@ -1,14 +1,14 @@
 """`edgeds infer`: a JSONL file through one model, resumable and crash-safe.
 
-Input is read lazily and fed to the engine's continuous batching loop; each result is written
-and flushed as soon as it is done. Bad lines become error records and the job goes on.
-SIGINT/SIGTERM stop the intake, keep everything written, and leave a job that resumes.
+Input is read as a stream and fed to the engine's continuous batching loop; each result is
+written as soon as it is done. Bad lines become error records and the job goes on. SIGINT and
+SIGTERM end the job within a decode step (at once while it waits for input or renders a
+template), keeping every record written; the same command resumes it.
 """
 
 from __future__ import annotations
 
 import signal
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,9 +19,11 @@ import numpy as np
 from .. import generate as gen
 from ..engine import Engine
 from ..sampling import SamplingParams
-from .output import OutputLog
+from .digest import request_digest
+from .intake import END, NOT_READY, Intake
+from .output import OutputLog, record_key
 from .progress import JobStats, Progress
-from .records import BadRecord, Record, parse_line, read_lines
+from .records import DEFAULT_MAX_LINE_BYTES, BadRecord, Record, parse_line
 
 
 @dataclass(frozen=True)
@@ -35,16 +37,37 @@ class JobOptions:
     overwrite: bool = False
     fail_fast: bool = False
     timings: bool = True
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+
+
+class Interrupted(BaseException):
+    """Raised by the signal handler where stopping at once loses nothing (a BaseException, so
+    that a template's or a tokenizer's `except Exception` does not turn it into a record)."""
 
 
 class _Stop:
-    """Set by SIGINT/SIGTERM; the loop checks it between steps."""
+    """Set by SIGINT/SIGTERM; the loop looks at it after every event. Inside `interruptible`
+    (waiting, tokenizing) the handler raises instead: nothing is half-written there."""
 
     def __init__(self):
         self.requested = False
+        self.interruptible = False
 
     def __call__(self, *_):
         self.requested = True
+        if self.interruptible:
+            self.interruptible = False
+            raise Interrupted
+
+    @contextmanager
+    def at_once(self):
+        self.interruptible = True
+        try:
+            if self.requested:
+                raise Interrupted
+            yield
+        finally:
+            self.interruptible = False
 
 
 @contextmanager
@@ -57,113 +80,157 @@ def _signals(stop: _Stop):
             signal.signal(s, handler)
 
 
+def open_output(opts: JobOptions) -> OutputLog:
+    """Lock and read the output (before the model loads: a busy output fails at once)."""
+    return OutputLog(None if opts.output == "-" else Path(opts.output), opts.overwrite)
+
+
 def job_settings(engine: Engine, opts: JobOptions) -> dict:
-    """What must match for a resume: the artifact and everything that changes results."""
+    """What the job ran with (OUT.job.json); records carry their own request digests."""
     d = opts.defaults
     return {"artifact_sha256": engine.artifact.digest, "input": opts.input,
-            "input_format": "text" if opts.text_format else "jsonl",
+            "input_format": "text" if opts.text_format else "jsonl", "context": engine.context,
             "max_new_tokens": d.max_new_tokens, "temperature": d.temperature, "top_p": d.top_p,
             "top_k": d.top_k, "min_p": d.min_p, "repetition_penalty": d.repetition_penalty,
             "seed": d.seed, "stop": list(d.stop), "truncate": opts.truncate}
 
 
-def run_job(engine: Engine, opts: JobOptions, progress_stream=None) -> JobStats:
-    out = OutputLog(None if opts.output == "-" else Path(opts.output), job_settings(engine, opts), opts.overwrite)
-    stats = JobStats(skipped=out.resumed, skipped_failed=out.resumed_failed)
-    infile = sys.stdin.buffer if opts.input == "-" else open(opts.input, "rb")
-    total = None if opts.input == "-" else _count_lines(opts.input)
-    progress = Progress(total, progress_stream)
-    stop = _Stop()
-    failed_fast = False
+def run_job(engine: Engine, opts: JobOptions, out: OutputLog | None = None,
+            progress_stream=None) -> JobStats:
+    if out is None:
+        with open_output(opts) as own:
+            return run_job(engine, opts, own, progress_stream)
+    return _Job(engine, opts, out).run(progress_stream)
 
-    def fail(line: int, rid, error: str) -> None:
-        nonlocal failed_fast
-        out.write({"id": rid, "line": line, "error": error})
-        stats.failed += 1
-        if opts.fail_fast:
-            failed_fast = True
 
-    def requests() -> Iterator[gen.Request]:
-        first_line_of: dict = {}
-        for n, raw in read_lines(infile):
-            rec = parse_line(n, raw, opts.defaults, opts.text_format)
-            if rec is None:
-                continue
-            rid = rec.id
-            if rid is not None:
-                key = (type(rid).__name__, rid)
-                if key in first_line_of:
-                    if not out.is_done(n, None):
-                        fail(n, None, f"duplicate id {rid!r} (first on line {first_line_of[key]})")
-                    continue
-                first_line_of[key] = n
-            if out.is_done(n, rid):
-                continue
-            if isinstance(rec, BadRecord):
-                fail(n, rec.id, rec.error)
-            else:
-                req = _to_request(engine, rec, opts, fail)
-                if req is not None:
-                    yield req
-            if failed_fast:
+class _Job:
+    def __init__(self, engine: Engine, opts: JobOptions, out: OutputLog):
+        self.engine, self.opts, self.out = engine, opts, out
+        self.stats = JobStats()
+        self.stop = _Stop()
+        self.failed_fast = False
+
+    def run(self, progress_stream) -> JobStats:
+        engine, opts, out, stats, stop = self.engine, self.opts, self.out, self.stats, self.stop
+        out.describe(job_settings(engine, opts))
+        intake = Intake(opts.input, opts.max_line_bytes)
+        progress = Progress(intake.total, stats, opts.defaults.max_new_tokens, progress_stream)
+        try:
+            with _signals(stop):
+                progress.start()
+                try:
+                    events = engine.run(self._requests(intake), opts.batch_size,
+                                        should_stop=lambda: stop.requested or self.failed_fast)
+                    for event in events:
+                        if isinstance(event, gen.TokenEvent):
+                            stats.tokens += 1
+                        elif isinstance(event, gen.Finished):
+                            self._write_result(event)
+                        if stop.requested:
+                            break
+                except Interrupted:
+                    pass
+                stats.interrupted = stop.requested
+                out.finish()
+        finally:
+            progress.stop()
+            intake.close()
+        stats.input_note = intake.stopped_reason
+        return stats
+
+    def _requests(self, intake: Intake) -> Iterator[gen.Request | None]:
+        """Requests for the loop; None when no line has come yet while others decode."""
+        first_line_of: dict[str, int] = {}
+        while not self.failed_fast:
+            with self.stop.at_once():
+                item = intake.get(self.stats.in_flight == 0, lambda: self.stop.requested)
+            if item is END:
                 return
+            if item is NOT_READY:
+                yield None
+                continue
+            n, raw = item
+            rec = parse_line(n, raw, self.opts.defaults, self.opts.text_format,
+                             self.opts.max_line_bytes)
+            if rec is None:
+                self.out.settle_line(n)
+                continue
+            key = None if rec.id is None else record_key(rec.id)
+            if key is not None and key in first_line_of:
+                self._fail(n, None, f"duplicate id {rec.id!r} (first on line {first_line_of[key]})",
+                           "id")
+                continue
+            if key is not None:
+                first_line_of[key] = n
+            if isinstance(rec, BadRecord):
+                self._fail(n, rec.id, rec.error, rec.field)
+                continue
+            self.out.settle_line(n)
+            digest = request_digest(rec, self.engine.artifact.digest, self.engine.context,
+                                    self.opts.truncate)
+            if self.out.is_done(key, digest):
+                self.stats.skipped += 1
+                continue
+            req = self._to_request(rec, digest)
+            if req is not None:
+                self.stats.in_flight += 1
+                yield req
 
-    try:
-        with _signals(stop):
-            for event in engine.run(requests(), opts.batch_size, should_stop=lambda: stop.requested or failed_fast):
-                if isinstance(event, gen.Finished):
-                    _write_result(engine, out, event, stats, opts.timings)
-                    progress.update(stats)
-                if stop.requested:
-                    stats.interrupted = True
-                    break
-    finally:
-        out.close()
-        if infile is not sys.stdin.buffer:
-            infile.close()
-    progress.update(stats, force=True)
-    return stats
+    def _fail(self, line: int, rid, error: str, field: str | None = None) -> None:
+        record = {"id": rid, "line": line}
+        if field:
+            record["field"] = field
+        record["error"] = error
+        self.stats.failed += 1
+        self.failed_fast = self.opts.fail_fast
+        if rid is None:
+            if self.out.settle_line(line, record):
+                return  # the same error is in the output already
+        else:
+            self.out.settle_line(line)
+            if self.out.has_error(record_key(rid), record):
+                return
+        self.out.write(record)
 
-
-def _to_request(engine: Engine, rec: Record, opts: JobOptions, fail) -> gen.Request | None:
-    try:
-        ids = engine.encode(rec.prompt)
-    except Exception as exc:  # a template may raise on odd conversations; that record fails alone
-        fail(rec.line, rec.id, f"cannot tokenize: {exc}")
-        return None
-    limit = engine.context - 1
-    if len(ids) > limit:
-        if not opts.truncate:
-            fail(rec.line, rec.id, f"prompt has {len(ids)} tokens, over the context of {engine.context} "
-                                   "(pass --truncate to keep its end)")
+    def _to_request(self, rec: Record, digest: str) -> gen.Request | None:
+        engine = self.engine
+        field = "prompt" if isinstance(rec.prompt, str) else "messages"
+        try:
+            with self.stop.at_once():
+                ids = engine.encode(rec.prompt)
+        except Exception as exc:  # a template may raise on odd conversations; that record fails
+            self._fail(rec.line, rec.id, f"cannot tokenize: {exc}", field)
             return None
-        keep = max(engine.context - rec.params.max_new_tokens, engine.context // 2)
-        ids = np.ascontiguousarray(ids[-keep:])
-    return gen.Request((rec.line, rec.id), ids, rec.params)
+        limit = engine.context - 1
+        if len(ids) > limit:
+            if not self.opts.truncate:
+                self._fail(rec.line, rec.id, f"prompt has {len(ids)} tokens, over the context of "
+                           f"{engine.context} (pass --truncate to keep its end)", field)
+                return None
+            keep = max(engine.context - rec.params.max_new_tokens, engine.context // 2)
+            ids = np.ascontiguousarray(ids[-keep:])
+        return gen.Request((rec.line, rec.id, digest), ids, rec.params)
 
-
-def _write_result(engine: Engine, out: OutputLog, done: gen.Finished, stats: JobStats, timings: bool) -> None:
-    line, rid = done.key
-    c = engine.complete(done)
-    record = {"id": rid, "text": c.text}
-    if engine.tokenizer.reasoning:
-        record["reasoning"] = c.reasoning
-    record["finish_reason"] = c.finish_reason
-    record["usage"] = {"prompt_tokens": c.prompt_tokens, "completion_tokens": len(c.token_ids)}
-    if timings:
-        record["latency_s"] = round(done.latency_s, 4)
-    record["line"] = line
-    out.write(record)
-    stats.ok += 1
-    stats.prompt_tokens += c.prompt_tokens
-    stats.generated_tokens += len(c.token_ids)
-    stats.latencies.append(done.latency_s)
-    stats.ttfts.append(done.ttft_s)
-
-
-def _count_lines(path: str) -> int:
-    count = 0
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            count += block.count(b"\n")
-    return count
+    def _write_result(self, done: gen.Finished) -> None:
+        engine, stats = self.engine, self.stats
+        line, rid, digest = done.key
+        c = engine.complete(done)
+        record = {"id": rid, "text": c.text}
+        if engine.tokenizer.reasoning:
+            record["reasoning"] = c.reasoning
+        record["finish_reason"] = c.finish_reason
+        record["usage"] = {"prompt_tokens": c.prompt_tokens, "completion_tokens": len(c.token_ids)}
+        if self.opts.timings:
+            record["latency_s"] = round(done.latency_s, 4)
+        record["line"] = line
+        record["request_digest"] = digest
+        self.out.write(record)
+        stats.in_flight -= 1
+        # Token events of this sequence: its tokens, and the EOS that ended it (not kept).
+        stats.settled_tokens += len(c.token_ids) + (done.finish_reason == "stop"
+                                                     and done.stop_text is None)
+        stats.ok += 1
+        stats.prompt_tokens += c.prompt_tokens
+        stats.generated_tokens += len(c.token_ids)
+        stats.latencies.append(done.latency_s)
+        stats.ttfts.append(done.ttft_s)

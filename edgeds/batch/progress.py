@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import resource
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 PLAIN_EVERY_S = 10.0
+TTY_EVERY_S = 0.5
 
 
 def peak_rss_bytes() -> int:
@@ -34,13 +36,16 @@ class JobStats:
     started: float = field(default_factory=time.perf_counter)
     ok: int = 0
     failed: int = 0
-    skipped: int = 0
-    skipped_failed: int = 0  # failed records found in the output on resume
+    skipped: int = 0  # results found in the output on resume
     prompt_tokens: int = 0
-    generated_tokens: int = 0
+    generated_tokens: int = 0  # of finished records
+    tokens: int = 0  # every token generated so far, in-flight sequences' too
+    settled_tokens: int = 0  # the part of `tokens` of finished sequences
+    in_flight: int = 0
     latencies: list[float] = field(default_factory=list)
     ttfts: list[float] = field(default_factory=list)
     interrupted: bool = False
+    input_note: str | None = None  # why the input was not read to its end, if it was not
 
     def summary(self) -> dict:
         elapsed = time.perf_counter() - self.started
@@ -49,13 +54,13 @@ class JobStats:
             if not values:
                 return {"p50": None, "p90": None, "p99": None}
             p = np.percentile(values, [50, 90, 99])
-            return {"p50": round(float(p[0]), 4), "p90": round(float(p[1]), 4), "p99": round(float(p[2]), 4)}
+            return {"p50": round(float(p[0]), 4), "p90": round(float(p[1]), 4),
+                    "p99": round(float(p[2]), 4)}
 
         return {
             "records_ok": self.ok,
             "records_failed": self.failed,
             "records_skipped_resumed": self.skipped,
-        "records_failed_before_resume": self.skipped_failed,
             "prompt_tokens": self.prompt_tokens,
             "generated_tokens": self.generated_tokens,
             "elapsed_s": round(elapsed, 3),
@@ -68,33 +73,61 @@ class JobStats:
 
 
 class Progress:
-    def __init__(self, total: int | None, stream=None):
-        self.total = total
+    """A progress line on stderr from the job's start: records, tokens per second over every
+    token generated so far (in-flight sequences' too, so a long prefill or long answers do not
+    read as a stall), and an ETA from the tokens left. A thread refreshes it, so it moves
+    while a step runs; without a terminal it is a line every PLAIN_EVERY_S, the last one once."""
+
+    def __init__(self, total_lines: int | None, stats: JobStats, tokens_per_record: int,
+                 stream=None):
+        self.total, self.stats, self.tokens_per_record = total_lines, stats, tokens_per_record
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self._last = 0.0
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._shown = ""
 
-    def update(self, stats: JobStats, force: bool = False) -> None:
-        now = time.perf_counter()
-        if not force and now - self._last < (0.2 if self.tty else PLAIN_EVERY_S):
+    def start(self) -> None:
+        self._show()
+        self._thread = threading.Thread(target=self._tick, name="edgeds-progress", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is None:
             return
-        self._last = now
-        done = stats.ok + stats.failed
-        elapsed = max(now - stats.started, 1e-9)
-        rate = stats.generated_tokens / elapsed
-        eta = ""
+        self._done.set()
+        self._thread.join()
+        self._thread = None
+        self._show(final=True)
+
+    def _tick(self) -> None:
+        while not self._done.wait(TTY_EVERY_S if self.tty else PLAIN_EVERY_S):
+            self._show()
+
+    def line(self) -> str:
+        s = self.stats
+        done = s.ok + s.failed
+        rate = s.tokens / max(time.perf_counter() - s.started, 1e-9)
+        text = f"{done + s.skipped}"
         if self.total:
-            remaining = max(self.total - done - stats.skipped, 0)
-            eta = f" ETA {remaining * elapsed / done:.0f}s" if done else ""
-            line = f"{done + stats.skipped}/{self.total} records ({stats.failed} failed), {rate:.1f} tok/s{eta}"
-        else:
-            line = f"{done} records ({stats.failed} failed), {rate:.1f} tok/s"
+            text += f"/{self.total}"
+        text += f" records ({s.failed} failed, {s.in_flight} running), {rate:.1f} tok/s"
+        if self.total and rate > 0:
+            # Tokens left: each record not finished at the mean length of those that did
+            # (its max_new_tokens before any has), less what the running ones already have.
+            per_record = s.generated_tokens / s.ok if s.ok else self.tokens_per_record
+            left = max(self.total - done - s.skipped, 0) * per_record
+            left = max(left - (s.tokens - s.settled_tokens), 0)
+            text += f", ETA {left / rate:.0f}s"
+        return text
+
+    def _show(self, final: bool = False) -> None:
+        text = self.line()
         if self.tty:
-            self.stream.write("\r\x1b[K" + line)
-            if force:
-                self.stream.write("\n")
-        else:
-            self.stream.write(line + "\n")
+            self.stream.write("\r\x1b[K" + text + ("\n" if final else ""))
+        elif text != self._shown:
+            self.stream.write(text + "\n")
+        self._shown = text
         self.stream.flush()
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -21,10 +23,12 @@ def command(
     top_k: Annotated[int, typer.Option()] = 0,
     min_p: Annotated[float, typer.Option()] = 0.0,
     repetition_penalty: Annotated[float, typer.Option()] = 1.0,
-    seed: Annotated[int, typer.Option(help="Base seed; each record samples with seed + its line number.")] = 0,
+    seed: Annotated[int, typer.Option(help="Job seed; a record samples with it mixed with its id.")] = 0,
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
     batch_size: Annotated[int, typer.Option(help="Slots decoded together (default: the profile's).")] = 0,
     truncate: Annotated[bool, typer.Option(help="Keep the end of over-long prompts instead of failing them.")] = False,
+    max_line_bytes: Annotated[int, typer.Option(
+        help="Longest input line; a longer one is an error record, never read whole.")] = 1 << 20,
     overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming.")] = False,
     fail_fast: Annotated[bool, typer.Option(help="Stop at the first failed record.")] = False,
     timings: Annotated[bool, typer.Option(help="Write latency_s per record (off: byte-identical reruns).")] = True,
@@ -38,54 +42,103 @@ def command(
 
     Input lines: {"id": ..., "prompt": "..."} or {"id": ..., "messages": [...]}, with optional
     max_new_tokens, temperature, top_p, top_k, min_p, repetition_penalty, stop, seed.
-    Output lines: id, text, reasoning (R1 models), finish_reason, usage, latency_s; or error.
-    Rerunning the same command skips ids already in the output.
+    Output lines: id, text, reasoning (R1 models), finish_reason, usage, latency_s, line,
+    request_digest; or id, line, field, error.
+    Rerunning the same command resumes: a record is kept when its id and request (prompt,
+    settings, model) are unchanged; changed ones are redone (the old record moves to
+    OUTPUT.replaced.jsonl) and failed ones retried. One process writes an output at a time.
 
-    Exit codes: 0 all records ok; 1 some records in the output failed (see their "error"),
-    including ones from an earlier run; 2 bad
-    arguments, artifact or settings; 130 interrupted (run again to resume).
+    Exit codes: 0 all records ok; 1 some records failed (see their "error"); 2 bad arguments,
+    artifact or settings, or the output is in use; 3 the output cannot be written (disk full,
+    read-only: it ends on a whole record, rerun to resume); 130 interrupted (run again to
+    resume).
 
     Examples:
       edgeds infer --input prompts.jsonl --output results.jsonl
       edgeds infer r1-1.5b-int8 -i prompts.jsonl -o results.jsonl --max-new-tokens 512
     """
     from ..batch import JobOptions, run_job
+    from ..batch.job import open_output
     from ..batch.progress import format_summary
     from ..default_model import default_artifact
     from ..engine import load
     from ..sampling import SamplingParams
     from .main import EXIT_INTERRUPTED, EXIT_OK, EXIT_RECORDS_FAILED
 
+    # Until the job takes over signals, SIGTERM ends a load as Ctrl-C does (exit 130).
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        # Everything that can be wrong with the arguments is said before the model loads.
+        defaults = SamplingParams(max_new_tokens, temperature, top_k, top_p, min_p,
+                                  repetition_penalty, seed, tuple(stop or ()))
+        defaults.validate()
+        _check_arguments(input, output, input_format, batch_size, threads, max_line_bytes, metrics)
+        opts = JobOptions(input, output, defaults, input_format == "text", batch_size or None,
+                          truncate, overwrite, fail_fast, timings, max_line_bytes)
+        with open_output(opts) as out:  # locked: a second job on this output stops here
+            if artifact is None:
+                artifact = str(default_artifact())
+                typer.echo("edgeds: no model given; using the embedded default model "
+                           f"({artifact})", err=True)
+            engine = load(artifact, profile=profile, backend=backend, device=device,
+                          threads=threads or None)
+            d = engine.describe()
+            batch = engine.batch_for(batch_size or None)
+            typer.echo(f"edgeds: profile {d['profile']}, backend {d['backend']} "
+                       f"({', '.join(d['providers'])}), {d['threads']} threads, batch {batch}",
+                       err=True)
+            for line in d["advice"]:
+                typer.echo(f"edgeds: note: {line}", err=True)
+            if batch_size and batch < batch_size:
+                typer.echo(f"edgeds: --batch-size {batch_size} lowered to {batch}: "
+                           f"{engine.cap_reason()}", err=True)
+            if out.resumable:
+                typer.echo(f"edgeds: resuming {output}: {out.resumable} records in it", err=True)
+            stats = run_job(engine, opts, out)
+        summary = stats.summary()
+        typer.echo(format_summary(summary), err=True)
+        if stats.input_note:
+            typer.echo(f"edgeds: input: {stats.input_note}", err=True)
+        if metrics:
+            Path(metrics).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        sys.stdout.flush()
+        if stats.interrupted:
+            typer.echo("edgeds: interrupted; run the same command again to resume", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_RECORDS_FAILED if stats.failed or stats.input_note else EXIT_OK)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def _check_arguments(input: str | None, output: str, input_format: str, batch_size: int,
+                     threads: int, max_line_bytes: int, metrics: str | None) -> None:
     if input is None:
         raise ValueError("--input is required (a JSONL file, or '-' for stdin)")
     if input_format not in ("jsonl", "text"):
         raise ValueError("--input-format must be jsonl or text")
-    if input != "-" and not Path(input).is_file():
-        raise ValueError(f"input file '{input}' does not exist")
-    if artifact is None:
-        artifact = str(default_artifact())
-        typer.echo(f"edgeds: no model given; using the embedded default model ({artifact})", err=True)
-    engine = load(artifact, profile=profile, backend=backend, device=device, threads=threads or None)
-    d = engine.describe()
-    batch = engine.batch_for(batch_size or None)
-    typer.echo(f"edgeds: profile {d['profile']}, backend {d['backend']} ({', '.join(d['providers'])}), "
-               f"{d['threads']} threads, batch {batch}", err=True)
-    for line in d["advice"]:
-        typer.echo(f"edgeds: note: {line}", err=True)
-    if batch_size and batch < batch_size:
-        typer.echo(f"edgeds: --batch-size {batch_size} lowered to {batch}: {engine.cap_reason()}", err=True)
-    defaults = SamplingParams(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed,
-                              tuple(stop or ()))
-    defaults.validate()
-    opts = JobOptions(input, output, defaults, input_format == "text", batch_size or None, truncate,
-                      overwrite, fail_fast, timings)
-    stats = run_job(engine, opts)
-    summary = stats.summary()
-    typer.echo(format_summary(summary), err=True)
-    if metrics:
-        Path(metrics).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    sys.stdout.flush()
-    if stats.interrupted:
-        typer.echo("edgeds: interrupted; run the same command again to resume", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED)
-    raise typer.Exit(EXIT_RECORDS_FAILED if stats.failed or stats.skipped_failed else EXIT_OK)
+    if batch_size < 0:
+        raise ValueError(f"--batch-size must be >= 1 (0: the profile's), not {batch_size}")
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 1 (0: the profile's), not {threads}")
+    if max_line_bytes < 1:
+        raise ValueError(f"--max-line-bytes must be >= 1, not {max_line_bytes}")
+    if input != "-":
+        if Path(input).is_dir():
+            raise ValueError(f"input '{input}' is a folder, not a file")
+        if not Path(input).exists():
+            raise ValueError(f"input file '{input}' does not exist")
+    for name, path in (("output", output), ("metrics", metrics)):
+        if path in (None, "-"):
+            continue
+        p = Path(path)
+        if p.is_dir():
+            raise ValueError(f"{name} '{path}' is a folder; give a file path")
+        if not p.parent.is_dir():
+            raise ValueError(f"{name} '{path}': its folder '{p.parent}' does not exist")
+        if input != "-" and (p.resolve() == Path(input).resolve()
+                             or (p.exists() and os.path.samefile(p, input))):
+            raise ValueError(f"{name} '{path}' is the input; give another file")

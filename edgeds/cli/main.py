@@ -1,7 +1,8 @@
 """The `edgeds` command. Each command is a thin layer over one library function.
 
 Exit codes (one place): 0 success; 1 a batch job finished but some records failed;
-2 bad input or configuration (a clear one-line message); 130 interrupted (resumable).
+2 bad input or configuration (a clear one-line message); 3 the output cannot be written
+(disk full, read-only; an error's `exit_code` says so); 130 interrupted (resumable).
 Set EDGEDS_DEBUG=1 to see tracebacks.
 """
 
@@ -17,7 +18,7 @@ import typer
 
 from ..errors import EdgedsError
 
-EXIT_OK, EXIT_RECORDS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_RECORDS_FAILED, EXIT_USAGE, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
@@ -39,7 +40,7 @@ def user_errors(fn):
             if not known or os.environ.get("EDGEDS_DEBUG"):
                 raise
             typer.echo(f"edgeds: error: {exc}", err=True)
-            raise typer.Exit(EXIT_USAGE) from None
+            raise typer.Exit(getattr(exc, "exit_code", EXIT_USAGE)) from None
         except KeyboardInterrupt:
             typer.echo("edgeds: interrupted", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -1,0 +1,76 @@
+"""The input of a batch job, read as a stream.
+
+A regular file is read where the job runs (a read never waits long). Anything else (stdin, a
+pipe, a FIFO, a terminal) is read by a thread into a short queue, so that the job keeps
+decoding while no line has come, and a line that arrives starts at once.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import stat
+import sys
+import threading
+from collections.abc import Callable
+
+from .records import LineReader
+
+NOT_READY, END = object(), object()
+QUEUE_LINES = 256
+POLL_S = 0.1  # how often a wait for input looks at the stop flag
+
+
+class Intake:
+    def __init__(self, source: str, max_line_bytes: int):
+        self._file = sys.stdin.buffer if source == "-" else open(source, "rb")
+        regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
+        self.total = _count_lines(self._file) if regular else None
+        self.reader = LineReader(self._file, max_line_bytes)
+        self.error: str | None = None
+        self._lines = iter(self.reader)
+        self._queue: queue.Queue | None = None
+        if not regular:
+            self._queue = queue.Queue(QUEUE_LINES)
+            threading.Thread(target=self._pump, name="edgeds-input", daemon=True).start()
+
+    def _pump(self) -> None:
+        try:
+            for item in self._lines:
+                self._queue.put(item)
+        except (OSError, ValueError) as exc:  # a terminal hung up, a closed stream
+            self.error = str(exc)
+        finally:
+            self._queue.put(END)
+
+    def get(self, wait: bool, stopped: Callable[[], bool]):
+        """The next (line number, raw bytes); NOT_READY when none has come and `wait` is
+        False; END at the end of the input, or once `stopped()` while waiting."""
+        if self._queue is None:
+            return next(self._lines, END)
+        while True:
+            try:
+                return self._queue.get(timeout=POLL_S) if wait else self._queue.get_nowait()
+            except queue.Empty:
+                if not wait:
+                    return NOT_READY
+                if stopped():
+                    return END
+
+    @property
+    def stopped_reason(self) -> str | None:
+        return self.reader.stopped or self.error
+
+    def close(self) -> None:
+        if self._file is not sys.stdin.buffer:
+            self._file.close()
+
+
+def _count_lines(f) -> int:
+    """Lines of a regular file (for progress), by any line end; the file is read again after."""
+    count, last = 0, b"\n"
+    while block := f.read(1 << 20):
+        count += block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
+        last = block[-1:]
+    f.seek(0)
+    return count + (last not in (b"\n", b"\r"))
