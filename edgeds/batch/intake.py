@@ -7,6 +7,7 @@ decoding while no line has come, and a line that arrives starts at once.
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import stat
@@ -14,7 +15,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from .records import LineReader
+from .records import READ_CHUNK, LineReader
 
 NOT_READY, END = object(), object()
 QUEUE_LINES = 256
@@ -23,8 +24,15 @@ POLL_S = 0.1  # how often a wait for input looks at the stop flag
 
 class Intake:
     def __init__(self, source: str, max_line_bytes: int):
-        self._file = sys.stdin.buffer if source == "-" else open(source, "rb")
+        # Unbuffered: the reader thread may still wait in a read when the process exits, and
+        # a buffered stream's lock held there is fatal at interpreter shutdown.
+        if source == "-":
+            self._file = io.FileIO(os.dup(sys.stdin.fileno()), "rb")
+        else:
+            self._file = open(source, "rb", buffering=0)  # noqa: SIM115 - closed by close()
         regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
+        if regular:
+            self._file = io.BufferedReader(self._file, READ_CHUNK)
         self.total = _count_lines(self._file) if regular else None
         self.reader = LineReader(self._file, max_line_bytes)
         self.error: str | None = None
@@ -62,8 +70,8 @@ class Intake:
         return self.reader.stopped or self.error
 
     def close(self) -> None:
-        if self._file is not sys.stdin.buffer:
-            self._file.close()
+        if self._queue is None:
+            self._file.close()  # a reader thread's file stays open until the process ends
 
 
 def _count_lines(f) -> int:
