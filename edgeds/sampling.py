@@ -43,8 +43,9 @@ class SamplingParams:
         if 0 < self.temperature < MIN_TEMPERATURE:
             raise SamplingError("temperature", f"temperature must be {LIMITS['temperature'][3]}, "
                                                f"not {self.temperature!r}")
-        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
-            raise SamplingError("stop", "stop must be a tuple of non-empty strings")
+        if not isinstance(self.stop, (tuple, list)) or not all(isinstance(s, str) and s
+                                                                for s in self.stop):
+            raise SamplingError("stop", "stop must be a list of non-empty strings")
         if len(self.stop) > MAX_STOP_STRINGS:
             raise SamplingError("stop", f"at most {MAX_STOP_STRINGS} stop strings")
 

@@ -119,7 +119,7 @@ def test_a_second_writer_exits_at_once_and_writes_nothing(artifacts, tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_prompts(inp, 3)
     with OutputLog(out) as held:
-        held.describe({"held": True})
+        held.start({"held": True})
         held.write({"id": "x", "text": "y"})
         with pytest.raises(OutputBusy):
             OutputLog(out)
@@ -137,12 +137,17 @@ def test_a_second_writer_exits_at_once_and_writes_nothing(artifacts, tmp_path):
 
 def test_two_concurrent_runs_on_one_output(artifacts, tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_prompts(inp, 40)
-    cmd = infer_cmd(artifacts("qwen2", "int8"), inp, out, "--max-new-tokens", 8)
-    procs = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
-    codes = sorted(code for code, _ in results)
-    assert codes == [0, 2], results
-    assert any("being written by another edgeds process" in err for _, err in results)
-    assert sorted(rec["id"] for rec in read_out(out)) == sorted(f"r{i}" for i in range(40))
+    write_prompts(inp, 300)
+    cmd = infer_cmd(artifacts("qwen2", "int8"), inp, out, "--max-new-tokens", 24, "--batch-size", 2)
+    first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.monotonic() + 120
+    while not (out.exists() and out.read_bytes().count(b"\n") >= 2):
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.02)
+    second = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert first.poll() is None, "the first job ended before the second tried"
+    assert second.returncode == 2 and "being written by another edgeds process" in second.stderr
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert sorted(rec["id"] for rec in read_out(out)) == sorted(f"r{i}" for i in range(300))

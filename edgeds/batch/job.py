@@ -112,7 +112,7 @@ class _Job:
 
     def run(self, progress_stream) -> JobStats:
         engine, opts, out, stats, stop = self.engine, self.opts, self.out, self.stats, self.stop
-        out.describe(job_settings(engine, opts))
+        out.start(job_settings(engine, opts))
         intake = Intake(opts.input, opts.max_line_bytes)
         progress = Progress(intake.total, stats, opts.defaults.max_new_tokens, progress_stream)
         try:

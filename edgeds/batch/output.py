@@ -12,12 +12,14 @@
 - A record is one write of whole bytes. When one fails (disk full, read-only), the file is cut
   back to the last whole record and OutputError names the path and the reason.
 - `OUT.job.json` says what wrote the output (artifact, settings): written beside, renamed.
+  Nothing is made or emptied before the job starts (the model has loaded).
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import json
 import os
 import sys
@@ -86,18 +88,20 @@ class OutputLog:
 
     def _open(self, overwrite: bool) -> None:
         path, job = self.path, side_file(self.path, JOB)
+        self._overwrite, self._end, self._last_sync = overwrite, 0, time.monotonic()
         with _reporting(path):
-            if overwrite:
-                path.unlink(missing_ok=True)
-                job.unlink(missing_ok=True)
-            if path.exists() and path.stat().st_size and not job.exists():
+            for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+                stale.unlink(missing_ok=True)  # a crash's, while it held the lock
+            if overwrite or not path.exists():
+                return  # nothing to resume; the output is made when the job starts
+            if path.stat().st_size and not job.exists():
                 raise ResumeError(f"{path} exists but has no {job.name} (not an edgeds output?); "
                                   "pass --overwrite to start over, or another --output")
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # Opened now, so that a read-only output fails before the model loads.
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             self._cut_partial_tail()
             self._scan()
             self._end = os.fstat(self._fd).st_size
-            self._last_sync = time.monotonic()
 
     def _cut_partial_tail(self) -> None:
         """A last line without its end was cut by a crash: moved aside, so appends start whole."""
@@ -181,15 +185,21 @@ class OutputLog:
             new = _Old(start, record.get("request_digest"), error)
             self._supersede(record_key(record["id"]), new)
 
-    def describe(self, settings: dict) -> None:
-        """Write OUT.job.json: what wrote this output."""
-        if self.path is not None:
-            text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
-            _atomic_write(side_file(self.path, JOB), text.encode())
+    def start(self, settings: dict) -> None:
+        """The job starts (the model has loaded): OUT.job.json says what writes the output, and
+        the output is made, or with --overwrite emptied, only now."""
+        if self.path is None:
+            return
+        text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
+        _atomic_write(side_file(self.path, JOB), text.encode())
+        if self._fd is None:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            with _reporting(self.path):
+                self._fd = os.open(self.path, flags | (os.O_TRUNC if self._overwrite else 0), 0o644)
 
     def finish(self) -> None:
         """Make every record durable and move superseded and damaged lines aside."""
-        if self.path is None or self._failed:
+        if self.path is None or self._failed or self._fd is None:
             return
         with _reporting(self.path, failed=self):
             os.fsync(self._fd)
@@ -221,6 +231,9 @@ class OutputLog:
         self._damaged.clear()
 
     def close(self) -> None:
+        if self._lock is not None:
+            # Removed while held: a process that opened it meanwhile sees it gone (_acquire).
+            side_file(self.path, LOCK).unlink(missing_ok=True)
         for fd in (self._fd, self._lock):
             if fd is not None:
                 os.close(fd)
@@ -271,18 +284,25 @@ def _reason(exc: OSError) -> str:
 
 def _acquire(path: Path) -> int:
     lock = side_file(path, LOCK)
-    with _reporting(path):
-        if not path.parent.is_dir():
-            raise FileNotFoundError(errno.ENOENT, "no folder", str(path))
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 20, 0).decode("ascii", "replace").strip()
-        os.close(fd)
-        who = f" (pid {holder})" if holder.isdigit() else ""
-        raise OutputBusy(f"{path} is being written by another edgeds process{who}; "
-                         "wait for it to end or choose another --output") from None
+    while True:
+        with _reporting(path):
+            if not path.parent.is_dir():
+                raise FileNotFoundError(errno.ENOENT, "no folder", str(path))
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 20, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise OutputBusy(f"{path} is being written by another edgeds process{who}; "
+                             "wait for it to end or choose another --output") from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder removed it as we opened it: take the new one
     try:  # who holds it, for the message above; a full disk must not stop the job here
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
