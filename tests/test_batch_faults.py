@@ -267,7 +267,9 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(artifacts, tmp_pat
     inp, out, straight = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "straight.jsonl"
     n = 400
     write_prompts(inp, n)
-    args = ("--max-new-tokens", 16, "--batch-size", 8, "--no-timings")
+    # Batch 1: records are written one by one and the job lasts seconds, so every round's kill
+    # lands mid-job however fast the machine is.
+    args = ("--max-new-tokens", 16, "--batch-size", 1, "--no-timings")
     assert infer(art, inp, straight, *args).returncode == 0
     rng = random.Random(21)
     kills = 0
@@ -277,7 +279,7 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(artifacts, tmp_pat
         target = have + rng.randint(0, (n - have) // 3)
         proc = subprocess.Popen(infer_cmd(art, inp, out, *args), env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.0, 1.0))
+        time.sleep(rng.uniform(0.0, 0.3))
         while proc.poll() is None and not (out.exists()
                                            and out.read_bytes().count(b"\n") >= target):
             time.sleep(0.002)
@@ -286,7 +288,7 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(artifacts, tmp_pat
         if out.exists() and rng.random() < 0.5:
             with open(out, "ab") as f:  # the worst a crash leaves: half a record
                 f.write(b'{"id": "r7", "text": "cut he')
-    assert kills >= 5
+    assert kills >= 6
     r = infer(art, inp, out, *args)
     assert r.returncode == 0, r.stderr
     done = whole_records(out)

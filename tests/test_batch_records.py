@@ -87,6 +87,12 @@ line = st.one_of(
 ends = st.sampled_from([b"\n", b"\r\n", b"\r"])
 
 
+def unambiguous(lines: list[tuple[bytes, bytes]]) -> bool:
+    """A CR end, then an empty line ending in LF, is one CRLF: not the two lines generated."""
+    return not any(end == b"\r" and raw2 == b"" and end2.startswith(b"\n")
+                   for (_, end), (raw2, end2) in zip(lines, lines[1:]))
+
+
 def is_blank(raw: bytes, n: int) -> bool:
     if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
@@ -103,9 +109,11 @@ def engine(artifacts):
     return load(artifacts("qwen2", "int8"), backend="onnxruntime")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.too_slow])
-@given(lines=st.lists(st.tuples(line, ends), min_size=1, max_size=8), bom=st.booleans(),
+# derandomize: CI must not turn red on a case no one changed code for.
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(lines=st.lists(st.tuples(line, ends), min_size=1, max_size=8).filter(unambiguous),
+       bom=st.booleans(),
        text=st.booleans())
 def test_every_line_yields_exactly_one_record_and_the_job_never_raises(engine, tmp_path_factory,
                                                                       lines, bom, text):

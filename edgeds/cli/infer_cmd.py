@@ -116,14 +116,15 @@ def _interrupt(*_):
 
 def _check_arguments(input: str | None, output: str, input_format: str, batch_size: int,
                      threads: int, max_line_bytes: int, metrics: str | None) -> None:
+    from ..engine import check_threads
+
     if input is None:
         raise ValueError("--input is required (a JSONL file, or '-' for stdin)")
     if input_format not in ("jsonl", "text"):
         raise ValueError("--input-format must be jsonl or text")
     if batch_size < 0:
         raise ValueError(f"--batch-size must be >= 1 (0: the profile's), not {batch_size}")
-    if threads < 0:
-        raise ValueError(f"--threads must be >= 1 (0: the profile's), not {threads}")
+    check_threads(threads)  # before the output is touched; the same rule edgeds.load applies
     if max_line_bytes < 1:
         raise ValueError(f"--max-line-bytes must be >= 1, not {max_line_bytes}")
     if input != "-":
