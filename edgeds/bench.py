@@ -25,7 +25,7 @@ def _pct(values: list[float]) -> dict:
 
 
 def _measure(engine, batch: int, prompt_tokens: int, new_tokens: int, rng) -> dict:
-    vocab = engine.artifact.model["vocab_size"]
+    vocab = engine.artifact.model.vocab_size
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
     reqs = [gen.Request(i, rng.integers(0, vocab, prompt_tokens).astype(np.int64), params) for i in range(batch)]
     stats = gen.StepStats()

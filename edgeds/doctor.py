@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from . import checksum_stamps
-from .artifact import kv_cache_dtype, load_artifact
+from .artifact import load_artifact
 from .backends import installed_backends
 from .errors import EdgedsError
 from .hardware import detect
-from .memory_budget import kv_budget, kv_bytes_per_token, largest_batch, weight_bytes
+from .memory_budget import kv_budget, largest_batch, weight_bytes
 from .profiles import choose_profile, load_profiles
 from .selection import choose_backend, ort_providers
 
@@ -34,21 +34,22 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
         fmt = choice.artifact_format if choice else "onnx"
         fmt = fmt if fmt in art.formats else art.formats[0]
         weights = weight_bytes(art.manifest, fmt, small_batch=bool(choice and choice.small_batch_max))
-        per_token = kv_bytes_per_token(art.manifest, fmt)
-        batch, context = prof.runtime.batch_size, min(prof.runtime.context, art.model["context_length"])
+        layout = art.manifest.kv_layout(fmt)
+        per_token = layout.bytes_per_token
+        batch, context = prof.runtime.batch_size, min(prof.runtime.context, art.model.context_length)
         need = weights + per_token * batch * context
         free_for_kv = kv_budget(hw.memory_bytes, weights)
         report["memory"] = {
             "weights_mib": round(weights / 2**20, 1),
             "kv_cache_mib_at_profile": round(per_token * batch * context / 2**20, 1),
-            "kv_cache_dtype": kv_cache_dtype(art.manifest["graphs"][fmt]),
+            "kv_cache_dtype": layout.dtype,
             "total_mib_at_profile": round(need / 2**20, 1),
             "machine_mib": round(hw.memory_bytes / 2**20, 1),
             "fits": per_token * batch * context < free_for_kv,
             "max_tokens_in_cache": max(int(free_for_kv // per_token), 0),
             "largest_batch_at_context": largest_batch(hw.memory_bytes, weights, per_token, context),
             "largest_context_at_batch": min(max(int(free_for_kv // (per_token * batch)), 0),
-                                            art.model["context_length"]),
+                                            art.model.context_length),
         }
     return report
 

@@ -23,7 +23,7 @@ from .backends.base import Backend
 from .default_model import default_artifact
 from .errors import ConfigError
 from .hardware import Hardware, detect
-from .memory_budget import kv_bytes_per_token, largest_batch, weight_bytes
+from .memory_budget import largest_batch, weight_bytes
 from .profiles import Profile, choose_profile, load_profiles
 from .sampling import SamplingParams
 from .selection import Choice, choose_backend
@@ -48,15 +48,14 @@ class Engine:
         self.artifact, self.profile, self.choice, self.hardware = artifact, profile, choice, hardware
         self.reasons = profile_reasons + choice.reasons
         self.tokenizer, self.backend = tokenizer, backend
-        gen_cfg = artifact.manifest.get("generation", {})
-        self.eos_ids = set(gen_cfg.get("eos_token_ids") or [])
-        self.context = min(profile.runtime.context, artifact.model["context_length"])
+        self.eos_ids = set(artifact.manifest.generation.eos_token_ids)
+        self.context = min(profile.runtime.context, artifact.model.context_length)
         # No batch, the profile's or a caller's, may hold more slots of full-context cache than fit.
         fmt = choice.artifact_format
         # The small-batch graph counts where it may load (at the first batch small enough for it).
         self.weight_bytes = weight_bytes(artifact.manifest, fmt, small_batch=bool(choice.small_batch_max))
         self.max_batch = max(largest_batch(hardware.memory_bytes, self.weight_bytes,
-                                           kv_bytes_per_token(artifact.manifest, fmt), self.context), 1)
+                                           artifact.manifest.kv_layout(fmt).bytes_per_token, self.context), 1)
         self.batch_size = self.batch_for(profile.runtime.batch_size)
         if self.batch_size < profile.runtime.batch_size:
             self.reasons.append(f"batch {profile.runtime.batch_size} -> {self.batch_size}: {self.cap_reason()}")

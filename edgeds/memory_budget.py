@@ -7,37 +7,28 @@ size is capped by it at load time, so that an unattended job cannot grow into th
 
 from __future__ import annotations
 
-import numpy as np
-
-from .artifact import cache_values_per_token, kv_cache_dtype
+from .manifest import Manifest
 
 USABLE = 0.9  # of the machine's memory: the rest is the OS, the runtime and activations
 
 
-def weight_bytes(manifest: dict, fmt: str, small_batch: bool = False) -> int:
+def weight_bytes(manifest: Manifest, fmt: str, small_batch: bool = False) -> int:
     """The graph's files; with `small_batch`, its small-batch graph's too (loaded beside it)."""
-    graph = manifest["graphs"][fmt]
-    files = [graph["file"], graph["data_file"]]
-    if small_batch and (small := graph.get("small_batch")):
-        files += [small["file"], small["data_file"]]
-    return sum(manifest["files"][f]["size"] for f in files if f in manifest["files"])
+    graph = manifest.graph(fmt)
+    files = [graph.file, graph.data_file]
+    if small_batch and (small := graph.small_batch):
+        files += [small.file, small.data_file]
+    return sum(manifest.file_size(f) for f in files)
 
 
-def decode_read_bytes(manifest: dict, fmt: str) -> int | None:
+def decode_read_bytes(manifest: Manifest, fmt: str) -> int | None:
     """Weight bytes a dense model's decode step reads: all but the embedding table, of which a
     step gathers one row per sequence. None for MoE models, whose steps read only the experts
     their tokens are routed to."""
-    m = manifest["model"]
-    if m.get("moe_layers"):
+    m = manifest.model
+    if m.has_experts:
         return None
-    embedding = manifest["quantization"]["embedding"]
-    table = m["vocab_size"] * m["hidden_size"]
-    embed = table + 4 * m["vocab_size"] if embedding.startswith("int8") else table * np.dtype(embedding).itemsize
-    return weight_bytes(manifest, fmt) - embed
-
-
-def kv_bytes_per_token(manifest: dict, fmt: str) -> int:
-    return cache_values_per_token(manifest["model"]) * np.dtype(kv_cache_dtype(manifest["graphs"][fmt])).itemsize
+    return weight_bytes(manifest, fmt) - manifest.quantization.embedding_bytes(m.vocab_size, m.hidden_size)
 
 
 def kv_budget(memory_bytes: int, weights: int) -> float:

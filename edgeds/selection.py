@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from .artifact import Artifact, kv_cache_dtype
+from .artifact import Artifact
 from .backends import installed_backends
 from .errors import ConfigError
 from .hardware import Hardware
+from .manifest import Graph
 from .profiles import Profile
 
 FORMAT_OF = {"native": "onnx", "onnxruntime": "onnx", "openvino": "openvino"}
@@ -44,7 +45,7 @@ def ort_providers() -> list[str]:
 GPU_EXPORT = "--weights int8-wo (or int4) --kv-cache float16"
 
 
-def _onnx_graph(artifact: Artifact | None) -> dict | None:
+def _onnx_graph(artifact: Artifact | None) -> Graph | None:
     """The manifest's entry for the artifact's ONNX graph, if it has one."""
     return artifact.graph("onnx") if artifact is not None and "onnx" in artifact.formats else None
 
@@ -60,9 +61,9 @@ def cpu_only(artifact: Artifact | None) -> str | None:
     if (graph := _onnx_graph(artifact)) is None:
         return None
     for_gpu = f"export {GPU_EXPORT} for the GPU"
-    if graph.get("ops", {}).get("linear", "").startswith("com.microsoft.MatMulIntegerToFloat"):
+    if artifact.manifest.quantization.dynamic_int8:
         return f"its int8 matmuls quantize activations per row, which only the CPU provider runs ({for_gpu})"
-    if kv_cache_dtype(graph) == "int8":
+    if graph.kv_cache.dtype == "int8":
         return f"its int8 KV cache runs on the CPU provider only ({for_gpu})"
     return None
 
@@ -72,7 +73,7 @@ def _dense_float32_cache(artifact: Artifact | None) -> bool:
     their latent cache in float32: see export/api.py)."""
     if (graph := _onnx_graph(artifact)) is None:
         return False
-    return graph.get("kv_cache", {}).get("kind") == "shared_buffer" and kv_cache_dtype(graph) == "float32"
+    return graph.kv_cache.kind == "shared_buffer" and graph.kv_cache.dtype == "float32"
 
 
 def float16_cache_hint(hw: Hardware, artifact: Artifact | None) -> str | None:
@@ -168,16 +169,16 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
             advice.append(hint)
         reasons += advice
         reasons.append(f"backend onnxruntime: providers {', '.join(usable)}, {n_threads} threads")
-        if (graph := _onnx_graph(artifact)) and (parts := graph.get("parts")):
+        if (graph := _onnx_graph(artifact)) and (parts := graph.parts):
             from .backends.onnxruntime import PARALLEL_LOAD_MIN_ORT, loads_in_parts
 
             reasons.append(f"graph: {len(parts)} parts, created in parallel" if loads_in_parts(graph, usable[0])
                            else f"graph: whole (its {len(parts)} parts load in parallel on the CPU provider with "
                                 f"onnxruntime >= {'.'.join(map(str, PARALLEL_LOAD_MIN_ORT))})")
         small_batch_max = 0
-        if graph and graph.get("small_batch"):
+        if graph and graph.small_batch:
             ort_settings = profile.onnxruntime
-            limit, key = ((ort_settings.small_batch_max_moe, "small_batch_max_moe") if artifact.model.get("moe_layers")
+            limit, key = ((ort_settings.small_batch_max_moe, "small_batch_max_moe") if artifact.model.has_experts
                           else (ort_settings.small_batch_max, "small_batch_max"))
             if usable[0] != "CPUExecutionProvider":
                 reasons.append("small-batch graph: not used on GPU providers")

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-from edgeds.artifact import FORMAT, FORMAT_VERSION, MANIFEST, describe_files
+from edgeds.artifact import describe_files
+from edgeds.manifest import FORMAT, MANIFEST, seal
 
 from .checkpoint import Checkpoint
 from .errors import ExportError
@@ -135,8 +136,7 @@ def generation_defaults(ckpt: Checkpoint) -> dict:
 
 def write_manifest(tmp: Path, manifest_body: dict) -> dict:
     files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != MANIFEST)
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest_body,
-                "files": describe_files(tmp, files)}
+    manifest = seal({"format": FORMAT, **manifest_body, "files": describe_files(tmp, files)})
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return manifest
 

@@ -64,7 +64,7 @@ def open_backends(artifact_dir: Path):
         from edgeds.backends.onnxruntime import OnnxRuntimeBackend
 
         yield "onnx", OnnxRuntimeBackend(art, ["CPUExecutionProvider"])
-        if art.graph("onnx").get("small_batch"):  # its decode steps, after the main graph's prefill
+        if art.graph("onnx").small_batch:  # its decode steps, after the main graph's prefill
             yield "onnx small-batch", OnnxRuntimeBackend(art, ["CPUExecutionProvider"], small_batch_max=1)
         if native_runs_here(art):  # the same weight file through edgeds' own decoder
             from edgeds.backends.native import open_native
@@ -81,7 +81,7 @@ def verify_artifact(src: Path, artifact_dir: Path, weights: str, kv_cache: str =
     rng = np.random.default_rng(0)
     from edgeds.artifact import load_artifact
 
-    vocab = load_artifact(artifact_dir, verify=False).model["vocab_size"]
+    vocab = load_artifact(artifact_dir, verify=False).model.vocab_size
     prompt = rng.integers(0, vocab, PROMPT_TOKENS).astype(np.int64)
     ref_logits, ref_tokens = reference_run(src, prompt, DECODE_STEPS)
     max_rel, min_agree = LIMITS[weights]

@@ -180,6 +180,7 @@ def test_a_line_piped_in_starts_before_the_pipe_closes(artifacts, tmp_path):
 def slow_template_artifact(src: Path, dst: Path) -> Path:
     """A copy of an artifact whose chat template renders for hours (checksums updated)."""
     from edgeds.artifact import MANIFEST, sha256_file
+    from edgeds.manifest import seal
 
     shutil.copytree(src, dst)
     manifest = json.loads((dst / MANIFEST).read_text())
@@ -187,7 +188,7 @@ def slow_template_artifact(src: Path, dst: Path) -> Path:
     (dst / name).write_text("{% for i in range(100000) %}{% for j in range(100000) %}"
                             "{% endfor %}{% endfor %}{{ messages[0]['content'] }}")
     manifest["files"][name] = {"size": (dst / name).stat().st_size, "sha256": sha256_file(dst / name)}
-    (dst / MANIFEST).write_text(json.dumps(manifest))
+    (dst / MANIFEST).write_text(json.dumps(seal(manifest)))
     return dst
 
 

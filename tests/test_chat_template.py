@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from edgeds import chat_template
 from edgeds.chat_template import ChatTemplate, TemplateLimit
 from edgeds.errors import ArtifactError
+from edgeds.manifest import seal
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 NESTED = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
@@ -91,7 +92,7 @@ def test_a_template_that_hangs_on_one_request_fails_that_record_alone(artifacts,
     source.write_text("{% if messages[0].content == 'hang' %}" + NESTED + "{% endif %}{{ messages[0].content }}")
     manifest = json.loads((art / "edgeds.json").read_text())
     manifest["files"]["chat_template.jinja"].update(size=source.stat().st_size, sha256=sha256_file(source))
-    (art / "edgeds.json").write_text(json.dumps(manifest))
+    (art / "edgeds.json").write_text(json.dumps(seal(manifest)))
     lines = [{"id": "a", "messages": [{"role": "user", "content": "hang"}]},
              {"id": "b", "messages": [{"role": "user", "content": "fine"}]}]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))

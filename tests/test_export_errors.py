@@ -180,7 +180,7 @@ def test_sharded_checkpoint_exports_identically(checkpoints, tmp_path):
 
 def test_manifest_is_self_describing(artifacts):
     m = json.loads((artifacts("qwen2", "int8") / "edgeds.json").read_text())
-    assert m["format_version"] == 1
+    assert m["format_version"] == 2 and len(m["manifest_sha256"]) == 64
     assert m["model"]["model_type"] == "qwen2" and m["model"]["num_kv_heads"] == 2
     assert m["quantization"]["weights"] == "int8"
     assert m["graphs"]["onnx"]["inputs"][:4] == ["input_ids", "seqlens_k", "total_sequence_length", "logits_positions"]

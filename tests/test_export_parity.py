@@ -149,8 +149,8 @@ def test_int8_weights_stay_int8_in_both_graphs(artifacts):
     xml = art.path("openvino_model.xml").read_text()
     assert xml.count('element_type="i8"') >= 2 * 5 + 1
     assert "ScaledDotProductAttention" in xml and "ReadValue" in xml
-    q = art.manifest["quantization"]
-    assert q["weights"] == "int8" and q["symmetric"] and q["granularity"] == "per output channel"
+    q = art.manifest.quantization
+    assert q.weights == "int8" and q.symmetric and q.granularity == "per output channel"
     # about a quarter of fp32 (plus scales and the int8 embedding)
-    fp32 = load_artifact(artifacts("qwen2", "fp32")).manifest["files"]["model.onnx.data"]["size"]
-    assert art.manifest["files"]["model.onnx.data"]["size"] < 0.32 * fp32
+    fp32 = load_artifact(artifacts("qwen2", "fp32")).manifest.files["model.onnx.data"].size
+    assert art.manifest.files["model.onnx.data"].size < 0.32 * fp32

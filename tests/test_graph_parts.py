@@ -15,13 +15,14 @@ import numpy as np
 import onnx
 import pytest
 from conftest import CONTEXT
+from edgeds_export import export_checkpoint
+from edgeds_export.errors import ExportError
+from edgeds_export.graph.parts import cut_layers
 
 from edgeds.artifact import load_artifact
 from edgeds.backends.onnxruntime import OnnxRuntimeBackend, loads_in_parts
 from edgeds.errors import ArtifactError
-from edgeds_export import export_checkpoint
-from edgeds_export.errors import ExportError
-from edgeds_export.graph.parts import cut_layers
+from edgeds.manifest import seal
 
 
 def _steps(backend: OnnxRuntimeBackend) -> list[np.ndarray]:
@@ -46,7 +47,7 @@ def test_parts_compute_what_the_whole_graph_computes(kind, weights, kv_cache, ch
                       kv_cache=kv_cache, load_parts=1)
     split = OnnxRuntimeBackend(parts, ["CPUExecutionProvider"], 2)
     one = OnnxRuntimeBackend(load_artifact(whole), ["CPUExecutionProvider"], 2)
-    assert len(split.sessions) == min(4, parts.model["num_layers"]) and len(one.sessions) == 1
+    assert len(split.sessions) == min(4, parts.model.num_layers) and len(one.sessions) == 1
     for a, b in zip(_steps(split), _steps(one)):
         np.testing.assert_array_equal(a, b)
 
@@ -54,15 +55,15 @@ def test_parts_compute_what_the_whole_graph_computes(kind, weights, kv_cache, ch
 def test_parts_hold_each_layer_once_and_point_into_the_weight_file(artifacts):
     path = artifacts("deepseek_v3", "int8")
     graph = load_artifact(path).graph("onnx")
-    whole = onnx.load(str(path / graph["file"]), load_external_data=False)
-    parts = [onnx.load(str(path / p["file"]), load_external_data=False) for p in graph["parts"]]
-    assert [p["first_layer"] for p in graph["parts"]] == [0, *cut_layers(3, 4)] == [0, 1, 2]
+    whole = onnx.load(str(path / graph.file), load_external_data=False)
+    parts = [onnx.load(str(path / p.file), load_external_data=False) for p in graph.parts]
+    assert [p.first_layer for p in graph.parts] == [0, *cut_layers(3, 4)] == [0, 1, 2]
     seen: dict[str, int] = {}
     for part in parts:
         for t in part.graph.initializer:
             seen[t.name] = seen.get(t.name, 0) + 1
             if t.data_location == onnx.TensorProto.EXTERNAL:
-                assert {e.key: e.value for e in t.external_data}["location"] == graph["data_file"]
+                assert {e.key: e.value for e in t.external_data}["location"] == graph.data_file
     layer_weights = [n for n in seen if "layers." in n]
     assert layer_weights and all(seen[n] == 1 for n in layer_weights)
     assert set(seen) == {t.name for t in whole.graph.initializer}
@@ -70,8 +71,8 @@ def test_parts_hold_each_layer_once_and_point_into_the_weight_file(artifacts):
     layer_nodes = [n.name for part in parts for n in part.graph.node if n.name.startswith("/model/layers.")]
     assert len(layer_nodes) == len(set(layer_nodes))
     assert sum(len(p.graph.node) for p in parts) < len(whole.graph.node) * 1.05
-    files = load_artifact(path).manifest["files"]
-    assert all(p["file"] in files and files[p["file"]]["sha256"] for p in graph["parts"])
+    files = load_artifact(path).manifest.files
+    assert all(p.file in files and files[p.file].sha256 for p in graph.parts)
 
 
 def test_parts_that_do_not_chain_are_refused(artifacts, tmp_path):
@@ -79,11 +80,15 @@ def test_parts_that_do_not_chain_are_refused(artifacts, tmp_path):
     shutil.copytree(artifacts("qwen2", "int8"), path)
     manifest = json.loads((path / "edgeds.json").read_text())
     manifest["graphs"]["onnx"]["parts"].reverse()
-    (path / "edgeds.json").write_text(json.dumps(manifest))
+    manifest["graphs"]["onnx"]["parts"][0]["first_layer"] = 0  # increasing, as the manifest checks
+    for part, first in zip(manifest["graphs"]["onnx"]["parts"][1:], range(1, 99)):
+        part["first_layer"] = first
+    (path / "edgeds.json").write_text(json.dumps(seal(manifest)))
     with pytest.raises(ArtifactError, match="do not chain"):
         OnnxRuntimeBackend(load_artifact(path), ["CPUExecutionProvider"])
-    manifest["graphs"]["onnx"]["parts"] = manifest["graphs"]["onnx"]["parts"][1:]  # the first part alone
-    (path / "edgeds.json").write_text(json.dumps(manifest))
+    manifest["graphs"]["onnx"]["parts"] = manifest["graphs"]["onnx"]["parts"][-1:]  # the first part alone
+    manifest["graphs"]["onnx"]["parts"][0]["first_layer"] = 0
+    (path / "edgeds.json").write_text(json.dumps(seal(manifest)))
     with pytest.raises(ArtifactError, match="does not produce the logits"):
         OnnxRuntimeBackend(load_artifact(path), ["CPUExecutionProvider"])
 
@@ -93,7 +98,7 @@ def test_a_tampered_part_is_refused(artifacts, tmp_path):
 
     path = tmp_path / "tampered"
     shutil.copytree(artifacts("qwen2", "int8"), path)
-    part = path / load_artifact(path).graph("onnx")["parts"][-1]["file"]
+    part = path / load_artifact(path).graph("onnx").parts[-1].file
     model = onnx.load(str(part), load_external_data=False)
     model.graph.node[-1].name += "x"  # same size on disk would be luck; any change must be caught
     onnx.save_model(model, str(part))
@@ -131,7 +136,7 @@ def test_each_part_writes_its_own_profile(artifacts, tmp_path):
 
 def test_load_parts_option(checkpoints, tmp_path):
     export_checkpoint(checkpoints("qwen2"), tmp_path / "one", formats=("onnx",), context=CONTEXT, load_parts=1)
-    assert "parts" not in load_artifact(tmp_path / "one").graph("onnx")
+    assert not load_artifact(tmp_path / "one").graph("onnx").parts
     assert not list((tmp_path / "one").glob("*.part*.onnx"))
     with pytest.raises(ExportError, match="--load-parts"):
         export_checkpoint(checkpoints("qwen2"), tmp_path / "none", formats=("onnx",), load_parts=0)

@@ -126,14 +126,14 @@ def test_batch_is_capped_so_full_context_caches_fit_in_memory(artifacts, monkeyp
     import edgeds
     from edgeds import engine as engine_module
     from edgeds.artifact import load_artifact
-    from edgeds.memory_budget import USABLE, kv_bytes_per_token, weight_bytes
+    from edgeds.memory_budget import USABLE, weight_bytes
 
     path = artifacts("qwen2", "int8")
     art = load_artifact(path)
     real = detect()
     roomy = edgeds.load(path, backend="onnxruntime", profile="cpu-avx2")
     # A machine with room for the weights and exactly three slots of full context.
-    slot = kv_bytes_per_token(art.manifest, "onnx") * roomy.context
+    slot = art.manifest.kv_layout("onnx").bytes_per_token * roomy.context
     memory = int((weight_bytes(art.manifest, "onnx") + 3.5 * slot) / USABLE)
     monkeypatch.setattr(engine_module, "detect", lambda: dataclasses.replace(real, memory_bytes=memory))
     small = edgeds.load(path, backend="onnxruntime", profile="cpu-avx2")

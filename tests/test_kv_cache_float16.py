@@ -13,7 +13,6 @@ import pytest
 
 from edgeds.artifact import load_artifact
 from edgeds.backends.onnxruntime import OnnxRuntimeBackend
-from edgeds.memory_budget import kv_bytes_per_token
 from edgeds_export import export_checkpoint
 from edgeds_export.errors import ExportError
 from test_export_parity import assert_batch_matches_alone, backend_for, errors_against_reference
@@ -45,14 +44,15 @@ def test_float16_graph_casts_only_around_attention(artifacts):
     assert len(to_half) == layers + 2 and all("/attn/" in n or "/rope/" in n for n in to_half)
     assert len([n for n in to_float if "/attn/" in n]) == layers and len(to_float) == layers + 1
     assert {n.op_type for n in model.graph.node} >= {"MatMulNBits", "GroupQueryAttention"}
-    assert load_artifact(path).graph("onnx")["kv_cache"]["dtype"] == "float16"
+    assert load_artifact(path).graph("onnx").kv_cache.dtype == "float16"
 
 
 def test_float16_cache_batch_matches_alone_and_halves_the_memory(artifacts):
     path = artifacts("llama", "int8-wo", "float16")
     assert_batch_matches_alone(path)
     floats = load_artifact(artifacts("llama", "int8-wo")).manifest
-    assert kv_bytes_per_token(load_artifact(path).manifest, "onnx") * 2 == kv_bytes_per_token(floats, "onnx")
+    halved = load_artifact(path).manifest.kv_layout("onnx").bytes_per_token
+    assert halved * 2 == floats.kv_layout("onnx").bytes_per_token
 
 
 @pytest.mark.parametrize("kv_cache", ["float32", "float16"])

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from edgeds.artifact import load_artifact
-from edgeds.memory_budget import kv_bytes_per_token
 from edgeds_export import export_checkpoint
 from edgeds_export.errors import ExportError
 from test_export_parity import assert_batch_matches_alone, backend_for, errors_against_reference
@@ -38,7 +37,7 @@ def test_int8_cache_holds_the_float_cache_to_half_a_step(artifacts):
         backend.decode(np.array([5]))
         caches[kv] = (backend.keys, backend.values)
     graph = load_artifact(artifacts("qwen2", "fp32", "int8")).graph("onnx")
-    assert graph["kv_cache"]["dtype"] == "int8"
+    assert graph.kv_cache.dtype == "int8"
     import onnx
 
     model = onnx.load(str(artifacts("qwen2", "fp32", "int8") / "model.onnx"), load_external_data=False)
@@ -63,7 +62,7 @@ def test_int8_cache_batch_matches_alone_and_quarters_the_memory(artifacts):
     assert_batch_matches_alone(path)
     art = load_artifact(path)
     floats = load_artifact(artifacts("llama", "int8")).manifest
-    assert kv_bytes_per_token(art.manifest, "onnx") * 4 == kv_bytes_per_token(floats, "onnx")
+    assert art.manifest.kv_layout("onnx").bytes_per_token * 4 == floats.kv_layout("onnx").bytes_per_token
 
 
 def test_int8_cache_is_refused_where_it_cannot_apply(checkpoints, tmp_path):

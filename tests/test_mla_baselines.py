@@ -31,9 +31,9 @@ def test_baseline_matches_the_exported_graph(graph, checkpoints, artifacts, tmp_
         export_checkpoint(checkpoints("deepseek_v3"), out, formats=("onnx",), weights="fp32",
                           context=CONTEXT)
     entry = load_artifact(out).graph("onnx")
-    assert entry["ops"] | graph.ops == entry["ops"]  # the manifest says which baseline it holds
+    assert dict(entry.ops) | graph.ops == entry.ops  # the manifest says which baseline it holds
     if graph is PerHeadCache:
-        assert entry["kv_cache"]["kind"] == "per_head" and entry["kv_cache"]["heads"] == 4
+        assert entry.kv_cache.kind == "per_head" and entry.kv_cache.heads == 4
     np.testing.assert_allclose(logits_of(artifacts("deepseek_v3")), logits_of(out), atol=1e-4)
 
 
@@ -42,4 +42,4 @@ def test_the_exporter_is_itself_again_after_the_block(checkpoints, tmp_path):
         pass
     export_checkpoint(checkpoints("deepseek_v3"), tmp_path / "a", formats=("onnx",), weights="fp32",
                       context=CONTEXT)
-    assert load_artifact(tmp_path / "a").graph("onnx")["kv_cache"]["kind"] == "mla_latent"
+    assert load_artifact(tmp_path / "a").graph("onnx").kv_cache.kind == "mla_latent"

@@ -17,27 +17,30 @@ from edgeds_export.verify import open_backends
 @pytest.mark.parametrize("kind", ["deepseek_v2", "deepseek_v3"])
 def test_cache_holds_the_latent_not_per_head_kv(kind, artifacts):
     art = load_artifact(artifacts(kind))
-    m, kv = art.model, art.graph("onnx")["kv_cache"]
-    latent = m["kv_lora_rank"] + m["qk_rope_head_dim"]
+    m, a = art.model, art.model.attention
+    latent = a.kv_lora_rank + a.qk_rope_head_dim
+    written = json.loads((art.root / "edgeds.json").read_text())["graphs"]  # what the exporter says
+    kv = written["onnx"]["kv_cache"]
     assert kv["kind"] == "mla_latent" and kv["values_per_token_per_layer"] == latent
-    assert kv["bytes_per_token"] == m["num_layers"] * latent * 4
-    per_head = 2 * m["num_heads"] * (m["qk_nope_head_dim"] + m["qk_rope_head_dim"])
+    assert kv["bytes_per_token"] == m.num_layers * latent * 4 == art.manifest.kv_layout("onnx").bytes_per_token
+    per_head = 2 * m.num_heads * (a.qk_nope_head_dim + a.qk_rope_head_dim)
     assert latent < per_head
     backend = dict(open_backends(art.root))["onnx"]
     backend.start(2, 64)
-    assert [c.shape for c in backend.keys] == [(2, 1, 64, latent)] * m["num_layers"]
+    assert [c.shape for c in backend.keys] == [(2, 1, 64, latent)] * m.num_layers
     assert backend.values == []  # the latent is key and value at once
-    assert art.manifest["graphs"]["openvino"]["kv_cache"]["values_per_token_per_layer"] == latent
+    assert written["openvino"]["kv_cache"]["values_per_token_per_layer"] == latent
+    assert art.manifest.kv_layout("openvino") == art.manifest.kv_layout("onnx")
 
 
 def test_manifest_says_what_is_left_out_and_how_routing_works(checkpoints, artifacts):
     art = load_artifact(artifacts("deepseek_v3"))
-    m = art.model
-    assert m["routing"] == "sigmoid_noaux_tc" and m["n_group"] == 4 and m["topk_group"] == 2
-    assert m["moe_layers"] == [1, 2]
+    e = art.model.experts
+    assert e.routing == "sigmoid_noaux_tc" and e.n_group == 4 and e.topk_group == 2
+    assert e.layers == (1, 2)
     cfg = json.loads((checkpoints("deepseek_v3") / "config.json").read_text())
-    assert art.graph("onnx")["mtp_layers_left_out"] == cfg.get("num_nextn_predict_layers", 0)
-    assert load_artifact(artifacts("deepseek_v2")).model["routing"] == "softmax_greedy"
+    assert art.graph("onnx").mtp_layers_left_out == cfg.get("num_nextn_predict_layers", 0)
+    assert load_artifact(artifacts("deepseek_v2")).model.experts.routing == "softmax_greedy"
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
@@ -80,23 +83,23 @@ def test_tensor_index_locates_every_mla_tensor(kind, artifacts):
     the router read through it is the float32 (hidden, experts) matrix the graph uses."""
     art = load_artifact(artifacts(kind, "int8"))
     graph = art.graph("onnx")
-    assert graph["tensors"] in art.manifest["files"]
-    index = json.loads(art.path(graph["tensors"]).read_text())
-    m = art.model
+    assert graph.tensors in art.manifest.files
+    index = json.loads(art.path(graph.tensors).read_text())
+    m, a, e = art.model, art.model.attention, art.model.experts
     layers = index["layers"]
-    assert len(layers) == m["num_layers"]
-    assert [i for i, ly in enumerate(layers) if ly["moe"]] == m["moe_layers"]
-    assert all((ly["q_a"] is None) == (m["q_lora_rank"] is None) for ly in layers)
-    moe = layers[m["moe_layers"][0]]["moe"]
-    assert len(moe["experts"]) == m["n_routed_experts"]
-    assert moe["router"]["shape"] == [m["hidden_size"], m["n_routed_experts"]]
+    assert len(layers) == m.num_layers
+    assert tuple(i for i, ly in enumerate(layers) if ly["moe"]) == e.layers
+    assert all((ly["q_a"] is None) == (a.q_lora_rank is None) for ly in layers)
+    moe = layers[e.layers[0]]["moe"]
+    assert len(moe["experts"]) == e.n_routed_experts
+    assert moe["router"]["shape"] == [m.hidden_size, e.n_routed_experts]
     assert moe["experts"][0]["gate"]["weight"]["dtype"] == "int8"
-    assert layers[0]["w_uk"]["weight"]["shape"] == [m["num_heads"], m["qk_nope_head_dim"], m["kv_lora_rank"]]
-    data = art.path(graph["data_file"]).read_bytes()
+    assert layers[0]["w_uk"]["weight"]["shape"] == [m.num_heads, a.qk_nope_head_dim, a.kv_lora_rank]
+    data = art.path(graph.data_file).read_bytes()
     router = moe["router"]
     stored = np.frombuffer(data, np.float32, int(np.prod(router["shape"])), router["offset"])
     g = onnx.load(str(art.path("model.onnx")), load_external_data=False).graph
-    name = f"/model/layers.{m['moe_layers'][0]}/mlp/gate.weight"
+    name = f"/model/layers.{e.layers[0]}/mlp/gate.weight"
     init = next(t for t in g.initializer if t.name == name)
     offset = int(next(e.value for e in init.external_data if e.key == "offset"))
     assert offset == router["offset"]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
-
 from conftest import SHARED
+
 from edgeds.artifact import Artifact
+from edgeds.manifest import TokenizerFiles
 from edgeds.tokenizer import TextTokenizer, split_reasoning
 
 REAL = SHARED / "reference/deepseek-v3-tokenizer"
@@ -22,11 +24,12 @@ def tok(tmp_path_factory):
     shutil.copyfile(REAL / "tokenizer.json", root / "tokenizer.json")
     cfg = json.loads((REAL / "tokenizer_config.json").read_text())
     (root / "chat_template.jinja").write_text(cfg["chat_template"])
-    manifest = {"tokenizer": {"file": "tokenizer.json", "chat_template": "chat_template.jinja",
-                              "bos_token": cfg["bos_token"]["content"] if isinstance(cfg["bos_token"], dict) else cfg["bos_token"],
-                              "eos_token": cfg["eos_token"]["content"] if isinstance(cfg["eos_token"], dict) else cfg["eos_token"],
-                              "add_bos_token": cfg.get("add_bos_token", False)}}
-    return TextTokenizer(Artifact(root, manifest))
+    def token(value):
+        return value["content"] if isinstance(value, dict) else value
+
+    files = TokenizerFiles("tokenizer.json", "chat_template.jinja", token(cfg["bos_token"]),
+                           token(cfg["eos_token"]), cfg.get("add_bos_token", False))
+    return TextTokenizer(Artifact(root, SimpleNamespace(tokenizer=files)))  # the tokenizer's part alone
 
 
 def test_chat_template_renders_the_r1_format(tok):

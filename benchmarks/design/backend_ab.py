@@ -28,7 +28,7 @@ def measure(artifact: str, threads: int) -> dict:
     art = load_artifact(artifact, verify=False)
     backend = OnnxRuntimeBackend(art, ["CPUExecutionProvider"], threads)
     rng = np.random.default_rng(0)
-    top = min(art.model["vocab_size"], 50000)
+    top = min(art.model.vocab_size, 50000)
     prompt = [rng.integers(10, top, 512)]
     backend.start(1, 600)
     backend.prefill([0], prompt)

@@ -43,7 +43,7 @@ def main() -> None:
         ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels, where they are installed
     backend = OnnxRuntimeBackend(artifact, providers, threads=args.threads or None,
                                  cache_on_device=False if args.cache_on_host else None)
-    vocab, context = artifact.model["vocab_size"], artifact.model["context_length"]
+    vocab, context = artifact.model.vocab_size, artifact.model.context_length
     capacity = min(640, context)
     prompt = min(128, capacity - 32)
     print(f"{args.artifact}: load {time.perf_counter() - t:.2f} s, cache in "

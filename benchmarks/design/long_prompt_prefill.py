@@ -29,7 +29,7 @@ def measure(artifact: str, backend: str, tokens: int, threads: int) -> str:
         from edgeds.backends.onnxruntime import OnnxRuntimeBackend
 
         runner = OnnxRuntimeBackend(art, ["CPUExecutionProvider"], threads)
-    prompt = np.random.default_rng(0).integers(10, min(art.model["vocab_size"], 50000), tokens)
+    prompt = np.random.default_rng(0).integers(10, min(art.model.vocab_size, 50000), tokens)
     runner.start(1, tokens + 8)
     runner.prefill([0], [prompt[:64]])
     runner.start(1, tokens + 8)

@@ -33,8 +33,8 @@ def measure(artifact: str, threads: int, batches: list[int], small_batch_max: in
     backend = OnnxRuntimeBackend(art, ["CPUExecutionProvider"], threads, small_batch_max=small_batch_max)
     out = {"graph": "small-batch" if small_batch_max else "main", "sessions_s": round(time.perf_counter() - t0, 2)}
     rng = np.random.default_rng(0)
-    top = min(art.model["vocab_size"], 50000)
-    capacity = min(300, art.model["context_length"])
+    top = min(art.model.vocab_size, 50000)
+    capacity = min(300, art.model.context_length)
     for batch in batches:
         backend.start(batch, capacity)
         logits = backend.prefill(list(range(batch)), [rng.integers(10, top, min(128, capacity // 2)) for _ in range(batch)])

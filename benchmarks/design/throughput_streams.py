@@ -28,7 +28,7 @@ def run(artifact: str, streams: int, threads: int, n: int) -> dict:
 
     art = load_artifact(artifact, verify=False)
     rng = np.random.default_rng(0)
-    top = min(art.model["vocab_size"], 50000)
+    top = min(art.model.vocab_size, 50000)
     prompts = [rng.integers(10, top, int(k)) for k in rng.integers(64, 513, n)]
     t0 = time.perf_counter()
     backends = [OnnxRuntimeBackend(art, ["CPUExecutionProvider"], threads // streams) for _ in range(streams)]

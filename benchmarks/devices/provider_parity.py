@@ -38,7 +38,7 @@ def main() -> None:
         ort.preload_dlls()
     art = load_artifact(args.artifact)
     rng = np.random.default_rng(0)
-    vocab = art.model["vocab_size"]
+    vocab = art.model.vocab_size
     prompts = [rng.integers(10, min(vocab, 50000), n) for n in (48, 17)]
     tested = OnnxRuntimeBackend(art, args.providers.split(","))
     got = run(tested, prompts, args.steps, None)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from benchmarks import RESULTS, SHARED_REFERENCE
 from benchmarks.random_checkpoint import write_checkpoint
+from edgeds.artifact import load_artifact
 
 CONFIGS = SHARED_REFERENCE / "configs"
 
@@ -40,18 +41,16 @@ def measure(shape: str, work: Path, weights: str, formats: str) -> dict:
                     "--weights", weights, "--format", formats], check=True)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    manifest = json.loads((out / "edgeds.json").read_text())
+    manifest = load_artifact(out, verify=False).manifest
     result = {
         "shape": shape, "weights": weights, "formats": formats, "seconds": round(seconds, 1),
         "peak_rss_gib": round(max(peak, before) / 2**20, 2),
         "source_gib": round(folder_bytes(src) / 2**30, 2),
         "artifact_gib": round(folder_bytes(out) / 2**30, 2),
-        "kv_bytes_per_token": next(iter(manifest["graphs"].values()))["kv_cache"].get(
-            "bytes_per_token", 2 * manifest["model"].get("num_layers", 0) * manifest["model"].get("num_kv_heads", 0)
-            * manifest["model"].get("head_dim", 0) * 4),
+        "kv_bytes_per_token": manifest.kv_layout(manifest.formats[0]).bytes_per_token,
         "per_format_gib": {
-            fmt: round(sum(manifest["files"][f]["size"] for f in (g["file"], g["data_file"])) / 2**30, 2)
-            for fmt, g in manifest["graphs"].items()
+            fmt: round(sum(manifest.file_size(f) for f in (g.file, g.data_file)) / 2**30, 2)
+            for fmt, g in manifest.graphs.items()
         },
     }
     shutil.rmtree(out, ignore_errors=True)

@@ -39,7 +39,7 @@ def main() -> None:
     prefix = str(Path(tempfile.mkdtemp()) / "ort")
     backend = OnnxRuntimeBackend(artifact, ["CPUExecutionProvider"], args.threads, profile_prefix=prefix)
     t_zero = min(s.get_profiling_start_time_ns() for s in backend.sessions)
-    vocab = artifact.model["vocab_size"]
+    vocab = artifact.model.vocab_size
     rng = np.random.default_rng(0)
     phases: list[tuple[str, int, int]] = []  # (label, start, end) in ns of the wall clock
 

@@ -15,12 +15,13 @@ the matmuls."""
 from __future__ import annotations
 
 import ctypes
-import json
 import mmap
 
 import numpy as np
 
-from ..artifact import Artifact, kv_cache_dtype
+from .. import tensor_index
+from ..artifact import Artifact
+from ..manifest import GroupedAttention
 from ..native import library
 from .base import SlotLengths
 
@@ -34,31 +35,32 @@ def unsupported(artifact: Artifact) -> str | None:
     """Why this artifact cannot run on the native backend, or None."""
     if "onnx" not in artifact.formats:
         return "the artifact has no ONNX export (whose weight file it reads)"
-    graph, model, quant = artifact.graph("onnx"), artifact.model, artifact.manifest.get("quantization", {})
     if is_mla(artifact):
         from .native_mla import unsupported as mla_unsupported
 
         return mla_unsupported(artifact)
-    if not graph.get("tensors"):
+    graph, m, quant = artifact.graph("onnx"), artifact.model, artifact.manifest.quantization
+    a: GroupedAttention = m.attention
+    if not graph.tensors:
         return "the export has no tensor index (re-export with this edgeds)"
-    if quant.get("weights") != "int8":
-        return f"weights {quant.get('weights')}: it runs --weights int8 exports"
-    if kv_cache_dtype(graph) not in ("float32", "float16"):
-        return f"its {kv_cache_dtype(graph)} KV cache (it keeps float32 or float16)"
-    if model["num_heads"] * model["head_dim"] != model["hidden_size"]:
-        return f"{model['num_heads']} heads of {model['head_dim']} do not span the hidden size {model['hidden_size']}"
-    group, rest = divmod(model["num_heads"], model["num_kv_heads"])
-    if rest or group > MAX_GROUP or model["head_dim"] % 16 or model["head_dim"] > MAX_HEAD_DIM:
-        return f"{model['num_heads']} heads over {model['num_kv_heads']} KV heads of {model['head_dim']}"
-    qkv = (model["num_heads"] + 2 * model["num_kv_heads"]) * model["head_dim"]
-    if any(d % 64 for d in (model["hidden_size"], model["intermediate_size"], model["vocab_size"], qkv)):
+    if quant.weights != "int8":
+        return f"weights {quant.weights}: it runs --weights int8 exports"
+    if graph.kv_cache.dtype not in ("float32", "float16"):
+        return f"its {graph.kv_cache.dtype} KV cache (it keeps float32 or float16)"
+    if m.num_heads * a.head_dim != m.hidden_size:
+        return f"{m.num_heads} heads of {a.head_dim} do not span the hidden size {m.hidden_size}"
+    group = m.num_heads // a.num_kv_heads  # a whole number: manifest.py checks it
+    if group > MAX_GROUP or a.head_dim % 16 or a.head_dim > MAX_HEAD_DIM:
+        return f"{m.num_heads} heads over {a.num_kv_heads} KV heads of {a.head_dim}"
+    qkv = (m.num_heads + 2 * a.num_kv_heads) * a.head_dim
+    if any(d % 64 for d in (m.hidden_size, m.intermediate_size, m.vocab_size, qkv)):
         return "widths that are not multiples of 64 (the GEMM's blocks)"
     return None
 
 
 def is_mla(artifact: Artifact) -> bool:
     """DeepSeek-V2/V3 (MLA + MoE): native_mla.py's decoder, not this one."""
-    return bool(artifact.model.get("kv_lora_rank") or artifact.model.get("moe_layers"))
+    return artifact.model.attention.kind == "mla"
 
 
 def open_native(artifact: Artifact, threads: int, use_amx: bool = True):
@@ -91,16 +93,17 @@ class NativeBackend:
             raise ValueError(f"native backend: {why}")
         self.lib = library()
         graph, model = artifact.graph("onnx"), artifact.model
-        index = json.loads(artifact.path(graph["tensors"]).read_text(encoding="utf-8"))
-        self.layers, self.kv_heads, self.head_dim = model["num_layers"], model["num_kv_heads"], model["head_dim"]
-        self.vocab_size = model["vocab_size"]
-        self.cache_dtype = np.float16 if kv_cache_dtype(graph) == "float16" else np.float32
+        index = tensor_index.load(artifact, graph)
+        self.layout = artifact.manifest.kv_layout("onnx")
+        self.layers, self.kv_heads, self.head_dim = self.layout.layers, self.layout.heads, self.layout.head_dim
+        self.vocab_size = model.vocab_size
+        self.cache_dtype = np.dtype(self.layout.dtype)
         if not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
             raise ValueError(f"native backend: {threads!r} threads (it runs 1 to {MAX_THREADS})")
-        data_path = artifact.path(graph["data_file"])
-        self._model = self.lib.ed_new(self.layers, model["hidden_size"], model["num_heads"], self.kv_heads,
-                                      self.head_dim, model["intermediate_size"], self.vocab_size,
-                                      model["rms_norm_eps"], threads, int(use_amx))
+        data_path = artifact.path(graph.data_file)
+        self._model = self.lib.ed_new(self.layers, model.hidden_size, model.num_heads, self.kv_heads,
+                                      self.head_dim, model.intermediate_size, self.vocab_size,
+                                      model.rms_norm_eps, threads, int(use_amx))
         if not self._model:
             raise ValueError("native backend: the decoder refused the model's dimensions or rms_norm_eps")
         with open(data_path, "rb") as f:
@@ -117,14 +120,14 @@ class NativeBackend:
                     raise ValueError(f"shape {list(stored_shape)}, not {list(shape)}")
                 arr = np.frombuffer(data, dt, int(np.prod(stored_shape)), int(stored["offset"]))
             except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"native backend: {graph['tensors']}: a tensor the weight file does not "
+                raise ValueError(f"native backend: {graph.tensors}: a tensor the weight file does not "
                                  f"hold as described ({exc})") from None
             arr = arr.reshape(stored_shape)
             return np.ascontiguousarray(arr, dtype=dtype) if dtype is not None else arr
 
         def check(rc: int, what: str) -> None:
             if rc != 0:
-                raise ValueError(f"native backend: the decoder refused {what} from {graph['tensors']}")
+                raise ValueError(f"native backend: the decoder refused {what} from {graph.tensors}")
 
         # Arrays are bound to names until the library has copied them: a converted copy passed
         # inline would be freed before the call reads it.
@@ -132,7 +135,7 @@ class NativeBackend:
             shape = (int(lin["k"]), int(lin["n"]))
             weight = view(lin["weight"], shape=shape)  # int8 [K, N], packed by the library
             if weight.dtype != np.int8:
-                raise ValueError(f"native backend: {graph['tensors']}: {weight.dtype} weights, not int8")
+                raise ValueError(f"native backend: {graph.tensors}: {weight.dtype} weights, not int8")
             scales, bias = view(lin["scales"], np.float32, (shape[1],)), view(lin["bias"], np.float32, (shape[1],))
             check(self.lib.ed_set_linear(self._model, layer, which, _ptr(weight), _ptr(scales), _ptr(bias), *shape),
                   f"a {shape[0]}x{shape[1]} linear layer")
@@ -142,9 +145,9 @@ class NativeBackend:
             data.madvise(mmap.MADV_DONTNEED, start, lin["weight"]["offset"] + weight.nbytes - start)
 
         if len(index["layers"]) != self.layers:
-            raise ValueError(f"native backend: {graph['tensors']} lists {len(index['layers'])} layers, "
+            raise ValueError(f"native backend: {graph.tensors} lists {len(index['layers'])} layers, "
                              f"the manifest {self.layers}")
-        hidden = (model["hidden_size"],)
+        hidden = (model.hidden_size,)
         for i, layer in enumerate(index["layers"]):
             mlp = layer["mlp"]
             for which, lin in enumerate((layer["qkv"], layer["o"], mlp["gate"], mlp["up"], mlp["down"])):
@@ -161,20 +164,20 @@ class NativeBackend:
         del data  # the packed copies are the library's; only the embedding table stays mapped
         embed = index["embed"]
         table, scales = embed["table"], embed["scales"]
-        if tuple(table["shape"]) != (self.vocab_size, model["hidden_size"]) or (
+        if tuple(table["shape"]) != (self.vocab_size, model.hidden_size) or (
                 scales is not None and int(np.prod(scales["shape"])) != self.vocab_size):
-            raise ValueError(f"native backend: {graph['tensors']}: an embedding table not of the manifest's "
-                             f"{self.vocab_size} x {model['hidden_size']}")
+            raise ValueError(f"native backend: {graph.tensors}: an embedding table not of the manifest's "
+                             f"{self.vocab_size} x {model.hidden_size}")
         try:
             self._table = np.memmap(data_path, np.dtype(table["dtype"]), "r", table["offset"], tuple(table["shape"]))
             self._row_scales = None if scales is None else np.ascontiguousarray(np.memmap(
                 data_path, np.dtype(scales["dtype"]), "r", scales["offset"], tuple(scales["shape"])), np.float32)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"native backend: {graph['tensors']}: the embedding table is not inside "
-                             f"{graph['data_file']} ({exc})") from None
+            raise ValueError(f"native backend: {graph.tensors}: the embedding table is not inside "
+                             f"{graph.data_file} ({exc})") from None
         int8_table = self._table.dtype == np.int8
         if int8_table != (self._row_scales is not None):
-            raise ValueError(f"native backend: {graph['tensors']}: an int8 embedding table comes with row scales")
+            raise ValueError(f"native backend: {graph.tensors}: an int8 embedding table comes with row scales")
         if not int8_table:
             self._table = np.ascontiguousarray(self._table, np.float32)
         check(self.lib.ed_set_embedding(self._model, _ptr(self._table) if int8_table else None,
@@ -189,7 +192,7 @@ class NativeBackend:
             self._model = None
 
     def start(self, batch_size: int, capacity: int) -> None:
-        shape = (self.layers, batch_size, self.kv_heads, capacity, self.head_dim)
+        shape = (self.layers, *self.layout.shape(batch_size, capacity))
         if (self.batch_size, self.capacity) != (batch_size, capacity):
             self.k = self.v = None  # free the old cache before the new one is allocated
             self.k, self.v = np.zeros(shape, self.cache_dtype), np.zeros(shape, self.cache_dtype)
@@ -202,7 +205,7 @@ class NativeBackend:
     def grow(self, capacity: int) -> None:
         if capacity <= self.capacity:
             return
-        shape = (self.layers, self.batch_size, self.kv_heads, capacity, self.head_dim)
+        shape = (self.layers, *self.layout.shape(self.batch_size, capacity))
         for name in ("k", "v"):
             new = np.zeros(shape, self.cache_dtype)
             new[:, :, :, :self.capacity] = getattr(self, name)

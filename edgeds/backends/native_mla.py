@@ -11,11 +11,11 @@ decode steps this class shares."""
 
 from __future__ import annotations
 
-import json
 import mmap
 
 import numpy as np
 
+from .. import tensor_index
 from ..artifact import Artifact
 from ..native import library
 from .base import SlotLengths
@@ -27,35 +27,20 @@ MAX_EXPERTS, MAX_GROUPS, MAX_LORA = 1024, 256, 4096  # mla_moe.c's stack arrays
 
 def unsupported(artifact: Artifact) -> str | None:
     """Why this MLA/MoE artifact cannot run on the native backend, or None."""
-    graph, m, quant = (
-        artifact.graph("onnx"),
-        artifact.model,
-        artifact.manifest.get("quantization", {}),
-    )
-    if not graph.get("tensors"):
+    graph, m, quant = artifact.graph("onnx"), artifact.model, artifact.manifest.quantization
+    a, e = m.attention, m.experts
+    if not graph.tensors:
         return "the export has no tensor index (re-export with this edgeds)"
-    if quant.get("weights") != "int8":
-        return f"weights {quant.get('weights')}: it runs --weights int8 exports"
-    if graph.get("kv_cache", {}).get("kind") != "mla_latent":
+    if quant.weights != "int8":
+        return f"weights {quant.weights}: it runs --weights int8 exports"
+    if graph.kv_cache.kind != "mla_latent":
         return "the export's cache is not MLA's latent"
-    if m.get("routing") not in ROUTINGS:
-        return f"routing {m.get('routing')!r}"
-    if (
-        m["n_routed_experts"] > MAX_EXPERTS
-        or m["n_group"] > MAX_GROUPS
-        or m["kv_lora_rank"] > MAX_LORA
-    ):
+    if e.routing not in ROUTINGS:
+        return f"routing {e.routing!r}"
+    if e.n_routed_experts > MAX_EXPERTS or e.n_group > MAX_GROUPS or a.kv_lora_rank > MAX_LORA:
         return "more experts, groups or latent width than the native decoder holds"
-    widths = [
-        m["hidden_size"],
-        m["kv_lora_rank"],
-        m["qk_rope_head_dim"],
-        m["v_head_dim"],
-        m["vocab_size"],
-        m["intermediate_size"],
-        m["moe_intermediate_size"],
-        m["q_lora_rank"] or 16,
-    ]
+    widths = [m.hidden_size, a.kv_lora_rank, a.qk_rope_head_dim, a.v_head_dim, m.vocab_size,
+              m.intermediate_size, e.moe_intermediate_size, a.q_lora_rank or 16]
     if any(w % 16 for w in widths):
         return "widths that are not multiples of 16 (the GEMM's blocks)"
     return None
@@ -73,43 +58,46 @@ class NativeMlaBackend(NativeBackend):
             raise ValueError(f"native backend: {why}")
         self.lib = library()
         graph, m = artifact.graph("onnx"), artifact.model
-        index = json.loads(artifact.path(graph["tensors"]).read_text(encoding="utf-8"))
-        self.layers, self.vocab_size = m["num_layers"], m["vocab_size"]
-        self.latent_dim = m["kv_lora_rank"] + m["qk_rope_head_dim"]
+        a, e = m.attention, m.experts
+        index = tensor_index.load(artifact, graph)
+        layout = artifact.manifest.kv_layout("onnx")
+        self.layers, self.vocab_size, self.latent_dim = layout.layers, m.vocab_size, layout.head_dim
         shared = next(
             (ly["moe"]["shared"] for ly in index["layers"] if ly["moe"] and ly["moe"]["shared"]),
             None,
         )
         dims = [
-            m["num_layers"],
-            m["hidden_size"],
-            m["num_heads"],
-            m["q_lora_rank"] or 0,
-            m["kv_lora_rank"],
-            m["qk_nope_head_dim"],
-            m["qk_rope_head_dim"],
-            m["v_head_dim"],
-            m["intermediate_size"],
-            m["moe_intermediate_size"],
-            m["n_routed_experts"],
+            m.num_layers,
+            m.hidden_size,
+            m.num_heads,
+            a.q_lora_rank or 0,
+            a.kv_lora_rank,
+            a.qk_nope_head_dim,
+            a.qk_rope_head_dim,
+            a.v_head_dim,
+            m.intermediate_size,
+            e.moe_intermediate_size,
+            e.n_routed_experts,
             shared["gate"]["n"] if shared else 0,
-            m["num_experts_per_tok"],
-            ROUTINGS[m["routing"]],
-            m["n_group"],
-            m["topk_group"],
-            int(m["norm_topk_prob"]),
-            m["vocab_size"],
+            e.num_experts_per_tok,
+            ROUTINGS[e.routing],
+            e.n_group,
+            e.topk_group,
+            int(e.norm_topk_prob),
+            m.vocab_size,
         ]
         self._dims = np.asarray(dims, np.int32)
         self._model = self.lib.em_new(
             _ptr(self._dims),
-            m["rms_norm_eps"],
-            m["softmax_scale"],
-            m["routed_scaling_factor"],
+            m.rms_norm_eps,
+            a.softmax_scale,
+            e.routed_scaling_factor,
             threads,
             int(use_amx),
         )
-        data_path = artifact.path(graph["data_file"])
+        if not self._model:
+            raise ValueError("native backend: the MLA decoder refused the model's dimensions")
+        data_path = artifact.path(graph.data_file)
         with open(data_path, "rb") as f:
             data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 

@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..artifact import Artifact, kv_cache_dtype
+from ..artifact import Artifact
 from ..errors import ArtifactError
+from ..manifest import Graph
 from .base import SlotLengths
 
 log = logging.getLogger("edgeds")
@@ -78,10 +79,10 @@ def _ort_version() -> tuple[int, int]:
     return tuple(int(p) for p in ort.__version__.split(".")[:2])
 
 
-def loads_in_parts(graph: dict, provider) -> bool:
+def loads_in_parts(graph: Graph, provider) -> bool:
     """Whether the backend loads this graph's parts (export/graph_parts.py) instead of the whole
     graph: on the CPU provider, with an ONNX Runtime that creates them in parallel."""
-    return (bool(graph.get("parts")) and _provider_name(provider) == "CPUExecutionProvider"
+    return (bool(graph.parts) and _provider_name(provider) == "CPUExecutionProvider"
             and _ort_version() >= PARALLEL_LOAD_MIN_ORT)
 
 
@@ -152,8 +153,9 @@ class _Graph:
         self.carried = _check_chain(self.io, root)
 
 
-def _graph_files(graph: dict, provider) -> list[str]:
-    return [part["file"] for part in graph["parts"]] if loads_in_parts(graph, provider) else [graph["file"]]
+def _graph_files(graph, provider) -> list[str]:
+    """A manifest.Graph's or SmallBatchGraph's files to load: its parts, or the whole."""
+    return [part.file for part in graph.parts] if loads_in_parts(graph, provider) else [graph.file]
 
 
 class _Call:
@@ -181,33 +183,28 @@ class OnnxRuntimeBackend:
         artifact's small-batch graph, where it has one (0: never load it)."""
         graph = artifact.graph("onnx")
         m = artifact.model
-        self.layers, self.vocab_size = m["num_layers"], m["vocab_size"]
         # The cache layout comes from the manifest: per-head K and V buffers, or one MLA latent
         # buffer per layer that serves as both key and value.
-        self.latent = graph["kv_cache"]["kind"] == "mla_latent"
-        if self.latent:
-            self.kv_heads, self.head_dim = 1, m["kv_lora_rank"] + m["qk_rope_head_dim"]
-        elif "heads" in graph["kv_cache"]:  # per-head cache of an MLA model (a benchmark baseline)
-            self.kv_heads, self.head_dim = graph["kv_cache"]["heads"], graph["kv_cache"]["head_dim"]
-        else:
-            self.kv_heads, self.head_dim = m["num_kv_heads"], m["head_dim"]
-        self.cache_dtype = np.dtype(kv_cache_dtype(graph))  # int8: quantized by the graph
+        self.layout = artifact.manifest.kv_layout("onnx")
+        self.latent = self.layout.buffers == 1
+        self.layers, self.vocab_size = self.layout.layers, m.vocab_size
+        self.cache_dtype = np.dtype(self.layout.dtype)  # int8: quantized by the graph
         if self.cache_dtype == np.int8 and _ort_version() < INT8_CACHE_MIN_ORT:
             raise ArtifactError(f"{artifact.root}: its int8 KV cache needs onnxruntime >= "
                                 f"{'.'.join(map(str, INT8_CACHE_MIN_ORT))} (installed: {ort.__version__})")
-        self.positions_input = "position_ids" in graph["inputs"]
+        self.positions_input = "position_ids" in graph.inputs
         # int8-cache graphs attend over a fresh prompt in float32 and return its keys and
         # values for us to store (export/onnx_writer.py, _attention).
-        self.fresh_input = "fresh_prompt" in graph["inputs"]
+        self.fresh_input = "fresh_prompt" in graph.inputs
         self._flags = {True: np.array(True), False: np.array(False)}  # bound by address: they must live on
         # The small-batch graph loads when the first batch small enough for it starts: a job of
         # larger batches (an offline job) never pays its memory and load time.
-        self.small_batch_max = small_batch_max if graph.get("small_batch") else 0
+        self.small_batch_max = small_batch_max if graph.small_batch else 0
         self.small, self.small_batch_error = None, None
         self._load = (artifact, providers, threads, session_options, profile_prefix)
         self.main = self._load_graph(graph)
         self.session = self.main.sessions[0]
-        self.hidden_size = m["hidden_size"]
+        self.hidden_size = m.hidden_size
         self.device = self.session.get_providers()[0]
         # A CPU input that a GPU node reads is copied to the device when it is bound, not when
         # the graph runs: with a GPU provider the decode step's small inputs are bound again at
@@ -226,7 +223,7 @@ class OnnxRuntimeBackend:
             self.cache_memory = (DEVICE_MEMORY.get(self.device, "cpu"), int(device_id))
         self.batch_size = self.capacity = 0
 
-    def _load_graph(self, graph: dict) -> _Graph:
+    def _load_graph(self, graph) -> _Graph:
         """One graph's sessions, its parts on parallel threads where it has them."""
         artifact, providers, threads, session_options, profile_prefix = self._load
         files = _graph_files(graph, providers[0])
@@ -247,7 +244,7 @@ class OnnxRuntimeBackend:
         if self.small is None and self.small_batch_max:
             artifact = self._load[0]
             try:
-                self.small = self._load_graph(artifact.graph("onnx")["small_batch"])
+                self.small = self._load_graph(artifact.graph("onnx").small_batch)
             except Exception as exc:  # noqa: BLE001 - whatever ONNX Runtime raises
                 self.small_batch_max = 0
                 self.small_batch_error = (f"small-batch graph: not loaded ({type(exc).__name__}: "
@@ -293,7 +290,7 @@ class OnnxRuntimeBackend:
             # go before this batch's cache comes, and the next small batch loads them again. A
             # job runs one batch size, so this is once per job, not per step.
             self.small = self._decode = self.decode_graph = None
-        shape = (batch_size, self.kv_heads, capacity, self.head_dim)
+        shape = self.layout.shape(batch_size, capacity)
         if self.batch_size != batch_size or self.capacity != capacity:
             self.keys = self.values = None  # the old cache goes before the new one comes: no peak of both
             self.keys = [self._zeros(shape) for _ in range(self.layers)]
@@ -305,7 +302,7 @@ class OnnxRuntimeBackend:
     def grow(self, capacity: int) -> None:
         if capacity <= self.capacity:
             return
-        shape = (self.batch_size, self.kv_heads, capacity, self.head_dim)
+        shape = self.layout.shape(self.batch_size, capacity)
         for caches in (self.keys, self.values):
             for i in range(len(caches)):  # one layer at a time: the old buffer goes as the new one comes
                 caches[i] = self._zeros(shape, caches[i])
@@ -386,7 +383,7 @@ class OnnxRuntimeBackend:
         token_positions = np.tile(np.arange(past, past + longest, dtype=np.int64), (n, 1))
         fresh = None
         if self.fresh_input and past == 0:
-            fresh = [np.empty((n, self.kv_heads, longest, self.head_dim), self.cache_dtype) for _ in self._cache_bindings()]
+            fresh = [np.empty(self.layout.shape(n, longest), self.cache_dtype) for _ in self._cache_bindings()]
         # ORT reads inputs by address at run time: every bound array stays referenced until then.
         seqlens, total = past + lens - 1, np.array(past + longest, np.int32)
         self._bind(ids, seqlens, total, positions, logits, rows, token_positions, fresh).run()

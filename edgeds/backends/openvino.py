@@ -20,12 +20,12 @@ class OpenVinoBackend:
     def __init__(self, artifact: Artifact, device: str = "CPU", threads: int | None = None,
                  config: dict | None = None):
         m = artifact.model
-        self.layers, self.vocab_size = m["num_layers"], m["vocab_size"]
+        self.layers, self.vocab_size = m.num_layers, m.vocab_size
         core = ov.Core()
         cfg = {"PERFORMANCE_HINT": "LATENCY", **(config or {})}
         if threads:
             cfg["INFERENCE_NUM_THREADS"] = int(threads)
-        model = core.read_model(str(artifact.path(artifact.graph("openvino")["file"])))
+        model = core.read_model(str(artifact.path(artifact.graph("openvino").file)))
         self.compiled = core.compile_model(model, device, {k: str(v) for k, v in cfg.items()})
         self.request = self.compiled.create_infer_request()
         self.device = device

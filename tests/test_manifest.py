@@ -1,0 +1,256 @@
+"""The manifest read as untrusted input (edgeds/manifest.py, edgeds/tensor_index.py): every field
+out of range, inconsistent with another or with the graph, or naming a file outside the artifact
+gives one line of ArtifactError naming the field, before anything is allocated or run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+import edgeds
+from edgeds.artifact import MANIFEST, load_artifact
+from edgeds.errors import ArtifactError
+from edgeds.manifest import parse, seal
+
+REPO = Path(__file__).resolve().parent.parent
+EMBEDDED = REPO / "edgeds/embedded_model"
+
+
+def copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def edit(folder: Path, change, sealed: bool = True) -> None:
+    """Apply `change` to folder's manifest (a dict), re-sealed unless told otherwise."""
+    m = json.loads((folder / MANIFEST).read_text())
+    change(m)
+    (folder / MANIFEST).write_text(json.dumps(seal(m) if sealed else m))
+
+
+def refused(folder: Path, match: str, **load) -> str:
+    with pytest.raises(ArtifactError, match=match) as info:
+        edgeds.load(folder, **load)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_todays_manifests_are_read(artifacts):
+    v1 = load_artifact(EMBEDDED)  # format version 1, as the embedded model was exported
+    assert v1.manifest.format_version == 1 and v1.model.attention.num_kv_heads == 2
+    assert v1.manifest.kv_layout("onnx").bytes_per_token == 2 * 6 * 2 * 64 * 4
+    v2 = load_artifact(artifacts("deepseek_v3", "int8"))
+    assert v2.manifest.format_version == 2 and v2.model.attention.kind == "mla"
+    assert v2.manifest.kv_layout("onnx").bytes_per_token == 3 * (32 + 16) * 4  # the latent
+    assert v2.model.experts.layers == (1, 2)
+
+
+def test_a_hand_edit_is_told_apart_and_seal_accepts_it(artifacts, tmp_path):
+    art = copy(artifacts("qwen2", "int8"), tmp_path / "art")
+    edit(art, lambda m: m["generation"].update(temperature=0.5), sealed=False)
+    refused(art, "edgeds.json was edited after export .*manifest_sha256")
+    edit(art, lambda m: None)  # re-sealed: the same edit is now a valid manifest
+    assert load_artifact(art).manifest.generation.temperature == 0.5
+
+
+def test_nan_is_refused(artifacts, tmp_path):
+    art = copy(artifacts("qwen2", "int8"), tmp_path / "art")
+    text = (art / MANIFEST).read_text().replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": NaN')
+    (art / MANIFEST).write_text(text)
+    refused(art, "edgeds.json holds NaN or Infinity")
+
+
+def model_field(key, value):
+    return lambda m: m["model"].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (model_field("num_layers", 0), r"model.num_layers is 0, outside 1..4096"),
+        (model_field("num_layers", "2"), r"model.num_layers is a string, not an integer"),
+        (
+            model_field("num_kv_heads", 3),
+            r"model.num_kv_heads is 3, which does not divide num_heads 4",
+        ),
+        (model_field("head_dim", -16), r"model.head_dim is -16, outside"),
+        (model_field("vocab_size", 2**40), r"model.vocab_size is 1099511627776, outside"),
+        (model_field("context_length", 0), r"model.context_length is 0"),
+        (model_field("colour", "blue"), r"model has unknown field\(s\) 'colour'"),
+        (lambda m: m["model"].pop("hidden_size"), r"model.hidden_size is missing"),
+        (
+            lambda m: m["graphs"]["onnx"]["kv_cache"].update(kind="paged"),
+            r"kv_cache.kind is 'paged', not one of",
+        ),
+        (
+            lambda m: m["graphs"]["onnx"]["kv_cache"].update(dtype="int4"),
+            r"kv_cache.dtype is 'int4'",
+        ),
+        (
+            lambda m: m["graphs"]["onnx"]["parts"].reverse(),
+            r"graphs.onnx.parts start at layers \[1, 0\]",
+        ),
+        (
+            lambda m: m["graphs"].update(tensorrt={}),
+            r"graphs must name one or more of onnx, openvino",
+        ),
+        (
+            lambda m: m["generation"].update(eos_token_ids=[10**6]),
+            r"eos_token_ids is not a list of token ids",
+        ),
+        (
+            lambda m: m["files"]["tokenizer.json"].update(size=-1),
+            r"files.tokenizer.json.size is -1",
+        ),
+        (
+            lambda m: m["quantization"].update(weights="int3"),
+            r"quantization.weights is 'int3', not one of",
+        ),
+    ],
+)
+def test_a_field_out_of_range_is_one_line_naming_it(change, match, artifacts, tmp_path):
+    art = copy(artifacts("qwen2", "int8"), tmp_path / "art")
+    edit(art, change)
+    assert refused(art, match).startswith("edgeds.json")
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (
+            model_field("kv_lora_rank", 48),
+            r"kv_cache.bytes_per_token is 576, but the model's shape gives 768",
+        ),
+        (
+            model_field("n_group", 3),
+            r"model.n_group is 3, which does not divide n_routed_experts 8",
+        ),
+        (model_field("num_experts_per_tok", 9), r"model.num_experts_per_tok is 9, outside 1..8"),
+        (model_field("moe_layers", [2, 1]), r"model.moe_layers is not an increasing list"),
+        (
+            model_field("moe_layers", [1, 7]),
+            r"model.moe_layers is not an increasing list .* below num_layers 3",
+        ),
+        (model_field("routing", "random"), r"model.routing is 'random'"),
+        (model_field("qk_rope_head_dim", 15), r"model.qk_rope_head_dim is 15: rotary"),
+    ],
+)
+def test_mla_and_moe_fields_are_checked_against_each_other(change, match, artifacts, tmp_path):
+    art = copy(artifacts("deepseek_v3", "int8"), tmp_path / "art")
+    edit(art, change)
+    refused(art, match)
+
+
+def test_a_changed_num_layers_does_not_match_the_graph(artifacts, tmp_path):
+    """The ONNX graph has one cache input per layer: 2 more layers would bind buffers it lacks."""
+    for kind in ("qwen2", "deepseek_v3"):
+        art = copy(artifacts(kind, "int8"), tmp_path / kind)
+        edit(art, model_field("num_layers", 4 if kind == "qwen2" else 5))
+        refused(
+            art, r"graphs.onnx.inputs hold \d+ cache tensors, not the \d+ of num_layers \d"
+        )
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "deepseek_v3"])
+def test_native_decoders_refuse_an_index_that_does_not_fit_the_model(kind, artifacts, tmp_path):
+    """A manifest whose widths still agree with each other, but not with the weights: the tensor
+    index is checked before the C loops get a pointer (heap corruption before)."""
+    art = copy(artifacts(kind, "int8"), tmp_path / "art")
+    if kind == "qwen2":  # 4 heads over 4 KV heads: divides, but the fused qkv is narrower than that
+        edit(art, model_field("num_kv_heads", 4))
+        match = r"tensors.json: layers\[0\].qkv is 64 x 128, not 64 x 192"
+    else:  # half the experts
+        edit(art, lambda m: m["model"].update(n_routed_experts=4, n_group=2, topk_group=1))
+        match = r"tensors.json: layers\[1\].moe.router has shape \[64, 8\], not \[64, 4\]"
+    refused(art, match, backend="native")
+
+
+@pytest.mark.parametrize(
+    "where,name,match",
+    [
+        ("data_file", "../outside.data", "not a normalized path inside the artifact folder"),
+        ("data_file", "/etc/passwd", "an absolute path"),
+        ("tokenizer", "/tmp/tokenizer.json", "an absolute path"),
+        ("tokenizer", "a/../../tokenizer.json", "not a normalized path"),
+        ("files", "../outside.data", "files.'../outside.data' not a normalized path"),
+    ],
+)
+def test_file_names_stay_inside_the_artifact(where, name, match, artifacts, tmp_path):
+    art = copy(artifacts("qwen2", "int8"), tmp_path / "art")
+    (tmp_path / "outside.data").write_bytes(b"\0" * 64)
+
+    def change(m):
+        if where == "data_file":
+            m["graphs"]["onnx"]["data_file"] = name
+        elif where == "tokenizer":
+            m["tokenizer"]["file"] = name
+        else:
+            m["files"][name] = {"size": 64, "sha256": "0" * 64}
+
+    edit(art, change)
+    with opened_files() as seen:
+        refused(art, match)
+    assert not [p for p in seen if "outside" in p or p.startswith(("/etc", "/tmp/tok"))]
+
+
+def test_a_symbolic_link_leading_out_is_refused(artifacts, tmp_path):
+    art = copy(artifacts("qwen2", "int8"), tmp_path / "art")
+    outside = tmp_path / "tokenizer.json"
+    shutil.move(art / "tokenizer.json", outside)
+    (art / "tokenizer.json").symlink_to(outside)  # the same bytes: only the link gives it away
+    with opened_files() as seen:
+        refused(art, "artifact file 'tokenizer.json' leads outside the artifact folder")
+    assert str(outside) not in seen
+
+
+# sys.addaudithook cannot be removed: one hook for the session, recording while asked to.
+_RECORDING: list[list[str]] = []
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _RECORDING and event == "open" and isinstance(args[0], (str, bytes, Path)):
+        _RECORDING[-1].append(
+            str(Path(args[0] if not isinstance(args[0], bytes) else args[0].decode()).absolute())
+        )
+
+
+sys.addaudithook(_audit)
+
+
+class opened_files:
+    def __enter__(self) -> list[str]:
+        _RECORDING.append([])
+        return _RECORDING[-1]
+
+    def __exit__(self, *exc) -> None:
+        _RECORDING.pop()
+
+
+@pytest.mark.parametrize("backend", ["native", "onnxruntime", "openvino"])
+def test_a_run_opens_no_file_beside_the_artifact(backend, artifacts, tmp_path):
+    """Of everything under the folder that holds the artifact, only the artifact's own files
+    are opened, by load, checksums, tokenizer and a generation (the runtime's libraries, the
+    profiles and /proc are read from where they are installed)."""
+    art = copy(artifacts("qwen2", "int8"), tmp_path / "art")
+    (tmp_path / "outside.data").write_bytes(b"\0" * 64)
+    with opened_files() as seen:
+        engine = edgeds.load(art, backend=backend, threads=1)
+        engine.generate(["def f(x):"], max_new_tokens=3)
+    near = [p for p in seen if p.startswith(str(tmp_path))]
+    assert near and all(p.startswith(str(art) + "/") for p in near), near
+    listed = set(load_artifact(art).manifest.files) | {MANIFEST}
+    assert {Path(p).name for p in near} <= listed
+
+
+def test_parse_takes_the_json_value_alone():
+    """No file system at all: what the fuzz below and other tools call."""
+    m = json.loads((EMBEDDED / MANIFEST).read_text())
+    assert parse(m).model.vocab_size == 4096
+    for bad in (None, [], "x", {"format": "edgeds-artifact", "format_version": True}):
+        with pytest.raises(ArtifactError):
+            parse(bad)
