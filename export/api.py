@@ -18,6 +18,7 @@ from .artifact_writer import (
 from .checkpoint import Checkpoint
 from .errors import ExportError
 from .families import family_for
+from .graph.onnx_ops import TARGETS
 from .graph.parts import write_parts
 from .quantize import SCHEMES
 from .tensors import write_tensor_index
@@ -32,6 +33,8 @@ DEFAULT_CONTEXT = 8192
 # ONNX graph parts the CPU runtime loads on parallel threads (export/graph/parts.py): load time
 # divides by min(parts, cores) and a decode step pays ~nothing for the hand-overs.
 DEFAULT_LOAD_PARTS = 4
+# The largest batch a TensorRT export's optimization profiles cover (tensorrt_profiles.py).
+DEFAULT_MAX_BATCH = 16
 
 
 def export_checkpoint(
@@ -45,6 +48,8 @@ def export_checkpoint(
     kv_cache: str = "float32",
     load_parts: int | None = None,
     small_batch_graph: bool = False,
+    target: str = "onnxruntime",
+    max_batch: int | None = None,
 ) -> dict:
     """Export `src` to the artifact folder `out`; returns the manifest written.
 
@@ -54,12 +59,23 @@ def export_checkpoint(
     `load_parts`: also write the ONNX graph as that many consecutive parts (1: none; default
     DEFAULT_LOAD_PARTS).
     `small_batch_graph`: also write the int8 weights repacked for MatMulNBits, in a second graph
-    that the CPU runtime decodes a few sequences with (export/small_batch_graph.py)."""
+    that the CPU runtime decodes a few sequences with (export/small_batch_graph.py).
+    `target`: "tensorrt" writes the ONNX graph from ops TensorRT's ONNX parser takes (10.3 and
+    newer; graph/attention.py), and the manifest gets optimization profiles for batches up to
+    `max_batch` and the context (tensorrt_profiles.py)."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ExportError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
     if weights not in SCHEMES:
         raise ExportError(f"unknown weights '{weights}'; choose from {', '.join(SCHEMES)}")
+    if target not in TARGETS:
+        raise ExportError(f"unknown target '{target}'; choose from {', '.join(TARGETS)}")
+    max_batch = DEFAULT_MAX_BATCH if max_batch is None else max_batch
+    if max_batch < 1:
+        raise ExportError(f"--max-batch must be at least 1 (got {max_batch})")
+    if target == "tensorrt":
+        _check_tensorrt_options(formats, weights, kv_cache, load_parts, small_batch_graph)
+        load_parts = 1  # parts are a CPU load-time device; TensorRT builds one engine per graph
     load_parts = DEFAULT_LOAD_PARTS if load_parts is None else load_parts
     if load_parts < 1:
         raise ExportError(f"--load-parts must be at least 1 (got {load_parts})")
@@ -92,7 +108,11 @@ def export_checkpoint(
         graphs = {}
         if "onnx" in formats:
             graphs["onnx"] = kind.write_onnx(spec, tensors, tmp, weight_file.path.name, kv_cache,
-                                             ckpt.root / "tokenizer.json")
+                                             ckpt.root / "tokenizer.json", target=target)
+            if target == "tensorrt":
+                from .tensorrt_profiles import tensorrt_entry
+
+                graphs["onnx"]["tensorrt"] = tensorrt_entry(graphs["onnx"]["inputs"], spec, context, max_batch)
             graphs["onnx"]["tensors"] = write_tensor_index(tensors, tmp)
             if small_batch_graph:  # beside the main graph, whose weight file it reads
                 from .small_batch_graph import write_small_batch_graph
@@ -129,6 +149,21 @@ def export_checkpoint(
             written = write_manifest(tmp, manifest)
     log.info("exported %s in %.1f s", out, time.perf_counter() - started)
     return written
+
+
+def _check_tensorrt_options(formats, weights: str, kv_cache: str, load_parts: int | None,
+                            small_batch_graph: bool) -> None:
+    if "onnx" not in formats:
+        raise ExportError("--target tensorrt shapes the ONNX graph; add onnx to --format")
+    if weights not in ("int8", "fp16", "fp32"):
+        raise ExportError(f"--target tensorrt takes --weights int8 (per channel, dequantized into float "
+                          f"matmuls), fp16 or fp32, not {weights}: MatMulNBits is an ONNX Runtime op")
+    if kv_cache != "float32":
+        raise ExportError(f"--target tensorrt keeps a float32 cache (got --kv-cache {kv_cache}); "
+                          "the TensorRT provider's trt_fp16_enable runs attention in float16")
+    if small_batch_graph or (load_parts or 1) > 1:
+        raise ExportError("--small-batch-graph and --load-parts are ONNX Runtime CPU options; "
+                          "drop them for --target tensorrt")
 
 
 def _estimated_bytes(ckpt: Checkpoint, bits: int | None, n_formats: int) -> int:

@@ -10,6 +10,8 @@ decode path (the linear layers, norms and LM head: graph/onnx_ops.py).
   and GroupQueryAttention then runs on GPU providers, whose kernels take float16 only (in a
   float32 graph it falls back to the CPU with copies around it every layer).
 - Per-sequence lengths (`seqlens_k`) let sequences of different lengths share a batch.
+- The TensorRT target (`target="tensorrt"`) keeps these inputs, outputs and the cache protocol,
+  with attention and rotary from plain ops (graph/attention.py, `_tensorrt_attention`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ..graph import attention as plain_attention
 from ..graph.onnx_ops import (
     DTYPES,
     MS,
-    OPSET,
     Graph,
     decoder_model,
     embedding,
@@ -32,6 +34,7 @@ from ..graph.onnx_ops import (
     linear_op,
     logits,
     norm,
+    skip_norm,
 )
 from ..tensors import ModelTensors
 from .spec import DecoderSpec
@@ -105,11 +108,54 @@ def _attention(g: Graph, spec: DecoderSpec, i: int, qkv: str, cos: str, sin: str
     return f"{p}/output"
 
 
+def rotate(g: Graph, x: str, cos: str, sin: str, half: int, name: str) -> str:
+    """Rotary embedding of x (..., 2 * half), non-interleaved halves; cos and sin broadcast to
+    (..., half)."""
+    x1, x2 = g.node("Split", [x, g.const(f"{name}/halves", [half, half])], f"{name}/Split", outputs=2, axis=-1)
+    first = g.node("Sub", [g.node("Mul", [x1, cos], f"{name}/x1cos"), g.node("Mul", [x2, sin], f"{name}/x2sin")],
+                   f"{name}/First")
+    second = g.node("Add", [g.node("Mul", [x2, cos], f"{name}/x2cos"), g.node("Mul", [x1, sin], f"{name}/x1sin")],
+                    f"{name}/Second")
+    return g.node("Concat", [first, second], f"{name}/Concat", axis=-1)
+
+
+def _tensorrt_attention(g: Graph, spec: DecoderSpec, i: int, qkv: str, cos: str, sin: str) -> str:
+    """Layer i's attention from plain ops over its cache (graph/attention.py); writes
+    present_key.i / present_value.i. cos, sin: the tables (positions, head_dim / 2)."""
+    p = f"/model/layers.{i}/attn"
+    heads, kv_heads, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
+    if "/rope/rows" not in g.named:
+        positions = plain_attention.token_positions(g)
+        axis = g.const("/model/rope/heads_axis", [2])
+        g.named["/rope/rows"] = tuple(
+            g.node("Unsqueeze", [g.node("Gather", [table, positions], f"/model/rope/{kind}/Gather"), axis],
+                   f"/model/rope/{kind}/Unsqueeze") for kind, table in (("cos", cos), ("sin", sin)))
+    cos_rows, sin_rows = g.named["/rope/rows"]  # (batch, sequence, 1, head_dim / 2)
+    q, k, v = g.node("Split", [qkv, g.const(f"{p}/qkv/split", [heads * d, kv_heads * d, kv_heads * d])],
+                     f"{p}/qkv/Split", outputs=3, axis=-1)
+
+    def heads_first(x: str, n: int, name: str, rope: bool) -> str:  # (b, s, n*d) -> (b, n, s, d)
+        x = g.node("Reshape", [x, g.const(f"{p}/{name}/shape", [0, 0, n, d])], f"{p}/{name}/Reshape")
+        if rope:
+            x = rotate(g, x, cos_rows, sin_rows, d // 2, f"{p}/{name}/rope")
+        return g.node("Transpose", [x], f"{p}/{name}/T", perm=[0, 2, 1, 3])
+
+    for kind, x in (("key", heads_first(k, kv_heads, "k", True)), ("value", heads_first(v, kv_heads, "v", False))):
+        plain_attention.write_cache(g, f"past_{kind}.{i}", x, f"present_{kind}.{i}", f"{p}/{kind}_cache")
+    group = heads // kv_heads
+    q = g.node("Reshape", [heads_first(q, heads, "q", True), g.const(f"{p}/q/grouped", [0, kv_heads, group, -1, d])],
+               f"{p}/q/Grouped")  # query heads h = kv head * group + j share kv head h // group
+    out = plain_attention.attend(g, q, f"present_key.{i}", float(d ** -0.5), f"{p}/attend",
+                                 values=f"present_value.{i}")  # (b, kvh, group, s, d)
+    out = g.node("Transpose", [out], f"{p}/out/T", perm=[0, 3, 1, 2, 4])
+    return g.node("Reshape", [out, g.const(f"{p}/out/shape", [0, 0, heads * d])], f"{p}/out/Reshape")
+
+
 def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str, kv_scales: KvScales | None = None,
-                kv_cache: str = "float32") -> onnx.ModelProto:
+                kv_cache: str = "float32", target: str = "onnxruntime") -> onnx.ModelProto:
     """`kv_scales`: keep the cache in int8 with these static per-channel scales; else `kv_cache`
-    is float32 or float16."""
-    g = Graph(data_file)
+    is float32 or float16. `target`: graph/onnx_ops.TARGETS (tensorrt: a float32 cache)."""
+    g = Graph(data_file, target)
     eps = spec.rms_norm_eps
     cache_shape = ["batch", spec.num_kv_heads, "cache_capacity", spec.head_dim]
     cache_type = TensorProto.INT8 if kv_scales else DTYPES[kv_cache]
@@ -126,21 +172,17 @@ def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str, kv_scales: K
     for i, layer in enumerate(t.layers):
         p = f"/model/layers.{i}"
         qkv = linear(g, h, layer.qkv, f"{p}/attn/qkv_proj", "tokens")
-        attn = _attention(g, spec, i, qkv, cos, sin, kv_scales[i] if kv_scales else None, half)
+        if g.tensorrt:
+            attn = _tensorrt_attention(g, spec, i, qkv, cos, sin)
+        else:
+            attn = _attention(g, spec, i, qkv, cos, sin, kv_scales[i] if kv_scales else None, half)
         o = linear(g, attn, layer.o, f"{p}/attn/o_proj", "tokens")
-        h, _, _, residual = g.node(
-            "SkipSimplifiedLayerNormalization",
-            [o, residual, g.external(f"layers.{i}.post_norm", layer.post_norm)],
-            f"{p}/post_attention_layernorm", outputs=4, domain=MS, epsilon=eps,
-        )
+        h, residual = skip_norm(g, o, residual, f"layers.{i}.post_norm", layer.post_norm,
+                                f"{p}/post_attention_layernorm", eps)
         down = gated_mlp(g, h, layer.mlp, f"{p}/mlp", "tokens")
         if i + 1 < len(t.layers):
-            nxt = t.layers[i + 1].input_norm
-            h, _, _, residual = g.node(
-                "SkipSimplifiedLayerNormalization",
-                [down, residual, g.external(f"layers.{i + 1}.input_norm", nxt)],
-                f"/model/layers.{i + 1}/input_layernorm", outputs=4, domain=MS, epsilon=eps,
-            )
+            h, residual = skip_norm(g, down, residual, f"layers.{i + 1}.input_norm", t.layers[i + 1].input_norm,
+                                    f"/model/layers.{i + 1}/input_layernorm", eps)
             boundaries[i + 1] = [h, residual]
         else:
             residual = g.node("Add", [down, residual], f"{p}/residual_add")
@@ -165,12 +207,13 @@ def build_graph(spec: DecoderSpec, t: ModelTensors, data_file: str, kv_scales: K
 
 
 def write_onnx(spec: DecoderSpec, tensors: ModelTensors, folder: Path, data_file: str, kv_cache: str = "float32",
-               tokenizer_file: Path | None = None) -> dict:
+               tokenizer_file: Path | None = None, target: str = "onnxruntime") -> dict:
     """`kv_cache="int8"`: the float32-cache graph is written first and run over calibration text
     (kv_calibration.py), then replaced by the int8-cache graph with those scales.
     `kv_cache="float16"`: attention and its cache in float16 (see `_attention`)."""
     # An int8 cache is calibrated on the float32-cache graph, built first.
-    model = build_graph(spec, tensors, data_file, kv_cache="float32" if kv_cache == "int8" else kv_cache)
+    model = build_graph(spec, tensors, data_file, kv_cache="float32" if kv_cache == "int8" else kv_cache,
+                        target=target)
     kv_note = {}
     if kv_cache == "int8":
         from .kv_calibration import CALIBRATION_TOKENS, MARGIN, calibration_ids, kv_scales
@@ -192,7 +235,7 @@ def write_onnx(spec: DecoderSpec, tensors: ModelTensors, folder: Path, data_file
     return {
         "file": "model.onnx",
         "data_file": data_file,
-        "opset": OPSET,
+        "opset": model.opset_import[0].version,
         "inputs": names["inputs"],
         "outputs": names["outputs"],
         "kv_cache": {
@@ -204,9 +247,16 @@ def write_onnx(spec: DecoderSpec, tensors: ModelTensors, folder: Path, data_file
             "present": "present_key.{i} / present_value.{i} (bind to the same memory as past)",
             "lengths": "seqlens_k = total length - 1 per sequence; sequences right-padded on prefill",
         },
-        "ops": {
+        "ops": TENSORRT_OPS | {"linear": linear_op(tensors.lm_head, target)} if target == "tensorrt" else {
             "attention": "com.microsoft.GroupQueryAttention (rotary inside, cos/sin tables for positions < context)",
             "linear": linear_op(tensors.lm_head),
             "norm": "SimplifiedLayerNormalization / com.microsoft.SkipSimplifiedLayerNormalization",
         },
     }
+
+
+TENSORRT_OPS = {
+    "attention": "MatMul/Softmax over the cache's first total_sequence_length positions, masked by "
+                 "position; new keys and values written with ScatterElements; rotary from Gather/Split/Mul",
+    "norm": "RMS norm from ReduceMean/Sqrt/Div",
+}

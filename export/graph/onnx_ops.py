@@ -6,6 +6,10 @@ embedding and the LM head at the requested positions.
   channel in the GEMM itself (com.microsoft.MatMulIntegerToFloat, MLAS's VNNI/AMX kernels), then
   per row. Per-row scales keep every token's result independent of what else shares the batch.
   int8-wo and INT4 layers are MatMulNBits; float exports use plain MatMul.
+- The TensorRT target (`Graph(..., target="tensorrt")`) writes the same pieces from ops every
+  TensorRT 10.x ONNX parser takes: int8 weights behind DequantizeLinear (zero point 0) into a
+  float MatMul (weight-only; TensorRT fuses the pair), RMS norm from ReduceMean / Sqrt, the
+  embedding gathered from its dequantized table. Attention: graph/attention.py.
 - Initializers are external: they point into the weight file where the tensor records
   (export/tensors.py) say each tensor lies.
 - `logits_positions` picks which positions reach the LM head: a prefill computes logits for
@@ -22,6 +26,7 @@ from ..tensors import Embedding, GatedMlp, Linear, Stored
 from .parts import mark_boundaries
 
 OPSET = 21
+TENSORRT_OPSET = 20  # the newest opset TensorRT 10.3's parser reads (onnx-parser-ops.json)
 MS = "com.microsoft"
 ACCURACY_LEVEL = 4
 # int8 activations (accuracy level 4) pay off on long dot products; on short ones (tiny test
@@ -29,6 +34,7 @@ ACCURACY_LEVEL = 4
 MIN_K_FOR_INT8_ACTIVATIONS = 256
 # The graph input whose [batch, n] shape the rows of a `rows` key have.
 ROWS_OF = {"tokens": "input_ids", "positions": "logits_positions"}
+TARGETS = ("onnxruntime", "tensorrt")
 DTYPES = {
     "float32": TensorProto.FLOAT,
     "float16": TensorProto.FLOAT16,
@@ -39,8 +45,10 @@ DTYPES = {
 
 
 class Graph:
-    def __init__(self, data_file: str):
-        self.data_file = data_file
+    def __init__(self, data_file: str, target: str = "onnxruntime"):
+        self.data_file, self.target = data_file, target
+        self.tensorrt = target == "tensorrt"
+        self.named: dict[str, str] = {}  # subgraphs built once per graph (graph/attention.py)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []
         self._shared: set[str] = set()
@@ -114,6 +122,22 @@ def int8_matmul(g: Graph, xq: str, lin: Linear, name: str) -> str:
                   f"{name}/MatMulIntegerToFloat", domain=MS)
 
 
+def to_float(g: Graph, x: str, name: str) -> str:
+    """An int8 (or float16) tensor as float32. TensorRT takes int8 only into DequantizeLinear."""
+    if g.tensorrt:
+        return g.node("DequantizeLinear", [x, g.shared("/trt/one", 1.0, np.float32),
+                                           g.shared("/trt/zero_point", 0, np.int8)], f"{name}/DequantizeInt8")
+    return g.node("Cast", [x], f"{name}/Cast", to=TensorProto.FLOAT)
+
+
+def _dequantized_matmul(g: Graph, x: str, lin: Linear, name: str) -> str:
+    """x @ (W int8 * channel scales): weight-only int8 as TensorRT fuses it."""
+    w = g.node("DequantizeLinear", [g.external(f"{name}.qweight", lin.weight), g.external(f"{name}.scales", lin.scales),
+                                    g.const(f"{name}.zero_points", np.zeros(lin.n, np.int8), np.int8)],
+               f"{name}/DequantizeLinear", axis=1)
+    return g.node("MatMul", [x, w], f"{name}/MatMul")
+
+
 def _int8_linear(g: Graph, x: str, lin: Linear, name: str, rows: str | None = None) -> str:
     xq, scale = row_quantize(g, x, lin.k, name, rows)
     return g.node("Mul", [int8_matmul(g, xq, lin, name), scale], f"{name}/RowRescale")
@@ -126,7 +150,7 @@ def gated_mlp(g: Graph, x: str, mlp: GatedMlp, name: str, rows: str | None = Non
     down projection quantizes its input per row, which no row's scale changes, so that scale is
     applied once to down's far narrower output instead."""
     gate, up, down = mlp.gate, mlp.up, mlp.down
-    if not all(lin.per_channel and not lin.bias for lin in (gate, up, down)):  # a bias is not in row-scale units
+    if g.tensorrt or not all(lin.per_channel and not lin.bias for lin in (gate, up, down)):  # a bias is not in row-scale units
         act = g.node("Mul", [silu(g, linear(g, x, gate, f"{name}/gate_proj", rows), name),
                              linear(g, x, up, f"{name}/up_proj", rows)], f"{name}/Mul")
         return linear(g, act, down, f"{name}/down_proj", rows)
@@ -146,7 +170,7 @@ def linear(g: Graph, x: str, lin: Linear, name: str, rows: str | None = None) ->
     """`rows`: a name for the rows of x (e.g. "tokens"), shared by linears whose inputs have
     the same leading shape, so that they can share per-row constants."""
     if lin.per_channel:
-        y = _int8_linear(g, x, lin, name, rows)
+        y = _dequantized_matmul(g, x, lin, name) if g.tensorrt else _int8_linear(g, x, lin, name, rows)
     elif lin.bits:
         b = g.external(f"{name}.qweight", lin.weight)
         s = g.external(f"{name}.scales", lin.scales)
@@ -167,13 +191,16 @@ def linear(g: Graph, x: str, lin: Linear, name: str, rows: str | None = None) ->
 
 def embedding(g: Graph, ids: str, emb: Embedding) -> str:
     table = g.external("embed_tokens.weight", emb.table)
+    if g.tensorrt and emb.scales is not None:  # TensorRT gathers no int8: the table dequantized first
+        table = to_float(g, table, "/model/embed_tokens/table")
     rows = g.node("Gather", [table, ids], "/model/embed_tokens/Gather")
     if emb.scales is None:
         if emb.table.dtype != "float32":
             rows = g.node("Cast", [rows], "/model/embed_tokens/Cast", to=TensorProto.FLOAT)
         return rows
     scales = g.external("embed_tokens.scales", emb.scales)
-    rows = g.node("Cast", [rows], "/model/embed_tokens/Cast", to=TensorProto.FLOAT)
+    if not g.tensorrt:
+        rows = g.node("Cast", [rows], "/model/embed_tokens/Cast", to=TensorProto.FLOAT)
     row_scales = g.node("Gather", [scales, ids], "/model/embed_tokens/GatherScales")
     return g.node("Mul", [rows, row_scales], "/model/embed_tokens/Dequantize")
 
@@ -181,7 +208,24 @@ def embedding(g: Graph, ids: str, emb: Embedding) -> str:
 def norm(g: Graph, x: str, weight_name: str, weight: Stored, name: str, eps: float) -> str:
     """RMS norm of x's last axis with the stored weight (initializer `weight_name`)."""
     w = g.external(weight_name, weight)
-    return g.node("SimplifiedLayerNormalization", [x, w], name, axis=-1, epsilon=eps)
+    if not g.tensorrt:
+        return g.node("SimplifiedLayerNormalization", [x, w], name, axis=-1, epsilon=eps)
+    mean_square = g.node("ReduceMean", [g.node("Mul", [x, x], f"{name}/Square"), g.shared("/trt/last_axis", [-1], np.int64)],
+                         f"{name}/ReduceMean", keepdims=1)
+    rms = g.node("Sqrt", [g.node("Add", [mean_square, g.const(f"{name}/epsilon", eps, np.float32)], f"{name}/AddEps")],
+                 f"{name}/Sqrt")
+    return g.node("Mul", [g.node("Div", [x, rms], f"{name}/Div"), w], f"{name}/Scale")
+
+
+def skip_norm(g: Graph, x: str, residual: str, weight_name: str, weight: Stored, name: str,
+              eps: float) -> tuple[str, str]:
+    """(RMS norm of residual + x, residual + x): one fused contrib op for ONNX Runtime."""
+    if g.tensorrt:
+        total = g.node("Add", [x, residual], f"{name}/ResidualAdd")
+        return norm(g, total, weight_name, weight, name, eps), total
+    h, _, _, total = g.node("SkipSimplifiedLayerNormalization", [x, residual, g.external(weight_name, weight)],
+                            name, outputs=4, domain=MS, epsilon=eps)
+    return h, total
 
 
 def logits(g: Graph, stream: str, norm_weight_name: str, final_norm: Stored, lm_head: Linear,
@@ -201,15 +245,20 @@ def decoder_model(g: Graph, name: str, inputs: list, outputs: list,
     """The model of g's nodes and initializers, with the layer boundaries that graph parts are
     cut at (graph/parts.py)."""
     graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.initializers)
+    opsets = ([helper.make_opsetid("", TENSORRT_OPSET)] if g.tensorrt
+              else [helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)])
     return mark_boundaries(helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
+        opset_imports=opsets,
         producer_name="edgeds",
         ir_version=10,
     ), boundaries)
 
 
-def linear_op(lin: Linear) -> str:
+def linear_op(lin: Linear, target: str = "onnxruntime") -> str:
+    if target == "tensorrt":
+        return ("DequantizeLinear (int8 per output channel, zero point 0) -> MatMul: weight-only, "
+                "float activations" if lin.per_channel else "MatMul")
     if lin.per_channel:
         return ("com.microsoft.MatMulIntegerToFloat: int8 weights per output channel x uint8 activations "
                 "per row (dynamic, symmetric)")

@@ -10,6 +10,10 @@ norms, MLPs and LM head: graph/onnx_ops.py).
   the correction bias and groups), and each routed expert runs only on the tokens routed to it:
   an expert nobody chose gets zero rows, so its weights are never read.
 
+The TensorRT target (`target="tensorrt"`) keeps the same inputs, outputs and cache protocol;
+attention runs from plain ops over the latent cache (graph/attention.py) and the routed experts'
+outputs are added back with ScatterElements (TensorRT takes no ScatterND reduction).
+
 The baselines this design is measured against (a per-head K/V cache, every expert on every
 token) are subclasses of `MlaGraph` in benchmarks/, not options here.
 """
@@ -22,9 +26,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ..graph import attention as plain_attention
 from ..graph.onnx_ops import (
     MS,
-    OPSET,
     Graph,
     decoder_model,
     embedding,
@@ -33,6 +37,7 @@ from ..graph.onnx_ops import (
     linear_op,
     logits,
     norm,
+    to_float,
 )
 from ..tensors import GatedMlp
 from .spec import MlaSpec
@@ -46,8 +51,8 @@ class MlaGraph:
 
     name = "edgeds_mla_decoder"
 
-    def __init__(self, spec: MlaSpec, data_file: str):
-        self.g, self.s = Graph(data_file), spec
+    def __init__(self, spec: MlaSpec, data_file: str, target: str = "onnxruntime"):
+        self.g, self.s = Graph(data_file, target), spec
         self.shape_cache: dict[tuple, str] = {}
 
     def shape(self, dims) -> str:
@@ -67,8 +72,8 @@ class MlaGraph:
     def weight(self, p: PerHead, name: str) -> str:
         w = self.g.external(f"{name}.weight", p.weight)
         if p.scales is not None:
-            return self.g.node("Mul", [self.g.node("Cast", [w], f"{name}/Cast", to=F),
-                                       self.g.external(f"{name}.scales", p.scales)], f"{name}/Dequantize")
+            return self.g.node("Mul", [to_float(self.g, w, name), self.g.external(f"{name}.scales", p.scales)],
+                               f"{name}/Dequantize")
         if p.weight.dtype != "float32":
             return self.g.node("Cast", [w], f"{name}/Cast", to=F)
         return w
@@ -124,13 +129,16 @@ class MlaGraph:
         c, k_rope = self.latent(h, layer, i)
         key = g.node("Concat", [c, self.rope(k_rope, cos_k, sin_k, f"{p}/k_rope")], f"{p}/key/Concat",
                      axis=-1)
-        attn, _, _ = g.node(
-            "GroupQueryAttention",
-            [query, key, key, f"past_latent.{i}", f"past_latent.{i}", "seqlens_k", "total_sequence_length"],
-            f"{p}/GroupQueryAttention", outputs=3, domain=MS,
-            num_heads=heads, kv_num_heads=1, scale=float(s.softmax_scale), do_rotary=0,
-        )
-        g.nodes[-1].output[1:] = [f"present_latent.{i}", f"present_latent_alias.{i}"]
+        if g.tensorrt:
+            attn = self.plain_attention(query, key, i)
+        else:
+            attn, _, _ = g.node(
+                "GroupQueryAttention",
+                [query, key, key, f"past_latent.{i}", f"past_latent.{i}", "seqlens_k", "total_sequence_length"],
+                f"{p}/GroupQueryAttention", outputs=3, domain=MS,
+                num_heads=heads, kv_num_heads=1, scale=float(s.softmax_scale), do_rotary=0,
+            )
+            g.nodes[-1].output[1:] = [f"present_latent.{i}", f"present_latent_alias.{i}"]
         # Keep the latent part of each head's output, then W_UV: (H, B*S, L) @ (H, L, v).
         out = g.node("Reshape", [attn, self.shape([0, 0, heads, lat + dr])], f"{p}/out/Reshape")
         out = g.node("Slice", [out, g.const(f"{p}/out/start", [0]), g.const(f"{p}/out/end", [lat]),
@@ -143,6 +151,25 @@ class MlaGraph:
         values = g.node("Reshape", [g.node("Transpose", [values], f"{p}/v/T", perm=[1, 2, 0, 3]),
                                     self.shape([0, 0, heads * dv])], f"{p}/v/Reshape2")
         return linear(g, values, layer.o, f"{p}/o_proj", "tokens")
+
+    def plain_attention(self, query: str, key: str, i: int) -> str:
+        """What GroupQueryAttention computes above, from plain ops (graph/attention.py): the
+        latent `key` (B, S, L + rope) written into layer i's cache, `query` (B, S, H * (L + rope))
+        attending over it. Returns (B, S, H * (L + rope)), of which the caller keeps the latent."""
+        g, s = self.g, self.s
+        p = f"/model/layers.{i}/attn/plain"
+        heads, width = s.num_heads, s.kv_lora_rank + s.qk_rope_head_dim
+        new = g.node("Unsqueeze", [key, g.const(f"{p}/ax1", [1])], f"{p}/NewLatent")  # (B, 1, S, width)
+        present = plain_attention.write_cache(g, f"past_latent.{i}", new, f"present_latent.{i}", f"{p}/cache")
+        g.node("Identity", [present], f"{p}/Alias")
+        g.nodes[-1].output[0] = f"present_latent_alias.{i}"  # the same buffer, for the runtime's binding
+        q = g.node("Transpose", [g.node("Reshape", [query, self.shape([0, 0, heads, width])], f"{p}/q/Reshape")],
+                   f"{p}/q/T", perm=[0, 2, 1, 3])
+        q = g.node("Unsqueeze", [q, g.const(f"{p}/q/ax1", [1])], f"{p}/q/OneKvHead")  # (B, 1, H, S, width)
+        out = plain_attention.attend(g, q, present, float(s.softmax_scale), f"{p}/attend")
+        out = g.node("Transpose", [g.node("Squeeze", [out, g.const(f"{p}/out/ax1", [1])], f"{p}/out/Squeeze")],
+                     f"{p}/out/T", perm=[0, 2, 1, 3])
+        return g.node("Reshape", [out, self.shape([0, 0, heads * width])], f"{p}/out/Reshape")
 
     def routing(self, x2d: str, moe: Moe, p: str) -> tuple[str, str]:
         """(selected mask (T, E) float 0/1, weights (T, E) zero where not selected)."""
@@ -214,6 +241,9 @@ class MlaGraph:
                     f"{q}/weights")
         ye = g.node("Mul", [ye, g.node("Unsqueeze", [we, g.const(f"{q}/ax", [-1])], f"{q}/wcol")],
                     f"{q}/weighted")
+        if g.tensorrt:  # ScatterElements with a reduction is what TensorRT takes (ScatterND's is not)
+            cols = g.node("Expand", [rows, g.node("Shape", [ye], f"{q}/shape")], f"{q}/cols")
+            return g.node("ScatterElements", [out, cols, ye], f"{q}/add", axis=0, reduction="add")
         return g.node("ScatterND", [out, rows, ye], f"{q}/add", reduction="add")
 
     def moe(self, x: str, moe: Moe, i: int) -> str:
@@ -298,28 +328,39 @@ class MlaGraph:
         }
 
 
-def build_graph(spec: MlaSpec, t: MlaTensors, data_file: str, kv_cache: str = "float32") -> onnx.ModelProto:
+def build_graph(spec: MlaSpec, t: MlaTensors, data_file: str, kv_cache: str = "float32",
+                target: str = "onnxruntime") -> onnx.ModelProto:
     """The graph of `t`'s weights; the latent cache is float32 only (KV_CACHES in mla/)."""
-    return MlaGraph(spec, data_file).build(t)
+    return MlaGraph(spec, data_file, target).build(t)
 
 
 def write_onnx(spec: MlaSpec, tensors: MlaTensors, folder: Path, data_file: str, kv_cache: str = "float32",
-               tokenizer_file: Path | None = None, graph: type[MlaGraph] = MlaGraph) -> dict:
+               tokenizer_file: Path | None = None, graph: type[MlaGraph] = MlaGraph,
+               target: str = "onnxruntime") -> dict:
     """`graph`: what builds it (benchmarks pass their baselines' subclasses)."""
-    builder = graph(spec, data_file)
-    onnx.save_model(builder.build(tensors), str(folder / "model.onnx"))
+    builder = graph(spec, data_file, target)
+    model = builder.build(tensors)
+    onnx.save_model(model, str(folder / "model.onnx"))
     names = builder.io_names()
-    return {
-        "file": "model.onnx", "data_file": data_file, "opset": OPSET,
-        "inputs": names["inputs"], "outputs": names["outputs"],
-        "kv_cache": builder.kv_cache_entry(),
-        "ops": {
+    if target == "tensorrt":
+        ops = {"attention": "absorbed MLA: W_UK folded into the query, MatMul/Softmax over the cached latent "
+                            "(written with ScatterElements), then W_UV",
+               "moe": "exact reference routing in-graph; each routed expert runs only on its tokens "
+                      "(NonZero/GatherND, added back with ScatterElements reduction=add)",
+               "linear": linear_op(tensors.lm_head, target), "w_uk_w_uv": "per-head batched MatMul"}
+    else:
+        ops = {
             "attention": "absorbed MLA: W_UK folded into the query, com.microsoft.GroupQueryAttention with one KV "
                          "head over the cached latent, then W_UV",
             "moe": "exact reference routing in-graph; each routed expert runs only on its tokens (NonZero/GatherND/ScatterND)",
             "linear": linear_op(tensors.lm_head),
             "w_uk_w_uv": "per-head batched MatMul; int8 per-column on disk, expanded to float by constant folding "
                          "at load" if tensors.lm_head.bits else "per-head batched MatMul",
-        },
+        }
+    return {
+        "file": "model.onnx", "data_file": data_file, "opset": model.opset_import[0].version,
+        "inputs": names["inputs"], "outputs": names["outputs"],
+        "kv_cache": builder.kv_cache_entry(),
+        "ops": ops,
         "mtp_layers_left_out": spec.mtp_layers_left_out,
     }
