@@ -22,6 +22,7 @@ from .artifact import Artifact, load_artifact
 from .backends.base import Backend
 from .default_model import default_artifact
 from .errors import ConfigError
+from . import tensorrt
 from .hardware import Hardware, detect
 from .memory_budget import largest_batch, weight_bytes
 from .profiles import Profile, choose_profile, load_profiles
@@ -148,7 +149,7 @@ def load(artifact: str | Path | None = None, profile: str | None = None, backend
         check = pool.submit(art.verify, files) if verify else None
         tokenizer = pool.submit(TextTokenizer, art)
         try:
-            runner = _make_backend(art, prof, choice)
+            runner = _make_backend(art, prof, choice, hw.jetson_model or hw.cpu_model)
         finally:
             if check is not None:
                 check.result()  # raises ArtifactError on a mismatch, before anything runs
@@ -165,7 +166,8 @@ def check_threads(threads: int | None) -> None:
     raise ConfigError(f"threads {threads!r}: give 1 to {cpus} (this machine's CPUs), or 0 for the profile's")
 
 
-def _make_backend(artifact: Artifact, profile: Profile, choice: Choice):
+def _make_backend(artifact: Artifact, profile: Profile, choice: Choice, gpu: str = "gpu"):
+    """`gpu`: what names this device in the TensorRT engine cache's key (the Jetson module)."""
     if choice.backend == "native":
         from .backends.native import open_native
 
@@ -182,5 +184,9 @@ def _make_backend(artifact: Artifact, profile: Profile, choice: Choice):
 
     opts = profile.onnxruntime.provider_options
     providers = [(p, dict(opts.get(p, {}))) for p in choice.providers]
+    trt = artifact.manifest["graphs"].get("onnx", {}).get("tensorrt")
+    if trt and providers and providers[0][0] == tensorrt.PROVIDER:
+        providers[0] = (tensorrt.PROVIDER, tensorrt.provider_options(trt, providers[0][1], artifact.digest, gpu))
+        tensorrt.announce(providers[0][1])
     return OnnxRuntimeBackend(artifact, providers, choice.threads, profile.onnxruntime.session_options,
                               small_batch_max=choice.small_batch_max)

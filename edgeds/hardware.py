@@ -7,6 +7,7 @@ with a fake root: /proc/cpuinfo, /proc/meminfo, /etc/nv_tegra_release, /proc/dev
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,8 @@ JETSON_MODULES = {  # substring of /proc/device-tree/model -> profile module nam
     "orin nx": "orin-nx",
     "orin nano": "orin-nano",
 }
+# L4T major release -> JetPack major version (TensorRT: R35 8.5, R36 10.3, R38 10.13+).
+JETPACK_OF_L4T = {"35": "5", "36": "6", "38": "7"}
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class Hardware:
     memory_bytes: int
     jetson_model: str | None = None
     jetson_module: str | None = None
+    l4t_release: str | None = None  # "R36.4.3", from /etc/nv_tegra_release
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -40,7 +44,15 @@ class Hardware:
             "physical_cores": self.physical_cores, "logical_cores": self.logical_cores,
             "memory_gib": round(self.memory_bytes / 2**30, 1),
             "jetson": self.jetson_model,
+            **({"l4t": self.l4t_release, "jetpack": self.jetpack} if self.jetson_model else {}),
         }
+
+    @property
+    def jetpack(self) -> str | None:
+        """The JetPack major version of the L4T release ("6"), None where unknown."""
+        if not self.l4t_release:
+            return None
+        return JETPACK_OF_L4T.get(self.l4t_release[1:].split(".")[0])
 
 
 def detect(root: str | Path = "/") -> Hardware:
@@ -64,13 +76,20 @@ def detect(root: str | Path = "/") -> Hardware:
     memory = _meminfo_total(_read(root / "proc/meminfo"))
     jetson_model = None
     module = None
+    release = _l4t_release(_read(root / "etc/nv_tegra_release"))
     dt_model = _read(root / "proc/device-tree/model").strip("\x00\n ")
     if (root / "etc/nv_tegra_release").exists() or "jetson" in dt_model.lower():
         jetson_model = dt_model or "NVIDIA Jetson (unknown module)"
         arch = "aarch64"
         module = next((m for key, m in JETSON_MODULES.items() if key in dt_model.lower()), None)
     return Hardware(arch, model, frozenset(flags), max(physical, 1), max(logical, 1), memory,
-                    jetson_model, module)
+                    jetson_model, module, release if jetson_model else None)
+
+
+def _l4t_release(text: str) -> str | None:
+    """ "# R36 (release), REVISION: 4.3, ..." -> "R36.4.3"."""
+    found = re.match(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
+    return f"R{found.group(1)}.{found.group(2)}" if found else None
 
 
 def _read(path: Path) -> str:

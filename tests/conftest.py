@@ -69,3 +69,28 @@ def artifacts(tmp_path_factory, checkpoints):
         return cache[kind, weights, kv_cache]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def trt_artifacts(tmp_path_factory, checkpoints):
+    """(kind, weights) -> a `--target tensorrt` export (ONNX only, batches up to 8)."""
+    from edgeds_export import export_checkpoint
+
+    root, cache = tmp_path_factory.mktemp("trt"), {}
+
+    def get(kind: str, weights: str = "int8") -> Path:
+        if (kind, weights) not in cache:
+            out = root / f"{kind}-{weights}"
+            export_checkpoint(
+                checkpoints(kind),
+                out,
+                formats=("onnx",),
+                weights=weights,
+                context=CONTEXT,
+                target="tensorrt",
+                max_batch=8,
+            )
+            cache[kind, weights] = out
+        return cache[kind, weights]
+
+    return get

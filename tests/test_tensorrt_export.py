@@ -27,30 +27,6 @@ REFERENCE = (
 )
 
 
-@pytest.fixture(scope="session")
-def trt_artifacts(tmp_path_factory, checkpoints):
-    from edgeds_export import export_checkpoint
-
-    root, cache = tmp_path_factory.mktemp("trt"), {}
-
-    def get(kind: str, weights: str = "int8") -> Path:
-        if (kind, weights) not in cache:
-            out = root / f"{kind}-{weights}"
-            export_checkpoint(
-                checkpoints(kind),
-                out,
-                formats=("onnx",),
-                weights=weights,
-                context=CONTEXT,
-                target="tensorrt",
-                max_batch=8,
-            )
-            cache[kind, weights] = out
-        return cache[kind, weights]
-
-    return get
-
-
 @pytest.fixture(scope="module")
 def reference_tables():
     if not REFERENCE.exists():
