@@ -17,7 +17,7 @@ JETSON_MODULES = {  # substring of /proc/device-tree/model -> profile module nam
     "orin nx": "orin-nx",
     "orin nano": "orin-nano",
 }
-# L4T major release -> JetPack major version (TensorRT: R35 8.5, R36 10.3, R38 10.13+).
+# L4T major release -> JetPack major version (TensorRT: R35 8.5, R36.3 8.6, R36.4 10.3, R38 10.13+).
 JETPACK_OF_L4T = {"35": "5", "36": "6", "38": "7"}
 
 
