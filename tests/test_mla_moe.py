@@ -62,6 +62,28 @@ def test_int8_experts_error_is_bounded(fmt, artifacts, capsys):
     assert np.sort(per_position)[-2] < 0.08
 
 
+@pytest.mark.parametrize("kind", ["deepseek_v2", "deepseek_v3"])
+def test_int8_decode_runs_experts_no_token_chose(kind, checkpoints, tmp_path):
+    """A batch-1 decode step sends its one token to top-k of the experts: every other expert's
+    int8 subgraph runs on zero rows (ONNX Runtime 1.30 refused its QuantizeLinear then). ONNX
+    alone, so that it also runs where OpenVINO is not installed (the lent Xeon's ORT is 1.30)."""
+    from edgeds_export import export_checkpoint
+
+    steps = []
+    for weights in ("fp32", "int8"):
+        out = tmp_path / weights
+        export_checkpoint(checkpoints(kind), out, formats=("onnx",), weights=weights, context=64)
+        model = load_artifact(out).model
+        assert model["num_experts_per_tok"] < model["n_routed_experts"]
+        b = dict(open_backends(out))["onnx"]
+        b.start(1, 64)
+        b.prefill([0], [np.random.default_rng(11).integers(2, 320, 8).astype(np.int64)])
+        steps.append(np.stack([b.decode(np.array([t], np.int64))[0] for t in (5, 77, 190)]))
+    r, q = steps
+    assert np.isfinite(q).all()
+    assert (np.abs(q - r).max(-1) / np.abs(r).max() < 0.08).all()
+
+
 def test_every_expert_is_int8(artifacts):
     art = load_artifact(artifacts("deepseek_v3", "int8"))
     g = onnx.load(str(art.path("model.onnx")), load_external_data=False).graph

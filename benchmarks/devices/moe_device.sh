@@ -1,53 +1,100 @@
 #!/bin/bash
-# The MLA+MoE side-by-side (benchmarks/peers/moe_compare.py) on the lent 16-core AMX Xeon
-# (device tool), in calls that each fit 10 minutes. What travels in an ignored folder, .moebench:
-#   here:  bash benchmarks/peers/build_peers.sh sources SDIST IK_GIT .moebench
-#          cp -r ../shared/reference .moebench/          (configs and the V3 tokenizer)
-# Call 1, carrying .moebench: build both peers (in parallel) while the checkpoint, the edgeds
-# export and the bf16 GGUFs are made, then quantize; the peers' binaries come back in $OUT
-# (peers-bin.tar.xz: put it in .moebench and a later, fresh machine skips the build):
-#   there: bash benchmarks/devices/moe_device.sh prepare
-# Call 2, within 30 s of call 1 (the machine keeps /tmp that long), every engine in turns:
-#   there: bash benchmarks/devices/moe_device.sh run [ENGINES] [moe_compare options, e.g. --rounds 2]
-# Results of earlier calls (their engine JSON files in .moebench/results) join a report:
-#   there: bash benchmarks/devices/moe_device.sh run edgeds-native --reuse llama.cpp,ik_llama.cpp
+# The MLA+MoE side-by-side (benchmarks/peers/moe_compare.py) on the lent 16-core AMX Xeon (device
+# tool), each step within one call of 10 minutes. What travels in an ignored folder (MOE_DIR,
+# default .carry/moebench; about 15 MB):
+#   here:  bash benchmarks/peers/build_peers.sh sources SDIST IK_GIT .carry/moebench
+#          cp -r ../shared/reference .carry/moebench/       (configs and the V3 tokenizer)
+# One call, carrying that folder, does everything (about 8 minutes):
+#   there: bash benchmarks/devices/moe_device.sh all [ENGINES]
+#     the peers build (GGML_NATIVE, in the background) while the checkpoint, the edgeds export and
+#     the peers' bf16 GGUFs are made and the AMX checks run (tests/test_native_mla.py, ONNX
+#     Runtime's empty-expert test, benchmarks/devices/native_amx_parity.py: nothing is timed
+#     then); then quantize, then every engine alone, one after another, each engine's JSON into
+#     $OUT as it ends; then the report (results/moe-xeon-amx-16t-8l.md, .json) into $OUT.
+# A later call (a fresh machine) for edgeds alone, the peers' JSON of an earlier call in
+# MOE_DIR/results joining its report:
+#   there: bash benchmarks/devices/moe_device.sh edgeds [ENGINES] [TESTS]
 # LAYERS=27 for the whole V2-Lite depth (about 16 GB int8; the same steps).
-set -eo pipefail
-M=${MOE_DIR:-.moebench}
-LAYERS=${LAYERS:-8}
-WORK=/tmp/moe-$LAYERS P=benchmarks/peers
+set -o pipefail
+M=$(realpath "${MOE_DIR:-.carry/moebench}")
+LAYERS=${LAYERS:-8} THREADS=${THREADS:-16} BUILD=${PEERS_BUILD:-/tmp/peerbuild}
+WORK=${WORK:-/tmp/moe-$LAYERS} MACHINE=${MACHINE:-xeon-amx-16t-${LAYERS}l}
+P=benchmarks/peers MC=benchmarks.peers.moe_compare
 source benchmarks/devices/checkout_env.sh
-export EDGEDS_CONFIGS=$PWD/$M/reference/configs
-ARGS=(--layers "$LAYERS" --threads 16 --peers-src "$M" --peers-build /tmp/peerbuild --work "$WORK"
-      --machine "xeon-amx-16t-${LAYERS}l")
+export EDGEDS_CONFIGS=$M/reference/configs
+# CONFIG (other widths) and the variables above let the same steps run small, for a try here.
+ARGS=(--layers "$LAYERS" --threads "$THREADS" --peers-src "$M" --peers-build "$BUILD"
+      --work "$WORK" --machine "$MACHINE" ${CONFIG:+--config "$CONFIG"})
+PEERS=llama.cpp,ik_llama.cpp EDGEDS=edgeds-native,edgeds-onnxruntime
+AMX_TESTS="tests/test_native_mla.py
+  tests/test_mla_moe.py::test_int8_decode_runs_experts_no_token_chose"
+
+machine() {
+  lscpu | grep -E '^(Model name|Thread|Core|Socket|NUMA node\(s\))'
+  grep -o 'amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' '; echo
+  free -g | head -2; df -h /tmp | tail -1; gcc --version | head -1
+  python3 -c "import onnxruntime as o, numpy as n; print('onnxruntime', o.__version__, n.__version__)"
+}
+
+# The AMX checks: untimed, so they may share the CPU with the build and the export.
+checks() {
+  { python3 -m pytest -q -p no:cacheprovider $1 2>&1 | tail -15
+    echo "pytest exit: $?"
+    python3 -m benchmarks.devices.native_amx_parity "$WORK/v2-lite-${LAYERS}l-edgeds-int8" \
+      --threads "$THREADS" 2>&1
+    echo "amx parity exit: $?"; } > "$OUT/checks.log"
+}
+
+# Each engine alone, its JSON into $OUT the moment it ends (a call cut short keeps what ended).
+measure() {
+  for e in ${1//,/ }; do
+    python3 -m $MC "${ARGS[@]}" --engines "$e" --no-report 2>&1 | tee -a "$OUT/moe.log"
+    cp "$WORK/$e.json" "$OUT/" 2>/dev/null
+  done
+}
+
+# The report of this call's engines (--collect) and of an earlier call's (--reuse, MOE_DIR/results).
+report() {
+  local collect= reuse= e
+  for e in ${PEERS//,/ } ${EDGEDS//,/ }; do
+    if [ -f "$OUT/$e.json" ]; then collect+=${collect:+,}$e
+    elif [ -f "$WORK/$e.json" ]; then reuse+=${reuse:+,}$e; fi
+  done
+  python3 -m $MC "${ARGS[@]}" --engines none --collect "$collect" --reuse "$reuse" \
+    2>&1 | tee -a "$OUT/moe.log"
+  cp benchmarks/results/moe-$MACHINE.md benchmarks/results/moe-$MACHINE.json "$OUT"/
+}
+
 case "$1" in
-  prepare)
-    lscpu | grep -E '^(Model name|Thread|Core|Socket|NUMA node\(s\))'
-    grep -o 'amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' '
-    free -g | head -2; df -h /tmp | tail -1; gcc --version | head -1
-    python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__)"
-    build=
-    if [ -f "$M/peers-bin.tar.xz" ]; then
-      mkdir -p /tmp/peerbuild && tar -xJf "$M/peers-bin.tar.xz" -C /tmp/peerbuild
+  all)
+    engines=${2:-$PEERS,$EDGEDS}
+    machine | tee "$OUT/moe.log"
+    if [ -x "$BUILD/ik_llama.cpp/bin/llama-batched-bench" ] \
+        && [ -x "$BUILD/llama.cpp/bin/llama-batched-bench" ]; then
+      true & build=$!  # built by an earlier call on this machine
     else
-      bash $P/build_peers.sh build "$M" /tmp/peerbuild both 16 >/tmp/peer-build.log 2>&1 &
+      bash $P/build_peers.sh build "$M" "$BUILD" both "$THREADS" >/tmp/peer-build.log 2>&1 &
       build=$!
     fi
     # Checkpoint, edgeds export, bf16 GGUFs meanwhile; quantizing waits for the peers' tools.
-    python3 -m benchmarks.peers.moe_compare "${ARGS[@]}" --prepare-only \
-      --engines edgeds-onnxruntime,llama.cpp,ik_llama.cpp
-    if [ -n "$build" ]; then
-      wait "$build" || { tail -40 /tmp/peer-build.log; exit 1; }
-      tar -C /tmp/peerbuild -cJf "$OUT/peers-bin.tar.xz" llama.cpp/bin ik_llama.cpp/bin
-    fi
-    python3 -m benchmarks.peers.moe_compare "${ARGS[@]}" --prepare-only --engines llama.cpp,ik_llama.cpp
-    ls -l "$WORK" ;;
-  run)
-    engines=${2:-edgeds-native,edgeds-onnxruntime,llama.cpp,ik_llama.cpp}
-    mkdir -p "$WORK" && cp "$M"/results/*.json "$WORK"/ 2>/dev/null || true
-    python3 -m benchmarks.peers.moe_compare "${ARGS[@]}" --engines "$engines" "${@:3}" 2>&1 \
-      | tee "$OUT/moe.log"
-    cp benchmarks/results/moe-xeon-amx-16t-"${LAYERS}"l.* "$OUT"/ 2>/dev/null || true
-    tar -C "$WORK" -cf "$OUT/engines.tar" $(cd "$WORK" && ls ./*.json) ;;
-  *) sed -n 2,16p "$0" >&2; exit 2 ;;
+    python3 -m $MC "${ARGS[@]}" --prepare-only --engines "$engines" 2>&1 | tee -a "$OUT/moe.log" \
+      || exit 1
+    checks "$AMX_TESTS" & checked=$!
+    wait "$build" || { tail -40 /tmp/peer-build.log; }
+    grep -h 'built' /tmp/peer-build.log 2>/dev/null
+    wait "$checked"; cat "$OUT/checks.log"
+    python3 -m $MC "${ARGS[@]}" --prepare-only --engines "$engines" 2>&1 | tee -a "$OUT/moe.log"
+    ls -l "$WORK" | tee -a "$OUT/moe.log"
+    measure "$engines"
+    report ;;
+  edgeds)
+    engines=${2:-$EDGEDS}
+    machine | tee "$OUT/moe.log"
+    mkdir -p "$WORK" && cp "$M"/results/*.json "$WORK"/ 2>/dev/null
+    python3 -m $MC "${ARGS[@]}" --prepare-only --engines "$engines" 2>&1 | tee -a "$OUT/moe.log" \
+      || exit 1
+    checks "${3:-$AMX_TESTS}"; cat "$OUT/checks.log"
+    measure "$engines"
+    report ;;
+  *) sed -n 2,18p "$0" >&2; exit 2 ;;
 esac

@@ -5,6 +5,7 @@
     ... --prepare-only                          # checkpoint, edgeds export and GGUFs only
     ... --engines llama.cpp,edgeds-native --no-report   # some rows; their JSON stays in --work
     ... --engines none --reuse llama.cpp,ik_llama.cpp   # a report from results in --work
+    ... --engines none --collect ENGINES --bandwidth 79.6 # rows of this call's --no-report runs
 
 The checkpoint has DeepSeek-V2-Lite's widths cut to --layers layers (1 dense + the rest MoE: 64
 experts top-6 + 2 shared; benchmarks/random_checkpoint.py), random bf16 weights. edgeds
@@ -30,6 +31,8 @@ import subprocess
 import sys
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +49,13 @@ ROWS = {  # metric key: what the table calls it
     "decode_b1_4096": "decode batch 1 after 4,096 tokens, tok/s",
     "decode_b16_128": "decode batch 16 (whole batch), tok/s",
     "decode_b64_128": "decode batch 64 (whole batch), tok/s",
+}
+# Issue 22's targets, edgeds over the best peer of each row (TARGETS[--targets]).
+TARGETS = {
+    "xeon-amx": {"prefill_512": 1.5, "decode_b1_128": 1.2, "decode_b1_4096": 1.2,
+                 "decode_b16_128": 1.5, "decode_b64_128": 2.0},
+    "epyc": {"decode_b1_128": 1.5, "decode_b16_128": 2.0},  # against llama.cpp, 2 threads
+    "none": {},
 }
 EDGEDS = {"edgeds-native": "native", "edgeds-onnxruntime": "onnxruntime"}
 PEERS = ("llama.cpp", "ik_llama.cpp")
@@ -66,57 +76,59 @@ def prepare(
 
     src = work / f"v2-lite-{layers}l-src"
     if not (src / "model.safetensors.index.json").exists():
-        # The only tokenizer here is V3's (129,280 ids, more than V2's 102,400): the vocabulary,
-        # and so the embedding and LM head, are V3's, which llama.cpp's converter checks.
-        widths = json.loads(config.read_text())
-        v3 = json.loads((CONFIGS / "deepseek-v3.json").read_text())
-        widths |= {k: v3[k] for k in ("vocab_size", "bos_token_id", "eos_token_id")}
-        (work / "config.json").write_text(json.dumps(widths, indent=2))
+        (work / "config.json").write_text(json.dumps(checkpoint_config(config), indent=2))
         write_checkpoint(
             work / "config.json", src, CONFIGS.parent / "deepseek-v3-tokenizer", layers=layers
         )
     paths = {"checkpoint": src}
     art = work / f"v2-lite-{layers}l-edgeds-int8"
+    jobs = []  # the export and each peer's conversion at once: each is mostly one core
     if any(e in EDGEDS for e in engines) and not (art / "edgeds.json").exists():
-        run(
-            [
-                sys.executable,
-                "-m",
-                "edgeds.cli",
-                "export",
-                str(src),
-                "-o",
-                str(art),
-                "--format",
-                "onnx",
-                "--weights",
-                "int8",
-                "--context",
-                str(max(PREFILLS) + DECODE_STEPS + 64),
-                "--overwrite",
-            ]
-        )
+        jobs.append(lambda: export_edgeds(src, art))
     paths |= {e: art for e in EDGEDS}
     for peer in (e for e in engines if e in PEERS):
-        gguf = paths[peer] = work / f"v2-lite-{layers}l-{peer}-q8_0.gguf"
-        quantize = peers_build / peer / "bin" / "llama-quantize"
-        if gguf.exists():
-            continue
-        bf16 = work / f"v2-lite-{layers}l-{peer}-bf16.gguf"
-        if not bf16.exists():
-            convert_to_gguf(peer, src, bf16, peers_src, work)
-        if not quantize.exists():
-            print(f"{peer}: {quantize} not built yet; its Q8_0 GGUF waits", flush=True)
-            continue
-        # Mainline reads q_lora_rank unless the model has 26 or 27 layers; V2-Lite has none (0).
-        extra = (
-            ["--override-kv", "deepseek2.attention.q_lora_rank=int:0"]
-            if peer == "llama.cpp"
-            else []
-        )
-        run([str(quantize), *extra, str(bf16), str(gguf), "Q8_0", str(threads)], quiet=True)
-        bf16.unlink()
+        paths[peer] = work / f"v2-lite-{layers}l-{peer}-q8_0.gguf"
+        if not paths[peer].exists():
+            jobs.append(partial(peer_gguf, peer, src, paths[peer], peers_src, peers_build, threads))
+    with ThreadPoolExecutor(max(1, len(jobs))) as pool:
+        for job in [pool.submit(j) for j in jobs]:
+            job.result()
     return paths
+
+
+def checkpoint_config(config: Path, layers: int | None = None) -> dict:
+    """The widths of --config with V3's vocabulary: the only tokenizer here is V3's (129,280
+    ids, more than V2's 102,400), so the embedding and LM head are V3's, which llama.cpp's
+    converter checks. `layers`: the cut depth, as the checkpoint's own config.json says."""
+    widths = json.loads(config.read_text())
+    v3 = json.loads((CONFIGS / "deepseek-v3.json").read_text())
+    widths |= {k: v3[k] for k in ("vocab_size", "bos_token_id", "eos_token_id")}
+    return widths | ({"num_hidden_layers": layers} if layers else {})
+
+
+def export_edgeds(src: Path, art: Path) -> None:
+    context = max(PREFILLS) + DECODE_STEPS + 64
+    run([sys.executable, "-m", "edgeds.cli", "export", str(src), "-o", str(art), "--format", "onnx",
+         "--weights", "int8", "--context", str(context), "--overwrite"])
+
+
+def peer_gguf(
+    peer: str, src: Path, gguf: Path, peers_src: Path | None, peers_build: Path, threads: int
+) -> None:
+    """The peer's bf16 GGUF from its own converter, then its llama-quantize's Q8_0."""
+    bf16 = gguf.with_name(gguf.name.replace("-q8_0", "-bf16"))
+    if not bf16.exists():
+        convert_to_gguf(peer, src, bf16, peers_src, gguf.parent)
+    quantize = peers_build / peer / "bin" / "llama-quantize"
+    if not quantize.exists():
+        print(f"{peer}: {quantize} not built yet; its Q8_0 GGUF waits", flush=True)
+        return
+    # Mainline reads q_lora_rank unless the model has 26 or 27 layers; V2-Lite has none (0).
+    extra = []
+    if peer == "llama.cpp":
+        extra = ["--override-kv", "deepseek2.attention.q_lora_rank=int:0"]
+    run([str(quantize), *extra, str(bf16), str(gguf), "Q8_0", str(threads)], quiet=True)
+    bf16.unlink()
 
 
 def convert_to_gguf(peer: str, src: Path, out: Path, peers_src: Path | None, work: Path) -> None:
@@ -154,7 +166,8 @@ def convert_to_gguf(peer: str, src: Path, out: Path, peers_src: Path | None, wor
 
 def run(cmd: list[str], env: dict | None = None, quiet: bool = False) -> str:
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    # The peers' tools print bytes that are not UTF-8 (cut multi-byte progress characters).
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace", check=False)
     if r.returncode != 0:
         print((r.stdout + r.stderr)[-3000:], file=sys.stderr)
         raise SystemExit(f"moe_compare: failed ({r.returncode}): {' '.join(cmd[:3])} ...")
@@ -166,7 +179,9 @@ def run(cmd: list[str], env: dict | None = None, quiet: bool = False) -> str:
 
 def run_measured(cmd: list[str]) -> tuple[str, float]:
     """A command's output and its own peak RSS (MiB), from wait4 (not the harness's)."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
     out = p.stdout.read()
     _, status, usage = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
@@ -336,7 +351,8 @@ def measure(engine: str, paths: dict, args) -> dict | None:
             print(f"{engine}: {exc}", flush=True)
             return None
     else:
-        child = [sys.executable, "-m", __spec__.name, "--edgeds-child", EDGEDS[engine], str(paths[engine])]
+        child = [sys.executable, "-m", __spec__.name, "--edgeds-child", EDGEDS[engine]]
+        child.append(str(paths[engine]))
         r = subprocess.run(
             [*child, "--threads", str(args.threads), "--work", args.work], check=False
         )
@@ -372,6 +388,7 @@ def report(
     bandwidth: float | None,
     read_gb: float,
     note: str,
+    targets: dict[str, float],
 ) -> str:
     peers = [r for r in results if r["engine"] in PEERS]
     ours = [r for r in results if r["engine"].startswith("edgeds")]
@@ -381,7 +398,7 @@ def report(
         + " | ".join(cols)
         + " | "
         + " | ".join(f"{r['engine']} / best peer" for r in ours)
-        + " |"
+        + " | target |"
     )
     lines = [
         f"# MLA+MoE: edgeds against llama.cpp and ik_llama.cpp ({machine}, {threads} threads)",
@@ -389,7 +406,7 @@ def report(
         note,
         "",
         head,
-        "|" + "---|" * (1 + len(cols) + len(ours)),
+        "|" + "---|" * (2 + len(cols) + len(ours)),
     ]
 
     def cell(r: dict, key: str) -> str:
@@ -401,8 +418,9 @@ def report(
 
     for key, label in ROWS.items():
         best = max((p["metrics"][key] for p in peers if key in p["metrics"]), default=None)
+        target = targets.get(key)
         ratios = [
-            f"**{o['metrics'][key] / best:.2f}x**" if best and key in o["metrics"] else "-"
+            ratio_cell(o["metrics"][key] / best, target) if best and key in o["metrics"] else "-"
             for o in ours
         ]
         lines.append(
@@ -410,7 +428,7 @@ def report(
             + " | ".join(cell(r, key) for r in ours + peers)
             + " | "
             + " | ".join(ratios)
-            + " |"
+            + f" | {f'>= {target}x' if target else '-'} |"
         )
     lines += [
         "",
@@ -446,6 +464,12 @@ def report(
     return "\n".join(lines) + "\n"
 
 
+def ratio_cell(ratio: float, target: float | None) -> str:
+    if target is None:
+        return f"{ratio:.2f}x"
+    return f"**{ratio:.2f}x** ({'met' if ratio >= target else 'missed'})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument(
@@ -475,6 +499,20 @@ def main() -> None:
         default="",
         help="engines whose results in --work (earlier calls) join the report",
     )
+    ap.add_argument(
+        "--targets", choices=sorted(TARGETS), default="xeon-amx", help="issue 22's ratios to meet"
+    )
+    ap.add_argument(
+        "--bandwidth",
+        type=float,
+        default=None,
+        help="the machine's read GB/s, measured earlier (else measured now, numpy)",
+    )
+    ap.add_argument(
+        "--collect",
+        default="",
+        help="engines measured in this call by earlier invocations (--no-report), in --work",
+    )
     ap.add_argument("--prepare-only", action="store_true")
     ap.add_argument("--no-report", action="store_true")
     ap.add_argument(
@@ -494,7 +532,7 @@ def main() -> None:
     if unknown:
         known = ", ".join([*EDGEDS, *PEERS])
         raise SystemExit(f"moe_compare: unknown engine(s) {', '.join(unknown)}; known: {known}")
-    paths = prepare(
+    paths = {} if not engines else prepare(
         work,
         Path(args.config),
         args.layers,
@@ -512,6 +550,8 @@ def main() -> None:
             if res:
                 runs.setdefault(engine, []).append(res)
     results = [merge_rounds(r) for r in runs.values()]
+    for engine in filter(None, args.collect.split(",")):
+        results.append(json.loads((work / f"{engine}.json").read_text()))
     for engine in filter(None, args.reuse.split(",")):
         results.append(json.loads((work / f"{engine}.json").read_text()) | {"reused": True})
     for r in results:
@@ -520,7 +560,7 @@ def main() -> None:
         return
     from benchmarks.peers.compare import read_bandwidth_gb_s
 
-    config = json.loads((paths["checkpoint"] / "config.json").read_text())
+    config = checkpoint_config(Path(args.config), args.layers)
     machine = args.machine or f"{os.uname().machine}-{args.threads}t"
     note = (
         f"`python -m benchmarks.peers.moe_compare {' '.join(sys.argv[1:])}`: DeepSeek-V2-Lite "
@@ -528,14 +568,16 @@ def main() -> None:
         f"int8, the peers Q8_0; prompts of {PROMPT} tokens per sequence and {DECODE_STEPS} decode "
         "steps per row, random tokens."
     )
+    bandwidth = args.bandwidth or read_bandwidth_gb_s(args.threads)
     text = report(
         results,
         machine,
         args.threads,
         args.layers,
-        read_bandwidth_gb_s(args.threads),
+        bandwidth,
         decode_read_gb(config),
         note,
+        TARGETS[args.targets],
     )
     out = RESULTS / f"moe-{machine}"
     out.with_suffix(".md").write_text(text)
@@ -545,6 +587,9 @@ def main() -> None:
                 "machine": machine,
                 "threads": args.threads,
                 "layers": args.layers,
+                "bandwidth_gb_s": bandwidth,
+                "decode_read_gb": decode_read_gb(config),
+                "targets": TARGETS[args.targets],
                 "results": results,
             },
             indent=2,

@@ -53,6 +53,8 @@ class Graph:
         self.initializers: list[TensorProto] = []
         self._shared: set[str] = set()
         self.row_zero_points: dict[str, str] = {}  # rows key -> uint8 zero points, one per row
+        # rows key -> a tensor holding [rows, 1], for rows made in the graph (an expert's tokens)
+        self.row_shapes: dict[str, str] = {}
 
     def external(self, name: str, s: Stored) -> str:
         t = TensorProto()
@@ -95,13 +97,20 @@ def row_quantize(g: Graph, x: str, k: int, name: str, rows: str | None = None) -
     Inputs with the same rows (`rows` names them) share one zero-point tensor."""
     peak = g.node("ReduceMax", [g.node("Abs", [x], f"{name}/Abs"), g.shared("/int8/last_axis", [-1], np.int64)],
                   f"{name}/RowMax", keepdims=1)
+    made_rows = g.row_shapes.get(rows) if rows else None
+    if made_rows:
+        # Such rows can be none (an expert no token chose), and ONNX Runtime before 1.32 returns
+        # an empty input unreduced: (0, k), which QuantizeLinear then refuses as a scale.
+        peak = g.node("Reshape", [peak, made_rows], f"{name}/RowMaxShape")
     scale = g.node("Mul", [peak, g.shared("/int8/inv_qmax", 1 / 127, np.float32)], f"{name}/RowScale")
     # The zero point must have the scale's shape; its rows are only known at run time. Shared
     # zero points take it from the graph input that has those rows, not from a layer's
     # activations: a graph part (export/graph/parts.py) can then make its own from its inputs.
     zero = g.row_zero_points.get(rows) if rows else None
     if zero is None:
-        if rows:
+        if made_rows:
+            prefix, rows_shape = rows, made_rows
+        elif rows:
             prefix = f"/int8/{rows}"
             rows_shape = g.node("Concat", [g.node("Shape", [ROWS_OF[rows]], f"{prefix}/Shape"),
                                            g.shared("/int8/one_row", [1], np.int64)], f"{prefix}/RowsShape", axis=0)

@@ -236,7 +236,8 @@ class MlaGraph:
         flat = g.node("Reshape", [selected, self.shape([-1])], f"{q}/selflat")
         rows = g.node("Reshape", [g.node("NonZero", [flat], f"{q}/NonZero"), self.shape([-1, 1])], f"{q}/rows")
         xe = g.node("GatherND", [x2d, rows], f"{q}/gather")
-        ye = gated_mlp(g, xe, expert, q)
+        g.row_shapes[q] = g.node("Shape", [rows], f"{q}/rows_shape")  # [tokens routed here, 1]
+        ye = gated_mlp(g, xe, expert, q, rows=q)
         we = g.node("GatherND", [g.node("Reshape", [weights, self.shape([-1])], f"{q}/wflat"), rows],
                     f"{q}/weights")
         ye = g.node("Mul", [ye, g.node("Unsqueeze", [we, g.const(f"{q}/ax", [-1])], f"{q}/wcol")],
