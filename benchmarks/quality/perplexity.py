@@ -2,9 +2,12 @@
 
     python -m benchmarks.quality.perplexity                       # both reference models, full sample
     python -m benchmarks.quality.perplexity --windows 4 --seq 128 # a short slice (what CI runs)
+    python -m benchmarks.quality.perplexity --text jinja2 click --windows 60 --out quality-spread
 
 For each reference model in benchmarks/reference_models/, the held-out sample (files of the
-standard library never trained on) is cut into windows; transformers fp32 and each exported
+standard library never trained on) is cut into windows; with --text, the sources of the
+installed packages named (nobody here chose or trained on them) are, with the windows spread
+evenly over all their files; transformers fp32 and each exported
 graph (ONNX Runtime and OpenVINO; fp32, INT8, INT4; "onnx native": an int8 export through the
 native backend, where this CPU runs it) score every position. Writes
 benchmarks/results/quality.md and quality.json.
@@ -25,14 +28,45 @@ from benchmarks import REFERENCE_MODELS, RESULTS
 MODELS = REFERENCE_MODELS
 
 
-def windows_of(checkpoint: Path, count: int, seq: int) -> np.ndarray:
+def windows_of(checkpoint: Path, count: int, seq: int, packages: list[str] | None = None) -> np.ndarray:
+    """`count` windows of `seq` tokens: the first ones of the model's held-out sample, or with
+    `packages` spread evenly over those packages' sources (every .py file, in path order, one
+    token stream), so that no one file or region decides the score."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
-    text = (checkpoint / "heldout_sample.txt").read_text(encoding="utf-8")
-    ids = np.asarray([0, *tok.encode(text, add_special_tokens=False).ids], np.int64)
-    count = min(count, len(ids) // seq)
-    return ids[: count * seq].reshape(count, seq)
+    if not packages:
+        text = (checkpoint / "heldout_sample.txt").read_text(encoding="utf-8")
+        ids = np.asarray([0, *tok.encode(text, add_special_tokens=False).ids], np.int64)
+        count = min(count, len(ids) // seq)
+        return ids[: count * seq].reshape(count, seq)
+    ids = np.concatenate([np.asarray(tok.encode(f.read_text(encoding="utf-8"), add_special_tokens=False).ids,
+                                     np.int64) for f in source_files(packages)])
+    if len(ids) < count * seq:
+        raise SystemExit(f"perplexity: {', '.join(packages)} hold {len(ids)} tokens, fewer than "
+                         f"{count} windows of {seq}")
+    starts = np.linspace(0, len(ids) - seq, count).astype(np.int64)
+    return np.stack([ids[s : s + seq] for s in starts])
+
+
+def source_files(packages: list[str]) -> list[Path]:
+    import importlib.util
+
+    files = []
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit(f"perplexity: --text {name}: no installed package of that name")
+        files += sorted(Path(next(iter(spec.submodule_search_locations))).rglob("*.py"))
+    return files
+
+
+def text_note(packages: list[str] | None) -> str:
+    if not packages:
+        return "held-out stdlib files"
+    from importlib.metadata import version
+
+    return "sources of " + ", ".join(f"{p} {version(p)}" for p in packages) + ", windows spread evenly"
 
 
 def nll_and_top1(logits: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +115,8 @@ def export_scores(artifact: Path, fmt: str, wins: np.ndarray, stepwise: bool = F
 
 
 def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx", "openvino"),
-             windows: int = 32, seq: int = 256, kv_caches=("float32",), small_batch: bool = False) -> list[dict]:
+             windows: int = 32, seq: int = 256, kv_caches=("float32",), small_batch: bool = False,
+             packages: list[str] | None = None) -> list[dict]:
     """`kv_caches`: each weight scheme is exported once per KV cache type; an int8 cache is an
     ONNX graph of a dense model only (MLA models are skipped for it). `small_batch`: int8 is
     exported with its small-batch graph, and scored in decode steps on both graphs as well."""
@@ -90,7 +125,7 @@ def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx"
 
     from edgeds.artifact import load_artifact
 
-    wins = windows_of(checkpoint, windows, seq)
+    wins = windows_of(checkpoint, windows, seq, packages)
     ref_nll, ref_top1 = reference_scores(checkpoint, wins)
     ref_ppl = float(np.exp(ref_nll.mean()))
     rows = [{"model": checkpoint.name, "graph": "transformers", "weights": "fp32", "perplexity": ref_ppl,
@@ -138,13 +173,15 @@ def main() -> None:
     ap.add_argument("--kv-caches", nargs="+", default=["float32"], help="float32, int8 and/or float16 (dense models)")
     ap.add_argument("--small-batch-graph", action="store_true",
                     help="int8 with its small-batch graph, scored in decode steps on both graphs too")
+    ap.add_argument("--text", nargs="+", default=None, metavar="PACKAGE",
+                    help="score the sources of these installed packages (e.g. jinja2 click)")
     ap.add_argument("--out", default="quality", help="results/OUT.md and .json")
     args = ap.parse_args()
     rows = []
     for name in args.models:
         rows += evaluate(MODELS / name, args.weights, windows=args.windows, seq=args.seq, kv_caches=args.kv_caches,
-                         small_batch=args.small_batch_graph)
-    note = f"`python -m benchmarks.quality.perplexity {' '.join(sys.argv[1:])}`; held-out stdlib files"
+                         small_batch=args.small_batch_graph, packages=args.text)
+    note = f"`python -m benchmarks.quality.perplexity {' '.join(sys.argv[1:])}`; {text_note(args.text)}"
     out = RESULTS
     out.mkdir(exist_ok=True)
     (out / f"{args.out}.md").write_text(to_markdown(rows, note))
