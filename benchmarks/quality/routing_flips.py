@@ -246,6 +246,8 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=60)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--no-onnx", action="store_true", help="the simulation only")
+    ap.add_argument("--no-parts", action="store_true",
+                    help="only all parts INT8, with its own and with fp32 routing (no part by part)")
     ap.add_argument("--out", default="routing-flips")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -253,15 +255,16 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval()
     ref_logits, ref_routes = run(model, wins, set())
     configs = [("all", set(PARTS), False), ("all, fp32 routing", set(PARTS), True)]
-    configs += [(f"{p} alone", {p}, False) for p in PARTS]
-    configs += [(f"all but {p}", set(PARTS) - {p}, False) for p in PARTS]
+    if not args.no_parts:
+        configs += [(f"{p} alone", {p}, False) for p in PARTS]
+        configs += [(f"all but {p}", set(PARTS) - {p}, False) for p in PARTS]
     rows = []
     for label, parts, forced in configs:
         logits, routes = run(model, wins, parts, ref_routes if forced else None)
         rows.append({"int8": label, "source": "torch simulation"} | score(ref_logits, logits, wins, ref_routes, routes))
         print(json.dumps(rows[-1]), flush=True)
     if not args.no_onnx:
-        for weights in ("fp32", "int8", "int8-wo"):
+        for weights in ("int8",) if args.no_parts else ("fp32", "int8", "int8-wo"):
             logits, routes = onnx_routes(MODEL, wins, weights)
             rows.append({"int8": f"ONNX export, {weights}", "source": "ONNX Runtime"}
                         | score(ref_logits, logits, wins, ref_routes, routes))
