@@ -184,7 +184,7 @@ def _make_backend(artifact: Artifact, profile: Profile, choice: Choice, gpu: str
 
     opts = profile.onnxruntime.provider_options
     providers = [(p, dict(opts.get(p, {}))) for p in choice.providers]
-    trt = artifact.manifest["graphs"].get("onnx", {}).get("tensorrt")
+    trt = artifact.graph("onnx").tensorrt if "onnx" in artifact.formats else None
     if trt and providers and providers[0][0] == tensorrt.PROVIDER:
         providers[0] = (tensorrt.PROVIDER, tensorrt.provider_options(trt, providers[0][1], artifact.digest, gpu))
         tensorrt.announce(providers[0][1])

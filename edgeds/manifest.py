@@ -492,6 +492,53 @@ def _parts(r: _Fields, num_layers: int) -> tuple[GraphPart, ...]:
 
 
 @dataclass(frozen=True)
+class TensorrtProfiles:
+    """A `--target tensorrt` graph's optimization profiles (export/tensorrt_profiles.py): per
+    profile (prefill, decode), per level (min, opt, max), each dynamic input's shape."""
+
+    max_batch: int
+    context: int
+    parser_versions: tuple[str, ...]
+    profiles: Mapping[str, Mapping[str, Mapping[str, tuple[int, ...]]]]
+    notes: Mapping[str, str]
+
+    @staticmethod
+    def _parse(r: _Fields, inputs: tuple[str, ...]) -> TensorrtProfiles:
+        r.str("target", ("tensorrt",))
+        r.get("axes")  # the same ranges by axis name, for people
+        raw = r.section("profiles")
+        profiles = {}
+        for name in list(raw.data):
+            levels = raw.section(name)
+            shapes = {}
+            for level in ("min", "opt", "max"):
+                per_input = levels.section(level)
+                shapes[level] = MappingProxyType({
+                    tensor: _dims(per_input, tensor) for tensor in list(per_input.data)})
+                if unknown := set(shapes[level]) - set(inputs):
+                    per_input.fail(f"names inputs the graph does not have: {', '.join(sorted(unknown))}")
+                per_input.done()
+            for tensor in shapes["min"]:
+                low, opt, high = (shapes[lv].get(tensor) for lv in ("min", "opt", "max"))
+                if opt is None or high is None or not all(a <= b <= c for a, b, c in zip(low, opt, high)):
+                    levels.fail(f"{tensor}: min <= opt <= max does not hold")
+            levels.done()
+            profiles[name] = MappingProxyType(shapes)
+        raw.done()
+        entry = TensorrtProfiles(r.int("max_batch"), r.int("context"), r.strings("parser_versions"),
+                                 MappingProxyType(profiles), r.notes(("note",)))
+        r.done()
+        return entry
+
+
+def _dims(r: _Fields, key: str) -> tuple[int, ...]:
+    value = r.get(key)
+    if not isinstance(value, list) or not all(type(v) is int and 1 <= v <= MAX_WIDTH for v in value):
+        r.fail("is not a list of positive dimensions", key)
+    return tuple(value)
+
+
+@dataclass(frozen=True)
 class Graph:
     format: str
     file: str
@@ -506,6 +553,7 @@ class Graph:
     small_batch: SmallBatchGraph | None = None
     mtp_layers_left_out: int = 0
     notes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    tensorrt: TensorrtProfiles | None = None  # a --target tensorrt graph's profiles
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -538,6 +586,11 @@ class Graph:
             ),
             mtp_layers_left_out=r.int("mtp_layers_left_out", 0, MAX_LAYERS, default=0),
             notes=r.notes(("parts_note",)),
+            tensorrt=(
+                TensorrtProfiles._parse(r.section("tensorrt"), r.strings("inputs"))
+                if r.get("tensorrt", None) is not None
+                else None
+            ),
         )
         ops.done()
         _check_cache_names(r, graph, model.num_layers)

@@ -18,7 +18,10 @@ from __future__ import annotations
 import ctypes
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
+
+from .manifest import TensorrtProfiles
 
 log = logging.getLogger("edgeds")
 
@@ -46,13 +49,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "gpu"
 
 
-def _shapes(level: dict[str, list[int]]) -> str:
+def _shapes(level: Mapping[str, tuple[int, ...]]) -> str:
     return ",".join(f"{name}:{'x'.join(map(str, dims))}" for name, dims in level.items())
 
 
-def profile_options(entry: dict) -> dict[str, str]:
+def profile_options(entry: TensorrtProfiles) -> dict[str, str]:
     """The trt_profile_*_shapes options of a manifest's `graphs.onnx.tensorrt` entry."""
-    profiles = entry["profiles"]
+    profiles = entry.profiles
     return {
         f"trt_profile_{level}_shapes": ",".join(_shapes(p[level]) for p in profiles.values())
         for level in ("min", "opt", "max")
@@ -64,7 +67,7 @@ def engine_cache_folder(base: str, digest: str, version: str, gpu: str) -> Path:
 
 
 def provider_options(
-    entry: dict, options: dict, digest: str, gpu: str, version: str | None = None
+    entry: TensorrtProfiles, options: dict, digest: str, gpu: str, version: str | None = None
 ) -> dict:
     """The profile's TensorRT options with the artifact's profiles and its own engine cache."""
     version = version or tensorrt_version()

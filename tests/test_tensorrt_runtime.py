@@ -3,8 +3,6 @@ is not installed here: the options are checked as data, and the engine passes th
 
 from __future__ import annotations
 
-import json
-
 from edgeds import tensorrt
 from edgeds.artifact import load_artifact
 from edgeds.profiles import load_profiles
@@ -13,8 +11,7 @@ DIGEST = "ab" * 32
 
 
 def _entry(trt_artifacts):
-    manifest = json.loads((trt_artifacts("qwen2") / "edgeds.json").read_text())
-    return manifest["graphs"]["onnx"]["tensorrt"]
+    return load_artifact(trt_artifacts("qwen2")).graph("onnx").tensorrt
 
 
 def test_profiles_become_the_providers_shape_options(trt_artifacts):
@@ -80,3 +77,20 @@ def test_the_engine_hands_the_options_to_the_tensorrt_provider(
         seen["providers"][1][0] == "CUDAExecutionProvider"
         and "trt_profile_min_shapes" not in seen["providers"][1][1]
     )
+
+
+def test_a_manifest_with_inconsistent_profiles_is_refused(trt_artifacts, tmp_path):
+    import json
+
+    import pytest
+
+    from edgeds.errors import ArtifactError
+    from edgeds.manifest import parse, seal
+
+    data = json.loads((trt_artifacts("qwen2") / "edgeds.json").read_text())
+    data["graphs"]["onnx"]["tensorrt"]["profiles"]["decode"]["min"]["input_ids"] = [9, 1]
+    with pytest.raises(ArtifactError, match="min <= opt <= max"):
+        parse(seal(data))
+    data["graphs"]["onnx"]["tensorrt"]["profiles"]["decode"]["min"] = {"no_such_input": [1]}
+    with pytest.raises(ArtifactError, match="no_such_input"):
+        parse(seal(data))
