@@ -516,11 +516,13 @@ class TensorrtProfiles:
                 shapes[level] = MappingProxyType({
                     tensor: _dims(per_input, tensor) for tensor in list(per_input.data)})
                 if unknown := set(shapes[level]) - set(inputs):
-                    per_input.fail(f"names inputs the graph does not have: {', '.join(sorted(unknown))}")
+                    names = ", ".join(sorted(unknown))
+                    per_input.fail(f"names inputs the graph does not have: {names}")
                 per_input.done()
             for tensor in shapes["min"]:
                 low, opt, high = (shapes[lv].get(tensor) for lv in ("min", "opt", "max"))
-                if opt is None or high is None or not all(a <= b <= c for a, b, c in zip(low, opt, high)):
+                ranked = opt is not None and high is not None and len(low) == len(opt) == len(high)
+                if not ranked or not all(a <= b <= c for a, b, c in zip(low, opt, high)):
                     levels.fail(f"{tensor}: min <= opt <= max does not hold")
             levels.done()
             profiles[name] = MappingProxyType(shapes)
@@ -533,7 +535,7 @@ class TensorrtProfiles:
 
 def _dims(r: _Fields, key: str) -> tuple[int, ...]:
     value = r.get(key)
-    if not isinstance(value, list) or not all(type(v) is int and 1 <= v <= MAX_WIDTH for v in value):
+    if not isinstance(value, list) or not all(type(v) is int and 0 < v <= MAX_WIDTH for v in value):
         r.fail("is not a list of positive dimensions", key)
     return tuple(value)
 
