@@ -257,3 +257,24 @@ def test_an_engine_runs_it_and_refilled_slots_get_what_each_prompt_gets_alone(ml
     lengths = [3, 11, 6, 9, 4]
     together = run(prompts, lengths, 2)
     assert together == [run([p], [n], 1)[0] for p, n in zip(prompts, lengths)]
+
+
+@pytest.mark.skipif("amx_int8" not in detect().flags, reason="this CPU has no AMX tiles")
+def test_amx_tiles_give_the_vnni_kernels_results_bit_for_bit(mla):
+    """On a CPU with AMX: a batch of 64 (calls whose weights 16 rows or more read go on the tiles:
+    attention projections, shared expert, dense MLP, LM head, the busiest experts) gives the
+    VNNI-only backend's logits to the bit, prefill and decode: integer sums are exact and the
+    epilogue is one. Skipped elsewhere; run on the AMX Xeon."""
+    _, art = mla("deepseek_v3")
+    rng = np.random.default_rng(11)
+    prompts = [rng.integers(2, 320, int(rng.integers(1, 24))).astype(np.int64) for _ in range(64)]
+    steps = rng.integers(2, 320, (6, 64))
+    runs = []
+    for use_amx in (True, False):
+        backend = NativeMlaBackend(art, 2, use_amx=use_amx)
+        assert backend.uses_amx == use_amx, "the kernel refused the AMX tiles"
+        backend.start(64, 40)
+        got = [backend.prefill(list(range(64)), prompts).copy()]
+        got += [backend.decode(tokens).copy() for tokens in steps]
+        runs.append(np.stack(got))
+    np.testing.assert_array_equal(runs[0], runs[1])

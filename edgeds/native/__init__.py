@@ -108,11 +108,20 @@ def _build(target: Path) -> None:
                 os.unlink(leftover)
 
 
+# libgomp's idle threads spin about 300,000 rounds (milliseconds) before they sleep: on a busy
+# CPU they take the cores that the threads with work need. 10,000 rounds still span the gaps
+# between a decode step's parallel loops. Read by libgomp when the library first loads it; a
+# user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+SPIN_ROUNDS = "10000"
+
+
 @cache
 def library() -> ctypes.CDLL:
     path = _library_path()
     if not path.is_file():
         _build(path)
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", SPIN_ROUNDS)
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:

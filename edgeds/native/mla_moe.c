@@ -787,7 +787,7 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
                                 _mm512_maskz_loadu_ps(mask, wr + (size_t)i * E), acc);
         _mm512_mask_storeu_ps(m->logit_e + (size_t)r * (E + 1) + 16 * b, mask, acc);
       }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows > 1)
     for (int r = 0; r < rows; r++)
       route(m, ly, m->logit_e + (size_t)r * (E + 1), m->sel + (size_t)r * k,
             m->wts + (size_t)r * k);
@@ -826,7 +826,7 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
   run_jobs(m, jobs, n_jobs);
   /* Each pair's activations quantized once for its down projection. */
   const int inter = ly->moe ? d[D_MOE_INTER] : d[D_INTER], tail = d[D_SHARED_INTER];
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (total > 16)
   for (int a = 0; a < total; a++)
     quantize_row(m->eps, act + (size_t)a * W, ly->moe && a >= routed ? tail : inter, NULL, NULL,
                  m->actq + (size_t)a * W, m->ars + a);
@@ -846,7 +846,7 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
     return;
   }
   const int shared = ly->shared.gate.K != 0;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows > 1)
   for (int r = 0; r < rows; r++) {
     float *o = out + (size_t)r * hidden;
     for (int i = 0; i < hidden; i++) o[i] = 0;
@@ -897,7 +897,7 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
   const size_t per_layer = (size_t)slots * capacity * D,
                part_row = (size_t)max_chunks * H * (L + 2);
 
-#pragma omp parallel for
+#pragma omp parallel for if (rows > 1) /* one row: no team woken for it */
   for (int r = 0; r < rows; r++) {
     float *dst = h + (size_t)r * hidden;
     if (m->embed_q) {
@@ -910,7 +910,7 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
   for (int l = 0; l < d[D_LAYERS]; l++) {
     const MLayer *ly = &m->layer[l];
     float *cl = cache + l * per_layer;
-#pragma omp parallel for
+#pragma omp parallel for if (rows > 1)
     for (int r = 0; r < rows; r++)
       quantize_row(m->eps, h + (size_t)r * hidden, hidden, ly->input_norm, xn + (size_t)r * hidden,
                    xq + (size_t)r * hidden, rs + r);
@@ -920,7 +920,7 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
         {&ly->kv_a, NULL, xq, hidden, NULL, rs, kv, D, rows}};
     run_jobs(m, jobs, 2);
     if (qlora) {
-#pragma omp parallel for
+#pragma omp parallel for if (rows > 1)
       for (int r = 0; r < rows; r++)
         quantize_row(m->eps, proj + (size_t)r * qlora, qlora, ly->q_a_norm,
                      proj + (size_t)r * qlora, xq + (size_t)r * qlora, rs + r);
@@ -928,7 +928,7 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
       run_jobs(m, &q, 1);
     }
     /* The latent (normed) and the rotated rope key into the cache; the query's rope rotated. */
-#pragma omp parallel for
+#pragma omp parallel for if (rows > 1)
     for (int r = 0; r < rows; r++) {
       float *c = kv + (size_t)r * D, *q = proj + (size_t)r * QW;
       const float *cs = m->cos_t + (size_t)pos[r] * dr / 2,
@@ -948,15 +948,19 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
         int8_matvec(proj + (size_t)r * QW + hd * (dn + dr), dn, ly->w_uk + (size_t)hd * dn * L, L,
                     ly->uk_scale + (size_t)hd * L, query + ((size_t)r * H + hd) * D);
     lap(m, P_ATTN_PROJ);
-    if (rows < m->threads) { /* few rows: a task per (row, chunk, 4 heads): every thread busy */
-      const int groups = (H + 3) / 4;
+    if (rows < m->threads) { /* few rows: a task per (row, chunk, 1 or 4 heads): all threads busy */
+      /* Short rows: a head a task (each then reads the chunk's latents once per head, from
+       * cache); a head's arithmetic is the same in a task of one head or of four. */
+      const int per = rows * max_chunks * ((H + 3) / 4) >= m->threads ? 4 : 1;
+      const int groups = (H + per - 1) / per;
 #pragma omp parallel for collapse(3) schedule(dynamic, 1)
       for (int r = 0; r < rows; r++)
         for (int c = 0; c < max_chunks; c++)
           for (int g = 0; g < groups; g++)
             if (c * KV_CHUNK <= pos[r])
               attend_chunk(query + (size_t)r * H * D, cl + (size_t)slot[r] * capacity * D, c,
-                           pos[r] + 1, 4 * g, 4 * g + 4 < H ? 4 * g + 4 : H, D, L, m->softmax_scale,
+                           pos[r] + 1, per * g, per * g + per < H ? per * g + per : H, D, L,
+                           m->softmax_scale,
                            m->scores + (size_t)omp_get_thread_num() * H * KV_CHUNK,
                            m->part + r * part_row + (size_t)c * H * (L + 2));
 #pragma omp parallel for collapse(2) schedule(static)
@@ -978,14 +982,14 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
                           vals + (size_t)r * H * dv + hd * dv);
       }
     }
-#pragma omp parallel for
+#pragma omp parallel for if (rows > 1)
     for (int r = 0; r < rows; r++)
       quantize_row(m->eps, vals + (size_t)r * H * dv, H * dv, NULL, NULL, xq + (size_t)r * H * dv,
                    rs + r);
     lap(m, P_ATTN);
     Job o = {&ly->o, NULL, xq, H * dv, NULL, rs, m->out, hidden, rows};
     run_jobs(m, &o, 1);
-#pragma omp parallel for
+#pragma omp parallel for if (rows > 1)
     for (int r = 0; r < rows; r++) {
       float *x = h + (size_t)r * hidden;
       for (int i = 0; i < hidden; i++) x[i] += m->out[(size_t)r * hidden + i];
@@ -994,12 +998,12 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
     }
     lap(m, P_O);
     feed_forward(m, ly, rows);
-#pragma omp parallel for
+#pragma omp parallel for if (rows > 1)
     for (int r = 0; r < rows; r++)
       for (int i = 0; i < hidden; i++) h[(size_t)r * hidden + i] += m->out[(size_t)r * hidden + i];
   }
   lap(m, P_REST);
-#pragma omp parallel for
+#pragma omp parallel for if (n_logits > 1)
   for (int i = 0; i < n_logits; i++)
     quantize_row(m->eps, h + (size_t)logit_rows[i] * hidden, hidden, m->final_norm,
                  xn + (size_t)i * hidden, xq + (size_t)i * hidden, rs + i);
