@@ -3,7 +3,7 @@ backend's tests run on that build in a child process. Python is not built with A
 runtime is preloaded. The whole native suite by hand (about a minute on two cores):
 
     EDGEDS_NATIVE_SANITIZE=address,undefined LD_PRELOAD=$(gcc -print-file-name=libasan.so) \\
-        ASAN_OPTIONS=detect_leaks=0 python -m pytest tests/test_native_backend.py
+        ASAN_OPTIONS=detect_leaks=0 python -m pytest tests/test_native_backend.py tests/test_native_mla.py
 
 Leak checks are off: the interpreter itself leaves memory behind at exit."""
 
@@ -22,6 +22,9 @@ from edgeds.hardware import detect
 HERE = Path(__file__).resolve().parent
 # The tests that run the C code; those of transformers parity and of broken compilers add nothing here.
 SELECTION = "not transformers and not compiler and not build and not verify and not float_mode"
+# mla_moe.c: prefill (decompressed attention) and decode (absorbed, chunked) at batch 1 and 64,
+# slots refilled, a grown cache, refused input.
+MLA_SELECTION = "bit_identical or grown or bad_input"
 
 
 def _asan_runtime() -> str | None:
@@ -45,9 +48,11 @@ def _sanitized(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-def test_the_native_tests_pass_under_address_and_undefined_behaviour_sanitizers(tmp_path):
-    run = _sanitized(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", str(HERE / "test_native_backend.py"),
-                      "-k", SELECTION, "--basetemp", str(tmp_path / "t")], tmp_path)
+@pytest.mark.parametrize("tests, selection", [("test_native_backend.py", SELECTION),
+                                              ("test_native_mla.py", MLA_SELECTION)])
+def test_the_native_tests_pass_under_address_and_undefined_behaviour_sanitizers(tests, selection, tmp_path):
+    run = _sanitized(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", str(HERE / tests),
+                      "-k", selection, "--basetemp", str(tmp_path / "t")], tmp_path)
     report = run.stdout + run.stderr
     assert "Sanitizer" not in report, report[-4000:]
     assert run.returncode == 0, report[-4000:]

@@ -22,7 +22,7 @@ from .base import SlotLengths
 from .native import NativeBackend, _logits_buffer, _ptr
 
 ROUTINGS = {"softmax_greedy": 0, "softmax_group_limited": 1, "sigmoid_noaux_tc": 2}
-MAX_EXPERTS, MAX_GROUPS, MAX_LORA = 1024, 256, 4096  # mla_moe.c's stack arrays
+MAX_EXPERTS, MAX_GROUPS, MAX_LORA, MAX_V = 1024, 256, 4096, 256  # mla_moe.c's stack arrays
 
 
 def unsupported(artifact: Artifact) -> str | None:
@@ -37,10 +37,11 @@ def unsupported(artifact: Artifact) -> str | None:
         return "the export's cache is not MLA's latent"
     if e.routing not in ROUTINGS:
         return f"routing {e.routing!r}"
-    if e.n_routed_experts > MAX_EXPERTS or e.n_group > MAX_GROUPS or a.kv_lora_rank > MAX_LORA:
-        return "more experts, groups or latent width than the native decoder holds"
-    widths = [m.hidden_size, a.kv_lora_rank, a.qk_rope_head_dim, a.v_head_dim, m.vocab_size,
-              m.intermediate_size, e.moe_intermediate_size, a.q_lora_rank or 16]
+    if (e.n_routed_experts > MAX_EXPERTS or e.n_group > MAX_GROUPS or a.kv_lora_rank > MAX_LORA
+            or a.v_head_dim > MAX_V):
+        return "more experts, groups, latent or value width than the native decoder holds"
+    widths = [m.hidden_size, a.kv_lora_rank, a.qk_rope_head_dim, a.qk_nope_head_dim, a.v_head_dim,
+              m.vocab_size, m.intermediate_size, e.moe_intermediate_size, a.q_lora_rank or 16]
     if any(w % 16 for w in widths):
         return "widths that are not multiples of 16 (the GEMM's blocks)"
     return None
@@ -183,7 +184,7 @@ class NativeMlaBackend(NativeBackend):
             None if int8_table else _ptr(self._table),
         )
         self.uses_amx = bool(self.lib.em_uses_amx(self._model))
-        self.batch_size = self.capacity = 0
+        self.batch_size = self.capacity = self._prefill_call = 0
 
     def profile(self, reset: bool = False) -> np.ndarray:
         """Seconds spent in each phase of mla_moe.c's calls since the last reset: attention
@@ -214,6 +215,18 @@ class NativeMlaBackend(NativeBackend):
         new[:, :, : self.capacity] = self.latent
         self.latent, self.capacity = new, capacity
 
+    def prefill(
+        self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False
+    ) -> np.ndarray:
+        """Prompt rows attend over decompressed keys and values (per key and head nope + v
+        multiply-adds, where absorbed attention costs 2 x kv_lora_rank + rope); decode rows
+        over the latent, absorbed. A row's path is its call's kind, never its batch's makeup."""
+        self._prefill_call = 1
+        try:
+            return super().prefill(slots, prompts, every_position)
+        finally:
+            self._prefill_call = 0
+
     def _forward(
         self,
         ids: np.ndarray,
@@ -233,6 +246,7 @@ class NativeMlaBackend(NativeBackend):
             _ptr(self.latent),
             self.batch_size,
             self.capacity,
+            self._prefill_call,
             _ptr(logits),
         )
         if rc == -1:

@@ -150,5 +150,5 @@ def library() -> ctypes.CDLL:
     lib.em_set_embedding.argtypes = [p, p, p, p]
     lib.em_set_rope.argtypes = [p, p, p, i]
     lib.em_free.argtypes = [p]
-    lib.em_forward.argtypes = [p, i, p, p, p, i, p, p, i, i, p]
+    lib.em_forward.argtypes = [p, i, p, p, p, i, p, p, i, i, i, p]
     return lib

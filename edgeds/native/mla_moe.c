@@ -9,11 +9,14 @@
  *
  * - The cache holds MLA's latent: kv_lora_rank normed values + qk_rope_head_dim rotated ones per
  *   token per layer, [layers, slots, capacity, kv_lora_rank + rope] float32, owned by the caller.
- *   Attention is absorbed: W_UK is folded into the query, every head attends over the latent
- *   directly (each cached row read once for all heads), W_UV turns the attended latent into
- *   values. Attention runs over fixed chunks of KV_CHUNK positions, each a task of its own, and
- *   the chunks' partial softmaxes are merged in position order: a row's arithmetic depends on
- *   its length only, never on the thread count or the rest of the batch.
+ *   Decode attention is absorbed: W_UK is folded into the query, every head attends over the
+ *   latent directly (each cached row read once for all heads), W_UV turns the attended latent
+ *   into values. Attention runs over fixed chunks of KV_CHUNK positions, each a task of its
+ *   own, and the chunks' partial softmaxes are merged in position order: a row's arithmetic
+ *   depends on its length only, never on the thread count or the rest of the batch. Prefill
+ *   calls decompress each slot's cached latent into per-head keys and values once and attend
+ *   over those (fewer multiply-adds per key at every prompt length measured:
+ *   benchmarks/kernels/mla_prefill_crossover.py); a row's path is its call's kind.
  * - MoE: the tokens of a call are grouped by expert, so each active expert's weights are read
  *   once per call for all the tokens routed to it; gate and up are computed block by block in
  *   one task with the SiLU between them; each token's activations are quantized once and reused
@@ -43,6 +46,7 @@ typedef struct {
   Weights q_a, q, kv_a, o; /* q_a.K == 0: no q_lora */
   float *input_norm, *post_norm, *q_a_norm, *kv_a_norm;
   int8_t *w_uk, *w_uv;        /* [heads][nope][lora], [heads][lora][v] */
+  int8_t *w_ukt;              /* W_UK per head as [lora][nope]: prefill's decompressed keys */
   float *uk_scale, *uv_scale; /* [heads][lora], [heads][v] */
   Mlp mlp;                    /* a dense layer's */
   int moe;
@@ -110,6 +114,12 @@ typedef struct {
   uint8_t *xq, *actq;
   int32_t *sel, *assign, *tok_of;
   Item *items;
+  /* prefill: decompressed keys and values [heads of a pass][rows of the pass][nope + v], where
+   * the pass's rows are cached (src), per-slot bookkeeping (seg_base), ones for a matvec's scale */
+  size_t dec_cap, src_cap, seg_cap;
+  float *dec, *ones;
+  size_t *src;
+  int32_t *seg_base;
 } MlaModel;
 
 static void *alloc64(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 * 64); }
@@ -207,6 +217,15 @@ void em_set_absorb(MlaModel *m, int layer, const int8_t *w_uk, const float *uk_s
   const size_t H = m->d[D_HEADS], L = m->d[D_KV_LORA], dn = m->d[D_NOPE], dv = m->d[D_V];
   ly->w_uk = malloc(H * dn * L), ly->w_uv = malloc(H * L * dv);
   memcpy(ly->w_uk, w_uk, H * dn * L), memcpy(ly->w_uv, w_uv, H * L * dv);
+  ly->w_ukt = malloc(H * dn * L);
+  for (size_t h = 0; h < H; h++)
+    for (size_t i = 0; i < dn; i++)
+      for (size_t l = 0; l < L; l++) ly->w_ukt[(h * L + l) * dn + i] = w_uk[(h * dn + i) * L + l];
+  if (!m->ones) {
+    const size_t n = dn > dv ? dn : dv;
+    m->ones = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) m->ones[i] = 1.0f;
+  }
   ly->uk_scale = copy_floats(uk_scale, H * L), ly->uv_scale = copy_floats(uv_scale, H * dv);
 }
 
@@ -240,7 +259,7 @@ void em_free(MlaModel *m) {
     MLayer *ly = &m->layer[l];
     free_weights(&ly->q_a), free_weights(&ly->q), free_weights(&ly->kv_a), free_weights(&ly->o);
     free(ly->input_norm), free(ly->post_norm), free(ly->q_a_norm), free(ly->kv_a_norm);
-    free(ly->w_uk), free(ly->w_uv), free(ly->uk_scale), free(ly->uv_scale);
+    free(ly->w_uk), free(ly->w_ukt), free(ly->w_uv), free(ly->uk_scale), free(ly->uv_scale);
     free_mlp(&ly->mlp), free_mlp(&ly->shared);
     free(ly->router), free(ly->router_bias);
     if (ly->experts)
@@ -253,7 +272,7 @@ void em_free(MlaModel *m) {
                 m->out, m->rs, m->logit_e, m->wts, m->act,   m->ye,   m->ars};
   for (size_t i = 0; i < sizeof f / sizeof *f; i++) free(f[i]);
   free(m->xq), free(m->actq), free(m->sel), free(m->assign), free(m->tok_of), free(m->items);
-  free(m->tiles);
+  free(m->tiles), free(m->dec), free(m->ones), free(m->src), free(m->seg_base);
   free(m);
 }
 
@@ -640,6 +659,178 @@ static void attended_values(const MlaModel *m, const MLayer *ly, const float *pa
   int8_matvec(lat, L, ly->w_uv + (size_t)hd * L * dv, dv, ly->uv_scale + (size_t)hd * dv, out);
 }
 
+/* ---- prefill: decompressed keys and values ---- */
+
+enum { MAX_V = 256 };           /* v_head_dim (native_mla.py checks it) */
+enum { DEC_BUDGET = 64 << 20 }; /* bytes of decompressed keys and values a pass holds */
+
+/* R (1-4) rows of x (ldx apart) against int8 w [K][N]: y[r][n] = scale[n] sum_k x[r][k] w[k][n].
+ * Each row's sums run in one order whatever R is. N % 16 == 0. */
+static void int8_matvec_rows(const float *x, int ldx, int R, int K, const int8_t *w, int N,
+                             const float *scale, float *y, int ldy) {
+  for (int n0 = 0; n0 < N; n0 += 64) {
+    const int chunks = N - n0 < 64 ? (N - n0) / 16 : 4;
+    __m512 acc[4][4];
+    for (int r = 0; r < R; r++)
+      for (int c = 0; c < chunks; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k++) {
+      __m512 wk[4];
+      const int8_t *row = w + (size_t)k * N + n0;
+      for (int c = 0; c < chunks; c++)
+        wk[c] = _mm512_cvtepi32_ps(
+            _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + 16 * c))));
+      for (int r = 0; r < R; r++) {
+        const __m512 xk = _mm512_set1_ps(x[(size_t)r * ldx + k]);
+        for (int c = 0; c < chunks; c++) acc[r][c] = _mm512_fmadd_ps(xk, wk[c], acc[r][c]);
+      }
+    }
+    for (int r = 0; r < R; r++)
+      for (int c = 0; c < chunks; c++)
+        _mm512_storeu_ps(y + (size_t)r * ldy + n0 + 16 * c,
+                         _mm512_mul_ps(acc[r][c], _mm512_loadu_ps(scale + n0 + 16 * c)));
+  }
+}
+
+/* One head of one query row over `length` keys, in chunks of KV_CHUNK merged as they come (an
+ * online softmax, positions in order). q: the head's no-rope then rope query; keys: rows of
+ * `dec` (nope key, then value, nope + dv floats a row) and the cached rope keys (latent rows of
+ * `kv`, D apart, rope at L). out: the head's dv values. */
+static inline __attribute__((always_inline)) void attend_rows(const float *q, const float *dec,
+                                                              const float *kv, int length, int dn,
+                                                              int dr, int dv, int D, int L,
+                                                              float scale, float *buf, float *out,
+                                                              const int vc) {
+  const int row = dn + dv;
+  __m512 acc[MAX_V / 16];
+  for (int c = 0; c < vc; c++) acc[c] = _mm512_setzero_ps();
+  float peak = -FLT_MAX, sum = 0;
+  for (int t0 = 0; t0 < length; t0 += KV_CHUNK) {
+    const int len = length - t0 < KV_CHUNK ? length - t0 : KV_CHUNK;
+    for (int b0 = 0; b0 < len; b0 += 16) {
+      const int nt = len - b0 < 16 ? len - b0 : 16;
+      __m512 dot[16];
+      for (int tt = 0; tt < 16; tt++) dot[tt] = _mm512_setzero_ps();
+      for (int c = 0; c < dn; c += 16) {
+        const __m512 qc = _mm512_loadu_ps(q + c);
+        for (int tt = 0; tt < nt; tt++)
+          dot[tt] = _mm512_fmadd_ps(
+              qc, _mm512_loadu_ps(dec + (size_t)(t0 + b0 + tt) * row + c), dot[tt]);
+      }
+      for (int c = 0; c < dr; c += 16) {
+        const __m512 qc = _mm512_loadu_ps(q + dn + c);
+        for (int tt = 0; tt < nt; tt++)
+          dot[tt] = _mm512_fmadd_ps(
+              qc, _mm512_loadu_ps(kv + (size_t)(t0 + b0 + tt) * D + L + c), dot[tt]);
+      }
+      _mm512_mask_storeu_ps(buf + b0, (__mmask16)((1u << nt) - 1),
+                            _mm512_mul_ps(hsum16(dot), _mm512_set1_ps(scale)));
+    }
+    float top = peak;
+    for (int t = 0; t < len; t++) top = fmaxf(top, buf[t]);
+    const float keep = expf(peak - top); /* what the earlier chunks' sums are worth now */
+    sum *= keep;
+    for (int c = 0; c < vc; c++) acc[c] = _mm512_mul_ps(acc[c], _mm512_set1_ps(keep));
+    for (int t = 0; t < len; t++) buf[t] = buf[t] - top < -80.0f ? 0.0f : expf(buf[t] - top);
+    for (int t = 0; t < len; t++) sum += buf[t];
+    for (int t = 0; t < len; t++) {
+      const __m512 p = _mm512_set1_ps(buf[t]);
+      const float *v = dec + (size_t)(t0 + t) * row + dn;
+      for (int c = 0; c < vc; c++) acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16 * c), acc[c]);
+    }
+    peak = top;
+  }
+  for (int c = 0; c < vc; c++)
+    _mm512_storeu_ps(out + 16 * c, _mm512_div_ps(acc[c], _mm512_set1_ps(sum)));
+}
+
+/* Not inlined: one copy of its float arithmetic (-ffast-math compiles expf loops differently
+ * in each copy), with the value width a constant where it is DeepSeek's 128. */
+static __attribute__((noinline)) void attend_decompressed(const float *q, const float *dec,
+                                                          const float *kv, int length, int dn,
+                                                          int dr, int dv, int D, int L,
+                                                          float scale, float *buf, float *out) {
+  if (dv == 128)
+    attend_rows(q, dec, kv, length, dn, dr, 128, D, L, scale, buf, out, 8);
+  else
+    attend_rows(q, dec, kv, length, dn, dr, dv, D, L, scale, buf, out, dv / 16);
+}
+
+/* Attention of a prefill call, keys and values decompressed from the latent (W_UK, W_UV per
+ * head) instead of absorbed into each query: per key and head nope + dv MACs instead of
+ * 2 * kv_lora_rank + rope. Each slot's cached rows [0, its last position in the call] are
+ * decompressed once for all its rows of the call, in passes over as many heads as DEC_BUDGET
+ * holds. q: proj (each head's nope then rotated rope query); out: vals [rows][H * dv]. A head's
+ * arithmetic does not depend on the pass, the other slots or the thread count. */
+static void prefill_attention(MlaModel *m, const MLayer *ly, int rows, const int32_t *slot,
+                              const int32_t *pos, const float *cl, int slots, int capacity,
+                              const float *proj, float *vals) {
+  const int *d = m->d;
+  const int H = d[D_HEADS], L = d[D_KV_LORA], dr = d[D_ROPE], dn = d[D_NOPE], dv = d[D_V];
+  const int D = L + dr, QW = H * (dn + dr), row = dn + dv;
+  if ((size_t)slots > m->seg_cap) {
+    free(m->seg_base);
+    m->seg_base = malloc((size_t)slots * 3 * sizeof(int32_t));
+    m->seg_cap = slots;
+  }
+  /* base: per slot, its segment (then its first row in the pass); need: per segment, its rows'
+   * last position + 1; first: per segment, its first row in the pass. */
+  int32_t *base = m->seg_base, *need = base + slots, *first = need + slots;
+  for (int s = 0; s < slots; s++) base[s] = -1;
+  int total = 0, n_seg = 0;
+  for (int r = 0; r < rows; r++) {
+    if (base[slot[r]] < 0) base[slot[r]] = n_seg++, need[base[slot[r]]] = 0;
+    if (pos[r] + 1 > need[base[slot[r]]]) need[base[slot[r]]] = pos[r] + 1;
+  }
+  /* src[g]: where the pass's row g is cached. */
+  for (int g = 0; g < n_seg; g++) first[g] = total, total += need[g];
+  if ((size_t)total > m->src_cap) {
+    free(m->src);
+    m->src = malloc((size_t)total * sizeof(size_t));
+    m->src_cap = total;
+  }
+  for (int s = 0; s < slots; s++)
+    if (base[s] >= 0) {
+      const int g = base[s];
+      for (int t = 0; t < need[g]; t++) m->src[first[g] + t] = ((size_t)s * capacity + t) * D;
+      base[s] = first[g];
+    }
+  int per = (int)(DEC_BUDGET / ((size_t)total * row * sizeof(float)));
+  per = per < 1 ? 1 : per > H ? H : per;
+  const size_t dec = (size_t)per * total * row;
+  if (dec > m->dec_cap) {
+    free(m->dec);
+    m->dec = alloc64(dec * sizeof(float));
+    m->dec_cap = dec;
+  }
+  const int blocks = (total + 3) / 4;
+  for (int h0 = 0; h0 < H; h0 += per) {
+    const int h1 = h0 + per < H ? h0 + per : H;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int b = 0; b < blocks; b++)
+      for (int h = h0; h < h1; h++) {
+        const int g0 = 4 * b, R = total - g0 < 4 ? total - g0 : 4;
+        float x[4 * MAX_LORA];
+        float *y = m->dec + ((size_t)(h - h0) * total + g0) * row;
+        for (int r = 0; r < R; r++) /* W_UK's per-lora scale on the latent, W_UV's on the output */
+          for (int l = 0; l < L; l++)
+            x[r * L + l] = cl[m->src[g0 + r] + l] * ly->uk_scale[(size_t)h * L + l];
+        int8_matvec_rows(x, L, R, L, ly->w_ukt + (size_t)h * L * dn, dn, m->ones, y, row);
+        for (int r = 0; r < R; r++) memcpy(x + r * L, cl + m->src[g0 + r], L * sizeof(float));
+        int8_matvec_rows(x, L, R, L, ly->w_uv + (size_t)h * L * dv, dv,
+                         ly->uv_scale + (size_t)h * dv, y + dn, row);
+      }
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int r = 0; r < rows; r++)
+      for (int h = h0; h < h1; h++)
+        attend_decompressed(proj + (size_t)r * QW + h * (dn + dr),
+                            m->dec + ((size_t)(h - h0) * total + base[slot[r]]) * row,
+                            cl + (size_t)slot[r] * capacity * D, pos[r] + 1, dn, dr, dv, D, L,
+                            m->softmax_scale,
+                            m->scores + (size_t)omp_get_thread_num() * H * KV_CHUNK,
+                            vals + (size_t)r * H * dv + h * dv);
+  }
+}
+
 /* ---- routing, exactly as transformers' DeepSeek-V2/V3 gates ---- */
 
 /* Indices of the k largest of v[0..n) (ties: the lower index), in descending order. */
@@ -863,6 +1054,59 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
   lap(m, P_EXPERTS);
 }
 
+/* Attention of a decode call over the latent cache, W_UK absorbed into each query and W_UV
+ * applied to the attended latent: m->proj's queries -> m->vals. */
+static void absorbed_attention(MlaModel *m, const MLayer *ly, int rows, const int32_t *slot,
+                               const int32_t *pos, const float *cl, int capacity, int max_chunks) {
+  const int *d = m->d;
+  const int H = d[D_HEADS], L = d[D_KV_LORA], dr = d[D_ROPE], dn = d[D_NOPE], dv = d[D_V];
+  const int D = L + dr, QW = H * (dn + dr);
+  const size_t part_row = (size_t)max_chunks * H * (L + 2);
+  const float *proj = m->proj;
+  float *query = m->query, *vals = m->vals;
+  /* W_UK absorbed: each head's no-rope query into the latent space. */
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int r = 0; r < rows; r++)
+    for (int hd = 0; hd < H; hd++)
+      int8_matvec(proj + (size_t)r * QW + hd * (dn + dr), dn, ly->w_uk + (size_t)hd * dn * L, L,
+                  ly->uk_scale + (size_t)hd * L, query + ((size_t)r * H + hd) * D);
+  lap(m, P_ATTN_PROJ);
+  if (rows < m->threads) { /* few rows: a task per (row, chunk, 1 or 4 heads): all threads busy */
+    /* Short rows: a head a task (each then reads the chunk's latents once per head, from
+     * cache); a head's arithmetic is the same in a task of one head or of four. */
+    const int per = rows * max_chunks * ((H + 3) / 4) >= m->threads ? 4 : 1;
+    const int groups = (H + per - 1) / per;
+#pragma omp parallel for collapse(3) schedule(dynamic, 1)
+    for (int r = 0; r < rows; r++)
+      for (int c = 0; c < max_chunks; c++)
+        for (int g = 0; g < groups; g++)
+          if (c * KV_CHUNK <= pos[r])
+            attend_chunk(query + (size_t)r * H * D, cl + (size_t)slot[r] * capacity * D, c,
+                         pos[r] + 1, per * g, per * g + per < H ? per * g + per : H, D, L,
+                         m->softmax_scale,
+                         m->scores + (size_t)omp_get_thread_num() * H * KV_CHUNK,
+                         m->part + r * part_row + (size_t)c * H * (L + 2));
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int r = 0; r < rows; r++)
+      for (int hd = 0; hd < H; hd++)
+        attended_values(m, ly, m->part + r * part_row + (size_t)hd * (L + 2), pos[r], hd,
+                        vals + (size_t)r * H * dv + hd * dv);
+  } else { /* a task per row, its chunks' partials in the thread's own buffer */
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int r = 0; r < rows; r++) {
+      float *part = m->part + (size_t)omp_get_thread_num() * part_row;
+      for (int c = 0; c * KV_CHUNK <= pos[r]; c++)
+        attend_chunk(query + (size_t)r * H * D, cl + (size_t)slot[r] * capacity * D, c,
+                     pos[r] + 1, 0, H, D, L, m->softmax_scale,
+                     m->scores + (size_t)omp_get_thread_num() * H * KV_CHUNK,
+                     part + (size_t)c * H * (L + 2));
+      for (int hd = 0; hd < H; hd++)
+        attended_values(m, ly, part + (size_t)hd * (L + 2), pos[r], hd,
+                        vals + (size_t)r * H * dv + hd * dv);
+    }
+  }
+}
+
 /* `rows` tokens: row r is token ids[r] at position pos[r] of cache slot slot[r], attending to that
  * slot's positions up to its own (rows of one slot come in position order). cache: [layers,
  * slots, capacity, kv_lora_rank + rope] float32. Writes the logits of rows `logit_rows`
@@ -872,7 +1116,7 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
  * computed then). */
 int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, const int32_t *pos,
                int n_logits, const int32_t *logit_rows, float *cache, int slots, int capacity,
-               float *logits) {
+               int prefill, float *logits) {
   const int *d = m->d;
   const int hidden = d[D_HIDDEN], H = d[D_HEADS], L = d[D_KV_LORA], dr = d[D_ROPE], dn = d[D_NOPE],
             dv = d[D_V];
@@ -894,8 +1138,7 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
   float *h = m->h, *xn = m->xn, *rs = m->rs, *proj = m->proj, *kv = m->kv, *query = m->query,
         *vals = m->vals;
   uint8_t *xq = m->xq;
-  const size_t per_layer = (size_t)slots * capacity * D,
-               part_row = (size_t)max_chunks * H * (L + 2);
+  const size_t per_layer = (size_t)slots * capacity * D;
 
 #pragma omp parallel for if (rows > 1) /* one row: no team woken for it */
   for (int r = 0; r < rows; r++) {
@@ -941,46 +1184,11 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
         memcpy(query + ((size_t)r * H + hd) * D + L, q + hd * (dn + dr) + dn, dr * sizeof(float));
       }
     }
-    /* W_UK absorbed: each head's no-rope query into the latent space. */
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int r = 0; r < rows; r++)
-      for (int hd = 0; hd < H; hd++)
-        int8_matvec(proj + (size_t)r * QW + hd * (dn + dr), dn, ly->w_uk + (size_t)hd * dn * L, L,
-                    ly->uk_scale + (size_t)hd * L, query + ((size_t)r * H + hd) * D);
-    lap(m, P_ATTN_PROJ);
-    if (rows < m->threads) { /* few rows: a task per (row, chunk, 1 or 4 heads): all threads busy */
-      /* Short rows: a head a task (each then reads the chunk's latents once per head, from
-       * cache); a head's arithmetic is the same in a task of one head or of four. */
-      const int per = rows * max_chunks * ((H + 3) / 4) >= m->threads ? 4 : 1;
-      const int groups = (H + per - 1) / per;
-#pragma omp parallel for collapse(3) schedule(dynamic, 1)
-      for (int r = 0; r < rows; r++)
-        for (int c = 0; c < max_chunks; c++)
-          for (int g = 0; g < groups; g++)
-            if (c * KV_CHUNK <= pos[r])
-              attend_chunk(query + (size_t)r * H * D, cl + (size_t)slot[r] * capacity * D, c,
-                           pos[r] + 1, per * g, per * g + per < H ? per * g + per : H, D, L,
-                           m->softmax_scale,
-                           m->scores + (size_t)omp_get_thread_num() * H * KV_CHUNK,
-                           m->part + r * part_row + (size_t)c * H * (L + 2));
-#pragma omp parallel for collapse(2) schedule(static)
-      for (int r = 0; r < rows; r++)
-        for (int hd = 0; hd < H; hd++)
-          attended_values(m, ly, m->part + r * part_row + (size_t)hd * (L + 2), pos[r], hd,
-                          vals + (size_t)r * H * dv + hd * dv);
-    } else { /* a task per row, its chunks' partials in the thread's own buffer */
-#pragma omp parallel for schedule(dynamic, 1)
-      for (int r = 0; r < rows; r++) {
-        float *part = m->part + (size_t)omp_get_thread_num() * part_row;
-        for (int c = 0; c * KV_CHUNK <= pos[r]; c++)
-          attend_chunk(query + (size_t)r * H * D, cl + (size_t)slot[r] * capacity * D, c,
-                       pos[r] + 1, 0, H, D, L, m->softmax_scale,
-                       m->scores + (size_t)omp_get_thread_num() * H * KV_CHUNK,
-                       part + (size_t)c * H * (L + 2));
-        for (int hd = 0; hd < H; hd++)
-          attended_values(m, ly, part + (size_t)hd * (L + 2), pos[r], hd,
-                          vals + (size_t)r * H * dv + hd * dv);
-      }
+    if (prefill) {
+      lap(m, P_ATTN_PROJ);
+      prefill_attention(m, ly, rows, slot, pos, cl, slots, capacity, proj, vals);
+    } else {
+      absorbed_attention(m, ly, rows, slot, pos, cl, capacity, max_chunks);
     }
 #pragma omp parallel for if (rows > 1)
     for (int r = 0; r < rows; r++)
