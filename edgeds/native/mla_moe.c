@@ -1071,10 +1071,12 @@ static void absorbed_attention(MlaModel *m, const MLayer *ly, int rows, const in
       int8_matvec(proj + (size_t)r * QW + hd * (dn + dr), dn, ly->w_uk + (size_t)hd * dn * L, L,
                   ly->uk_scale + (size_t)hd * L, query + ((size_t)r * H + hd) * D);
   lap(m, P_ATTN_PROJ);
-  if (rows < m->threads) { /* few rows: a task per (row, chunk, 1 or 4 heads): all threads busy */
-    /* Short rows: a head a task (each then reads the chunk's latents once per head, from
-     * cache); a head's arithmetic is the same in a task of one head or of four. */
-    const int per = rows * max_chunks * ((H + 3) / 4) >= m->threads ? 4 : 1;
+  if (rows < m->threads) { /* few rows: a task per (row, chunk, heads): every thread busy */
+    /* As many heads a task as leaves no thread idle: each task reads its chunk's latents once
+     * for its heads (a long row: a chunk a task, all heads; a short one: down to a head a
+     * task). A head's arithmetic is the same in a task of one head or of all. */
+    int per = H;
+    while (per > 1 && rows * max_chunks * ((H + per - 1) / per) < m->threads) per = (per + 1) / 2;
     const int groups = (H + per - 1) / per;
 #pragma omp parallel for collapse(3) schedule(dynamic, 1)
     for (int r = 0; r < rows; r++)
