@@ -3,7 +3,8 @@ backend's tests run on that build in a child process. Python is not built with A
 runtime is preloaded. The whole native suite by hand (about a minute on two cores):
 
     EDGEDS_NATIVE_SANITIZE=address,undefined LD_PRELOAD=$(gcc -print-file-name=libasan.so) \\
-        ASAN_OPTIONS=detect_leaks=0 python -m pytest tests/test_native_backend.py tests/test_native_mla.py
+        ASAN_OPTIONS=detect_leaks=0 python -m pytest tests/test_native_backend.py \\
+        tests/test_native_mla.py
 
 Leak checks are off: the interpreter itself leaves memory behind at exit."""
 
@@ -50,7 +51,8 @@ def _sanitized(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("tests, selection", [("test_native_backend.py", SELECTION),
                                               ("test_native_mla.py", MLA_SELECTION)])
-def test_the_native_tests_pass_under_address_and_undefined_behaviour_sanitizers(tests, selection, tmp_path):
+def test_the_native_tests_pass_under_address_and_undefined_behaviour_sanitizers(tests, selection,
+                                                                               tmp_path):
     run = _sanitized(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", str(HERE / tests),
                       "-k", selection, "--basetemp", str(tmp_path / "t")], tmp_path)
     report = run.stdout + run.stderr
