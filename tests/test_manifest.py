@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import edgeds
 from edgeds.artifact import MANIFEST, load_artifact
-from edgeds.errors import ArtifactError
+from edgeds.errors import ArtifactError, EdgedsError
 from edgeds.manifest import parse, seal
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,9 +153,7 @@ def test_a_changed_num_layers_does_not_match_the_graph(artifacts, tmp_path):
     for kind in ("qwen2", "deepseek_v3"):
         art = copy(artifacts(kind, "int8"), tmp_path / kind)
         edit(art, model_field("num_layers", 4 if kind == "qwen2" else 5))
-        refused(
-            art, r"graphs.onnx.inputs hold \d+ cache tensors, not the \d+ of num_layers \d"
-        )
+        refused(art, r"graphs.onnx.inputs hold \d+ cache tensors, not the \d+ of num_layers \d")
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "deepseek_v3"])
@@ -254,3 +254,125 @@ def test_parse_takes_the_json_value_alone():
     for bad in (None, [], "x", {"format": "edgeds-artifact", "format_version": True}):
         with pytest.raises(ArtifactError):
             parse(bad)
+
+
+# --- the fuzz: any edit of any field gives one line of error or a model that runs ---
+
+
+def _leaves(value, path=()):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _leaves(v, (*path, i))
+    if path:
+        yield path
+
+
+NASTY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.sampled_from([0, -1, 1, 2, 3, 4, 7, 16, 63, 64, 65, 2**31, 2**63, 1e-300, 0.5]),
+    st.sampled_from(
+        [
+            "",
+            "../outside.data",
+            "/etc/passwd",
+            "tokenizer.json",
+            "model.onnx",
+            "edgeds.json",
+            "float16",
+            "int8",
+            "mla_latent",
+            "per_head",
+            "stateful",
+        ]
+    ),
+    st.text(max_size=12),
+    st.lists(st.integers(-2, 12), max_size=4),
+    st.dictionaries(st.text(max_size=4), st.integers(-1, 4), max_size=2),
+)
+
+
+def _apply(m: dict, path: tuple, op: str, value) -> None:
+    *parents, last = path
+    node = m
+    for key in parents:
+        node = node[key]
+    if op == "nudge":  # a plausible value: the number next to it, or another file's name
+        old = node[last]
+        node[last] = (
+            old + value
+            if type(old) in (int, float) and type(value) is int and abs(value) < 9
+            else "tokenizer_config.json"
+            if isinstance(old, str)
+            else value
+        )
+    elif op == "delete":
+        del node[last]
+    elif op == "add" and isinstance(node, dict):
+        node[f"{last}_x"] = value
+    else:
+        node[last] = value
+
+
+OUTCOMES: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def fuzz_folder(tmp_path_factory, artifacts):
+    root = tmp_path_factory.mktemp("fuzz")
+    (root / "outside.data").write_bytes(b"\0" * 4096)
+    return copy(artifacts("qwen2", "int8"), root / "art")
+
+
+@pytest.mark.parametrize("backend", ["native", "onnxruntime"])
+def test_any_edit_gives_one_line_or_a_model_that_runs(backend, fuzz_folder):
+    original = json.loads((fuzz_folder / MANIFEST).read_text())
+    OUTCOMES.clear()
+    paths = [p for p in _leaves(original) if p[0] != "manifest_sha256"]
+
+    @settings(
+        max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
+    @given(
+        st.sampled_from(paths),
+        st.sampled_from(["set", "nudge", "nudge", "delete", "add"]),
+        NASTY,
+        st.sampled_from([True, True, True, False]),
+    )
+    def run(path, op, value, sealed):
+        m = json.loads(json.dumps(original))
+        _apply(m, path, op, value)
+        try:
+            text = json.dumps(seal(m) if sealed else m)
+        except ValueError:  # an infinite float: JSON has no word for it
+            return
+        (fuzz_folder / MANIFEST).write_text(text)
+        with opened_files() as seen:
+            try:
+                engine = edgeds.load(fuzz_folder, backend=backend, threads=1)
+                engine.generate(["def f(x):"], max_new_tokens=2)
+                OUTCOMES.append("ran")
+            except EdgedsError as exc:
+                assert "\n" not in str(exc) and str(exc)
+                OUTCOMES.append(str(exc)[:90])
+        stray = [
+            p
+            for p in seen
+            if p.startswith(str(fuzz_folder.parent)) and not p.startswith(str(fuzz_folder) + "/")
+        ]
+        assert not stray, stray
+
+    try:
+        run()
+    finally:
+        (fuzz_folder / MANIFEST).write_text(json.dumps(original))
+    # The fuzz reaches past the seal: some edits load and run, some are refused deeper in.
+    ran = OUTCOMES.count("ran")
+    sealed = [o for o in OUTCOMES if o != "ran" and "was edited after export" not in o]
+    print(*OUTCOMES, sep="\n")
+    assert ran >= 2 and len(sealed) >= 10, OUTCOMES
