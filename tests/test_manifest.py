@@ -376,3 +376,13 @@ def test_any_edit_gives_one_line_or_a_model_that_runs(backend, fuzz_folder):
     sealed = [o for o in OUTCOMES if o != "ran" and "was edited after export" not in o]
     print(*OUTCOMES, sep="\n")
     assert ran >= 2 and len(sealed) >= 10, OUTCOMES
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_graph_runtimes_refuse_widths_their_graph_does_not_have(backend, artifacts, tmp_path):
+    """A vocab_size the graph's logits do not have: ONNX Runtime failed with pages of its own
+    text, and OpenVINO ran on, returning narrower logits than the engine samples from."""
+    art = copy(artifacts("qwen2", "int8"), tmp_path / "art")
+    edit(art, lambda m: m["model"].update(vocab_size=384))
+    refused(art, r"graph's logits (is|are) 320 wide.*the manifest's vocab_size says 384",
+            backend=backend)

@@ -142,6 +142,24 @@ def _check_chain(io: list[tuple[set, set]], root) -> list[str]:
     return sorted(produced & set().union(*(ins for ins, _ in io)))
 
 
+def _check_widths(sessions, carried: list[str], layout, model, root) -> None:
+    """The widths the graph itself declares against the manifest's, whose numbers size the
+    buffers bound to it: a manifest edited to other widths is refused here, by name."""
+    want = {"logits": (-1, model.vocab_size, "vocab_size")}
+    want |= {name: (-1, model.hidden_size, "hidden_size") for name in carried}
+    for s in sessions:
+        for arg in [*s.get_inputs(), *s.get_outputs()]:
+            checks = [want[arg.name]] if arg.name in want else []
+            if arg.name.startswith(("past_", "present_")) and len(arg.shape) == 4:
+                checks = [(1, layout.heads, "cache heads"), (3, layout.head_dim, "cache width")]
+            for axis, size, what in checks:
+                dim = arg.shape[axis]
+                if isinstance(dim, int) and dim != size:
+                    raise ArtifactError(
+                        f"{root}: its ONNX graph's {arg.name} is {dim} wide on axis "
+                        f"{axis % len(arg.shape)}, the manifest's {what} says {size}")
+
+
 class _Graph:
     """The sessions of one graph (its parts, or the whole), run in turn, and the names each reads
     and writes."""
@@ -235,7 +253,9 @@ class OnnxRuntimeBackend:
                                  in_turn) for f in files]
         # The last part holds the LM head, the graph's largest weight: it starts first.
         sessions = _load_sessions([str(artifact.path(f)) for f in files], opts, providers, threads, (len(files) - 1,))
-        return _Graph(sessions, artifact.root)
+        graph = _Graph(sessions, artifact.root)
+        _check_widths(sessions, graph.carried, self.layout, artifact.model, artifact.root)
+        return graph
 
     def _small_graph(self) -> _Graph | None:
         """The small-batch graph, loaded on first use. It only speeds decoding up: where it does

@@ -11,6 +11,7 @@ import numpy as np
 import openvino as ov
 
 from ..artifact import Artifact
+from ..errors import ArtifactError
 
 
 class OpenVinoBackend:
@@ -26,6 +27,11 @@ class OpenVinoBackend:
         if threads:
             cfg["INFERENCE_NUM_THREADS"] = int(threads)
         model = core.read_model(str(artifact.path(artifact.graph("openvino").file)))
+        logits = model.output("logits").get_partial_shape()[-1]
+        if logits.is_static and logits.get_length() != m.vocab_size:
+            raise ArtifactError(f"{artifact.root}: its OpenVINO graph's logits are "
+                                f"{logits.get_length()} wide, the manifest's vocab_size says "
+                                f"{m.vocab_size}")
         self.compiled = core.compile_model(model, device, {k: str(v) for k, v in cfg.items()})
         self.request = self.compiled.create_infer_request()
         self.device = device
