@@ -74,7 +74,7 @@ def test_int8_decode_runs_experts_no_token_chose(kind, checkpoints, tmp_path):
         out = tmp_path / weights
         export_checkpoint(checkpoints(kind), out, formats=("onnx",), weights=weights, context=64)
         model = load_artifact(out).model
-        assert model["num_experts_per_tok"] < model["n_routed_experts"]
+        assert model.experts.num_experts_per_tok < model.experts.n_routed_experts
         b = dict(open_backends(out))["onnx"]
         b.start(1, 64)
         b.prefill([0], [np.random.default_rng(11).integers(2, 320, 8).astype(np.int64)])
