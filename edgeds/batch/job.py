@@ -18,9 +18,11 @@ import numpy as np
 
 from .. import generate as gen
 from ..engine import Engine
+from ..memory_budget import kv_bytes_per_token
 from ..sampling import SamplingParams
 from .digest import request_digest
 from .intake import END, NOT_READY, Intake
+from .metrics import JobView, MetricsPublisher
 from .output import OutputLog, record_key
 from .progress import JobStats, Progress
 from .records import DEFAULT_MAX_LINE_BYTES, BadRecord, Record, parse_line
@@ -96,16 +98,30 @@ def job_settings(engine: Engine, opts: JobOptions) -> dict:
 
 
 def run_job(engine: Engine, opts: JobOptions, out: OutputLog | None = None,
-            progress_stream=None) -> JobStats:
+            progress_stream=None, metrics: MetricsPublisher | None = None) -> JobStats:
+    """Run the job; `metrics` (optional) publishes its Prometheus metrics while it runs."""
     if out is None:
         with open_output(opts) as own:
-            return run_job(engine, opts, own, progress_stream)
-    return _Job(engine, opts, out).run(progress_stream)
+            return run_job(engine, opts, own, progress_stream, metrics)
+    return _Job(engine, opts, out, metrics).run(progress_stream)
+
+
+def metric_labels(engine: Engine) -> dict[str, str]:
+    return {"backend": engine.choice.backend, "profile": engine.profile.name,
+            "artifact_sha256": engine.artifact.digest}
+
+
+def _kv_bytes_per_token(engine: Engine) -> int:
+    try:
+        return kv_bytes_per_token(engine.artifact.manifest, engine.choice.artifact_format)
+    except (KeyError, TypeError, ValueError):  # a manifest without cache layout: no bytes metric
+        return 0
 
 
 class _Job:
-    def __init__(self, engine: Engine, opts: JobOptions, out: OutputLog):
-        self.engine, self.opts, self.out = engine, opts, out
+    def __init__(self, engine: Engine, opts: JobOptions, out: OutputLog,
+                 metrics: MetricsPublisher | None = None):
+        self.engine, self.opts, self.out, self.metrics = engine, opts, out, metrics
         self.stats = JobStats()
         self.stop = _Stop()
         self.failed_fast = False
@@ -118,12 +134,16 @@ class _Job:
         try:
             with _signals(stop):
                 progress.start()
+                if self.metrics is not None:
+                    self.metrics.start(JobView(stats, intake.total, metric_labels(engine),
+                                               _kv_bytes_per_token(engine)))
                 try:
                     events = engine.run(self._requests(intake), opts.batch_size,
                                         should_stop=lambda: stop.requested or self.failed_fast)
                     for event in events:
                         if isinstance(event, gen.TokenEvent):
                             stats.tokens += 1
+                            stats.cached_tokens += 1
                         elif isinstance(event, gen.Finished):
                             self._write_result(event)
                         if stop.requested:
@@ -133,6 +153,9 @@ class _Job:
                 stats.interrupted = stop.requested
                 out.finish()
         finally:
+            stats.ended = True
+            if self.metrics is not None:
+                self.metrics.stop()
             progress.stop()
             intake.close()
         stats.input_note = intake.stopped_reason
@@ -174,6 +197,7 @@ class _Job:
             req = self._to_request(rec, digest)
             if req is not None:
                 self.stats.in_flight += 1
+                self.stats.cached_tokens += len(req.prompt_ids)
                 yield req
 
     def _fail(self, line: int, rid, error: str, field: str | None = None) -> None:
@@ -227,8 +251,9 @@ class _Job:
         self.out.write(record)
         stats.in_flight -= 1
         # Token events of this sequence: its tokens, and the EOS that ended it (not kept).
-        stats.settled_tokens += len(c.token_ids) + (done.finish_reason == "stop"
-                                                     and done.stop_text is None)
+        events = len(c.token_ids) + (done.finish_reason == "stop" and done.stop_text is None)
+        stats.settled_tokens += events
+        stats.cached_tokens -= c.prompt_tokens + events
         stats.ok += 1
         stats.prompt_tokens += c.prompt_tokens
         stats.generated_tokens += len(c.token_ids)

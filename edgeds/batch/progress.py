@@ -46,9 +46,17 @@ class JobStats:
     ttfts: list[float] = field(default_factory=list)
     interrupted: bool = False
     input_note: str | None = None  # why the input was not read to its end, if it was not
+    cached_tokens: int = 0  # tokens the running sequences hold in the KV cache
+    # Set by the prefix cache (issue 12) when a prompt reuses a cached prefix; None: no cache.
+    prefix_cache_hits: int | None = None
+    prefix_cache_hit_tokens: int | None = None
+    ended: bool = False
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started
 
     def summary(self) -> dict:
-        elapsed = time.perf_counter() - self.started
+        elapsed = self.elapsed_s()
 
         def pct(values: list[float]) -> dict:
             if not values:

@@ -33,6 +33,12 @@ def command(
     fail_fast: Annotated[bool, typer.Option(help="Stop at the first failed record.")] = False,
     timings: Annotated[bool, typer.Option(help="Write latency_s per record (off: byte-identical reruns).")] = True,
     metrics: Annotated[str | None, typer.Option(help="Write the summary as JSON here.")] = None,
+    prometheus_file: Annotated[str | None, typer.Option(
+        help="Prometheus text-format metrics, rewritten every 5 s (node_exporter textfile).")] = None,
+    prometheus_port: Annotated[int | None, typer.Option(
+        help="Serve Prometheus metrics on /metrics at this port (needs edgeds[metrics]).")] = None,
+    prometheus_host: Annotated[str, typer.Option(
+        help="Address --prometheus-port listens on.")] = "127.0.0.1",
     profile: Annotated[str | None, typer.Option(help="Profile name (default: detected).")] = None,
     backend: Annotated[str | None, typer.Option(help="native | onnxruntime | openvino.")] = None,
     device: Annotated[str | None, typer.Option(help="Execution provider or OpenVINO device.")] = None,
@@ -56,9 +62,11 @@ def command(
     Examples:
       edgeds infer --input prompts.jsonl --output results.jsonl
       edgeds infer r1-1.5b-int8 -i prompts.jsonl -o results.jsonl --max-new-tokens 512
+      edgeds infer r1-1.5b-int8 -i p.jsonl -o r.jsonl --prometheus-file /var/lib/node/edgeds.prom
     """
     from ..batch import JobOptions, run_job
     from ..batch.job import open_output
+    from ..batch.metrics import MetricsPublisher
     from ..batch.progress import format_summary
     from ..default_model import default_artifact
     from ..engine import load
@@ -72,10 +80,13 @@ def command(
         defaults = SamplingParams(max_new_tokens, temperature, top_k, top_p, min_p,
                                   repetition_penalty, seed, tuple(stop or ()))
         defaults.validate()
-        _check_arguments(input, output, input_format, batch_size, threads, max_line_bytes, metrics)
+        _check_arguments(input, output, input_format, batch_size, threads, max_line_bytes, metrics,
+                         prometheus_file, prometheus_port)
         opts = JobOptions(input, output, defaults, input_format == "text", batch_size or None,
                           truncate, overwrite, fail_fast, timings, max_line_bytes)
-        with open_output(opts) as out:  # locked: a second job on this output stops here
+        # locked: a second job on this output stops here; a port in use, before the model loads
+        with open_output(opts) as out, \
+                MetricsPublisher(prometheus_file, prometheus_port, prometheus_host) as publisher:
             if artifact is None:
                 artifact = str(default_artifact())
                 typer.echo("edgeds: no model given; using the embedded default model "
@@ -94,7 +105,7 @@ def command(
                            f"{engine.cap_reason()}", err=True)
             if out.resumable:
                 typer.echo(f"edgeds: resuming {output}: {out.resumable} records in it", err=True)
-            stats = run_job(engine, opts, out)
+            stats = run_job(engine, opts, out, metrics=publisher)
         summary = stats.summary()
         typer.echo(format_summary(summary), err=True)
         if stats.input_note:
@@ -115,7 +126,8 @@ def _interrupt(*_):
 
 
 def _check_arguments(input: str | None, output: str, input_format: str, batch_size: int,
-                     threads: int, max_line_bytes: int, metrics: str | None) -> None:
+                     threads: int, max_line_bytes: int, metrics: str | None,
+                     prometheus_file: str | None = None, prometheus_port: int | None = None) -> None:
     from ..engine import check_threads
 
     if input is None:
@@ -127,12 +139,15 @@ def _check_arguments(input: str | None, output: str, input_format: str, batch_si
     check_threads(threads)  # before the output is touched; the same rule edgeds.load applies
     if max_line_bytes < 1:
         raise ValueError(f"--max-line-bytes must be >= 1, not {max_line_bytes}")
+    if prometheus_port is not None and not 0 < prometheus_port < 65536:
+        raise ValueError(f"--prometheus-port must be 1 to 65535, not {prometheus_port}")
     if input != "-":
         if Path(input).is_dir():
             raise ValueError(f"input '{input}' is a folder, not a file")
         if not Path(input).exists():
             raise ValueError(f"input file '{input}' does not exist")
-    for name, path in (("output", output), ("metrics", metrics)):
+    for name, path in (("output", output), ("metrics", metrics),
+                       ("prometheus-file", prometheus_file)):
         if path in (None, "-"):
             continue
         p = Path(path)
