@@ -14,7 +14,7 @@ def test_version():
     assert r.exit_code == 0 and r.output.strip() == f"edgeds {edgeds.__version__}"
 
 
-@pytest.mark.parametrize("command", ["export", "infer", "doctor", "bench"])
+@pytest.mark.parametrize("command", ["export", "infer", "doctor", "bench", "compare"])
 def test_examples_are_shown_line_by_line(command):
     r = CliRunner().invoke(app, [command, "--help"], terminal_width=100)
     assert r.exit_code == 0

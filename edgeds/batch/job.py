@@ -8,7 +8,9 @@ template), keeping every record written; the same command resumes it.
 
 from __future__ import annotations
 
+import platform
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,11 +92,38 @@ def open_output(opts: JobOptions) -> OutputLog:
 def job_settings(engine: Engine, opts: JobOptions) -> dict:
     """What the job ran with (OUT.job.json); records carry their own request digests."""
     d = opts.defaults
-    return {"artifact_sha256": engine.artifact.digest, "input": opts.input,
+    return {"artifact_sha256": engine.artifact.digest, "artifact": str(engine.artifact.root),
+            "input": opts.input,
             "input_format": "text" if opts.text_format else "jsonl", "context": engine.context,
             "max_new_tokens": d.max_new_tokens, "temperature": d.temperature, "top_p": d.top_p,
             "top_k": d.top_k, "min_p": d.min_p, "repetition_penalty": d.repetition_penalty,
-            "seed": d.seed, "stop": list(d.stop), "truncate": opts.truncate}
+            "seed": d.seed, "stop": list(d.stop), "truncate": opts.truncate,
+            "command": list(sys.argv), "versions": versions(),
+            "engine": {k: v for k, v in engine.describe().items()
+                       if k not in ("reasons", "advice")}}
+
+
+def versions() -> dict[str, str]:
+    """edgeds', Python's and the runtime libraries' versions (for an audit of the output)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import __version__
+
+    out = {"edgeds": __version__, "python": platform.python_version()}
+    for name in ("numpy", "onnxruntime", "tokenizers", "openvino"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def record_settings(params: SamplingParams) -> dict:
+    """The settings a record was generated with, its own seed included (its audit trail)."""
+    return {"max_new_tokens": params.max_new_tokens, "temperature": params.temperature,
+            "top_p": params.top_p, "top_k": params.top_k, "min_p": params.min_p,
+            "repetition_penalty": params.repetition_penalty, "stop": list(params.stop),
+            "seed": params.seed}
 
 
 def run_job(engine: Engine, opts: JobOptions, out: OutputLog | None = None,
@@ -122,6 +151,7 @@ class _Job:
     def __init__(self, engine: Engine, opts: JobOptions, out: OutputLog,
                  metrics: MetricsPublisher | None = None):
         self.engine, self.opts, self.out, self.metrics = engine, opts, out, metrics
+        self.artifact_digest = engine.artifact.digest  # of the manifest loaded, read once
         self.stats = JobStats()
         self.stop = _Stop()
         self.failed_fast = False
@@ -233,11 +263,11 @@ class _Job:
                 return None
             keep = max(engine.context - rec.params.max_new_tokens, engine.context // 2)
             ids = np.ascontiguousarray(ids[-keep:])
-        return gen.Request((rec.line, rec.id, digest), ids, rec.params)
+        return gen.Request((rec.line, rec.id, digest, rec.params), ids, rec.params)
 
     def _write_result(self, done: gen.Finished) -> None:
         engine, stats = self.engine, self.stats
-        line, rid, digest = done.key
+        line, rid, digest, params = done.key
         c = engine.complete(done)
         record = {"id": rid, "text": c.text}
         if engine.tokenizer.reasoning:
@@ -246,8 +276,13 @@ class _Job:
         record["usage"] = {"prompt_tokens": c.prompt_tokens, "completion_tokens": len(c.token_ids)}
         if self.opts.timings:
             record["latency_s"] = round(done.latency_s, 4)
+            record["ttft_s"] = round(done.ttft_s, 4)
         record["line"] = line
         record["request_digest"] = digest
+        # What an audit needs beside the digest: which model, which backend, which settings.
+        record["artifact_sha256"] = self.artifact_digest
+        record["backend"] = engine.choice.backend
+        record["settings"] = record_settings(params)
         self.out.write(record)
         stats.in_flight -= 1
         # Token events of this sequence: its tokens, and the EOS that ended it (not kept).

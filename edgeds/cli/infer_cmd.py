@@ -34,9 +34,11 @@ def command(
     timings: Annotated[bool, typer.Option(help="Write latency_s per record (off: byte-identical reruns).")] = True,
     metrics: Annotated[str | None, typer.Option(help="Write the summary as JSON here.")] = None,
     prometheus_file: Annotated[str | None, typer.Option(
-        help="Prometheus text-format metrics, rewritten every 5 s (node_exporter textfile).")] = None,
+        help="Prometheus text-format metrics, rewritten every 5 s (node_exporter textfile).",
+        show_default=False)] = None,
     prometheus_port: Annotated[int | None, typer.Option(
-        help="Serve Prometheus metrics on /metrics at this port (needs edgeds[metrics]).")] = None,
+        help="Serve Prometheus metrics on /metrics at this port (needs edgeds[metrics]).",
+        show_default=False)] = None,
     prometheus_host: Annotated[str, typer.Option(
         help="Address --prometheus-port listens on.")] = "127.0.0.1",
     profile: Annotated[str | None, typer.Option(help="Profile name (default: detected).")] = None,
@@ -48,8 +50,9 @@ def command(
 
     Input lines: {"id": ..., "prompt": "..."} or {"id": ..., "messages": [...]}, with optional
     max_new_tokens, temperature, top_p, top_k, min_p, repetition_penalty, stop, seed.
-    Output lines: id, text, reasoning (R1 models), finish_reason, usage, latency_s, line,
-    request_digest; or id, line, field, error.
+    Output lines: id, text, reasoning (R1 models), finish_reason, usage, latency_s, ttft_s,
+    line, request_digest, artifact_sha256, backend, settings (seed included); or id, line,
+    field, error. OUTPUT.job.json: the job's settings, command line and versions.
     Rerunning the same command resumes: a record is kept when its id and request (prompt,
     settings, model) are unchanged; changed ones are redone (the old record moves to
     OUTPUT.replaced.jsonl) and failed ones retried. One process writes an output at a time.
@@ -127,7 +130,8 @@ def _interrupt(*_):
 
 def _check_arguments(input: str | None, output: str, input_format: str, batch_size: int,
                      threads: int, max_line_bytes: int, metrics: str | None,
-                     prometheus_file: str | None = None, prometheus_port: int | None = None) -> None:
+                     prometheus_file: str | None = None,
+                     prometheus_port: int | None = None) -> None:
     from ..engine import check_threads
 
     if input is None:

@@ -69,9 +69,9 @@ def _help(doc: str) -> str:
 
 
 def _register() -> None:
-    from . import bench_cmd, doctor_cmd, export_cmd, infer_cmd
+    from . import bench_cmd, compare_cmd, doctor_cmd, export_cmd, infer_cmd
 
-    for module in (export_cmd, infer_cmd, doctor_cmd, bench_cmd):
+    for module in (export_cmd, infer_cmd, doctor_cmd, bench_cmd, compare_cmd):
         app.command(module.NAME, help=_help(module.command.__doc__ or ""))(user_errors(module.command))
 
 
