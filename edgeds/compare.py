@@ -10,6 +10,7 @@ own run (request latencies, TTFTs, generated tokens over the run's wall time).
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -36,23 +37,21 @@ class Prompt:
 def check_comparable(a: Artifact, b: Artifact) -> list[str]:
     """Refuse artifacts whose token ids do not mean the same thing; return notes (not refusals)
     on what else differs."""
-    ma = {k: v for k, v in a.model.items() if k not in _MAY_DIFFER}
-    mb = {k: v for k, v in b.model.items() if k not in _MAY_DIFFER}
-    if ma != mb:
-        diff = sorted(k for k in ma.keys() | mb.keys() if ma.get(k) != mb.get(k))
+    diff = [f.name for f in dataclasses.fields(a.model) if f.name not in _MAY_DIFFER
+            and getattr(a.model, f.name) != getattr(b.model, f.name)]
+    if diff:
         raise ConfigError(f"{a.root} and {b.root} are exports of different models "
                           f"(they differ in {', '.join(diff)}); compare two exports of one model")
     for role in ("file", "chat_template"):
-        na, nb = a.manifest["tokenizer"].get(role), b.manifest["tokenizer"].get(role)
-        ha = a.manifest.get("files", {}).get(na, {}).get("sha256") if na else None
-        hb = b.manifest.get("files", {}).get(nb, {}).get("sha256") if nb else None
+        na, nb = getattr(a.manifest.tokenizer, role), getattr(b.manifest.tokenizer, role)
+        ha = a.manifest.files[na].sha256 if na in a.manifest.files else None
+        hb = b.manifest.files[nb].sha256 if nb in b.manifest.files else None
         if ha != hb:
             what = "tokenizer" if role == "file" else "chat template"
             raise ConfigError(f"{a.root} and {b.root} have different {what}s; their outputs "
                               "are not comparable token by token")
     notes = []
-    sa = a.manifest.get("source", {}).get("files", {})
-    sb = b.manifest.get("source", {}).get("files", {})
+    sa, sb = a.manifest.source.files, b.manifest.source.files
     weights = {k for k in sa.keys() | sb.keys() if k.endswith(".safetensors")}
     if any(sa.get(k) != sb.get(k) for k in weights):
         notes.append("the two were exported from different weights (same architecture)")

@@ -91,22 +91,24 @@ def test_artifacts_of_different_models_are_refused(exports, artifacts, tmp_path)
     assert "Traceback" not in r.stderr and not (tmp_path / "c.json").exists()
 
 
-def test_a_different_tokenizer_is_refused_and_other_weights_are_a_note():
-    from edgeds.artifact import Artifact
+def test_a_different_tokenizer_is_refused_and_other_weights_are_a_note(exports):
+    from dataclasses import replace
+
+    from edgeds.artifact import Artifact, load_artifact
     from edgeds.compare import check_comparable
     from edgeds.errors import ConfigError
 
-    def art(tok_hash, weights_hash):
-        model = {"model_type": "qwen2", "vocab_size": 8, "context_length": 9}
-        return Artifact(REPO, {"model": model,
-                               "tokenizer": {"file": "tokenizer.json"},
-                               "files": {"tokenizer.json": {"sha256": tok_hash}},
-                               "source": {"files": {"model.safetensors": weights_hash}}})
-
-    assert check_comparable(art("t", "w"), art("t", "w")) == []
-    assert "different weights" in check_comparable(art("t", "w"), art("t", "v"))[0]
+    a = load_artifact(exports / "int8", verify=False)
+    m = a.manifest
+    assert check_comparable(a, load_artifact(exports / "fp32", verify=False)) == []
+    files = dict(m.source.files)
+    weights = next(k for k in files if k.endswith(".safetensors"))
+    other_weights = replace(m, source=replace(m.source, files={**files, weights: "0" * 64}))
+    assert "different weights" in check_comparable(a, Artifact(a.root, other_weights))[0]
+    tok = m.tokenizer.file
+    other_tok = replace(m, files={**m.files, tok: replace(m.files[tok], sha256="0" * 64)})
     with pytest.raises(ConfigError, match="different tokenizers"):
-        check_comparable(art("t", "w"), art("u", "w"))
+        check_comparable(a, Artifact(a.root, other_tok))
 
 
 def test_the_png_writer_without_matplotlib_writes_a_valid_image(tmp_path):

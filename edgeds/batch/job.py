@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import generate as gen
 from ..engine import Engine
-from ..memory_budget import kv_bytes_per_token
+from ..errors import EdgedsError
 from ..sampling import SamplingParams
 from .digest import request_digest
 from .intake import END, NOT_READY, Intake
@@ -142,8 +142,8 @@ def metric_labels(engine: Engine) -> dict[str, str]:
 
 def _kv_bytes_per_token(engine: Engine) -> int:
     try:
-        return kv_bytes_per_token(engine.artifact.manifest, engine.choice.artifact_format)
-    except (KeyError, TypeError, ValueError):  # a manifest without cache layout: no bytes metric
+        return engine.artifact.manifest.kv_layout(engine.choice.artifact_format).bytes_per_token
+    except (KeyError, TypeError, ValueError, EdgedsError):  # no cache layout: no bytes metric
         return 0
 
 
