@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import checksum_stamps
+from . import checksum_stamps, prefix_cache
 from .artifact import load_artifact
 from .backends import installed_backends
 from .errors import EdgedsError
@@ -28,6 +28,9 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
     except EdgedsError as exc:
         report["choice"] = {"error": str(exc)}
     report["reasons"] = reasons
+    if choice is not None:
+        why = prefix_cache.unsupported(choice.backend)
+        report["prefix_cache"] = why or "yes: whole blocks of shared prompt prefixes are reused"
     stamps = checksum_stamps.stamp_folder()
     report["checksum_stamps"] = str(stamps) if stamps else None
     if art is not None:
@@ -65,6 +68,7 @@ def format_report(r: dict) -> str:
         "choice: " + ", ".join(f"{k}={v}" for k, v in r["choice"].items()),
         "why:",
         *[f"  {x}" for x in r["reasons"]],
+        *([f"prefix cache: {r['prefix_cache']}"] if "prefix_cache" in r else []),
         (f"checksums: a file is hashed at load until it matches, then stamped in {r['checksum_stamps']} "
          "(EDGEDS_VERIFY=always hashes at every load)" if r["checksum_stamps"]
          else "checksums: every file hashed at every load"),

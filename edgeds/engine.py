@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from . import generate as gen
+from . import prefix_cache
 from .artifact import Artifact, load_artifact
 from .backends.base import Backend
 from .default_model import default_artifact
 from .errors import ConfigError
 from . import tensorrt
 from .hardware import Hardware, detect
-from .memory_budget import largest_batch, weight_bytes
+from .memory_budget import kv_budget, largest_batch, weight_bytes
 from .profiles import Profile, choose_profile, load_profiles
 from .sampling import SamplingParams
 from .selection import Choice, choose_backend
@@ -60,6 +61,22 @@ class Engine:
         self.batch_size = self.batch_for(profile.runtime.batch_size)
         if self.batch_size < profile.runtime.batch_size:
             self.reasons.append(f"batch {profile.runtime.batch_size} -> {self.batch_size}: {self.cap_reason()}")
+        self.prefix: prefix_cache.PrefixCache | None = None
+
+    def enable_prefix_cache(self, store=None,
+                            block_tokens: int = prefix_cache.BLOCK_TOKENS) -> str | None:
+        """Reuse prompt prefixes' cache rows (and keep them in `store`, a PrefixStore, if given);
+        returns why not where this backend cannot. The memory budget: half of what the batch's
+        full-context caches leave beside the weights, at most prefix_cache.MEMORY_CAP."""
+        if not prefix_cache.supported(self.backend):
+            return prefix_cache.unsupported(self.choice.backend) or "no prefix cache here"
+        per_token = self.artifact.manifest.kv_layout(self.choice.artifact_format).bytes_per_token
+        left = kv_budget(self.hardware.memory_bytes, self.weight_bytes) - (
+            per_token * self.batch_size * self.context)
+        budget = int(min(max(left / 2, 0), prefix_cache.MEMORY_CAP))
+        root = prefix_cache.namespace(self.artifact.digest, self.backend.cache_layout, block_tokens)
+        self.prefix = prefix_cache.PrefixCache(root, block_tokens, budget, store)
+        return None
 
     def batch_for(self, requested: int | None) -> int:
         return min(requested or self.batch_size, self.max_batch)
@@ -84,7 +101,7 @@ class Engine:
     def run(self, requests: Iterable[gen.Request], batch_size: int | None = None,
             stats: gen.StepStats | None = None, should_stop=None) -> Iterator[gen.TokenEvent | gen.Finished]:
         return gen.run(self.backend, requests, self.batch_for(batch_size), self.context,
-                       self.eos_ids, self.tokenizer.decode, stats, should_stop)
+                       self.eos_ids, self.tokenizer.decode, stats, should_stop, self.prefix)
 
     def complete(self, done: gen.Finished) -> Completion:
         text = self.tokenizer.decode(done.token_ids)
@@ -131,9 +148,12 @@ class Engine:
 
 
 def load(artifact: str | Path | None = None, profile: str | None = None, backend: str | None = None,
-         device: str | None = None, threads: int | None = None, verify: bool = True) -> Engine:
+         device: str | None = None, threads: int | None = None, verify: bool = True,
+         prefix_cache: bool = True) -> Engine:
     """Open an artifact folder (None: the embedded default model) and pick profile, backend and
     provider for this machine. `threads`: 1 to this machine's CPU count; None or 0: the profile's.
+    `prefix_cache`: reuse the cache rows of prompt prefixes within this engine (native backends;
+    `Engine.enable_prefix_cache` with a PrefixStore keeps them on disk).
 
     The files the chosen backend reads are checked against their sha256, and the tokenizer is
     read, while the backend loads (all three release the GIL): load time is the backend's
@@ -153,7 +173,10 @@ def load(artifact: str | Path | None = None, profile: str | None = None, backend
         finally:
             if check is not None:
                 check.result()  # raises ArtifactError on a mismatch, before anything runs
-        return Engine(art, prof, choice, hw, reasons, tokenizer.result(), runner)
+        engine = Engine(art, prof, choice, hw, reasons, tokenizer.result(), runner)
+    if prefix_cache:
+        engine.enable_prefix_cache()
+    return engine
 
 
 def check_threads(threads: int | None) -> None:

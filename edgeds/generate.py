@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import prefix_cache
 from .backends.base import Backend
 from .sampling import SamplingParams, sample_token
 
@@ -78,7 +79,11 @@ def run(
     decode_text: Callable[[list[int]], str] | None = None,
     stats: StepStats | None = None,
     should_stop: Callable[[], bool] | None = None,
+    prefix: prefix_cache.PrefixCache | None = None,
 ) -> Iterator[TokenEvent | Finished]:
+    """prefix: reuse the cache rows of prompt prefixes through it (backends that support it)."""
+    if prefix is not None and not prefix_cache.supported(backend):
+        prefix = None
     pending = iter(requests)
     exhausted = False
     slots: list[_Sequence | None] = [None] * batch_size
@@ -136,7 +141,11 @@ def run(
                     backend.grow(needed)
                     allocated = needed
                 t0 = time.perf_counter()
-                logits = backend.prefill(free[: len(new)], [r.prompt_ids for r in new])
+                prompts = [r.prompt_ids for r in new]
+                if prefix is None:
+                    logits = backend.prefill(free[: len(new)], prompts)
+                else:
+                    logits = prefix_cache.prefill(backend, prefix, free[: len(new)], prompts)
                 now = time.perf_counter()
                 stats.prefill_s.append(now - t0)
                 for i, req, row in zip(free, new, logits):

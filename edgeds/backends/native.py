@@ -85,6 +85,8 @@ class NativeBackend:
     name = "native"
     device = "cpu"
     supports_refill = True
+    supports_prefix_cache = True
+    kv_token_axis = 3  # of kv_rows' [k|v, layers, kv_heads, tokens, head_dim]
 
     def __init__(self, artifact: Artifact, threads: int, use_amx: bool = True):
         """use_amx: take the AMX tiles where the CPU and kernel grant them (elsewhere the request
@@ -228,17 +230,41 @@ class NativeBackend:
         if rc != 0:
             raise ValueError("native backend: a model not completely loaded, or counts out of range")
 
-    def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False) -> np.ndarray:
+    @property
+    def cache_layout(self) -> str:
+        """What a row of kv_rows holds, for the prefix cache's keys."""
+        return (f"native-dense:{np.dtype(self.cache_dtype).name}:k,v[{self.layers},{self.kv_heads},"
+                f"tokens,{self.head_dim}]")
+
+    def kv_rows(self, slot: int, start: int, stop: int) -> np.ndarray:
+        """A copy of positions [start, stop) of a slot's cache."""
+        return np.stack([self.k[:, slot, :, start:stop], self.v[:, slot, :, start:stop]])
+
+    def load_kv(self, slot: int, start: int, rows: np.ndarray) -> None:
+        """Write rows (as kv_rows gives them) at positions start.. of a slot's cache."""
+        stop = start + rows.shape[self.kv_token_axis]
+        if stop > self.capacity:
+            raise ValueError("cached rows past the cache capacity")
+        self.k[:, slot, :, start:stop] = rows[0]
+        self.v[:, slot, :, start:stop] = rows[1]
+
+    def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False,
+                starts: list[int] | None = None) -> np.ndarray:
+        """starts[i]: positions of prompt i already in its slot's cache (load_kv), not computed."""
+        starts = [0] * len(prompts) if starts is None else starts
         if any(len(p) > self.capacity for p in prompts):
             raise ValueError("prompt longer than the cache capacity")
         if any(len(p) == 0 for p in prompts):
             raise ValueError("an empty prompt")
         if len(set(slots)) != len(slots):
             raise ValueError("a slot given twice in one prefill")
-        ids = np.concatenate([np.asarray(p, np.int64) for p in prompts])
-        row_slot = np.repeat(np.asarray(slots, np.int32), [len(p) for p in prompts])
-        positions = np.concatenate([np.arange(len(p), dtype=np.int32) for p in prompts])
-        ends = np.cumsum([len(p) for p in prompts]) - 1
+        if every_position and any(starts) or any(not 0 <= s < len(p) for p, s in zip(prompts, starts)):
+            raise ValueError("a prompt start outside the prompt (its last token is computed)")
+        pairs = list(zip(prompts, starts))
+        ids = np.concatenate([np.asarray(p[s:], np.int64) for p, s in pairs])
+        row_slot = np.repeat(np.asarray(slots, np.int32), [len(p) - s for p, s in pairs])
+        positions = np.concatenate([np.arange(s, len(p), dtype=np.int32) for p, s in pairs])
+        ends = np.cumsum([len(p) - s for p, s in pairs]) - 1
         wanted = np.arange(len(ids)) if every_position else ends
         out = np.empty((len(wanted), self.vocab_size), np.float32)
         # Calls of PREFILL_ROWS rows; a prompt may straddle two, its later rows attending to what

@@ -208,6 +208,21 @@ class NativeMlaBackend(NativeBackend):
         self._slot_ids = np.arange(batch_size, dtype=np.int32)
         self._positions = np.zeros(batch_size, np.int32)
 
+    kv_token_axis = 1  # of kv_rows' [layers, tokens, latent]
+
+    @property
+    def cache_layout(self) -> str:
+        return f"native-mla:float32:latent[{self.layers},tokens,{self.latent_dim}]"
+
+    def kv_rows(self, slot: int, start: int, stop: int) -> np.ndarray:
+        return self.latent[:, slot, start:stop].copy()
+
+    def load_kv(self, slot: int, start: int, rows: np.ndarray) -> None:
+        stop = start + rows.shape[self.kv_token_axis]
+        if stop > self.capacity:
+            raise ValueError("cached rows past the cache capacity")
+        self.latent[:, slot, start:stop] = rows
+
     def grow(self, capacity: int) -> None:
         if capacity <= self.capacity:
             return

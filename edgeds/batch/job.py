@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +161,7 @@ class _Job:
         out.start(job_settings(engine, opts))
         intake = Intake(opts.input, opts.max_line_bytes)
         progress = Progress(intake.total, stats, opts.defaults.max_new_tokens, progress_stream)
+        prefix_before = replace(engine.prefix.stats) if engine.prefix else None
         try:
             with _signals(stop):
                 progress.start()
@@ -189,6 +190,8 @@ class _Job:
             progress.stop()
             intake.close()
         stats.input_note = intake.stopped_reason
+        if prefix_before is not None:
+            stats.prefix_cache = engine.prefix.stats.since(prefix_before).summary()
         return stats
 
     def _requests(self, intake: Intake) -> Iterator[gen.Request | None]:

@@ -54,6 +54,7 @@ class JobStats:
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started
+    prefix_cache: dict | None = None  # PrefixStats.summary() of this job; None: cache off
 
     def summary(self) -> dict:
         elapsed = self.elapsed_s()
@@ -77,6 +78,7 @@ class JobStats:
             "ttft_s": pct(self.ttfts),
             "peak_rss_mib": round(peak_rss_bytes() / 2**20, 1),
             "interrupted": self.interrupted,
+            "prefix_cache": self.prefix_cache,
         }
 
 
@@ -151,6 +153,9 @@ def format_summary(s: dict) -> str:
         ("latency P50/P90/P99", ms(s["latency_s"])),
         ("time to first token P50/P90/P99", ms(s["ttft_s"])),
         ("peak RSS", f"{s['peak_rss_mib']} MiB"),
+        *([("prefix cache hits / lookups", f"{p['hits']} / {p['lookups']}"),
+           ("prompt tokens reused", f"{p['tokens_reused']} (prefill ~{p['prefill_s_saved_est']} s "
+                                    "saved)")] if (p := s.get("prefix_cache")) else []),
         ("elapsed", f"{s['elapsed_s']} s"),
     ]
     width = max(len(k) for k, _ in rows)

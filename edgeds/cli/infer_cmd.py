@@ -45,6 +45,9 @@ def command(
     backend: Annotated[str | None, typer.Option(help="native | onnxruntime | openvino.")] = None,
     device: Annotated[str | None, typer.Option(help="Execution provider or OpenVINO device.")] = None,
     threads: Annotated[int, typer.Option(help="Threads (default: the profile's).")] = 0,
+    no_prefix_cache: Annotated[bool, typer.Option(
+        "--no-prefix-cache", help="Prefill every prompt whole (default: reuse shared prefixes' "
+        "KV cache blocks within the job, native backends).")] = False,
 ):
     """Run every prompt of a JSONL file through a model, resumably.
 
@@ -95,7 +98,7 @@ def command(
                 typer.echo("edgeds: no model given; using the embedded default model "
                            f"({artifact})", err=True)
             engine = load(artifact, profile=profile, backend=backend, device=device,
-                          threads=threads or None)
+                          threads=threads or None, prefix_cache=not no_prefix_cache)
             d = engine.describe()
             batch = engine.batch_for(batch_size or None)
             typer.echo(f"edgeds: profile {d['profile']}, backend {d['backend']} "

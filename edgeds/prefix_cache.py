@@ -1,0 +1,226 @@
+"""The prefix KV cache: the cache rows of prompt prefixes, kept in blocks and reused.
+
+A prompt is cut into blocks of `block_tokens` tokens. Block i is keyed by a hash chained over
+every token up to its end and over a namespace (the artifact's digest, the backend's cache layout
+and dtype, the layout version): two prompts that share a key share every token before it, so its
+rows (which depend on those tokens alone) are the same, bit for bit, on the backend that computed
+them. A sequence reuses every whole block it shares with the cache and prefills only the rest,
+always at least its last token (whose logits it needs).
+
+Blocks are reference counted by the blocks chained after them and evicted least recently used
+within a byte budget, leaves first, so a chain never loses its head while its tail stays. With a
+`PrefixStore` (prefix_store.py) blocks missing here are read from disk and new ones written
+there for later runs.
+
+The generate loop calls `prefill`; the rows are opaque arrays the backend gives and takes back
+(`kv_rows`, `load_kv`), so this module knows no cache layout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+LAYOUT_VERSION = 1  # of a block's key and contents; a change makes every stored block foreign
+BLOCK_TOKENS = 32
+MEMORY_CAP = 2 << 30  # the in-memory cache never takes more than this by default
+
+
+def namespace(artifact_digest: str, cache_layout: str, block_tokens: int) -> bytes:
+    """The root of every key: blocks of other weights, layouts or block sizes never match."""
+    spec = {"artifact": artifact_digest, "layout": cache_layout, "block_tokens": block_tokens,
+            "version": LAYOUT_VERSION}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).digest()
+
+
+def block_keys(root: bytes, ids: np.ndarray, block_tokens: int) -> list[str]:
+    """The chained key of each whole block of `ids`."""
+    keys, h = [], root
+    tokens = np.asarray(ids, "<i8")
+    for start in range(0, len(tokens) - block_tokens + 1, block_tokens):
+        h = hashlib.sha256(h + tokens[start:start + block_tokens].tobytes()).digest()
+        keys.append(h.hex())
+    return keys
+
+
+@dataclass
+class PrefixStats:
+    lookups: int = 0  # sequences prefilled with the cache on
+    hits: int = 0  # of those, the ones that reused at least one block
+    tokens_reused: int = 0  # prompt tokens not prefilled
+    tokens_prefilled: int = 0  # prompt tokens computed
+    prefill_s: float = 0.0  # time of those prefill calls (copies included)
+    disk_hits: int = 0  # blocks read from the store
+    blocks_written: int = 0  # blocks written to the store
+    evicted: int = 0  # blocks dropped from memory for the budget
+
+    def saved_s(self) -> float:
+        """Prefill time the reused tokens would have cost, at this job's own prefill rate."""
+        if not self.tokens_prefilled:
+            return 0.0
+        return self.tokens_reused * self.prefill_s / self.tokens_prefilled
+
+    def since(self, before: PrefixStats) -> PrefixStats:
+        return PrefixStats(*(getattr(self, f) - getattr(before, f)
+                             for f in self.__dataclass_fields__))
+
+    def summary(self) -> dict:
+        return {"lookups": self.lookups, "hits": self.hits, "tokens_reused": self.tokens_reused,
+                "tokens_prefilled": self.tokens_prefilled,
+                "prefill_s_saved_est": round(self.saved_s(), 3), "disk_blocks_read": self.disk_hits,
+                "disk_blocks_written": self.blocks_written, "evicted_blocks": self.evicted}
+
+
+@dataclass
+class _Block:
+    rows: np.ndarray
+    parent: str | None
+    children: int = 0  # blocks chained after this one that are held here
+
+
+@dataclass
+class PrefixCache:
+    root: bytes
+    block_tokens: int = BLOCK_TOKENS
+    budget_bytes: int = MEMORY_CAP
+    store: object | None = None  # a PrefixStore, or None: this process only
+    stats: PrefixStats = field(default_factory=PrefixStats)
+
+    def __post_init__(self):
+        if self.block_tokens < 1:
+            raise ValueError(f"prefix cache blocks of {self.block_tokens} tokens")
+        self.blocks: OrderedDict[str, _Block] = OrderedDict()  # least recently used first
+        self.bytes = 0
+
+    def lookup(self, ids: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
+        """Keys of every whole block of `ids`, and the rows of its longest cached head (never the
+        block holding the last token: that one is prefilled for its logits)."""
+        keys = block_keys(self.root, ids, self.block_tokens)
+        usable = (len(ids) - 1) // self.block_tokens
+        rows = []
+        for i, key in enumerate(keys[:usable]):
+            block = self.blocks.get(key)
+            if block is None and self.store is not None:
+                stored = self.store.read(key)
+                if stored is not None:
+                    self.stats.disk_hits += 1
+                    block = self._add(key, keys[i - 1] if i else None, stored)
+            if block is None:
+                break
+            self.blocks.move_to_end(key)
+            rows.append(block.rows)
+        return keys, rows
+
+    def insert(self, keys: list[str], have: int, rows_of) -> None:
+        """Keep blocks `have`.. of a prefilled sequence; rows_of(i) gives block i's rows."""
+        for i in range(have, len(keys)):
+            if keys[i] in self.blocks:
+                self.blocks.move_to_end(keys[i])
+                continue
+            if i and keys[i - 1] not in self.blocks:
+                return  # its head was evicted meanwhile: a tail alone is never found
+            rows = rows_of(i)
+            if self._add(keys[i], keys[i - 1] if i else None, rows) is None:
+                return
+            if self.store is not None and self.store.write(keys[i], keys[i - 1] if i else None,
+                                                           rows):
+                self.stats.blocks_written += 1
+
+    def _add(self, key: str, parent: str | None, rows: np.ndarray) -> _Block | None:
+        if rows.nbytes > self.budget_bytes:
+            return None
+        while self.bytes + rows.nbytes > self.budget_bytes and self._evict_one():
+            pass
+        if self.bytes + rows.nbytes > self.budget_bytes:
+            return None
+        block = _Block(rows, parent)
+        self.blocks[key] = block
+        self.bytes += rows.nbytes
+        if parent is not None and parent in self.blocks:
+            self.blocks[parent].children += 1
+        else:
+            block.parent = None
+        return block
+
+    def _evict_one(self) -> bool:
+        """Drop the least recently used block no other block chains after."""
+        for key, block in self.blocks.items():
+            if block.children == 0:
+                del self.blocks[key]
+                self.bytes -= block.rows.nbytes
+                if block.parent is not None and block.parent in self.blocks:
+                    self.blocks[block.parent].children -= 1
+                self.stats.evicted += 1
+                return True
+        return False
+
+
+def supported(backend) -> bool:
+    return bool(getattr(backend, "supports_prefix_cache", False))
+
+
+# Why a backend keeps no prefix cache (`edgeds doctor` and the engine say so).
+UNSUPPORTED = {
+    "onnxruntime": "not implemented for onnxruntime yet: its prefill call takes one past length "
+                   "for every prompt of the call, and a GroupQueryAttention prefill over loaded "
+                   "rows was not checked to give the tokens of a prefill from nothing",
+    "openvino": "openvino keeps its cache as state inside the compiled model (ReadValue/Assign) "
+                "and runs waves of slots: there are no rows of one slot to load",
+}
+
+
+def unsupported(backend_name: str) -> str | None:
+    """Why this backend keeps no prefix cache, or None."""
+    if backend_name == "native":
+        return None
+    return UNSUPPORTED.get(backend_name, f"backend {backend_name} cannot load rows into a slot")
+
+
+def prefill(backend, cache: PrefixCache, slots: list[int], prompts: list[np.ndarray]) -> np.ndarray:
+    """`backend.prefill` that reuses cached blocks: last-token logits in the order given.
+
+    Prompts that share blocks with another prompt of this call whose blocks are not cached yet
+    wait for a second call, after the first has cached them: a batch of questions over one
+    document computes the document once, not once per question."""
+    t0 = time.perf_counter()
+    b = cache.block_tokens
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i].tolist())
+    looked = {i: cache.lookup(prompts[i]) for i in order}
+    first, later = [], []
+    for n, i in enumerate(order):
+        shared = 0
+        if n:
+            prev = prompts[order[n - 1]]
+            m = min(len(prev), len(prompts[i]), len(prompts[i]) - 1)
+            diff = np.flatnonzero(prev[:m] != prompts[i][:m])
+            shared = (int(diff[0]) if len(diff) else m) // b
+        (later if shared > len(looked[i][1]) else first).append(i)
+    out = np.empty((len(prompts), backend.vocab_size), np.float32)
+    for group in (first, later):
+        if not group:
+            continue
+        if group is later:
+            looked.update({i: cache.lookup(prompts[i]) for i in group})
+        starts = []
+        for i in group:
+            _, rows = looked[i]
+            if rows:
+                backend.load_kv(slots[i], 0, np.concatenate(rows, axis=backend.kv_token_axis))
+            starts.append(len(rows) * b)
+        logits = backend.prefill([slots[i] for i in group], [prompts[i] for i in group],
+                                 starts=starts)
+        out[group] = logits
+        for i, start in zip(group, starts):
+            keys, rows = looked[i]
+            cache.stats.lookups += 1
+            cache.stats.hits += bool(rows)
+            cache.stats.tokens_reused += start
+            cache.stats.tokens_prefilled += len(prompts[i]) - start
+            cache.insert(keys, len(rows),
+                         lambda k, s=slots[i]: backend.kv_rows(s, k * b, (k + 1) * b))
+    cache.stats.prefill_s += time.perf_counter() - t0
+    return out

@@ -1,0 +1,102 @@
+"""The prefix KV cache (edgeds/prefix_cache.py): chained block keys, eviction, and greedy tokens
+identical with and without it on the native backends."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import edgeds
+from edgeds import generate as gen
+from edgeds import native
+from edgeds.hardware import detect
+from edgeds.prefix_cache import PrefixCache, block_keys, namespace
+from edgeds.sampling import SamplingParams
+
+NO_NATIVE = native.unavailable(detect().flags)
+
+
+def test_keys_chain_over_every_token_before_them():
+    root = namespace("a" * 64, "layout", 4)
+    ids = np.arange(10, 23)
+    keys = block_keys(root, ids, 4)
+    assert len(keys) == 3  # the 13th token is no whole block
+    assert block_keys(root, ids[:8], 4) == keys[:2]
+    changed = ids.copy()
+    changed[1] = 99
+    assert not set(block_keys(root, changed, 4)) & set(keys)  # a token changes every key after
+    same_block_elsewhere = np.concatenate([ids[4:8], ids[4:8]])
+    assert block_keys(root, same_block_elsewhere, 4)[1] != keys[1]
+    for other in (namespace("b" * 64, "layout", 4), namespace("a" * 64, "other", 4)):
+        assert not set(block_keys(other, ids, 4)) & set(keys)
+
+
+class _Rows:
+    """A fake backend's rows: block k of a sequence holds its tokens."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def __call__(self, k):
+        return np.asarray(self.ids[k * 4:(k + 1) * 4], np.float32)
+
+
+def test_eviction_drops_the_least_recently_used_leaf_within_the_budget():
+    cache = PrefixCache(namespace("a" * 64, "fake", 4), 4, budget_bytes=5 * 16)  # 5 blocks
+    a, b = np.arange(0, 13), np.concatenate([np.arange(0, 8), np.arange(50, 55)])
+    keys_a, rows = cache.lookup(a)
+    assert rows == []
+    cache.insert(keys_a, 0, _Rows(a))  # 3 blocks
+    keys_b, rows = cache.lookup(b)
+    assert [r.tolist() for r in rows] == [[0, 1, 2, 3], [4, 5, 6, 7]]  # shares a's first two
+    cache.insert(keys_b, 2, _Rows(b))  # b's third block: 4 in all
+    assert len(cache.blocks) == 4 and cache.bytes == 64
+    c = np.arange(100, 109)
+    keys_c, _ = cache.lookup(c)
+    cache.insert(keys_c, 0, _Rows(c))  # 2 more: one must go, a's tail (the oldest leaf)
+    assert cache.bytes <= cache.budget_bytes and cache.stats.evicted == 1
+    assert keys_a[2] not in cache.blocks
+    assert all(k in cache.blocks for k in keys_a[:2] + keys_b + keys_c)
+    # Heads are never dropped before the blocks chained after them.
+    for key, block in cache.blocks.items():
+        assert block.parent is None or block.parent in cache.blocks
+    tiny = PrefixCache(namespace("a" * 64, "fake", 4), 4, budget_bytes=8)
+    tiny.insert(*tiny.lookup(a)[:1], 0, _Rows(a))
+    assert not tiny.blocks  # a block over the budget is not kept
+
+
+def _run(engine, prompts, batch_size, n=12):
+    reqs = [gen.Request(i, p, SamplingParams(max_new_tokens=n, ignore_eos=True))
+            for i, p in enumerate(prompts)]
+    done = {e.key: e.token_ids for e in engine.run(reqs, batch_size)
+            if isinstance(e, gen.Finished)}
+    return [done[i] for i in range(len(prompts))]
+
+
+def _prompts(seed=3):
+    rng = np.random.default_rng(seed)
+    shared = rng.integers(2, 320, 52)
+    tails = [rng.integers(2, 320, n) for n in (7, 1, 20, 33, 12)]
+    prompts = [np.concatenate([shared, t]).astype(np.int64) for t in tails]
+    prompts.append(shared[:40].astype(np.int64))  # a prompt inside another's prefix
+    return prompts
+
+
+@pytest.mark.skipif(NO_NATIVE is not None, reason=str(NO_NATIVE))
+@pytest.mark.parametrize("kind,kv_cache", [("qwen2", "float32"), ("llama", "float16"),
+                                           ("deepseek_v2", "float32")])
+def test_greedy_tokens_are_the_same_with_and_without_the_cache(kind, kv_cache, artifacts):
+    folder = artifacts(kind, "int8", kv_cache)
+    plain = edgeds.load(folder, backend="native", profile="cpu-avx512", prefix_cache=False)
+    cached = edgeds.load(folder, backend="native", profile="cpu-avx512")
+    assert plain.prefix is None
+    cached.enable_prefix_cache(block_tokens=16)
+    prompts = _prompts()
+    want = _run(plain, prompts, 3)
+    assert _run(cached, prompts, 3) == want  # the first three in one call: two wait for the first
+    s = replace(cached.prefix.stats)
+    assert s.hits >= 4 and s.tokens_reused >= 4 * 48
+    assert _run(cached, prompts, 2) == want  # again, refilled slots, everything cached
+    assert cached.prefix.stats.since(s).hits == len(prompts)
