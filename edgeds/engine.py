@@ -63,11 +63,12 @@ class Engine:
             self.reasons.append(f"batch {profile.runtime.batch_size} -> {self.batch_size}: {self.cap_reason()}")
         self.prefix: prefix_cache.PrefixCache | None = None
 
-    def enable_prefix_cache(self, store=None,
+    def enable_prefix_cache(self, folder: str | Path | None = None, max_bytes: int | None = None,
                             block_tokens: int = prefix_cache.BLOCK_TOKENS) -> str | None:
-        """Reuse prompt prefixes' cache rows (and keep them in `store`, a PrefixStore, if given);
-        returns why not where this backend cannot. The memory budget: half of what the batch's
-        full-context caches leave beside the weights, at most prefix_cache.MEMORY_CAP."""
+        """Reuse prompt prefixes' cache rows, and with `folder` keep them there for later runs
+        and other processes (at most `max_bytes`; prefix_store.py). Returns why not where this
+        backend cannot. The memory budget: half of what the batch's full-context caches leave
+        beside the weights, at most prefix_cache.MEMORY_CAP."""
         if not prefix_cache.supported(self.backend):
             return prefix_cache.unsupported(self.choice.backend) or "no prefix cache here"
         per_token = self.artifact.manifest.kv_layout(self.choice.artifact_format).bytes_per_token
@@ -75,6 +76,13 @@ class Engine:
             per_token * self.batch_size * self.context)
         budget = int(min(max(left / 2, 0), prefix_cache.MEMORY_CAP))
         root = prefix_cache.namespace(self.artifact.digest, self.backend.cache_layout, block_tokens)
+        store = None
+        if folder is not None:
+            from .prefix_store import DEFAULT_MAX_BYTES, PrefixStore
+
+            dtype, shape = self.backend.kv_block_shape(block_tokens)
+            store = PrefixStore(folder, root.hex(), dtype, shape,
+                                DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
         self.prefix = prefix_cache.PrefixCache(root, block_tokens, budget, store)
         return None
 
@@ -149,11 +157,11 @@ class Engine:
 
 def load(artifact: str | Path | None = None, profile: str | None = None, backend: str | None = None,
          device: str | None = None, threads: int | None = None, verify: bool = True,
-         prefix_cache: bool = True) -> Engine:
+         prefix_cache: bool | str | Path = True, prefix_cache_size: int | None = None) -> Engine:
     """Open an artifact folder (None: the embedded default model) and pick profile, backend and
     provider for this machine. `threads`: 1 to this machine's CPU count; None or 0: the profile's.
-    `prefix_cache`: reuse the cache rows of prompt prefixes within this engine (native backends;
-    `Engine.enable_prefix_cache` with a PrefixStore keeps them on disk).
+    `prefix_cache`: reuse the cache rows of prompt prefixes within this engine (native backends);
+    a folder: keep them there too, at most `prefix_cache_size` bytes, for later runs.
 
     The files the chosen backend reads are checked against their sha256, and the tokenizer is
     read, while the backend loads (all three release the GIL): load time is the backend's
@@ -174,8 +182,11 @@ def load(artifact: str | Path | None = None, profile: str | None = None, backend
             if check is not None:
                 check.result()  # raises ArtifactError on a mismatch, before anything runs
         engine = Engine(art, prof, choice, hw, reasons, tokenizer.result(), runner)
-    if prefix_cache:
-        engine.enable_prefix_cache()
+    if prefix_cache is not False:
+        folder = None if prefix_cache is True else prefix_cache
+        why = engine.enable_prefix_cache(folder, prefix_cache_size)
+        if why and folder is not None:
+            raise ConfigError(f"--prefix-cache {folder}: {why}")
     return engine
 
 

@@ -53,16 +53,10 @@ class PrefixStats:
     hits: int = 0  # of those, the ones that reused at least one block
     tokens_reused: int = 0  # prompt tokens not prefilled
     tokens_prefilled: int = 0  # prompt tokens computed
-    prefill_s: float = 0.0  # time of those prefill calls (copies included)
+    saved_s: float = 0.0  # tokens reused x the cheapest prefill seconds per token seen so far
     disk_hits: int = 0  # blocks read from the store
     blocks_written: int = 0  # blocks written to the store
     evicted: int = 0  # blocks dropped from memory for the budget
-
-    def saved_s(self) -> float:
-        """Prefill time the reused tokens would have cost, at this job's own prefill rate."""
-        if not self.tokens_prefilled:
-            return 0.0
-        return self.tokens_reused * self.prefill_s / self.tokens_prefilled
 
     def since(self, before: PrefixStats) -> PrefixStats:
         return PrefixStats(*(getattr(self, f) - getattr(before, f)
@@ -71,7 +65,7 @@ class PrefixStats:
     def summary(self) -> dict:
         return {"lookups": self.lookups, "hits": self.hits, "tokens_reused": self.tokens_reused,
                 "tokens_prefilled": self.tokens_prefilled,
-                "prefill_s_saved_est": round(self.saved_s(), 3), "disk_blocks_read": self.disk_hits,
+                "prefill_s_saved_est": round(self.saved_s, 3), "disk_blocks_read": self.disk_hits,
                 "disk_blocks_written": self.blocks_written, "evicted_blocks": self.evicted}
 
 
@@ -95,6 +89,7 @@ class PrefixCache:
             raise ValueError(f"prefix cache blocks of {self.block_tokens} tokens")
         self.blocks: OrderedDict[str, _Block] = OrderedDict()  # least recently used first
         self.bytes = 0
+        self.best_s_per_token = float("inf")  # the cheapest prefill call's rate: a low estimate
 
     def lookup(self, ids: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
         """Keys of every whole block of `ids`, and the rows of its longest cached head (never the
@@ -186,7 +181,6 @@ def prefill(backend, cache: PrefixCache, slots: list[int], prompts: list[np.ndar
     Prompts that share blocks with another prompt of this call whose blocks are not cached yet
     wait for a second call, after the first has cached them: a batch of questions over one
     document computes the document once, not once per question."""
-    t0 = time.perf_counter()
     b = cache.block_tokens
     order = sorted(range(len(prompts)), key=lambda i: prompts[i].tolist())
     looked = {i: cache.lookup(prompts[i]) for i in order}
@@ -205,6 +199,7 @@ def prefill(backend, cache: PrefixCache, slots: list[int], prompts: list[np.ndar
             continue
         if group is later:
             looked.update({i: cache.lookup(prompts[i]) for i in group})
+        t0 = time.perf_counter()
         starts = []
         for i in group:
             _, rows = looked[i]
@@ -214,6 +209,10 @@ def prefill(backend, cache: PrefixCache, slots: list[int], prompts: list[np.ndar
         logits = backend.prefill([slots[i] for i in group], [prompts[i] for i in group],
                                  starts=starts)
         out[group] = logits
+        computed = sum(len(prompts[i]) - s for i, s in zip(group, starts))
+        rate = (time.perf_counter() - t0) / computed
+        cache.best_s_per_token = min(cache.best_s_per_token, rate)
+        cache.stats.saved_s += sum(starts) * cache.best_s_per_token
         for i, start in zip(group, starts):
             keys, rows = looked[i]
             cache.stats.lookups += 1
@@ -222,5 +221,4 @@ def prefill(backend, cache: PrefixCache, slots: list[int], prompts: list[np.ndar
             cache.stats.tokens_prefilled += len(prompts[i]) - start
             cache.insert(keys, len(rows),
                          lambda k, s=slots[i]: backend.kv_rows(s, k * b, (k + 1) * b))
-    cache.stats.prefill_s += time.perf_counter() - t0
     return out

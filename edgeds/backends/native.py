@@ -236,6 +236,10 @@ class NativeBackend:
         return (f"native-dense:{np.dtype(self.cache_dtype).name}:k,v[{self.layers},{self.kv_heads},"
                 f"tokens,{self.head_dim}]")
 
+    def kv_block_shape(self, tokens: int) -> tuple[np.dtype, tuple[int, ...]]:
+        """dtype and shape of kv_rows over `tokens` positions."""
+        return np.dtype(self.cache_dtype), (2, self.layers, self.kv_heads, tokens, self.head_dim)
+
     def kv_rows(self, slot: int, start: int, stop: int) -> np.ndarray:
         """A copy of positions [start, stop) of a slot's cache."""
         return np.stack([self.k[:, slot, :, start:stop], self.v[:, slot, :, start:stop]])

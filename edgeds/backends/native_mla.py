@@ -214,6 +214,9 @@ class NativeMlaBackend(NativeBackend):
     def cache_layout(self) -> str:
         return f"native-mla:float32:latent[{self.layers},tokens,{self.latent_dim}]"
 
+    def kv_block_shape(self, tokens: int) -> tuple[np.dtype, tuple[int, ...]]:
+        return np.dtype(np.float32), (self.layers, tokens, self.latent_dim)
+
     def kv_rows(self, slot: int, start: int, stop: int) -> np.ndarray:
         return self.latent[:, slot, start:stop].copy()
 

@@ -48,6 +48,12 @@ def command(
     no_prefix_cache: Annotated[bool, typer.Option(
         "--no-prefix-cache", help="Prefill every prompt whole (default: reuse shared prefixes' "
         "KV cache blocks within the job, native backends).")] = False,
+    prefix_cache: Annotated[str | None, typer.Option(
+        "--prefix-cache", help="Folder that keeps prefix cache blocks for later runs and other "
+        "processes (created if missing).")] = None,
+    prefix_cache_size: Annotated[str, typer.Option(
+        help="Most bytes --prefix-cache keeps (4G, 500M, ...); least recently used go first.")]
+        = "4G",
 ):
     """Run every prompt of a JSONL file through a model, resumably.
 
@@ -88,6 +94,7 @@ def command(
         defaults.validate()
         _check_arguments(input, output, input_format, batch_size, threads, max_line_bytes, metrics,
                          prometheus_file, prometheus_port)
+        store_bytes = _check_prefix_cache(prefix_cache, prefix_cache_size, no_prefix_cache)
         opts = JobOptions(input, output, defaults, input_format == "text", batch_size or None,
                           truncate, overwrite, fail_fast, timings, max_line_bytes)
         # locked: a second job on this output stops here; a port in use, before the model loads
@@ -98,7 +105,9 @@ def command(
                 typer.echo("edgeds: no model given; using the embedded default model "
                            f"({artifact})", err=True)
             engine = load(artifact, profile=profile, backend=backend, device=device,
-                          threads=threads or None, prefix_cache=not no_prefix_cache)
+                          threads=threads or None,
+                          prefix_cache=prefix_cache or not no_prefix_cache,
+                          prefix_cache_size=store_bytes)
             d = engine.describe()
             batch = engine.batch_for(batch_size or None)
             typer.echo(f"edgeds: profile {d['profile']}, backend {d['backend']} "
@@ -129,6 +138,20 @@ def command(
 
 def _interrupt(*_):
     raise KeyboardInterrupt
+
+
+def _check_prefix_cache(folder: str | None, size: str, off: bool) -> int:
+    from ..prefix_store import parse_size
+
+    if folder is not None and off:
+        raise ValueError("--prefix-cache and --no-prefix-cache: give one")
+    if folder is not None:
+        p = Path(folder)
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"--prefix-cache '{folder}' is a file; give a folder")
+        if not p.parent.is_dir():
+            raise ValueError(f"--prefix-cache '{folder}': its folder '{p.parent}' does not exist")
+    return parse_size(size)
 
 
 def _check_arguments(input: str | None, output: str, input_format: str, batch_size: int,
