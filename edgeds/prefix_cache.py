@@ -108,6 +108,8 @@ class PrefixCache:
                 break
             self.blocks.move_to_end(key)
             rows.append(block.rows)
+        if self.store is not None:
+            self.store.flush()
         return keys, rows
 
     def insert(self, keys: list[str], have: int, rows_of) -> None:

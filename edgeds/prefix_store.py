@@ -59,6 +59,7 @@ class PrefixStore:
         self.namespace, self.dtype, self.shape = namespace, np.dtype(dtype), tuple(shape)
         self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self.max_bytes, self.warn = max_bytes, warn
+        self._touched: list[str] = []  # blocks read since the last flush, for their last use
         if self.folder.exists() and not self.folder.is_dir():
             raise ValueError(f"prefix cache '{folder}' is a file, not a folder")
         try:
@@ -85,7 +86,23 @@ class PrefixStore:
             raise ValueError(f"prefix cache '{folder}': its index is not usable ({exc}); "
                              "remove the folder to start over") from None
 
+    def flush(self) -> None:
+        """Record the last use of the blocks read, in one transaction (writer only: readers
+        never write the index)."""
+        touched, self._touched = self._touched, []
+        if not (self.writer and touched):
+            return
+        now = time.time()
+        try:
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.executemany("UPDATE blocks SET used = ? WHERE key = ?",
+                                    [(now, k) for k in touched])
+        except sqlite3.DatabaseError as exc:
+            self.warn(f"{self.folder}: cannot update its index ({exc})")
+
     def close(self) -> None:
+        self.flush()
         self.db.close()
         self._lock.close()
 
@@ -128,8 +145,7 @@ class PrefixStore:
         elif hashlib.sha256(data).hexdigest() != sha:
             why = "its bytes do not match its checksum"
         else:
-            if self.writer:
-                self.db.execute("UPDATE blocks SET used = ? WHERE key = ?", (time.time(), key))
+            self._touched.append(key)
             return np.frombuffer(data, self.dtype).reshape(self.shape)
         self.warn(f"block {key[:16]} in {self.folder}: {why}; ignored")
         if self.writer:
@@ -142,6 +158,7 @@ class PrefixStore:
             return False
         if self.nbytes > self.max_bytes:
             return False
+        self.flush()  # last uses first: eviction below goes by them
         data = np.ascontiguousarray(rows).tobytes()
         path = self._path(key)
         tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
