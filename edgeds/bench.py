@@ -47,7 +47,8 @@ def _measure(engine, batch: int, prompt_tokens: int, new_tokens: int, rng) -> di
 def run_bench(artifact: str | None = None, prompt_tokens: int = 128, new_tokens: int = 64, batch_size: int | None = None,
               profile: str | None = None, backend: str | None = None, threads: int | None = None) -> dict:
     t0 = time.perf_counter()
-    engine = load(artifact, profile=profile, backend=backend, threads=threads)
+    # The prefix cache off: TTFT here is a whole prefill.
+    engine = load(artifact, profile=profile, backend=backend, threads=threads, prefix_cache=False)
     load_s = time.perf_counter() - t0
     if prompt_tokens + new_tokens > engine.context:
         raise ValueError(f"{prompt_tokens} prompt + {new_tokens} new tokens exceed this artifact's context "

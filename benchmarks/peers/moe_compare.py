@@ -282,7 +282,7 @@ def measure_edgeds(artifact: Path, backend: str, threads: int) -> dict:
     from edgeds.batch.progress import peak_rss_bytes
 
     t0 = time.perf_counter()
-    engine = edgeds.load(artifact, threads=threads, backend=backend)
+    engine = edgeds.load(artifact, threads=threads, backend=backend, prefix_cache=False)
     load_s = time.perf_counter() - t0
     be, rng = engine.backend, np.random.default_rng(0)
     vocab = be.vocab_size

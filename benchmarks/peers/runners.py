@@ -37,7 +37,8 @@ class Edgeds(Runner):
     def load(self, path, threads):
         import edgeds
 
-        self.engine = edgeds.load(path, threads=threads, backend=self.backend)
+        # The cache off: peers run every prompt whole, and rounds repeat the same prompts.
+        self.engine = edgeds.load(path, threads=threads, backend=self.backend, prefix_cache=False)
         self.phases = {}
 
     def describe(self) -> dict:
