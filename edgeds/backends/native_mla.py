@@ -208,6 +208,8 @@ class NativeMlaBackend(NativeBackend):
         self._slot_ids = np.arange(batch_size, dtype=np.int32)
         self._positions = np.zeros(batch_size, np.int32)
 
+    # Off until its own prefill (mla_moe.c, since the rebase) takes starts: kv_rows/load_kv ready.
+    supports_prefix_cache = False
     kv_token_axis = 1  # of kv_rows' [layers, tokens, latent]
 
     @property
