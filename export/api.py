@@ -99,7 +99,7 @@ def export_checkpoint(
     out = Path(out).expanduser()
 
     with staging_folder(out, ckpt.root, overwrite) as tmp:
-        check_free_space(tmp, _estimated_bytes(ckpt, scheme.bits, len(formats) + small_batch_graph))
+        check_free_space(tmp, _estimated_bytes(ckpt, scheme, len(formats) + small_batch_graph))
         log.info("reading %s (%s, %d layers), quantizing to %s", ckpt.root, spec.model_type,
                  spec.num_layers, scheme.name)
         weight_file = WeightFile(tmp / "model.onnx.data")
@@ -137,7 +137,8 @@ def export_checkpoint(
             "graphs": graphs,
             "tokenizer": copy_tokenizer(ckpt, tmp),
             "generation": generation_defaults(ckpt),
-            "source": {"path": str(ckpt.root.resolve()), "files": ckpt.file_hashes()},
+            "source": {"path": str(ckpt.root.resolve()), "files": ckpt.file_hashes(),
+                       **({"fp8": ckpt.fp8.manifest()} if ckpt.fp8 else {})},
             "exporter": library_versions(),
         }
         written = write_manifest(tmp, manifest)
@@ -166,8 +167,7 @@ def _check_tensorrt_options(formats, weights: str, kv_cache: str, load_parts: in
                           "drop them for --target tensorrt")
 
 
-def _estimated_bytes(ckpt: Checkpoint, bits: int | None, n_formats: int) -> int:
-    total = sum(p.stat().st_size for p in ckpt.shards)  # source is usually bf16: 2 bytes/param
-    bytes_per_source_byte = {8: 0.5, 4: 0.25}.get(bits, 2)  # fp32 doubles bf16; fp16 is sized the same way, generously
-    per_format = total * bytes_per_source_byte
-    return int(per_format * n_formats * 1.05)
+def _estimated_bytes(ckpt: Checkpoint, scheme, n_formats: int) -> int:
+    """Counted in parameters, not source bytes: an FP8 source has 1 byte a parameter, bf16 2."""
+    bytes_per_param = {8: 1, 4: 0.5}.get(scheme.bits, 4)  # fp16 is sized as fp32, generously
+    return int(ckpt.parameter_count() * bytes_per_param * n_formats * 1.05)

@@ -16,17 +16,44 @@ import numpy as np
 from .errors import ExportError
 
 PROMPT_TOKENS, DECODE_STEPS = 16, 8
+MAX_MTP_LAYERS = 8  # V3 ships one multi-token-prediction layer after the decoder
 # Max |logit error| / max |logit| allowed, and the share of steps whose greedy token must agree.
 LIMITS = {"fp32": (1e-3, 1.0), "fp16": (2e-2, 0.9), "int8": (0.15, 0.8), "int8-wo": (0.15, 0.8), "int4": (0.5, 0.5)}
+
+
+def reference_model(src: Path):
+    """The fp32 transformers model of `src`. An FP8 checkpoint is built from its config without
+    the quantization_config and filled with the exporter's own dequantized weights: transformers
+    never reads the FP8 tensors itself (its FP8 path wants a GPU, and would be a second reader
+    to trust)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .checkpoint import Checkpoint
+    from .fp8 import SCALE_SUFFIX
+
+    ckpt = Checkpoint(src)
+    if ckpt.fp8 is None:
+        return AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, local_files_only=True,
+                                                    trust_remote_code=False).eval()
+    config = AutoConfig.from_pretrained(src, local_files_only=True, trust_remote_code=False)
+    del config.quantization_config
+    # transformers' own loading (it fuses experts and renames as its version needs), over a
+    # state dict rather than files; the MTP layers, which it has no place for, are not read.
+    mtp = tuple(f"model.layers.{i}." for i in range(config.num_hidden_layers,
+                                                    config.num_hidden_layers + MAX_MTP_LAYERS))
+    state = {name: torch.from_numpy(ckpt.tensor(name)) for name in ckpt.names()
+             if not name.endswith(SCALE_SUFFIX) and not name.startswith(mtp)}
+    model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    model = model_class.from_pretrained(None, config=config, state_dict=state, dtype=torch.float32)
+    return model.eval()
 
 
 def reference_run(src: Path, prompt: np.ndarray, steps: int) -> tuple[list[np.ndarray], list[int]]:
     """Last-token logits of the prompt and of `steps` greedy cached decode steps."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, local_files_only=True,
-                                                 trust_remote_code=False).eval()
+    model = reference_model(src)
     logits, tokens = [], []
     with torch.no_grad():
         out = model(torch.from_numpy(prompt[None]), use_cache=True)

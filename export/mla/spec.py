@@ -104,8 +104,6 @@ def mla_spec(ckpt: Checkpoint, routing: str, norm_topk_prob: bool, layer_weights
     c = ckpt.config
     if c.get("hidden_act", "silu") != "silu":
         raise ExportError(f"hidden_act '{c.get('hidden_act')}' is not supported; supported: silu")
-    if any(n.endswith("weight_scale_inv") for n in ckpt.names()[:2000]):
-        raise ExportError("FP8 checkpoints (weight_scale_inv) are not supported yet; convert to bf16 first")
     theta, scaling = rope_parameters(c)
     layers_n = int(c["num_hidden_layers"])
     first_dense = int(c.get("first_k_dense_replace", 0))
