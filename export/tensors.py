@@ -97,7 +97,8 @@ class TensorWriter:
 
     def linear(self, weight_names: list[str], bias_names: list[str | None] | None = None) -> Linear:
         """Read, concatenate (fused projections) and store the named weights as one linear layer."""
-        w = np.concatenate([self.read(n) for n in weight_names], axis=0)
+        parts = [self.read(n) for n in weight_names]
+        w = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)  # no copy of one
         bias = None
         if bias_names and any(bias_names):
             parts = [
