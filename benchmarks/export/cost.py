@@ -84,7 +84,10 @@ def main() -> None:
         lines.append(f"| {r['shape']} | {r['weights']} | {r['formats']} | {r['seconds']} | {r['peak_rss_gib']} | "
                      f"{r['source_gib']} | {r['artifact_gib']} | {r['per_format_gib']} | {r.get('kv_bytes_per_token', '')} |")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "export_cost.md").write_text("\n".join(lines) + "\n")
+    md = RESULTS / "export_cost.md"
+    old = md.read_text() if md.exists() else ""
+    later = old[old.index("\n## ") :] if "\n## " in old else ""  # other scripts' sections (fp8_cost)
+    md.write_text("\n".join(lines) + "\n" + later)
     (RESULTS / "export_cost.json").write_text(json.dumps(results, indent=2) + "\n")
 
 

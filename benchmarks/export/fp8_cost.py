@@ -22,7 +22,6 @@ import math
 import os
 import platform
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -42,6 +41,7 @@ QUANT = {
 }
 FP8_WEIGHT = re.compile(r"^model\.layers\.\d+\..*_proj(_with_mqa)?\.weight$")
 SHARD_BYTES = 2 << 30
+KEYS = ("seconds", "cpu_seconds", "traced_peak", "rss_peak", "written")
 SECTION = "## FP8 source (DeepSeek-V3/R1 as published)"
 
 
@@ -124,14 +124,28 @@ def run_part(src: Path, layers: str, weights: str) -> dict:
     with tempfile.TemporaryDirectory(dir=src.parent) as tmp:
         out = WeightFile(Path(tmp) / "model.onnx.data")
         tracemalloc.start()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         mla.write_tensors(ckpt, spec, SCHEMES[weights], out, 4096)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         traced = tracemalloc.get_traced_memory()[1]
         out.close()
         written = out.path.stat().st_size
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds": seconds, "traced_peak": traced, "rss_peak": rss, "written": written}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "traced_peak": traced,
+        "rss_peak": _vm_hwm(),
+        "written": written,
+    }
+
+
+def _vm_hwm() -> int:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: a child's counts its parent's RSS at the
+    fork (Linux keeps the high-water mark across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def measure(src: Path, layers: str, weights: str) -> dict:
@@ -169,6 +183,7 @@ def main() -> None:
                     "kind": kind,
                     "params": params(cut_config(e, args.vocab), layer),
                     "seconds": part["seconds"] - base["seconds"],
+                    "cpu_seconds": part["cpu_seconds"] - base["cpu_seconds"],
                     "traced_peak": part["traced_peak"],
                     "rss_peak": part["rss_peak"],
                     "written": part["written"] - base["written"],
@@ -181,7 +196,7 @@ def main() -> None:
                 "layer": None,
                 "kind": "embedding+head",
                 "params": 2 * args.vocab * 7168,
-                **{k: base[k] for k in ("seconds", "traced_peak", "rss_peak", "written")},
+                **{k: base[k] for k in KEYS},
             }
         )
         if not args.keep:
@@ -194,32 +209,34 @@ def main() -> None:
 
 
 def extrapolate(rows: list[dict], vocab: int) -> dict:
+    """Wall and CPU seconds of the full model from the cut's parts, and the peaks."""
     c = json.loads(V3.read_text())
-    moe = sorted((r for r in rows if r["kind"] == "moe"), key=lambda r: r["experts"])
-    dense = min((r for r in rows if r["kind"] == "dense"), key=lambda r: r["seconds"])
-    head = min((r for r in rows if r["kind"] == "embedding+head"), key=lambda r: r["seconds"])
-    if len(moe) >= 2 and moe[-1]["experts"] > moe[0]["experts"]:
-        spread = moe[-1]["experts"] - moe[0]["experts"]
-        per_expert = (moe[-1]["seconds"] - moe[0]["seconds"]) / spread
-        fixed = moe[0]["seconds"] - per_expert * moe[0]["experts"]
-        moe_s = fixed + per_expert * c["n_routed_experts"]
-    else:
-        full = params(cut_config(c["n_routed_experts"], vocab), 1)
-        moe_s = moe[0]["seconds"] * full / moe[0]["params"]
-    head_s = head["seconds"] * c["vocab_size"] / vocab
     dense_n = c["first_k_dense_replace"]
     moe_n = c["num_hidden_layers"] - dense_n
-    layer_peak = max(r["traced_peak"] for r in rows if r["kind"] != "embedding+head")
-    return {
-        "dense_layer_s": dense["seconds"],
-        "moe_layer_s": moe_s,
-        "embedding_head_s": head_s,
-        "total_s": dense_n * dense["seconds"] + moe_n * moe_s + head_s,
-        "dense_layers": dense_n,
-        "moe_layers": moe_n,
-        "layer_traced_peak": layer_peak,
-        "embedding_head_traced_peak": head["traced_peak"] * c["vocab_size"] / vocab,
-    }
+    report = {"dense_layers": dense_n, "moe_layers": moe_n}
+    moe = sorted((r for r in rows if r["kind"] == "moe"), key=lambda r: r["experts"])
+    for key in ("seconds", "cpu_seconds"):
+        dense = min(r[key] for r in rows if r["kind"] == "dense")
+        head = min(r[key] for r in rows if r["kind"] == "embedding+head")
+        if len(moe) >= 2 and moe[-1]["experts"] > moe[0]["experts"]:
+            spread = moe[-1]["experts"] - moe[0]["experts"]
+            per_expert = (moe[-1][key] - moe[0][key]) / spread
+            moe_s = moe[0][key] + per_expert * (c["n_routed_experts"] - moe[0]["experts"])
+        else:  # one expert count: scaled by the layer's parameters
+            full = params(cut_config(c["n_routed_experts"], vocab), 1)
+            moe_s = moe[0][key] * full / moe[0]["params"]
+        head_s = head * c["vocab_size"] / vocab
+        report[key] = {
+            "dense_layer": dense,
+            "moe_layer": moe_s,
+            "embedding_head": head_s,
+            "total": dense_n * dense + moe_n * moe_s + head_s,
+        }
+    layers = [r for r in rows if r["kind"] != "embedding+head"]
+    head_peak = min(r["traced_peak"] for r in rows if r["kind"] == "embedding+head")
+    report["layer_traced_peak"] = max(r["traced_peak"] for r in layers)
+    report["embedding_head_traced_peak"] = head_peak * c["vocab_size"] / vocab
+    return report
 
 
 def write_section(rows: list[dict], x: dict, args) -> None:
@@ -229,37 +246,51 @@ def write_section(rows: list[dict], x: dict, args) -> None:
     lines = [
         SECTION,
         "",
-        (f"`{command} --weights {args.weights}` on {platform.machine()}, {os.cpu_count()} CPUs, "
-        "**shared with other engineers' test runs while measured: times are indicative, not a "
-        "benchmark** (rerun on an idle machine for real numbers). Random FP8 weights at the "
-        "real widths (hidden 7168, 128 heads, q_lora 1536, kv_lora 512, dense MLP 18432, "
-        "experts 2048), 128x128 scale blocks; weights only (reading, dequantizing, quantizing, "
-        "writing), no graph."),
+        (
+            f"`{command} --weights {args.weights}` on {platform.machine()}, {os.cpu_count()} CPUs, "
+            "**shared with other engineers' test runs while measured: wall times are indicative, "
+            "not a benchmark** (CPU time is the steadier figure; rerun on an idle machine for real "
+            "numbers). Random FP8 weights at the real widths (hidden 7168, 128 heads, q_lora 1536, "
+            "kv_lora 512, dense MLP 18432, experts 2048), 128x128 scale blocks; weights only "
+            "(reading, dequantizing, quantizing, writing), no graph. A layer's row is its run "
+            "less the run of the embedding and LM head alone; its peaks are the whole run's."
+        ),
         "",
-        ("| part | routed experts | parameters | time (s) | peak traced (GiB) "
-        "| peak RSS of the run (GiB) | written (GiB) |"),
-        "|---|---|---|---|---|---|---|",
+        (
+            "| part | routed experts | parameters | wall (s) | CPU (s) | peak traced (GiB) "
+            "| peak RSS of the run (GiB) | written (GiB) |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = r["kind"] if r["layer"] is None else f"layer {r['layer']} ({r['kind']})"
         lines.append(
             f"| {name} | {r['experts']} | {r['params'] / 1e9:.3f}B | {r['seconds']:.1f} | "
-            f"{r['traced_peak'] / gib:.2f} | {r['rss_peak'] / gib:.2f} | "
+            f"{r['cpu_seconds']:.1f} | {r['traced_peak'] / gib:.2f} | {r['rss_peak'] / gib:.2f} | "
             f"{r['written'] / gib:.2f} |"
         )
     layers = f"{x['dense_layers']} dense, {x['moe_layers']} MoE with 256 experts"
     lines += [
         "",
-        (f"Extrapolated to DeepSeek-V3/R1 (61 layers: {layers}; vocabulary 129,280; the MTP "
-        "layer is not exported):"),
+        (
+            f"Extrapolated to DeepSeek-V3/R1 (61 layers: {layers}; vocabulary 129,280; the MTP "
+            "layer is not exported):"
+        ),
         "",
-        (f"- dense layer {x['dense_layer_s']:.0f} s, MoE layer {x['moe_layer_s']:.0f} s, "
-        f"embedding + LM head {x['embedding_head_s']:.0f} s: "
-        f"**{x['total_s'] / 3600:.1f} h** for the weights."),
-        (f"- peak traced memory of a layer {x['layer_traced_peak'] / gib:.2f} GiB whatever its "
-        "expert count (one tensor at a time); the embedding and LM head at the full "
-        f"vocabulary, about {x['embedding_head_traced_peak'] / gib:.1f} GiB (scaled from the "
-        "cut's)."),
+        *(
+            (
+                f"- {what}: dense layer {t['dense_layer']:.0f} s, MoE layer {t['moe_layer']:.0f} "
+                f"s, embedding + LM head {t['embedding_head']:.0f} s: "
+                f"**{t['total'] / 3600:.1f} h** for the weights."
+            )
+            for what, t in (("wall", x["seconds"]), ("CPU", x["cpu_seconds"]))
+        ),
+        (
+            f"- peak traced memory of a layer {x['layer_traced_peak'] / gib:.2f} GiB whatever its "
+            "expert count (one tensor at a time); the embedding and LM head at the full "
+            f"vocabulary, about {x['embedding_head_traced_peak'] / gib:.1f} GiB (scaled from the "
+            "cut's)."
+        ),
         "",
     ]
     path = RESULTS / "export_cost.md"
