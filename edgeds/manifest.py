@@ -698,11 +698,34 @@ def _mapping_of_strings(r: _Fields) -> Mapping[str, str | None]:
 
 
 @dataclass(frozen=True)
+class Fp8Source:
+    """The checkpoint was DeepSeek's FP8 (e4m3 with a scale per block), dequantized at export
+    and quantized as `quantization` says; for people and tools, nothing reads it to run."""
+
+    format: str
+    weight_block_size: tuple[int, int]
+    scale_fmt: str | None
+    dequantized: str
+
+    @staticmethod
+    def _parse(r: _Fields) -> Fp8Source:
+        block = r.get("weight_block_size")
+        if not isinstance(block, list) or len(block) != 2 or not all(
+            type(b) is int and 1 <= b <= MAX_WIDTH for b in block
+        ):
+            r.fail("is not two block sizes [rows, cols]", "weight_block_size")
+        return Fp8Source(r.str("format"), (block[0], block[1]), r.opt_str("scale_fmt"),
+                         r.str("dequantized"))
+
+
+@dataclass(frozen=True)
 class Source:
-    """The checkpoint exported: its path then, and its files' sha256 (for people and tools)."""
+    """The checkpoint exported: its path then, and its files' sha256 (for people and tools);
+    `fp8` where it was an FP8 checkpoint."""
 
     path: str
     files: Mapping[str, str | None]
+    fp8: Fp8Source | None = None
 
 
 @dataclass(frozen=True)
@@ -784,7 +807,11 @@ def parse(data: Any, file: str = MANIFEST) -> Manifest:
     generation = Generation._parse(gen := r.section("generation", {}), model.vocab_size)
     gen.done()
     s = r.section("source")
-    source = Source(s.str("path"), _mapping_of_strings(s.section("files")))
+    fp8 = None
+    if s.get("fp8", None) is not None:
+        fp8 = Fp8Source._parse(f := s.section("fp8"))
+        f.done()
+    source = Source(s.str("path"), _mapping_of_strings(s.section("files")), fp8)
     s.done()
     exporter = _mapping_of_strings(r.section("exporter", {}))
     verification = r.get("verification", None)

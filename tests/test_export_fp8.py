@@ -79,11 +79,9 @@ def test_fp8_export_is_the_float32_dequantization_export_bit_for_bit(fp8_exports
     fp8, f32 = fp8_exports["fp8"], fp8_exports["float32"]
     assert (fp8 / "model.onnx.data").read_bytes() == (f32 / "model.onnx.data").read_bytes()
     manifest = load_artifact(fp8).manifest
-    assert manifest["source"]["fp8"]["weight_block_size"] == [32, 32]
-    assert (
-        manifest["model"]["mtp_layers_left_out"] == 1
-    )  # layer 3 is in the checkpoint, not the graph
-    assert "fp8" not in load_artifact(f32).manifest["source"]
+    assert manifest.source.fp8.weight_block_size == (32, 32)
+    assert manifest.model.mtp_layers_left_out == 1  # layer 3 is in the checkpoint, not the graph
+    assert load_artifact(f32).manifest.source.fp8 is None
 
 
 def test_fp8_export_matches_the_bf16_dequantization_export(fp8_exports):

@@ -70,8 +70,8 @@ def test_release_exports_from_fp8_chats_and_decodes_like_transformers(release, t
     out = tmp_path / "artifact"
     export_checkpoint(src, out, formats=("onnx",), weights="int8", context=96)
     manifest = load_artifact(out).manifest
-    assert manifest["source"]["fp8"]["scale_fmt"] == ("ue8m0" if pow2 else None)
-    assert manifest["model"]["mtp_layers_left_out"] == 1
+    assert manifest.source.fp8.scale_fmt == ("ue8m0" if pow2 else None)
+    assert manifest.model.mtp_layers_left_out == 1
 
     engine = edgeds.load(out, backend="onnxruntime")
     assert engine.tokenizer.render_chat(MESSAGES) == rendered
