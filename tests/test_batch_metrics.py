@@ -154,3 +154,19 @@ def test_the_grafana_dashboard_reads_only_metrics_the_job_exports():
     queried = {name for panel in dashboard["panels"] for t in panel["targets"]
                for name in re.findall(r"edgeds_\w+", t["expr"])}
     assert queried and queried <= exported, queried - exported
+
+
+def test_prefix_cache_hits_in_the_metrics_match_the_job_summary(tmp_path):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    prom, summary = tmp_path / "job.prom", tmp_path / "summary.json"
+    shared = "".join(f"value_{i} = {i} * {i}\n" for i in range(40))  # several blocks long
+    inp.write_text("".join(json.dumps({"id": i, "prompt": shared + f"def f{i}(x):"}) + "\n"
+                           for i in range(4)))
+    r = infer(default_artifact(), inp, out, "--max-new-tokens", 4, "--prometheus-file", prom,
+              "--metrics", summary)
+    assert r.returncode == 0, r.stderr
+    reused = json.loads(summary.read_text())["prefix_cache"]
+    m = samples(prom.read_text())
+    assert reused["tokens_reused"] > 0
+    assert m["edgeds_prefix_cache_hits_total"] == reused["hits"]
+    assert m["edgeds_prefix_cache_hit_tokens_total"] == reused["tokens_reused"]

@@ -177,6 +177,10 @@ class _Job:
                             stats.cached_tokens += 1
                         elif isinstance(event, gen.Finished):
                             self._write_result(event)
+                            if prefix_before is not None:  # live, for the metrics
+                                reused = engine.prefix.stats.since(prefix_before)
+                                stats.prefix_cache_hits = reused.hits
+                                stats.prefix_cache_hit_tokens = reused.tokens_reused
                         if stop.requested:
                             break
                 except Interrupted:

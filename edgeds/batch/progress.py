@@ -47,7 +47,7 @@ class JobStats:
     interrupted: bool = False
     input_note: str | None = None  # why the input was not read to its end, if it was not
     cached_tokens: int = 0  # tokens the running sequences hold in the KV cache
-    # Set by the prefix cache (issue 12) when a prompt reuses a cached prefix; None: no cache.
+    # Prompts that reused a cached prefix, and the tokens they reused; None: no prefix cache.
     prefix_cache_hits: int | None = None
     prefix_cache_hit_tokens: int | None = None
     ended: bool = False
