@@ -885,10 +885,14 @@ def read(root: Path) -> Manifest:
     path = root / MANIFEST
     if path.is_symlink() or not path.is_file():
         raise ArtifactError(f"'{root}' has no {MANIFEST}; is it an edgeds artifact?")
+    return parse(read_json(path, MANIFEST))
+
+
+def read_json(path: Path, name: str) -> Any:
+    """An artifact's JSON file; any fault in it is one line naming the file."""
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, ValueError, RecursionError) as exc:
         raise ArtifactError(
-            f"{MANIFEST} is not valid JSON: {str(exc).splitlines()[0][:200]}"
+            f"{name} is not valid JSON: {str(exc).splitlines()[0][:200]}"
         ) from None
-    return parse(data)

@@ -10,14 +10,13 @@ the JSON it was, for the backends to read.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ArtifactError
-from .manifest import GroupedAttention, LatentAttention, Model
+from .manifest import GroupedAttention, LatentAttention, Model, read_json
 
 DTYPES = ("int8", "uint8", "float32", "float16")
 _STORED = {"offset", "dtype", "shape", "file"}
@@ -213,12 +212,7 @@ def _mla_layer(c: _Check, ly, where: str, m: Model, a: LatentAttention, i: int) 
 def load(artifact, graph) -> dict:
     """The checked index of an artifact's graph (manifest.Graph with a `tensors` entry)."""
     path: Path = artifact.path(graph.tensors)
-    try:
-        index = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise ArtifactError(
-            f"{graph.tensors} is not valid JSON: {str(exc).splitlines()[0][:200]}"
-        ) from None
+    index = read_json(path, graph.tensors)
     return check(
         index, artifact.model, artifact.path(graph.data_file).stat().st_size, graph.tensors
     )
