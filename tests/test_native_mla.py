@@ -171,6 +171,49 @@ def test_attention_over_more_than_one_chunk_follows_transformers(mla):
     assert agree[0] >= agree[1] - 0.02
 
 
+@pytest.mark.parametrize("kind", ["deepseek_v2", "deepseek_v3"])
+def test_a_prefill_after_cached_latent_rows_follows_transformers(kind, mla):
+    """The prefix cache's path: a 40-token prefix prefilled in one backend, its latent rows
+    (kv_rows) loaded into another's slot 1 (load_kv), and the prompt prefilled from position 40
+    on, ending at each of positions 40..55 in turn, then decode steps: the logits are a whole
+    prefill's to the bit, and follow transformers as closely as ONNX Runtime's whole prefill."""
+    import torch
+
+    ck, art = mla(kind)
+    prompt = np.random.default_rng(12).integers(2, 320, 60).astype(np.int64)
+    with torch.no_grad():
+        ref = load_reference(ck)(torch.from_numpy(prompt[None])).logits[0].numpy()[40:59]
+    first = NativeMlaBackend(art, 2)
+    first.start(1, 64)
+    first.prefill([0], [prompt[:40]])
+    rows = first.kv_rows(0, 0, 40)
+    backend = NativeMlaBackend(art, 2)
+    backend.start(2, 64)
+    backend.prefill([0], [prompt[:7]])  # another sequence beside it
+    backend.load_kv(1, 0, rows)
+    got = [backend.prefill([1], [prompt[:t]], starts=[40])[0].copy() for t in range(41, 57)]
+    got += [backend.decode(np.array([5, prompt[t]]))[1].copy() for t in range(56, 59)]
+    got = np.stack(got)
+    whole = NativeMlaBackend(art, 2)
+    whole.start(1, 64)
+    want = [whole.prefill([0], [prompt[:56]], every_position=True)[0][40:]]
+    want += [whole.decode(prompt[t : t + 1]).copy() for t in range(56, 59)]
+    np.testing.assert_array_equal(got, np.concatenate(want))
+    backend.load_kv(1, 0, rows * 0.5)  # the loaded rows are what the rest attends to
+    assert not np.array_equal(backend.prefill([1], [prompt[:56]], starts=[40])[0], got[15])
+    ort = OnnxRuntimeBackend(art, CPU, 2)
+    ort.start(1, 64)
+    ort_got = [ort.prefill([0], [prompt[:56]], every_position=True)[0][40:]]
+    ort_got += [ort.decode(prompt[t : t + 1]).copy() for t in range(56, 59)]
+    scale = np.abs(ref).max()
+    error = np.abs(got - ref).max(-1) / scale
+    ort_error = np.abs(np.concatenate(ort_got) - ref).max(-1) / scale
+    assert error.max() < 1.5 * ort_error.max() + 1e-3
+    assert np.mean(got.argmax(-1) == ref.argmax(-1)) >= np.mean(
+        np.concatenate(ort_got).argmax(-1) == ref.argmax(-1)
+    ) - 0.1
+
+
 def test_a_grown_cache_keeps_what_it_held(mla):
     _, art = mla("deepseek_v2")
     prompt = np.random.default_rng(6).integers(2, 320, 10).astype(np.int64)

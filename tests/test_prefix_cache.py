@@ -86,7 +86,7 @@ def _prompts(seed=3):
 
 @pytest.mark.skipif(NO_NATIVE is not None, reason=str(NO_NATIVE))
 @pytest.mark.parametrize("kind,kv_cache", [("qwen2", "float32"), ("llama", "float16"),
-])
+                                           ("deepseek_v2", "float32")])
 def test_greedy_tokens_are_the_same_with_and_without_the_cache(kind, kv_cache, artifacts):
     folder = artifacts(kind, "int8", kv_cache)
     plain = edgeds.load(folder, backend="native", profile="cpu-avx512", prefix_cache=False)

@@ -146,6 +146,18 @@ def test_another_process_reuses_the_blocks_and_gets_the_same_tokens(tmp_path, ar
     assert other["stats"]["disk_blocks_written"] >= 2  # its own, beside qwen's
 
 
+@pytest.mark.skipif(NO_NATIVE is not None, reason=str(NO_NATIVE))
+def test_mla_latent_blocks_from_disk_give_the_tokens_of_a_run_without_the_cache(tmp_path,
+                                                                               artifacts):
+    deepseek, folder = artifacts("deepseek_v2", "int8"), tmp_path / "pc"
+    first, _ = _run(deepseek, folder, 1)
+    assert first["stats"]["disk_blocks_written"] >= 2
+    again, _ = _run(deepseek, folder, 2)
+    plain, _ = _run(deepseek, "off", 2)
+    assert again["tokens"] == plain["tokens"]
+    assert again["stats"]["disk_blocks_read"] == 2 and again["stats"]["tokens_reused"] == 3 * 64
+
+
 @pytest.mark.parametrize("args,said", [
     (["--prefix-cache", "PC", "--no-prefix-cache"], "and --no-prefix-cache: give one"),
     (["--prefix-cache", "IN"], "is a file; give a folder"),

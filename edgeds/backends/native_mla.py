@@ -208,8 +208,9 @@ class NativeMlaBackend(NativeBackend):
         self._slot_ids = np.arange(batch_size, dtype=np.int32)
         self._positions = np.zeros(batch_size, np.int32)
 
-    # Off until its own prefill (mla_moe.c, since the rebase) takes starts: kv_rows/load_kv ready.
-    supports_prefix_cache = False
+    # A prefill call's rows attend over their slot's cached latent rows from position 0 (loaded
+    # ones included), so a prompt resumes after a cached prefix like one that straddles calls.
+    supports_prefix_cache = True
     kv_token_axis = 1  # of kv_rows' [layers, tokens, latent]
 
     @property
@@ -236,14 +237,19 @@ class NativeMlaBackend(NativeBackend):
         self.latent, self.capacity = new, capacity
 
     def prefill(
-        self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False
+        self,
+        slots: list[int],
+        prompts: list[np.ndarray],
+        every_position: bool = False,
+        starts: list[int] | None = None,
     ) -> np.ndarray:
         """Prompt rows attend over decompressed keys and values (per key and head nope + v
         multiply-adds, where absorbed attention costs 2 x kv_lora_rank + rope); decode rows
-        over the latent, absorbed. A row's path is its call's kind, never its batch's makeup."""
+        over the latent, absorbed. A row's path is its call's kind, never its batch's makeup.
+        starts[i]: positions of prompt i already in its slot's latent (load_kv), not computed."""
         self._prefill_call = 1
         try:
-            return super().prefill(slots, prompts, every_position)
+            return super().prefill(slots, prompts, every_position, starts)
         finally:
             self._prefill_call = 0
 
