@@ -138,7 +138,7 @@ def test_sampling_is_seeded_and_independent_of_batching(engine):
 
 
 def test_prefill_groups_stay_dense_and_bounded():
-    from edgeds.backends.onnxruntime import PREFILL_ROWS, _prefill_groups
+    from edgeds.backends.onnxruntime.backend import PREFILL_ROWS, _prefill_groups
 
     assert PREFILL_ROWS == 512
     assert _prefill_groups(list(range(16)), [128] * 16) == [(0, 4), (4, 8), (8, 12), (12, 16)]  # 512 rows a call
@@ -170,7 +170,7 @@ def test_grouped_prefill_matches_one_prompt_at_a_time(engine):
 
 @pytest.mark.parametrize("model", ["qwen2", "deepseek_v3"])
 def test_long_prompt_prefills_in_chunks_with_the_same_logits(artifacts, monkeypatch, model):
-    from edgeds.backends import onnxruntime as ort_backend
+    from edgeds.backends.onnxruntime import backend as ort_backend
 
     backend = edgeds.load(artifacts(model, "fp32"), backend="onnxruntime").backend
     prompt = np.random.default_rng(3).integers(2, 320, 100).astype(np.int64)
@@ -182,7 +182,7 @@ def test_long_prompt_prefills_in_chunks_with_the_same_logits(artifacts, monkeypa
     run = backend._run_prompts
     monkeypatch.setattr(backend, "_run_prompts", lambda *a, **k: calls.append(k.get("past", 0)) or run(*a, **k))
     backend.start(1, 128)
-    for cache in backend.keys + backend.values:
+    for cache in backend.cache.keys + backend.cache.values:
         cache[:] = 0  # nothing left from the unchunked run
     chunked = backend.prefill([0], [prompt])[0]
     assert calls == [0, 32, 64, 96]

@@ -23,7 +23,7 @@ from tiny_models import load_reference
 def test_float16_cache_logits_follow_transformers(kind, checkpoints, artifacts):
     backend = backend_for(artifacts(kind, "fp32", "float16"), "onnx")
     errors, agree = errors_against_reference(load_reference(checkpoints(kind)), backend, 24)
-    assert backend.keys[0].dtype == np.float16 and backend.values[0].dtype == np.float16
+    assert backend.cache.keys[0].dtype == np.float16 and backend.cache.values[0].dtype == np.float16
     # float16 keeps 11 significant bits: measured 6.8e-4 relative at most (qwen2, --verify).
     assert max(errors) < 5e-3
     assert min(errors) > 0  # the cache did round: this is not the float32 graph
@@ -74,7 +74,7 @@ def test_cache_in_ortvalues_gives_the_numpy_cache_logits(kv_cache, artifacts):
         backend.release(1)
         logits += [backend.prefill([1], [prompts[0]]), backend.decode(tokens).copy()]
         runs[on_device] = logits
-        assert isinstance(backend.keys[0], np.ndarray) != on_device
+        assert isinstance(backend.cache.keys[0], np.ndarray) != on_device
     for numpy_cache, ortvalue_cache in zip(runs[False], runs[True]):
         np.testing.assert_array_equal(numpy_cache, ortvalue_cache)
 
@@ -103,7 +103,7 @@ def test_cache_goes_to_device_memory_only_where_attention_runs(artifacts, monkey
     monkeypatch.setitem(ort_backend.DEVICE_MEMORY, "CPUExecutionProvider", "cpu")
     half = OnnxRuntimeBackend(load_artifact(artifacts("qwen2", "int8-wo", "float16")), ["CPUExecutionProvider"])
     floats = OnnxRuntimeBackend(load_artifact(artifacts("qwen2", "int8-wo")), ["CPUExecutionProvider"])
-    assert half.cache_memory == ("cpu", 0) and floats.cache_memory is None
+    assert half.cache.memory == ("cpu", 0) and floats.cache.memory is None
     monkeypatch.delitem(ort_backend.DEVICE_MEMORY, "CPUExecutionProvider")
     assert OnnxRuntimeBackend(load_artifact(artifacts("qwen2", "int8-wo", "float16")),
-                              ["CPUExecutionProvider"]).cache_memory is None
+                              ["CPUExecutionProvider"]).cache.memory is None

@@ -21,7 +21,7 @@ from tiny_models import load_reference
 def test_int8_cache_logits_follow_transformers(kind, checkpoints, artifacts):
     backend = backend_for(artifacts(kind, "fp32", "int8"), "onnx")
     errors, agree = errors_against_reference(load_reference(checkpoints(kind)), backend, 16)
-    assert backend.keys[0].dtype == np.int8 and backend.values[0].dtype == np.int8
+    assert backend.cache.keys[0].dtype == np.int8 and backend.cache.values[0].dtype == np.int8
     # Measured: 4.4% (qwen2) and 1.1% (llama) at most; greedy 16/16 and 15/16.
     assert max(errors) < 0.08
     assert np.mean(agree) >= 0.85
@@ -35,7 +35,7 @@ def test_int8_cache_holds_the_float_cache_to_half_a_step(artifacts):
         backend.start(1, 32)
         backend.prefill([0], [prompt])
         backend.decode(np.array([5]))
-        caches[kv] = (backend.keys, backend.values)
+        caches[kv] = (backend.cache.keys, backend.cache.values)
     graph = load_artifact(artifacts("qwen2", "fp32", "int8")).graph("onnx")
     assert graph.kv_cache.dtype == "int8"
     import onnx
@@ -92,7 +92,7 @@ def test_int8_cache_long_prompt_in_chunks_follows_transformers(checkpoints, arti
     the runtime), the later ones attend over the int8 cache written before them."""
     import torch
 
-    from edgeds.backends import onnxruntime as ort_backend
+    from edgeds.backends.onnxruntime import backend as ort_backend
 
     model = load_reference(checkpoints("qwen2"))
     prompt = np.random.default_rng(4).integers(2, 320, 30).astype(np.int64)

@@ -27,8 +27,8 @@ def test_cache_holds_the_latent_not_per_head_kv(kind, artifacts):
     assert latent < per_head
     backend = dict(open_backends(art.root))["onnx"]
     backend.start(2, 64)
-    assert [c.shape for c in backend.keys] == [(2, 1, 64, latent)] * m.num_layers
-    assert backend.values == []  # the latent is key and value at once
+    assert [c.shape for c in backend.cache.keys] == [(2, 1, 64, latent)] * m.num_layers
+    assert backend.cache.values == []  # the latent is key and value at once
     assert written["openvino"]["kv_cache"]["values_per_token_per_layer"] == latent
     assert art.manifest.kv_layout("openvino") == art.manifest.kv_layout("onnx")
 

@@ -47,7 +47,7 @@ def main() -> None:
     capacity = min(640, context)
     prompt = min(128, capacity - 32)
     print(f"{args.artifact}: load {time.perf_counter() - t:.2f} s, cache in "
-          f"{'OrtValues' if backend.cache_memory else 'numpy buffers'}, RSS after load {proc.memory_info().rss >> 20} MiB, "
+          f"{'OrtValues' if backend.cache.memory else 'numpy buffers'}, RSS after load {proc.memory_info().rss >> 20} MiB, "
           f"peak {peak()} MiB", flush=True)
     rng = np.random.default_rng(0)
     for batch in (int(b) for b in args.batches.split(",")):

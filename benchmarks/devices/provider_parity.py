@@ -48,7 +48,7 @@ def main() -> None:
     decode_diff = max(float(np.abs(g - r).max()) for g, r in zip(got[1:], ref[1:]))
     agree = np.mean([(g.argmax(-1) == r.argmax(-1)).mean() for g, r in zip(got, ref)])
     span = float(ref[0].max() - ref[0].min())
-    print(f"{args.artifact}: {tested.device} (cache in {'OrtValues' if tested.cache_memory else 'numpy buffers'}) "
+    print(f"{args.artifact}: {tested.device} (cache in {'OrtValues' if tested.cache.memory else 'numpy buffers'}) "
           f"against {args.against}: prefill max |diff| {prefill_diff:.2e}, decode max |diff| {decode_diff:.2e} "
           f"over {args.steps} steps (logits span {span:.2f}), argmax agreement {agree:.0%}")
 
