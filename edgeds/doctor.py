@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import checksum_stamps, prefix_cache
 from .artifact import load_artifact
-from .backends import installed_backends
+from .backends import backend_class, installed_backends
 from .errors import EdgedsError
 from .hardware import detect
 from .memory_budget import kv_budget, largest_batch, weight_bytes
@@ -29,7 +29,7 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
         report["choice"] = {"error": str(exc)}
     report["reasons"] = reasons
     if choice is not None:
-        why = prefix_cache.unsupported(choice.backend)
+        why = prefix_cache.unsupported(backend_class(choice.backend, art))
         report["prefix_cache"] = why or "yes: whole blocks of shared prompt prefixes are reused"
     stamps = checksum_stamps.stamp_folder()
     report["checksum_stamps"] = str(stamps) if stamps else None

@@ -69,8 +69,8 @@ class Engine:
         and other processes (at most `max_bytes`; prefix_store.py). Returns why not where this
         backend cannot. The memory budget: half of what the batch's full-context caches leave
         beside the weights, at most prefix_cache.MEMORY_CAP."""
-        if not prefix_cache.supported(self.backend):
-            return prefix_cache.unsupported(self.choice.backend) or "no prefix cache here"
+        if why := prefix_cache.unsupported(self.backend):
+            return why
         per_token = self.artifact.manifest.kv_layout(self.choice.artifact_format).bytes_per_token
         left = kv_budget(self.hardware.memory_bytes, self.weight_bytes) - (
             per_token * self.batch_size * self.context)

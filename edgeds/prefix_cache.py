@@ -156,25 +156,18 @@ class PrefixCache:
         return False
 
 
-def supported(backend) -> bool:
-    return bool(getattr(backend, "supports_prefix_cache", False))
-
-
-# Why a backend keeps no prefix cache (`edgeds doctor` and the engine say so).
-UNSUPPORTED = {
-    "onnxruntime": "not implemented for onnxruntime yet: its prefill call takes one past length "
-                   "for every prompt of the call, and a GroupQueryAttention prefill over loaded "
-                   "rows was not checked to give the tokens of a prefill from nothing",
-    "openvino": "openvino keeps its cache as state inside the compiled model (ReadValue/Assign) "
-                "and runs waves of slots: there are no rows of one slot to load",
-}
-
-
-def unsupported(backend_name: str) -> str | None:
-    """Why this backend keeps no prefix cache, or None."""
-    if backend_name == "native":
+def unsupported(backend) -> str | None:
+    """Why this backend (its class or an instance) keeps no prefix cache, or None. Each backend
+    says so itself: its `supports_prefix_cache` flag and, where that is false, its reason
+    `no_prefix_cache` (an instance may turn the flag off for its artifact or provider)."""
+    if getattr(backend, "supports_prefix_cache", False):
         return None
-    return UNSUPPORTED.get(backend_name, f"backend {backend_name} cannot load rows into a slot")
+    return getattr(backend, "no_prefix_cache", None) or (
+        f"backend {getattr(backend, 'name', backend)} cannot load rows into a slot")
+
+
+def supported(backend) -> bool:
+    return unsupported(backend) is None
 
 
 def prefill(backend, cache: PrefixCache, slots: list[int], prompts: list[np.ndarray]) -> np.ndarray:

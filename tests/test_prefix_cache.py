@@ -100,3 +100,23 @@ def test_greedy_tokens_are_the_same_with_and_without_the_cache(kind, kv_cache, a
     assert s.hits >= 4 and s.tokens_reused >= 4 * 48
     assert _run(cached, prompts, 2) == want  # again, refilled slots, everything cached
     assert cached.prefix.stats.since(s).hits == len(prompts)
+
+
+@pytest.mark.skipif(NO_NATIVE is not None, reason=str(NO_NATIVE))
+def test_doctor_says_what_the_backend_chosen_for_the_artifact_does(artifacts, monkeypatch):
+    from edgeds.backends.native_mla import NativeMlaBackend
+    from edgeds.doctor import diagnose, format_report
+
+    mla, dense = str(artifacts("deepseek_v2", "int8")), str(artifacts("qwen2", "int8"))
+    report = diagnose(mla, profile="cpu-avx512", backend="native")
+    assert report["prefix_cache"].startswith("yes")
+    assert f"prefix cache: {report['prefix_cache']}" in format_report(report)
+    ort = diagnose(mla, profile="cpu-avx512", backend="onnxruntime")["prefix_cache"]
+    assert ort.startswith("not implemented for onnxruntime")
+    # The line is the class's own flag: turned off on the MLA class, it says so for MLA only.
+    monkeypatch.setattr(NativeMlaBackend, "supports_prefix_cache", False)
+    monkeypatch.setattr(NativeMlaBackend, "no_prefix_cache", "no latent rows", raising=False)
+    assert diagnose(mla, profile="cpu-avx512", backend="native")["prefix_cache"] == "no latent rows"
+    assert diagnose(dense, profile="cpu-avx512", backend="native")["prefix_cache"].startswith("yes")
+    engine = edgeds.load(mla, backend="native", profile="cpu-avx512", prefix_cache=False)
+    assert engine.enable_prefix_cache() == "no latent rows" and engine.prefix is None

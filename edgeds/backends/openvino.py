@@ -17,6 +17,10 @@ from ..errors import ArtifactError
 class OpenVinoBackend:
     name = "openvino"
     supports_refill = False
+    supports_prefix_cache = False
+    no_prefix_cache = ("openvino keeps its cache as state inside the compiled model "
+                       "(ReadValue/Assign) and runs waves of slots: there are no rows of one "
+                       "slot to load")
 
     def __init__(self, artifact: Artifact, device: str = "CPU", threads: int | None = None,
                  config: dict | None = None):

@@ -43,6 +43,11 @@ def _prefill_groups(slots: list[int], lengths: list[int]) -> list[tuple[int, int
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     supports_refill = True
+    supports_prefix_cache = False
+    no_prefix_cache = ("not implemented for onnxruntime yet: its prefill call takes one past "
+                       "length for every prompt of the call, and a GroupQueryAttention prefill "
+                       "over loaded rows was not checked to give the tokens of a prefill from "
+                       "nothing")
 
     def __init__(self, artifact: Artifact, providers: list, threads: int | None = None,
                  session_options: dict | None = None, profile_prefix: str | None = None,
