@@ -26,6 +26,7 @@ from .digest import request_digest
 from .intake import END, NOT_READY, Intake
 from .metrics import JobView, MetricsPublisher
 from .output import OutputLog, record_key
+from .prefix_order import PrefixOrder
 from .progress import JobStats, Progress
 from .records import DEFAULT_MAX_LINE_BYTES, BadRecord, Record, parse_line
 
@@ -155,6 +156,7 @@ class _Job:
         self.stats = JobStats()
         self.stop = _Stop()
         self.failed_fast = False
+        self.order: PrefixOrder | None = None
 
     def run(self, progress_stream) -> JobStats:
         engine, opts, out, stats, stop = self.engine, self.opts, self.out, self.stats, self.stop
@@ -169,7 +171,7 @@ class _Job:
                     self.metrics.start(JobView(stats, intake.total, metric_labels(engine),
                                                _kv_bytes_per_token(engine)))
                 try:
-                    events = engine.run(self._requests(intake), opts.batch_size,
+                    events = engine.run(self._ordered(intake), opts.batch_size,
                                         should_stop=lambda: stop.requested or self.failed_fast)
                     for event in events:
                         if isinstance(event, gen.TokenEvent):
@@ -198,12 +200,25 @@ class _Job:
             stats.prefix_cache = engine.prefix.stats.since(prefix_before).summary()
         return stats
 
+    def _ordered(self, intake: Intake) -> Iterator[gen.Request | None]:
+        """Requests for the loop, those sharing a prompt prefix side by side where the prefix
+        cache is on (prefix_order.py); a request is running from here on."""
+        requests = self._requests(intake)
+        if self.engine.prefix is not None:
+            requests = self.order = PrefixOrder(requests, self.engine.prefix.block_tokens)
+        for req in requests:
+            if req is not None:
+                self.stats.in_flight += 1
+                self.stats.cached_tokens += len(req.prompt_ids)
+            yield req
+
     def _requests(self, intake: Intake) -> Iterator[gen.Request | None]:
-        """Requests for the loop; None when no line has come yet while others decode."""
+        """Requests in input order; None when no line has come yet while others decode."""
         first_line_of: dict[str, int] = {}
         while not self.failed_fast:
+            idle = self.stats.in_flight == 0 and not (self.order and self.order.waiting)
             with self.stop.at_once():
-                item = intake.get(self.stats.in_flight == 0, lambda: self.stop.requested)
+                item = intake.get(idle, lambda: self.stop.requested)
             if item is END:
                 return
             if item is NOT_READY:
@@ -233,8 +248,6 @@ class _Job:
                 continue
             req = self._to_request(rec, digest)
             if req is not None:
-                self.stats.in_flight += 1
-                self.stats.cached_tokens += len(req.prompt_ids)
                 yield req
 
     def _fail(self, line: int, rid, error: str, field: str | None = None) -> None:
