@@ -29,7 +29,7 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
         report["choice"] = {"error": str(exc)}
     report["reasons"] = reasons
     if choice is not None:
-        why = prefix_cache.unsupported(backend_class(choice.backend, art))
+        why = prefix_cache.unsupported(backend_class(choice.backend, art), art)
         report["prefix_cache"] = why or "yes: whole blocks of shared prompt prefixes are reused"
     stamps = checksum_stamps.stamp_folder()
     report["checksum_stamps"] = str(stamps) if stamps else None

@@ -3,6 +3,7 @@ identical with and without it on the native backends."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import replace
 
 import numpy as np
@@ -84,13 +85,17 @@ def _prompts(seed=3):
     return prompts
 
 
-@pytest.mark.skipif(NO_NATIVE is not None, reason=str(NO_NATIVE))
-@pytest.mark.parametrize("kind,kv_cache", [("qwen2", "float32"), ("llama", "float16"),
-                                           ("deepseek_v2", "float32")])
-def test_greedy_tokens_are_the_same_with_and_without_the_cache(kind, kv_cache, artifacts):
+@pytest.mark.parametrize("backend,kind,kv_cache", [
+    ("native", "qwen2", "float32"), ("native", "llama", "float16"),
+    ("native", "deepseek_v2", "float32"), ("onnxruntime", "llama", "float16"),
+    ("onnxruntime", "deepseek_v2", "float32")])
+def test_greedy_tokens_are_the_same_with_and_without_the_cache(backend, kind, kv_cache,
+                                                               artifacts):
+    if backend == "native" and NO_NATIVE is not None:
+        pytest.skip(str(NO_NATIVE))
     folder = artifacts(kind, "int8", kv_cache)
-    plain = edgeds.load(folder, backend="native", profile="cpu-avx512", prefix_cache=False)
-    cached = edgeds.load(folder, backend="native", profile="cpu-avx512")
+    plain = edgeds.load(folder, backend=backend, profile="cpu-avx512", prefix_cache=False)
+    cached = edgeds.load(folder, backend=backend, profile="cpu-avx512")
     assert plain.prefix is None
     cached.enable_prefix_cache(block_tokens=16)
     prompts = _prompts()
@@ -111,8 +116,16 @@ def test_doctor_says_what_the_backend_chosen_for_the_artifact_does(artifacts, mo
     report = diagnose(mla, profile="cpu-avx512", backend="native")
     assert report["prefix_cache"].startswith("yes")
     assert f"prefix cache: {report['prefix_cache']}" in format_report(report)
-    ort = diagnose(mla, profile="cpu-avx512", backend="onnxruntime")["prefix_cache"]
-    assert ort.startswith("not implemented for onnxruntime")
+    assert diagnose(mla, profile="cpu-avx512", backend="onnxruntime")["prefix_cache"].startswith(
+        "yes")
+    int8 = str(artifacts("llama", "int8", "int8"))
+    ort = diagnose(int8, profile="cpu-avx512", backend="onnxruntime")["prefix_cache"]
+    assert ort.startswith("onnxruntime: an int8-cache graph")
+    engine = edgeds.load(int8, backend="onnxruntime", profile="cpu-avx512")
+    assert engine.prefix is None and engine.enable_prefix_cache() == ort
+    if importlib.util.find_spec("openvino"):
+        ov = diagnose(mla, profile="cpu-avx512", backend="openvino")["prefix_cache"]
+        assert ov.startswith("openvino keeps its cache as state")
     # The line is the class's own flag: turned off on the MLA class, it says so for MLA only.
     monkeypatch.setattr(NativeMlaBackend, "supports_prefix_cache", False)
     monkeypatch.setattr(NativeMlaBackend, "no_prefix_cache", "no latent rows", raising=False)

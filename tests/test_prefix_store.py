@@ -112,7 +112,7 @@ RUN = textwrap.dedent("""
     from edgeds import generate as gen
     from edgeds.sampling import SamplingParams
     folder, cache = sys.argv[1], sys.argv[2]
-    engine = edgeds.load(folder, backend="native", profile="cpu-avx512",
+    engine = edgeds.load(folder, backend=sys.argv[4], profile="cpu-avx512",
                          prefix_cache=False if cache == "off" else cache)
     rng = np.random.default_rng(int(sys.argv[3]))
     shared = np.random.default_rng(0).integers(2, 320, 70)
@@ -125,8 +125,8 @@ RUN = textwrap.dedent("""
 """)
 
 
-def _run(folder, cache, seed):
-    out = subprocess.run([sys.executable, "-c", RUN, str(folder), str(cache), str(seed)],
+def _run(folder, cache, seed, backend="native"):
+    out = subprocess.run([sys.executable, "-c", RUN, str(folder), str(cache), str(seed), backend],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.splitlines()[-1]), out.stderr
 
@@ -146,16 +146,21 @@ def test_another_process_reuses_the_blocks_and_gets_the_same_tokens(tmp_path, ar
     assert other["stats"]["disk_blocks_written"] >= 2  # its own, beside qwen's
 
 
-@pytest.mark.skipif(NO_NATIVE is not None, reason=str(NO_NATIVE))
-def test_mla_latent_blocks_from_disk_give_the_tokens_of_a_run_without_the_cache(tmp_path,
+@pytest.mark.parametrize("backend", ["native", "onnxruntime"])
+def test_mla_latent_blocks_from_disk_give_the_tokens_of_a_run_without_the_cache(backend, tmp_path,
                                                                                artifacts):
+    if backend == "native" and NO_NATIVE is not None:
+        pytest.skip(str(NO_NATIVE))
     deepseek, folder = artifacts("deepseek_v2", "int8"), tmp_path / "pc"
-    first, _ = _run(deepseek, folder, 1)
+    first, _ = _run(deepseek, folder, 1, backend)
     assert first["stats"]["disk_blocks_written"] >= 2
-    again, _ = _run(deepseek, folder, 2)
-    plain, _ = _run(deepseek, "off", 2)
+    again, _ = _run(deepseek, folder, 2, backend)
+    plain, _ = _run(deepseek, "off", 2, backend)
     assert again["tokens"] == plain["tokens"]
     assert again["stats"]["disk_blocks_read"] == 2 and again["stats"]["tokens_reused"] == 3 * 64
+    if backend == "onnxruntime" and NO_NATIVE is None:  # the native blocks are not its own
+        native_run, _ = _run(deepseek, folder, 2, "native")
+        assert native_run["stats"]["disk_blocks_read"] == 0
 
 
 @pytest.mark.parametrize("args,said", [

@@ -3,9 +3,11 @@ the job's throughput with and without the cache, then time to first token from a
 
     python -m benchmarks.design.prefix_cache [ARTIFACT] [--requests 1000] [--prefix 1500]
         [--question 100] [--new-tokens 64] [--batch 0] [--ttft-requests 20] [--threads 0]
-        [--out benchmarks/results/prefix-cache.json]
+        [--backend native|onnxruntime] [--out benchmarks/results/prefix-cache.json]
 
-ARTIFACT: an int8 export on a native backend (default: the embedded model). Prompts are random
+ARTIFACT: an export on a backend with a prefix cache (default: the embedded model on the
+profile's backend). Each phase records wall and process CPU seconds (CPU time is the steadier
+of the two on a shared machine) and the load average it started at. Prompts are random
 token ids (seeded), so no tokenizer or template takes part. Phases, one engine each:
 1. off: the job with the cache off; 2. memory: the same job with the in-job cache; greedy
 tokens must be the same (checked); 3. a job of new questions with `--prefix-cache DIR` fills
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -28,6 +31,7 @@ import numpy as np
 
 import edgeds
 from edgeds import generate as gen
+from edgeds import prefix_cache
 from edgeds.sampling import SamplingParams
 
 
@@ -41,11 +45,13 @@ def prompts(vocab: int, n: int, prefix: int, question: int, seed: int) -> list[n
 def job(engine, batch: list[np.ndarray], new_tokens: int, batch_size: int | None) -> dict:
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
     reqs = [gen.Request(i, p, params) for i, p in enumerate(batch)]
-    t0 = time.perf_counter()
+    load, c0, t0 = os.getloadavg()[0], time.process_time(), time.perf_counter()
     done = {e.key: e for e in engine.run(reqs, batch_size) if isinstance(e, gen.Finished)}
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     generated = sum(len(d.token_ids) for d in done.values())
-    return {"seconds": round(seconds, 3), "generated_tokens_per_s": round(generated / seconds, 2),
+    return {"seconds": round(seconds, 3), "cpu_s": round(cpu, 3), "load_avg": round(load, 1),
+            "generated_tokens_per_s": round(generated / seconds, 2),
+            "generated_tokens_per_cpu_s": round(generated / cpu, 2),
             "ttft_p50_s": round(float(np.median([d.ttft_s for d in done.values()])), 4),
             "tokens": [done[i].token_ids for i in range(len(batch))]}
 
@@ -60,18 +66,22 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=0, help="slots (0: the profile's)")
     ap.add_argument("--ttft-requests", type=int, default=20)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--backend", default=None,
+                    help="native or onnxruntime (default: the profile's)")
     ap.add_argument("--out", default="benchmarks/results/prefix-cache.json")
     a = ap.parse_args()
 
     def load(cache):
-        return edgeds.load(a.artifact, threads=a.threads or None, prefix_cache=cache)
+        return edgeds.load(a.artifact, threads=a.threads or None, prefix_cache=cache,
+                           backend=a.backend)
 
     off = load(False)
-    if off.choice.backend != "native":
-        raise SystemExit(f"backend {off.choice.backend}: the prefix cache runs on native ones")
+    if why := prefix_cache.unsupported(off.backend):
+        raise SystemExit(f"backend {off.choice.backend}: no prefix cache ({why})")
     vocab, batch = off.backend.vocab_size, a.batch or None
     work = prompts(vocab, a.requests, a.prefix, a.question, seed=1)
     result = {"artifact": a.artifact or "embedded", "machine": platform.processor() or "?",
+              "backend": off.choice.backend, "cache_layout": off.backend.cache_layout,
               "threads": off.choice.threads, "batch": off.batch_for(batch),
               "requests": a.requests, "prefix": a.prefix, "question": a.question,
               "new_tokens": a.new_tokens}
@@ -83,6 +93,8 @@ def main() -> None:
     result["memory"]["prefix_cache"] = memory_engine.prefix.stats.summary()
     result["throughput_x"] = round(memory["generated_tokens_per_s"]
                                    / plain["generated_tokens_per_s"], 2)
+    result["throughput_per_cpu_s_x"] = round(memory["generated_tokens_per_cpu_s"]
+                                             / plain["generated_tokens_per_cpu_s"], 2)
     del memory_engine
 
     with tempfile.TemporaryDirectory() as folder:
@@ -90,16 +102,22 @@ def main() -> None:
         job(disk_engine, prompts(vocab, min(a.requests, 8), a.prefix, a.question, seed=2),
             a.new_tokens, batch)  # fills DIR, as yesterday's run did
         asked = prompts(vocab, a.ttft_requests, a.prefix, a.question, seed=3)
-        cold, uncached = [], []
+        cold, uncached, read = [], [], 0
         for p in asked:
             disk_engine.prefix.store.close()  # its writer lock too
             disk_engine.enable_prefix_cache(folder)  # a cold memory cache: blocks come from DIR
-            cold.append(job(disk_engine, [p], 1, 1)["ttft_p50_s"])
-            uncached.append(job(off, [p], 1, 1)["ttft_p50_s"])
-        result["ttft_from_dir_p50_s"] = round(float(np.median(cold)), 4)
-        result["ttft_uncached_p50_s"] = round(float(np.median(uncached)), 4)
+            cold.append(job(disk_engine, [p], 1, 1))
+            read += disk_engine.prefix.stats.disk_hits
+            uncached.append(job(off, [p], 1, 1))
+        for name, runs in (("from_dir", cold), ("uncached", uncached)):
+            ttft = np.median([r["ttft_p50_s"] for r in runs])
+            result[f"ttft_{name}_p50_s"] = round(float(ttft), 4)
+            # One new token: the request's CPU time is nearly all its prefill.
+            result[f"cpu_{name}_p50_s"] = round(float(np.median([r["cpu_s"] for r in runs])), 4)
         result["ttft_ratio"] = round(result["ttft_from_dir_p50_s"]
                                      / result["ttft_uncached_p50_s"], 3)
+        result["cpu_ratio"] = round(result["cpu_from_dir_p50_s"] / result["cpu_uncached_p50_s"], 3)
+        result["dir_blocks_read"] = read
         result["dir_bytes"] = sum(f.stat().st_size for f in Path(folder).rglob("*.bin"))
     text = json.dumps(result, indent=2)
     print(text)

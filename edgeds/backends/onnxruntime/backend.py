@@ -43,11 +43,20 @@ def _prefill_groups(slots: list[int], lengths: list[int]) -> list[tuple[int, int
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     supports_refill = True
-    supports_prefix_cache = False
-    no_prefix_cache = ("not implemented for onnxruntime yet: its prefill call takes one past "
-                       "length for every prompt of the call, and a GroupQueryAttention prefill "
-                       "over loaded rows was not checked to give the tokens of a prefill from "
-                       "nothing")
+    # The prefix cache: a slot's rows are rows of the numpy cache buffers, copied in and out;
+    # a prompt resumed after loaded rows runs alone (GroupQueryAttention takes a batch of one
+    # after a past), as a long prompt's later chunks do. Off per instance where it cannot be.
+    supports_prefix_cache = True
+    no_prefix_cache: str | None = None
+    kv_token_axis = 3  # of kv_rows' [buffers, layers, heads, tokens, head_dim]
+
+    @staticmethod
+    def no_prefix_cache_for(artifact: Artifact) -> str | None:
+        """Why this artifact's graph keeps no prefix cache here, or None."""
+        if "fresh_prompt" in artifact.graph("onnx").inputs:
+            return ("onnxruntime: an int8-cache graph attends over a fresh prompt in float32 but "
+                    "over int8 rows after loaded ones, so cached prefixes would change tokens")
+        return None
 
     def __init__(self, artifact: Artifact, providers: list, threads: int | None = None,
                  session_options: dict | None = None, profile_prefix: str | None = None,
@@ -98,6 +107,10 @@ class OnnxRuntimeBackend:
             device_id = self.session.get_provider_options().get(self.device, {}).get("device_id", 0)
             memory = (DEVICE_MEMORY.get(self.device, "cpu"), int(device_id))
         self.cache = Cache(self.layout, memory)
+        self.no_prefix_cache = self.no_prefix_cache_for(artifact) or (
+            "onnxruntime: the cache lives in device memory (OrtValues), not rows to copy"
+            if memory else None)
+        self.supports_prefix_cache = self.no_prefix_cache is None
 
     @property
     def batch_size(self) -> int:
@@ -197,30 +210,61 @@ class OnnxRuntimeBackend:
             self.cache.store(rows, fresh)
         return logits if every_position else logits[:, 0]
 
-    def prefill(self, slots: list[int], prompts: list[np.ndarray],
-                every_position: bool = False) -> np.ndarray:
+    @property
+    def cache_layout(self) -> str:
+        """What a row of kv_rows holds, for the prefix cache's keys."""
+        kind = "latent" if self.cache.latent else "k,v"
+        return (f"onnxruntime:{self.cache.dtype.name}:{kind}[{self.layout.layers},"
+                f"{self.layout.heads},tokens,{self.layout.head_dim}]")
+
+    def kv_block_shape(self, tokens: int) -> tuple[np.dtype, tuple[int, ...]]:
+        """dtype and shape of kv_rows over `tokens` positions."""
+        lay = self.layout
+        return self.cache.dtype, (lay.buffers, lay.layers, lay.heads, tokens, lay.head_dim)
+
+    def kv_rows(self, slot: int, start: int, stop: int) -> np.ndarray:
+        """A copy of positions [start, stop) of a slot's cache."""
+        return self.cache.slot_rows(slot, start, stop)
+
+    def load_kv(self, slot: int, start: int, rows: np.ndarray) -> None:
+        """Write rows (as kv_rows gives them) at positions start.. of a slot's cache."""
+        self.cache.load_slot_rows(slot, start, rows)
+
+    def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False,
+                starts: list[int] | None = None) -> np.ndarray:
+        """starts[i]: positions of prompt i already in its slot's cache (load_kv), not computed."""
+        starts = [0] * len(prompts) if starts is None else starts
         if any(len(p) > self.capacity for p in prompts):
             raise ValueError("prompt longer than the cache capacity")
+        if every_position and any(starts) or any(
+                not 0 <= s < len(p) for p, s in zip(prompts, starts)):
+            raise ValueError("a prompt start outside the prompt (its last token is computed)")
         if every_position:  # scoring: every position's logits, one prompt per call
             out = np.stack([self._run_prompts(slice(s, s + 1), [p], True)[0]
                             for s, p in zip(slots, prompts)])
         else:
             out = np.empty((len(slots), self.vocab_size), np.float32)
-            for start, stop in _prefill_groups(slots, [len(p) for p in prompts]):
-                if stop - start == 1 and len(prompts[start]) > PREFILL_ROWS:
-                    out[start] = self._run_chunked(slots[start], prompts[start])
+            new = [i for i, s in enumerate(starts) if s == 0]
+            lengths = [len(prompts[i]) for i in new]
+            for start, stop in _prefill_groups([slots[i] for i in new], lengths):
+                group = new[start:stop]
+                if len(group) == 1 and len(prompts[group[0]]) > PREFILL_ROWS:
+                    out[group[0]] = self._run_chunked(slots[group[0]], prompts[group[0]])
                     continue
-                rows = slice(slots[start], slots[stop - 1] + 1)
-                out[start:stop] = self._run_prompts(rows, prompts[start:stop])
+                rows = slice(slots[group[0]], slots[group[-1]] + 1)
+                out[group] = self._run_prompts(rows, [prompts[i] for i in group])
+            for i in (i for i, s in enumerate(starts) if s):
+                out[i] = self._run_chunked(slots[i], prompts[i], starts[i])
         for s, p in zip(slots, prompts):
             self.slot_lengths.filled(s, len(p))
         return out
 
-    def _run_chunked(self, slot: int, prompt: np.ndarray) -> np.ndarray:
-        """A long prompt in calls of PREFILL_ROWS tokens, each attending to what the earlier ones
-        cached: activation memory stays that of one chunk, whatever the prompt's length."""
+    def _run_chunked(self, slot: int, prompt: np.ndarray, start: int = 0) -> np.ndarray:
+        """A long prompt (or what follows `start` cached positions of one) in calls of
+        PREFILL_ROWS tokens, each attending to what the earlier ones cached: activation memory
+        stays that of one chunk, whatever the prompt's length."""
         rows = slice(slot, slot + 1)
-        for done in range(0, len(prompt), PREFILL_ROWS):
+        for done in range(start, len(prompt), PREFILL_ROWS):
             logits = self._run_prompts(rows, [prompt[done:done + PREFILL_ROWS]], past=done)
         return logits[0]
 

@@ -73,6 +73,26 @@ class Cache:
         for (cache, _, _), new in zip(self.bindings(), fresh):
             cache[rows, :, :new.shape[2]] = new
 
+    def slot_rows(self, slot: int, start: int, stop: int) -> np.ndarray:
+        """A copy of positions [start, stop) of a slot: [buffers, layers, heads, tokens, dim]
+        (numpy buffers only)."""
+        return np.stack([np.stack([c[slot, :, start:stop] for c in caches])
+                         for caches in self._host_buffers()])
+
+    def load_slot_rows(self, slot: int, start: int, rows: np.ndarray) -> None:
+        """Write rows (as slot_rows gives them) at positions start.. of a slot."""
+        stop = start + rows.shape[3]
+        if stop > self.capacity:
+            raise ValueError("cached rows past the cache capacity")
+        for caches, part in zip(self._host_buffers(), rows):
+            for c, layer in zip(caches, part):
+                c[slot, :, start:stop] = layer
+
+    def _host_buffers(self) -> list[list[np.ndarray]]:
+        if self.memory is not None:
+            raise ValueError("the cache is in device memory: no rows to copy")
+        return [self.keys] if self.latent else [self.keys, self.values]
+
     def _zeros(self, shape: tuple[int, ...], old=None):
         """A cache buffer of zeros (padding rows are never attended, but must not hold NaNs),
         holding `old`'s contents in its first positions."""
