@@ -14,6 +14,13 @@
 # A later call (a fresh machine) for edgeds alone, the peers' JSON of an earlier call in
 # MOE_DIR/results joining its report:
 #   there: bash benchmarks/devices/moe_device.sh edgeds [ENGINES] [TESTS]
+# Another round on the same warm machine (each engine's rows kept as ENGINE-rN.json; the report
+# gives each row's median and range over the rounds):
+#   there: bash benchmarks/devices/moe_device.sh round N [ENGINES]
+# Peers built ahead (a machine with the same CPU flags, GGML_NATIVE) may travel instead of being
+# built there: MOE_DIR/peers-bin.tar.xz (<peer>/llama-batched-bench, llama-quantize, stripped)
+# and MOE_DIR/peers-bin.flags (/proc/cpuinfo's flags where they were built); they are used only
+# where the machine has every one of those flags, else the peers are built as above.
 # LAYERS=27 for the whole V2-Lite depth (about 16 GB int8; the same steps).
 set -o pipefail
 M=$(realpath "${MOE_DIR:-.carry/moebench}")
@@ -49,19 +56,34 @@ checks() {
 measure() {
   for e in ${1//,/ }; do
     python3 -m $MC "${ARGS[@]}" --engines "$e" --no-report 2>&1 | tee -a "$OUT/moe.log"
-    cp "$WORK/$e.json" "$OUT/" 2>/dev/null
+    cp "$WORK/$e.json" "$WORK/$e-r${ROUND:-1}.json" 2>/dev/null \
+      && cp "$WORK/$e-r${ROUND:-1}.json" "$OUT/"
   done
+}
+
+# The peers from MOE_DIR/peers-bin.tar.xz where this CPU has every flag they were built for.
+carried_peers() {
+  [ -f "$M/peers-bin.tar.xz" ] || return 1
+  local missing
+  missing=$(comm -23 <(tr ' ' '\n' < "$M/peers-bin.flags" | sort -u) \
+    <(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2 | tr ' ' '\n' | sort -u) | tr '\n' ' ')
+  if [ -n "${missing// /}" ]; then
+    echo "carried peers not used: this CPU lacks $missing"; return 1
+  fi
+  for p in ${PEERS//,/ }; do mkdir -p "$BUILD/$p/bin"; done
+  tar -xJf "$M/peers-bin.tar.xz" -C "$BUILD" --transform 's|^\([^/]*\)/|\1/bin/|'
+  echo "peers: carried binaries (built for these CPU flags)"
 }
 
 # The report of this call's engines (--collect) and of an earlier call's (--reuse, MOE_DIR/results).
 report() {
   local collect= reuse= e
   for e in ${PEERS//,/ } ${EDGEDS//,/ }; do
-    if [ -f "$OUT/$e.json" ]; then collect+=${collect:+,}$e
+    if compgen -G "$WORK/$e-r*.json" > /dev/null; then collect+=${collect:+,}$e
     elif [ -f "$WORK/$e.json" ]; then reuse+=${reuse:+,}$e; fi
   done
   python3 -m $MC "${ARGS[@]}" --engines none --collect "$collect" --reuse "$reuse" \
-    2>&1 | tee -a "$OUT/moe.log"
+    ${COMMAND:+--command "$COMMAND"} 2>&1 | tee -a "$OUT/moe.log"
   cp benchmarks/results/moe-$MACHINE.md benchmarks/results/moe-$MACHINE.json "$OUT"/
 }
 
@@ -72,6 +94,8 @@ case "$1" in
     if [ -x "$BUILD/ik_llama.cpp/bin/llama-batched-bench" ] \
         && [ -x "$BUILD/llama.cpp/bin/llama-batched-bench" ]; then
       true & build=$!  # built by an earlier call on this machine
+    elif carried_peers | tee -a "$OUT/moe.log" | grep -q '^peers: carried'; then
+      true & build=$!
     else
       bash $P/build_peers.sh build "$M" "$BUILD" both "$THREADS" >/tmp/peer-build.log 2>&1 &
       build=$!
@@ -96,5 +120,8 @@ case "$1" in
     checks "${3:-$AMX_TESTS}"; cat "$OUT/checks.log"
     measure "$engines"
     report ;;
-  *) sed -n 2,18p "$0" >&2; exit 2 ;;
+  round)
+    ROUND=$2 measure "${3:-$PEERS,$EDGEDS}"
+    report ;;
+  *) sed -n 2,25p "$0" >&2; exit 2 ;;
 esac

@@ -6,6 +6,7 @@
     ... --engines llama.cpp,edgeds-native --no-report   # some rows; their JSON stays in --work
     ... --engines none --reuse llama.cpp,ik_llama.cpp   # a report from results in --work
     ... --engines none --collect ENGINES --bandwidth 79.6 # rows of this call's --no-report runs
+                                            # (ENGINE-r1.json, -r2.json ...: rounds, merged)
 
 The checkpoint has DeepSeek-V2-Lite's widths cut to --layers layers (1 dense + the rest MoE: 64
 experts top-6 + 2 shared; benchmarks/random_checkpoint.py), random bf16 weights. edgeds
@@ -380,6 +381,15 @@ def merge_rounds(runs: list[dict]) -> dict:
     return row
 
 
+def collected(work: Path, engine: str) -> dict:
+    """An engine's rows measured by earlier invocations: its rounds (ENGINE-rN.json, one per
+    call of moe_device.sh's measure) merged, else its one ENGINE.json."""
+    rounds = sorted(work.glob(f"{engine}-r*.json"))
+    if rounds:
+        return merge_rounds([json.loads(r.read_text()) for r in rounds])
+    return json.loads((work / f"{engine}.json").read_text())
+
+
 def report(
     results: list[dict],
     machine: str,
@@ -559,7 +569,7 @@ def main() -> None:
                 runs.setdefault(engine, []).append(res)
     results = [merge_rounds(r) for r in runs.values()]
     for engine in filter(None, args.collect.split(",")):
-        results.append(json.loads((work / f"{engine}.json").read_text()))
+        results.append(collected(work, engine))
     for engine in filter(None, args.reuse.split(",")):
         results.append(json.loads((work / f"{engine}.json").read_text()) | {"reused": True})
     for r in results:
