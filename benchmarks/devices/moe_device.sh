@@ -33,8 +33,8 @@ export EDGEDS_CONFIGS=$M/reference/configs
 ARGS=(--layers "$LAYERS" --threads "$THREADS" --peers-src "$M" --peers-build "$BUILD"
       --work "$WORK" --machine "$MACHINE" ${CONFIG:+--config "$CONFIG"})
 PEERS=llama.cpp,ik_llama.cpp EDGEDS=edgeds-native,edgeds-onnxruntime
-AMX_TESTS="tests/test_native_mla.py
-  tests/test_mla_moe.py::test_int8_decode_runs_experts_no_token_chose"
+AMX_TESTS=${AMX_TESTS:-"tests/test_native_mla.py
+  tests/test_mla_moe.py::test_int8_decode_runs_experts_no_token_chose"}
 
 machine() {
   lscpu | grep -E '^(Model name|Thread|Core|Socket|NUMA node\(s\))'
@@ -43,13 +43,16 @@ machine() {
   python3 -c "import onnxruntime as o, numpy as n; print('onnxruntime', o.__version__, n.__version__)"
 }
 
-# The AMX checks: untimed, so they may share the CPU with the build and the export.
-checks() {
+# The AMX checks: untimed, so they may share the CPU with the build and the export (the tests
+# need no export: they start with it; the parity of AMX tiles and VNNI needs the export).
+check_tests() {
   { python3 -m pytest -q -p no:cacheprovider $1 2>&1 | tail -15
-    echo "pytest exit: $?"
-    python3 -m benchmarks.devices.native_amx_parity "$WORK/v2-lite-${LAYERS}l-edgeds-int8" \
+    echo "pytest exit: $?"; } > "$OUT/checks.log"
+}
+check_amx() {
+  { python3 -m benchmarks.devices.native_amx_parity "$WORK/v2-lite-${LAYERS}l-edgeds-int8" \
       --threads "$THREADS" 2>&1
-    echo "amx parity exit: $?"; } > "$OUT/checks.log"
+    echo "amx parity exit: $?"; } >> "$OUT/checks.log"
 }
 
 # Each engine alone, its JSON into $OUT the moment it ends (a call cut short keeps what ended).
@@ -100,10 +103,11 @@ case "$1" in
       bash $P/build_peers.sh build "$M" "$BUILD" both "$THREADS" >/tmp/peer-build.log 2>&1 &
       build=$!
     fi
+    check_tests "$AMX_TESTS" & checked=$!
     # Checkpoint, edgeds export, bf16 GGUFs meanwhile; quantizing waits for the peers' tools.
     python3 -m $MC "${ARGS[@]}" --prepare-only --engines "$engines" 2>&1 | tee -a "$OUT/moe.log" \
       || exit 1
-    checks "$AMX_TESTS" & checked=$!
+    wait "$checked"; check_amx & checked=$!
     wait "$build" || { tail -40 /tmp/peer-build.log; }
     grep -h 'built' /tmp/peer-build.log 2>/dev/null
     wait "$checked"; cat "$OUT/checks.log"
@@ -117,7 +121,7 @@ case "$1" in
     mkdir -p "$WORK" && cp "$M"/results/*.json "$WORK"/ 2>/dev/null
     python3 -m $MC "${ARGS[@]}" --prepare-only --engines "$engines" 2>&1 | tee -a "$OUT/moe.log" \
       || exit 1
-    checks "${3:-$AMX_TESTS}"; cat "$OUT/checks.log"
+    check_tests "${3:-$AMX_TESTS}"; check_amx; cat "$OUT/checks.log"
     measure "$engines"
     report ;;
   round)
