@@ -32,6 +32,7 @@ import numpy as np
 import edgeds
 from edgeds import generate as gen
 from edgeds import prefix_cache
+from edgeds.hardware import detect
 from edgeds.sampling import SamplingParams
 
 
@@ -80,7 +81,8 @@ def main() -> None:
         raise SystemExit(f"backend {off.choice.backend}: no prefix cache ({why})")
     vocab, batch = off.backend.vocab_size, a.batch or None
     work = prompts(vocab, a.requests, a.prefix, a.question, seed=1)
-    result = {"artifact": a.artifact or "embedded", "machine": platform.processor() or "?",
+    machine = detect().cpu_model or platform.processor() or "?"
+    result = {"artifact": a.artifact or "embedded", "machine": machine,
               "backend": off.choice.backend, "cache_layout": off.backend.cache_layout,
               "threads": off.choice.threads, "batch": off.batch_for(batch),
               "requests": a.requests, "prefix": a.prefix, "question": a.question,
