@@ -160,7 +160,8 @@ def load(artifact: str | Path | None = None, profile: str | None = None, backend
          prefix_cache: bool | str | Path = True, prefix_cache_size: int | None = None) -> Engine:
     """Open an artifact folder (None: the embedded default model) and pick profile, backend and
     provider for this machine. `threads`: 1 to this machine's CPU count; None or 0: the profile's.
-    `prefix_cache`: reuse the cache rows of prompt prefixes within this engine (native backends);
+    `prefix_cache`: reuse the cache rows of prompt prefixes within this engine (where the
+    backend can: native, ONNX Runtime's host cache; prefix_cache.unsupported says why not);
     a folder: keep them there too, at most `prefix_cache_size` bytes, for later runs.
 
     The files the chosen backend reads are checked against their sha256, and the tokenizer is

@@ -47,7 +47,7 @@ def command(
     threads: Annotated[int, typer.Option(help="Threads (default: the profile's).")] = 0,
     no_prefix_cache: Annotated[bool, typer.Option(
         "--no-prefix-cache", help="Prefill every prompt whole (default: reuse shared prefixes' "
-        "KV cache blocks within the job, native backends).")] = False,
+        "KV cache blocks within the job where the backend can: `edgeds doctor` says).")] = False,
     prefix_cache: Annotated[str | None, typer.Option(
         "--prefix-cache", help="Folder that keeps prefix cache blocks for later runs and other "
         "processes (created if missing).")] = None,
