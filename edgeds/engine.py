@@ -51,7 +51,7 @@ class Engine:
         self.reasons = profile_reasons + choice.reasons
         self.tokenizer, self.backend = tokenizer, backend
         self.eos_ids = set(artifact.manifest.generation.eos_token_ids)
-        self.context = min(profile.runtime.context, artifact.model.context_length)
+        self.context = context_for(profile, artifact)
         # No batch, the profile's or a caller's, may hold more slots of full-context cache than fit.
         fmt = choice.artifact_format
         # The small-batch graph counts where it may load (at the first batch small enough for it).
@@ -189,6 +189,11 @@ def load(artifact: str | Path | None = None, profile: str | None = None, backend
         if why and folder is not None:
             raise ConfigError(f"--prefix-cache {folder}: {why}")
     return engine
+
+
+def context_for(profile: Profile, artifact: Artifact) -> int:
+    """The context an engine of this profile runs this artifact with (request digests cover it)."""
+    return min(profile.runtime.context, artifact.model.context_length)
 
 
 def check_threads(threads: int | None) -> None:

@@ -16,19 +16,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from .. import generate as gen
+from ..artifact import Artifact
 from ..engine import Engine
 from ..errors import EdgedsError
 from ..sampling import SamplingParams
-from .digest import request_digest
+from .admission import Admission
 from .intake import END, NOT_READY, Intake
 from .metrics import JobView, MetricsPublisher
-from .output import OutputLog, record_key
+from .output import OutputLog
 from .prefix_order import PrefixOrder
 from .progress import JobStats, Progress
-from .records import DEFAULT_MAX_LINE_BYTES, BadRecord, Record, parse_line
+from .records import DEFAULT_MAX_LINE_BYTES
+from .results import RecordFailed, prompt_ids, result_record
+from .writer import JobWriter
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Interrupted(BaseException):
     that a template's or a tokenizer's `except Exception` does not turn it into a record)."""
 
 
-class _Stop:
+class StopFlag:
     """Set by SIGINT/SIGTERM; the loop looks at it after every event. Inside `interruptible`
     (waiting, tokenizing) the handler raises instead: nothing is half-written there."""
 
@@ -76,7 +77,7 @@ class _Stop:
 
 
 @contextmanager
-def _signals(stop: _Stop):
+def handle_signals(stop: StopFlag):
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
@@ -92,16 +93,21 @@ def open_output(opts: JobOptions) -> OutputLog:
 
 def job_settings(engine: Engine, opts: JobOptions) -> dict:
     """What the job ran with (OUT.job.json); records carry their own request digests."""
+    return settings_of(opts, engine.artifact, engine.context,
+                       {k: v for k, v in engine.describe().items()
+                        if k not in ("reasons", "advice")})
+
+
+def settings_of(opts: JobOptions, artifact: Artifact, context: int, engine: dict) -> dict:
+    """OUT.job.json of a job on `artifact` at `context`; `engine` says what ran it."""
     d = opts.defaults
-    return {"artifact_sha256": engine.artifact.digest, "artifact": str(engine.artifact.root),
+    return {"artifact_sha256": artifact.digest, "artifact": str(artifact.root),
             "input": opts.input,
-            "input_format": "text" if opts.text_format else "jsonl", "context": engine.context,
+            "input_format": "text" if opts.text_format else "jsonl", "context": context,
             "max_new_tokens": d.max_new_tokens, "temperature": d.temperature, "top_p": d.top_p,
             "top_k": d.top_k, "min_p": d.min_p, "repetition_penalty": d.repetition_penalty,
             "seed": d.seed, "stop": list(d.stop), "truncate": opts.truncate,
-            "command": list(sys.argv), "versions": versions(),
-            "engine": {k: v for k, v in engine.describe().items()
-                       if k not in ("reasons", "advice")}}
+            "command": list(sys.argv), "versions": versions(), "engine": engine}
 
 
 def versions() -> dict[str, str]:
@@ -117,14 +123,6 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
-
-def record_settings(params: SamplingParams) -> dict:
-    """The settings a record was generated with, its own seed included (its audit trail)."""
-    return {"max_new_tokens": params.max_new_tokens, "temperature": params.temperature,
-            "top_p": params.top_p, "top_k": params.top_k, "min_p": params.min_p,
-            "repetition_penalty": params.repetition_penalty, "stop": list(params.stop),
-            "seed": params.seed}
 
 
 def run_job(engine: Engine, opts: JobOptions, out: OutputLog | None = None,
@@ -154,8 +152,8 @@ class _Job:
         self.engine, self.opts, self.out, self.metrics = engine, opts, out, metrics
         self.artifact_digest = engine.artifact.digest  # of the manifest loaded, read once
         self.stats = JobStats()
-        self.stop = _Stop()
-        self.failed_fast = False
+        self.writer = JobWriter(out, self.stats, opts.fail_fast)
+        self.stop = StopFlag()
         self.order: PrefixOrder | None = None
 
     def run(self, progress_stream) -> JobStats:
@@ -165,14 +163,15 @@ class _Job:
         progress = Progress(intake.total, stats, opts.defaults.max_new_tokens, progress_stream)
         prefix_before = replace(engine.prefix.stats) if engine.prefix else None
         try:
-            with _signals(stop):
+            with handle_signals(stop):
                 progress.start()
                 if self.metrics is not None:
                     self.metrics.start(JobView(stats, intake.total, metric_labels(engine),
                                                _kv_bytes_per_token(engine)))
                 try:
                     events = engine.run(self._ordered(intake), opts.batch_size,
-                                        should_stop=lambda: stop.requested or self.failed_fast)
+                                        should_stop=lambda: (stop.requested
+                                                             or self.writer.failed_fast))
                     for event in events:
                         if isinstance(event, gen.TokenEvent):
                             stats.tokens += 1
@@ -214,8 +213,9 @@ class _Job:
 
     def _requests(self, intake: Intake) -> Iterator[gen.Request | None]:
         """Requests in input order; None when no line has come yet while others decode."""
-        first_line_of: dict[str, int] = {}
-        while not self.failed_fast:
+        admission = Admission(self.opts, self.out, self.writer, self.artifact_digest,
+                              self.engine.context)
+        while not self.writer.failed_fast:
             idle = self.stats.in_flight == 0 and not (self.order and self.order.waiting)
             with self.stop.at_once():
                 item = intake.get(idle, lambda: self.stop.requested)
@@ -224,93 +224,27 @@ class _Job:
             if item is NOT_READY:
                 yield None
                 continue
-            n, raw = item
-            rec = parse_line(n, raw, self.opts.defaults, self.opts.text_format,
-                             self.opts.max_line_bytes)
-            if rec is None:
-                self.out.settle_line(n)
+            admitted = admission.admit(*item)
+            if admitted is None:
                 continue
-            key = None if rec.id is None else record_key(rec.id)
-            if key is not None and key in first_line_of:
-                self._fail(n, None, f"duplicate id {rec.id!r} (first on line {first_line_of[key]})",
-                           "id")
+            rec, digest = admitted
+            try:
+                with self.stop.at_once():
+                    ids = prompt_ids(self.engine, rec, self.opts.truncate)
+            except RecordFailed as failed:
+                self.writer.fail(rec.line, rec.id, failed.error, failed.field)
                 continue
-            if key is not None:
-                first_line_of[key] = n
-            if isinstance(rec, BadRecord):
-                self._fail(n, rec.id, rec.error, rec.field)
-                continue
-            self.out.settle_line(n)
-            digest = request_digest(rec, self.engine.artifact.digest, self.engine.context,
-                                    self.opts.truncate)
-            if self.out.is_done(key, digest):
-                self.stats.skipped += 1
-                continue
-            req = self._to_request(rec, digest)
-            if req is not None:
-                yield req
-
-    def _fail(self, line: int, rid, error: str, field: str | None = None) -> None:
-        record = {"id": rid, "line": line}
-        if field:
-            record["field"] = field
-        record["error"] = error
-        self.stats.failed += 1
-        self.failed_fast = self.opts.fail_fast
-        if rid is None:
-            if self.out.settle_line(line, record):
-                return  # the same error is in the output already
-        else:
-            self.out.settle_line(line)
-            if self.out.has_error(record_key(rid), record):
-                return
-        self.out.write(record)
-
-    def _to_request(self, rec: Record, digest: str) -> gen.Request | None:
-        engine = self.engine
-        field = "prompt" if isinstance(rec.prompt, str) else "messages"
-        try:
-            with self.stop.at_once():
-                ids = engine.encode(rec.prompt)
-        except Exception as exc:  # a template may raise on odd conversations; that record fails
-            self._fail(rec.line, rec.id, f"cannot tokenize: {exc}", field)
-            return None
-        limit = engine.context - 1
-        if len(ids) > limit:
-            if not self.opts.truncate:
-                self._fail(rec.line, rec.id, f"prompt has {len(ids)} tokens, over the context of "
-                           f"{engine.context} (pass --truncate to keep its end)", field)
-                return None
-            keep = max(engine.context - rec.params.max_new_tokens, engine.context // 2)
-            ids = np.ascontiguousarray(ids[-keep:])
-        return gen.Request((rec.line, rec.id, digest, rec.params), ids, rec.params)
+            yield gen.Request((rec, digest), ids, rec.params)
 
     def _write_result(self, done: gen.Finished) -> None:
-        engine, stats = self.engine, self.stats
-        line, rid, digest, params = done.key
-        c = engine.complete(done)
-        record = {"id": rid, "text": c.text}
-        if engine.tokenizer.reasoning:
-            record["reasoning"] = c.reasoning
-        record["finish_reason"] = c.finish_reason
-        record["usage"] = {"prompt_tokens": c.prompt_tokens, "completion_tokens": len(c.token_ids)}
-        if self.opts.timings:
-            record["latency_s"] = round(done.latency_s, 4)
-            record["ttft_s"] = round(done.ttft_s, 4)
-        record["line"] = line
-        record["request_digest"] = digest
-        # What an audit needs beside the digest: which model, which backend, which settings.
-        record["artifact_sha256"] = self.artifact_digest
-        record["backend"] = engine.choice.backend
-        record["settings"] = record_settings(params)
-        self.out.write(record)
+        stats = self.stats
+        rec, digest = done.key
+        record = result_record(self.engine, done, rec, digest, self.artifact_digest,
+                               self.opts.timings)
+        self.writer.result(record, done.latency_s, done.ttft_s)
         stats.in_flight -= 1
+        completion, prompt = record["usage"]["completion_tokens"], record["usage"]["prompt_tokens"]
         # Token events of this sequence: its tokens, and the EOS that ended it (not kept).
-        events = len(c.token_ids) + (done.finish_reason == "stop" and done.stop_text is None)
+        events = completion + (done.finish_reason == "stop" and done.stop_text is None)
         stats.settled_tokens += events
-        stats.cached_tokens -= c.prompt_tokens + events
-        stats.ok += 1
-        stats.prompt_tokens += c.prompt_tokens
-        stats.generated_tokens += len(c.token_ids)
-        stats.latencies.append(done.latency_s)
-        stats.ttfts.append(done.ttft_s)
+        stats.cached_tokens -= prompt + events

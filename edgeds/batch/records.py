@@ -115,6 +115,11 @@ def parse_line(n: int, raw: bytes | None, defaults: SamplingParams, text_format:
         return BadRecord(n, None, f"JSON nested deeper than {MAX_DEPTH} levels")
     except ValueError as exc:
         return BadRecord(n, None, f"malformed JSON: {exc}")
+    return parse_object(n, obj, defaults)
+
+
+def parse_object(n: int | None, obj, defaults: SamplingParams) -> Record | BadRecord:
+    """A parsed JSON line (or a row of a Ray dataset) -> a record or an error record."""
     if not isinstance(obj, dict):
         return BadRecord(n, None, "a record must be a JSON object")
     rid = obj.get("id")
@@ -143,6 +148,16 @@ def parse_line(n: int, raw: bytes | None, defaults: SamplingParams, text_format:
     except SamplingError as exc:
         return BadRecord(n, rid, str(exc), exc.field)
     return Record(n, rid, prompt, params)
+
+
+def request_line(rec: Record) -> str:
+    """The record as one self-contained JSONL line: every setting explicit, its own seed
+    included, so that parse_line reads back the same record, and the same request digest,
+    wherever it runs and whatever the defaults there."""
+    p = rec.params
+    obj = {"id": rec.id, "prompt" if isinstance(rec.prompt, str) else "messages": rec.prompt,
+           **{key: getattr(p, key) for key in OVERRIDES}, "stop": list(p.stop)}
+    return json.dumps(obj)  # ASCII: lone surrogates travel as their escapes
 
 
 def record_params(defaults: SamplingParams, rid: str | int) -> SamplingParams:

@@ -54,6 +54,15 @@ def command(
     prefix_cache_size: Annotated[str, typer.Option(
         help="Most bytes --prefix-cache keeps (4G, 500M, ...); least recently used go first.")]
         = "4G",
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Run on Ray Data: one engine per worker, this process the only writer "
+        "(needs edgeds[ray]).")] = False,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Ray cluster to join ('auto': the one `ray start` made here; default: a local "
+        "Ray over this machine's CPUs).", show_default=False)] = None,
+    workers: Annotated[int, typer.Option(
+        help="--ray: engines (Ray actors) to run; default one per node. --threads is each "
+        "one's threads (default: its node's CPUs shared by the workers on it).")] = 0,
 ):
     """Run every prompt of a JSONL file through a model, resumably.
 
@@ -75,15 +84,15 @@ def command(
       edgeds infer --input prompts.jsonl --output results.jsonl
       edgeds infer r1-1.5b-int8 -i prompts.jsonl -o results.jsonl --max-new-tokens 512
       edgeds infer r1-1.5b-int8 -i p.jsonl -o r.jsonl --prometheus-file /var/lib/node/edgeds.prom
+      edgeds infer r1-1.5b-int8 -i p.jsonl -o r.jsonl --ray --workers 4 --threads 4
+      edgeds infer /shared/r1-1.5b-int8 -i p.jsonl -o r.jsonl --ray --ray-address auto
     """
     from ..batch import JobOptions, run_job
     from ..batch.job import open_output
     from ..batch.metrics import MetricsPublisher
-    from ..batch.progress import format_summary
     from ..default_model import default_artifact
     from ..engine import load
     from ..sampling import SamplingParams
-    from .main import EXIT_INTERRUPTED, EXIT_OK, EXIT_RECORDS_FAILED
 
     # Until the job takes over signals, SIGTERM ends a load as Ctrl-C does (exit 130).
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -93,10 +102,20 @@ def command(
                                   repetition_penalty, seed, tuple(stop or ()))
         defaults.validate()
         _check_arguments(input, output, input_format, batch_size, threads, max_line_bytes, metrics,
-                         prometheus_file, prometheus_port)
+                         prometheus_file, prometheus_port, ray)
         store_bytes = _check_prefix_cache(prefix_cache, prefix_cache_size, no_prefix_cache)
+        _check_ray(ray, ray_address, workers, prometheus_file, prometheus_port)
         opts = JobOptions(input, output, defaults, input_format == "text", batch_size or None,
                           truncate, overwrite, fail_fast, timings, max_line_bytes)
+        if ray:
+            from ..ray.cluster import import_ray
+
+            import_ray()  # not installed: one line, before the output is touched
+            with open_output(opts) as out:
+                stats = _run_on_ray(opts, out, artifact, ray_address, workers, threads, profile,
+                                    backend, device, prefix_cache or not no_prefix_cache,
+                                    store_bytes)
+            return _finish(stats, metrics)
         # locked: a second job on this output stops here; a port in use, before the model loads
         with open_output(opts) as out, \
                 MetricsPublisher(prometheus_file, prometheus_port, prometheus_host) as publisher:
@@ -121,23 +140,57 @@ def command(
             if out.resumable:
                 typer.echo(f"edgeds: resuming {output}: {out.resumable} records in it", err=True)
             stats = run_job(engine, opts, out, metrics=publisher)
-        summary = stats.summary()
-        typer.echo(format_summary(summary), err=True)
-        if stats.input_note:
-            typer.echo(f"edgeds: input: {stats.input_note}", err=True)
-        if metrics:
-            Path(metrics).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        sys.stdout.flush()
-        if stats.interrupted:
-            typer.echo("edgeds: interrupted; run the same command again to resume", err=True)
-            raise typer.Exit(EXIT_INTERRUPTED)
-        raise typer.Exit(EXIT_RECORDS_FAILED if stats.failed or stats.input_note else EXIT_OK)
+        return _finish(stats, metrics)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _run_on_ray(opts, out, artifact, address, workers, threads, profile, backend, device,
+                prefix_cache, prefix_cache_size):
+    from ..ray.job import RayJob, RayOptions
+
+    job = RayJob(opts, RayOptions(artifact, address, workers or None, threads or None, profile,
+                                  backend, device, prefix_cache, prefix_cache_size))
+    typer.echo(f"edgeds: {job.describe()}", err=True)
+    if out.resumable:
+        typer.echo(f"edgeds: resuming {opts.output}: {out.resumable} records in it", err=True)
+    return job.run(out)
+
+
+def _finish(stats, metrics: str | None):
+    """The summary on stderr (and in --metrics), then the job's exit code."""
+    from ..batch.progress import format_summary
+    from .main import EXIT_INTERRUPTED, EXIT_OK, EXIT_RECORDS_FAILED
+
+    summary = stats.summary()
+    typer.echo(format_summary(summary), err=True)
+    if stats.input_note:
+        typer.echo(f"edgeds: input: {stats.input_note}", err=True)
+    if metrics:
+        Path(metrics).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    sys.stdout.flush()
+    if stats.interrupted:
+        typer.echo("edgeds: interrupted; run the same command again to resume", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    raise typer.Exit(EXIT_RECORDS_FAILED if stats.failed or stats.input_note else EXIT_OK)
+
+
 def _interrupt(*_):
     raise KeyboardInterrupt
+
+
+def _check_ray(ray: bool, address: str | None, workers: int, prometheus_file: str | None,
+               prometheus_port: int | None) -> None:
+    if not ray:
+        for flag, value in (("--ray-address", address), ("--workers", workers or None)):
+            if value is not None:
+                raise ValueError(f"{flag} needs --ray")
+        return
+    if workers < 0:
+        raise ValueError(f"--workers must be >= 1 (0: one per node), not {workers}")
+    if prometheus_file is not None or prometheus_port is not None:
+        raise ValueError("--prometheus-file and --prometheus-port do not work with --ray yet "
+                         "(--metrics does)")
 
 
 def _check_prefix_cache(folder: str | None, size: str, off: bool) -> int:
@@ -157,7 +210,7 @@ def _check_prefix_cache(folder: str | None, size: str, off: bool) -> int:
 def _check_arguments(input: str | None, output: str, input_format: str, batch_size: int,
                      threads: int, max_line_bytes: int, metrics: str | None,
                      prometheus_file: str | None = None,
-                     prometheus_port: int | None = None) -> None:
+                     prometheus_port: int | None = None, ray: bool = False) -> None:
     from ..engine import check_threads
 
     if input is None:
@@ -166,7 +219,11 @@ def _check_arguments(input: str | None, output: str, input_format: str, batch_si
         raise ValueError("--input-format must be jsonl or text")
     if batch_size < 0:
         raise ValueError(f"--batch-size must be >= 1 (0: the profile's), not {batch_size}")
-    check_threads(threads)  # before the output is touched; the same rule edgeds.load applies
+    if ray:  # a worker's threads are checked against its node's CPUs (ray/cluster.py)
+        if threads < 0:
+            raise ValueError(f"--threads must be >= 1 (0: the default), not {threads}")
+    else:
+        check_threads(threads)  # before the output is touched; the rule edgeds.load applies
     if max_line_bytes < 1:
         raise ValueError(f"--max-line-bytes must be >= 1, not {max_line_bytes}")
     if prometheus_port is not None and not 0 < prometheus_port < 65536:
