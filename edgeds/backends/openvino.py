@@ -3,6 +3,13 @@
 The state covers the whole batch, so slots cannot be refilled one at a time: this backend runs
 waves (every slot starts together; `supports_refill` is False). Prompts are left-padded and the
 attention mask carries each sequence's own length.
+
+Greedy results must not depend on the batch (a wave of 64 pads prompts and runs every matmul
+with 64x the rows of a batch-1 call), so the CPU plugin's activation rounding is turned off:
+its dynamic quantization of activations for compressed weights (on by default, group 32) and
+bf16 inference (the default on AMX CPUs) both round rows differently in kernels picked by the
+row count; each alone flipped greedy tokens between batch 1 and 64 on the reference models
+(tests/test_batch_invariance.py). The profile's precision stays a setting (f32 everywhere).
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ class OpenVinoBackend:
         m = artifact.model
         self.layers, self.vocab_size = m.num_layers, m.vocab_size
         core = ov.Core()
-        cfg = {"PERFORMANCE_HINT": "LATENCY", **(config or {})}
+        cfg = {"PERFORMANCE_HINT": "LATENCY", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0,
+               **(config or {})}
         if threads:
             cfg["INFERENCE_NUM_THREADS"] = int(threads)
         model = core.read_model(str(artifact.path(artifact.graph("openvino").file)))
@@ -49,7 +57,8 @@ class OpenVinoBackend:
         self._beam = np.arange(batch_size, dtype=np.int32)
         self._last = np.zeros((batch_size, 1), np.int64)
 
-    def _infer(self, ids: np.ndarray, positions: np.ndarray, logits_positions: np.ndarray) -> np.ndarray:
+    def _infer(self, ids: np.ndarray, positions: np.ndarray,
+               logits_positions: np.ndarray) -> np.ndarray:
         self.request.infer({
             "input_ids": ids,
             "attention_mask": np.ascontiguousarray(self.mask[:, : self.total]),
@@ -59,7 +68,8 @@ class OpenVinoBackend:
         }, share_inputs=True)
         return self.request.get_tensor("logits").data
 
-    def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False) -> np.ndarray:
+    def prefill(self, slots: list[int], prompts: list[np.ndarray],
+                every_position: bool = False) -> np.ndarray:
         if slots != list(range(self.batch_size)) or self.total:
             raise RuntimeError("the OpenVINO backend prefills all slots of a wave at once")
         longest = max(len(p) for p in prompts)
@@ -73,7 +83,8 @@ class OpenVinoBackend:
         positions = np.maximum(np.cumsum(self.mask[:, :longest], axis=1) - 1, 0)
         self.positions[:, 0] = positions[:, -1]
         if every_position:  # positions of the padded batch; only unpadded rows are meaningful
-            return self._infer(ids, positions, np.tile(np.arange(longest), (self.batch_size, 1))).copy()
+            every = np.tile(np.arange(longest), (self.batch_size, 1))
+            return self._infer(ids, positions, every).copy()
         self._last[:, 0] = longest - 1
         return self._infer(ids, positions, self._last)[:, -1].copy()
 
@@ -84,7 +95,8 @@ class OpenVinoBackend:
         self.total += 1
         self.positions += 1
         self._last[:, 0] = 0
-        return self._infer(tokens.reshape(-1, 1).astype(np.int64, copy=False), self.positions, self._last)[:, -1]
+        ids = tokens.reshape(-1, 1).astype(np.int64, copy=False)
+        return self._infer(ids, self.positions, self._last)[:, -1]
 
     def release(self, slot: int) -> None:
         pass  # the slot idles until the wave ends
