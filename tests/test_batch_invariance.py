@@ -15,17 +15,11 @@ MODELS = REPO / "benchmarks/reference_models"
 DENSE, MOE = "r1-distill-tiny-python", "deepseek-v3-tiny-python"
 
 
-def known(reason: str):
-    """A backend that is not batch-invariant yet (strict: the day it is, this fails and goes)."""
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
 CASES = [
     (DENSE, "onnxruntime"),
     (DENSE, "native"),
     (DENSE, "openvino"),
-    pytest.param(MOE, "onnxruntime", marks=known(
-        "ONNX Runtime MLA+MoE graph: batch 1 differs from batch 64 in 2 of 80 ids (21, 79)")),
+    (MOE, "onnxruntime"),
     (MOE, "openvino"),
     (MOE, "native"),
 ]

@@ -66,8 +66,23 @@ class MlaGraph:
         return norm(self.g, x, f"{name}.weight", weight, name, self.s.rms_norm_eps)
 
     def per_head(self, x: str, p: PerHead, name: str) -> str:
-        """x (H, M, rows) @ W (H, rows, cols)."""
-        return self.g.node("MatMul", [x, self.weight(p, name)], f"{name}/MatMul")
+        """x (H, M, rows) @ W (H, rows, cols).
+
+        On ONNX Runtime a row of zeros goes under x for the product and is cut off after it: a
+        batched MatMul of one row (M = 1: a batch-1 decode step) takes another kernel than two
+        rows or more, which rounds differently (2e-5 on the tiny model's heads), so greedy
+        tokens changed with the batch size. Rows from two on come out bit for bit the same
+        whatever M is (tests/test_batch_invariance.py)."""
+        g, weight = self.g, self.weight(p, name)
+        if g.tensorrt:
+            return g.node("MatMul", [x, weight], f"{name}/MatMul")
+        heads, rows = p.weight.shape[0], p.weight.shape[1]
+        zeros = g.const(f"{name}/zero_row", np.zeros((heads, 1, rows), np.float32), np.float32)
+        padded = g.node("Concat", [x, zeros], f"{name}/PadRow", axis=1)
+        y = g.node("MatMul", [padded, weight], f"{name}/MatMul")
+        return g.node("Slice", [y, g.shared("/pad_row/start", [0], np.int64),
+                                g.shared("/pad_row/end", [-1], np.int64),
+                                g.shared("/pad_row/axis", [1], np.int64)], f"{name}/CutRow")
 
     def weight(self, p: PerHead, name: str) -> str:
         w = self.g.external(f"{name}.weight", p.weight)
