@@ -55,6 +55,21 @@ def test_the_metrics_file_parses_and_its_counters_match_the_output(tmp_path):
     assert not list(tmp_path.glob(".job.prom.*.tmp"))
 
 
+def test_blank_lines_are_not_counted_as_pending_records(tmp_path):
+    """Blank lines give no record, so they are not records left to do: a finished job reads 0
+    pending and its progress N/N (they counted as lines and left it above 0, issue 28)."""
+    inp, out, prom = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "job.prom"
+    rows = [json.dumps({"id": i, "prompt": f"def f{i}(x):"}) for i in range(3)]
+    inp.write_bytes(b"\xef\xbb\xbf\n" + f"{rows[0]}\r\n   \r\n\t\n{rows[1]}\r\r"
+                    f"\u3000\n{rows[2]}\n\n".encode())
+    r = infer(default_artifact(), inp, out, "--max-new-tokens", 2, "--prometheus-file", prom)
+    assert r.returncode == 0, r.stderr
+    assert len(read_out(out)) == 3
+    m = samples(prom.read_text())
+    assert m["edgeds_records_pending"] == 0 and m["edgeds_records_done_total"] == 3
+    assert "3/3 records" in r.stderr and "/9 records" not in r.stderr
+
+
 def test_a_metrics_file_that_cannot_be_written_is_a_warning_not_a_failure(tmp_path):
     from edgeds.batch.metrics import JobView, MetricsPublisher
     from edgeds.batch.progress import JobStats

@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from .records import READ_CHUNK, LineReader
+from .records import READ_CHUNK, LineReader, is_blank
 
 NOT_READY, END = object(), object()
 QUEUE_LINES = 256
@@ -33,7 +33,7 @@ class Intake:
         regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
         if regular:
             self._file = io.BufferedReader(self._file, READ_CHUNK)
-        self.total = _count_lines(self._file) if regular else None
+        self.total = _count_records(self._file, max_line_bytes) if regular else None
         self.reader = LineReader(self._file, max_line_bytes)
         self.error: str | None = None
         self._lines = iter(self.reader)
@@ -74,11 +74,9 @@ class Intake:
             self._file.close()  # a reader thread's file stays open until the process ends
 
 
-def _count_lines(f) -> int:
-    """Lines of a regular file (for progress), by any line end; the file is read again after."""
-    count, last = 0, b"\n"
-    while block := f.read(1 << 20):
-        count += block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
-        last = block[-1:]
+def _count_records(f, max_line_bytes: int) -> int:
+    """Records a regular file will give (for progress and metrics): its lines as the job reads
+    them, less the blank ones, which give none. The file is read again after."""
+    count = sum(not is_blank(n, raw) for n, raw in LineReader(f, max_line_bytes))
     f.seek(0)
-    return count + (last not in (b"\n", b"\r"))
+    return count

@@ -92,17 +92,28 @@ class LineReader:
             yield n, b"".join(parts)
 
 
+def _text(n: int, raw: bytes) -> str | UnicodeDecodeError:
+    if n == 1 and raw.startswith(BOM):
+        raw = raw[len(BOM):]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc
+
+
+def is_blank(n: int, raw: bytes | None) -> bool:
+    """Whether parse_line skips this line (it yields no record)."""
+    return raw is not None and isinstance(line := _text(n, raw), str) and not line.strip()
+
+
 def parse_line(n: int, raw: bytes | None, defaults: SamplingParams, text_format: bool,
                max_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Record | BadRecord | None:
     """A record, an error record, or None for a blank line."""
     if raw is None:
         return BadRecord(n, None, f"line longer than {max_bytes} bytes (--max-line-bytes)")
-    if n == 1 and raw.startswith(BOM):
-        raw = raw[len(BOM):]
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return BadRecord(n, None, f"invalid UTF-8 at byte {exc.start}")
+    line = _text(n, raw)
+    if isinstance(line, UnicodeDecodeError):
+        return BadRecord(n, None, f"invalid UTF-8 at byte {line.start}")
     if not line.strip():
         return None
     if text_format:
