@@ -57,6 +57,7 @@ def test_a_changed_request_is_recomputed_and_its_old_record_moved_aside(engine, 
     assert by_id["r3"]["request_digest"] != old["r3"]["request_digest"]
     replaced = read_out(tmp_path / "out.jsonl.replaced.jsonl")
     assert sorted(replaced, key=lambda r: r["id"]) == [old["r1"], old["r3"]]  # nothing lost
+    assert not (tmp_path / "out.jsonl.damaged").exists()  # no empty side file either
 
 
 def test_error_records_are_retried_and_identical_ones_left_alone(engine, tmp_path):

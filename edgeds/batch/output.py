@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,9 +211,14 @@ class OutputLog:
         path = self.path
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            with open(path, "rb") as src, open(tmp, "wb") as dst, \
-                    open(side_file(path, REPLACED), "ab") as replaced, \
-                    open(side_file(path, DAMAGED), "ab") as damaged:
+            with ExitStack() as files:
+                def opened(name, mode):
+                    return files.enter_context(open(name, mode))
+
+                src, dst = opened(path, "rb"), opened(tmp, "wb")
+                # Only the side files that receive lines: no empty one is left beside the output.
+                replaced = self._drop and opened(side_file(path, REPLACED), "ab")
+                damaged = self._damaged and opened(side_file(path, DAMAGED), "ab")
                 for start, end, raw in _lines(src):
                     to = (replaced if start in self._drop
                           else damaged if start in self._damaged else dst)
@@ -221,8 +227,9 @@ class OutputLog:
                     else:
                         to.write(raw)
                 for f in (replaced, damaged, dst):  # the moved lines are safe before they go
-                    f.flush()
-                    os.fsync(f.fileno())
+                    if f:
+                        f.flush()
+                        os.fsync(f.fileno())
             os.replace(tmp, path)
             _fsync_folder(path.parent)
         finally:
