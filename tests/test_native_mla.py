@@ -229,6 +229,19 @@ def test_a_grown_cache_keeps_what_it_held(mla):
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
+@pytest.mark.parametrize("threads", [-3, -1, 0, 100000, True])
+def test_a_thread_count_it_cannot_run_is_refused_before_anything_is_read(mla, threads):
+    """-3, -1 and 100000 went into the per-thread buffer sizes (issue 21): refused by the
+    backend, and by the C library itself for a caller that skips it."""
+    _, art = mla("deepseek_v2")
+    with pytest.raises(ValueError, match=f"{threads!r} threads"):
+        NativeMlaBackend(art, threads)
+    if isinstance(threads, bool):
+        return
+    dims = np.ones(64, np.int32)  # every field 1: only the thread count is wrong
+    assert not native.library().em_new(dims.ctypes.data, 1e-6, 1.0, 1.0, threads, 0)
+
+
 def test_bad_input_is_refused_not_read(mla):
     _, art = mla("deepseek_v2")
     backend = NativeMlaBackend(art, 2)

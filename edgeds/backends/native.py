@@ -63,6 +63,12 @@ def is_mla(artifact: Artifact) -> bool:
     return artifact.model.attention.kind == "mla"
 
 
+def check_threads(threads) -> None:
+    """Before anything is read or allocated: the native loops size per-thread buffers by it."""
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"native backend: {threads!r} threads (it runs 1 to {MAX_THREADS})")
+
+
 def open_native(artifact: Artifact, threads: int, use_amx: bool = True):
     """The native backend for this artifact's architecture."""
     if is_mla(artifact):
@@ -100,8 +106,7 @@ class NativeBackend:
         self.layers, self.kv_heads, self.head_dim = self.layout.layers, self.layout.heads, self.layout.head_dim
         self.vocab_size = model.vocab_size
         self.cache_dtype = np.dtype(self.layout.dtype)
-        if not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
-            raise ValueError(f"native backend: {threads!r} threads (it runs 1 to {MAX_THREADS})")
+        check_threads(threads)
         data_path = artifact.path(graph.data_file)
         self._model = self.lib.ed_new(self.layers, model.hidden_size, model.num_heads, self.kv_heads,
                                       self.head_dim, model.intermediate_size, self.vocab_size,

@@ -19,7 +19,7 @@ from .. import tensor_index
 from ..artifact import Artifact
 from ..native import library
 from .base import SlotLengths
-from .native import NativeBackend, _logits_buffer, _ptr
+from .native import NativeBackend, _logits_buffer, _ptr, check_threads
 
 ROUTINGS = {"softmax_greedy": 0, "softmax_group_limited": 1, "sigmoid_noaux_tc": 2}
 MAX_EXPERTS, MAX_GROUPS, MAX_LORA, MAX_V = 1024, 256, 4096, 256  # mla_moe.c's stack arrays
@@ -55,6 +55,7 @@ class NativeMlaBackend(NativeBackend):
     def __init__(self, artifact: Artifact, threads: int, use_amx: bool = True):
         """use_amx: take the AMX tiles where the CPU and kernel grant them (calls whose rows for
         a weight reach 16; elsewhere the request fails and the VNNI kernel runs)."""
+        check_threads(threads)
         if why := unsupported(artifact):
             raise ValueError(f"native backend: {why}")
         self.lib = library()

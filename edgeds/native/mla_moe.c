@@ -32,6 +32,7 @@
 
 #include "int8_gemm.h"
 
+enum { MAX_THREADS = 4096 }; /* decoder.c's: per-thread buffers are sized by the count */
 enum { KV_CHUNK = 256 };                                        /* positions per attention task */
 enum { MAX_EXPERTS = 1024, MAX_GROUPS = 256, MAX_LORA = 4096 }; /* native_mla.py checks these */
 enum { ROUTE_SOFTMAX = 0, ROUTE_SOFTMAX_GROUPS = 1, ROUTE_SIGMOID = 2 };
@@ -133,7 +134,9 @@ static float *copy_floats(const float *src, size_t n) {
 
 MlaModel *em_new(const int *dims, float eps, float softmax_scale, float routed_scaling, int threads,
                  int use_amx) {
+  if (threads < 1 || threads > MAX_THREADS || dims[D_LAYERS] < 1) return NULL;
   MlaModel *m = calloc(1, sizeof *m);
+  if (!m) return NULL;
   memcpy(m->d, dims, sizeof m->d);
   m->eps = eps, m->softmax_scale = softmax_scale, m->routed_scaling = routed_scaling,
   m->threads = threads;
