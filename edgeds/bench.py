@@ -45,14 +45,17 @@ def _measure(engine, batch: int, prompt_tokens: int, new_tokens: int, rng) -> di
 
 
 def run_bench(artifact: str | None = None, prompt_tokens: int = 128, new_tokens: int = 64, batch_size: int | None = None,
-              profile: str | None = None, backend: str | None = None, threads: int | None = None) -> dict:
+              profile: str | None = None, backend: str | None = None, threads: int | None = None,
+              context: int | None = None) -> dict:
     t0 = time.perf_counter()
     # The prefix cache off: TTFT here is a whole prefill.
-    engine = load(artifact, profile=profile, backend=backend, threads=threads, prefix_cache=False)
+    engine = load(artifact, profile=profile, backend=backend, threads=threads, prefix_cache=False,
+                  context=context)
     load_s = time.perf_counter() - t0
     if prompt_tokens + new_tokens > engine.context:
-        raise ValueError(f"{prompt_tokens} prompt + {new_tokens} new tokens exceed this artifact's context "
-                         f"({engine.context}); pass a smaller --prompt-tokens or --new-tokens")
+        raise ValueError(f"{prompt_tokens} prompt + {new_tokens} new tokens exceed the "
+                         f"{engine.context_choice.describe()}; pass a smaller --prompt-tokens or "
+                         "--new-tokens, or a larger --context")
     rng = np.random.default_rng(0)
     _measure(engine, 1, min(prompt_tokens, 16), 4, rng)  # warm-up: first-run allocations and kernel picks
     batch_size = engine.batch_for(batch_size)
@@ -70,6 +73,7 @@ def run_bench(artifact: str | None = None, prompt_tokens: int = 128, new_tokens:
 
 def format_bench(r: dict) -> str:
     lines = [f"{r['artifact']}: profile {r['profile']}, backend {r['backend']}, {r['threads']} threads",
+             f"  context {r['context']} ({r['context_source']})",
              f"  load {r['load_s']:.2f} s, weights {r['weights_mib']:.0f} MiB, peak RSS {r['peak_rss_mib']:.0f} MiB"]
     for x in r["runs"]:
         s = x["step_latency_s"]

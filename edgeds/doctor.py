@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import checksum_stamps, prefix_cache
 from .artifact import load_artifact
 from .backends import backend_class, installed_backends
+from .context import choose_context
 from .errors import EdgedsError
 from .hardware import detect
 from .memory_budget import kv_budget, largest_batch, weight_bytes
@@ -12,7 +13,8 @@ from .profiles import choose_profile, load_profiles
 from .selection import choose_backend, ort_providers
 
 
-def diagnose(artifact: str | None = None, profile: str | None = None, backend: str | None = None) -> dict:
+def diagnose(artifact: str | None = None, profile: str | None = None, backend: str | None = None,
+             context: int | None = None) -> dict:
     hw = detect()
     report: dict = {"hardware": hw.describe(), "backends": installed_backends(),
                     "onnxruntime_providers": ort_providers()}
@@ -39,7 +41,11 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
         weights = weight_bytes(art.manifest, fmt, small_batch=bool(choice and choice.small_batch_max))
         layout = art.manifest.kv_layout(fmt)
         per_token = layout.bytes_per_token
-        batch, context = prof.runtime.batch_size, min(prof.runtime.context, art.model.context_length)
+        window = choose_context(context, prof.name, prof.runtime.context,
+                                art.model.context_length)
+        batch, context = prof.runtime.batch_size, window.tokens
+        report["context"] = {"tokens": window.tokens, "source": window.source,
+                             "artifact_limit": art.model.context_length}
         need = weights + per_token * batch * context
         free_for_kv = kv_budget(hw.memory_bytes, weights)
         report["memory"] = {
@@ -73,6 +79,9 @@ def format_report(r: dict) -> str:
          "(EDGEDS_VERIFY=always hashes at every load)" if r["checksum_stamps"]
          else "checksums: every file hashed at every load"),
     ]
+    if "context" in r:
+        c = r["context"]
+        lines.append(f"context: {c['tokens']} tokens ({c['source']})")
     if "memory" in r:
         m = r["memory"]
         lines += [

@@ -1,8 +1,11 @@
 """How much of the machine a model takes: its weights, and the KV cache per token and per slot.
 
-The generate loop sizes the cache to the longest request taken, so a batch job's worst case is
-every slot holding a full context. `largest_batch` is that worst case's limit: a profile's batch
-size is capped by it at load time, so that an unattended job cannot grow into the OOM killer.
+Backends whose cache is one array of slots x capacity (ONNX Runtime, OpenVINO, native MLA) size
+it to the longest request taken, so a batch job's worst case is every slot holding a full
+context: `largest_batch` is that worst case's limit, and a profile's batch size is capped by it
+at load time, so that an unattended job cannot grow into the OOM killer. The native dense
+backend's cache grows in blocks as sequences grow: there the generate loop admits sequences while
+their prompt + max_new_tokens fit in `kv_budget` (edgeds/generate.py, `kv_tokens`).
 """
 
 from __future__ import annotations

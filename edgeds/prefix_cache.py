@@ -12,7 +12,7 @@ within a byte budget, leaves first, so a chain never loses its head while its ta
 `PrefixStore` (prefix_store.py) blocks missing here are read from disk and new ones written
 there for later runs.
 
-The generate loop calls `prefill`; the rows are opaque arrays the backend gives and takes back
+The generate loop calls `prefill` (or `prefill_chunk` for a prompt prefilled in chunks); the rows are opaque arrays the backend gives and takes back
 (`kv_rows`, `load_kv`), so this module knows no cache layout."""
 
 from __future__ import annotations
@@ -219,3 +219,33 @@ def prefill(backend, cache: PrefixCache, slots: list[int], prompts: list[np.ndar
             cache.insert(keys, len(rows),
                          lambda k, s=slots[i]: backend.kv_rows(s, k * b, (k + 1) * b))
     return out
+
+
+def prefill_chunk(backend, cache: PrefixCache, slot: int, ids: np.ndarray, start: int,
+                  chunk: int, reused: int) -> tuple[int, np.ndarray, int]:
+    """`backend.prefill_chunk` of a long prompt from `start` that first loads the cached blocks
+    past it (another sequence may have computed them since this one's last chunk: questions over
+    one long document share its chunks) and keeps the whole blocks it computed. `reused`: tokens
+    this sequence reused so far. Returns where the prefill got to, the last row's logits (of the
+    prompt's last token once it is there) and the tokens reused now."""
+    b = cache.block_tokens
+    keys, rows = cache.lookup(ids)
+    skipped = max(len(rows) * b - start, 0)
+    if skipped:
+        first = start // b  # the block holding `start`: its rows from cache, the same bit for bit
+        backend.load_kv(slot, first * b, np.concatenate(rows[first:], axis=backend.kv_token_axis))
+        start += skipped
+    end = min(start + chunk, len(ids))
+    t0 = time.perf_counter()
+    row = backend.prefill_chunk(slot, ids[start:end], start, last=end == len(ids))
+    cache.best_s_per_token = min(cache.best_s_per_token, (time.perf_counter() - t0) / (end - start))
+    cache.stats.saved_s += skipped * cache.best_s_per_token
+    cache.stats.tokens_reused += skipped
+    cache.stats.tokens_prefilled += end - start
+    reused += skipped
+    if end == len(ids):
+        cache.stats.lookups += 1
+        cache.stats.hits += reused > 0
+    cache.insert(keys[:end // b], len(rows),
+                 lambda k: backend.kv_rows(slot, k * b, (k + 1) * b))
+    return end, row, reused

@@ -42,7 +42,7 @@ def export_checkpoint(
     out: str | Path,
     formats: tuple[str, ...] = FORMATS,
     weights: str = "int8",
-    context: int | None = None,
+    context: int | str | None = None,
     overwrite: bool = False,
     verify: bool = False,
     kv_cache: str = "float32",
@@ -53,6 +53,8 @@ def export_checkpoint(
 ) -> dict:
     """Export `src` to the artifact folder `out`; returns the manifest written.
 
+    `context`: positions the artifact supports (its rotary tables' length): a number up to the
+    model's max_position_embeddings, "max" for all of it, None for min(that, DEFAULT_CONTEXT).
     `kv_cache`: the ONNX graph's cache type; "int8" quarters the cache's memory and the bytes a
     decode step's attention reads, "float16" halves them and puts attention where GPU providers
     run it (dense models; the OpenVINO plugin chooses its own).
@@ -91,7 +93,7 @@ def export_checkpoint(
     ckpt = Checkpoint(src)
     spec = family_for(ckpt.config).decoder_spec(ckpt)
     scheme = SCHEMES[weights]
-    context = int(context or min(spec.max_position_embeddings, DEFAULT_CONTEXT))
+    context = _context(context, spec.max_position_embeddings)
     kind = KINDS[spec.kind]
     if kv_cache not in kind.KV_CACHES:
         raise ExportError(f"--kv-cache {kv_cache} is not available for {spec.model_type} "
@@ -171,3 +173,21 @@ def _estimated_bytes(ckpt: Checkpoint, scheme, n_formats: int) -> int:
     """Counted in parameters, not source bytes: an FP8 source has 1 byte a parameter, bf16 2."""
     bytes_per_param = {8: 1, 4: 0.5}.get(scheme.bits, 4)  # fp16 is sized as fp32, generously
     return int(ckpt.parameter_count() * bytes_per_param * n_formats * 1.05)
+
+
+def _context(requested: int | str | None, model_limit: int) -> int:
+    """The context to export for: "max" is the model's whole `max_position_embeddings` (the
+    rotary tables carry its rope scaling to every position); none given, DEFAULT_CONTEXT."""
+    if requested in (None, 0, ""):
+        return min(model_limit, DEFAULT_CONTEXT)
+    if requested == "max":
+        return model_limit
+    try:
+        tokens = int(requested)
+    except (TypeError, ValueError):
+        raise ExportError(f"--context {requested!r}: give a number of tokens or 'max'") from None
+    if not 2 <= tokens <= model_limit:
+        raise ExportError(f"--context {tokens}: the model's max_position_embeddings is "
+                          f"{model_limit} "
+                          f"(give 2 to {model_limit}, or 'max')")
+    return tokens

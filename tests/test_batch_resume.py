@@ -138,7 +138,10 @@ def test_a_second_writer_exits_at_once_and_writes_nothing(artifacts, tmp_path):
 
 def test_two_concurrent_runs_on_one_output(artifacts, tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_prompts(inp, 300)
+    # Long enough that the first job still runs when the second has started: with passive
+    # OpenMP threads the native backend ended 300 records before a second python had loaded.
+    n = 3000
+    write_prompts(inp, n)
     cmd = infer_cmd(artifacts("qwen2", "int8"), inp, out, "--max-new-tokens", 24, "--batch-size", 2)
     first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)
@@ -151,4 +154,4 @@ def test_two_concurrent_runs_on_one_output(artifacts, tmp_path):
     assert first.poll() is None, "the first job ended before the second tried"
     assert second.returncode == 2 and "being written by another edgeds process" in second.stderr
     assert first.wait(timeout=300) == 0, first.stderr.read()
-    assert sorted(rec["id"] for rec in read_out(out)) == sorted(f"r{i}" for i in range(300))
+    assert sorted(rec["id"] for rec in read_out(out)) == sorted(f"r{i}" for i in range(n))

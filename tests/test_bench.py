@@ -17,7 +17,7 @@ def test_bench_measures_batch_one_and_the_batch_asked(artifacts):
 
 
 def test_a_prompt_longer_than_the_context_is_a_clear_error(artifacts):
-    with pytest.raises(ValueError, match="exceed this artifact's context"):
+    with pytest.raises(ValueError, match="exceed the context"):
         run_bench(str(artifacts("qwen2", "int8")), prompt_tokens=128, new_tokens=8)
 
 

@@ -342,8 +342,10 @@ def test_the_c_setters_refuse_shapes_the_model_does_not_have_and_forward_refuses
         assert lib.ed_set_embedding(m, None, None, None) == -1
         ids, at = np.array([5], np.int64), np.zeros(1, np.int32)
         logits, k = np.zeros((32, 320), np.float32), np.zeros(2 * 2 * 8 * 16, np.float32)
+        blocks = np.array([k.ctypes.data], np.uint64)
         rc = lib.ed_forward(m, 1, ids.ctypes.data, at.ctypes.data, at.ctypes.data, 1, at.ctypes.data,
-                            k.ctypes.data, k.ctypes.data, 0, 1, 8, logits.ctypes.data)
+                            at.ctypes.data, 1, blocks.ctypes.data, blocks.ctypes.data, 1, 0, 1,
+                            logits.ctypes.data)
         assert rc == -4
     finally:
         lib.ed_free(m)

@@ -5,8 +5,10 @@ It reads the same artifact as the ONNX Runtime backend: the weight file of the O
 through the export's tensor index (`tensors.json`), so the weights and their quantization are
 bit-identical and no graph is parsed. The int8 weights are packed once at load into the layout
 of the GEMM kernels (AMX tiles where the kernel grants them, else AVX-512 VNNI); the KV cache is
-numpy memory owned here. Every slot holds its own sequence at its own position, so slots are
-refilled while the others decode (continuous batching).
+numpy memory owned here, in blocks of 64 positions taken as each sequence grows (kv_blocks.py
+has the layout): a batch's memory follows the tokens it holds, not slots x capacity. Every slot
+holds its own sequence at its own position, so slots are refilled while the others decode
+(continuous batching).
 
 Where it pays (benchmarks/results/xeon-amx-16t.md, session 10): batch-64 decode steps and
 prefill, where ONNX Runtime's per-node dispatch and one-head-at-a-time attention cost more than
@@ -24,6 +26,7 @@ from ..artifact import Artifact
 from ..manifest import GroupedAttention
 from ..native import library
 from .base import SlotLengths
+from .kv_blocks import BLOCK_TOKENS, BlockPool, BlockTables
 
 PREFILL_ROWS = 512  # rows per call: what the int8 GEMM needs to reach its speed, and no more memory
 MAX_GROUP = 16  # query heads per KV head that decoder.c's attention keeps in registers
@@ -81,6 +84,12 @@ def open_native(artifact: Artifact, threads: int, use_amx: bool = True):
 def _logits_buffer(rows: int, vocab: int) -> np.ndarray:
     """Room for `rows` rows of logits, rounded up to the AMX kernel's 32-row block (it writes them)."""
     return np.empty((-(-max(rows, 1) // 32) * 32, vocab), np.float32)
+
+
+def _block_spans(start: int, stop: int):
+    """(block column, first, end) of each cache block positions [start, stop) fall in."""
+    for j in range(start // BLOCK_TOKENS, -(-stop // BLOCK_TOKENS)):
+        yield j, max(start, j * BLOCK_TOKENS), min(stop, (j + 1) * BLOCK_TOKENS)
 
 
 def _ptr(array: np.ndarray | None):
@@ -192,17 +201,27 @@ class NativeBackend:
               "the embedding table")
         self.uses_amx = bool(self.lib.ed_uses_amx(self._model))
         self.batch_size = self.capacity = 0
+        self.pool = BlockPool(self.layers, self.kv_heads, self.head_dim, self.cache_dtype)
+        self.blocks: BlockTables | None = None
 
     def __del__(self):
         if getattr(self, "_model", None):
             self.lib.ed_free(self._model)
             self._model = None
 
+    # Memory follows the tokens held (the loop admits by tokens); a subclass with a cache of its
+    # own (native_mla.py) says False, and gets neither the blocks nor prefill_chunk.
+    grows_in_blocks = True
+
+    @property
+    def chunked_prefill(self) -> bool:
+        return self.grows_in_blocks  # prefill_chunk fills blocks
+
     def start(self, batch_size: int, capacity: int) -> None:
-        shape = (self.layers, *self.layout.shape(batch_size, capacity))
-        if (self.batch_size, self.capacity) != (batch_size, capacity):
-            self.k = self.v = None  # free the old cache before the new one is allocated
-            self.k, self.v = np.zeros(shape, self.cache_dtype), np.zeros(shape, self.cache_dtype)
+        if self.blocks is not None:
+            self.blocks.release_all()
+        self.blocks = BlockTables(self.pool, batch_size, capacity)
+        if self.batch_size != batch_size:
             self._logits = _logits_buffer(batch_size, self.vocab_size)
         self.batch_size, self.capacity = batch_size, capacity
         self.slot_lengths = SlotLengths(batch_size)
@@ -210,20 +229,18 @@ class NativeBackend:
         self._positions = np.zeros(batch_size, np.int32)
 
     def grow(self, capacity: int) -> None:
-        if capacity <= self.capacity:
-            return
-        shape = (self.layers, *self.layout.shape(self.batch_size, capacity))
-        for name in ("k", "v"):
-            new = np.zeros(shape, self.cache_dtype)
-            new[:, :, :, :self.capacity] = getattr(self, name)
-            setattr(self, name, new)
-        self.capacity = capacity
+        if capacity > self.capacity:
+            self.blocks.widen(capacity)  # the table alone: no cached position moves
+            self.capacity = capacity
 
     def _forward(self, ids: np.ndarray, slots: np.ndarray, positions: np.ndarray, logit_rows: np.ndarray,
                  logits: np.ndarray) -> None:
-        rc = self.lib.ed_forward(self._model, len(ids), _ptr(ids), _ptr(slots), _ptr(positions), len(logit_rows),
-                                 _ptr(logit_rows), _ptr(self.k), _ptr(self.v), int(self.cache_dtype == np.float16),
-                                 self.batch_size, self.capacity, _ptr(logits))
+        b, pool = self.blocks, self.pool
+        rc = self.lib.ed_forward(self._model, len(ids), _ptr(ids), _ptr(slots), _ptr(positions),
+                                 len(logit_rows), _ptr(logit_rows), _ptr(b.table), b.max_blocks,
+                                 _ptr(pool.key_addresses), _ptr(pool.value_addresses),
+                                 max(pool.size, 1),
+                                 int(self.cache_dtype == np.float16), self.batch_size, _ptr(logits))
         if rc == -1:
             raise ValueError("a position outside the cache capacity or the model's context")
         if rc == -2:
@@ -246,16 +263,29 @@ class NativeBackend:
         return np.dtype(self.cache_dtype), (2, self.layers, self.kv_heads, tokens, self.head_dim)
 
     def kv_rows(self, slot: int, start: int, stop: int) -> np.ndarray:
-        """A copy of positions [start, stop) of a slot's cache."""
-        return np.stack([self.k[:, slot, :, start:stop], self.v[:, slot, :, start:stop]])
+        """A copy of positions [start, stop) of a slot's cache (gathered from its blocks)."""
+        if not 0 <= start <= stop <= self.blocks.held[slot] * BLOCK_TOKENS:
+            raise ValueError(f"positions [{start}, {stop}) outside the slot's cache")
+        out = np.empty(self.kv_block_shape(stop - start)[1], self.cache_dtype)
+        for j, lo, hi in _block_spans(start, stop):
+            block, at = int(self.blocks.table[slot, j]), j * BLOCK_TOKENS
+            out[0, :, :, lo - start:hi - start] = self.pool.keys(block)[:, :, lo - at:hi - at]
+            out[1, :, :, lo - start:hi - start] = self.pool.values(block)[:, :, lo - at:hi - at]
+        return out
 
     def load_kv(self, slot: int, start: int, rows: np.ndarray) -> None:
-        """Write rows (as kv_rows gives them) at positions start.. of a slot's cache."""
+        """Write rows (as kv_rows gives them) at positions start.. of a slot's cache, taking its
+        blocks for them (start 0: the slot starts from empty blocks, as a prefill from 0 does)."""
         stop = start + rows.shape[self.kv_token_axis]
         if stop > self.capacity:
             raise ValueError("cached rows past the cache capacity")
-        self.k[:, slot, :, start:stop] = rows[0]
-        self.v[:, slot, :, start:stop] = rows[1]
+        if start == 0:
+            self.blocks.release(slot)
+        self.blocks.reserve(slot, stop)
+        for j, lo, hi in _block_spans(start, stop):
+            block, at = int(self.blocks.table[slot, j]), j * BLOCK_TOKENS
+            self.pool.keys(block)[:, :, lo - at:hi - at] = rows[0, :, :, lo - start:hi - start]
+            self.pool.values(block)[:, :, lo - at:hi - at] = rows[1, :, :, lo - start:hi - start]
 
     def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False,
                 starts: list[int] | None = None) -> np.ndarray:
@@ -269,6 +299,11 @@ class NativeBackend:
             raise ValueError("a slot given twice in one prefill")
         if every_position and any(starts) or any(not 0 <= s < len(p) for p, s in zip(prompts, starts)):
             raise ValueError("a prompt start outside the prompt (its last token is computed)")
+        if self.grows_in_blocks:
+            for slot, p, s in zip(slots, prompts, starts):
+                if s == 0:
+                    self.blocks.release(slot)  # a slot prefilled again starts from empty blocks
+                self.blocks.reserve(slot, len(p))
         pairs = list(zip(prompts, starts))
         ids = np.concatenate([np.asarray(p[s:], np.int64) for p, s in pairs])
         row_slot = np.repeat(np.asarray(slots, np.int32), [len(p) - s for p, s in pairs])
@@ -295,16 +330,42 @@ class NativeBackend:
             full[i, :len(p)] = out[end - len(p) + 1:end + 1]
         return full
 
+    def prefill_chunk(self, slot: int, ids: np.ndarray, start: int, last: bool) -> np.ndarray:
+        """Positions [start, start + len(ids)) of a prompt into `slot` (start 0: a new one); the
+        last row's logits. The slot stays out of decode steps until its `last` chunk. The rows'
+        attention is the same as a whole prefill's, bit for bit."""
+        if start + len(ids) > self.capacity or len(ids) == 0:
+            raise ValueError("a prompt chunk outside the cache capacity, or empty")
+        if start == 0:
+            self.release(slot)
+        self.blocks.reserve(slot, start + len(ids))
+        ids = np.ascontiguousarray(ids, np.int64)
+        positions = np.arange(start, start + len(ids), dtype=np.int32)
+        logits = _logits_buffer(1, self.vocab_size)
+        for at in range(0, len(ids), PREFILL_ROWS):
+            stop = min(at + PREFILL_ROWS, len(ids))
+            rows = np.array([stop - at - 1], np.int32)
+            self._forward(ids[at:stop], np.full(stop - at, slot, np.int32), positions[at:stop], rows, logits)
+        if last:
+            self.slot_lengths.filled(slot, start + len(ids))
+        return logits[0].copy()
+
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         if len(tokens) != self.batch_size:
             raise ValueError(f"{len(tokens)} tokens for {self.batch_size} slots")
         positions = self.slot_lengths.decode_positions(self.capacity, out=self._positions)
+        if self.grows_in_blocks:
+            for s in np.flatnonzero(~self.slot_lengths.idle & (positions % BLOCK_TOKENS == 0)):
+                self.blocks.reserve(int(s), int(positions[s]) + 1)  # a new block's first position
+            positions[self.slot_lengths.idle] = -1  # idle rows: nothing cached, nothing attended
         self._forward(np.ascontiguousarray(tokens, np.int64), self._slot_ids, positions, self._slot_ids, self._logits)
         self.slot_lengths.advance()
         return self._logits[:self.batch_size]
 
     def release(self, slot: int) -> None:
         self.slot_lengths.released(slot)
+        if self.grows_in_blocks:
+            self.blocks.release(slot)
 
     @property
     def lengths(self) -> np.ndarray:

@@ -48,6 +48,7 @@ def unsupported(artifact: Artifact) -> str | None:
 
 
 class NativeMlaBackend(NativeBackend):
+    grows_in_blocks = False  # its latent cache is one array of slots x capacity (start, grow)
     name = "native"
     device = "cpu"
     supports_refill = True

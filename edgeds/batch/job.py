@@ -182,6 +182,10 @@ class _Job:
                                 reused = engine.prefix.stats.since(prefix_before)
                                 stats.prefix_cache_hits = reused.hits
                                 stats.prefix_cache_hit_tokens = reused.tokens_reused
+                        elif isinstance(event, gen.Rejected):
+                            rec = event.key[0]
+                            self.stats.in_flight -= 1
+                            self.writer.fail(rec.line, rec.id, event.error)
                         if stop.requested:
                             break
                 except Interrupted:

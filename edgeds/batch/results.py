@@ -31,20 +31,20 @@ def error_record(line: int | None, rid, error: str, field: str | None = None) ->
 
 
 def prompt_ids(engine: Engine, rec: Record, truncate: bool) -> np.ndarray:
-    """The prompt's token ids, cut to the context's end with `truncate`; RecordFailed if its
+    """The prompt's token ids, cut to its opening and end with `truncate`; RecordFailed if its
     template raises or it is over the context without `truncate`."""
     field = "prompt" if isinstance(rec.prompt, str) else "messages"
     try:
         ids = engine.encode(rec.prompt)
     except Exception as exc:  # a template may raise on odd conversations; that record fails
         raise RecordFailed(f"cannot tokenize: {exc}", field) from None
-    limit = engine.context - 1
-    if len(ids) > limit:
+    if len(ids) >= engine.context:
         if not truncate:
             raise RecordFailed(f"prompt has {len(ids)} tokens, over the context of "
-                               f"{engine.context} (pass --truncate to keep its end)", field)
-        keep = max(engine.context - rec.params.max_new_tokens, engine.context // 2)
-        ids = np.ascontiguousarray(ids[-keep:])
+                               f"{engine.context} (pass --context up to the artifact's "
+                               f"{engine.artifact.model.context_length}, or --truncate to keep "
+                               "its opening and end)", field)
+        ids = engine.truncate(ids, rec.params.max_new_tokens)
     return ids
 
 

@@ -16,6 +16,9 @@ def command(
     profile: Annotated[str | None, typer.Option(help="Profile name (default: detected).")] = None,
     backend: Annotated[str | None, typer.Option(help="native | onnxruntime | openvino.")] = None,
     threads: Annotated[int, typer.Option(help="Threads (default: the profile's).", show_default=False)] = 0,
+    context: Annotated[int, typer.Option(
+        help="Context in force (default: the profile's; at most the artifact's).",
+        show_default=False)] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ):
     """Measure load time, time to first token, decode speed and memory on this machine.
@@ -27,5 +30,6 @@ def command(
     """
     from ..bench import format_bench, run_bench
 
-    result = run_bench(artifact, prompt_tokens, new_tokens, batch_size or None, profile, backend, threads or None)
+    result = run_bench(artifact, prompt_tokens, new_tokens, batch_size or None, profile, backend,
+                       threads or None, context or None)
     typer.echo(json.dumps(result, indent=2) if as_json else format_bench(result))

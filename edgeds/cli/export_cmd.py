@@ -13,7 +13,10 @@ def command(
     output: Annotated[str, typer.Option("--output", "-o", help="Artifact folder to write.")],
     format: Annotated[str, typer.Option("--format", help="Comma-separated: onnx, openvino (default: both; onnx with --target tensorrt).", show_default=False)] = "",
     weights: Annotated[str, typer.Option(help="int8 (int8 weights and activations) | int8-wo (weight-only, closest to float) | int4 | fp16 | fp32.")] = "int8",
-    context: Annotated[int, typer.Option(help="Longest sequence the artifact supports (default: min(model, 8192)).", show_default=False)] = 0,
+    context: Annotated[str, typer.Option(
+        help="Longest sequence the artifact supports: tokens up to the model's "
+             "max_position_embeddings, or 'max' for all of it (default: min(model, 8192)).",
+        show_default=False)] = "",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing edgeds artifact (only that: never the checkpoint, a file or a folder holding anything else); the old one stays until the new one is complete.")] = False,
     verify: Annotated[bool, typer.Option(help="Check logits and greedy tokens against transformers; fail the export if they differ.")] = False,
     kv_cache: Annotated[str, typer.Option(help="float32 | float16 | int8 (ONNX, dense models). int8: a quarter of the cache memory, faster attention at large batches; float16: half, and attention on GPU providers (Jetson).")] = "float32",

@@ -26,7 +26,12 @@ def command(
     seed: Annotated[int, typer.Option(help="Job seed; a record samples with it mixed with its id.")] = 0,
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
     batch_size: Annotated[int, typer.Option(help="Slots decoded together (default: the profile's).")] = 0,
-    truncate: Annotated[bool, typer.Option(help="Keep the end of over-long prompts instead of failing them.")] = False,
+    context: Annotated[int, typer.Option(
+        help="Tokens a sequence may hold, prompt and answer (default: the profile's; at most the "
+             "artifact's exported context).", show_default=False)] = 0,
+    truncate: Annotated[bool, typer.Option(
+        help="Cut over-long prompts to their opening (BOS, template start) and end, dropping the "
+             "middle, instead of failing them.")] = False,
     max_line_bytes: Annotated[int, typer.Option(
         help="Longest input line; a longer one is an error record, never read whole.")] = 1 << 20,
     overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming.")] = False,
@@ -105,6 +110,11 @@ def command(
                          prometheus_file, prometheus_port, ray)
         store_bytes = _check_prefix_cache(prefix_cache, prefix_cache_size, no_prefix_cache)
         _check_ray(ray, ray_address, workers, prometheus_file, prometheus_port)
+        if context < 0:
+            raise ValueError(f"--context must be >= 2 (0: the profile's), not {context}")
+        if ray and context:
+            raise ValueError("--context does not work with --ray yet (the workers run the "
+                             "profile's context)")
         opts = JobOptions(input, output, defaults, input_format == "text", batch_size or None,
                           truncate, overwrite, fail_fast, timings, max_line_bytes)
         if ray:
@@ -124,14 +134,16 @@ def command(
                 typer.echo("edgeds: no model given; using the embedded default model "
                            f"({artifact})", err=True)
             engine = load(artifact, profile=profile, backend=backend, device=device,
-                          threads=threads or None,
+                          threads=threads or None, context=context or None,
                           prefix_cache=prefix_cache or not no_prefix_cache,
                           prefix_cache_size=store_bytes)
             d = engine.describe()
             batch = engine.batch_for(batch_size or None)
             typer.echo(f"edgeds: profile {d['profile']}, backend {d['backend']} "
-                       f"({', '.join(d['providers'])}), {d['threads']} threads, batch {batch}",
-                       err=True)
+                       f"({', '.join(d['providers'])}), {d['threads']} threads, batch {batch}, "
+                       f"context {d['context']} ({d['context_source']})", err=True)
+            if engine.kv_tokens is not None:
+                typer.echo(f"edgeds: KV cache in blocks: {engine.memory_note()}", err=True)
             for line in d["advice"]:
                 typer.echo(f"edgeds: note: {line}", err=True)
             if batch_size and batch < batch_size:

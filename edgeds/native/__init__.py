@@ -117,6 +117,11 @@ SPIN_ROUNDS = "10000"
 
 @cache
 def library() -> ctypes.CDLL:
+    # Idle OpenMP threads sleep instead of spinning: on a machine other processes share, spinning
+    # threads take the cores the working ones need (decode fell to 1-17 tok/s under load, 36-43
+    # passive; issue 23). libgomp reads this once, when the library loads it; the user's setting
+    # wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     path = _library_path()
     if not path.is_file():
         _build(path)
@@ -137,7 +142,7 @@ def library() -> ctypes.CDLL:
         setter.restype = i
     lib.ed_uses_amx.argtypes = [p]
     lib.ed_free.argtypes = [p]
-    lib.ed_forward.argtypes = [p, i, p, p, p, i, p, p, p, i, i, i, p]
+    lib.ed_forward.argtypes = [p, i, p, p, p, i, p, p, i, p, p, i, i, i, p]
     lib.em_new.restype = p
     lib.em_new.argtypes = [p, f, f, f, i, i]
     lib.em_uses_amx.argtypes = [p]

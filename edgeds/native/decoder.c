@@ -45,9 +45,14 @@ typedef struct {
   const float *embed_scale;
   const float *embed_f; /* ... or float32 rows (the caller keeps the table mapped) */
   /* scratch, grown to the largest call */
-  int rows_cap, scores_cap;
-  float *h, *wide1, *wide2, *qkv, *attn, *row_scale, *scores;
+  int rows_cap;
+  float *h, *wide1, *wide2, *qkv, *attn, *row_scale;
   uint8_t *xq;
+  float *attn_scratch; /* per thread: a tile's scores, a partial and a running state */
+  float *partials;     /* flash-decoding's partial states, one per (tile, KV head, split) */
+  size_t partials_cap;
+  void *tiles;         /* Tile[rows_cap] and int[rows_cap + 1], by grow_scratch */
+  int *part_at;
 } Model;
 
 int ed_amx_granted(void) {
@@ -181,7 +186,8 @@ void ed_free(Model *m) {
   }
   free_linear(&m->head);
   free(m->layer), free(m->final_norm), free(m->cos_t), free(m->sin_t);
-  free(m->h), free(m->wide1), free(m->wide2), free(m->qkv), free(m->attn), free(m->row_scale), free(m->scores), free(m->xq);
+  free(m->h), free(m->wide1), free(m->wide2), free(m->qkv), free(m->attn), free(m->row_scale), free(m->xq);
+  free(m->attn_scratch), free(m->partials), free(m->tiles), free(m->part_at);
   free(m);
 }
 
@@ -189,11 +195,12 @@ void ed_free(Model *m) {
 static void *alloc64(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 * 64); }
 
 /* Returns 0, or -1 where memory ran out (the scratch is then empty, and grown at the next call). */
-static int grow_scratch(Model *m, int rows, int longest) {
-  const int group = m->heads / m->kv_heads;
+static int grow_scratch(Model *m, int rows) {
   if (rows > m->rows_cap) {
     int wide = m->inter > m->hidden ? m->inter : m->hidden, qkv = (m->heads + 2 * m->kv_heads) * m->head_dim;
     free(m->h), free(m->wide1), free(m->wide2), free(m->qkv), free(m->attn), free(m->row_scale), free(m->xq);
+    free(m->tiles), free(m->part_at);
+    m->tiles = malloc((size_t)rows * 4 * sizeof(int)), m->part_at = malloc(((size_t)rows + 1) * sizeof(int));
     m->h = alloc64((size_t)rows * m->hidden * 4);
     m->wide1 = alloc64((size_t)rows * wide * 4);
     m->wide2 = alloc64((size_t)rows * wide * 4);
@@ -202,22 +209,16 @@ static int grow_scratch(Model *m, int rows, int longest) {
     m->row_scale = alloc64((size_t)rows * 4);
     m->xq = alloc64((size_t)rows * wide);
     m->rows_cap = rows;
-    if (!m->h || !m->wide1 || !m->wide2 || !m->qkv || !m->attn || !m->row_scale || !m->xq) {
+    if (!m->h || !m->wide1 || !m->wide2 || !m->qkv || !m->attn || !m->row_scale || !m->xq || !m->tiles || !m->part_at) {
       free(m->h), free(m->wide1), free(m->wide2), free(m->qkv), free(m->attn), free(m->row_scale), free(m->xq);
+      free(m->tiles), free(m->part_at);
       m->h = m->wide1 = m->wide2 = m->qkv = m->attn = m->row_scale = NULL, m->xq = NULL;
+      m->tiles = NULL, m->part_at = NULL;
       m->rows_cap = 0;
       return -1;
     }
     memset(m->xq, 128, (size_t)rows * wide);
     memset(m->row_scale, 0, (size_t)rows * 4);
-  }
-  longest = (longest + 15) / 16 * 16;
-  if (longest > m->scores_cap) {
-    free(m->scores);
-    /* one buffer per thread of a team, which omp_set_num_threads(m->threads) caps */
-    m->scores = alloc64((size_t)m->threads * group * longest * 4);
-    m->scores_cap = m->scores ? longest : 0;
-    if (!m->scores) return -1;
   }
   return 0;
 }
@@ -270,9 +271,42 @@ static void rotate(float *x, const float *cos_p, const float *sin_p, int half) {
   }
 }
 
-static inline __m512 load16(const void *cache, int f16, size_t at) {
-  return f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)cache + at)))
-             : _mm512_loadu_ps((const float *)cache + at);
+/* The KV cache: blocks of BLOCK positions of one sequence. A block's keys (and, in a second block
+ * of the same id, its values) are [layers, kv_heads, BLOCK, head_dim] float32 or float16, one
+ * contiguous piece of memory, so a block of positions is copied in or out (a prefix cache) with one
+ * memcpy each. k_blocks[id] / v_blocks[id] are the blocks' addresses; table[slot * max_blocks + j]
+ * is the id of the block holding positions [j * BLOCK, (j + 1) * BLOCK) of that slot's sequence.
+ * Blocks are taken as sequences grow, so memory follows the tokens held, not slots x capacity
+ * (edgeds/backends/native.py: the pool). */
+enum {
+  BLOCK = 64,  /* positions a block holds */
+  SPLIT = 256, /* keys one partial softmax covers: decode work splits over these (flash-decoding) */
+  TILE = 8,    /* query rows of one sequence sharing each key load (prefill, flash-attention style) */
+};
+
+typedef struct {
+  void *const *kb, *const *vb;
+  const int32_t *table;
+  int max_blocks, f16;
+} Cache;
+
+/* Rows r0 .. r0 + n - 1: one sequence (slot) at positions p0 .. p0 + n - 1. */
+typedef struct {
+  int r0, n, slot, p0;
+} Tile;
+
+/* Element offset of position t inside its block, for layer l and KV head g. */
+static inline size_t in_block(const Model *m, int l, int g, int t) {
+  return (((size_t)l * m->kv_heads + g) * BLOCK + t % BLOCK) * m->head_dim;
+}
+
+static inline const void *block_of(const Cache *c, void *const *blocks, int slot, int t) {
+  return blocks[c->table[(size_t)slot * c->max_blocks + t / BLOCK]];
+}
+
+static inline __m512 load16(const void *base, int f16, size_t at) {
+  return f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + at)))
+             : _mm512_loadu_ps((const float *)base + at);
 }
 
 /* Lane i of the result: the sum of v[i]'s lanes. Pairs, then 64-bit halves, then 128-bit lanes
@@ -289,58 +323,156 @@ static inline __m512 hsum16(const __m512 v[16]) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xDD));
 }
 
-/* The `group` query heads that share one KV head, over positions [0, len) of its cache: every
- * cached key and value is read (and widened from float16) once for all of them. */
-static void attend(const float *q, const void *k, const void *v, int f16, size_t base, int len, int group, int d,
-                   float *out, float *scores) {
-  const __m512 scale = _mm512_set1_ps(1.0f / sqrtf((float)d));
-  /* Each head's scores start on a 64-byte line (grow_scratch rounds the rows too): where the
-   * vectorized loops below split a row into body and tail cannot depend on which thread's
-   * buffer, or which call's longest row, it lies in. */
-  const int ld = (len + 15) / 16 * 16;
-  /* Scores 16 keys at a time: the keys widened once into `block`, then per head 16 dot products
-   * whose sums one transposing reduction (hsum16) lays side by side, instead of 16 reductions. */
+/* A partial softmax state per (row, head): the unnormalized weighted sum of values (head_dim
+ * floats), then the peak score and the sum of exp(score - peak); STATE floats apart. */
+static inline int state_floats(const Model *m) { return m->head_dim + 16; }
+
+/* Split s (keys [s * SPLIT, (s + 1) * SPLIT)) of KV head g's attention for the tile's rows that
+ * reach it: each row's partial state into part[(i * group + h) * STATE]. A row's arithmetic is
+ * the same whatever tile holds it (its dot products, softmax and sums are its own; only the key
+ * loads are shared), and the splits are fixed positions, so a token's attention is bit for bit
+ * the same at any batch, in prefill or decode, chunked or whole. Not inlined: one copy of the
+ * code serves every caller. */
+static __attribute__((noinline)) void attend_split(const Model *m, const Cache *c, int l, const Tile *tl, int g,
+                                                    int s, const float *qkv, float *scores, float *part) {
+  const int D = m->head_dim, group = m->heads / m->kv_heads, QKV = (m->heads + 2 * m->kv_heads) * D;
+  const int ST = state_floats(m), elem_f16 = c->f16;
+  const int s0 = s * SPLIT, last = tl->p0 + tl->n, s1 = last < s0 + SPLIT ? last : s0 + SPLIT;
+  const int i0 = s0 - tl->p0 > 0 ? s0 - tl->p0 : 0; /* rows before i0 end before this split */
+  const __m512 scale = _mm512_set1_ps(1.0f / sqrtf((float)D));
   float block[16 * MAX_HEAD_DIM] __attribute__((aligned(64)));
-  for (int t0 = 0; t0 < len; t0 += 16) {
-    const int nt = len - t0 < 16 ? len - t0 : 16;
+  for (int t0 = s0; t0 < s1; t0 += 16) {
+    const int nt = s1 - t0 < 16 ? s1 - t0 : 16;
+    const void *kb = block_of(c, c->kb, tl->slot, t0);
     for (int tt = 0; tt < nt; tt++)
-      for (int c = 0; c < d; c += 16) _mm512_store_ps(block + tt * d + c, load16(k, f16, base + (size_t)(t0 + tt) * d + c));
-    for (int h = 0; h < group; h++) {
-      __m512 acc[16];
-      for (int tt = 0; tt < 16; tt++) acc[tt] = _mm512_setzero_ps();
-      for (int c = 0; c < d; c += 16) {
-        __m512 qc = _mm512_loadu_ps(q + h * d + c);
-        for (int tt = 0; tt < nt; tt++) acc[tt] = _mm512_fmadd_ps(qc, _mm512_load_ps(block + tt * d + c), acc[tt]);
-      }
-      _mm512_mask_storeu_ps(scores + h * ld + t0, (__mmask16)((1u << nt) - 1), _mm512_mul_ps(hsum16(acc), scale));
-    }
-  }
-  for (int h = 0; h < group; h++) {
-    float *s = scores + h * ld, peak = -FLT_MAX;
-    for (int t = 0; t < len; t++) peak = fmaxf(peak, s[t]);
-    /* Far below the peak a weight is 0, not a subnormal: those cost Intel cores a microcode
-     * assist per operation, and the process keeps subnormals (it is linked without fast-math). */
-    for (int t = 0; t < len; t++) s[t] = s[t] - peak < -80.0f ? 0.0f : expf(s[t] - peak);
-    const float total = sum_of(s, len);
-    for (int t = 0; t < len; t++) s[t] /= total;
-  }
-  /* Each value row is read once per 64 of its columns for all heads: 4 x group accumulators. */
-  for (int c0 = 0; c0 < d; c0 += 64) {
-    const int chunks = d - c0 < 64 ? (d - c0) / 16 : 4;
-    __m512 acc[16][4];
-    for (int h = 0; h < group; h++)
-      for (int c = 0; c < chunks; c++) acc[h][c] = _mm512_setzero_ps();
-    for (int t = 0; t < len; t++) {
-      __m512 vc[4];
-      for (int c = 0; c < chunks; c++) vc[c] = load16(v, f16, base + (size_t)t * d + c0 + 16 * c);
+      for (int x = 0; x < D; x += 16)
+        _mm512_store_ps(block + tt * D + x, load16(kb, elem_f16, in_block(m, l, g, t0 + tt) + x));
+    for (int i = i0; i < tl->n; i++) {
+      const int len = tl->p0 + i + 1, ni = len - t0 < nt ? len - t0 : nt;
+      if (ni <= 0) continue;
+      const float *q = qkv + (size_t)(tl->r0 + i) * QKV + g * group * D;
       for (int h = 0; h < group; h++) {
-        __m512 p = _mm512_set1_ps(scores[h * ld + t]);
-        for (int c = 0; c < chunks; c++) acc[h][c] = _mm512_fmadd_ps(p, vc[c], acc[h][c]);
+        __m512 acc[16];
+        for (int tt = 0; tt < 16; tt++) acc[tt] = _mm512_setzero_ps();
+        for (int x = 0; x < D; x += 16) {
+          __m512 qc = _mm512_loadu_ps(q + h * D + x);
+          for (int tt = 0; tt < ni; tt++) acc[tt] = _mm512_fmadd_ps(qc, _mm512_load_ps(block + tt * D + x), acc[tt]);
+        }
+        _mm512_mask_storeu_ps(scores + (size_t)(i * group + h) * SPLIT + t0 - s0, (__mmask16)((1u << ni) - 1),
+                              _mm512_mul_ps(hsum16(acc), scale));
       }
     }
-    for (int h = 0; h < group; h++)
-      for (int c = 0; c < chunks; c++) _mm512_storeu_ps(out + h * d + c0 + 16 * c, acc[h][c]);
   }
+  for (int i = i0; i < tl->n; i++) {
+    const int len = tl->p0 + i + 1, n = (len < s1 ? len : s1) - s0;
+    for (int h = 0; h < group; h++) {
+      float *sc = scores + (size_t)(i * group + h) * SPLIT, peak = -FLT_MAX;
+      for (int t = 0; t < n; t++) peak = fmaxf(peak, sc[t]);
+      /* Far below the peak a weight is 0, not a subnormal: those cost Intel cores a microcode
+       * assist per operation, and the process keeps subnormals (it is linked without fast-math). */
+      for (int t = 0; t < n; t++) sc[t] = sc[t] - peak < -80.0f ? 0.0f : expf(sc[t] - peak);
+      float *st = part + (size_t)(i * group + h) * ST;
+      st[D] = peak, st[D + 1] = sum_of(sc, n);
+    }
+    /* Each value row is read once per 64 of its columns for all heads: 4 x group accumulators. */
+    for (int c0 = 0; c0 < D; c0 += 64) {
+      const int chunks = D - c0 < 64 ? (D - c0) / 16 : 4;
+      __m512 acc[MAX_GROUP][4];
+      for (int h = 0; h < group; h++)
+        for (int x = 0; x < chunks; x++) acc[h][x] = _mm512_setzero_ps();
+      for (int b0 = s0; b0 < s0 + n; b0 += BLOCK) {
+        const void *vb = block_of(c, c->vb, tl->slot, b0);
+        const int b1 = b0 + BLOCK < s0 + n ? b0 + BLOCK : s0 + n;
+        for (int t = b0; t < b1; t++) {
+          __m512 vc[4];
+          const size_t at = in_block(m, l, g, t) + c0;
+          for (int x = 0; x < chunks; x++) vc[x] = load16(vb, elem_f16, at + 16 * x);
+          for (int h = 0; h < group; h++) {
+            __m512 p = _mm512_set1_ps(scores[(size_t)(i * group + h) * SPLIT + t - s0]);
+            for (int x = 0; x < chunks; x++) acc[h][x] = _mm512_fmadd_ps(p, vc[x], acc[h][x]);
+          }
+        }
+      }
+      for (int h = 0; h < group; h++)
+        for (int x = 0; x < chunks; x++) _mm512_storeu_ps(part + (size_t)(i * group + h) * ST + c0 + 16 * x, acc[h][x]);
+    }
+  }
+}
+
+/* state <- state merged with a later split's partial p (flash-decoding's merge, in split order). */
+static __attribute__((noinline)) void merge_state(float *st, const float *p, int D) {
+  const float peak = fmaxf(st[D], p[D]), a = expf(st[D] - peak), b = expf(p[D] - peak);
+  const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
+  for (int x = 0; x < D; x += 16)
+    _mm512_storeu_ps(st + x, _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(st + x), va), _mm512_mul_ps(_mm512_loadu_ps(p + x), vb)));
+  st[D + 1] = st[D + 1] * a + p[D + 1] * b;
+  st[D] = peak;
+}
+
+static __attribute__((noinline)) void finish_state(const float *st, int D, float *out) {
+  const __m512 inv = _mm512_set1_ps(1.0f / st[D + 1]);
+  for (int x = 0; x < D; x += 16) _mm512_storeu_ps(out + x, _mm512_mul_ps(_mm512_loadu_ps(st + x), inv));
+}
+
+static inline int splits_of(const Tile *t) { return (t->p0 + t->n + SPLIT - 1) / SPLIT; }
+
+/* Split s's partials of tile t merged into the tile's running states (split 0 starts them). */
+static void merge_split(const Model *m, const Tile *t, int s, float *state, const float *part) {
+  const int group = m->heads / m->kv_heads, ST = state_floats(m), i0 = s * SPLIT - t->p0 > 0 ? s * SPLIT - t->p0 : 0;
+  for (int i = i0; i < t->n; i++)
+    for (int h = 0; h < group; h++) {
+      const size_t at = (size_t)(i * group + h) * ST;
+      if (s == 0) memcpy(state + at, part + at, ST * sizeof(float));
+      else merge_state(state + at, part + at, m->head_dim);
+    }
+}
+
+static void write_out(const Model *m, const Tile *t, int g, const float *state, float *attn) {
+  const int group = m->heads / m->kv_heads, D = m->head_dim, ST = state_floats(m);
+  for (int i = 0; i < t->n; i++)
+    for (int h = 0; h < group; h++)
+      finish_state(state + (size_t)(i * group + h) * ST, D, attn + (size_t)(t->r0 + i) * m->hidden + (g * group + h) * D);
+}
+
+/* Attention of every row of a call for layer l. Few (tile, KV head) pairs (small-batch decode):
+ * every split is a work item, the partials merged after (flash-decoding), so all threads work on
+ * one long sequence. Many: a thread takes a (tile, KV head) and walks its splits in order. Both
+ * merge the same partials in the same order. */
+static void attention(Model *m, const Cache *c, int l, const Tile *tiles, int n_tiles, const int *part_at,
+                      int split_items, const float *qkv, float *attn) {
+  const int NKV = m->kv_heads, group = m->heads / NKV, ST = state_floats(m);
+  const size_t per_thread = (size_t)TILE * group * (SPLIT + 2 * ST);
+  if (split_items) {
+#pragma omp parallel for schedule(dynamic)
+    for (int w = 0; w < split_items; w++) {
+      /* item w: tile k, KV head g, split s, numbered in that order */
+      int k = 0;
+      while (part_at[k + 1] <= w) k++;
+      const int local = w - part_at[k], S = splits_of(&tiles[k]), g = local / S, s = local % S;
+      float *scores = m->attn_scratch + (size_t)omp_get_thread_num() * per_thread;
+      attend_split(m, c, l, &tiles[k], g, s, qkv, scores, m->partials + (size_t)w * TILE * group * ST);
+    }
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int k = 0; k < n_tiles; k++)
+      for (int g = 0; g < NKV; g++) {
+        const int S = splits_of(&tiles[k]);
+        float *state = m->partials + (size_t)(part_at[k] + g * S) * TILE * group * ST;
+        for (int s = 1; s < S; s++) merge_split(m, &tiles[k], s, state, state + (size_t)s * TILE * group * ST);
+        write_out(m, &tiles[k], g, state, attn);
+      }
+    return;
+  }
+#pragma omp parallel for collapse(2) schedule(dynamic)
+  for (int k = 0; k < n_tiles; k++)
+    for (int g = 0; g < NKV; g++) {
+      float *scores = m->attn_scratch + (size_t)omp_get_thread_num() * per_thread;
+      float *part = scores + (size_t)TILE * group * SPLIT, *state = part + (size_t)TILE * group * ST;
+      for (int s = 0; s < splits_of(&tiles[k]); s++) {
+        attend_split(m, c, l, &tiles[k], g, s, qkv, scores, part);
+        merge_split(m, &tiles[k], s, state, part);
+      }
+      write_out(m, &tiles[k], g, state, attn);
+    }
 }
 
 static void linear(const Model *m, const Linear *lin, Call c, const float *row_scale, float *y, int rows) {
@@ -351,30 +483,85 @@ static void linear(const Model *m, const Linear *lin, Call c, const float *row_s
       for (int n = 0; n < lin->w.N; n++) y[(size_t)r * lin->w.N + n] += lin->bias[n];
 }
 
+/* Tiles of consecutive rows of one sequence (at most TILE), the work items of attention, and
+ * where each tile's partial states start when every split is an item (split_items > 0; 0: the
+ * calls are many enough to keep every thread busy one (tile, KV head) each). Returns -1 where
+ * memory ran out. */
+static int plan_attention(Model *m, int rows, const int32_t *slot, const int32_t *pos, int *n_tiles,
+                          int *split_items) {
+  Tile *t = m->tiles;
+  int n = 0;
+  for (int r = 0; r < rows; r++) {
+    if (pos[r] < 0) continue; /* an idle row: no attention */
+    if (n && t[n - 1].slot == slot[r] && t[n - 1].p0 + t[n - 1].n == pos[r] && t[n - 1].n < TILE) {
+      t[n - 1].n++;
+      continue;
+    }
+    t[n++] = (Tile){r, 1, slot[r], pos[r]};
+  }
+  *n_tiles = n;
+  const int NKV = m->kv_heads, group = m->heads / NKV, ST = state_floats(m);
+  size_t items = 0;
+  int longest = 1;
+  for (int k = 0; k < n; k++) {
+    m->part_at[k] = (int)items;
+    items += (size_t)NKV * splits_of(&t[k]);
+    longest = splits_of(&t[k]) > longest ? splits_of(&t[k]) : longest;
+  }
+  m->part_at[n] = (int)items;
+  *split_items = (long)n * NKV < 2L * m->threads && longest > 1 ? (int)items : 0;
+  if (!m->attn_scratch) {
+    m->attn_scratch = alloc64((size_t)m->threads * TILE * group * (SPLIT + 2 * ST) * sizeof(float));
+    if (!m->attn_scratch) return -1;
+  }
+  const size_t need = (size_t)*split_items * TILE * group * ST;
+  if (need > m->partials_cap) {
+    free(m->partials);
+    m->partials = alloc64(need * sizeof(float));
+    m->partials_cap = m->partials ? need : 0;
+    if (!m->partials) return -1;
+  }
+  return 0;
+}
+
 /* `rows` tokens: row r is token ids[r] at position pos[r] of cache slot slot[r], attending to that
  * slot's positions up to its own (rows of one slot come in position order; earlier positions are
- * already cached or in this call). Writes logits of the rows `logit_rows` ([n_logits] row
- * indices) to `logits`, which has room for n_logits rounded up to 32 rows of `vocab`.
- * Returns 0; -1 for a position outside the rope table or the cache, -2 for a token id outside
- * the vocabulary, -3 for a logit row outside the call, -4 for a model not completely set or
- * counts out of range, -5 for memory that could not be had (nothing is computed then). */
+ * already cached or in this call). The cache is in blocks (above): `table` [slots, max_blocks]
+ * block ids, `k_blocks` / `v_blocks` [n_blocks] their addresses; every block up to a row's
+ * position must be there. A row at position -1 is an idle slot's in a decode step: nothing
+ * cached or attended, its logits meaningless. Writes logits of the rows `logit_rows` ([n_logits] row indices) to
+ * `logits`, which has room for n_logits rounded up to 32 rows of `vocab`.
+ * Returns 0; -1 for a position outside the rope table or the cache, or a block missing, -2 for
+ * a token id outside the vocabulary, -3 for a logit row outside the call, -4 for a model not
+ * completely set or counts out of range, -5 for memory that could not be had (nothing is
+ * computed then). */
 int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, const int32_t *pos, int n_logits,
-               const int32_t *logit_rows, void *k_cache, void *v_cache, int f16, int slots, int capacity, float *logits) {
-  const int H = m->hidden, D = m->head_dim, NH = m->heads, NKV = m->kv_heads, group = NH / NKV, I = m->inter;
+               const int32_t *logit_rows, const int32_t *table, int max_blocks, void *const *k_blocks,
+               void *const *v_blocks, int n_blocks, int f16, int slots, float *logits) {
+  const int H = m->hidden, D = m->head_dim, NH = m->heads, NKV = m->kv_heads, I = m->inter;
   const int QKV = (NH + 2 * NKV) * D;
   const Call c = call_for(m, rows), head = call_for(m, n_logits);
-  const size_t per_layer = (size_t)slots * NKV * capacity * D, elem = f16 ? 2 : 4;
-  if (!complete(m) || rows < 1 || n_logits < 0 || n_logits > rows || slots < 1 || capacity < 1 || !logits) return -4;
-  int longest = 0;
+  if (!complete(m) || rows < 1 || n_logits < 0 || n_logits > rows || slots < 1 || max_blocks < 1 || n_blocks < 1 ||
+      !table || !k_blocks || !v_blocks || !logits)
+    return -4;
   for (int r = 0; r < rows; r++) {
-    if (pos[r] < 0 || pos[r] >= capacity || pos[r] >= m->rope_positions || slot[r] < 0 || slot[r] >= slots) return -1;
     if (ids[r] < 0 || ids[r] >= m->vocab) return -2;
-    longest = pos[r] + 1 > longest ? pos[r] + 1 : longest;
+    if (pos[r] == -1) continue; /* an idle slot's row in a decode step */
+    if (pos[r] < 0 || pos[r] >= (long)max_blocks * BLOCK || pos[r] >= m->rope_positions || slot[r] < 0 ||
+        slot[r] >= slots)
+      return -1;
+    for (int j = 0; j <= pos[r] / BLOCK; j++) {
+      const int32_t id = table[(size_t)slot[r] * max_blocks + j];
+      if (id < 0 || id >= n_blocks || !k_blocks[id] || !v_blocks[id]) return -1;
+    }
   }
   for (int i = 0; i < n_logits; i++)
     if (logit_rows[i] < 0 || logit_rows[i] >= rows) return -3;
   omp_set_num_threads(m->threads);
-  if (grow_scratch(m, c.M > head.M ? c.M : head.M, longest)) return -5;
+  int n_tiles, split_items;
+  if (grow_scratch(m, c.M > head.M ? c.M : head.M) || plan_attention(m, rows, slot, pos, &n_tiles, &split_items))
+    return -5;
+  const Cache cache = {k_blocks, v_blocks, table, max_blocks, f16};
   float *h = m->h, *t1 = m->wide1, *t2 = m->wide2, *qkv = m->qkv, *attn = m->attn, *rs = m->row_scale;
   uint8_t *xq = m->xq;
 
@@ -390,34 +577,33 @@ int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, cons
   }
   for (int l = 0; l < m->layers; l++) {
     const Layer *ly = &m->layer[l];
-    char *kl = (char *)k_cache + l * per_layer * elem, *vl = (char *)v_cache + l * per_layer * elem;
 #pragma omp parallel for
     for (int r = 0; r < rows; r++) quantize_row(m, h + (size_t)r * H, H, ly->input_norm, attn + (size_t)r * H, xq + (size_t)r * H, rs + r);
     linear(m, &ly->qkv, c, rs, qkv, rows);
 #pragma omp parallel for
     for (int r = 0; r < rows; r++) {
+      if (pos[r] < 0) continue;
       float *x = qkv + (size_t)r * QKV;
-      const float *c = m->cos_t + (size_t)pos[r] * D / 2, *s = m->sin_t + (size_t)pos[r] * D / 2;
-      for (int hd = 0; hd < NH + NKV; hd++) rotate(x + hd * D, c, s, D / 2);
+      const float *cs = m->cos_t + (size_t)pos[r] * D / 2, *sn = m->sin_t + (size_t)pos[r] * D / 2;
+      for (int hd = 0; hd < NH + NKV; hd++) rotate(x + hd * D, cs, sn, D / 2);
+      char *kb = (char *)block_of(&cache, k_blocks, slot[r], pos[r]), *vb = (char *)block_of(&cache, v_blocks, slot[r], pos[r]);
       for (int g = 0; g < NKV; g++) {
-        size_t at = (((size_t)slot[r] * NKV + g) * capacity + pos[r]) * D;
+        const size_t at = in_block(m, l, g, pos[r]);
         const float *key = x + (NH + g) * D, *val = x + (NH + NKV + g) * D;
         if (f16) {
           for (int i = 0; i < D; i += 16) {
-            _mm256_storeu_si256((__m256i *)((uint16_t *)kl + at + i), _mm512_cvtps_ph(_mm512_loadu_ps(key + i), _MM_FROUND_TO_NEAREST_INT));
-            _mm256_storeu_si256((__m256i *)((uint16_t *)vl + at + i), _mm512_cvtps_ph(_mm512_loadu_ps(val + i), _MM_FROUND_TO_NEAREST_INT));
+            _mm256_storeu_si256((__m256i *)((uint16_t *)kb + at + i), _mm512_cvtps_ph(_mm512_loadu_ps(key + i), _MM_FROUND_TO_NEAREST_INT));
+            _mm256_storeu_si256((__m256i *)((uint16_t *)vb + at + i), _mm512_cvtps_ph(_mm512_loadu_ps(val + i), _MM_FROUND_TO_NEAREST_INT));
           }
         } else {
-          memcpy((float *)kl + at, key, D * sizeof(float));
-          memcpy((float *)vl + at, val, D * sizeof(float));
+          memcpy((float *)kb + at, key, D * sizeof(float));
+          memcpy((float *)vb + at, val, D * sizeof(float));
         }
       }
     }
-#pragma omp parallel for collapse(2) schedule(dynamic)
+    attention(m, &cache, l, m->tiles, n_tiles, m->part_at, split_items, qkv, attn);
     for (int r = 0; r < rows; r++)
-      for (int g = 0; g < NKV; g++)
-        attend(qkv + (size_t)r * QKV + g * group * D, kl, vl, f16, ((size_t)slot[r] * NKV + g) * capacity * D, pos[r] + 1,
-               group, D, attn + (size_t)r * H + g * group * D, m->scores + (size_t)omp_get_thread_num() * group * m->scores_cap);
+      if (pos[r] < 0) memset(attn + (size_t)r * H, 0, H * sizeof(float)); /* an idle row reads zeros */
 #pragma omp parallel for
     for (int r = 0; r < rows; r++) quantize_row(m, attn + (size_t)r * H, H, NULL, NULL, xq + (size_t)r * H, rs + r);
     linear(m, &ly->o, c, rs, t1, rows);

@@ -89,6 +89,9 @@ class Predictor:
                 i, rec, digest = event.key
                 done[i] = result_record(self.engine, event, rec, digest, self.digest,
                                         self.timings), event
+            elif isinstance(event, gen.Rejected):  # that request alone (generate.rejection)
+                i, rec, _ = event.key
+                done[i] = error_record(rec.line, rec.id, event.error), None
         return _columns(done)
 
     def _record(self, row: dict) -> Record | BadRecord:

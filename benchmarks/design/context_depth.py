@@ -1,0 +1,97 @@
+"""Speed at depth on the native dense backend: decode after D cached tokens against decode after
+128, and prefill of N tokens against prefill of 512, as ratios taken in one process (the
+targets of issue 23 are these ratios).
+
+    python -m benchmarks.design.context_depth [--artifact DIR] [--threads 2] [--layers 4]
+        [--decode-depths 128,4096,16384,32768] [--prefill 512,4096,16384] [--steps 32] [--rounds 3]
+
+Without --artifact, the R1-Distill-Qwen-1.5B shape (reference config, random weights) cut to
+--layers layers is written and exported (int8, context 32,832) under /tmp/edgeds-depth once.
+Decode: a batch-1 sequence is prefilled to the depth, then --steps decode steps are timed. Each
+figure is the best of --rounds, the rounds interleaved over depths so that a change in machine
+load hits every depth alike. Prints one line per depth and a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import SHARED_REFERENCE
+
+WORK = Path("/tmp/edgeds-depth")
+CONFIG = SHARED_REFERENCE / "configs" / "deepseek-r1-distill-qwen-1.5b.json"
+
+
+def artifact_for(layers: int, context: int) -> Path:
+    out = WORK / f"r1-1.5b-{layers}l-{context}"
+    if (out / "edgeds.json").exists():
+        return out
+    from benchmarks.random_checkpoint import write_checkpoint
+    from edgeds_export import export_checkpoint
+
+    ck = write_checkpoint(CONFIG, WORK / f"ck-{layers}l", SHARED_REFERENCE / "deepseek-v3-tokenizer",
+                          layers=layers)
+    export_checkpoint(ck, out, formats=("onnx",), weights="int8", context=context, overwrite=True)
+    return out
+
+
+def decode_tok_s(backend, depth: int, steps: int, rng) -> float:
+    backend.start(1, depth + steps + 1)
+    logits = backend.prefill([0], [rng.integers(10, 50000, depth)])
+    token = logits.argmax(-1)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        token = backend.decode(token).argmax(-1)
+    return steps / (time.perf_counter() - t0)
+
+
+def prefill_tok_s(backend, tokens: int, rng) -> float:
+    backend.start(1, tokens + 1)
+    prompt = rng.integers(10, 50000, tokens)
+    t0 = time.perf_counter()
+    backend.prefill([0], [prompt])
+    return tokens / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--artifact")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--decode-depths", default="128,4096,16384,32768")
+    ap.add_argument("--prefill", default="512,4096,16384")
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    from edgeds.artifact import load_artifact
+    from edgeds.backends.native import NativeBackend
+
+    depths = [int(d) for d in args.decode_depths.split(",")]
+    prefills = [int(n) for n in args.prefill.split(",")]
+    need = max(depths + prefills) + args.steps + 64
+    art = load_artifact(args.artifact or artifact_for(args.layers, need), verify=False)
+    backend = NativeBackend(art, args.threads)
+    rng = np.random.default_rng(0)
+    decode_tok_s(backend, 64, 4, rng)  # warm-up: scratch, pool, first-touch pages
+    decode = {d: 0.0 for d in depths}
+    prefill = {n: 0.0 for n in prefills}
+    for _ in range(args.rounds):
+        for d in depths:
+            decode[d] = max(decode[d], decode_tok_s(backend, d, args.steps, rng))
+        for n in prefills:
+            prefill[n] = max(prefill[n], prefill_tok_s(backend, n, rng))
+    for d in depths:
+        print(f"decode @{d}: {decode[d]:.2f} tok/s ({decode[d] / decode[depths[0]]:.2f}x @{depths[0]})")
+    for n in prefills:
+        print(f"prefill {n}: {prefill[n]:.0f} tok/s ({prefill[n] / prefill[prefills[0]]:.2f}x {prefills[0]})")
+    print(json.dumps({"artifact": str(art.root), "threads": args.threads, "decode_tok_s": decode,
+                      "prefill_tok_s": prefill}))
+
+
+if __name__ == "__main__":
+    main()
