@@ -82,12 +82,13 @@ assert lib.ed_set_rope(m, rope.ctypes.data, rope.ctypes.data, 4) == 0
 table, scales = np.ones((64, 64), np.int8), np.ones(64, np.float32)
 assert lib.ed_set_embedding(m, table.ctypes.data, scales.ctypes.data, None) == 0
 ids, at, rows = np.array([1, 2], np.int64), np.zeros(2, np.int32), np.array([0, 1], np.int32)
+slots = np.array([0, 1], np.int32)
 cache = np.zeros((2, 1, 2, 64, 16), np.float32)  # two blocks of [layers, kv_heads, 64, head_dim]
 blocks = np.array([cache[0].ctypes.data, cache[1].ctypes.data], np.uint64)
-table = np.array([[0], [1]], np.int32)
+block_table = np.array([[0], [1]], np.int32)  # `table` stays the embedding the library reads
 short = np.zeros((1, 64), np.float32)
-lib.ed_forward(m, 2, ids.ctypes.data, np.array([0, 1], np.int32).ctypes.data, at.ctypes.data, 2,
-               rows.ctypes.data, table.ctypes.data, 1, blocks.ctypes.data, blocks.ctypes.data, 2, 0, 2,
+lib.ed_forward(m, 2, ids.ctypes.data, slots.ctypes.data, at.ctypes.data, 2,
+               rows.ctypes.data, block_table.ctypes.data, 1, blocks.ctypes.data, blocks.ctypes.data, 2, 0, 2,
                short.ctypes.data)
 print("not caught")
 """
