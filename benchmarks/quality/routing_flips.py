@@ -36,12 +36,29 @@ MODEL = REFERENCE_MODELS / "deepseek-v3-tiny-python"
 PARTS = ("embedding", "attention", "dense_mlp", "experts", "shared_experts", "lm_head")
 
 
-def fake_int8_rows(x):
-    """Per-row symmetric 8-bit rounding (the export's activation quantization)."""
+def fake_int8_rows(x, group: int | None = None):
+    """Per-row symmetric 8-bit rounding (the export's activation quantization); `group`: one
+    scale per `group` consecutive values of the row instead (the largest divisor of the row's
+    length not above it)."""
     import torch
 
+    if group:
+        n = x.shape[-1]
+        g = max(d for d in range(1, min(group, n) + 1) if n % d == 0)
+        return fake_int8_rows(x.reshape(*x.shape[:-1], n // g, g)).reshape(x.shape)
     scale = x.abs().amax(-1, keepdim=True) / 127
     return torch.where(scale > 0, torch.round(x / torch.where(scale > 0, scale, 1)) * scale, x)
+
+
+# How the simulation rounds (--variants): weights per output channel or per group along the
+# input, activations per row, per group, or left float (weight-only INT8).
+SCHEMES = {
+    "": {},
+    "weights per group of 32": {"weight_group": 32},
+    "activations per group of 32": {"act_group": 32},
+    "weights and activations per group of 32": {"weight_group": 32, "act_group": 32},
+    "float activations (weight-only)": {"act_float": True},
+}
 
 
 def part_of(name: str) -> str | None:
@@ -57,27 +74,33 @@ def part_of(name: str) -> str | None:
 
 
 @contextmanager
-def int8_model(model, parts: set[str]):
+def int8_model(model, parts: set[str], weight_group=None, act_group=None, act_float=False):
     """The model with `parts` in simulated INT8 (weights replaced, inputs rounded by hooks);
-    restored on exit."""
+    restored on exit. The keywords: SCHEMES."""
     import torch
+
+    def weights(w):
+        return fake_int8_rows(w, weight_group)
+
+    def inputs(x):
+        return x if act_float else fake_int8_rows(x, act_group)
 
     saved, hooks = {}, []
     with torch.no_grad():
         for name, mod in model.named_modules():
             if isinstance(mod, torch.nn.Linear) and part_of(name) in parts:
                 saved[name + ".weight"] = mod.weight.detach().clone()
-                mod.weight.copy_(fake_int8_rows(mod.weight))
-                hooks.append(mod.register_forward_pre_hook(lambda m, a: (fake_int8_rows(a[0]),)))
+                mod.weight.copy_(weights(mod.weight))
+                hooks.append(mod.register_forward_pre_hook(lambda m, a: (inputs(a[0]),)))
             elif type(mod).__name__.endswith("Experts") and "experts" in parts:
                 for p in ("gate_up_proj", "down_proj"):
                     w = getattr(mod, p)
                     saved[f"{name}.{p}"] = w.detach().clone()
-                    w.copy_(fake_int8_rows(w))  # per output channel of each expert
-                hooks.append(patch_expert_inputs(mod))
+                    w.copy_(weights(w))  # per output channel of each expert
+                hooks.append(patch_expert_inputs(mod, inputs))
             elif isinstance(mod, torch.nn.Embedding) and "embedding" in parts:
                 saved[name + ".weight"] = mod.weight.detach().clone()
-                mod.weight.copy_(fake_int8_rows(mod.weight))
+                mod.weight.copy_(fake_int8_rows(mod.weight))  # a row is one token's vector
     try:
         yield model
     finally:
@@ -89,7 +112,7 @@ def int8_model(model, parts: set[str]):
                 params[key].copy_(value)
 
 
-def patch_expert_inputs(experts):
+def patch_expert_inputs(experts, inputs=fake_int8_rows):
     """Round the experts' two inputs per row as the export does: x before gate/up, the gated
     product before down (both matmuls of each expert run on F.linear)."""
     import torch.nn.functional as F
@@ -98,7 +121,7 @@ def patch_expert_inputs(experts):
 
     def forward(hidden, top_k_index, top_k_weights, _orig=type(experts).forward):
         def linear(x, w, b=None):
-            return original(fake_int8_rows(x), w, b)
+            return original(inputs(x), w, b)
 
         F.linear = linear
         try:
@@ -156,11 +179,11 @@ def flip_share(a: list, b: list) -> tuple[float, np.ndarray]:
     return float(np.mean(np.concatenate(per_layer))), per_layer
 
 
-def run(model, wins, parts: set[str], forced_routes: list | None = None):
+def run(model, wins, parts: set[str], forced_routes: list | None = None, scheme: str = ""):
     import torch
 
     logits, routes = [], []
-    with int8_model(model, parts), torch.no_grad():
+    with int8_model(model, parts, **SCHEMES[scheme]), torch.no_grad():
         for i, w in enumerate(wins):
             layers = len(forced_routes[i]) if forced_routes else None
             with routing_recorder(model, forced_routes[i] if forced_routes else None) as rec:
@@ -170,15 +193,25 @@ def run(model, wins, parts: set[str], forced_routes: list | None = None):
     return logits, routes
 
 
-def onnx_routes(checkpoint: Path, wins: np.ndarray, weights: str) -> tuple[list, list]:
-    """The exported graph's logits and each MoE layer's TopK indices (extra graph outputs)."""
+def onnx_routes(checkpoint: Path, wins: np.ndarray, weights: str, accuracy_level: int | None = None
+                ) -> tuple[list, list]:
+    """The exported graph's logits and each MoE layer's TopK indices (extra graph outputs).
+    `accuracy_level`: MatMulNBits' instead of the exporter's (0: float activations, where the
+    export's level 4 rounds them to int8 per block)."""
     import onnx
     import onnxruntime as ort
     from edgeds_export import export_checkpoint
+    from edgeds_export.graph import onnx_ops
 
+    level = onnx_ops.ACCURACY_LEVEL
     with tempfile.TemporaryDirectory() as tmp:
         art = Path(tmp) / weights
-        export_checkpoint(checkpoint, art, formats=("onnx",), weights=weights, context=wins.shape[1] + 8)
+        onnx_ops.ACCURACY_LEVEL = level if accuracy_level is None else accuracy_level
+        try:
+            export_checkpoint(checkpoint, art, formats=("onnx",), weights=weights,
+                              context=wins.shape[1] + 8)
+        finally:
+            onnx_ops.ACCURACY_LEVEL = level
         m = onnx.load(str(art / "model.onnx"), load_external_data=False)
         topk = [n.output[1] for n in m.graph.node if n.name.endswith("/router/topk")]
         for name in topk:
@@ -248,24 +281,33 @@ def main() -> None:
     ap.add_argument("--no-onnx", action="store_true", help="the simulation only")
     ap.add_argument("--no-parts", action="store_true",
                     help="only all parts INT8, with its own and with fp32 routing (no part by part)")
+    ap.add_argument("--variants", action="store_true",
+                    help="also every part INT8 under each of SCHEMES (group scales, float "
+                    "activations), and the int8-wo export with float activations")
     ap.add_argument("--out", default="routing-flips")
     args = ap.parse_args()
     torch.manual_seed(0)
     wins = windows_of(MODEL, args.windows, args.seq, args.text)
     model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval()
     ref_logits, ref_routes = run(model, wins, set())
-    configs = [("all", set(PARTS), False), ("all, fp32 routing", set(PARTS), True)]
+    configs = [("all", set(PARTS), False, ""), ("all, fp32 routing", set(PARTS), True, "")]
     if not args.no_parts:
-        configs += [(f"{p} alone", {p}, False) for p in PARTS]
-        configs += [(f"all but {p}", set(PARTS) - {p}, False) for p in PARTS]
+        configs += [(f"{p} alone", {p}, False, "") for p in PARTS]
+        configs += [(f"all but {p}", set(PARTS) - {p}, False, "") for p in PARTS]
+    if args.variants:
+        configs += [(f"all, {k}", set(PARTS), False, k) for k in SCHEMES if k]
     rows = []
-    for label, parts, forced in configs:
-        logits, routes = run(model, wins, parts, ref_routes if forced else None)
+    for label, parts, forced, scheme in configs:
+        logits, routes = run(model, wins, parts, ref_routes if forced else None, scheme)
         rows.append({"int8": label, "source": "torch simulation"} | score(ref_logits, logits, wins, ref_routes, routes))
         print(json.dumps(rows[-1]), flush=True)
     if not args.no_onnx:
-        for weights in ("int8",) if args.no_parts else ("fp32", "int8", "int8-wo"):
-            logits, routes = onnx_routes(MODEL, wins, weights)
+        exports = [(w, None) for w in (("int8",) if args.no_parts else ("fp32", "int8", "int8-wo"))]
+        exports += [("int8-wo", 0)] if args.variants else []
+        for weights, level in exports:
+            logits, routes = onnx_routes(MODEL, wins, weights, level)
+            if level is not None:
+                weights += f", accuracy level {level} (float activations)"
             rows.append({"int8": f"ONNX export, {weights}", "source": "ONNX Runtime"}
                         | score(ref_logits, logits, wins, ref_routes, routes))
             print(json.dumps(rows[-1]), flush=True)
