@@ -4,9 +4,11 @@ targets of issue 23 are these ratios).
 
     python -m benchmarks.design.context_depth [--artifact DIR] [--threads 2] [--layers 4]
         [--decode-depths 128,4096,16384,32768] [--prefill 512,4096,16384] [--steps 32] [--rounds 3]
+        [--reference ../shared/reference] [--work /tmp/edgeds-depth] [--prepare-only]
 
-Without --artifact, the R1-Distill-Qwen-1.5B shape (reference config, random weights) cut to
---layers layers is written and exported (int8, context 32,832) under /tmp/edgeds-depth once.
+Without --artifact, the R1-Distill-Qwen-1.5B shape (--reference's config, random weights) cut to
+--layers layers is written and exported (int8, context: the deepest figure's) under --work once
+(--prepare-only: that alone; devices/context_depth_device.sh runs both on the AMX Xeon).
 Decode: a batch-1 sequence is prefilled to the depth, then --steps decode steps are timed. Each
 figure is the best of --rounds, the rounds interleaved over depths so that a change in machine
 load hits every depth alike. Prints one line per depth and a JSON summary.
@@ -24,18 +26,19 @@ import numpy as np
 from benchmarks import SHARED_REFERENCE
 
 WORK = Path("/tmp/edgeds-depth")
-CONFIG = SHARED_REFERENCE / "configs" / "deepseek-r1-distill-qwen-1.5b.json"
+CONFIG = "configs/deepseek-r1-distill-qwen-1.5b.json"  # under the reference folder
 
 
-def artifact_for(layers: int, context: int) -> Path:
-    out = WORK / f"r1-1.5b-{layers}l-{context}"
+def artifact_for(layers: int, context: int, reference: Path = SHARED_REFERENCE,
+                 work: Path = WORK) -> Path:
+    out = work / f"r1-1.5b-{layers}l-{context}"
     if (out / "edgeds.json").exists():
         return out
     from benchmarks.random_checkpoint import write_checkpoint
     from edgeds_export import export_checkpoint
 
-    ck = write_checkpoint(CONFIG, WORK / f"ck-{layers}l", SHARED_REFERENCE / "deepseek-v3-tokenizer",
-                          layers=layers)
+    ck = write_checkpoint(reference / CONFIG, work / f"ck-{layers}l",
+                          reference / "deepseek-v3-tokenizer", layers=layers)
     export_checkpoint(ck, out, formats=("onnx",), weights="int8", context=context, overwrite=True)
     return out
 
@@ -67,6 +70,9 @@ def main() -> None:
     ap.add_argument("--prefill", default="512,4096,16384")
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reference", type=Path, default=SHARED_REFERENCE)
+    ap.add_argument("--work", type=Path, default=WORK)
+    ap.add_argument("--prepare-only", action="store_true")
     args = ap.parse_args()
     from edgeds.artifact import load_artifact
     from edgeds.backends.native import NativeBackend
@@ -74,7 +80,11 @@ def main() -> None:
     depths = [int(d) for d in args.decode_depths.split(",")]
     prefills = [int(n) for n in args.prefill.split(",")]
     need = max(depths + prefills) + args.steps + 64
-    art = load_artifact(args.artifact or artifact_for(args.layers, need), verify=False)
+    folder = args.artifact or artifact_for(args.layers, need, args.reference, args.work)
+    if args.prepare_only:
+        print(f"artifact: {folder}")
+        return
+    art = load_artifact(folder, verify=False)
     backend = NativeBackend(art, args.threads)
     rng = np.random.default_rng(0)
     decode_tok_s(backend, 64, 4, rng)  # warm-up: scratch, pool, first-touch pages
@@ -86,9 +96,11 @@ def main() -> None:
         for n in prefills:
             prefill[n] = max(prefill[n], prefill_tok_s(backend, n, rng))
     for d in depths:
-        print(f"decode @{d}: {decode[d]:.2f} tok/s ({decode[d] / decode[depths[0]]:.2f}x @{depths[0]})")
+        ratio = decode[d] / decode[depths[0]]
+        print(f"decode @{d}: {decode[d]:.2f} tok/s ({ratio:.2f}x @{depths[0]})")
     for n in prefills:
-        print(f"prefill {n}: {prefill[n]:.0f} tok/s ({prefill[n] / prefill[prefills[0]]:.2f}x {prefills[0]})")
+        ratio = prefill[n] / prefill[prefills[0]]
+        print(f"prefill {n}: {prefill[n]:.0f} tok/s ({ratio:.2f}x {prefills[0]})")
     print(json.dumps({"artifact": str(art.root), "threads": args.threads, "decode_tok_s": decode,
                       "prefill_tok_s": prefill}))
 
