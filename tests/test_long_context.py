@@ -121,3 +121,43 @@ def test_infer_takes_a_context_and_says_where_it_comes_from(artifacts, tmp_path)
     assert "over the context of 48" in recs[1]["error"] and "--truncate" in recs[1]["error"]
     bad = infer(artifacts("qwen2", "int8"), inp, tmp_path / "o2.jsonl", "--context", 4096)
     assert bad.returncode == 2 and "exported for 2 to 128" in bad.stderr
+
+
+@pytest.mark.parametrize("name,head_dim_key", [("deepseek-r1-distill-qwen-1.5b", None),
+                                               ("deepseek-v3", "qk_rope_head_dim")])
+def test_rotary_tables_span_the_published_models_whole_context(name, head_dim_key):
+    """The export's cos/sin tables for the published configs at their whole
+    max_position_embeddings (131,072 plain; 163,840 yarn, factor 40): transformers' inverse
+    frequencies and amplitude, and rows to the far end."""
+    import json
+    from pathlib import Path
+
+    from edgeds_export.rope import cos_sin_tables, inv_freq_and_scale, rope_parameters
+
+    transformers = pytest.importorskip("transformers")
+    path = Path(__file__).resolve().parents[1].parent / "shared/reference/configs" / f"{name}.json"
+    if not path.exists():
+        pytest.skip("shared/reference is not beside the repository")
+    config = json.loads(path.read_text())
+    if name == "deepseek-v3":
+        from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
+            DeepseekV3RotaryEmbedding as Rotary)
+        ref = Rotary(config=transformers.DeepseekV3Config(**config))
+        dim = config[head_dim_key]
+    else:
+        from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding as Rotary
+        ref = Rotary(config=transformers.Qwen2Config(**config))
+        dim = config["hidden_size"] // config["num_attention_heads"]
+    theta, scaling = rope_parameters(config)
+    inv_freq, amplitude = inv_freq_and_scale(dim, theta, scaling)
+    np.testing.assert_allclose(inv_freq, ref.inv_freq.double().numpy(), rtol=1e-6)
+    assert amplitude == pytest.approx(float(ref.attention_scaling))
+    length = config["max_position_embeddings"]
+    cos, sin = cos_sin_tables(inv_freq, amplitude, length)
+    assert cos.shape == (length, dim // 2)
+    # The far rows in float64 (transformers' float32 inverse frequencies drift by about 1e-2
+    # radians at 131,072: the table is the more exact of the two there).
+    far = np.array([4095, 4096, length // 2, length - 1])
+    angles = np.outer(far.astype(np.float64), inv_freq)
+    np.testing.assert_allclose(cos[far], np.cos(angles) * amplitude, atol=1e-6)
+    np.testing.assert_allclose(sin[far], np.sin(angles) * amplitude, atol=1e-6)
