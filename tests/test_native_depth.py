@@ -53,7 +53,7 @@ def test_logits_past_4096_follow_transformers(rope, deep):
     ck, art = deep(rope)
     prompt = np.random.default_rng(7).integers(2, 320, DEEP).astype(np.int64)
     ref_prefill, ref_decode, tokens = reference_logits(load_reference(ck), prompt, 6)
-    backend = NativeBackend(art, 2)
+    backend = NativeBackend(art, 4)  # threads > rows x KV heads (2): decode splits over keys
     backend.start(1, CONTEXT)
     prefill = backend.prefill([0], [prompt], every_position=True)[0]
     scale = np.abs(ref_prefill[-256:]).max()
@@ -82,15 +82,15 @@ def test_a_long_prompt_in_chunks_gives_the_logits_of_one_call(deep, monkeypatch)
 
 
 def test_greedy_is_the_same_at_batch_1_and_64_at_depth(deep):
-    """Batch 1 decodes with its attention split over threads (flash-decoding); batch 64 one
-    sequence per thread: the same tokens, bit for bit the same logits."""
+    """Batch 1 decodes with its attention split over threads (flash-decoding: 4 threads, 2 KV
+    heads); batch 64 one sequence per thread: the same tokens, bit for bit the same logits."""
     _, art = deep("plain")
     rng = np.random.default_rng(9)
     params = SamplingParams(max_new_tokens=5, ignore_eos=True)
     lengths = [1300, *rng.integers(3, 300, 63)]
     reqs = [gen.Request(i, rng.integers(2, 320, n).astype(np.int64), params)
             for i, n in enumerate(lengths)]
-    backend = NativeBackend(art, 2)
+    backend = NativeBackend(art, 4)
     batched = {e.key: e.token_ids for e in gen.run(backend, reqs, 64, CONTEXT, set())
                if isinstance(e, gen.Finished)}
     for r in reqs[:3]:

@@ -509,7 +509,9 @@ static int plan_attention(Model *m, int rows, const int32_t *slot, const int32_t
     longest = splits_of(&t[k]) > longest ? splits_of(&t[k]) : longest;
   }
   m->part_at[n] = (int)items;
-  *split_items = (long)n * NKV < 2L * m->threads && longest > 1 ? (int)items : 0;
+  /* Splits only where (tile, KV head) pairs leave threads idle: at 2 threads over 2 KV heads
+   * a split's merge and extra parallel region cost more than they gain (results/long-context.md). */
+  *split_items = (long)n * NKV < m->threads && longest > 1 ? (int)items : 0;
   if (!m->attn_scratch) {
     m->attn_scratch = alloc64((size_t)m->threads * TILE * group * (SPLIT + 2 * ST) * sizeof(float));
     if (!m->attn_scratch) return -1;
