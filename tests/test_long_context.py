@@ -161,3 +161,20 @@ def test_rotary_tables_span_the_published_models_whole_context(name, head_dim_ke
     angles = np.outer(far.astype(np.float64), inv_freq)
     np.testing.assert_allclose(cos[far], np.cos(angles) * amplitude, atol=1e-6)
     np.testing.assert_allclose(sin[far], np.sin(angles) * amplitude, atol=1e-6)
+
+
+def test_export_max_gives_the_models_whole_context_and_the_runtime_takes_it(tmp_path):
+    """--context max on a V3-like yarn rope (163,840 positions): the artifact holds all of it
+    and a run may ask for all of it."""
+    from tiny_models import make_checkpoint
+
+    from edgeds_export import export_checkpoint
+
+    yarn = {"type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096}
+    ck = make_checkpoint(tmp_path / "ck", "qwen2", seed=3, max_position_embeddings=163840,
+                         rope_scaling=yarn)
+    export_checkpoint(ck, tmp_path / "art", formats=("onnx",), weights="int8", context="max")
+    engine = edgeds.load(tmp_path / "art", backend="native", threads=1, context=163840)
+    assert engine.artifact.model.context_length == 163840 and engine.context == 163840
+    [out] = engine.generate(["import os"], max_new_tokens=4)
+    assert out.finish_reason in ("length", "stop") and out.token_ids
