@@ -141,7 +141,8 @@ def test_rotary_tables_span_the_published_models_whole_context(name, head_dim_ke
     config = json.loads(path.read_text())
     if name == "deepseek-v3":
         from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
-            DeepseekV3RotaryEmbedding as Rotary)
+            DeepseekV3RotaryEmbedding as Rotary,
+        )
         ref = Rotary(config=transformers.DeepseekV3Config(**config))
         dim = config[head_dim_key]
     else:
@@ -166,9 +167,8 @@ def test_rotary_tables_span_the_published_models_whole_context(name, head_dim_ke
 def test_export_max_gives_the_models_whole_context_and_the_runtime_takes_it(tmp_path):
     """--context max on a V3-like yarn rope (163,840 positions): the artifact holds all of it
     and a run may ask for all of it."""
-    from tiny_models import make_checkpoint
-
     from edgeds_export import export_checkpoint
+    from tiny_models import make_checkpoint
 
     yarn = {"type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096}
     ck = make_checkpoint(tmp_path / "ck", "qwen2", seed=3, max_position_embeddings=163840,
