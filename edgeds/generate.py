@@ -76,7 +76,8 @@ class StepStats:
 
 CACHE_STEP = 64  # cache capacity grows in steps of this many tokens
 # A longer prompt is prefilled this many tokens per step, between the others' decode steps, on
-# backends that can (`chunked_prefill`, `prefill_chunk`): one long prompt does not stall every running sequence.
+# backends that can (`chunked_prefill`, `prefill_chunk`): one long prompt does not stall every
+# running sequence.
 PREFILL_CHUNK = 512
 
 

@@ -12,8 +12,9 @@ within a byte budget, leaves first, so a chain never loses its head while its ta
 `PrefixStore` (prefix_store.py) blocks missing here are read from disk and new ones written
 there for later runs.
 
-The generate loop calls `prefill` (or `prefill_chunk` for a prompt prefilled in chunks); the rows are opaque arrays the backend gives and takes back
-(`kv_rows`, `load_kv`), so this module knows no cache layout."""
+The generate loop calls `prefill` (or `prefill_chunk` for a prompt prefilled in chunks); the rows
+are opaque arrays the backend gives and takes back (`kv_rows`, `load_kv`), so this module knows no
+cache layout."""
 
 from __future__ import annotations
 

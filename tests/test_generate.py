@@ -104,7 +104,8 @@ def test_eos_and_max_tokens_and_context(engine):
                if isinstance(e, gen.Finished)][0]
     assert eos_run.finish_reason == "stop" and eos_run.token_ids == []
     ctx = [e for e in gen.run(engine.backend, requests([(120, 50)]), 1, 128, set()) if isinstance(e, gen.Finished)][0]
-    assert ctx.finish_reason == "context" and len(ctx.token_ids) == 8  # 120 + 8 = the 128-token context
+    # 120 + 8 = the 128-token context
+    assert ctx.finish_reason == "context" and len(ctx.token_ids) == 8
 
 
 def test_stop_strings_cut_the_text(engine):

@@ -88,7 +88,8 @@ blocks = np.array([cache[0].ctypes.data, cache[1].ctypes.data], np.uint64)
 block_table = np.array([[0], [1]], np.int32)  # `table` stays the embedding the library reads
 short = np.zeros((1, 64), np.float32)
 lib.ed_forward(m, 2, ids.ctypes.data, slots.ctypes.data, at.ctypes.data, 2,
-               rows.ctypes.data, block_table.ctypes.data, 1, blocks.ctypes.data, blocks.ctypes.data, 2, 0, 2,
+               rows.ctypes.data, block_table.ctypes.data, 1, blocks.ctypes.data, blocks.ctypes.data,
+               2, 0, 2,
                short.ctypes.data)
 print("not caught")
 """

@@ -16,7 +16,6 @@ the matmuls."""
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 
 import numpy as np
@@ -345,7 +344,8 @@ class NativeBackend:
         for at in range(0, len(ids), PREFILL_ROWS):
             stop = min(at + PREFILL_ROWS, len(ids))
             rows = np.array([stop - at - 1], np.int32)
-            self._forward(ids[at:stop], np.full(stop - at, slot, np.int32), positions[at:stop], rows, logits)
+            self._forward(ids[at:stop], np.full(stop - at, slot, np.int32), positions[at:stop],
+                          rows, logits)
         if last:
             self.slot_lengths.filled(slot, start + len(ids))
         return logits[0].copy()
