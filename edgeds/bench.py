@@ -13,6 +13,7 @@ import numpy as np
 from . import generate as gen
 from .batch.progress import peak_rss_bytes
 from .engine import load
+from .errors import UsageError
 from .memory_budget import decode_read_bytes
 from .sampling import SamplingParams
 
@@ -53,7 +54,7 @@ def run_bench(artifact: str | None = None, prompt_tokens: int = 128, new_tokens:
                   context=context)
     load_s = time.perf_counter() - t0
     if prompt_tokens + new_tokens > engine.context:
-        raise ValueError(f"{prompt_tokens} prompt + {new_tokens} new tokens exceed the "
+        raise UsageError(f"{prompt_tokens} prompt + {new_tokens} new tokens exceed the "
                          f"{engine.context_choice.describe()}; pass a smaller --prompt-tokens or "
                          "--new-tokens, or a larger --context")
     rng = np.random.default_rng(0)

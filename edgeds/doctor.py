@@ -6,7 +6,7 @@ from . import checksum_stamps, prefix_cache
 from .artifact import load_artifact
 from .backends import backend_class, installed_backends
 from .context import choose_context
-from .errors import EdgedsError
+from .errors import UserError
 from .hardware import detect
 from .memory_budget import kv_budget, largest_batch, weight_bytes
 from .profiles import choose_profile, load_profiles
@@ -27,7 +27,7 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
         choice = choose_backend(prof, hw, art, backend)
         report["choice"] = {"backend": choice.backend, "providers": choice.providers, "threads": choice.threads}
         reasons += choice.reasons
-    except EdgedsError as exc:
+    except UserError as exc:
         report["choice"] = {"error": str(exc)}
     report["reasons"] = reasons
     if choice is not None:

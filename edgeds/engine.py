@@ -23,7 +23,7 @@ from .artifact import Artifact, load_artifact
 from .backends.base import Backend
 from .context import ContextChoice, choose_context, truncate_prompt
 from .default_model import default_artifact
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 from . import tensorrt
 from .hardware import Hardware, detect
 from .memory_budget import kv_budget, largest_batch, weight_bytes
@@ -190,7 +190,7 @@ class Engine:
         shown = ""
         for event in self.run(self.requests([prompt], params), batch_size=1):
             if isinstance(event, gen.Rejected):
-                raise ValueError(event.error)
+                raise UsageError(event.error)
             if isinstance(event, gen.TokenEvent):
                 if event.token_id in self.eos_ids:
                     continue

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import UsageError
+
 LAYOUT_VERSION = 1  # of a block's key and contents; a change makes every stored block foreign
 BLOCK_TOKENS = 32
 MEMORY_CAP = 2 << 30  # the in-memory cache never takes more than this by default
@@ -87,7 +89,7 @@ class PrefixCache:
 
     def __post_init__(self):
         if self.block_tokens < 1:
-            raise ValueError(f"prefix cache blocks of {self.block_tokens} tokens")
+            raise UsageError(f"prefix cache blocks of {self.block_tokens} tokens")
         self.blocks: OrderedDict[str, _Block] = OrderedDict()  # least recently used first
         self.bytes = 0
         self.best_s_per_token = float("inf")  # the cheapest prefill call's rate: a low estimate

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UsageError
+
 DEFAULT_MAX_BYTES = 4 << 30
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
@@ -43,7 +45,7 @@ def parse_size(text: str) -> int:
     """'4G', '500M', '1.5GiB', '123456' -> bytes."""
     m = _SIZE.match(str(text))
     if not m:
-        raise ValueError(f"--prefix-cache-size {text!r}: give bytes, or a number with K, M, G or T")
+        raise UsageError(f"--prefix-cache-size {text!r}: give bytes, or a number with K, M, G or T")
     return int(float(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower()))
 
 
@@ -61,12 +63,12 @@ class PrefixStore:
         self.max_bytes, self.warn = max_bytes, warn
         self._touched: list[str] = []  # blocks read since the last flush, for their last use
         if self.folder.exists() and not self.folder.is_dir():
-            raise ValueError(f"prefix cache '{folder}' is a file, not a folder")
+            raise UsageError(f"prefix cache '{folder}' is a file, not a folder")
         try:
             (self.folder / "blocks").mkdir(parents=True, exist_ok=True)
             self._lock = open(self.folder / "writer.lock", "a+")
         except OSError as exc:
-            raise ValueError(f"prefix cache '{folder}': cannot use it ({exc.strerror})") from None
+            raise UsageError(f"prefix cache '{folder}': cannot use it ({exc.strerror})") from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.writer = True
@@ -83,7 +85,7 @@ class PrefixStore:
                 self.db.executescript(SCHEMA)
                 self._sweep()
         except sqlite3.DatabaseError as exc:
-            raise ValueError(f"prefix cache '{folder}': its index is not usable ({exc}); "
+            raise UsageError(f"prefix cache '{folder}': its index is not usable ({exc}); "
                              "remove the folder to start over") from None
 
     def flush(self) -> None:

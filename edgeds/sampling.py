@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import UsageError
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -50,7 +52,7 @@ class SamplingParams:
             raise SamplingError("stop", f"at most {MAX_STOP_STRINGS} stop strings")
 
 
-class SamplingError(ValueError):
+class SamplingError(UsageError):
     """A sampling setting out of its range; `field` names it (for a batch job's error record)."""
 
     def __init__(self, field: str, message: str):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import edgeds
 from edgeds.artifact import MANIFEST, load_artifact
-from edgeds.errors import ArtifactError, EdgedsError
+from edgeds.errors import ArtifactError, UserError
 from edgeds.manifest import parse, seal
 
 REPO = Path(__file__).resolve().parent.parent
@@ -357,7 +357,7 @@ def test_any_edit_gives_one_line_or_a_model_that_runs(backend, fuzz_folder):
                 engine = edgeds.load(fuzz_folder, backend=backend, threads=1)
                 engine.generate(["def f(x):"], max_new_tokens=2)
                 OUTCOMES.append("ran")
-            except EdgedsError as exc:
+            except UserError as exc:
                 assert "\n" not in str(exc) and str(exc)
                 OUTCOMES.append(str(exc)[:90])
         stray = [

@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import tensor_index
 from ..artifact import Artifact
+from ..errors import ArtifactError, UsageError
 from ..manifest import GroupedAttention
 from ..native import library
 from .base import SlotLengths
@@ -68,7 +69,7 @@ def is_mla(artifact: Artifact) -> bool:
 def check_threads(threads) -> None:
     """Before anything is read or allocated: the native loops size per-thread buffers by it."""
     if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS:
-        raise ValueError(f"native backend: {threads!r} threads (it runs 1 to {MAX_THREADS})")
+        raise UsageError(f"native backend: {threads!r} threads (it runs 1 to {MAX_THREADS})")
 
 
 def open_native(artifact: Artifact, threads: int, use_amx: bool = True):
@@ -106,7 +107,7 @@ class NativeBackend:
         """use_amx: take the AMX tiles where the CPU and kernel grant them (elsewhere the request
         fails and the VNNI kernel runs)."""
         if why := unsupported(artifact):
-            raise ValueError(f"native backend: {why}")
+            raise ArtifactError(f"native backend: {why}")
         self.lib = library()
         graph, model = artifact.graph("onnx"), artifact.model
         index = tensor_index.load(artifact, graph)
@@ -120,7 +121,8 @@ class NativeBackend:
                                       self.head_dim, model.intermediate_size, self.vocab_size,
                                       model.rms_norm_eps, threads, int(use_amx))
         if not self._model:
-            raise ValueError("native backend: the decoder refused the model's dimensions or rms_norm_eps")
+            raise ArtifactError("native backend: the decoder refused the model's dimensions "
+                                "or rms_norm_eps")
         with open(data_path, "rb") as f:
             data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
@@ -135,14 +137,15 @@ class NativeBackend:
                     raise ValueError(f"shape {list(stored_shape)}, not {list(shape)}")
                 arr = np.frombuffer(data, dt, int(np.prod(stored_shape)), int(stored["offset"]))
             except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"native backend: {graph.tensors}: a tensor the weight file does not "
-                                 f"hold as described ({exc})") from None
+                raise ArtifactError(f"native backend: {graph.tensors}: a tensor the weight file "
+                                    f"does not hold as described ({exc})") from None
             arr = arr.reshape(stored_shape)
             return np.ascontiguousarray(arr, dtype=dtype) if dtype is not None else arr
 
         def check(rc: int, what: str) -> None:
             if rc != 0:
-                raise ValueError(f"native backend: the decoder refused {what} from {graph.tensors}")
+                raise ArtifactError(
+                    f"native backend: the decoder refused {what} from {graph.tensors}")
 
         # Arrays are bound to names until the library has copied them: a converted copy passed
         # inline would be freed before the call reads it.
@@ -150,7 +153,8 @@ class NativeBackend:
             shape = (int(lin["k"]), int(lin["n"]))
             weight = view(lin["weight"], shape=shape)  # int8 [K, N], packed by the library
             if weight.dtype != np.int8:
-                raise ValueError(f"native backend: {graph.tensors}: {weight.dtype} weights, not int8")
+                raise ArtifactError(
+                    f"native backend: {graph.tensors}: {weight.dtype} weights, not int8")
             scales, bias = view(lin["scales"], np.float32, (shape[1],)), view(lin["bias"], np.float32, (shape[1],))
             check(self.lib.ed_set_linear(self._model, layer, which, _ptr(weight), _ptr(scales), _ptr(bias), *shape),
                   f"a {shape[0]}x{shape[1]} linear layer")
@@ -160,8 +164,8 @@ class NativeBackend:
             data.madvise(mmap.MADV_DONTNEED, start, lin["weight"]["offset"] + weight.nbytes - start)
 
         if len(index["layers"]) != self.layers:
-            raise ValueError(f"native backend: {graph.tensors} lists {len(index['layers'])} layers, "
-                             f"the manifest {self.layers}")
+            raise ArtifactError(f"native backend: {graph.tensors} lists {len(index['layers'])} "
+                                f"layers, the manifest {self.layers}")
         hidden = (model.hidden_size,)
         for i, layer in enumerate(index["layers"]):
             mlp = layer["mlp"]
@@ -181,18 +185,19 @@ class NativeBackend:
         table, scales = embed["table"], embed["scales"]
         if tuple(table["shape"]) != (self.vocab_size, model.hidden_size) or (
                 scales is not None and int(np.prod(scales["shape"])) != self.vocab_size):
-            raise ValueError(f"native backend: {graph.tensors}: an embedding table not of the manifest's "
-                             f"{self.vocab_size} x {model.hidden_size}")
+            raise ArtifactError(f"native backend: {graph.tensors}: an embedding table not of the "
+                                f"manifest's {self.vocab_size} x {model.hidden_size}")
         try:
             self._table = np.memmap(data_path, np.dtype(table["dtype"]), "r", table["offset"], tuple(table["shape"]))
             self._row_scales = None if scales is None else np.ascontiguousarray(np.memmap(
                 data_path, np.dtype(scales["dtype"]), "r", scales["offset"], tuple(scales["shape"])), np.float32)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"native backend: {graph.tensors}: the embedding table is not inside "
-                             f"{graph.data_file} ({exc})") from None
+            raise ArtifactError(f"native backend: {graph.tensors}: the embedding table is not "
+                                f"inside {graph.data_file} ({exc})") from None
         int8_table = self._table.dtype == np.int8
         if int8_table != (self._row_scales is not None):
-            raise ValueError(f"native backend: {graph.tensors}: an int8 embedding table comes with row scales")
+            raise ArtifactError(f"native backend: {graph.tensors}: an int8 embedding table comes "
+                                "with row scales")
         if not int8_table:
             self._table = np.ascontiguousarray(self._table, np.float32)
         check(self.lib.ed_set_embedding(self._model, _ptr(self._table) if int8_table else None,

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import tensor_index
 from ..artifact import Artifact
+from ..errors import ArtifactError
 from ..native import library
 from .base import SlotLengths
 from .native import NativeBackend, _logits_buffer, _ptr, check_threads
@@ -58,7 +59,7 @@ class NativeMlaBackend(NativeBackend):
         a weight reach 16; elsewhere the request fails and the VNNI kernel runs)."""
         check_threads(threads)
         if why := unsupported(artifact):
-            raise ValueError(f"native backend: {why}")
+            raise ArtifactError(f"native backend: {why}")
         self.lib = library()
         graph, m = artifact.graph("onnx"), artifact.model
         a, e = m.attention, m.experts
@@ -99,7 +100,7 @@ class NativeMlaBackend(NativeBackend):
             int(use_amx),
         )
         if not self._model:
-            raise ValueError("native backend: the MLA decoder refused the model's dimensions")
+            raise ArtifactError("native backend: the MLA decoder refused the model's dimensions")
         data_path = artifact.path(graph.data_file)
         with open(data_path, "rb") as f:
             data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)

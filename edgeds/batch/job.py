@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import generate as gen
 from ..artifact import Artifact
 from ..engine import Engine
-from ..errors import EdgedsError
+from ..errors import UserError
 from ..sampling import SamplingParams
 from .admission import Admission
 from .intake import END, NOT_READY, Intake
@@ -142,7 +142,7 @@ def metric_labels(engine: Engine) -> dict[str, str]:
 def _kv_bytes_per_token(engine: Engine) -> int:
     try:
         return engine.artifact.manifest.kv_layout(engine.choice.artifact_format).bytes_per_token
-    except (KeyError, TypeError, ValueError, EdgedsError):  # no cache layout: no bytes metric
+    except (KeyError, TypeError, ValueError, UserError):  # no cache layout: no bytes metric
         return 0
 
 

@@ -28,7 +28,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EdgedsError
+from ..errors import UserError
 
 FSYNC_EVERY_S = 2.0
 JOB, LOCK, REPLACED, DAMAGED = ".job.json", ".lock", ".replaced.jsonl", ".damaged"
@@ -36,18 +36,18 @@ MAX_RECORD_BYTES = 1 << 28  # a longer line is no record this writer wrote
 _write = os.write  # tests put a failing writer here
 
 
-class OutputError(EdgedsError):
+class OutputError(UserError):
     """The output cannot be written (no folder, read-only, disk full); it ends on a whole
     record and a rerun resumes."""
 
     exit_code = 3
 
 
-class OutputBusy(EdgedsError):
+class OutputBusy(UserError):
     """Another process holds the output's lock."""
 
 
-class ResumeError(EdgedsError):
+class ResumeError(UserError):
     pass
 
 

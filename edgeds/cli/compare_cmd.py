@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from ..errors import UsageError
+
 NAME = "compare"
 
 
@@ -53,14 +55,14 @@ def command(
     defaults.validate()
     check_threads(threads)
     if batch_size < 0:
-        raise ValueError(f"--batch-size must be >= 1 (0: the profile's), not {batch_size}")
+        raise UsageError(f"--batch-size must be >= 1 (0: the profile's), not {batch_size}")
     if Path(input).is_dir() or not Path(input).exists():
-        raise ValueError(f"input '{input}' is not a file")
+        raise UsageError(f"input '{input}' is not a file")
     report = Path(output) if output else Path(input).with_suffix(".compare.json")
     png = Path(plot) if plot else report.with_suffix(".png")
     for name, p in (("output", report), ("plot", png)):
         if p.is_dir() or not p.parent.is_dir():
-            raise ValueError(f"{name} '{p}': give a file path in an existing folder")
+            raise UsageError(f"{name} '{p}': give a file path in an existing folder")
     result = compare(artifact_a, artifact_b, input, defaults, threads or None, backend_a,
                      backend_b, profile, batch_size or None,
                      log=lambda msg: typer.echo(f"edgeds: {msg}", err=True))

@@ -5,6 +5,8 @@ from typing import Annotated
 
 import typer
 
+from ..errors import UsageError
+
 NAME = "doctor"
 
 
@@ -29,7 +31,7 @@ def command(
         from ..tensorrt_check import check_artifact, format_report as format_check
 
         if not artifact:
-            raise ValueError("--tensorrt checks an artifact's graphs: give the artifact folder")
+            raise UsageError("--tensorrt checks an artifact's graphs: give the artifact folder")
         checked = check_artifact(artifact, ops)
         typer.echo(json.dumps(checked, indent=2) if as_json else format_check(checked))
         if not checked["ok"]:

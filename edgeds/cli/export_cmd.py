@@ -5,6 +5,8 @@ from typing import Annotated
 
 import typer
 
+from ..errors import UsageError
+
 NAME = "export"
 
 
@@ -36,8 +38,8 @@ def command(
         from edgeds_export import export_checkpoint
     except ImportError as exc:
         # edgeds is installed from its source folder (it is not on PyPI), and so is the extra
-        raise ValueError(f"the exporter's dependencies are missing ({exc}); from the edgeds source folder: "
-                         "pip install '.[export]'") from exc
+        raise UsageError(f"the exporter's dependencies are missing ({exc}); from the edgeds "
+                         "source folder: pip install '.[export]'") from exc
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     format = format or ("onnx" if target == "tensorrt" else "onnx,openvino")
     formats = tuple(f.strip() for f in format.split(",") if f.strip())

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from ..errors import UsageError
+
 NAME = "infer"
 
 
@@ -111,9 +113,9 @@ def command(
         store_bytes = _check_prefix_cache(prefix_cache, prefix_cache_size, no_prefix_cache)
         _check_ray(ray, ray_address, workers, prometheus_file, prometheus_port)
         if context < 0:
-            raise ValueError(f"--context must be >= 2 (0: the profile's), not {context}")
+            raise UsageError(f"--context must be >= 2 (0: the profile's), not {context}")
         if ray and context:
-            raise ValueError("--context does not work with --ray yet (the workers run the "
+            raise UsageError("--context does not work with --ray yet (the workers run the "
                              "profile's context)")
         opts = JobOptions(input, output, defaults, input_format == "text", batch_size or None,
                           truncate, overwrite, fail_fast, timings, max_line_bytes)
@@ -196,12 +198,12 @@ def _check_ray(ray: bool, address: str | None, workers: int, prometheus_file: st
     if not ray:
         for flag, value in (("--ray-address", address), ("--workers", workers or None)):
             if value is not None:
-                raise ValueError(f"{flag} needs --ray")
+                raise UsageError(f"{flag} needs --ray")
         return
     if workers < 0:
-        raise ValueError(f"--workers must be >= 1 (0: one per node), not {workers}")
+        raise UsageError(f"--workers must be >= 1 (0: one per node), not {workers}")
     if prometheus_file is not None or prometheus_port is not None:
-        raise ValueError("--prometheus-file and --prometheus-port do not work with --ray yet "
+        raise UsageError("--prometheus-file and --prometheus-port do not work with --ray yet "
                          "(--metrics does)")
 
 
@@ -209,13 +211,13 @@ def _check_prefix_cache(folder: str | None, size: str, off: bool) -> int:
     from ..prefix_store import parse_size
 
     if folder is not None and off:
-        raise ValueError("--prefix-cache and --no-prefix-cache: give one")
+        raise UsageError("--prefix-cache and --no-prefix-cache: give one")
     if folder is not None:
         p = Path(folder)
         if p.exists() and not p.is_dir():
-            raise ValueError(f"--prefix-cache '{folder}' is a file; give a folder")
+            raise UsageError(f"--prefix-cache '{folder}' is a file; give a folder")
         if not p.parent.is_dir():
-            raise ValueError(f"--prefix-cache '{folder}': its folder '{p.parent}' does not exist")
+            raise UsageError(f"--prefix-cache '{folder}': its folder '{p.parent}' does not exist")
     return parse_size(size)
 
 
@@ -226,34 +228,34 @@ def _check_arguments(input: str | None, output: str, input_format: str, batch_si
     from ..engine import check_threads
 
     if input is None:
-        raise ValueError("--input is required (a JSONL file, or '-' for stdin)")
+        raise UsageError("--input is required (a JSONL file, or '-' for stdin)")
     if input_format not in ("jsonl", "text"):
-        raise ValueError("--input-format must be jsonl or text")
+        raise UsageError("--input-format must be jsonl or text")
     if batch_size < 0:
-        raise ValueError(f"--batch-size must be >= 1 (0: the profile's), not {batch_size}")
+        raise UsageError(f"--batch-size must be >= 1 (0: the profile's), not {batch_size}")
     if ray:  # a worker's threads are checked against its node's CPUs (ray/cluster.py)
         if threads < 0:
-            raise ValueError(f"--threads must be >= 1 (0: the default), not {threads}")
+            raise UsageError(f"--threads must be >= 1 (0: the default), not {threads}")
     else:
         check_threads(threads)  # before the output is touched; the rule edgeds.load applies
     if max_line_bytes < 1:
-        raise ValueError(f"--max-line-bytes must be >= 1, not {max_line_bytes}")
+        raise UsageError(f"--max-line-bytes must be >= 1, not {max_line_bytes}")
     if prometheus_port is not None and not 0 < prometheus_port < 65536:
-        raise ValueError(f"--prometheus-port must be 1 to 65535, not {prometheus_port}")
+        raise UsageError(f"--prometheus-port must be 1 to 65535, not {prometheus_port}")
     if input != "-":
         if Path(input).is_dir():
-            raise ValueError(f"input '{input}' is a folder, not a file")
+            raise UsageError(f"input '{input}' is a folder, not a file")
         if not Path(input).exists():
-            raise ValueError(f"input file '{input}' does not exist")
+            raise UsageError(f"input file '{input}' does not exist")
     for name, path in (("output", output), ("metrics", metrics),
                        ("prometheus-file", prometheus_file)):
         if path in (None, "-"):
             continue
         p = Path(path)
         if p.is_dir():
-            raise ValueError(f"{name} '{path}' is a folder; give a file path")
+            raise UsageError(f"{name} '{path}' is a folder; give a file path")
         if not p.parent.is_dir():
-            raise ValueError(f"{name} '{path}': its folder '{p.parent}' does not exist")
+            raise UsageError(f"{name} '{path}': its folder '{p.parent}' does not exist")
         if input != "-" and (p.resolve() == Path(input).resolve()
                              or (p.exists() and os.path.samefile(p, input))):
-            raise ValueError(f"{name} '{path}' is the input; give another file")
+            raise UsageError(f"{name} '{path}' is the input; give another file")

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ...artifact import Artifact
-from ...errors import ArtifactError
+from ...errors import ArtifactError, UsageError
 from ..base import SlotLengths
 from .binding import Call, bind_call, bind_inputs
 from .cache import Cache
@@ -95,7 +95,7 @@ class OnnxRuntimeBackend:
         # every step (on the CPU they are read in place, and binding once is enough).
         self._copied_at_bind = self.device != "CPUExecutionProvider"
         if cache_on_device and self.fresh_input:
-            raise ValueError("an int8-cache graph writes a fresh prompt's cache from the host: "
+            raise UsageError("an int8-cache graph writes a fresh prompt's cache from the host: "
                              "it stays in numpy buffers")
         if cache_on_device is None:
             # The cache belongs where attention runs: GroupQueryAttention's GPU kernels take
