@@ -18,7 +18,7 @@ REF=$(realpath "${REF:-.carry/reference}")
 OUT=${OUT:-/tmp/depth-out} WORK=${WORK:-/tmp/edgeds-depth}
 mkdir -p "$OUT"
 source benchmarks/devices/checkout_env.sh
-export OMP_WAIT_POLICY=PASSIVE  # the native backend's default; named so the run says so
+# OpenMP waiting as the native backend sets it (GOMP_SPINCOUNT) unless the caller sets its own
 { lscpu | grep -E '^(Model name|Thread|Core|Socket)'; grep -o 'amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' '
   echo; free -g | head -2; gcc --version | head -1; git log -1 --format='%H %s' 2>/dev/null; } \
   > "$OUT/machine.txt"

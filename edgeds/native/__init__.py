@@ -110,18 +110,15 @@ def _build(target: Path) -> None:
 
 # libgomp's idle threads spin about 300,000 rounds (milliseconds) before they sleep: on a busy
 # CPU they take the cores that the threads with work need. 10,000 rounds still span the gaps
-# between a decode step's parallel loops. Read by libgomp when the library first loads it; a
-# user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+# between a decode step's parallel loops. Not OMP_WAIT_POLICY=PASSIVE: waking sleeping threads at
+# every loop costs batch-1 decode about half its speed on 16 cores (benchmarks/results/
+# long-context.md). Read by libgomp when the library first loads it; a user's OMP_WAIT_POLICY or
+# GOMP_SPINCOUNT wins.
 SPIN_ROUNDS = "10000"
 
 
 @cache
 def library() -> ctypes.CDLL:
-    # Idle OpenMP threads sleep instead of spinning: on a machine other processes share, spinning
-    # threads take the cores the working ones need (decode fell to 1-17 tok/s under load, 36-43
-    # passive; issue 23). libgomp reads this once, when the library loads it; the user's setting
-    # wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     path = _library_path()
     if not path.is_file():
         _build(path)
