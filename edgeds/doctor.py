@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from . import checksum_stamps, prefix_cache
 from .artifact import load_artifact
-from .backends import backend_class, installed_backends
+from .backends import registry
+from .backends.registry import installed_backends
 from .context import choose_context
 from .errors import UserError
 from .hardware import detect
@@ -31,7 +32,7 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
         report["choice"] = {"error": str(exc)}
     report["reasons"] = reasons
     if choice is not None:
-        why = prefix_cache.unsupported(backend_class(choice.backend, art), art)
+        why = prefix_cache.unsupported(registry.get(choice.backend).backend_class(art), art)
         report["prefix_cache"] = why or "yes: whole blocks of shared prompt prefixes are reused"
     stamps = checksum_stamps.stamp_folder()
     report["checksum_stamps"] = str(stamps) if stamps else None

@@ -20,11 +20,11 @@ import numpy as np
 from . import generate as gen
 from . import prefix_cache
 from .artifact import Artifact, load_artifact
+from .backends import registry
 from .backends.base import Backend
 from .context import ContextChoice, choose_context, truncate_prompt
 from .default_model import default_artifact
 from .errors import ConfigError, UsageError
-from . import tensorrt
 from .hardware import Hardware, detect
 from .memory_budget import kv_budget, largest_batch, weight_bytes
 from .profiles import Profile, choose_profile, load_profiles
@@ -234,7 +234,8 @@ def load(artifact: str | Path | None = None, profile: str | None = None, backend
         check = pool.submit(art.verify, files) if verify else None
         tokenizer = pool.submit(TextTokenizer, art)
         try:
-            runner = _make_backend(art, prof, choice, hw.jetson_model or hw.cpu_model)
+            gpu = hw.jetson_model or hw.cpu_model  # names the TensorRT engine cache's device
+            runner = registry.get(choice.backend).open(art, prof, choice, gpu)
         finally:
             if check is not None:
                 check.result()  # raises ArtifactError on a mismatch, before anything runs
@@ -266,29 +267,3 @@ def check_threads(threads: int | None) -> None:
     if threads is None or (type(threads) is int and 0 <= threads <= cpus):
         return
     raise ConfigError(f"threads {threads!r}: give 1 to {cpus} (this machine's CPUs), or 0 for the profile's")
-
-
-def _make_backend(artifact: Artifact, profile: Profile, choice: Choice, gpu: str = "gpu"):
-    """`gpu`: what names this device in the TensorRT engine cache's key (the Jetson module)."""
-    if choice.backend == "native":
-        from .backends.native import open_native
-
-        return open_native(artifact, choice.threads)
-    if choice.backend == "openvino":
-        from .backends.openvino import OpenVinoBackend
-
-        ov = profile.openvino
-        return OpenVinoBackend(artifact, choice.providers[0], choice.threads, {
-            "INFERENCE_PRECISION_HINT": ov.inference_precision,
-            "KV_CACHE_PRECISION": ov.kv_cache_precision,
-        })
-    from .backends.onnxruntime import OnnxRuntimeBackend
-
-    opts = profile.onnxruntime.provider_options
-    providers = [(p, dict(opts.get(p, {}))) for p in choice.providers]
-    trt = artifact.graph("onnx").tensorrt if "onnx" in artifact.formats else None
-    if trt and providers and providers[0][0] == tensorrt.PROVIDER:
-        providers[0] = (tensorrt.PROVIDER, tensorrt.provider_options(trt, providers[0][1], artifact.digest, gpu))
-        tensorrt.announce(providers[0][1])
-    return OnnxRuntimeBackend(artifact, providers, choice.threads, profile.onnxruntime.session_options,
-                              small_batch_max=choice.small_batch_max)

@@ -3,17 +3,15 @@ what is installed and what the artifact holds. Every choice comes with its reaso
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from .artifact import Artifact
-from .backends import installed_backends
+from .backends import registry
+from .backends.registry import installed_backends  # noqa: F401 - tests and doctor read it here
 from .errors import ConfigError
 from .hardware import Hardware
 from .manifest import Graph
 from .profiles import Profile
-
-FORMAT_OF = {"native": "onnx", "onnxruntime": "onnx", "openvino": "openvino"}
 
 
 @dataclass
@@ -31,7 +29,7 @@ class Choice:
     @property
     def artifact_format(self) -> str:
         """The artifact graph this backend reads."""
-        return "openvino" if self.backend == "openvino" else "onnx"
+        return registry.get(self.backend).graph_format
 
 
 def ort_providers() -> list[str]:
@@ -99,94 +97,72 @@ def attention_on_host(artifact: Artifact | None) -> str | None:
 
 def native_unavailable(hw: Hardware, artifact: Artifact | None) -> str | None:
     """Why the native backend cannot run this artifact here, or None."""
-    from .native import unavailable
-
-    if (why := unavailable(hw.flags)) is not None:
-        return why
-    if artifact is None:  # what this machine would run: int8 exports here, the rest on ONNX Runtime
-        return None
-    from .backends.native import unsupported
-
-    return unsupported(artifact)
+    return registry.get("native").unsupported(artifact, hw)
 
 
 def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
                    backend: str | None = None, device: str | None = None,
                    threads: int | None = None) -> Choice:
+    """The first backend of the profile's list (or `backend` alone) that can run the artifact
+    here, planned; the reasons name every one passed over, and why."""
     reasons: list[str] = []
-    advice: list[str] = []
-    installed = installed_backends()
-    order = [backend] if backend else list(profile.runtime.backends)
-    if backend and backend not in FORMAT_OF:
-        raise ConfigError(f"unknown backend '{backend}'; choose from {', '.join(FORMAT_OF)}")
-    for name in order:
-        # The native backend takes ONNX Runtime's thread setting: both run the CPU's cores.
-        setting = profile.openvino.threads if name == "openvino" else profile.onnxruntime.threads
-        n_threads = threads or setting or hw.physical_cores or os.cpu_count() or 1
-        if name == "native":
-            if (why := native_unavailable(hw, artifact)) is None:
-                from .backends.native import is_mla
-
-                mla = artifact is not None and is_mla(artifact)
-                amx = " (AMX tiles for calls of more than 16 rows)" if "amx_int8" in hw.flags and not mla else ""
-                kind = " for MLA + MoE (latent cache, absorbed attention, experts by token group)" if mla else ""
-                which = ("" if artifact is not None
-                         else " for int8 exports, dense and DeepSeek-V2/V3 (others: the next backend)")
-                reasons.append(f"backend native: edgeds' own decoder loops{kind}{amx}{which}, {n_threads} threads")
-                return Choice("native", ["cpu"], n_threads, reasons)
-            reasons.append(f"backend native: {why}")
+    names = [registry.get(backend).name] if backend else list(profile.runtime.backends)
+    for name in names:
+        if (entry := registry.REGISTRY.get(name)) is None:  # a profile's typo: the next one
+            reasons.append(f"backend {name}: not one of {', '.join(registry.REGISTRY)}")
             continue
-        if not installed.get(name):
-            reasons.append(f"backend {name}: not installed")
+        if (why := entry.unsupported(artifact, hw, profile)) is not None:
+            reasons.append(f"backend {entry.name}: {why}")
             continue
-        if artifact is not None and FORMAT_OF[name] not in artifact.formats:
-            reasons.append(f"backend {name}: artifact has no {FORMAT_OF[name]} graph")
-            continue
-        if name == "openvino":
-            dev = device or profile.openvino.device
-            reasons.append(f"backend openvino: installed, device {dev}, {n_threads} threads")
-            return Choice("openvino", [dev], n_threads, reasons)
-        available = ort_providers()
-        wanted = [device] if device else list(profile.onnxruntime.providers)
-        if (why := cpu_only(artifact)) and wanted != ["CPUExecutionProvider"]:
-            if device:
-                raise ConfigError(f"this artifact cannot run on {device}: {why}")
-            wanted = ["CPUExecutionProvider"]
-            advice.append(f"GPU providers skipped: {why}")
-        usable = [p for p in wanted if p in available]
-        missing = [p for p in wanted if p not in available]
-        if missing and (not profile.runtime.allow_fallback or not usable):
-            raise ConfigError(
-                f"profile {profile.name} needs {', '.join(missing)}, which this onnxruntime lacks "
-                f"(it has {', '.join(available)}); install the matching onnxruntime build "
-                "or pass --profile/--device"
-            )
-        if missing:
-            reasons.append(f"providers {', '.join(missing)} not available: falling back")
-        if usable[0] != "CPUExecutionProvider" and (why := attention_on_host(artifact)):
-            advice.append(why)
-        elif usable[0] == "CPUExecutionProvider" and (hint := float16_cache_hint(hw, artifact)):
-            advice.append(hint)
-        reasons += advice
-        reasons.append(f"backend onnxruntime: providers {', '.join(usable)}, {n_threads} threads")
-        if (graph := _onnx_graph(artifact)) and (parts := graph.parts):
-            from .backends.onnxruntime import PARALLEL_LOAD_MIN_ORT, loads_in_parts
-
-            reasons.append(f"graph: {len(parts)} parts, created in parallel" if loads_in_parts(graph, usable[0])
-                           else f"graph: whole (its {len(parts)} parts load in parallel on the CPU provider with "
-                                f"onnxruntime >= {'.'.join(map(str, PARALLEL_LOAD_MIN_ORT))})")
-        small_batch_max = 0
-        if graph and graph.small_batch:
-            ort_settings = profile.onnxruntime
-            limit, key = ((ort_settings.small_batch_max_moe, "small_batch_max_moe") if artifact.model.has_experts
-                          else (ort_settings.small_batch_max, "small_batch_max"))
-            if usable[0] != "CPUExecutionProvider":
-                reasons.append("small-batch graph: not used on GPU providers")
-            elif not limit:
-                reasons.append(f"small-batch graph: not used by profile {profile.name} ({key} = 0)")
-            else:
-                small_batch_max = limit
-                reasons.append(f"small-batch graph: decode steps of <= {small_batch_max} sequences run it "
-                               "(loaded when the first such batch starts)")
-        return Choice("onnxruntime", usable, n_threads, reasons, advice, small_batch_max)
+        return entry.plan(profile, hw, artifact, device, entry.threads(profile, hw, threads), reasons)
     raise ConfigError("no usable backend: " + "; ".join(reasons))
+
+
+def plan_onnxruntime(profile: Profile, hw: Hardware, artifact: Artifact | None,
+                     device: str | None, n_threads: int, reasons: list[str]) -> Choice:
+    """ONNX Runtime's providers for this artifact here (the profile's, less those this
+    onnxruntime lacks or the artifact cannot run on), and whether its small-batch graph loads."""
+    advice: list[str] = []
+    available = ort_providers()
+    wanted = [device] if device else list(profile.onnxruntime.providers)
+    if (why := cpu_only(artifact)) and wanted != ["CPUExecutionProvider"]:
+        if device:
+            raise ConfigError(f"this artifact cannot run on {device}: {why}")
+        wanted = ["CPUExecutionProvider"]
+        advice.append(f"GPU providers skipped: {why}")
+    usable = [p for p in wanted if p in available]
+    missing = [p for p in wanted if p not in available]
+    if missing and (not profile.runtime.allow_fallback or not usable):
+        raise ConfigError(
+            f"profile {profile.name} needs {', '.join(missing)}, which this onnxruntime lacks "
+            f"(it has {', '.join(available)}); install the matching onnxruntime build "
+            "or pass --profile/--device"
+        )
+    if missing:
+        reasons.append(f"providers {', '.join(missing)} not available: falling back")
+    if usable[0] != "CPUExecutionProvider" and (why := attention_on_host(artifact)):
+        advice.append(why)
+    elif usable[0] == "CPUExecutionProvider" and (hint := float16_cache_hint(hw, artifact)):
+        advice.append(hint)
+    reasons += advice
+    reasons.append(f"backend onnxruntime: providers {', '.join(usable)}, {n_threads} threads")
+    if (graph := _onnx_graph(artifact)) and (parts := graph.parts):
+        from .backends.onnxruntime import PARALLEL_LOAD_MIN_ORT, loads_in_parts
+
+        reasons.append(f"graph: {len(parts)} parts, created in parallel" if loads_in_parts(graph, usable[0])
+                       else f"graph: whole (its {len(parts)} parts load in parallel on the CPU provider with "
+                            f"onnxruntime >= {'.'.join(map(str, PARALLEL_LOAD_MIN_ORT))})")
+    small_batch_max = 0
+    if graph and graph.small_batch:
+        ort_settings = profile.onnxruntime
+        limit, key = ((ort_settings.small_batch_max_moe, "small_batch_max_moe") if artifact.model.has_experts
+                      else (ort_settings.small_batch_max, "small_batch_max"))
+        if usable[0] != "CPUExecutionProvider":
+            reasons.append("small-batch graph: not used on GPU providers")
+        elif not limit:
+            reasons.append(f"small-batch graph: not used by profile {profile.name} ({key} = 0)")
+        else:
+            small_batch_max = limit
+            reasons.append(f"small-batch graph: decode steps of <= {small_batch_max} sequences run it "
+                           "(loaded when the first such batch starts)")
+    return Choice("onnxruntime", usable, n_threads, reasons, advice, small_batch_max)

@@ -53,7 +53,7 @@ def test_the_first_run_says_it_builds_engines_and_a_later_run_that_it_loads_them
 def test_the_engine_hands_the_options_to_the_tensorrt_provider(
     trt_artifacts, tmp_path, monkeypatch
 ):
-    from edgeds import engine
+    from edgeds.backends import registry
     from edgeds.selection import Choice
 
     seen = {}
@@ -68,7 +68,7 @@ def test_the_engine_hands_the_options_to_the_tensorrt_provider(
     art = load_artifact(trt_artifacts("qwen2"))
     choice = Choice("onnxruntime", list(profile.onnxruntime.providers), 4)
     monkeypatch.setenv("HOME", str(tmp_path))
-    engine._make_backend(art, profile, choice, "NVIDIA Jetson Orin Nano Developer Kit")
+    registry.get("onnxruntime").open(art, profile, choice, "NVIDIA Jetson Orin Nano Developer Kit")
     trt_name, trt_options = seen["providers"][0]
     assert trt_name == tensorrt.PROVIDER
     assert trt_options["trt_profile_opt_shapes"].count("input_ids:") == 2

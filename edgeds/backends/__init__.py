@@ -1,31 +1,17 @@
-"""Backends behind one interface (`base.Backend`); imported lazily so a missing one costs nothing."""
+"""Backends behind one interface (`base.Backend`), listed in `registry.py`; each is imported only
+when chosen, so a missing one costs nothing."""
 
 from __future__ import annotations
 
-from importlib.util import find_spec
-
-
-def installed_backends() -> dict[str, bool]:
-    return {name: find_spec(name) is not None for name in ("onnxruntime", "openvino")}
+from .registry import installed_backends
 
 
 def backend_class(name: str, artifact=None):
     """The class that runs backend `name` (for this artifact, where given), imported but not
     loaded: what `edgeds doctor` asks about a backend's abilities (its class attributes)."""
-    if name == "native":
-        from .native import NativeBackend, is_mla
+    from . import registry
 
-        if artifact is not None and is_mla(artifact):
-            from .native_mla import NativeMlaBackend
+    return registry.get(name).backend_class(artifact)
 
-            return NativeMlaBackend
-        return NativeBackend
-    if name == "openvino":
-        from .openvino import OpenVinoBackend
 
-        return OpenVinoBackend
-    if name == "onnxruntime":
-        from .onnxruntime import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend
-    raise ValueError(f"no backend {name!r}")
+__all__ = ["backend_class", "installed_backends"]
