@@ -8,6 +8,7 @@ import sys
 import textwrap
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from edgeds.backends import registry
@@ -71,5 +72,30 @@ def test_choosing_and_running_onnxruntime_never_imports_openvino(artifacts, tmp_
         print("ok")
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                       timeout=600)
+                       timeout=600, check=False)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backend", ["native", "onnxruntime", "openvino"])
+@pytest.mark.parametrize("kind", ["qwen2", "deepseek_v2"])
+def test_every_backend_grows_its_cache_keeping_what_it_held(artifacts, backend, kind):
+    """The loop may enlarge a cache in the middle of a batch: decoding after grow() gives the
+    logits of a cache that was that large from the start, on every backend (slots.grown)."""
+    import edgeds
+
+    art = artifacts(kind, "int8")
+    engine = edgeds.load(art, backend=backend, profile="cpu-avx512", threads=2, prefix_cache=False)
+    if engine.choice.backend != backend:
+        pytest.skip(f"{backend} cannot run here: {engine.reasons}")
+    b = engine.backend
+    rng = np.random.default_rng(6)
+    prompts = [rng.integers(2, 320, n).astype(np.int64) for n in (10, 7)]
+    runs = []
+    for first_capacity in (12, 40):
+        b.start(2, first_capacity)
+        logits = [b.prefill([0, 1], prompts).copy()]
+        b.grow(40)
+        for _ in range(20):
+            logits.append(b.decode(logits[-1].argmax(-1)).copy())
+        runs.append(np.stack(logits))
+    np.testing.assert_array_equal(runs[0], runs[1])

@@ -25,8 +25,8 @@ from ..artifact import Artifact
 from ..errors import ArtifactError, UsageError
 from ..manifest import GroupedAttention
 from ..native import library
-from .base import SlotLengths
 from .kv_blocks import BLOCK_TOKENS, BlockPool, BlockTables
+from .slots import SlotLengths, loaded_rows_stop
 
 PREFILL_ROWS = 512  # rows per call: what the int8 GEMM needs to reach its speed, and no more memory
 MAX_GROUP = 16  # query heads per KV head that decoder.c's attention keeps in registers
@@ -225,6 +225,10 @@ class NativeBackend:
         if self.blocks is not None:
             self.blocks.release_all()
         self.blocks = BlockTables(self.pool, batch_size, capacity)
+        self._start_slots(batch_size, capacity)
+
+    def _start_slots(self, batch_size: int, capacity: int) -> None:
+        """The slots' bookkeeping and the decode step's buffers, for either native cache."""
         if self.batch_size != batch_size:
             self._logits = _logits_buffer(batch_size, self.vocab_size)
         self.batch_size, self.capacity = batch_size, capacity
@@ -280,9 +284,7 @@ class NativeBackend:
     def load_kv(self, slot: int, start: int, rows: np.ndarray) -> None:
         """Write rows (as kv_rows gives them) at positions start.. of a slot's cache, taking its
         blocks for them (start 0: the slot starts from empty blocks, as a prefill from 0 does)."""
-        stop = start + rows.shape[self.kv_token_axis]
-        if stop > self.capacity:
-            raise ValueError("cached rows past the cache capacity")
+        stop = loaded_rows_stop(start, rows, self.kv_token_axis, self.capacity)
         if start == 0:
             self.blocks.release(slot)
         self.blocks.reserve(slot, stop)

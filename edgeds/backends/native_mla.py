@@ -19,8 +19,8 @@ from .. import tensor_index
 from ..artifact import Artifact
 from ..errors import ArtifactError
 from ..native import library
-from .base import SlotLengths
-from .native import NativeBackend, _logits_buffer, _ptr, check_threads
+from .native import NativeBackend, _ptr, check_threads
+from .slots import grown, loaded_rows_stop
 
 ROUTINGS = {"softmax_greedy": 0, "softmax_group_limited": 1, "sigmoid_noaux_tc": 2}
 MAX_EXPERTS, MAX_GROUPS, MAX_LORA, MAX_V = 1024, 256, 4096, 256  # mla_moe.c's stack arrays
@@ -205,11 +205,7 @@ class NativeMlaBackend(NativeBackend):
         if (self.batch_size, self.capacity) != (batch_size, capacity):
             self.latent = None  # free the old cache before the new one is allocated
             self.latent = np.zeros((self.layers, batch_size, capacity, self.latent_dim), np.float32)
-            self._logits = _logits_buffer(batch_size, self.vocab_size)
-        self.batch_size, self.capacity = batch_size, capacity
-        self.slot_lengths = SlotLengths(batch_size)
-        self._slot_ids = np.arange(batch_size, dtype=np.int32)
-        self._positions = np.zeros(batch_size, np.int32)
+        self._start_slots(batch_size, capacity)
 
     # A prefill call's rows attend over their slot's cached latent rows from position 0 (loaded
     # ones included), so a prompt resumes after a cached prefix like one that straddles calls.
@@ -227,17 +223,12 @@ class NativeMlaBackend(NativeBackend):
         return self.latent[:, slot, start:stop].copy()
 
     def load_kv(self, slot: int, start: int, rows: np.ndarray) -> None:
-        stop = start + rows.shape[self.kv_token_axis]
-        if stop > self.capacity:
-            raise ValueError("cached rows past the cache capacity")
+        stop = loaded_rows_stop(start, rows, self.kv_token_axis, self.capacity)
         self.latent[:, slot, start:stop] = rows
 
     def grow(self, capacity: int) -> None:
-        if capacity <= self.capacity:
-            return
-        new = np.zeros((self.layers, self.batch_size, capacity, self.latent_dim), np.float32)
-        new[:, :, : self.capacity] = self.latent
-        self.latent, self.capacity = new, capacity
+        if capacity > self.capacity:
+            self.latent, self.capacity = grown(self.latent, capacity, token_axis=2), capacity
 
     def prefill(
         self,

@@ -19,6 +19,7 @@ import openvino as ov
 
 from ..artifact import Artifact
 from ..errors import ArtifactError
+from .slots import grown
 
 
 class OpenVinoBackend:
@@ -56,6 +57,13 @@ class OpenVinoBackend:
         self.total = 0
         self._beam = np.arange(batch_size, dtype=np.int32)
         self._last = np.zeros((batch_size, 1), np.int64)
+
+    def grow(self, capacity: int) -> None:
+        """Room for `capacity` tokens per slot, keeping the wave: the plugin's state grows by
+        itself with every call (its cache is as long as the attention mask), so only the mask
+        is ours to enlarge."""
+        if capacity > self.capacity:
+            self.mask, self.capacity = grown(self.mask, capacity, token_axis=1), capacity
 
     def _infer(self, ids: np.ndarray, positions: np.ndarray,
                logits_positions: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from ...artifact import Artifact
 from ...errors import ArtifactError, UsageError
-from ..base import SlotLengths
+from ..slots import SlotLengths
 from .binding import Call, bind_call, bind_inputs
 from .cache import Cache
 from .sessions import DEVICE_MEMORY, INT8_CACHE_MIN_ORT, Sessions, load_graph, ort_version

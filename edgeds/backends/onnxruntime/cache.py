@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ...manifest import KvLayout
+from ..slots import grown, loaded_rows_stop
 
 
 class Cache:
@@ -37,11 +38,12 @@ class Cache:
         holds that many."""
         if capacity <= self.capacity:
             return False
-        shape = self.layout.shape(self.batch_size, capacity)
         for caches in (self.keys, self.values):
-            # One layer at a time: the old buffer goes as the new one comes.
+            # One layer at a time: the old buffer goes as the new one comes. A device buffer
+            # comes over to the host and back: grows are rare.
             for i in range(len(caches)):
-                caches[i] = self._zeros(shape, caches[i])
+                old = caches[i] if isinstance(caches[i], np.ndarray) else caches[i].numpy()
+                caches[i] = self._on_device(grown(old, capacity, token_axis=2))
         self.capacity = capacity
         return True
 
@@ -81,9 +83,7 @@ class Cache:
 
     def load_slot_rows(self, slot: int, start: int, rows: np.ndarray) -> None:
         """Write rows (as slot_rows gives them) at positions start.. of a slot."""
-        stop = start + rows.shape[3]
-        if stop > self.capacity:
-            raise ValueError("cached rows past the cache capacity")
+        stop = loaded_rows_stop(start, rows, 3, self.capacity)
         for caches, part in zip(self._host_buffers(), rows):
             for c, layer in zip(caches, part):
                 c[slot, :, start:stop] = layer
@@ -93,13 +93,12 @@ class Cache:
             raise ValueError("the cache is in device memory: no rows to copy")
         return [self.keys] if self.latent else [self.keys, self.values]
 
-    def _zeros(self, shape: tuple[int, ...], old=None):
-        """A cache buffer of zeros (padding rows are never attended, but must not hold NaNs),
-        holding `old`'s contents in its first positions."""
-        host = np.zeros(shape, self.dtype)
-        if old is not None:  # a device buffer comes over to the host and back: grows are rare
-            old = old if isinstance(old, np.ndarray) else old.numpy()
-            host[:, :, : old.shape[2]] = old
+    def _zeros(self, shape: tuple[int, ...]):
+        """A cache buffer of zeros (padding rows are never attended, but must not hold NaNs)."""
+        return self._on_device(np.zeros(shape, self.dtype))
+
+    def _on_device(self, host: np.ndarray):
+        """`host` where the cache lives: itself, or an OrtValue in device memory."""
         if self.memory is None:
             return host
         return ort.OrtValue.ortvalue_from_numpy(host, *self.memory)
