@@ -256,6 +256,17 @@ class Model:
     def has_experts(self) -> bool:
         return self.experts is not None and bool(self.experts.layers)
 
+    def check_rope_rows(self, rows: int, where: str) -> None:
+        """A graph's rotary tables must cover every position of the context: past their rows
+        ONNX Runtime fails in the middle of a job and OpenVINO's Gather silently reads a wrong
+        row. Only an edited manifest (context_length raised and re-sealed) gets here."""
+        if rows < self.context_length:
+            raise ArtifactError(
+                f"{where}: its rotary tables cover {rows} positions, but the manifest's "
+                f"context_length is {self.context_length} (re-export with --context "
+                f"{self.context_length} for that context)"
+            )
+
     @staticmethod
     def _parse(r: _Fields) -> Model:
         common = dict(
@@ -272,6 +283,12 @@ class Model:
             tie_word_embeddings=r.bool("tie_word_embeddings"),
             context_length=r.int("context_length", hi=MAX_CONTEXT),
         )
+        if common["context_length"] > common["max_position_embeddings"]:
+            r.fail(
+                f"is {common['context_length']}, beyond max_position_embeddings "
+                f"{common['max_position_embeddings']} (the rotary tables cover no more)",
+                "context_length",
+            )
         if "kv_lora_rank" not in r.data:
             attention = GroupedAttention(r.int("num_kv_heads", hi=MAX_HEADS), r.int("head_dim"))
             if common["num_heads"] % attention.num_kv_heads:

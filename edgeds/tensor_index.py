@@ -209,6 +209,20 @@ def _mla_layer(c: _Check, ly, where: str, m: Model, a: LatentAttention, i: int) 
         c.mlp(shared, f"{where}.moe.shared", h, inner)
 
 
+def rope_rows(artifact, graph) -> int | None:
+    """Positions the graph's rotary tables cover, as its tensor index says (None: no index),
+    checked against the manifest's context_length (Model.check_rope_rows)."""
+    if not graph.tensors:
+        return None
+    index = read_json(artifact.path(graph.tensors), graph.tensors)
+    cos = index.get("cos") if isinstance(index, dict) else None
+    shape = cos.get("shape") if isinstance(cos, dict) else None
+    if not isinstance(shape, list) or len(shape) != 2 or type(shape[0]) is not int:
+        raise ArtifactError(f"{graph.tensors}: cos has no [positions, width] shape")
+    artifact.model.check_rope_rows(shape[0], f"{artifact.root}: {graph.file}")
+    return shape[0]
+
+
 def load(artifact, graph) -> dict:
     """The checked index of an artifact's graph (manifest.Graph with a `tensors` entry)."""
     path: Path = artifact.path(graph.tensors)

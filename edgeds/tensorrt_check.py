@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ArtifactError
+from .manifest import Manifest, inside
+from .manifest import read as read_manifest
 
 OPS_FILE = Path(__file__).with_name("tensorrt_ops.json")
 VERSIONS = ("10.3", "10.x-newest")
@@ -202,15 +204,15 @@ def check_model(
     return problems
 
 
-def onnx_graph_files(manifest: dict) -> list[str]:
+def onnx_graph_files(manifest: Manifest) -> list[str]:
     """The ONNX graph files an artifact's manifest lists (main graph, small-batch graph, parts)."""
-    entry = manifest.get("graphs", {}).get("onnx")
-    if not entry:
+    graph = manifest.graphs.get("onnx")
+    if graph is None:
         return []
     files = []
-    for graph in (entry, entry.get("small_batch")):
-        if graph:
-            files += [graph["file"], *(part["file"] for part in graph.get("parts", []))]
+    for g in (graph, graph.small_batch):
+        if g is not None:
+            files += [g.file, *(part.file for part in g.parts)]
     return files
 
 
@@ -219,10 +221,7 @@ def check_artifact(folder: str | Path, ops_file: str | Path | None = None) -> di
     nodes checked and the problems found."""
     onnx = _onnx()
     folder = Path(folder)
-    try:
-        manifest = json.loads((folder / "edgeds.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{folder} is not an edgeds artifact (edgeds.json: {exc})") from exc
+    manifest = read_manifest(folder)  # checked and sealed: file names stay inside the folder
     files = onnx_graph_files(manifest)
     if not files:
         raise ArtifactError(
@@ -232,12 +231,12 @@ def check_artifact(folder: str | Path, ops_file: str | Path | None = None) -> di
     problems, nodes = [], 0
     for name in files:
         try:
-            model = onnx.load(str(folder / name), load_external_data=False)
+            model = onnx.load(str(inside(folder, name)), load_external_data=False)
         except Exception as exc:  # noqa: BLE001 - any unreadable graph is one clear line
             raise ArtifactError(f"cannot read {folder / name}: {exc}") from exc
         nodes += len(model.graph.node)
         problems += check_model(model, tables, name)
-    target = manifest["graphs"]["onnx"].get("tensorrt", {}).get("target", "onnxruntime")
+    target = "onnxruntime" if manifest.graph("onnx").tensorrt is None else "tensorrt"
     return {
         "artifact": str(folder),
         "target": target,

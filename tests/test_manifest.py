@@ -247,6 +247,28 @@ def test_a_run_opens_no_file_beside_the_artifact(backend, artifacts, tmp_path):
     assert {Path(p).name for p in near} <= listed
 
 
+@pytest.mark.parametrize("backend", ["native", "onnxruntime", "openvino"])
+@pytest.mark.parametrize("kind", ["qwen2", "deepseek_v3"])
+def test_a_context_beyond_the_rotary_tables_is_refused_at_load(backend, kind, artifacts, tmp_path):
+    """context_length raised in a re-sealed manifest: the graphs' rotary tables (128 positions
+    here) end before it. ONNX Runtime failed in the middle of a job past their end and OpenVINO
+    read wrong rows without a word; every backend refuses it before a token runs."""
+    from edgeds.hardware import detect
+    from edgeds.selection import native_unavailable
+
+    if backend == "native" and (why := native_unavailable(detect(), None)):
+        pytest.skip(why)
+    art = copy(artifacts(kind, "int8"), tmp_path / "art")
+    edit(art, lambda m: m["model"].update(context_length=256))
+    assert load_artifact(art).model.context_length == 256  # the manifest alone is consistent
+    message = refused(art, "rotary tables cover 128 positions|context_length 256 or more",
+                      backend=backend, threads=1)
+    assert ("--context 256" in message) == (backend != "native")  # native: tensors.json's check
+    edit(art, lambda m: m["model"].update(context_length=1024))  # the model's own limit is 512
+    refused(art, "model.context_length is 1024, beyond max_position_embeddings 512",
+            backend=backend)
+
+
 def test_parse_takes_the_json_value_alone():
     """No file system at all: what the fuzz below and other tools call."""
     m = json.loads((EMBEDDED / MANIFEST).read_text())

@@ -22,6 +22,16 @@ from ..errors import ArtifactError
 from .slots import grown
 
 
+def _rope_rows(model: ov.Model) -> int | None:
+    """Rows of the rotary tables: the constants that position_ids index (export/*/
+    openvino_writer.py gathers cos and sin rows by it); None where no such table is found."""
+    rows = [op.get_input_partial_shape(0)[0].get_length() for op in model.get_ordered_ops()
+            if op.get_type_name() == "Gather"
+            and op.input_value(1).get_node().get_friendly_name() == "position_ids"
+            and op.input_value(0).get_node().get_type_name() == "Constant"]
+    return min(rows, default=None)
+
+
 class OpenVinoBackend:
     name = "openvino"
     supports_refill = False
@@ -39,7 +49,10 @@ class OpenVinoBackend:
                **(config or {})}
         if threads:
             cfg["INFERENCE_NUM_THREADS"] = int(threads)
-        model = core.read_model(str(artifact.path(artifact.graph("openvino").file)))
+        graph = artifact.graph("openvino")
+        model = core.read_model(str(artifact.path(graph.file)))
+        if (rows := _rope_rows(model)) is not None:
+            m.check_rope_rows(rows, f"{artifact.root}: {graph.file}")
         logits = model.output("logits").get_partial_shape()[-1]
         if logits.is_static and logits.get_length() != m.vocab_size:
             raise ArtifactError(f"{artifact.root}: its OpenVINO graph's logits are "

@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import onnxruntime as ort
 
+from ... import tensor_index
 from ...artifact import Artifact
 from ...errors import ArtifactError, UsageError
 from ..slots import SlotLengths
@@ -66,6 +67,7 @@ class OnnxRuntimeBackend:
         with host OrtValues). `small_batch_max`: decode batches up to this size on the
         artifact's small-batch graph, where it has one (0: never load it)."""
         graph = artifact.graph("onnx")
+        tensor_index.rope_rows(artifact, graph)  # tables for the whole context, before loading
         # The cache layout comes from the manifest: per-head K and V buffers, or one MLA latent
         # buffer per layer that serves as both key and value.
         self.layout = artifact.manifest.kv_layout("onnx")
