@@ -92,3 +92,19 @@ def test_a_job_runs_each_document_together_with_the_records_and_resume_of_input_
     assert again.skipped == 5 and again.ok == 7
     assert {r["id"]: r["text"] for r in read_out(ordered)} == want
     assert len(read_out(ordered)) == 12
+
+
+@pytest.mark.skipif(NO_NATIVE is not None, reason=str(NO_NATIVE))
+def test_a_fail_fast_job_reads_no_further_than_its_first_bad_line(tmp_path, artifacts):
+    """The order reads 256 lines ahead: a fail-fast job would find its bad line while the lines
+    before it wait, and stop without running them. It takes lines in input order instead."""
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    good = [json.dumps({"id": f"r{i}", "prompt": f"def f{i}(x):"}) for i in range(16)]
+    inp.write_text("\n".join(good[:10] + ["not json"] + good[10:]) + "\n")
+    engine = edgeds.load(artifacts("qwen2", "int8"), backend="native", profile="cpu-avx512")
+    assert engine.prefix is not None
+    stats = run_in_process(engine, inp, out, batch_size=2, max_new_tokens=3, fail_fast=True)
+    records = read_out(out)
+    assert sorted(r["id"] for r in records if "error" not in r) == sorted(
+        f"r{i}" for i in range(10))
+    assert [r["line"] for r in records if "error" in r] == [11] and stats.failed == 1

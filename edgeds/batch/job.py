@@ -205,9 +205,11 @@ class _Job:
 
     def _ordered(self, intake: Intake) -> Iterator[gen.Request | None]:
         """Requests for the loop, those sharing a prompt prefix side by side where the prefix
-        cache is on (prefix_order.py); a request is running from here on."""
+        cache is on (prefix_order.py); a request is running from here on. A fail-fast job keeps
+        input order: reading ahead would find its first bad line while the lines before it
+        wait, and it would stop without running them."""
         requests = self._requests(intake)
-        if self.engine.prefix is not None:
+        if self.engine.prefix is not None and not self.opts.fail_fast:
             requests = self.order = PrefixOrder(requests, self.engine.prefix.block_tokens)
         for req in requests:
             if req is not None:
