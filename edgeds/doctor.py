@@ -32,7 +32,8 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
         report["choice"] = {"error": str(exc)}
     report["reasons"] = reasons
     if choice is not None:
-        why = prefix_cache.unsupported(registry.get(choice.backend).backend_class(art), art)
+        entry = registry.get(choice.backend)
+        why = prefix_cache.unsupported(entry.backend_class(art), art, choice.providers)
         report["prefix_cache"] = why or "yes: whole blocks of shared prompt prefixes are reused"
     stamps = checksum_stamps.stamp_folder()
     report["checksum_stamps"] = str(stamps) if stamps else None

@@ -159,14 +159,15 @@ class PrefixCache:
         return False
 
 
-def unsupported(backend, artifact=None) -> str | None:
+def unsupported(backend, artifact=None, providers: list[str] | None = None) -> str | None:
     """Why this backend (its class or an instance) keeps no prefix cache, or None. Each backend
     says so itself: its `supports_prefix_cache` flag and, where that is false, its reason
     `no_prefix_cache` (an instance turns the flag off for its artifact or provider); a class
-    asked about an artifact answers through `no_prefix_cache_for(artifact)`, where it has one."""
+    asked about an artifact (on `providers`, where it has them) answers through
+    `no_prefix_cache_for(artifact, providers)`, where it has one."""
     if getattr(backend, "supports_prefix_cache", False):
         check = getattr(backend, "no_prefix_cache_for", None)
-        return check(artifact) if check is not None and artifact is not None else None
+        return check(artifact, providers) if check is not None and artifact is not None else None
     return getattr(backend, "no_prefix_cache", None) or (
         f"backend {getattr(backend, 'name', backend)} cannot load rows into a slot")
 

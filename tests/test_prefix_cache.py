@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import edgeds
+import edgeds.artifact
 from edgeds import generate as gen
 from edgeds import native
 from edgeds.hardware import detect
@@ -133,3 +134,25 @@ def test_doctor_says_what_the_backend_chosen_for_the_artifact_does(artifacts, mo
     assert diagnose(dense, profile="cpu-avx512", backend="native")["prefix_cache"].startswith("yes")
     engine = edgeds.load(mla, backend="native", profile="cpu-avx512", prefix_cache=False)
     assert engine.enable_prefix_cache() == "no latent rows" and engine.prefix is None
+
+
+def test_doctor_says_a_float16_cache_on_a_cuda_provider_keeps_no_prefix_cache(artifacts,
+                                                                             monkeypatch):
+    """ONNX Runtime keeps a float16 cache in device memory on CUDA (no rows to copy): doctor
+    says so for that provider, as the loaded backend would; on the CPU provider it is reused."""
+    import edgeds.selection as sel
+    from edgeds.backends.onnxruntime import OnnxRuntimeBackend
+    from edgeds.doctor import diagnose
+
+    half, full = artifacts("llama", "fp32", "float16"), artifacts("llama", "fp32", "float32")
+    monkeypatch.setattr(sel, "ort_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    said = diagnose(str(half), profile="jetson-orin-nx", backend="onnxruntime")["prefix_cache"]
+    assert said.startswith("onnxruntime on CUDAExecutionProvider: the float16 cache lives in "
+                           "device memory") and "--prefix-cache DIR is refused" in said
+    for folder in (full, half):  # float32 on CUDA: host buffers; float16 on the CPU: the same
+        providers = ["CUDAExecutionProvider"] if folder == full else ["CPUExecutionProvider"]
+        art = edgeds.artifact.load_artifact(str(folder), verify=False)
+        assert OnnxRuntimeBackend.no_prefix_cache_for(art, providers) is None
+    cpu = diagnose(str(half), profile="cpu-avx512", backend="onnxruntime")["prefix_cache"]
+    assert cpu.startswith("yes")

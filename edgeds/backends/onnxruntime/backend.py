@@ -41,6 +41,12 @@ def _prefill_groups(slots: list[int], lengths: list[int]) -> list[tuple[int, int
     return groups
 
 
+def _device_cache(device: str, dtype: str = "float16") -> str:
+    return (f"onnxruntime on {device}: the {dtype} cache lives in device memory (OrtValues), "
+            "not rows to copy: every prompt is prefilled in full, and --prefix-cache DIR is "
+            "refused")
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     supports_refill = True
@@ -52,11 +58,16 @@ class OnnxRuntimeBackend:
     kv_token_axis = 3  # of kv_rows' [buffers, layers, heads, tokens, head_dim]
 
     @staticmethod
-    def no_prefix_cache_for(artifact: Artifact) -> str | None:
-        """Why this artifact's graph keeps no prefix cache here, or None."""
+    def no_prefix_cache_for(artifact: Artifact, providers: list[str] | None = None) -> str | None:
+        """Why this artifact's graph keeps no prefix cache on these providers (None: the CPU
+        provider), or None: what an instance decides, asked before one is loaded (doctor)."""
         if "fresh_prompt" in artifact.graph("onnx").inputs:
             return ("onnxruntime: an int8-cache graph attends over a fresh prompt in float32 but "
                     "over int8 rows after loaded ones, so cached prefixes would change tokens")
+        device = providers[0] if providers else "CPUExecutionProvider"
+        if device in DEVICE_MEMORY and np.dtype(artifact.manifest.kv_layout("onnx").dtype) == (
+                np.float16):
+            return _device_cache(device)
         return None
 
     def __init__(self, artifact: Artifact, providers: list, threads: int | None = None,
@@ -110,8 +121,7 @@ class OnnxRuntimeBackend:
             memory = (DEVICE_MEMORY.get(self.device, "cpu"), int(device_id))
         self.cache = Cache(self.layout, memory)
         self.no_prefix_cache = self.no_prefix_cache_for(artifact) or (
-            "onnxruntime: the cache lives in device memory (OrtValues), not rows to copy"
-            if memory else None)
+            _device_cache(self.device, cache_dtype.name) if memory else None)
         self.supports_prefix_cache = self.no_prefix_cache is None
 
     @property
