@@ -176,6 +176,8 @@ def run(
             yield finish(i, "context")
 
     while True:
+        if prefix is not None:
+            prefix.drain()  # blocks the last step kept go to disk after its tokens, not before
         free = [i for i, s in enumerate(slots) if s is None]
         refill = backend.supports_refill or len(free) == len(slots)
         if free and (not exhausted or waiting) and refill:

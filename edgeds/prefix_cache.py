@@ -9,8 +9,9 @@ always at least its last token (whose logits it needs).
 
 Blocks are reference counted by the blocks chained after them and evicted least recently used
 within a byte budget, leaves first, so a chain never loses its head while its tail stays. With a
-`PrefixStore` (prefix_store.py) blocks missing here are read from disk and new ones written
-there for later runs.
+`PrefixStore` (prefix_store.py) blocks missing here are read from disk (all of a prompt's in one
+index query, each checked once and then kept here) and new ones written there for later runs, at
+the next `drain` (the generate loop's, between steps: a first token never waits on a write).
 
 The generate loop calls `prefill` (or `prefill_chunk` for a prompt prefilled in chunks); the rows
 are opaque arrays the backend gives and takes back (`kv_rows`, `load_kv`), so this module knows no
@@ -92,31 +93,36 @@ class PrefixCache:
             raise UsageError(f"prefix cache blocks of {self.block_tokens} tokens")
         self.blocks: OrderedDict[str, _Block] = OrderedDict()  # least recently used first
         self.bytes = 0
+        self._unwritten: list[tuple[str, str | None, np.ndarray]] = []  # for the store
         self.best_s_per_token = float("inf")  # the cheapest prefill call's rate: a low estimate
 
     def lookup(self, ids: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
         """Keys of every whole block of `ids`, and the rows of its longest cached head (never the
-        block holding the last token: that one is prefilled for its logits)."""
+        block holding the last token: that one is prefilled for its logits). Blocks past the
+        ones held here come from the store in one read, and stay here after it."""
         keys = block_keys(self.root, ids, self.block_tokens)
         usable = (len(ids) - 1) // self.block_tokens
         rows = []
-        for i, key in enumerate(keys[:usable]):
+        for key in keys[:usable]:
             block = self.blocks.get(key)
-            if block is None and self.store is not None:
-                stored = self.store.read(key)
-                if stored is not None:
-                    self.stats.disk_hits += 1
-                    block = self._add(key, keys[i - 1] if i else None, stored)
             if block is None:
                 break
             self.blocks.move_to_end(key)
             rows.append(block.rows)
-        if self.store is not None:
-            self.store.flush()
+        if len(rows) < usable and self.store is not None:
+            # Eviction drops leaves first, so past the first block missing here every block of
+            # the chain is missing too.
+            for i, stored in enumerate(self.store.read_chain(keys[len(rows):usable]), len(rows)):
+                self.stats.disk_hits += 1
+                block = self._add(keys[i], keys[i - 1] if i else None, stored)
+                if block is None:
+                    break
+                rows.append(block.rows)
         return keys, rows
 
     def insert(self, keys: list[str], have: int, rows_of) -> None:
-        """Keep blocks `have`.. of a prefilled sequence; rows_of(i) gives block i's rows."""
+        """Keep blocks `have`.. of a prefilled sequence; rows_of(i) gives block i's rows. The
+        store gets them at the next `drain`."""
         for i in range(have, len(keys)):
             if keys[i] in self.blocks:
                 self.blocks.move_to_end(keys[i])
@@ -126,9 +132,19 @@ class PrefixCache:
             rows = rows_of(i)
             if self._add(keys[i], keys[i - 1] if i else None, rows) is None:
                 return
-            if self.store is not None and self.store.write(keys[i], keys[i - 1] if i else None,
-                                                           rows):
-                self.stats.blocks_written += 1
+            if self.store is not None and self.store.writer:
+                self._unwritten.append((keys[i], keys[i - 1] if i else None, rows))
+
+    def drain(self) -> None:
+        """Write the blocks kept since the last drain to the store, and record when the blocks
+        read from it were last used. The generate loop calls it between steps: no first token
+        waits on the disk."""
+        if self.store is None:
+            return
+        unwritten, self._unwritten = self._unwritten, []
+        if unwritten:
+            self.stats.blocks_written += self.store.write_many(unwritten)
+        self.store.flush()
 
     def _add(self, key: str, parent: str | None, rows: np.ndarray) -> _Block | None:
         if rows.nbytes > self.budget_bytes:
@@ -204,8 +220,7 @@ def prefill(backend, cache: PrefixCache, slots: list[int], prompts: list[np.ndar
         starts = []
         for i in group:
             _, rows = looked[i]
-            if rows:
-                backend.load_kv(slots[i], 0, np.concatenate(rows, axis=backend.kv_token_axis))
+            _load(backend, slots[i], 0, rows, b)
             starts.append(len(rows) * b)
         logits = backend.prefill([slots[i] for i in group], [prompts[i] for i in group],
                                  starts=starts)
@@ -237,7 +252,7 @@ def prefill_chunk(backend, cache: PrefixCache, slot: int, ids: np.ndarray, start
     skipped = max(len(rows) * b - start, 0)
     if skipped:
         first = start // b  # the block holding `start`: its rows from cache, the same bit for bit
-        backend.load_kv(slot, first * b, np.concatenate(rows[first:], axis=backend.kv_token_axis))
+        _load(backend, slot, first, rows[first:], b)
         start += skipped
     end = min(start + chunk, len(ids))
     t0 = time.perf_counter()
@@ -253,3 +268,9 @@ def prefill_chunk(backend, cache: PrefixCache, slot: int, ids: np.ndarray, start
     cache.insert(keys[:end // b], len(rows),
                  lambda k: backend.kv_rows(slot, k * b, (k + 1) * b))
     return end, row, reused
+
+
+def _load(backend, slot: int, first: int, rows: list[np.ndarray], b: int) -> None:
+    """Blocks first.. of a slot from `rows`, each copied straight into the backend's cache."""
+    for k, block in enumerate(rows, first):
+        backend.load_kv(slot, k * b, block)

@@ -30,6 +30,7 @@ import numpy as np
 from .errors import UsageError
 
 DEFAULT_MAX_BYTES = 4 << 30
+_KEYS_PER_QUERY = 500  # under SQLite's least limit of bound parameters (999)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 SCHEMA = """
@@ -49,6 +50,16 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower()))
 
 
+def _read_into(path: str, buffer: memoryview) -> int:
+    """Bytes of the file read into `buffer` (all of it where it is that long); one more byte
+    is asked for, so a longer file reads as longer."""
+    with open(path, "rb", buffering=0) as f:
+        got = 0
+        while got < len(buffer) and (n := f.readinto(buffer[got:])):
+            got += n
+        return got + len(f.read(1)) if got == len(buffer) else got
+
+
 def _warn(message: str) -> None:
     print(f"edgeds: prefix cache: {message}", file=sys.stderr)
 
@@ -62,6 +73,7 @@ class PrefixStore:
         self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self.max_bytes, self.warn = max_bytes, warn
         self._touched: list[str] = []  # blocks read since the last flush, for their last use
+        self._blocks = str(self.folder / "blocks")  # a str: a Path per block read costs ~10 us
         if self.folder.exists() and not self.folder.is_dir():
             raise UsageError(f"prefix cache '{folder}' is a file, not a folder")
         try:
@@ -119,36 +131,59 @@ class PrefixStore:
                 path.unlink(missing_ok=True)
 
     def read(self, key: str) -> np.ndarray | None:
+        rows = self.read_chain([key])
+        return rows[0] if rows else None
+
+    def read_chain(self, keys: list[str]) -> list[np.ndarray]:
+        """The rows of keys[0], keys[1], ... for as long as each is stored and sound: one index
+        query for them all, then each file read straight into the array it is kept in and
+        checked against its sha256 before it is used (a private copy: nothing another process
+        does to the file afterwards reaches it)."""
+        found = {}
         try:
-            row = self.db.execute("SELECT namespace, dtype, shape, nbytes, sha256 FROM blocks "
-                                  "WHERE key = ?", (key,)).fetchone()
+            for at in range(0, len(keys), _KEYS_PER_QUERY):
+                part = keys[at:at + _KEYS_PER_QUERY]
+                found.update((row[0], row[1:]) for row in self.db.execute(
+                    "SELECT key, namespace, dtype, shape, nbytes, sha256 FROM blocks "
+                    f"WHERE key IN ({','.join('?' * len(part))})", part))
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
-                return None  # a reader ahead of the first writer: nothing stored yet
-            self.warn(f"{self.folder}: index unreadable ({exc}); block ignored")
-            return None
+                return []  # a reader ahead of the first writer: nothing stored yet
+            self.warn(f"{self.folder}: index unreadable ({exc}); blocks ignored")
+            return []
         except sqlite3.DatabaseError as exc:
-            self.warn(f"{self.folder}: index unreadable ({exc}); block ignored")
-            return None
-        if row is None:
-            return None
-        namespace, dtype, shape, nbytes, sha = row
-        try:
-            data = self._path(key).read_bytes()
-        except FileNotFoundError:
-            return None  # evicted by the writer after the row was read
-        except OSError as exc:
-            self.warn(f"block {key[:16]}: unreadable ({exc.strerror}); ignored")
-            return None
+            self.warn(f"{self.folder}: index unreadable ({exc}); blocks ignored")
+            return []
+        out = []
+        for key in keys:
+            rows = self._read_block(key, found[key]) if key in found else None
+            if rows is None:
+                break
+            out.append(rows)
+        return out
+
+    def _read_block(self, key: str, listed: tuple) -> np.ndarray | None:
+        namespace, dtype, shape, nbytes, sha = listed
         if (namespace, dtype, shape) != (self.namespace, self.dtype.str, json.dumps(self.shape)):
             why = "another artifact's or layout's block"
-        elif nbytes != self.nbytes or len(data) != nbytes:
-            why = f"{len(data)} bytes, not {self.nbytes}"
-        elif hashlib.sha256(data).hexdigest() != sha:
-            why = "its bytes do not match its checksum"
+        elif nbytes != self.nbytes:
+            why = f"{nbytes} bytes listed, not {self.nbytes}"
         else:
-            self._touched.append(key)
-            return np.frombuffer(data, self.dtype).reshape(self.shape)
+            rows = np.empty(self.shape, self.dtype)
+            try:
+                got = _read_into(f"{self._blocks}/{key[:2]}/{key}.bin", memoryview(rows).cast("B"))
+            except FileNotFoundError:
+                return None  # evicted by the writer after the row was read
+            except OSError as exc:
+                self.warn(f"block {key[:16]}: unreadable ({exc.strerror}); ignored")
+                return None
+            if got != nbytes:
+                why = f"{got} bytes, not {self.nbytes}"
+            elif hashlib.sha256(memoryview(rows).cast("B")).hexdigest() != sha:
+                why = "its bytes do not match its checksum"
+            else:
+                self._touched.append(key)
+                return rows
         self.warn(f"block {key[:16]} in {self.folder}: {why}; ignored")
         if self.writer:
             self._drop([key])
@@ -156,45 +191,67 @@ class PrefixStore:
 
     def write(self, key: str, parent: str | None, rows: np.ndarray) -> bool:
         """Keep a block (writer only); False where it is not written."""
-        if not self.writer or rows.dtype != self.dtype or rows.shape != self.shape:
-            return False
-        if self.nbytes > self.max_bytes:
-            return False
+        return self.write_many([(key, parent, rows)]) == 1
+
+    def write_many(self, blocks: list[tuple[str, str | None, np.ndarray]]) -> int:
+        """Keep blocks (key, parent, rows), heads first (writer only): how many were written.
+        Room is made first (its own commits: a block is unlisted before its file goes), then
+        every file is put in place and all are listed in one transaction."""
+        if not self.writer or self.nbytes > self.max_bytes:
+            return 0
         self.flush()  # last uses first: eviction below goes by them
-        data = np.ascontiguousarray(rows).tobytes()
-        path = self._path(key)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        tmp = None
         try:
-            if self.db.execute("SELECT 1 FROM blocks WHERE key = ?", (key,)).fetchone():
-                return False
-            self._make_room(self.nbytes)
-            path.parent.mkdir(exist_ok=True)
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-            self.db.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                          (key, self.namespace, parent, self.dtype.str, json.dumps(self.shape),
-                           len(data), hashlib.sha256(data).hexdigest(), time.time()))
-            return True
+            new, seen = [], set()
+            for key, parent, rows in blocks:
+                if (rows.dtype == self.dtype and rows.shape == self.shape and key not in seen
+                        and not self.db.execute("SELECT 1 FROM blocks WHERE key = ?",
+                                                (key,)).fetchone()):
+                    new.append((key, parent, rows))
+                    seen.add(key)
+            (total,) = self.db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM blocks").fetchone()
+            total = self._make_room(len(new) * self.nbytes, total)
+            new = new[:max(self.max_bytes - total, 0) // self.nbytes]
+            listed = []
+            for key, parent, rows in new:
+                data = memoryview(np.ascontiguousarray(rows)).cast("B")
+                path = self._path(key)
+                tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+                path.parent.mkdir(exist_ok=True)
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+                tmp = None
+                listed.append((key, self.namespace, parent, self.dtype.str,
+                               json.dumps(self.shape), len(data),
+                               hashlib.sha256(data).hexdigest(), time.time()))
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.executemany("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                    listed)
+            return len(listed)
         except (OSError, sqlite3.DatabaseError) as exc:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            # Files put in place but not listed are what the next writer's sweep removes.
             self.warn(f"{self.folder}: cannot write a block ({exc}); this run writes no more")
             self.writer = False
-            return False
+            return 0
 
-    def _make_room(self, nbytes: int) -> None:
-        """Evict least recently used leaves until `nbytes` more fit under max_bytes."""
-        (total,) = self.db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM blocks").fetchone()
+    def _make_room(self, nbytes: int, total: int) -> int:
+        """Evict least recently used leaves until `nbytes` more fit under max_bytes; the
+        blocks' total after."""
         while total + nbytes > self.max_bytes:
             leaves = self.db.execute(
                 "SELECT key, nbytes FROM blocks b WHERE NOT EXISTS "
                 "(SELECT 1 FROM blocks c WHERE c.parent = b.key) ORDER BY used LIMIT 64").fetchall()
             if not leaves:
-                return
+                return total
             for key, size in leaves:
                 if total + nbytes <= self.max_bytes:
                     break
                 self._drop([key])
                 total -= size
+        return total
 
     def _drop(self, keys: list[str]) -> None:
         self.db.execute(f"DELETE FROM blocks WHERE key IN ({','.join('?' * len(keys))})", keys)

@@ -69,6 +69,28 @@ def test_eviction_drops_the_least_recently_used_leaf_within_the_budget():
     assert not tiny.blocks  # a block over the budget is not kept
 
 
+
+def test_blocks_reach_the_store_at_drain_and_a_new_cache_reads_them_back(tmp_path):
+    """insert keeps a block in memory at once but writes it at the next drain (the generate
+    loop's, after the step's tokens): no first token waits on the disk."""
+    from edgeds.prefix_store import PrefixStore
+
+    root, a = namespace("a" * 64, "fake", 4), np.arange(0, 13)
+    store = PrefixStore(tmp_path / "pc", root.hex(), np.float32, (4,), 1 << 20)
+    cache = PrefixCache(root, 4, 1 << 20, store)
+    keys, _ = cache.lookup(a)
+    cache.insert(keys, 0, _Rows(a))
+    assert len(cache.blocks) == 3 and store.total_bytes() == 0
+    cache.drain()
+    assert store.total_bytes() == 3 * 16 and cache.stats.blocks_written == 3
+    fresh = PrefixCache(root, 4, 1 << 20, store)
+    _, rows = fresh.lookup(a)
+    assert [r.tolist() for r in rows] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert fresh.stats.disk_hits == 3 and len(fresh.blocks) == 3  # kept in memory after
+    fresh.lookup(a)
+    assert fresh.stats.disk_hits == 3  # the second time from memory: no read, no re-hash
+
+
 def _run(engine, prompts, batch_size, n=12):
     reqs = [gen.Request(i, p, SamplingParams(max_new_tokens=n, ignore_eos=True))
             for i, p in enumerate(prompts)]

@@ -62,6 +62,23 @@ def test_one_writer_several_readers_and_a_tampered_or_foreign_block_is_ignored(t
     assert reader.read("k1") is None and "another artifact's or layout's block" in said[-1]
 
 
+
+def test_a_chain_is_read_up_to_its_first_missing_or_unsound_block(tmp_path):
+    said = []
+    store = _store(tmp_path / "pc", warnings=said)
+    blocks = [("a", None, _rows(0)), ("b", "a", _rows(1)), ("c", "b", _rows(2))]
+    assert store.write_many(blocks + [("a", None, _rows(0))]) == 3  # each key once
+    assert store.write_many(blocks) == 0  # all there already
+    got = store.read_chain(["a", "b", "c", "d"])
+    assert len(got) == 3 and all(np.array_equal(g, _rows(i)) for i, g in enumerate(got))
+    assert store.read_chain(["x", "a"]) == []  # a chain's head missing: nothing after it
+    longer = store._path("b")
+    longer.write_bytes(longer.read_bytes() + b"\0")  # one byte more than its rows
+    assert len(store.read_chain(["a", "b", "c"])) == 1
+    n = _rows(0).nbytes
+    assert said == [f"block b in {tmp_path / 'pc'}: {n + 1} bytes, not {n}; ignored"]
+
+
 def test_the_size_bound_evicts_least_recently_used_leaves(tmp_path):
     per = _rows(0).nbytes
     store = _store(tmp_path / "pc", max_bytes=3 * per)
