@@ -79,6 +79,24 @@ def test_a_chain_is_read_up_to_its_first_missing_or_unsound_block(tmp_path):
     assert said == [f"block b in {tmp_path / 'pc'}: {n + 1} bytes, not {n}; ignored"]
 
 
+
+def test_a_chain_read_by_several_threads_comes_back_in_order(tmp_path, monkeypatch):
+    import edgeds.prefix_store as ps
+
+    said = []
+    store = _store(tmp_path / "pc", warnings=said)
+    keys = [f"k{i}" for i in range(7)]
+    store.write_many([(k, keys[i - 1] if i else None, _rows(i)) for i, k in enumerate(keys)])
+    monkeypatch.setattr(ps, "PARALLEL_READ_BYTES", _rows(0).nbytes)  # a thread per block
+    store.read_threads = 3
+    got = store.read_chain(keys)
+    assert len(got) == 7 and all(np.array_equal(g, _rows(i)) for i, g in enumerate(got))
+    assert store._pool is not None  # read by the threads, not in line
+    block = store._path("k4")
+    block.write_bytes(bytes(len(block.read_bytes())))
+    assert len(store.read_chain(keys)) == 4 and "do not match its checksum" in said[-1]
+
+
 def test_the_size_bound_evicts_least_recently_used_leaves(tmp_path):
     per = _rows(0).nbytes
     store = _store(tmp_path / "pc", max_bytes=3 * per)
