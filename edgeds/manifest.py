@@ -570,7 +570,6 @@ class Graph:
     tensors: str | None = None  # the tensor index the native backends read (tensor_index.py)
     parts: tuple[GraphPart, ...] = ()
     small_batch: SmallBatchGraph | None = None
-    mtp_layers_left_out: int = 0
     notes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     tensorrt: TensorrtProfiles | None = None  # a --target tensorrt graph's profiles
 
@@ -603,7 +602,6 @@ class Graph:
                 if r.get("small_batch", None) is not None
                 else None
             ),
-            mtp_layers_left_out=r.int("mtp_layers_left_out", 0, MAX_LAYERS, default=0),
             notes=r.notes(("parts_note",)),
             tensorrt=(
                 TensorrtProfiles._parse(r.section("tensorrt"), r.strings("inputs"))
@@ -611,6 +609,8 @@ class Graph:
                 else None
             ),
         )
+        # Older MLA exports wrote the model's mtp_layers_left_out into each graph too.
+        r.int("mtp_layers_left_out", 0, MAX_LAYERS, default=0)
         ops.done()
         _check_cache_names(r, graph, model.num_layers)
         return graph
@@ -903,6 +903,16 @@ def read(root: Path) -> Manifest:
     if path.is_symlink() or not path.is_file():
         raise ArtifactError(f"'{root}' has no {MANIFEST}; is it an edgeds artifact?")
     return parse(read_json(path, MANIFEST))
+
+
+def listed_files(root: Path) -> set[str] | None:
+    """The files root/edgeds.json lists, if it is an edgeds manifest at all (of any version,
+    valid or not: what `export --overwrite` may replace); None for anything else."""
+    try:
+        data = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        return set(data["files"]) if data.get("format") == FORMAT else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def read_json(path: Path, name: str) -> Any:

@@ -114,7 +114,9 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
         if (why := entry.unsupported(artifact, hw, profile)) is not None:
             reasons.append(f"backend {entry.name}: {why}")
             continue
-        return entry.plan(profile, hw, artifact, device, entry.threads(profile, hw, threads), reasons)
+        return entry.plan(
+            profile, hw, artifact, device, entry.threads(profile, hw, threads), reasons
+        )
     raise ConfigError("no usable backend: " + "; ".join(reasons))
 
 
@@ -149,20 +151,28 @@ def plan_onnxruntime(profile: Profile, hw: Hardware, artifact: Artifact | None,
     if (graph := _onnx_graph(artifact)) and (parts := graph.parts):
         from .backends.onnxruntime import PARALLEL_LOAD_MIN_ORT, loads_in_parts
 
-        reasons.append(f"graph: {len(parts)} parts, created in parallel" if loads_in_parts(graph, usable[0])
-                       else f"graph: whole (its {len(parts)} parts load in parallel on the CPU provider with "
-                            f"onnxruntime >= {'.'.join(map(str, PARALLEL_LOAD_MIN_ORT))})")
+        reasons.append(
+            f"graph: {len(parts)} parts, created in parallel"
+            if loads_in_parts(graph, usable[0])
+            else f"graph: whole (its {len(parts)} parts load in parallel on the CPU provider with "
+            f"onnxruntime >= {'.'.join(map(str, PARALLEL_LOAD_MIN_ORT))})"
+        )
     small_batch_max = 0
     if graph and graph.small_batch:
         ort_settings = profile.onnxruntime
-        limit, key = ((ort_settings.small_batch_max_moe, "small_batch_max_moe") if artifact.model.has_experts
-                      else (ort_settings.small_batch_max, "small_batch_max"))
+        limit, key = (
+            (ort_settings.small_batch_max_moe, "small_batch_max_moe")
+            if artifact.model.has_experts
+            else (ort_settings.small_batch_max, "small_batch_max")
+        )
         if usable[0] != "CPUExecutionProvider":
             reasons.append("small-batch graph: not used on GPU providers")
         elif not limit:
             reasons.append(f"small-batch graph: not used by profile {profile.name} ({key} = 0)")
         else:
             small_batch_max = limit
-            reasons.append(f"small-batch graph: decode steps of <= {small_batch_max} sequences run it "
-                           "(loaded when the first such batch starts)")
+            reasons.append(
+                f"small-batch graph: decode steps of <= {small_batch_max} sequences run it "
+                "(loaded when the first such batch starts)"
+            )
     return Choice("onnxruntime", usable, n_threads, reasons, advice, small_batch_max)

@@ -16,7 +16,8 @@ from importlib import metadata
 from pathlib import Path
 
 from edgeds.artifact import describe_files
-from edgeds.manifest import FORMAT, MANIFEST, seal
+from edgeds.errors import ArtifactError
+from edgeds.manifest import MANIFEST, listed_files, parse, seal
 
 from .checkpoint import Checkpoint
 from .errors import ExportError
@@ -38,12 +39,7 @@ def check_output(out: Path, src: Path, overwrite: bool) -> None:
     if out.is_symlink() or not out.is_dir():
         raise ExportError(f"--overwrite replaces an edgeds artifact folder; '{out}' is "
                           f"{'a symbolic link' if out.is_symlink() else 'not a folder'}")
-    try:
-        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-        listed = set(manifest["files"]) if manifest.get("format") == FORMAT else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        listed = None
-    if listed is None:
+    if (listed := listed_files(out)) is None:
         raise ExportError(f"--overwrite replaces an edgeds artifact; '{out}' has no edgeds manifest "
                           f"({MANIFEST}), so it is left alone")
     for entry in sorted(out.iterdir()):
@@ -136,7 +132,13 @@ def generation_defaults(ckpt: Checkpoint) -> dict:
 
 def write_manifest(tmp: Path, manifest_body: dict) -> dict:
     files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != MANIFEST)
-    manifest = seal({"format": FORMAT, **manifest_body, "files": describe_files(tmp, files)})
+    manifest = seal({**manifest_body, "files": describe_files(tmp, files)})
+    # The runtime's reading of it: the exporter never leaves a manifest the runtime refuses
+    # (its fields and the runtime's are written in two places; this is where they meet).
+    try:
+        parse(manifest)
+    except ArtifactError as exc:  # a defect of the exporter's, not of the user's input
+        raise RuntimeError(f"the exporter wrote a manifest the runtime refuses: {exc}") from exc
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return manifest
 

@@ -39,7 +39,7 @@ def test_manifest_says_what_is_left_out_and_how_routing_works(checkpoints, artif
     assert e.routing == "sigmoid_noaux_tc" and e.n_group == 4 and e.topk_group == 2
     assert e.layers == (1, 2)
     cfg = json.loads((checkpoints("deepseek_v3") / "config.json").read_text())
-    assert art.graph("onnx").mtp_layers_left_out == cfg.get("num_nextn_predict_layers", 0)
+    assert art.model.mtp_layers_left_out == cfg.get("num_nextn_predict_layers", 0)
     assert load_artifact(artifacts("deepseek_v2")).model.experts.routing == "softmax_greedy"
 
 

@@ -40,7 +40,7 @@ from ..graph.onnx_ops import (
     to_float,
 )
 from ..tensors import GatedMlp
-from .spec import MlaSpec
+from .spec import MlaSpec, latent_cache_sizes
 from .tensors import MlaLayer, MlaTensors, Moe, PerHead
 
 F = TensorProto.FLOAT
@@ -336,8 +336,7 @@ class MlaGraph:
             "kind": "mla_latent",
             "layout": "batch, 1, capacity, kv_lora_rank + qk_rope_head_dim",
             "dtype": "float32",
-            "values_per_token_per_layer": s.latent_dim,
-            "bytes_per_token": s.num_layers * s.latent_dim * 4,
+            **latent_cache_sizes(s),
             "past": "past_latent.{i}",
             "present": "present_latent.{i} and present_latent_alias.{i} (bind both to the past buffer)",
             "lengths": "seqlens_k = total length - 1 per sequence; position_ids per token; right-padded prefill",
@@ -378,5 +377,4 @@ def write_onnx(spec: MlaSpec, tensors: MlaTensors, folder: Path, data_file: str,
         "inputs": names["inputs"], "outputs": names["outputs"],
         "kv_cache": builder.kv_cache_entry(),
         "ops": ops,
-        "mtp_layers_left_out": spec.mtp_layers_left_out,
     }

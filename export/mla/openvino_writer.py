@@ -13,7 +13,7 @@ from openvino import opset6, opset15
 
 from ..graph.openvino_ops import INPUTS, Builder, f32, i64, rotate_half
 from ..weight_file import WeightFile
-from .spec import MlaSpec
+from .spec import MlaSpec, latent_cache_sizes
 from .tensors import MlaTensors, Moe, PerHead
 
 
@@ -149,11 +149,9 @@ def write_openvino(spec: MlaSpec, tensors: MlaTensors, folder: Path, weights: We
         "kv_cache": {
             "kind": "stateful_mla_latent", "variables": "past_latent.{i}",
             "layout": "batch, 1, length, kv_lora_rank + qk_rope_head_dim",
-            "values_per_token_per_layer": spec.latent_dim,
-            "bytes_per_token": spec.num_layers * spec.latent_dim * 4,
+            **latent_cache_sizes(spec),
             "lengths": "attention_mask (batch, past + new), sequences left-padded; position_ids per token",
         },
         "ops": {"attention": "absorbed MLA: ScaledDotProductAttention of the latent-space query over the latent state",
                 "moe": "exact reference routing; each routed expert runs only on its tokens (NonZero/GatherND/ScatterNDUpdate)"},
-        "mtp_layers_left_out": spec.mtp_layers_left_out,
     }

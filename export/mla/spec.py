@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
+from edgeds.manifest import KvLayout
+
 from ..checkpoint import Checkpoint
 from ..errors import ExportError
 from ..rope import rope_parameters
@@ -85,6 +87,14 @@ class MlaSpec:
             fields.pop(key)
         fields["moe_layers"] = [i for i, lw in enumerate(self.layers) if lw.experts]
         return fields
+
+def latent_cache_sizes(spec: MlaSpec) -> dict:
+    """The latent cache's sizes for the manifest's readers, from the runtime's own KvLayout (one
+    buffer of the latent per layer, float32): written down, never worked out a second time."""
+    layout = KvLayout(spec.num_layers, 1, 1, spec.latent_dim, "float32")
+    return {"values_per_token_per_layer": layout.values_per_token // layout.layers,
+            "bytes_per_token": layout.bytes_per_token}
+
 
 # layer_weights(ckpt, layer, moe, n_routed_experts, q_lora, shared_experts): layer i's tensor names
 LayerNames = Callable[[Checkpoint, int, bool, int, bool, bool], MlaLayerWeights]
