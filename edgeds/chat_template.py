@@ -40,7 +40,11 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         """`'x' * 10**9` would be built whole before any output bound could see it."""
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > MAX_CHARS:
+                if (
+                    isinstance(seq, (str, list, tuple))
+                    and isinstance(times, int)
+                    and len(seq) * times > MAX_CHARS
+                ):
                     raise TemplateLimit(f"the chat template builds a value over {MAX_CHARS} items")
         if operator == "**" and isinstance(right, int) and abs(right) > 64:
             raise TemplateLimit(f"the chat template raises to the power {right}")
@@ -57,7 +61,9 @@ class ChatTemplate:
         except TemplateSyntaxError as exc:
             raise ArtifactError(f"{path.name}, line {exc.lineno}: {exc.message}") from None
         except UnicodeDecodeError as exc:
-            raise ArtifactError(f"{path.name} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            raise ArtifactError(
+                f"{path.name} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from None
 
     def render(self, **context) -> str:
         """The template's text, or TemplateLimit. Time is checked at every line the compiled
@@ -67,7 +73,9 @@ class ChatTemplate:
 
         def on_line(frame, event, arg):
             if time.monotonic() > deadline:
-                raise TemplateLimit(f"the chat template ran past {MAX_SECONDS:g} s (a loop that does not end?)")
+                raise TemplateLimit(
+                    f"the chat template ran past {MAX_SECONDS:g} s (a loop that does not end?)"
+                )
             return on_line
 
         def on_call(frame, event, arg):

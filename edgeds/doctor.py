@@ -26,7 +26,11 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
     choice = None
     try:
         choice = choose_backend(prof, hw, art, backend)
-        report["choice"] = {"backend": choice.backend, "providers": choice.providers, "threads": choice.threads}
+        report["choice"] = {
+            "backend": choice.backend,
+            "providers": choice.providers,
+            "threads": choice.threads,
+        }
         reasons += choice.reasons
     except UserError as exc:
         report["choice"] = {"error": str(exc)}
@@ -40,7 +44,9 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
     if art is not None:
         fmt = choice.artifact_format if choice else "onnx"
         fmt = fmt if fmt in art.formats else art.formats[0]
-        weights = weight_bytes(art.manifest, fmt, small_batch=bool(choice and choice.small_batch_max))
+        weights = weight_bytes(
+            art.manifest, fmt, small_batch=bool(choice and choice.small_batch_max)
+        )
         layout = art.manifest.kv_layout(fmt)
         per_token = layout.bytes_per_token
         window = choose_context(context, prof.name, prof.runtime.context,
@@ -68,8 +74,10 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
 def format_report(r: dict) -> str:
     hw = r["hardware"]
     lines = [
-        f"hardware: {hw['cpu']} ({hw['arch']}), {hw['physical_cores']} cores, {hw['memory_gib']} GiB",
-        f"  ISA: {', '.join(hw['isa']) or 'none of note'}" + (f"; Jetson: {hw['jetson']}" if hw["jetson"] else ""),
+        f"hardware: {hw['cpu']} ({hw['arch']}), {hw['physical_cores']} cores, "
+        f"{hw['memory_gib']} GiB",
+        f"  ISA: {', '.join(hw['isa']) or 'none of note'}"
+        + (f"; Jetson: {hw['jetson']}" if hw["jetson"] else ""),
         "backends: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["backends"].items()),
         f"  onnxruntime providers: {', '.join(r['onnxruntime_providers']) or '-'}",
         f"profile: {r['profile']['name']} ({r['profile']['description']})",
@@ -77,9 +85,12 @@ def format_report(r: dict) -> str:
         "why:",
         *[f"  {x}" for x in r["reasons"]],
         *([f"prefix cache: {r['prefix_cache']}"] if "prefix_cache" in r else []),
-        (f"checksums: a file is hashed at load until it matches, then stamped in {r['checksum_stamps']} "
-         "(EDGEDS_VERIFY=always hashes at every load)" if r["checksum_stamps"]
-         else "checksums: every file hashed at every load"),
+        (
+            "checksums: a file is hashed at load until it matches, then stamped in "
+            f"{r['checksum_stamps']} (EDGEDS_VERIFY=always hashes at every load)"
+            if r["checksum_stamps"]
+            else "checksums: every file hashed at every load"
+        ),
     ]
     if "context" in r:
         c = r["context"]
@@ -87,8 +98,9 @@ def format_report(r: dict) -> str:
     if "memory" in r:
         m = r["memory"]
         lines += [
-            f"memory: weights {m['weights_mib']} MiB + {m['kv_cache_dtype']} KV cache {m['kv_cache_mib_at_profile']} MiB "
-            f"(profile batch x context) = {m['total_mib_at_profile']} MiB of {m['machine_mib']} MiB: "
+            f"memory: weights {m['weights_mib']} MiB + {m['kv_cache_dtype']} KV cache "
+            f"{m['kv_cache_mib_at_profile']} MiB (profile batch x context) = "
+            f"{m['total_mib_at_profile']} MiB of {m['machine_mib']} MiB: "
             + ("fits" if m["fits"] else "DOES NOT FIT"),
             f"  largest batch at that context: {m['largest_batch_at_context']}; "
             f"largest context at that batch: {m['largest_context_at_batch']}",

@@ -51,7 +51,12 @@ class Engine:
     def __init__(self, artifact: Artifact, profile: Profile, choice: Choice, hardware: Hardware,
                  profile_reasons: list[str], tokenizer: TextTokenizer, backend: Backend,
                  context: ContextChoice | None = None):
-        self.artifact, self.profile, self.choice, self.hardware = artifact, profile, choice, hardware
+        self.artifact, self.profile, self.choice, self.hardware = (
+            artifact,
+            profile,
+            choice,
+            hardware,
+        )
         self.reasons = profile_reasons + choice.reasons
         self.tokenizer, self.backend = tokenizer, backend
         self.eos_ids = set(artifact.manifest.generation.eos_token_ids)
@@ -61,7 +66,9 @@ class Engine:
         # No batch, the profile's or a caller's, may hold more slots of full-context cache than fit.
         fmt = choice.artifact_format
         # The small-batch graph counts where it may load (at the first batch small enough for it).
-        self.weight_bytes = weight_bytes(artifact.manifest, fmt, small_batch=bool(choice.small_batch_max))
+        self.weight_bytes = weight_bytes(
+            artifact.manifest, fmt, small_batch=bool(choice.small_batch_max)
+        )
         per_token = artifact.manifest.kv_layout(fmt).bytes_per_token
         # A cache that grows in blocks (native dense) is planned per token: sequences are admitted
         # while their most (prompt + max_new_tokens) fits. Others hold batch x capacity at once,
@@ -84,7 +91,9 @@ class Engine:
                                                self.context), 1)
         self.batch_size = self.batch_for(profile.runtime.batch_size)
         if self.batch_size < profile.runtime.batch_size:
-            self.reasons.append(f"batch {profile.runtime.batch_size} -> {self.batch_size}: {self.cap_reason()}")
+            self.reasons.append(
+                f"batch {profile.runtime.batch_size} -> {self.batch_size}: {self.cap_reason()}"
+            )
         self.prefix: prefix_cache.PrefixCache | None = None
 
     def enable_prefix_cache(self, folder: str | Path | None = None, max_bytes: int | None = None,
@@ -149,8 +158,13 @@ class Engine:
         context."""
         return truncate_prompt(ids, self.context, max_new_tokens)
 
-    def run(self, requests: Iterable[gen.Request], batch_size: int | None = None,
-            stats: gen.StepStats | None = None, should_stop=None) -> Iterator[gen.TokenEvent | gen.Finished]:
+    def run(
+        self,
+        requests: Iterable[gen.Request],
+        batch_size: int | None = None,
+        stats: gen.StepStats | None = None,
+        should_stop=None,
+    ) -> Iterator[gen.TokenEvent | gen.Finished]:
         return gen.run(self.backend, requests, self.batch_for(batch_size), self.context,
                        self.eos_ids, self.tokenizer.decode, stats, should_stop, self.prefix,
                        self.kv_tokens)
@@ -266,4 +280,6 @@ def check_threads(threads: int | None) -> None:
     cpus = os.cpu_count() or 1
     if threads is None or (type(threads) is int and 0 <= threads <= cpus):
         return
-    raise ConfigError(f"threads {threads!r}: give 1 to {cpus} (this machine's CPUs), or 0 for the profile's")
+    raise ConfigError(
+        f"threads {threads!r}: give 1 to {cpus} (this machine's CPUs), or 0 for the profile's"
+    )

@@ -11,7 +11,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+ISA_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 JETSON_MODULES = {  # substring of /proc/device-tree/model -> profile module name
     "agx orin": "agx-orin",
     "orin nx": "orin-nx",
@@ -71,7 +80,11 @@ def detect(root: str | Path = "/") -> Hardware:
             arch = "aarch64"
         model = f.get("model name", f.get("hardware", model))
     logical = sum(1 for f in fields if "processor" in f) or os.cpu_count() or 1
-    cores = {(f.get("physical id", "0"), f.get("core id", f.get("processor"))) for f in fields if "processor" in f}
+    cores = {
+        (f.get("physical id", "0"), f.get("core id", f.get("processor")))
+        for f in fields
+        if "processor" in f
+    }
     physical = len(cores) if any("core id" in f for f in fields) else logical
     memory = _meminfo_total(_read(root / "proc/meminfo"))
     jetson_model = None

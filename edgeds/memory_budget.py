@@ -31,7 +31,9 @@ def decode_read_bytes(manifest: Manifest, fmt: str) -> int | None:
     m = manifest.model
     if m.has_experts:
         return None
-    return weight_bytes(manifest, fmt) - manifest.quantization.embedding_bytes(m.vocab_size, m.hidden_size)
+    return weight_bytes(manifest, fmt) - manifest.quantization.embedding_bytes(
+        m.vocab_size, m.hidden_size
+    )
 
 
 def kv_budget(memory_bytes: int, weights: int) -> float:

@@ -94,7 +94,9 @@ def parse_profile(name: str, text: str) -> Profile:
         priority=int(data.get("priority", 0)),
         match=_typed(Match, data.get("match", {}), f"profile {name} [match]"),
         runtime=_typed(RuntimeSettings, data.get("runtime", {}), f"profile {name} [runtime]"),
-        onnxruntime=_typed(OnnxRuntimeSettings, data.get("onnxruntime", {}), f"profile {name} [onnxruntime]"),
+        onnxruntime=_typed(
+            OnnxRuntimeSettings, data.get("onnxruntime", {}), f"profile {name} [onnxruntime]"
+        ),
         openvino=_typed(OpenVinoSettings, data.get("openvino", {}), f"profile {name} [openvino]"),
     )
 
@@ -109,10 +111,15 @@ def profile_folder() -> Path:
 
 def load_profiles(folder: Path | None = None) -> dict[str, Profile]:
     folder = folder or profile_folder()
-    return {p.stem: parse_profile(p.stem, p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.toml"))}
+    return {
+        p.stem: parse_profile(p.stem, p.read_text(encoding="utf-8"))
+        for p in sorted(folder.glob("*.toml"))
+    }
 
 
-def choose_profile(hw: Hardware, profiles: dict[str, Profile], name: str | None = None) -> tuple[Profile, list[str]]:
+def choose_profile(
+    hw: Hardware, profiles: dict[str, Profile], name: str | None = None
+) -> tuple[Profile, list[str]]:
     """The named profile, or the highest-priority one that matches `hw`; with the reasons."""
     if name:
         if name not in profiles:
@@ -122,9 +129,13 @@ def choose_profile(hw: Hardware, profiles: dict[str, Profile], name: str | None 
     matching = []
     for p in sorted(profiles.values(), key=lambda p: -p.priority):
         why_not = p.match.why_not(hw)
-        reasons.append(f"profile {p.name}: " + ("matches" if why_not is None else f"skipped ({why_not})"))
+        reasons.append(
+            f"profile {p.name}: " + ("matches" if why_not is None else f"skipped ({why_not})")
+        )
         if why_not is None:
             matching.append(p)
     if not matching:
-        raise ConfigError("no profile matches this machine; pass --profile NAME\n" + "\n".join(reasons))
+        raise ConfigError(
+            "no profile matches this machine; pass --profile NAME\n" + "\n".join(reasons)
+        )
     return matching[0], reasons

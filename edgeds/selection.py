@@ -60,7 +60,8 @@ def cpu_only(artifact: Artifact | None) -> str | None:
         return None
     for_gpu = f"export {GPU_EXPORT} for the GPU"
     if artifact.manifest.quantization.dynamic_int8:
-        return f"its int8 matmuls quantize activations per row, which only the CPU provider runs ({for_gpu})"
+        return ("its int8 matmuls quantize activations per row, which only the CPU provider runs "
+                f"({for_gpu})")
     if graph.kv_cache.dtype == "int8":
         return f"its int8 KV cache runs on the CPU provider only ({for_gpu})"
     return None
@@ -79,7 +80,8 @@ def float16_cache_hint(hw: Hardware, artifact: Artifact | None) -> str | None:
     Xeon the 64-prompt job's decode took 13.6-16.1 s against 21.4-23.3 s with float32
     (benchmarks/results/xeon-amx-16t.md); on CPUs without it, it costs time."""
     if "avx512_fp16" in hw.flags and _dense_float32_cache(artifact):
-        return "this CPU has AVX512-FP16: an export with --kv-cache float16 decodes faster here, in half the cache memory"
+        return ("this CPU has AVX512-FP16: an export with --kv-cache float16 decodes faster here, "
+                "in half the cache memory")
     return None
 
 

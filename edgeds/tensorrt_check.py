@@ -81,9 +81,10 @@ class _GraphFacts:
         graph = model.graph
         self.initializers = {t.name: t for t in graph.initializer}
         self.constants = {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+        # A graph that shape inference cannot follow is typed less, not rejected.
         try:
             inferred = onnx.shape_inference.infer_shapes(model).graph
-        except Exception:  # noqa: BLE001 - a graph shape inference cannot follow is typed less, not rejected
+        except Exception:  # noqa: BLE001
             inferred = graph
         self.types = {t.name: t.data_type for t in graph.initializer}
         for v in list(inferred.value_info) + list(inferred.input) + list(inferred.output):

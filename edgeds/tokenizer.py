@@ -24,7 +24,9 @@ class TextTokenizer:
         self.bos_token, self.eos_token = meta.bos_token, meta.eos_token
         self.bos_id = self.tok.token_to_id(self.bos_token) if self.bos_token else None
         self.add_bos = meta.add_bos_token and self.bos_id is not None
-        self.template = ChatTemplate(artifact.path(meta.chat_template)) if meta.chat_template else None
+        self.template = (
+            ChatTemplate(artifact.path(meta.chat_template)) if meta.chat_template else None
+        )
         self.reasoning = self.tok.token_to_id(THINK_CLOSE) is not None
 
     def encode(self, text: str) -> np.ndarray:

@@ -84,11 +84,15 @@ def export_checkpoint(
     if kv_cache not in KV_CACHES:
         raise ExportError(f"unknown kv cache '{kv_cache}'; choose from {', '.join(KV_CACHES)}")
     if kv_cache != "float32" and "onnx" not in formats:
-        raise ExportError(f"--kv-cache {kv_cache} is a property of the ONNX graph; add onnx to --format "
-                          "(the OpenVINO plugin picks its own cache precision)")
+        raise ExportError(
+            f"--kv-cache {kv_cache} is a property of the ONNX graph; add onnx to --format "
+            "(the OpenVINO plugin picks its own cache precision)"
+        )
     if small_batch_graph and (weights != "int8" or kv_cache == "int8" or "onnx" not in formats):
-        raise ExportError("--small-batch-graph repacks int8 weights for ONNX Runtime: it needs --weights int8, "
-                          "the onnx format and a float32 or float16 KV cache")
+        raise ExportError(
+            "--small-batch-graph repacks int8 weights for ONNX Runtime: it needs --weights int8, "
+            "the onnx format and a float32 or float16 KV cache"
+        )
     started = time.perf_counter()
     ckpt = Checkpoint(src)
     spec = family_for(ckpt.config).decoder_spec(ckpt)
@@ -114,19 +118,26 @@ def export_checkpoint(
             if target == "tensorrt":
                 from .tensorrt_profiles import tensorrt_entry
 
-                graphs["onnx"]["tensorrt"] = tensorrt_entry(graphs["onnx"]["inputs"], spec, context, max_batch)
+                graphs["onnx"]["tensorrt"] = tensorrt_entry(
+                    graphs["onnx"]["inputs"], spec, context, max_batch
+                )
             graphs["onnx"]["tensors"] = write_tensor_index(tensors, tmp)
             if small_batch_graph:  # beside the main graph, whose weight file it reads
                 from .small_batch_graph import write_small_batch_graph
 
-                graphs["onnx"]["small_batch"] = write_small_batch_graph(kind.onnx_graph, spec, tensors, tmp,
-                                                                        weight_file, kv_cache)
+                graphs["onnx"]["small_batch"] = write_small_batch_graph(
+                    kind.onnx_graph, spec, tensors, tmp, weight_file, kv_cache
+                )
             for entry in (graphs["onnx"], graphs["onnx"].get("small_batch")):
-                if entry and (parts := write_parts(tmp, entry["file"], load_parts, spec.hidden_size)):
+                if entry and (
+                    parts := write_parts(tmp, entry["file"], load_parts, spec.hidden_size)
+                ):
                     entry["parts"] = parts
-                    entry["parts_note"] = ("the graph cut at layer boundaries, to be run in this order; each "
-                                           "part's outputs that the next part reads are the residual stream, "
-                                           "[batch, sequence, hidden_size] float32")
+                    entry["parts_note"] = (
+                        "the graph cut at layer boundaries, to be run in this order; each "
+                        "part's outputs that the next part reads are the residual stream, "
+                        "[batch, sequence, hidden_size] float32"
+                    )
         if "openvino" in formats:
             graphs["openvino"] = kind.write_openvino(spec, tensors, tmp, weight_file)
         del tensors
@@ -159,8 +170,10 @@ def _check_tensorrt_options(formats, weights: str, kv_cache: str, load_parts: in
     if "onnx" not in formats:
         raise ExportError("--target tensorrt shapes the ONNX graph; add onnx to --format")
     if weights not in ("int8", "fp16", "fp32"):
-        raise ExportError(f"--target tensorrt takes --weights int8 (per channel, dequantized into float "
-                          f"matmuls), fp16 or fp32, not {weights}: MatMulNBits is an ONNX Runtime op")
+        raise ExportError(
+            f"--target tensorrt takes --weights int8 (per channel, dequantized into float "
+            f"matmuls), fp16 or fp32, not {weights}: MatMulNBits is an ONNX Runtime op"
+        )
     if kv_cache != "float32":
         raise ExportError(f"--target tensorrt keeps a float32 cache (got --kv-cache {kv_cache}); "
                           "the TensorRT provider's trt_fp16_enable runs attention in float16")

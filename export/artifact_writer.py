@@ -31,7 +31,9 @@ def check_output(out: Path, src: Path, overwrite: bool) -> None:
     and nothing else: a folder whose manifest says so, holding only the files it lists."""
     out_r, src_r = out.expanduser().resolve(), src.resolve()
     if out_r == src_r or src_r in out_r.parents or out_r in src_r.parents:
-        raise ExportError(f"output '{out}' and checkpoint '{src}' overlap; write the artifact to its own folder")
+        raise ExportError(
+            f"output '{out}' and checkpoint '{src}' overlap; write the artifact to its own folder"
+        )
     if not (out.exists() or out.is_symlink()):
         return
     if not overwrite:
@@ -40,12 +42,18 @@ def check_output(out: Path, src: Path, overwrite: bool) -> None:
         raise ExportError(f"--overwrite replaces an edgeds artifact folder; '{out}' is "
                           f"{'a symbolic link' if out.is_symlink() else 'not a folder'}")
     if (listed := listed_files(out)) is None:
-        raise ExportError(f"--overwrite replaces an edgeds artifact; '{out}' has no edgeds manifest "
-                          f"({MANIFEST}), so it is left alone")
+        raise ExportError(
+            f"--overwrite replaces an edgeds artifact; '{out}' has no edgeds manifest "
+            f"({MANIFEST}), so it is left alone"
+        )
     for entry in sorted(out.iterdir()):
-        if entry.name != MANIFEST and (entry.name not in listed or entry.is_symlink() or not entry.is_file()):
-            raise ExportError(f"--overwrite replaces an edgeds artifact and nothing else; '{out}' also holds "
-                              f"'{entry.name}', which its manifest does not list: move it, or pick another output")
+        if entry.name != MANIFEST and (
+            entry.name not in listed or entry.is_symlink() or not entry.is_file()
+        ):
+            raise ExportError(
+                f"--overwrite replaces an edgeds artifact and nothing else; '{out}' also holds "
+                f"'{entry.name}', which its manifest does not list: move it, or pick another output"
+            )
 
 
 @contextmanager
@@ -96,7 +104,9 @@ def check_free_space(folder: Path, needed: int) -> None:
 
 def copy_tokenizer(ckpt: Checkpoint, tmp: Path) -> dict:
     if not (ckpt.root / "tokenizer.json").is_file():
-        raise ExportError("the checkpoint has no tokenizer.json (the runtime needs the fast tokenizer file)")
+        raise ExportError(
+            "the checkpoint has no tokenizer.json (the runtime needs the fast tokenizer file)"
+        )
     for name in TOKENIZER_FILES:
         if (ckpt.root / name).is_file():
             shutil.copyfile(ckpt.root / name, tmp / name)
@@ -139,7 +149,9 @@ def write_manifest(tmp: Path, manifest_body: dict) -> dict:
         parse(manifest)
     except ArtifactError as exc:  # a defect of the exporter's, not of the user's input
         raise RuntimeError(f"the exporter wrote a manifest the runtime refuses: {exc}") from exc
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    (tmp / MANIFEST).write_text(
+        json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8"
+    )
     return manifest
 
 

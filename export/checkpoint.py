@@ -138,6 +138,7 @@ def _find_shards(root: Path) -> list[Path]:
     pickles = [p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES]
     if pickles:
         raise ExportError(
-            f"only pickle weights found ({', '.join(pickles)}); edgeds never unpickles: {CONVERT_HINT}"
+            f"only pickle weights found ({', '.join(pickles)}); edgeds never unpickles: "
+            f"{CONVERT_HINT}"
         )
     raise ExportError(f"no *.safetensors weights in '{root}'")

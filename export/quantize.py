@@ -41,11 +41,18 @@ class Scheme:
         return {
             "weights": self.name,
             "symmetric": True,
-            "granularity": (None if not self.bits else "per output channel" if self.per_channel
-                            else "per-block along the input dimension"),
+            "granularity": (
+                None
+                if not self.bits
+                else "per output channel"
+                if self.per_channel
+                else "per-block along the input dimension"
+            ),
             "block_size": self.block_size if self.bits and not self.per_channel else None,
             "scale_dtype": "float32",
-            "embedding": f"int{self.embedding_bits} per-row" if self.embedding_bits else self.float_dtype,
+            "embedding": f"int{self.embedding_bits} per-row"
+            if self.embedding_bits
+            else self.float_dtype,
             "lm_head": self.name,
         }
 
@@ -53,7 +60,8 @@ class Scheme:
 SCHEMES = {
     "int8": Scheme("int8", bits=8, block_size=0, embedding_bits=8),
     # Weight-only INT8 (blockwise, float activations in MatMulNBits' own int8 blocks of 128):
-    # closest to the float model; as fast or faster at one row, 1.1-1.8x slower at 8-128 rows than "int8".
+    # closest to the float model; as fast or faster at one row, 1.1-1.8x slower at 8-128 rows
+    # than "int8".
     "int8-wo": Scheme("int8-wo", bits=8, block_size=128, embedding_bits=8),
     "int4": Scheme("int4", bits=4, block_size=32, embedding_bits=8),
     "fp16": Scheme("fp16", bits=None, block_size=0, float_dtype="float16"),
@@ -96,7 +104,8 @@ ROWS_PER_CHUNK = 4096  # bounds the float temporaries to a few rows, not a whole
 
 
 def _quantize_blocks(blocks: np.ndarray, bits: int, q_out: np.ndarray, s_out: np.ndarray) -> None:
-    """blocks (..., size) float -> q_out int8 (..., size), s_out float32 (...), chunk by chunk of rows."""
+    """blocks (..., size) float -> q_out int8 (..., size), s_out float32 (...), chunk by chunk of
+    rows."""
     for start in range(0, blocks.shape[0], ROWS_PER_CHUNK):
         chunk = blocks[start : start + ROWS_PER_CHUNK].astype(np.float32, copy=False)
         scales = np.abs(chunk).max(axis=-1) / np.float32(QMAX[bits])
@@ -128,7 +137,8 @@ def quantize_rows(table: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndar
 
 
 def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-output-channel INT8 of a (N, K) weight, laid out for x @ W: (int8 (K, N), float32 (N,))."""
+    """Per-output-channel INT8 of a (N, K) weight, laid out for x @ W: (int8 (K, N), float32
+    (N,))."""
     q, scales = quantize_rows(w, 8)
     return np.ascontiguousarray(q.T), scales[:, 0]
 

@@ -45,7 +45,9 @@ def inv_freq_and_scale(dim: int, theta: float, scaling: dict) -> tuple[np.ndarra
     )
 
 
-def cos_sin_tables(inv_freq: np.ndarray, scale: float, length: int) -> tuple[np.ndarray, np.ndarray]:
+def cos_sin_tables(
+    inv_freq: np.ndarray, scale: float, length: int
+) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin of shape (length, dim/2), float32, rows indexed by absolute position."""
     freqs = np.outer(np.arange(length, dtype=np.float64), inv_freq)
     return (np.cos(freqs) * scale).astype(np.float32), (np.sin(freqs) * scale).astype(np.float32)
@@ -85,5 +87,7 @@ def _yarn(dim: int, theta: float, s: dict) -> tuple[np.ndarray, float]:
         amplitude = float(s["attention_factor"])
     else:
         m, m_all = float(s.get("mscale", 0) or 0), float(s.get("mscale_all_dim", 0) or 0)
-        amplitude = mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor, 1.0)
+        amplitude = (
+            mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor, 1.0)
+        )
     return inv_freq, amplitude

@@ -42,7 +42,9 @@ class SafetensorsFile:
         for name, meta in header.items():
             start, end = meta["data_offsets"]
             if self.data_start + end > size or end < start:
-                raise ExportError(f"{path.name} is truncated or corrupt (tensor '{name}' lies past its end)")
+                raise ExportError(
+                    f"{path.name} is truncated or corrupt (tensor '{name}' lies past its end)"
+                )
             known = KNOWN.get(meta["dtype"])
             expected = math.prod(meta["shape"]) * np.dtype(known or np.uint8).itemsize
             if known is not None and end - start != expected:

@@ -65,7 +65,10 @@ def repacked(record, source: WeightFile, out: WeightFile):
     if isinstance(record, tuple):
         return tuple(repacked(r, source, out) for r in record)
     if is_dataclass(record) and not isinstance(record, Stored):
-        return replace(record, **{f.name: repacked(getattr(record, f.name), source, out) for f in fields(record)})
+        return replace(
+            record,
+            **{f.name: repacked(getattr(record, f.name), source, out) for f in fields(record)},
+        )
     return record
 
 
@@ -81,6 +84,8 @@ def write_small_batch_graph(onnx_graph: Callable[..., onnx.ModelProto], spec, te
     return {
         "file": FILE,
         "data_file": DATA_FILE,
-        "linear": linear_op(small.lm_head) + " (the main graph's int8 weights and scales, repacked)",
-        "use": "decode steps of a few sequences; same inputs, outputs and KV cache as the main graph",
+        "linear": linear_op(small.lm_head)
+        + " (the main graph's int8 weights and scales, repacked)",
+        "use": "decode steps of a few sequences; same inputs, outputs and KV cache as the main "
+               "graph",
     }

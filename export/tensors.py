@@ -119,8 +119,18 @@ class TensorWriter:
             return Linear(n, k, self.store(q), self.store(scales), 8, 0, bias)
         if self.scheme.bits:
             qw = quantize(w, self.scheme.bits, self.scheme.block_size)
-            return Linear(n, k, self.store(pack_matmulnbits(qw)), self.store(qw.scales), qw.bits, qw.block_size, bias)
-        return Linear(n, k, self.store(np.ascontiguousarray(w.T.astype(self.scheme.float_dtype))), bias=bias)
+            return Linear(
+                n,
+                k,
+                self.store(pack_matmulnbits(qw)),
+                self.store(qw.scales),
+                qw.bits,
+                qw.block_size,
+                bias,
+            )
+        return Linear(
+            n, k, self.store(np.ascontiguousarray(w.T.astype(self.scheme.float_dtype))), bias=bias
+        )
 
     def embedding(self, name: str) -> Embedding:
         table = self.read(name)

@@ -18,7 +18,13 @@ from .errors import ExportError
 PROMPT_TOKENS, DECODE_STEPS = 16, 8
 MAX_MTP_LAYERS = 8  # V3 ships one multi-token-prediction layer after the decoder
 # Max |logit error| / max |logit| allowed, and the share of steps whose greedy token must agree.
-LIMITS = {"fp32": (1e-3, 1.0), "fp16": (2e-2, 0.9), "int8": (0.15, 0.8), "int8-wo": (0.15, 0.8), "int4": (0.5, 0.5)}
+LIMITS = {
+    "fp32": (1e-3, 1.0),
+    "fp16": (2e-2, 0.9),
+    "int8": (0.15, 0.8),
+    "int8-wo": (0.15, 0.8),
+    "int4": (0.5, 0.5),
+}
 
 
 def reference_model(src: Path):
@@ -92,7 +98,10 @@ def open_backends(artifact_dir: Path):
 
         yield "onnx", OnnxRuntimeBackend(art, ["CPUExecutionProvider"])
         if art.graph("onnx").small_batch:  # its decode steps, after the main graph's prefill
-            yield "onnx small-batch", OnnxRuntimeBackend(art, ["CPUExecutionProvider"], small_batch_max=1)
+            yield (
+                "onnx small-batch",
+                OnnxRuntimeBackend(art, ["CPUExecutionProvider"], small_batch_max=1),
+            )
         if native_runs_here(art):  # the same weight file through edgeds' own decoder
             from edgeds.backends.native import open_native
 
@@ -122,7 +131,11 @@ def verify_artifact(src: Path, artifact_dir: Path, weights: str, kv_cache: str =
         got = backend_run(backend, prompt, ref_tokens)
         err = max(float(np.abs(g - r).max()) for g, r in zip(got, ref_logits))
         agree = float(np.mean([int(g.argmax()) == t for g, t in zip(got, ref_tokens)]))
-        report["formats"][fmt] = {"max_abs_error": err, "relative_error": err / scale, "greedy_agreement": agree}
+        report["formats"][fmt] = {
+            "max_abs_error": err,
+            "relative_error": err / scale,
+            "greedy_agreement": agree,
+        }
         if err / scale > max_rel or agree < min_agree:
             failures.append(f"{fmt}: relative logit error {err / scale:.2e} (limit {max_rel:.0e}), "
                             f"greedy agreement {agree:.0%} (limit {min_agree:.0%})")

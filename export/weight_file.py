@@ -41,6 +41,8 @@ class WeightFile:
         """A read-only view of a written tensor, backed by the file (no copy in memory)."""
         self.close()
         if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="c")  # copy-on-write: OpenVINO wants a writable buffer; nothing writes
+            self._map = np.memmap(
+                self.path, dtype=np.uint8, mode="c"
+            )  # copy-on-write: OpenVINO wants a writable buffer; nothing writes
         count = int(np.prod(shape)) * np.dtype(dtype).itemsize
         return self._map[offset : offset + count].view(dtype).reshape(shape)

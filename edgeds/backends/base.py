@@ -27,7 +27,9 @@ class Backend(Protocol):
         """Enlarge every slot's cache to `capacity` tokens, keeping what each holds (the loop
         sizes the cache to the longest request it has taken; slots.grown does the copy)."""
 
-    def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False) -> np.ndarray:
+    def prefill(
+        self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False
+    ) -> np.ndarray:
         """Run each prompt into its slot's empty cache; returns last-token logits (len(slots), V),
         or with every_position the logits of every prompt position (len(slots), longest, V)."""
 

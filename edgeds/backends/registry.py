@@ -60,7 +60,9 @@ class BackendEntry:
         what `edgeds doctor` asks about a backend's abilities (its class attributes)."""
         raise NotImplementedError
 
-    def open(self, artifact: Artifact, profile: Profile, choice: Choice, gpu: str = "gpu") -> Backend:
+    def open(
+        self, artifact: Artifact, profile: Profile, choice: Choice, gpu: str = "gpu"
+    ) -> Backend:
         """`gpu`: what names this device in the TensorRT engine cache's key (the Jetson module)."""
         raise NotImplementedError
 

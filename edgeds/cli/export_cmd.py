@@ -11,21 +11,85 @@ NAME = "export"
 
 
 def command(
-    src: Annotated[str, typer.Argument(help="Local checkpoint folder (Hugging Face layout, safetensors).")],
+    src: Annotated[
+        str, typer.Argument(help="Local checkpoint folder (Hugging Face layout, safetensors).")
+    ],
     output: Annotated[str, typer.Option("--output", "-o", help="Artifact folder to write.")],
-    format: Annotated[str, typer.Option("--format", help="Comma-separated: onnx, openvino (default: both; onnx with --target tensorrt).", show_default=False)] = "",
-    weights: Annotated[str, typer.Option(help="int8 (int8 weights and activations) | int8-wo (weight-only, closest to float) | int4 | fp16 | fp32.")] = "int8",
-    context: Annotated[str, typer.Option(
-        help="Longest sequence the artifact supports: tokens up to the model's "
-             "max_position_embeddings, or 'max' for all of it (default: min(model, 8192)).",
-        show_default=False)] = "",
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing edgeds artifact (only that: never the checkpoint, a file or a folder holding anything else); the old one stays until the new one is complete.")] = False,
-    verify: Annotated[bool, typer.Option(help="Check logits and greedy tokens against transformers; fail the export if they differ.")] = False,
-    kv_cache: Annotated[str, typer.Option(help="float32 | float16 | int8 (ONNX, dense models). int8: a quarter of the cache memory, faster attention at large batches; float16: half, and attention on GPU providers (Jetson).")] = "float32",
-    load_parts: Annotated[int | None, typer.Option(help="Also write the ONNX graph in this many parts, which the CPU runtime loads on parallel threads (1: whole graph only; default 4).")] = None,
-    small_batch_graph: Annotated[bool, typer.Option(help="Also write the int8 weights repacked for ONNX Runtime's one-row kernel, in a second graph the CPU runtime decodes a few sequences with: batch-1 decode 1.2-1.6x faster, for about 1.8x the disk and, where a profile uses it, the memory (int8 weights).")] = False,
-    target: Annotated[str, typer.Option(help="onnxruntime | tensorrt. tensorrt: the ONNX graph from ops TensorRT 10.3+ parses (Jetson), with optimization profiles in the manifest; check it with edgeds doctor ARTIFACT --tensorrt.")] = "onnxruntime",
-    max_batch: Annotated[int | None, typer.Option(help="Largest batch the TensorRT profiles cover (--target tensorrt; default 16).")] = None,
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Comma-separated: onnx, openvino (default: both; onnx with --target tensorrt).",
+            show_default=False,
+        ),
+    ] = "",
+    weights: Annotated[
+        str,
+        typer.Option(
+            help="int8 (int8 weights and activations) | int8-wo (weight-only, closest to float) | "
+                 "int4 | fp16 | fp32."
+        ),
+    ] = "int8",
+    context: Annotated[
+        str,
+        typer.Option(
+            help="Longest sequence the artifact supports: tokens up to the model's "
+            "max_position_embeddings, or 'max' for all of it (default: min(model, 8192)).",
+            show_default=False,
+        ),
+    ] = "",
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Replace an existing edgeds artifact (only that: never the checkpoint, a file or "
+                 "a folder holding anything else); the old one stays until the new one is complete."
+        ),
+    ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="Check logits and greedy tokens against transformers; fail the export if they "
+                 "differ."
+        ),
+    ] = False,
+    kv_cache: Annotated[
+        str,
+        typer.Option(
+            help="float32 | float16 | int8 (ONNX, dense models). int8: a quarter of the cache "
+                 "memory, faster attention at large batches; float16: half, and attention on GPU "
+                 "providers (Jetson)."
+        ),
+    ] = "float32",
+    load_parts: Annotated[
+        int | None,
+        typer.Option(
+            help="Also write the ONNX graph in this many parts, which the CPU runtime loads on "
+                 "parallel threads (1: whole graph only; default 4)."
+        ),
+    ] = None,
+    small_batch_graph: Annotated[
+        bool,
+        typer.Option(
+            help="Also write the int8 weights repacked for ONNX Runtime's one-row kernel, in a "
+                 "second graph the CPU runtime decodes a few sequences with: batch-1 decode "
+                 "1.2-1.6x faster, for about 1.8x the disk and, where a profile uses it, the "
+                 "memory (int8 weights)."
+        ),
+    ] = False,
+    target: Annotated[
+        str,
+        typer.Option(
+            help="onnxruntime | tensorrt. tensorrt: the ONNX graph from ops TensorRT 10.3+ parses "
+                 "(Jetson), with optimization profiles in the manifest; check it with edgeds "
+                 "doctor ARTIFACT --tensorrt."
+        ),
+    ] = "onnxruntime",
+    max_batch: Annotated[
+        int | None,
+        typer.Option(
+            help="Largest batch the TensorRT profiles cover (--target tensorrt; default 16)."
+        ),
+    ] = None,
 ):
     """Export a DeepSeek checkpoint to an edgeds artifact (ONNX and/or OpenVINO IR).
 
@@ -43,10 +107,24 @@ def command(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     format = format or ("onnx" if target == "tensorrt" else "onnx,openvino")
     formats = tuple(f.strip() for f in format.split(",") if f.strip())
-    manifest = export_checkpoint(src, output, formats, weights, context or None, overwrite, verify, kv_cache, load_parts,
-                                 small_batch_graph, target, max_batch)
+    manifest = export_checkpoint(
+        src,
+        output,
+        formats,
+        weights,
+        context or None,
+        overwrite,
+        verify,
+        kv_cache,
+        load_parts,
+        small_batch_graph,
+        target,
+        max_batch,
+    )
     files = manifest["files"]
     size = sum(f["size"] for f in files.values())
-    typer.echo(f"wrote {output}: {', '.join(manifest['graphs'])}, {weights}, {size / 2**20:.1f} MiB")
+    typer.echo(
+        f"wrote {output}: {', '.join(manifest['graphs'])}, {weights}, {size / 2**20:.1f} MiB"
+    )
     if "verification" in manifest:
         typer.echo(f"verified: {manifest['verification']['summary']}")

@@ -42,12 +42,18 @@ Solve for x: 3x + 7 = 22, so 3x = 15 and x = 5. The derivative of x^3 - 2x is 3x
 """
 
 
-def calibration_ids(tokenizer_file: Path, vocab_size: int, n: int = CALIBRATION_TOKENS) -> np.ndarray:
+def calibration_ids(
+    tokenizer_file: Path, vocab_size: int, n: int = CALIBRATION_TOKENS
+) -> np.ndarray:
     """The text, then tokens drawn from the whole vocabulary (fixed seed) up to n: the text gives
     the activations of real use, the draws reach embeddings the text never touches."""
     from tokenizers import Tokenizer
 
-    text = [i for i in Tokenizer.from_file(str(tokenizer_file)).encode(CALIBRATION_TEXT).ids if i < vocab_size]
+    text = [
+        i
+        for i in Tokenizer.from_file(str(tokenizer_file)).encode(CALIBRATION_TEXT).ids
+        if i < vocab_size
+    ]
     text = text[: n // 2]
     drawn = np.random.default_rng(0).integers(0, vocab_size, n - len(text))
     return np.concatenate([np.asarray(text, np.int64), drawn])
@@ -61,8 +67,12 @@ def kv_scales(model_file: Path, num_layers: int, num_kv_heads: int, head_dim: in
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     n = len(ids)
     empty = np.zeros((1, num_kv_heads, n, head_dim), np.float32)
-    feeds = {"input_ids": ids[None], "seqlens_k": np.array([n - 1], np.int32),
-             "total_sequence_length": np.array(n, np.int32), "logits_positions": np.array([[n - 1]], np.int64)}
+    feeds = {
+        "input_ids": ids[None],
+        "seqlens_k": np.array([n - 1], np.int32),
+        "total_sequence_length": np.array(n, np.int32),
+        "logits_positions": np.array([[n - 1]], np.int64),
+    }
     for i in range(num_layers):
         feeds[f"past_key.{i}"] = feeds[f"past_value.{i}"] = empty
     names = [f"present_{kind}.{i}" for i in range(num_layers) for kind in ("key", "value")]
@@ -72,4 +82,7 @@ def kv_scales(model_file: Path, num_layers: int, num_kv_heads: int, head_dim: in
         peak = np.abs(t[0]).max(axis=1)  # [kv_heads, head_dim]
         return (np.maximum(peak, 1e-6) * MARGIN / 127).astype(np.float32)
 
-    return [(scale(present[f"present_key.{i}"]), scale(present[f"present_value.{i}"])) for i in range(num_layers)]
+    return [
+        (scale(present[f"present_key.{i}"]), scale(present[f"present_value.{i}"]))
+        for i in range(num_layers)
+    ]

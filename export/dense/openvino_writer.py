@@ -58,26 +58,47 @@ def build_model(spec: DecoderSpec, t: ModelTensors, weights: WeightFile) -> ov.M
     def heads_first(x, n):
         return ops.transpose(ops.reshape(x, i64([0, 0, n, d]), True), i64([0, 2, 1, 3]))
 
-    empty_cache = ops.broadcast(ops.constant(np.float32(0)), ops.concat([batch, i64([kv_heads, 0, d])], 0))
+    empty_cache = ops.broadcast(
+        ops.constant(np.float32(0)), ops.concat([batch, i64([kv_heads, 0, d])], 0)
+    )
     x = b.embedding(input_ids, t.embed)
     sinks = []
     for i, layer in enumerate(t.layers):
         h = b.rms_norm(x, layer.input_norm, spec.rms_norm_eps)
         qkv = b.linear(h, layer.qkv)
-        q, k, v = ops.variadic_split(qkv, i64(-1), i64([heads * d, kv_heads * d, kv_heads * d])).outputs()
-        q, k, v = rope(heads_first(q, heads)), rope(heads_first(k, kv_heads)), heads_first(v, kv_heads)
+        q, k, v = ops.variadic_split(
+            qkv, i64(-1), i64([heads * d, kv_heads * d, kv_heads * d])
+        ).outputs()
+        q, k, v = (
+            rope(heads_first(q, heads)),
+            rope(heads_first(k, kv_heads)),
+            heads_first(v, kv_heads),
+        )
         caches = []
         for kind, new in (("key", k), ("value", v)):
             var_id = f"past_key_values.{i}.{kind}"
-            past = opset6.read_value(empty_cache, var_id, np.float32, ov.PartialShape([-1, kv_heads, -1, d]))
+            past = opset6.read_value(
+                empty_cache, var_id, np.float32, ov.PartialShape([-1, kv_heads, -1, d])
+            )
             full = ops.concat([ops.gather(past, beam_idx, i64(0)), new], 2)
             sinks.append(opset6.assign(full, var_id))
             if heads != kv_heads:
-                full = ops.broadcast(ops.unsqueeze(full, i64(2)), ops.concat(
-                    [batch, i64([kv_heads, heads // kv_heads]), ops.gather(ops.shape_of(full), i64([2, 3]), i64(0))], 0))
+                full = ops.broadcast(
+                    ops.unsqueeze(full, i64(2)),
+                    ops.concat(
+                        [
+                            batch,
+                            i64([kv_heads, heads // kv_heads]),
+                            ops.gather(ops.shape_of(full), i64([2, 3]), i64(0)),
+                        ],
+                        0,
+                    ),
+                )
                 full = ops.reshape(full, i64([0, heads, -1, d]), True)
             caches.append(full)
-        attn = ops.scaled_dot_product_attention(q, caches[0], caches[1], mask, ops.constant(np.float32(d ** -0.5)))
+        attn = ops.scaled_dot_product_attention(
+            q, caches[0], caches[1], mask, ops.constant(np.float32(d**-0.5))
+        )
         attn = ops.reshape(ops.transpose(attn, i64([0, 2, 1, 3])), i64([0, 0, heads * d]), True)
         x = ops.add(x, b.linear(attn, layer.o))
         h = b.rms_norm(x, layer.post_norm, spec.rms_norm_eps)
@@ -89,7 +110,9 @@ def build_model(spec: DecoderSpec, t: ModelTensors, weights: WeightFile) -> ov.M
     return ov.Model([logits.output(0)], sinks, params, "edgeds_decoder")
 
 
-def write_openvino(spec: DecoderSpec, tensors: ModelTensors, folder: Path, weights: WeightFile) -> dict:
+def write_openvino(
+    spec: DecoderSpec, tensors: ModelTensors, folder: Path, weights: WeightFile
+) -> dict:
     model = build_model(spec, tensors, weights)
     ov.save_model(model, str(folder / "openvino_model.xml"), compress_to_fp16=False)
     return {
@@ -101,11 +124,15 @@ def write_openvino(spec: DecoderSpec, tensors: ModelTensors, folder: Path, weigh
             "kind": "stateful",
             "variables": "past_key_values.{i}.key / past_key_values.{i}.value",
             "layout": "batch, kv_heads, length, head_dim",
-            "lengths": "attention_mask (batch, past + new), sequences left-padded; position_ids per token",
+            "lengths": "attention_mask (batch, past + new), sequences left-padded; position_ids "
+                       "per token",
         },
         "ops": {
-            "attention": "ScaledDotProductAttention over ReadValue/Concat/Assign state (CPU plugin fuses into an in-place cache)",
-            "linear": "MatMul on u8/u4 constants with zero point and per-block scales (compressed weights)"
-            if tensors.lm_head.bits else "MatMul",
+            "attention": "ScaledDotProductAttention over ReadValue/Concat/Assign state (CPU plugin "
+                         "fuses into an in-place cache)",
+            "linear": "MatMul on u8/u4 constants with zero point and per-block scales (compressed "
+                      "weights)"
+            if tensors.lm_head.bits
+            else "MatMul",
         },
     }

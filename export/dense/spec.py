@@ -67,12 +67,17 @@ class DecoderSpec:
         return fields
 
 
-def dense_spec(ckpt: Checkpoint, layer_weights: Callable[[Checkpoint, int], LayerWeights]) -> DecoderSpec:
-    """The spec of a Hugging Face llama-style config.json; `layer_weights` names layer i's tensors."""
+def dense_spec(
+    ckpt: Checkpoint, layer_weights: Callable[[Checkpoint, int], LayerWeights]
+) -> DecoderSpec:
+    """The spec of a Hugging Face llama-style config.json; `layer_weights` names layer i's
+    tensors."""
     c = ckpt.config
     act = c.get("hidden_act", "silu")
     if act not in SUPPORTED_ACTIVATIONS:
-        raise ExportError(f"hidden_act '{act}' is not supported; supported: {SUPPORTED_ACTIVATIONS}")
+        raise ExportError(
+            f"hidden_act '{act}' is not supported; supported: {SUPPORTED_ACTIVATIONS}"
+        )
     if c.get("mlp_bias"):
         raise ExportError("mlp_bias=true is not supported")
     heads = int(c["num_attention_heads"])

@@ -9,15 +9,21 @@ from ..mla.spec import MlaLayerWeights, MlaSpec, mla_spec
 ROUTING = {"greedy": "softmax_greedy", "group_limited_greedy": "softmax_group_limited"}
 
 
-def layer_weights(ckpt: Checkpoint, i: int, moe: bool, n_experts: int, q_lora: bool, shared: bool) -> MlaLayerWeights:
+def layer_weights(
+    ckpt: Checkpoint, i: int, moe: bool, n_experts: int, q_lora: bool, shared: bool
+) -> MlaLayerWeights:
     p = f"model.layers.{i}"
     a = f"{p}.self_attn"
     names = dict(
-        input_norm=f"{p}.input_layernorm.weight", post_norm=f"{p}.post_attention_layernorm.weight",
+        input_norm=f"{p}.input_layernorm.weight",
+        post_norm=f"{p}.post_attention_layernorm.weight",
         q=f"{a}.q_b_proj.weight" if q_lora else f"{a}.q_proj.weight",
-        q_a=f"{a}.q_a_proj.weight" if q_lora else None, q_a_norm=f"{a}.q_a_layernorm.weight" if q_lora else None,
-        kv_a=f"{a}.kv_a_proj_with_mqa.weight", kv_a_norm=f"{a}.kv_a_layernorm.weight",
-        kv_b=f"{a}.kv_b_proj.weight", o=f"{a}.o_proj.weight",
+        q_a=f"{a}.q_a_proj.weight" if q_lora else None,
+        q_a_norm=f"{a}.q_a_layernorm.weight" if q_lora else None,
+        kv_a=f"{a}.kv_a_proj_with_mqa.weight",
+        kv_a_norm=f"{a}.kv_a_layernorm.weight",
+        kv_b=f"{a}.kv_b_proj.weight",
+        o=f"{a}.o_proj.weight",
     )
     m = f"{p}.mlp"
     if not moe:
@@ -38,6 +44,8 @@ def layer_weights(ckpt: Checkpoint, i: int, moe: bool, n_experts: int, q_lora: b
 def decoder_spec(ckpt: Checkpoint) -> MlaSpec:
     method = ckpt.config.get("topk_method", "greedy")
     if method not in ROUTING:
-        raise ExportError(f"deepseek_v2 topk_method '{method}' is not supported; supported: {', '.join(ROUTING)}")
+        raise ExportError(
+            f"deepseek_v2 topk_method '{method}' is not supported; supported: {', '.join(ROUTING)}"
+        )
     # transformers' DeepSeek-V2 router never renormalizes the top-k weights.
     return mla_spec(ckpt, ROUTING[method], norm_topk_prob=False, layer_weights=layer_weights)

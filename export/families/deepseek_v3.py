@@ -12,6 +12,8 @@ from .deepseek_v2 import layer_weights
 def decoder_spec(ckpt: Checkpoint) -> MlaSpec:
     method = ckpt.config.get("topk_method", "noaux_tc")
     if method != "noaux_tc":
-        raise ExportError(f"deepseek_v3 topk_method '{method}' is not supported; supported: noaux_tc")
+        raise ExportError(
+            f"deepseek_v3 topk_method '{method}' is not supported; supported: noaux_tc"
+        )
     norm_topk_prob = bool(ckpt.config.get("norm_topk_prob", True))
     return mla_spec(ckpt, "sigmoid_noaux_tc", norm_topk_prob, layer_weights)

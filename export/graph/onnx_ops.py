@@ -63,14 +63,20 @@ class Graph:
         t.dims.extend(s.shape)
         t.data_location = TensorProto.EXTERNAL
         nbytes = int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize
-        for key, value in (("location", s.file or self.data_file), ("offset", s.offset), ("length", nbytes)):
+        for key, value in (
+            ("location", s.file or self.data_file),
+            ("offset", s.offset),
+            ("length", nbytes),
+        ):
             entry = t.external_data.add()
             entry.key, entry.value = key, str(value)
         self.initializers.append(t)
         return name
 
     def const(self, name: str, values, dtype=np.int64) -> str:
-        self.initializers.append(onnx.numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
+        self.initializers.append(
+            onnx.numpy_helper.from_array(np.asarray(values, dtype=dtype), name)
+        )
         return name
 
     def shared(self, name: str, value, dtype) -> str:
@@ -80,7 +86,9 @@ class Graph:
             self.const(name, value, dtype)
         return name
 
-    def node(self, op: str, inputs: list[str], name: str, outputs: int = 1, domain: str = "", **attrs):
+    def node(
+        self, op: str, inputs: list[str], name: str, outputs: int = 1, domain: str = "", **attrs
+    ):
         outs = [f"{name}/output_{j}" for j in range(outputs)]
         self.nodes.append(helper.make_node(op, inputs, outs, name=name, domain=domain, **attrs))
         return outs[0] if outputs == 1 else outs
@@ -95,14 +103,20 @@ def row_quantize(g: Graph, x: str, k: int, name: str, rows: str | None = None) -
     QuantizeLinear takes the row scales itself (one block per row). A row of zeros gets scale 0:
     its quantized values are then arbitrary, but the row rescale makes its result exactly 0.
     Inputs with the same rows (`rows` names them) share one zero-point tensor."""
-    peak = g.node("ReduceMax", [g.node("Abs", [x], f"{name}/Abs"), g.shared("/int8/last_axis", [-1], np.int64)],
-                  f"{name}/RowMax", keepdims=1)
+    peak = g.node(
+        "ReduceMax",
+        [g.node("Abs", [x], f"{name}/Abs"), g.shared("/int8/last_axis", [-1], np.int64)],
+        f"{name}/RowMax",
+        keepdims=1,
+    )
     made_rows = g.row_shapes.get(rows) if rows else None
     if made_rows:
         # Such rows can be none (an expert no token chose), and ONNX Runtime before 1.32 returns
         # an empty input unreduced: (0, k), which QuantizeLinear then refuses as a scale.
         peak = g.node("Reshape", [peak, made_rows], f"{name}/RowMaxShape")
-    scale = g.node("Mul", [peak, g.shared("/int8/inv_qmax", 1 / 127, np.float32)], f"{name}/RowScale")
+    scale = g.node(
+        "Mul", [peak, g.shared("/int8/inv_qmax", 1 / 127, np.float32)], f"{name}/RowScale"
+    )
     # The zero point must have the scale's shape; its rows are only known at run time. Shared
     # zero points take it from the graph input that has those rows, not from a layer's
     # activations: a graph part (export/graph/parts.py) can then make its own from its inputs.
@@ -112,38 +126,70 @@ def row_quantize(g: Graph, x: str, k: int, name: str, rows: str | None = None) -
             prefix, rows_shape = rows, made_rows
         elif rows:
             prefix = f"/int8/{rows}"
-            rows_shape = g.node("Concat", [g.node("Shape", [ROWS_OF[rows]], f"{prefix}/Shape"),
-                                           g.shared("/int8/one_row", [1], np.int64)], f"{prefix}/RowsShape", axis=0)
+            rows_shape = g.node(
+                "Concat",
+                [
+                    g.node("Shape", [ROWS_OF[rows]], f"{prefix}/Shape"),
+                    g.shared("/int8/one_row", [1], np.int64),
+                ],
+                f"{prefix}/RowsShape",
+                axis=0,
+            )
         else:
             prefix = name
             rows_shape = g.node("Shape", [scale], f"{prefix}/RowsShape")
-        zero = g.node("Expand", [g.shared("/int8/zero_point", 128, np.uint8), rows_shape], f"{prefix}/ZeroPoints")
+        zero = g.node(
+            "Expand",
+            [g.shared("/int8/zero_point", 128, np.uint8), rows_shape],
+            f"{prefix}/ZeroPoints",
+        )
         if rows:
             g.row_zero_points[rows] = zero
-    return g.node("QuantizeLinear", [x, scale, zero], f"{name}/Quantize", axis=-1, block_size=k), scale
+    return g.node(
+        "QuantizeLinear", [x, scale, zero], f"{name}/Quantize", axis=-1, block_size=k
+    ), scale
 
 
 def int8_matmul(g: Graph, xq: str, lin: Linear, name: str) -> str:
     """xq @ W in units of xq's row scales; the channel scales are applied inside the GEMM's
     output stage (MLAS scales each tile while it is in cache)."""
-    return g.node("MatMulIntegerToFloat", [xq, g.external(f"{name}.qweight", lin.weight), g.shared("/int8/one", 1.0, np.float32),
-                                           g.external(f"{name}.scales", lin.scales), g.shared("/int8/zero_point", 128, np.uint8)],
-                  f"{name}/MatMulIntegerToFloat", domain=MS)
+    return g.node(
+        "MatMulIntegerToFloat",
+        [
+            xq,
+            g.external(f"{name}.qweight", lin.weight),
+            g.shared("/int8/one", 1.0, np.float32),
+            g.external(f"{name}.scales", lin.scales),
+            g.shared("/int8/zero_point", 128, np.uint8),
+        ],
+        f"{name}/MatMulIntegerToFloat",
+        domain=MS,
+    )
 
 
 def to_float(g: Graph, x: str, name: str) -> str:
     """An int8 (or float16) tensor as float32. TensorRT takes int8 only into DequantizeLinear."""
     if g.tensorrt:
-        return g.node("DequantizeLinear", [x, g.shared("/trt/one", 1.0, np.float32),
-                                           g.shared("/trt/zero_point", 0, np.int8)], f"{name}/DequantizeInt8")
+        return g.node(
+            "DequantizeLinear",
+            [x, g.shared("/trt/one", 1.0, np.float32), g.shared("/trt/zero_point", 0, np.int8)],
+            f"{name}/DequantizeInt8",
+        )
     return g.node("Cast", [x], f"{name}/Cast", to=TensorProto.FLOAT)
 
 
 def _dequantized_matmul(g: Graph, x: str, lin: Linear, name: str) -> str:
     """x @ (W int8 * channel scales): weight-only int8 as TensorRT fuses it."""
-    w = g.node("DequantizeLinear", [g.external(f"{name}.qweight", lin.weight), g.external(f"{name}.scales", lin.scales),
-                                    g.const(f"{name}.zero_points", np.zeros(lin.n, np.int8), np.int8)],
-               f"{name}/DequantizeLinear", axis=1)
+    w = g.node(
+        "DequantizeLinear",
+        [
+            g.external(f"{name}.qweight", lin.weight),
+            g.external(f"{name}.scales", lin.scales),
+            g.const(f"{name}.zero_points", np.zeros(lin.n, np.int8), np.int8),
+        ],
+        f"{name}/DequantizeLinear",
+        axis=1,
+    )
     return g.node("MatMul", [x, w], f"{name}/MatMul")
 
 
@@ -159,16 +205,28 @@ def gated_mlp(g: Graph, x: str, mlp: GatedMlp, name: str, rows: str | None = Non
     down projection quantizes its input per row, which no row's scale changes, so that scale is
     applied once to down's far narrower output instead."""
     gate, up, down = mlp.gate, mlp.up, mlp.down
-    if g.tensorrt or not all(lin.per_channel and not lin.bias for lin in (gate, up, down)):  # a bias is not in row-scale units
+    if g.tensorrt or not all(
+        lin.per_channel and not lin.bias for lin in (gate, up, down)
+    ):  # a bias is not in row-scale units
         act = g.node("Mul", [silu(g, linear(g, x, gate, f"{name}/gate_proj", rows), name),
                              linear(g, x, up, f"{name}/up_proj", rows)], f"{name}/Mul")
         return linear(g, act, down, f"{name}/down_proj", rows)
     xq, x_scale = row_quantize(g, x, gate.k, f"{name}/gate_up", rows)
-    gated = g.node("Mul", [int8_matmul(g, xq, gate, f"{name}/gate_proj"), x_scale], f"{name}/gate_proj/RowRescale")
-    act = g.node("Mul", [silu(g, gated, name), int8_matmul(g, xq, up, f"{name}/up_proj")], f"{name}/Mul")
+    gated = g.node(
+        "Mul",
+        [int8_matmul(g, xq, gate, f"{name}/gate_proj"), x_scale],
+        f"{name}/gate_proj/RowRescale",
+    )
+    act = g.node(
+        "Mul", [silu(g, gated, name), int8_matmul(g, xq, up, f"{name}/up_proj")], f"{name}/Mul"
+    )
     aq, act_scale = row_quantize(g, act, down.k, f"{name}/down_proj", rows)
     scale = g.node("Mul", [act_scale, x_scale], f"{name}/down_proj/RowScaleWithUp")
-    return g.node("Mul", [int8_matmul(g, aq, down, f"{name}/down_proj"), scale], f"{name}/down_proj/RowRescale")
+    return g.node(
+        "Mul",
+        [int8_matmul(g, aq, down, f"{name}/down_proj"), scale],
+        f"{name}/down_proj/RowRescale",
+    )
 
 
 def silu(g: Graph, x: str, name: str) -> str:
@@ -179,7 +237,11 @@ def linear(g: Graph, x: str, lin: Linear, name: str, rows: str | None = None) ->
     """`rows`: a name for the rows of x (e.g. "tokens"), shared by linears whose inputs have
     the same leading shape, so that they can share per-row constants."""
     if lin.per_channel:
-        y = _dequantized_matmul(g, x, lin, name) if g.tensorrt else _int8_linear(g, x, lin, name, rows)
+        y = (
+            _dequantized_matmul(g, x, lin, name)
+            if g.tensorrt
+            else _int8_linear(g, x, lin, name, rows)
+        )
     elif lin.bits:
         b = g.external(f"{name}.qweight", lin.weight)
         s = g.external(f"{name}.scales", lin.scales)
@@ -200,7 +262,9 @@ def linear(g: Graph, x: str, lin: Linear, name: str, rows: str | None = None) ->
 
 def embedding(g: Graph, ids: str, emb: Embedding) -> str:
     table = g.external("embed_tokens.weight", emb.table)
-    if g.tensorrt and emb.scales is not None:  # TensorRT gathers no int8: the table dequantized first
+    if (
+        g.tensorrt and emb.scales is not None
+    ):  # TensorRT gathers no int8: the table dequantized first
         table = to_float(g, table, "/model/embed_tokens/table")
     rows = g.node("Gather", [table, ids], "/model/embed_tokens/Gather")
     if emb.scales is None:
@@ -219,10 +283,21 @@ def norm(g: Graph, x: str, weight_name: str, weight: Stored, name: str, eps: flo
     w = g.external(weight_name, weight)
     if not g.tensorrt:
         return g.node("SimplifiedLayerNormalization", [x, w], name, axis=-1, epsilon=eps)
-    mean_square = g.node("ReduceMean", [g.node("Mul", [x, x], f"{name}/Square"), g.shared("/trt/last_axis", [-1], np.int64)],
-                         f"{name}/ReduceMean", keepdims=1)
-    rms = g.node("Sqrt", [g.node("Add", [mean_square, g.const(f"{name}/epsilon", eps, np.float32)], f"{name}/AddEps")],
-                 f"{name}/Sqrt")
+    mean_square = g.node(
+        "ReduceMean",
+        [g.node("Mul", [x, x], f"{name}/Square"), g.shared("/trt/last_axis", [-1], np.int64)],
+        f"{name}/ReduceMean",
+        keepdims=1,
+    )
+    rms = g.node(
+        "Sqrt",
+        [
+            g.node(
+                "Add", [mean_square, g.const(f"{name}/epsilon", eps, np.float32)], f"{name}/AddEps"
+            )
+        ],
+        f"{name}/Sqrt",
+    )
     return g.node("Mul", [g.node("Div", [x, rms], f"{name}/Div"), w], f"{name}/Scale")
 
 
@@ -232,8 +307,14 @@ def skip_norm(g: Graph, x: str, residual: str, weight_name: str, weight: Stored,
     if g.tensorrt:
         total = g.node("Add", [x, residual], f"{name}/ResidualAdd")
         return norm(g, total, weight_name, weight, name, eps), total
-    h, _, _, total = g.node("SkipSimplifiedLayerNormalization", [x, residual, g.external(weight_name, weight)],
-                            name, outputs=4, domain=MS, epsilon=eps)
+    h, _, _, total = g.node(
+        "SkipSimplifiedLayerNormalization",
+        [x, residual, g.external(weight_name, weight)],
+        name,
+        outputs=4,
+        domain=MS,
+        epsilon=eps,
+    )
     return h, total
 
 
@@ -244,8 +325,13 @@ def logits(g: Graph, stream: str, norm_weight_name: str, final_norm: Stored, lm_
     pos = g.node("Unsqueeze", ["logits_positions", g.const("/model/axes_last", [-1])],
                  "/model/positions/Unsqueeze")
     picked = g.node("GatherND", [stream, pos], "/model/positions/GatherND", batch_dims=1)
-    linear(g, norm(g, picked, norm_weight_name, final_norm, "/model/norm", eps), lm_head, "/lm_head",
-           "positions")
+    linear(
+        g,
+        norm(g, picked, norm_weight_name, final_norm, "/model/norm", eps),
+        lm_head,
+        "/lm_head",
+        "positions",
+    )
     g.nodes[-1].output[0] = "logits"  # the LM head's last node produces the graph output
 
 
@@ -269,6 +355,8 @@ def linear_op(lin: Linear, target: str = "onnxruntime") -> str:
         return ("DequantizeLinear (int8 per output channel, zero point 0) -> MatMul: weight-only, "
                 "float activations" if lin.per_channel else "MatMul")
     if lin.per_channel:
-        return ("com.microsoft.MatMulIntegerToFloat: int8 weights per output channel x uint8 activations "
-                "per row (dynamic, symmetric)")
+        return (
+            "com.microsoft.MatMulIntegerToFloat: int8 weights per output channel x uint8 "
+            "activations per row (dynamic, symmetric)"
+        )
     return f"com.microsoft.MatMulNBits accuracy_level={ACCURACY_LEVEL}" if lin.bits else "MatMul"

@@ -30,7 +30,9 @@ class Builder:
         return ov.op.Constant(view, shared_memory=True)
 
     def mlp(self, x, mlp: GatedMlp):
-        return self.linear(ops.multiply(ops.swish(self.linear(x, mlp.gate)), self.linear(x, mlp.up)), mlp.down)
+        return self.linear(
+            ops.multiply(ops.swish(self.linear(x, mlp.gate)), self.linear(x, mlp.up)), mlp.down
+        )
 
     def linear(self, x, lin: Linear):
         if lin.per_channel:  # int8 W^T (K, N), one scale per output channel
@@ -43,7 +45,9 @@ class Builder:
                 w = self.const(lin.weight, (lin.n, blocks, lin.block_size))
             else:
                 packed = self.weights.view(lin.weight.offset, np.uint8, lin.weight.shape)
-                w = ov.op.Constant(ov.Tensor(packed, ov.Shape([lin.n, blocks, lin.block_size]), ov.Type.u4))
+                w = ov.op.Constant(
+                    ov.Tensor(packed, ov.Shape([lin.n, blocks, lin.block_size]), ov.Type.u4)
+                )
             if lin.bits == 8:
                 zero = ops.constant(np.uint8(128))
             else:
@@ -62,8 +66,12 @@ class Builder:
         return y
 
     def rms_norm(self, x, weight: Stored, eps: float):
-        var = ops.reduce_mean(ops.power(x, ops.constant(np.float32(2.0))), ops.constant(np.array([-1])), True)
-        inv = ops.divide(ops.constant(np.float32(1.0)), ops.sqrt(ops.add(var, ops.constant(np.float32(eps)))))
+        var = ops.reduce_mean(
+            ops.power(x, ops.constant(np.float32(2.0))), ops.constant(np.array([-1])), True
+        )
+        inv = ops.divide(
+            ops.constant(np.float32(1.0)), ops.sqrt(ops.add(var, ops.constant(np.float32(eps))))
+        )
         return ops.multiply(ops.multiply(x, inv), self.const(weight))
 
     def embedding(self, ids, emb: Embedding):
@@ -77,7 +85,9 @@ class Builder:
 
 
 def rotate_half(x, half: int):
-    x1, x2 = ops.variadic_split(x, ops.constant(np.int64(-1)), ops.constant(np.array([half, half]))).outputs()
+    x1, x2 = ops.variadic_split(
+        x, ops.constant(np.int64(-1)), ops.constant(np.array([half, half]))
+    ).outputs()
     return ops.concat([ops.negative(x2), x1], -1)
 
 

@@ -41,7 +41,9 @@ def _used_names(node: onnx.NodeProto) -> list[str]:
     for attr in node.attribute:
         for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
             inner = {o for n in sub.node for o in n.output} | {i.name for i in sub.initializer}
-            names += [n for inner_node in sub.node for n in _used_names(inner_node) if n not in inner]
+            names += [
+                n for inner_node in sub.node for n in _used_names(inner_node) if n not in inner
+            ]
     return names
 
 
@@ -50,7 +52,9 @@ def _boundaries(model: onnx.ModelProto) -> dict[int, list[str]]:
     return {int(k): v for k, v in json.loads(marked).items()}
 
 
-def split(model: onnx.ModelProto, parts: int, hidden_size: int) -> list[tuple[int, onnx.ModelProto]]:
+def split(
+    model: onnx.ModelProto, parts: int, hidden_size: int
+) -> list[tuple[int, onnx.ModelProto]]:
     """Consecutive parts of `model` (loaded without its external data) as (first layer, part);
     a model without marked boundaries, or one part, gives [(0, model)]."""
     marks = _boundaries(model)
@@ -61,7 +65,8 @@ def split(model: onnx.ModelProto, parts: int, hidden_size: int) -> list[tuple[in
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
     sources = {i.name for i in g.input} | {t.name for t in g.initializer}
-    # Level of a tensor: how many cuts lie upstream of it; a graph output belongs to the part of its level.
+    # Level of a tensor: how many cuts lie upstream of it; a graph output belongs to the part of
+    # its level.
     level: dict[str, int] = {}
     cut_level = {name: c + 1 for c, cut in enumerate(cuts) for name in cut}
     for n in g.node:
@@ -74,7 +79,9 @@ def split(model: onnx.ModelProto, parts: int, hidden_size: int) -> list[tuple[in
     out = []
     for j, first in enumerate([0, *firsts]):
         stops = set(cuts[j - 1]) if j else set()
-        targets = [o.name for o in g.output if level.get(o.name, 0) == j] + (list(cuts[j]) if j < len(cuts) else [])
+        targets = [o.name for o in g.output if level.get(o.name, 0) == j] + (
+            list(cuts[j]) if j < len(cuts) else []
+        )
         needed, stack = set(), list(targets)
         while stack:  # backward closure from the part's outputs, stopping at its inputs
             name = stack.pop()
@@ -86,21 +93,40 @@ def split(model: onnx.ModelProto, parts: int, hidden_size: int) -> list[tuple[in
         nodes = [n for n in g.node if n.output[0] in needed]
         used = {name for n in nodes for name in _used_names(n)}
         inputs = [i for i in g.input if i.name in used]
-        # Without the stream's shape ONNX Runtime skipped optimizations: 512-token prefill 15% slower.
-        inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, stream) for name in cuts[j - 1]] if j else []
-        outputs = [graph_outputs.get(name) or helper.make_tensor_value_info(name, TensorProto.FLOAT, stream)
-                   for name in targets]
+        # Without the stream's shape ONNX Runtime skipped optimizations: 512-token prefill 15%
+        # slower.
+        inputs += (
+            [helper.make_tensor_value_info(name, TensorProto.FLOAT, stream) for name in cuts[j - 1]]
+            if j
+            else []
+        )
+        outputs = [
+            graph_outputs.get(name)
+            or helper.make_tensor_value_info(name, TensorProto.FLOAT, stream)
+            for name in targets
+        ]
         graph = helper.make_graph(nodes, f"{g.name}_part{j}", inputs, outputs,
                                   initializer=[inits[name] for name in sorted(used & inits.keys())])
-        out.append((first, helper.make_model(graph, opset_imports=model.opset_import,
-                                             producer_name=model.producer_name, ir_version=model.ir_version)))
+        out.append(
+            (
+                first,
+                helper.make_model(
+                    graph,
+                    opset_imports=model.opset_import,
+                    producer_name=model.producer_name,
+                    ir_version=model.ir_version,
+                ),
+            )
+        )
     return out
 
 
 def write_parts(folder: Path, graph_file: str, parts: int, hidden_size: int) -> list[dict]:
     """Writes `graph_file`'s parts beside it (their initializers point into its weight file);
     returns their manifest entries, none for one part."""
-    pieces = split(onnx.load(str(folder / graph_file), load_external_data=False), parts, hidden_size)
+    pieces = split(
+        onnx.load(str(folder / graph_file), load_external_data=False), parts, hidden_size
+    )
     if len(pieces) == 1:
         return []
     stem, entries = graph_file.removesuffix(".onnx"), []

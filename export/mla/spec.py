@@ -109,7 +109,9 @@ def softmax_scale(c: dict, scaling: dict) -> float:
     return scale
 
 
-def mla_spec(ckpt: Checkpoint, routing: str, norm_topk_prob: bool, layer_weights: LayerNames) -> MlaSpec:
+def mla_spec(
+    ckpt: Checkpoint, routing: str, norm_topk_prob: bool, layer_weights: LayerNames
+) -> MlaSpec:
     """The spec of a DeepSeek-V2/V3 config.json; `layer_weights` names each layer's tensors."""
     c = ckpt.config
     if c.get("hidden_act", "silu") != "silu":
@@ -123,23 +125,46 @@ def mla_spec(ckpt: Checkpoint, routing: str, norm_topk_prob: bool, layer_weights
     tied = bool(c.get("tie_word_embeddings", False)) or not ckpt.has("lm_head.weight")
     shared = int(c.get("n_shared_experts") or 0)
     layers = tuple(
-        layer_weights(ckpt, i, bool(n_experts) and i >= first_dense and i % freq == 0, n_experts, q_lora, bool(shared))
+        layer_weights(
+            ckpt,
+            i,
+            bool(n_experts) and i >= first_dense and i % freq == 0,
+            n_experts,
+            q_lora,
+            bool(shared),
+        )
         for i in range(layers_n)
     )
     return MlaSpec(
-        model_type=c["model_type"], hidden_size=int(c["hidden_size"]), num_layers=layers_n,
-        num_heads=int(c["num_attention_heads"]), vocab_size=int(c["vocab_size"]),
-        q_lora_rank=c.get("q_lora_rank"), kv_lora_rank=int(c["kv_lora_rank"]),
-        qk_nope_head_dim=int(c["qk_nope_head_dim"]), qk_rope_head_dim=int(c["qk_rope_head_dim"]),
-        v_head_dim=int(c["v_head_dim"]), softmax_scale=softmax_scale(c, scaling),
-        rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_scaling=scaling,
+        model_type=c["model_type"],
+        hidden_size=int(c["hidden_size"]),
+        num_layers=layers_n,
+        num_heads=int(c["num_attention_heads"]),
+        vocab_size=int(c["vocab_size"]),
+        q_lora_rank=c.get("q_lora_rank"),
+        kv_lora_rank=int(c["kv_lora_rank"]),
+        qk_nope_head_dim=int(c["qk_nope_head_dim"]),
+        qk_rope_head_dim=int(c["qk_rope_head_dim"]),
+        v_head_dim=int(c["v_head_dim"]),
+        softmax_scale=softmax_scale(c, scaling),
+        rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta,
+        rope_scaling=scaling,
         max_position_embeddings=int(c.get("max_position_embeddings", 4096)),
-        intermediate_size=int(c["intermediate_size"]), moe_intermediate_size=int(c.get("moe_intermediate_size") or 0),
-        n_routed_experts=n_experts, n_shared_experts=shared,
-        num_experts_per_tok=int(c.get("num_experts_per_tok") or 0), routing=routing,
-        n_group=int(c.get("n_group") or 1), topk_group=int(c.get("topk_group") or 1),
-        norm_topk_prob=norm_topk_prob, routed_scaling_factor=float(c.get("routed_scaling_factor", 1.0)),
-        mtp_layers_left_out=int(c.get("num_nextn_predict_layers") or 0), tie_word_embeddings=tied,
-        embed="model.embed_tokens.weight", final_norm="model.norm.weight",
-        lm_head="model.embed_tokens.weight" if tied else "lm_head.weight", layers=layers,
+        intermediate_size=int(c["intermediate_size"]),
+        moe_intermediate_size=int(c.get("moe_intermediate_size") or 0),
+        n_routed_experts=n_experts,
+        n_shared_experts=shared,
+        num_experts_per_tok=int(c.get("num_experts_per_tok") or 0),
+        routing=routing,
+        n_group=int(c.get("n_group") or 1),
+        topk_group=int(c.get("topk_group") or 1),
+        norm_topk_prob=norm_topk_prob,
+        routed_scaling_factor=float(c.get("routed_scaling_factor", 1.0)),
+        mtp_layers_left_out=int(c.get("num_nextn_predict_layers") or 0),
+        tie_word_embeddings=tied,
+        embed="model.embed_tokens.weight",
+        final_norm="model.norm.weight",
+        lm_head="model.embed_tokens.weight" if tied else "lm_head.weight",
+        layers=layers,
     )

@@ -23,7 +23,8 @@ from .spec import MlaSpec
 
 @dataclass(frozen=True)
 class PerHead:
-    """A per-head matrix (H, rows, cols) for a batched MatMul; int8 with (H, 1, cols) scales, or float."""
+    """A per-head matrix (H, rows, cols) for a batched MatMul; int8 with (H, 1, cols) scales, or
+    float."""
 
     weight: Stored
     scales: Stored | None = None
@@ -69,13 +70,17 @@ def _per_head(w: TensorWriter, matrices: np.ndarray) -> PerHead:
     return PerHead(w.store(q), w.store(scales))
 
 
-def write_tensors(ckpt: Checkpoint, spec: MlaSpec, scheme: Scheme, out: WeightFile, context: int) -> MlaTensors:
+def write_tensors(
+    ckpt: Checkpoint, spec: MlaSpec, scheme: Scheme, out: WeightFile, context: int
+) -> MlaTensors:
     w = TensorWriter(ckpt, scheme, out)
     heads, dn, dr, dv, lat = (spec.num_heads, spec.qk_nope_head_dim, spec.qk_rope_head_dim,
                               spec.v_head_dim, spec.kv_lora_rank)
     interleaved = ckpt.config.get("rope_interleave", True)
     rope_perm = _deinterleave(dr) if interleaved else np.arange(dr)
-    q_rows = np.concatenate([h * (dn + dr) + np.concatenate([np.arange(dn), dn + rope_perm]) for h in range(heads)])
+    q_rows = np.concatenate(
+        [h * (dn + dr) + np.concatenate([np.arange(dn), dn + rope_perm]) for h in range(heads)]
+    )
     kv_rows = np.concatenate([np.arange(lat), lat + rope_perm])
     layers = []
     for lw in spec.layers:
@@ -105,6 +110,10 @@ def write_tensors(ckpt: Checkpoint, spec: MlaSpec, scheme: Scheme, out: WeightFi
     inv_freq, amplitude = inv_freq_and_scale(dr, spec.rope_theta, spec.rope_scaling)
     cos, sin = cos_sin_tables(inv_freq, amplitude, context)
     return MlaTensors(
-        embed=w.embedding(spec.embed), layers=tuple(layers), final_norm=w.store(w.read(spec.final_norm)),
-        lm_head=w.linear([spec.lm_head]), cos=w.store(cos), sin=w.store(sin),
+        embed=w.embedding(spec.embed),
+        layers=tuple(layers),
+        final_norm=w.store(w.read(spec.final_norm)),
+        lm_head=w.linear([spec.lm_head]),
+        cos=w.store(cos),
+        sin=w.store(sin),
     )
