@@ -26,7 +26,7 @@ from ..errors import ArtifactError, UsageError
 from ..manifest import GroupedAttention
 from ..native import library
 from .kv_blocks import BLOCK_TOKENS, BlockPool, BlockTables
-from .slots import SlotLengths, loaded_rows_stop
+from .slots import SlotLengths, loaded_rows_stop, prompt_starts
 
 PREFILL_ROWS = 512  # rows per call: what the int8 GEMM needs to reach its speed, and no more memory
 MAX_GROUP = 16  # query heads per KV head that decoder.c's attention keeps in registers
@@ -296,15 +296,11 @@ class NativeBackend:
     def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False,
                 starts: list[int] | None = None) -> np.ndarray:
         """starts[i]: positions of prompt i already in its slot's cache (load_kv), not computed."""
-        starts = [0] * len(prompts) if starts is None else starts
-        if any(len(p) > self.capacity for p in prompts):
-            raise ValueError("prompt longer than the cache capacity")
         if any(len(p) == 0 for p in prompts):
             raise ValueError("an empty prompt")
         if len(set(slots)) != len(slots):
             raise ValueError("a slot given twice in one prefill")
-        if every_position and any(starts) or any(not 0 <= s < len(p) for p, s in zip(prompts, starts)):
-            raise ValueError("a prompt start outside the prompt (its last token is computed)")
+        starts = prompt_starts(prompts, starts, self.capacity, every_position)
         if self.grows_in_blocks:
             for slot, p, s in zip(slots, prompts, starts):
                 if s == 0:

@@ -48,6 +48,19 @@ def grown(old: np.ndarray, capacity: int, token_axis: int) -> np.ndarray:
     return new
 
 
+def prompt_starts(prompts: list[np.ndarray], starts: list[int] | None, capacity: int,
+                  every_position: bool) -> list[int]:
+    """The positions of each prompt already in its slot (loaded rows; None: none), after the
+    checks every refilling prefill makes: each prompt fits the cache, and at least its last token
+    is computed (every_position: all of them)."""
+    starts = [0] * len(prompts) if starts is None else starts
+    if any(len(p) > capacity for p in prompts):
+        raise ValueError("prompt longer than the cache capacity")
+    if every_position and any(starts) or any(not 0 <= s < len(p) for p, s in zip(prompts, starts)):
+        raise ValueError("a prompt start outside the prompt (its last token is computed)")
+    return starts
+
+
 def loaded_rows_stop(start: int, rows: np.ndarray, token_axis: int, capacity: int) -> int:
     """Where rows loaded at position `start` of a slot end; refused past the cache capacity."""
     stop = start + rows.shape[token_axis]

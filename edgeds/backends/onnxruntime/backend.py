@@ -11,7 +11,7 @@ import onnxruntime as ort
 from ... import tensor_index
 from ...artifact import Artifact
 from ...errors import ArtifactError, UsageError
-from ..slots import SlotLengths
+from ..slots import SlotLengths, prompt_starts
 from .binding import Call, bind_call, bind_inputs
 from .cache import Cache
 from .sessions import DEVICE_MEMORY, INT8_CACHE_MIN_ORT, Sessions, load_graph, ort_version
@@ -245,12 +245,7 @@ class OnnxRuntimeBackend:
     def prefill(self, slots: list[int], prompts: list[np.ndarray], every_position: bool = False,
                 starts: list[int] | None = None) -> np.ndarray:
         """starts[i]: positions of prompt i already in its slot's cache (load_kv), not computed."""
-        starts = [0] * len(prompts) if starts is None else starts
-        if any(len(p) > self.capacity for p in prompts):
-            raise ValueError("prompt longer than the cache capacity")
-        if every_position and any(starts) or any(
-                not 0 <= s < len(p) for p, s in zip(prompts, starts)):
-            raise ValueError("a prompt start outside the prompt (its last token is computed)")
+        starts = prompt_starts(prompts, starts, self.capacity, every_position)
         if every_position:  # scoring: every position's logits, one prompt per call
             out = np.stack([self._run_prompts(slice(s, s + 1), [p], True)[0]
                             for s, p in zip(slots, prompts)])
