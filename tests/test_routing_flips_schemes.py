@@ -7,7 +7,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from benchmarks.quality.routing_flips import SCHEMES, fake_int8_rows
+from benchmarks.quality.routing_flips import (
+    MODEL,
+    SCHEMES,
+    fake_int8_rows,
+    fake_two_planes,
+    patch_expert_inputs,
+)
 
 
 def test_group_scales_round_each_group_as_its_own_row():
@@ -22,5 +28,29 @@ def test_group_scales_round_each_group_as_its_own_row():
 
 
 def test_every_scheme_names_only_keywords_the_simulation_takes():
-    keys = {"weight_group", "act_group", "act_float"}
+    keys = {"weight_group", "act_group", "act_float", "act_planes", "embedding_float16"}
     assert all(set(kw) <= keys for kw in SCHEMES.values())
+
+
+def test_two_planes_round_to_within_a_254th_of_an_int8_step():
+    x = torch.randn(4, 128, generator=torch.Generator().manual_seed(1))
+    step = x.abs().amax(-1, keepdim=True) / 127
+    assert ((fake_two_planes(x) - x).abs() <= step / 254 / 2 * 1.001).all()
+    assert torch.equal(fake_two_planes(torch.zeros(2, 8)), torch.zeros(2, 8))
+
+
+def test_the_experts_inputs_go_through_the_rounding():
+    """The simulation rounds an expert's inputs in F.linear: the model must run its experts
+    as a loop of F.linear (transformers 5's grouped_mm default calls none)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval()
+    model.config._experts_implementation = "eager"
+    seen = []
+    experts = [m for m in model.modules() if type(m).__name__.endswith("Experts")]
+    undo = [patch_expert_inputs(e, lambda x: seen.append(x.shape) or x) for e in experts]
+    with torch.no_grad():
+        model(torch.arange(2, 34)[None])
+    for u in undo:
+        u.remove()
+    assert len(seen) >= 2 * len(experts)  # gate/up and down of at least one expert a layer

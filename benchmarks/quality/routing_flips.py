@@ -50,6 +50,17 @@ def fake_int8_rows(x, group: int | None = None):
     return torch.where(scale > 0, torch.round(x / torch.where(scale > 0, scale, 1)) * scale, x)
 
 
+def fake_two_planes(x):
+    """Per-row rounding to two int8 planes as the native decoder's "int16 per row" keeps them:
+    the int8 value and what rounding left, at 254 x the resolution."""
+    import torch
+
+    scale = x.abs().amax(-1, keepdim=True) / 127
+    v = x / torch.where(scale > 0, scale, 1)
+    hi = torch.round(v)
+    return torch.where(scale > 0, (hi + torch.round((v - hi) * 254) / 254) * scale, x)
+
+
 # How the simulation rounds (--variants): weights per output channel or per group along the
 # input, activations per row, per group, or left float (weight-only INT8).
 SCHEMES = {
@@ -58,6 +69,9 @@ SCHEMES = {
     "activations per group of 32": {"act_group": 32},
     "weights and activations per group of 32": {"weight_group": 32, "act_group": 32},
     "float activations (weight-only)": {"act_float": True},
+    "activations int16 per row (two int8 planes)": {"act_planes": True},
+    "embedding float16": {"embedding_float16": True},
+    "activations int16 per row, embedding float16": {"act_planes": True, "embedding_float16": True},
 }
 
 
@@ -74,7 +88,8 @@ def part_of(name: str) -> str | None:
 
 
 @contextmanager
-def int8_model(model, parts: set[str], weight_group=None, act_group=None, act_float=False):
+def int8_model(model, parts: set[str], weight_group=None, act_group=None, act_float=False,
+               act_planes=False, embedding_float16=False):
     """The model with `parts` in simulated INT8 (weights replaced, inputs rounded by hooks);
     restored on exit. The keywords: SCHEMES."""
     import torch
@@ -83,6 +98,8 @@ def int8_model(model, parts: set[str], weight_group=None, act_group=None, act_fl
         return fake_int8_rows(w, weight_group)
 
     def inputs(x):
+        if act_planes:
+            return fake_two_planes(x)
         return x if act_float else fake_int8_rows(x, act_group)
 
     saved, hooks = {}, []
@@ -100,7 +117,8 @@ def int8_model(model, parts: set[str], weight_group=None, act_group=None, act_fl
                 hooks.append(patch_expert_inputs(mod, inputs))
             elif isinstance(mod, torch.nn.Embedding) and "embedding" in parts:
                 saved[name + ".weight"] = mod.weight.detach().clone()
-                mod.weight.copy_(fake_int8_rows(mod.weight))  # a row is one token's vector
+                table = mod.weight.half().float() if embedding_float16 else fake_int8_rows(mod.weight)
+                mod.weight.copy_(table)  # per row: a row is one token's vector
     try:
         yield model
     finally:
@@ -289,6 +307,9 @@ def main() -> None:
     torch.manual_seed(0)
     wins = windows_of(MODEL, args.windows, args.seq, args.text)
     model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval()
+    # The experts as a loop of F.linear calls, which patch_expert_inputs rounds the inputs of
+    # (transformers 5's default, grouped_mm, calls no F.linear: their inputs stayed float).
+    model.config._experts_implementation = "eager"
     ref_logits, ref_routes = run(model, wins, set())
     configs = [("all", set(PARTS), False, ""), ("all, fp32 routing", set(PARTS), True, "")]
     if not args.no_parts:
