@@ -44,6 +44,7 @@ MAX_CONTEXT = 1 << 24
 MAX_EXPERTS = 1 << 16
 
 WEIGHT_SCHEMES = ("int8", "int8-wo", "int4", "fp16", "fp32")
+ACTIVATIONS = ("int8 per row", "int16 per row")  # Quantization.activations
 CACHE_DTYPES = {"float32": 4, "float16": 2, "int8": 1}
 ROUTINGS = ("softmax_greedy", "softmax_group_limited", "sigmoid_noaux_tc")
 FORMATS = ("onnx", "openvino")
@@ -382,6 +383,12 @@ class Quantization:
     scale_dtype: str
     embedding: str  # "int8 per-row", or the float dtype of the table
     lm_head: str
+    # What an int8 x int8 matmul's input is rounded to at run time. "int8 per row": ONNX
+    # Runtime's MatMulIntegerToFloat and the native decoders (the int8 scheme's own).
+    # "int16 per row": the native MLA+MoE decoder keeps what int8 rounding left as a second
+    # int8 plane (about 15 bits a value; twice the integer work, the same weight bytes); ONNX
+    # Runtime's graph still rounds to int8 per row. None: the scheme has no such matmuls.
+    activations: str | None = None
 
     @property
     def dynamic_int8(self) -> bool:
@@ -408,7 +415,18 @@ class Quantization:
             scale_dtype=r.str("scale_dtype", ("float32",)),
             embedding=r.str("embedding", ("int8 per-row", "float32", "float16")),
             lm_head=r.str("lm_head"),
+            activations=Quantization._activations(r),
         )
+
+    @staticmethod
+    def _activations(r: _Fields) -> str | None:
+        weights = r.get("weights")
+        if weights != "int8":
+            if r.get("activations", None) is not None:
+                r.fail(f"is set for weights {weights}: only int8 weights round activations",
+                       "activations")
+            return None
+        return r.str("activations", ACTIVATIONS, default="int8 per row")
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ def export_checkpoint(
     small_batch_graph: bool = False,
     target: str = "onnxruntime",
     max_batch: int | None = None,
+    embedding: str | None = None,
+    activations: str | None = None,
 ) -> dict:
     """Export `src` to the artifact folder `out`; returns the manifest written.
 
@@ -64,7 +66,11 @@ def export_checkpoint(
     that the CPU runtime decodes a few sequences with (export/small_batch_graph.py).
     `target`: "tensorrt" writes the ONNX graph from ops TensorRT's ONNX parser takes (10.3 and
     newer; graph/attention.py), and the manifest gets optimization profiles for batches up to
-    `max_batch` and the context (tensorrt_profiles.py)."""
+    `max_batch` and the context (tensorrt_profiles.py).
+    `embedding`: the table as "int8" per row (the int schemes' default), "float16" or "float32":
+    a lookup, so a float table costs memory and disk, not decode speed.
+    `activations`: with int8 weights, "int16" has the native MLA+MoE decoder round matmul
+    inputs to about 15 bits (two int8 planes) instead of 8 (Quantization.activations)."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ExportError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
@@ -96,9 +102,12 @@ def export_checkpoint(
     started = time.perf_counter()
     ckpt = Checkpoint(src)
     spec = family_for(ckpt.config).decoder_spec(ckpt)
-    scheme = SCHEMES[weights]
+    scheme = SCHEMES[weights].with_options(embedding, activations)
     context = _context(context, spec.max_position_embeddings)
     kind = KINDS[spec.kind]
+    if scheme.activations == "int16 per row" and spec.kind != "mla":
+        raise ExportError(f"--activations int16 is the native MLA+MoE decoder's; {spec.model_type} "
+                          "runs int8 activations on every backend")
     if kv_cache not in kind.KV_CACHES:
         raise ExportError(f"--kv-cache {kv_cache} is not available for {spec.model_type} "
                           f"({spec.kind.upper()} attention): it takes {', '.join(kind.KV_CACHES)}")

@@ -13,7 +13,7 @@ shape that runs 8-128 rows 1.1-1.8x faster than blockwise MatMulNBits (one row: 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -32,6 +32,8 @@ class Scheme:
     block_size: int
     float_dtype: str = "float32"
     embedding_bits: int | None = None
+    embedding_dtype: str | None = None  # a float table's dtype where it is not float_dtype
+    activations: str | None = None  # int8 only: manifest Quantization.activations
 
     @property
     def per_channel(self) -> bool:
@@ -52,9 +54,41 @@ class Scheme:
             "scale_dtype": "float32",
             "embedding": f"int{self.embedding_bits} per-row"
             if self.embedding_bits
-            else self.float_dtype,
+            else self.table_dtype,
             "lm_head": self.name,
+            **({"activations": self.activations} if self.activations else {}),
         }
+
+    @property
+    def table_dtype(self) -> str:
+        """A float embedding table's dtype."""
+        return self.embedding_dtype or self.float_dtype
+
+    def with_options(self, embedding: str | None = None, activations: str | None = None) -> Scheme:
+        """The scheme with export's --embedding (int8 or a float dtype for the table) and
+        --activations (int8 weights: what the native decoder rounds matmul inputs to)."""
+        scheme = self
+        if embedding is not None:
+            if embedding not in EMBEDDINGS:
+                raise ExportError(f"unknown embedding '{embedding}'; choose from "
+                                  f"{', '.join(EMBEDDINGS)}")
+            if embedding == "int8":
+                scheme = replace(scheme, embedding_bits=8, embedding_dtype=None)
+            else:
+                scheme = replace(scheme, embedding_bits=None, embedding_dtype=embedding)
+        if activations is not None:
+            if activations not in ACTIVATIONS:
+                raise ExportError(f"unknown activations '{activations}'; choose from "
+                                  f"{', '.join(ACTIVATIONS)}")
+            if self.name != "int8":
+                raise ExportError(f"--activations is for --weights int8 (its matmuls round their "
+                                  f"inputs at run time), not {self.name}")
+            scheme = replace(scheme, activations=f"{activations} per row")
+        return scheme
+
+
+EMBEDDINGS = ("int8", "float16", "float32")  # export --embedding: the table per row, or float
+ACTIVATIONS = ("int8", "int16")  # export --activations (int8 weights)
 
 
 SCHEMES = {

@@ -137,7 +137,7 @@ class TensorWriter:
         if self.scheme.embedding_bits:
             q, scales = quantize_rows(table, self.scheme.embedding_bits)
             return Embedding(self.store(q), self.store(scales))
-        return Embedding(self.store(table.astype(self.scheme.float_dtype)))
+        return Embedding(self.store(table.astype(self.scheme.table_dtype)))
 
 
 TENSOR_INDEX = "tensors.json"

@@ -114,12 +114,22 @@ def export_scores(artifact: Path, fmt: str, wins: np.ndarray, stepwise: bool = F
     return np.concatenate(nll), np.concatenate(top1)
 
 
+# --int8-options: int8 exported again with each of these export options (export/api.py)
+INT8_OPTIONS = {
+    "activations int16": {"activations": "int16"},
+    "embedding float16": {"embedding": "float16"},
+    "activations int16, embedding float16": {"activations": "int16", "embedding": "float16"},
+}
+
+
 def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx", "openvino"),
              windows: int = 32, seq: int = 256, kv_caches=("float32",), small_batch: bool = False,
-             packages: list[str] | None = None) -> list[dict]:
+             packages: list[str] | None = None, int8_options: bool = False) -> list[dict]:
     """`kv_caches`: each weight scheme is exported once per KV cache type; an int8 cache is an
     ONNX graph of a dense model only (MLA models are skipped for it). `small_batch`: int8 is
-    exported with its small-batch graph, and scored in decode steps on both graphs as well."""
+    exported with its small-batch graph, and scored in decode steps on both graphs as well.
+    `int8_options`: int8 also exported with each of INT8_OPTIONS (activations int16 only where
+    the export takes it: MLA models)."""
     from edgeds_export import export_checkpoint
     from edgeds_export.verify import native_runs_here
 
@@ -132,15 +142,19 @@ def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx"
              "ppl_change_pct": 0.0, "top1_agreement_pct": 100.0, "tokens": int(ref_nll.size)}]
     with tempfile.TemporaryDirectory() as tmp:
         mla = "kv_lora_rank" in json.loads((checkpoint / "config.json").read_text())
-        for w, kv in ((w, kv) for kv in kv_caches for w in weights):
+        runs_of = [(w, kv, "") for kv in kv_caches for w in weights]
+        if int8_options and "int8" in weights:
+            runs_of += [("int8", "float32", o) for o in INT8_OPTIONS if mla or "activations" not in o]
+        for i, (w, kv, option) in enumerate(runs_of):
             if kv != "float32" and mla:
                 continue
-            art = Path(tmp) / f"{w}-{kv}"
+            art = Path(tmp) / f"{i}-{w}-{kv}"
             fmts = formats if kv == "float32" else ("onnx",)
-            small = small_batch and w == "int8" and kv != "int8"
+            small = small_batch and w == "int8" and kv != "int8" and not option
             export_checkpoint(checkpoint, art, formats=tuple(fmts), weights=w, context=seq + 8, kv_cache=kv,
-                              small_batch_graph=small)
+                              small_batch_graph=small, **INT8_OPTIONS.get(option, {}))
             label = w if kv == "float32" else f"{w}, {kv} KV (decode steps)"
+            label += f", {option}" if option else ""
             runs = [(fmt, label, kv != "float32") for fmt in fmts]
             if "onnx" in fmts and native_runs_here(load_artifact(art, verify=False)):
                 runs.append(("onnx native", label, kv != "float32"))  # the same weights, edgeds' own decoder
@@ -175,12 +189,15 @@ def main() -> None:
                     help="int8 with its small-batch graph, scored in decode steps on both graphs too")
     ap.add_argument("--text", nargs="+", default=None, metavar="PACKAGE",
                     help="score the sources of these installed packages (e.g. jinja2 click)")
+    ap.add_argument("--int8-options", action="store_true",
+                    help="int8 also exported with --activations int16 and/or --embedding float16")
     ap.add_argument("--out", default="quality", help="results/OUT.md and .json")
     args = ap.parse_args()
     rows = []
     for name in args.models:
         rows += evaluate(MODELS / name, args.weights, windows=args.windows, seq=args.seq, kv_caches=args.kv_caches,
-                         small_batch=args.small_batch_graph, packages=args.text)
+                         small_batch=args.small_batch_graph, packages=args.text,
+                         int8_options=args.int8_options)
     note = f"`python -m benchmarks.quality.perplexity {' '.join(sys.argv[1:])}`; {text_note(args.text)}"
     out = RESULTS
     out.mkdir(exist_ok=True)

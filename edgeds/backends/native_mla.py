@@ -178,14 +178,21 @@ class NativeMlaBackend(NativeBackend):
             )
         )
         int8_table = self._table.dtype == np.int8
-        if not int8_table:
-            self._table = np.ascontiguousarray(self._table, np.float32)
-        self.lib.em_set_embedding(
-            self._model,
-            _ptr(self._table) if int8_table else None,
-            _ptr(self._row_scales),
-            None if int8_table else _ptr(self._table),
-        )
+        if self._table.dtype == np.float16:  # read in place, a row at a time
+            self.lib.em_set_embedding_f16(self._model, _ptr(self._table))
+        else:
+            if not int8_table:
+                self._table = np.ascontiguousarray(self._table, np.float32)
+            self.lib.em_set_embedding(
+                self._model,
+                _ptr(self._table) if int8_table else None,
+                _ptr(self._row_scales),
+                None if int8_table else _ptr(self._table),
+            )
+        # "int16 per row": each matmul input's rounding remainder as a second int8 plane
+        planes = 2 if artifact.manifest.quantization.activations == "int16 per row" else 1
+        self.activation_planes = planes
+        self.lib.em_set_activations(self._model, planes)
         self.uses_amx = bool(self.lib.em_uses_amx(self._model))
         self.batch_size = self.capacity = self._prefill_call = 0
 

@@ -90,6 +90,23 @@ def command(
             help="Largest batch the TensorRT profiles cover (--target tensorrt; default 16)."
         ),
     ] = None,
+    embedding: Annotated[
+        str,
+        typer.Option(
+            help="int8 (per row; the default of int weights) | float16 | float32: the embedding "
+                 "table, a lookup, so float costs memory, not speed.",
+            show_default=False,
+        ),
+    ] = "",
+    activations: Annotated[
+        str,
+        typer.Option(
+            help="int8 | int16 (--weights int8, DeepSeek-V2/V3): what the native MLA+MoE decoder "
+                 "rounds matmul inputs to; int16 (two int8 planes) meets int8's quality targets "
+                 "on the MoE model, at twice the integer work.",
+            show_default=False,
+        ),
+    ] = "",
 ):
     """Export a DeepSeek checkpoint to an edgeds artifact (ONNX and/or OpenVINO IR).
 
@@ -120,6 +137,8 @@ def command(
         small_batch_graph,
         target,
         max_batch,
+        embedding or None,
+        activations or None,
     )
     files = manifest["files"]
     size = sum(f["size"] for f in files.values())

@@ -143,6 +143,8 @@ def library() -> ctypes.CDLL:
     lib.em_new.restype = p
     lib.em_new.argtypes = [p, f, f, f, i, i]
     lib.em_uses_amx.argtypes = [p]
+    lib.em_set_activations.argtypes = [p, i]
+    lib.em_set_embedding_f16.argtypes = [p, p]
     lib.em_profile.argtypes = [p, p, i]
     lib.em_set_linear.argtypes = [p, i, i, p, p, i, i]
     lib.em_set_expert.argtypes = [p, i, i, i, p, p, i, i]

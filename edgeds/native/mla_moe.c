@@ -89,6 +89,7 @@ typedef struct {
   float *y; /* row i: y + i * ldy */
   int ldy, rows;
   const uint8_t *tiles; /* AMX: the rows gathered in order, padded to 16 (run_jobs), or NULL */
+  size_t lo; /* two activation planes: row i's remainder plane is at its row + lo; 0: one plane */
 } Job;
 
 typedef struct {
@@ -106,6 +107,7 @@ typedef struct {
   float *final_norm, *cos_t, *sin_t;
   const int8_t *embed_q;
   const float *embed_scale, *embed_f;
+  const uint16_t *embed_h; /* a float16 table */
   /* scratch, grown to the largest call */
   int rows_cap, chunks_cap, items_cap, act_width;
   size_t tiles_cap;
@@ -113,6 +115,12 @@ typedef struct {
   float *h, *xn, *proj, *kv, *query, *part, *scores, *vals, *out, *rs, *logit_e, *wts, *act, *ye,
       *ars;
   uint8_t *xq, *actq;
+  /* Activations as two int8 planes (em_set_activations): a row's rounded value and what the
+   * rounding left, 254 x finer, each plane a uint8 row of the same scale; the planes' int32
+   * sums combine as hi + lo / 254 (about 15 bits a value, as int16 per row). The remainder
+   * planes lie xq_lo / actq_lo bytes after their rows; 0 while there is one plane. */
+  int planes;
+  size_t xq_lo, actq_lo;
   int32_t *sel, *assign, *tok_of;
   Item *items;
   /* prefill: decompressed keys and values [heads of a pass][rows of the pass][nope + v], where
@@ -144,6 +152,7 @@ MlaModel *em_new(const int *dims, float eps, float softmax_scale, float routed_s
   /* A MoE layer's activation rows: the routed experts' and the shared expert's, one stride. */
   m->act_width =
       dims[D_MOE_INTER] > dims[D_SHARED_INTER] ? dims[D_MOE_INTER] : dims[D_SHARED_INTER];
+  m->planes = 1;
 #ifdef __AMX_INT8__
   m->amx = use_amx && amx_permitted();
 #endif
@@ -151,6 +160,16 @@ MlaModel *em_new(const int *dims, float eps, float softmax_scale, float routed_s
 }
 
 int em_uses_amx(const MlaModel *m) { return m->amx; }
+
+/* planes 1: activations int8 per row (the ONNX graph's MatMulIntegerToFloat); 2: a second
+ * plane for the rounding's remainder (manifest quantization.activations "int16 per row").
+ * Before the first em_forward. Returns 0, or -1 for another count. */
+int em_set_activations(MlaModel *m, int planes) {
+  if (planes != 1 && planes != 2) return -1;
+  m->planes = planes;
+  m->rows_cap = 0; /* the scratch rows are sized by the planes */
+  return 0;
+}
 
 /* pack() of int8_gemm.h where N % 64 == 0 (vectorized, parallel); else one column at a time, into
  * the same layout: [N/16][K/4][16][4]. */
@@ -247,7 +266,12 @@ void em_set_norms(MlaModel *m, int layer, const float *input_norm, const float *
 }
 
 void em_set_embedding(MlaModel *m, const int8_t *q, const float *row_scale, const float *f) {
-  m->embed_q = q, m->embed_scale = row_scale, m->embed_f = f;
+  m->embed_q = q, m->embed_scale = row_scale, m->embed_f = f, m->embed_h = NULL;
+}
+
+/* A float16 table [vocab][hidden] (export --embedding float16), read in place. */
+void em_set_embedding_f16(MlaModel *m, const uint16_t *h) {
+  m->embed_q = NULL, m->embed_scale = NULL, m->embed_f = NULL, m->embed_h = h;
 }
 
 /* cos and sin: [positions, rope / 2], yarn's amplitude included (export/rope.py). */
@@ -331,27 +355,52 @@ static __attribute__((noinline)) void to_float(const int32_t *acc, const Weights
                                                        _mm512_set1_ps(row_scale))));
 }
 
+/* The two planes' sums of 16 columns (hi, lo: the remainder plane's) -> floats. */
+static __attribute__((noinline)) void to_float2(const int32_t *hi, const int32_t *lo,
+                                                const Weights *w, int n, float row_scale,
+                                                float *dst) {
+  const __m512i fix = _mm512_loadu_si512(w->zero_fix + n);
+  const __m512 h = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(hi), fix));
+  const __m512 l = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(lo), fix));
+  const __m512 v = _mm512_add_ps(h, _mm512_mul_ps(l, _mm512_set1_ps(1.0f / 254)));
+  _mm512_storeu_ps(dst, _mm512_mul_ps(v, _mm512_mul_ps(_mm512_loadu_ps(w->scale + n),
+                                                       _mm512_set1_ps(row_scale))));
+}
+
 static __attribute__((noinline)) void silu_mul(const float *g, const float *u, float *dst) {
   for (int i = 0; i < 16; i++) dst[i] = g[i] / (1 + expf(-g[i])) * u[i];
 }
 
+/* One row's sums of 16 columns at acc (its remainder plane's ld further where there are two)
+ * -> floats. */
+static inline void sums_to_float(const Job *j, const Weights *w, const int32_t *acc, int ld,
+                                 int n, float rs, float *dst) {
+  if (j->lo)
+    to_float2(acc, acc + ld, w, n, rs, dst);
+  else
+    to_float(acc, w, n, rs, dst);
+}
+
 /* Rows [r0, r0 + rows) of the job: their int32 sums for blocks [nb, nb + nblk) (out) -> floats,
- * through SiLU with up's sums (up) where the job is fused. */
+ * through SiLU with up's sums (up) where the job is fused. Row r's sums are at out + r * ld,
+ * or with two planes its planes' at out + 2r * ld and the next ld. */
 static void epilogue(const Job *j, int r0, int rows, int nb, int nblk, const int32_t *out,
                      const int32_t *up, int ld) {
+  const int per = j->lo ? 2 : 1;
   for (int r = 0; r < rows; r++) {
     const int src = j->idx ? j->idx[r0 + r] : r0 + r;
     const float rs = j->rs[src];
     float *y = j->y + (size_t)(r0 + r) * j->ldy;
     for (int b = 0; b < nblk; b++) {
       const int n = 16 * (nb + b);
+      const size_t at = (size_t)r * per * ld + 16 * b;
       if (!up) {
-        to_float(out + (size_t)r * ld + 16 * b, j->w, n, rs, y + n);
+        sums_to_float(j, j->w, out + at, ld, n, rs, y + n);
         continue;
       }
       float g[16], u[16];
-      to_float(out + (size_t)r * ld + 16 * b, j->w, n, rs, g);
-      to_float(up + (size_t)r * ld + 16 * b, j->up, n, rs, u);
+      sums_to_float(j, j->w, out + at, ld, n, rs, g);
+      sums_to_float(j, j->up, up + at, ld, n, rs, u);
       silu_mul(g, u, y + n);
     }
   }
@@ -398,9 +447,10 @@ static void run_item_amx(const Job *j, int nb0, int nb1) {
   const int K = j->w->K;
   const size_t bstride = (size_t)(K / 4) * 64;
   int32_t out[16 * 64] __attribute__((aligned(64))), up[16 * 64] __attribute__((aligned(64)));
-  for (int r0 = 0; r0 < j->rows; r0 += 16) {
-    const int rows = j->rows - r0 < 16 ? j->rows - r0 : 16;
-    const uint8_t *a = j->tiles + (size_t)r0 * K;
+  const int per = j->lo ? 2 : 1, step = 16 / per; /* rows a tile holds: 16, or 8 two planes */
+  for (int r0 = 0; r0 < j->rows; r0 += step) {
+    const int rows = j->rows - r0 < step ? j->rows - r0 : step;
+    const uint8_t *a = j->tiles + (size_t)r0 * per * K;
     for (int nb = nb0; nb < nb1; nb += 4) {
       const int nblk = nb1 - nb < 4 ? nb1 - nb : 4;
       amx_rows(a, K, j->w->packed + nb * bstride, nblk, out);
@@ -423,16 +473,20 @@ static void tiles_on(void) {
 static void run_item(const Job *j, int nb0, int nb1) {
   const int K = j->w->K;
   const size_t bstride = (size_t)(K / 4) * 64;
-  for (int r0 = 0; r0 < j->rows; r0 += 4) {
-    const int rows = j->rows - r0 < 4 ? j->rows - r0 : 4;
+  /* Four rows of A a micro kernel: four rows, or two rows' two planes each. */
+  const int per = j->lo ? 2 : 1, step = 4 / per;
+  for (int r0 = 0; r0 < j->rows; r0 += step) {
+    const int rows = j->rows - r0 < step ? j->rows - r0 : step;
     const uint8_t *ap[4];
-    for (int r = 0; r < rows; r++)
-      ap[r] = j->a + (size_t)(j->idx ? j->idx[r0 + r] : r0 + r) * j->lda;
+    for (int r = 0; r < rows; r++) {
+      ap[per * r] = j->a + (size_t)(j->idx ? j->idx[r0 + r] : r0 + r) * j->lda;
+      if (j->lo) ap[per * r + 1] = ap[per * r] + j->lo;
+    }
     for (int nb = nb0; nb < nb1; nb += 4) {
       const int nblk = nb1 - nb < 4 ? nb1 - nb : 4;
       int32_t out[4][64] __attribute__((aligned(64))), up[4][64] __attribute__((aligned(64)));
-      micro_any(ap, K, j->w->packed + nb * bstride, rows, nblk, out);
-      if (j->up) micro_any(ap, K, j->up->packed + nb * bstride, rows, nblk, up);
+      micro_any(ap, K, j->w->packed + nb * bstride, per * rows, nblk, out);
+      if (j->up) micro_any(ap, K, j->up->packed + nb * bstride, per * rows, nblk, up);
       epilogue(j, r0, rows, nb, nblk, out[0], j->up ? up[0] : NULL, 64);
     }
   }
@@ -454,10 +508,11 @@ static void run_jobs(MlaModel *m, Job *jobs, int n_jobs) {
 #ifdef __AMX_INT8__
   /* Jobs of enough rows (and K a multiple of the tile's 64) get their rows gathered in order,
    * padded to 16, for the A tiles; padded rows are computed and dropped. */
+  /* Two planes: a row's two A rows gathered one after the other. */
   size_t need = 0;
   for (int j = 0; j < n_jobs; j++)
     if (m->amx && jobs[j].rows >= AMX_MIN_ROWS && jobs[j].w->K % 64 == 0)
-      need += (size_t)(jobs[j].rows + 15) / 16 * 16 * jobs[j].w->K;
+      need += (size_t)(jobs[j].rows * (jobs[j].lo ? 2 : 1) + 15) / 16 * 16 * jobs[j].w->K;
   if (need > m->tiles_cap) {
     free(m->tiles);
     m->tiles = alloc64(need);
@@ -469,14 +524,19 @@ static void run_jobs(MlaModel *m, Job *jobs, int n_jobs) {
     jobs[j].tiles = NULL;
     if (!(m->amx && jobs[j].rows >= AMX_MIN_ROWS && jobs[j].w->K % 64 == 0)) continue;
     jobs[j].tiles = m->tiles + need;
-    need += (size_t)(jobs[j].rows + 15) / 16 * 16 * jobs[j].w->K;
+    need += (size_t)(jobs[j].rows * (jobs[j].lo ? 2 : 1) + 15) / 16 * 16 * jobs[j].w->K;
     amx = 1;
   }
 #pragma omp parallel for schedule(dynamic, 1) if (amx)
-  for (int j = 0; j < n_jobs; j++)
+  for (int j = 0; j < n_jobs; j++) {
+    const int per = jobs[j].lo ? 2 : 1, K = jobs[j].w->K;
     for (int r = 0; jobs[j].tiles && r < jobs[j].rows; r++)
-      memcpy((uint8_t *)jobs[j].tiles + (size_t)r * jobs[j].w->K,
-             jobs[j].a + (size_t)(jobs[j].idx ? jobs[j].idx[r] : r) * jobs[j].lda, jobs[j].w->K);
+      for (int p = 0; p < per; p++)
+        memcpy((uint8_t *)jobs[j].tiles + (size_t)(per * r + p) * K,
+               jobs[j].a + (size_t)(jobs[j].idx ? jobs[j].idx[r] : r) * jobs[j].lda +
+                   p * jobs[j].lo,
+               K);
+  }
 #endif
   for (int j = 0; j < n_jobs; j++) blocks += jobs[j].rows ? jobs[j].w->N / 16 : 0;
   const int per = blocks >= 16 * m->threads ? 4 : 1;
@@ -533,10 +593,11 @@ static void int8_matvec(const float *x, int K, const int8_t *w, int N, const flo
   }
 }
 
-/* RMSNorm with weights g into `normed` (if g), then a uint8 row with zero point 128 and its scale.
- */
+/* RMSNorm with weights g into `normed` (if g), then a uint8 row with zero point 128 and its scale;
+ * with lo, the rounding's remainder as a second such row of 254 x the resolution (x / scale =
+ * hi + lo / 254, both within +-127). */
 static void quantize_row(float eps, const float *x, int n, const float *g, float *normed,
-                         uint8_t *q, float *scale) {
+                         uint8_t *q, float *scale, uint8_t *lo) {
   const float *src = x;
   if (g) {
     float ss = 0;
@@ -550,8 +611,16 @@ static void quantize_row(float eps, const float *x, int n, const float *g, float
   float s = peak / 127;
   /* A row of zeros: scale 0, and its products come out 0 whatever q holds. */
   for (int i = 0; i < n; i++) q[i] = (uint8_t)((int)nearbyintf(s > 0 ? src[i] / s : 0) + 128);
+  if (lo)
+    for (int i = 0; i < n; i++) {
+      const float v = s > 0 ? src[i] / s : 0;
+      lo[i] = (uint8_t)((int)nearbyintf((v - (float)((int)q[i] - 128)) * 254) + 128);
+    }
   *scale = s;
 }
+
+/* Where the remainder plane of quantized row q goes: lo bytes on, or nowhere (one plane). */
+static inline uint8_t *lo_plane(uint8_t *q, size_t lo) { return lo ? q + lo : NULL; }
 
 static void rms_norm(float eps, float *x, int n, const float *g) {
   float ss = 0;
@@ -930,9 +999,10 @@ static void grow_scratch(MlaModel *m, int rows, int chunks) {
     m->rs = alloc64(R * 4), m->logit_e = alloc64(R * (d[D_EXPERTS] + 1) * 4),
     m->wts = alloc64(R * topk * 4);
     const size_t acts = A * m->act_width > R * d[D_INTER] ? A * m->act_width : R * d[D_INTER];
-    m->act = alloc64(acts * 4), m->actq = alloc64(acts), m->ars = alloc64(A * 4);
+    m->act = alloc64(acts * 4), m->actq = alloc64(acts * m->planes), m->ars = alloc64(A * 4);
+    m->actq_lo = m->planes > 1 ? acts : 0, m->xq_lo = m->planes > 1 ? R * wide : 0;
     m->ye = alloc64(A * hidden * 4);
-    m->xq = alloc64(R * wide), m->sel = alloc64(R * topk * 4), m->assign = alloc64(R * topk * 4);
+    m->xq = alloc64(R * wide * m->planes), m->sel = alloc64(R * topk * 4), m->assign = alloc64(R * topk * 4);
     m->tok_of = alloc64(A * 4);
     m->scores = alloc64((size_t)m->threads * H * KV_CHUNK * 4);
     m->rows_cap = rows, m->chunks_cap = chunks;
@@ -1016,6 +1086,7 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
                     act + (size_t)first[j] * W,
                     W,
                     n};
+    jobs[j].lo = m->xq_lo;
   }
   run_jobs(m, jobs, n_jobs);
   /* Each pair's activations quantized once for its down projection. */
@@ -1023,8 +1094,9 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
 #pragma omp parallel for schedule(static) if (total > 16)
   for (int a = 0; a < total; a++)
     quantize_row(m->eps, act + (size_t)a * W, ly->moe && a >= routed ? tail : inter, NULL, NULL,
-                 m->actq + (size_t)a * W, m->ars + a);
-  for (int j = 0; j < n_jobs; j++)
+                 m->actq + (size_t)a * W, m->ars + a,
+                 lo_plane(m->actq + (size_t)a * W, m->actq_lo));
+  for (int j = 0; j < n_jobs; j++) {
     jobs[j] = (Job){&mlp[j]->down,
                     NULL,
                     m->actq + (size_t)first[j] * W,
@@ -1034,6 +1106,8 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
                     (ly->moe ? ye + (size_t)first[j] * hidden : out),
                     hidden,
                     jobs[j].rows};
+    jobs[j].lo = m->actq_lo;
+  }
   run_jobs(m, jobs, n_jobs);
   if (!ly->moe) {
     lap(m, P_DENSE_MLP);
@@ -1151,6 +1225,10 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
     if (m->embed_q) {
       const int8_t *src = m->embed_q + (size_t)ids[r] * hidden;
       for (int i = 0; i < hidden; i++) dst[i] = src[i] * m->embed_scale[ids[r]];
+    } else if (m->embed_h) { /* hidden % 16 == 0 (native_mla.py checks the widths) */
+      const uint16_t *src = m->embed_h + (size_t)ids[r] * hidden;
+      for (int i = 0; i < hidden; i += 16)
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
     } else {
       memcpy(dst, m->embed_f + (size_t)ids[r] * hidden, hidden * sizeof(float));
     }
@@ -1161,18 +1239,21 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
 #pragma omp parallel for if (rows > 1)
     for (int r = 0; r < rows; r++)
       quantize_row(m->eps, h + (size_t)r * hidden, hidden, ly->input_norm, xn + (size_t)r * hidden,
-                   xq + (size_t)r * hidden, rs + r);
+                   xq + (size_t)r * hidden, rs + r, lo_plane(xq + (size_t)r * hidden, m->xq_lo));
     /* q_a (or q) and kv_a read the same quantized rows: one loop over both. */
     Job jobs[2] = {
         {qlora ? &ly->q_a : &ly->q, NULL, xq, hidden, NULL, rs, proj, qlora ? qlora : QW, rows},
         {&ly->kv_a, NULL, xq, hidden, NULL, rs, kv, D, rows}};
+    jobs[0].lo = jobs[1].lo = m->xq_lo;
     run_jobs(m, jobs, 2);
     if (qlora) {
 #pragma omp parallel for if (rows > 1)
       for (int r = 0; r < rows; r++)
         quantize_row(m->eps, proj + (size_t)r * qlora, qlora, ly->q_a_norm,
-                     proj + (size_t)r * qlora, xq + (size_t)r * qlora, rs + r);
+                     proj + (size_t)r * qlora, xq + (size_t)r * qlora, rs + r,
+                     lo_plane(xq + (size_t)r * qlora, m->xq_lo));
       Job q = {&ly->q, NULL, xq, qlora, NULL, rs, proj, QW, rows};
+      q.lo = m->xq_lo;
       run_jobs(m, &q, 1);
     }
     /* The latent (normed) and the rotated rope key into the cache; the query's rope rotated. */
@@ -1198,16 +1279,17 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
 #pragma omp parallel for if (rows > 1)
     for (int r = 0; r < rows; r++)
       quantize_row(m->eps, vals + (size_t)r * H * dv, H * dv, NULL, NULL, xq + (size_t)r * H * dv,
-                   rs + r);
+                   rs + r, lo_plane(xq + (size_t)r * H * dv, m->xq_lo));
     lap(m, P_ATTN);
     Job o = {&ly->o, NULL, xq, H * dv, NULL, rs, m->out, hidden, rows};
+    o.lo = m->xq_lo;
     run_jobs(m, &o, 1);
 #pragma omp parallel for if (rows > 1)
     for (int r = 0; r < rows; r++) {
       float *x = h + (size_t)r * hidden;
       for (int i = 0; i < hidden; i++) x[i] += m->out[(size_t)r * hidden + i];
       quantize_row(m->eps, x, hidden, ly->post_norm, xn + (size_t)r * hidden,
-                   xq + (size_t)r * hidden, rs + r);
+                   xq + (size_t)r * hidden, rs + r, lo_plane(xq + (size_t)r * hidden, m->xq_lo));
     }
     lap(m, P_O);
     feed_forward(m, ly, rows);
@@ -1219,8 +1301,10 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
 #pragma omp parallel for if (n_logits > 1)
   for (int i = 0; i < n_logits; i++)
     quantize_row(m->eps, h + (size_t)logit_rows[i] * hidden, hidden, m->final_norm,
-                 xn + (size_t)i * hidden, xq + (size_t)i * hidden, rs + i);
+                 xn + (size_t)i * hidden, xq + (size_t)i * hidden, rs + i,
+                 lo_plane(xq + (size_t)i * hidden, m->xq_lo));
   Job head = {&m->head, NULL, xq, hidden, NULL, rs, logits, d[D_VOCAB], n_logits};
+  head.lo = m->xq_lo;
   run_jobs(m, &head, 1);
   lap(m, P_HEAD);
   return 0;
