@@ -9,7 +9,7 @@ from .backends.registry import installed_backends
 from .context import choose_context
 from .errors import UserError
 from .hardware import detect
-from .memory_budget import kv_budget, largest_batch, weight_bytes
+from .memory_budget import kv_budget, largest_batch, weight_bytes, weights_do_not_fit
 from .profiles import choose_profile, load_profiles
 from .selection import choose_backend, ort_providers
 
@@ -67,6 +67,8 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
             "largest_batch_at_context": largest_batch(hw.memory_bytes, weights, per_token, context),
             "largest_context_at_batch": min(max(int(free_for_kv // (per_token * batch)), 0),
                                             art.model.context_length),
+            "refused": weights_do_not_fit(hw.memory_bytes, weights, per_token, context,
+                                          art.manifest.quantization.weights),
         }
     return report
 
@@ -105,4 +107,6 @@ def format_report(r: dict) -> str:
             f"  largest batch at that context: {m['largest_batch_at_context']}; "
             f"largest context at that batch: {m['largest_context_at_batch']}",
         ]
+        if m["refused"]:
+            lines.append(f"  edgeds load refuses it: {m['refused']}")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import generate as gen
-from . import prefix_cache
+from . import prefix_cache, tensorrt
 from .artifact import Artifact, load_artifact
 from .backends import registry
 from .backends.base import Backend
@@ -26,7 +26,7 @@ from .context import ContextChoice, choose_context, truncate_prompt
 from .default_model import default_artifact
 from .errors import ConfigError, UsageError
 from .hardware import Hardware, detect
-from .memory_budget import kv_budget, largest_batch, weight_bytes
+from .memory_budget import kv_budget, largest_batch, weight_bytes, weights_do_not_fit
 from .profiles import Profile, choose_profile, load_profiles
 from .sampling import SamplingParams
 from .selection import Choice, choose_backend
@@ -242,6 +242,12 @@ def load(artifact: str | Path | None = None, profile: str | None = None, backend
     prof, reasons = choose_profile(hw, load_profiles(), profile)
     window = choose_context(context, prof.name, prof.runtime.context, art.model.context_length)
     choice = choose_backend(prof, hw, art, backend, device, threads)
+    fmt = choice.artifact_format
+    if why := weights_do_not_fit(hw.memory_bytes,
+                                 weight_bytes(art.manifest, fmt, bool(choice.small_batch_max)),
+                                 art.manifest.kv_layout(fmt).bytes_per_token, window.tokens,
+                                 art.manifest.quantization.weights):
+        raise ConfigError(f"{art.root.name}: {why}")
     with ThreadPoolExecutor(2) as pool:
         # Only what will be read is hashed: an artifact's small-batch graph where it loads.
         files = art.files_for(choice.artifact_format, small_batch=bool(choice.small_batch_max))

@@ -44,3 +44,23 @@ def kv_budget(memory_bytes: int, weights: int) -> float:
 def largest_batch(memory_bytes: int, weights: int, per_token: int, context: int) -> int:
     """Slots that fit when each holds `context` tokens (0: not even one)."""
     return max(int(kv_budget(memory_bytes, weights) // (per_token * context)), 0)
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def weights_do_not_fit(memory_bytes: int, weights: int, per_token: int, tokens: int,
+                       scheme: str = "") -> str | None:
+    """Why these weights cannot run here at all (their bytes alone exceed what the machine can
+    give them), with the memory they would need for one sequence of `tokens`; None where they
+    fit. Loading would otherwise read until the OOM killer ends the process. `scheme`: the
+    artifact's weights, for the advice."""
+    if kv_budget(memory_bytes, weights) > 0:
+        return None
+    need = (weights + per_token * tokens) / USABLE
+    return (f"the weights alone are {gib(weights)}, more than the {gib(memory_bytes * USABLE)} "
+            f"this machine's {gib(memory_bytes)} leaves them ({USABLE:.0%}); one {tokens:,}-token "
+            f"sequence needs a machine of at least {gib(need)}"
+            + (" (or an export of fewer bits: --weights int4)" if scheme in ("int8", "int8-wo",
+                                                                          "fp16", "fp32") else ""))

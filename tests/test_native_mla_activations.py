@@ -99,7 +99,8 @@ def test_two_planes_keep_a_row_bit_identical_at_batch_1_and_64(exports):
 def test_activations_are_an_int8_weights_option(checkpoints, tmp_path):
     ck = checkpoints("deepseek_v3")
     with pytest.raises(ExportError, match="--activations is for --weights int8"):
-        export_checkpoint(ck, tmp_path / "a", formats=("onnx",), weights="int4", activations="int16")
+        export_checkpoint(ck, tmp_path / "a", formats=("onnx",), weights="int4",
+                          activations="int16")
     with pytest.raises(ExportError, match="unknown activations"):
         export_checkpoint(ck, tmp_path / "b", formats=("onnx",), activations="int4")
     with pytest.raises(ExportError, match="unknown embedding"):
