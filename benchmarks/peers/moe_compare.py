@@ -71,16 +71,17 @@ def prepare(
     peers_src: Path | None,
     peers_build: Path,
     threads: int,
+    direct_q8: bool = False,
+    drop_checkpoint: bool = False,
 ) -> dict[str, Path]:
-    """The checkpoint and every engine's model (each step skipped where its output exists)."""
+    """The checkpoint and every engine's model (each step skipped where its output exists; the
+    checkpoint written only where a step needs it: the same seed gives the same weights).
+    `direct_q8`: each peer's converter writes Q8_0 itself (no bf16 GGUF of twice the size, no
+    llama-quantize), one job after another; `drop_checkpoint`: the checkpoint deleted once the
+    models are made. Together they keep a full-depth model within a small disk."""
     from benchmarks.random_checkpoint import write_checkpoint
 
     src = work / f"v2-lite-{layers}l-src"
-    if not (src / "model.safetensors.index.json").exists():
-        (work / "config.json").write_text(json.dumps(checkpoint_config(config), indent=2))
-        write_checkpoint(
-            work / "config.json", src, CONFIGS.parent / "deepseek-v3-tokenizer", layers=layers
-        )
     paths = {"checkpoint": src}
     art = work / f"v2-lite-{layers}l-edgeds-int8"
     jobs = []  # the export and each peer's conversion at once: each is mostly one core
@@ -89,11 +90,24 @@ def prepare(
     paths |= {e: art for e in EDGEDS}
     for peer in (e for e in engines if e in PEERS):
         paths[peer] = work / f"v2-lite-{layers}l-{peer}-q8_0.gguf"
-        if not paths[peer].exists():
+        if paths[peer].exists():
+            continue
+        if direct_q8:
+            jobs.append(partial(convert_to_gguf, peer, src, paths[peer], peers_src, work, "q8_0"))
+        else:
             jobs.append(partial(peer_gguf, peer, src, paths[peer], peers_src, peers_build, threads))
-    with ThreadPoolExecutor(max(1, len(jobs))) as pool:
+    if jobs and not (src / "model.safetensors.index.json").exists():
+        (work / "config.json").write_text(json.dumps(checkpoint_config(config), indent=2))
+        write_checkpoint(
+            work / "config.json", src, CONFIGS.parent / "deepseek-v3-tokenizer", layers=layers
+        )
+    with ThreadPoolExecutor(1 if direct_q8 else max(1, len(jobs))) as pool:
         for job in [pool.submit(j) for j in jobs]:
             job.result()
+    if drop_checkpoint and src.exists():
+        import shutil
+
+        shutil.rmtree(src)
     return paths
 
 
@@ -132,10 +146,13 @@ def peer_gguf(
     bf16.unlink()
 
 
-def convert_to_gguf(peer: str, src: Path, out: Path, peers_src: Path | None, work: Path) -> None:
+def convert_to_gguf(
+    peer: str, src: Path, out: Path, peers_src: Path | None, work: Path, outtype: str = "bf16"
+) -> None:
     """The peer's own converter from its source tarball: ik_llama.cpp's keeps kv_b_proj whole
     beside the split K/V halves (it reads llama.cpp's split-only GGUF as an "incompatible
-    mainline model")."""
+    mainline model"). `outtype` q8_0: the converter's own Q8_0 (gguf-py's), in place of a bf16
+    GGUF for llama-quantize."""
     tree = work / f"{peer}-convert"
     if not (tree / "convert_hf_to_gguf.py").exists():
         if peers_src is None:
@@ -156,7 +173,7 @@ def convert_to_gguf(peer: str, src: Path, out: Path, peers_src: Path | None, wor
             str(tree / "convert_hf_to_gguf.py"),
             str(src),
             "--outtype",
-            "bf16",
+            outtype,
             "--outfile",
             str(out),
         ],
@@ -532,6 +549,16 @@ def main() -> None:
         help="the command that measured the rows, for the report (default: this one)",
     )
     ap.add_argument("--prepare-only", action="store_true")
+    ap.add_argument(
+        "--direct-q8",
+        action="store_true",
+        help="the peers' converters write Q8_0 themselves, one after another (no bf16 GGUF)",
+    )
+    ap.add_argument(
+        "--drop-checkpoint",
+        action="store_true",
+        help="delete the checkpoint once the models are made (rewritten, same seed, if needed)",
+    )
     ap.add_argument("--no-report", action="store_true")
     ap.add_argument(
         "--edgeds-child", nargs=2, metavar=("BACKEND", "ARTIFACT"), help=argparse.SUPPRESS
@@ -558,6 +585,8 @@ def main() -> None:
         Path(args.peers_src) if args.peers_src else None,
         Path(args.peers_build),
         args.threads,
+        args.direct_q8,
+        args.drop_checkpoint,
     )
     if args.prepare_only:
         return
