@@ -3,8 +3,9 @@
 
 It reads the artifact's weight file through its tensor index (`tensors.json`, MlaLayer records),
 so weights and quantization are the ONNX graph's, bit for bit. The int8 linear layers and experts
-are packed once at load into the GEMM kernels' layout and their file pages released as it goes;
-W_UK, W_UV and the float32 router are copied as they are. The cache is MLA's latent, numpy memory
+are packed once at load into the GEMM kernels' layout and their file pages released as it goes
+(map_experts: the routed experts read in place from the memory map instead); W_UK, W_UV and the
+float32 router are copied as they are. The cache is MLA's latent, numpy memory
 owned here: [layers, slots, capacity, kv_lora_rank + qk_rope_head_dim] float32. Slots are refilled
 while the others decode (continuous batching), as in the dense native backend, whose prefill and
 decode steps this class shares."""
@@ -54,9 +55,15 @@ class NativeMlaBackend(NativeBackend):
     device = "cpu"
     supports_refill = True
 
-    def __init__(self, artifact: Artifact, threads: int, use_amx: bool = True):
+    def __init__(self, artifact: Artifact, threads: int, use_amx: bool = True,
+                 map_experts: bool = False):
         """use_amx: take the AMX tiles where the CPU and kernel grant them (calls whose rows for
-        a weight reach 16; elsewhere the request fails and the VNNI kernel runs)."""
+        a weight reach 16; elsewhere the request fails and the VNNI kernel runs).
+        map_experts: the routed experts' weights are read where they lie in the artifact's
+        memory map (each call's work items pack the columns they take), not copied: most of a
+        MoE model's bytes stay file pages, shared and evictable, and load is a pass of column
+        sums. Off by default: the export's row-major [K, N] layout read by column stripes
+        costs decode about half its speed (benchmarks/results/moe-mapped-experts.md)."""
         check_threads(threads)
         if why := unsupported(artifact):
             raise ArtifactError(f"native backend: {why}")
@@ -125,6 +132,15 @@ class NativeMlaBackend(NativeBackend):
             setter(self._model, *where, _ptr(weight), _ptr(scales), lin["k"], lin["n"])
             release(lin["weight"], weight.nbytes)
 
+        def mapped(layer: int, e: int, which: int, lin: dict) -> None:
+            weight, scales = view(lin["weight"]), view(lin["scales"])
+            if weight.dtype != np.int8 or scales.dtype != np.float32:
+                raise ArtifactError("native backend: an expert's weights are not int8 with "
+                                    "float32 scales")
+            self.lib.em_set_expert_mapped(self._model, layer, e, which, _ptr(weight),
+                                          _ptr(scales), lin["k"], lin["n"])
+
+        self.maps_experts = map_experts
         for i, ly in enumerate(index["layers"]):
             for which, key in enumerate(("q_a", "q", "kv_a", "o")):
                 if ly[key] is not None:
@@ -137,7 +153,10 @@ class NativeMlaBackend(NativeBackend):
                 self.lib.em_set_router(self._model, i, _ptr(router), _ptr(bias))
                 for e, expert in enumerate(moe["experts"]):
                     for which, key in enumerate(("gate", "up", "down")):
-                        packed(self.lib.em_set_expert, i, e, which, lin=expert[key])
+                        if map_experts:
+                            mapped(i, e, which, lin=expert[key])
+                        else:
+                            packed(self.lib.em_set_expert, i, e, which, lin=expert[key])
                 if moe["shared"] is not None:
                     for which, key in enumerate(("gate", "up", "down")):
                         packed(self.lib.em_set_linear, i, 7 + which, lin=moe["shared"][key])
@@ -157,7 +176,10 @@ class NativeMlaBackend(NativeBackend):
         self.lib.em_set_norms(self._model, -1, _ptr(final_norm), None, None, None)
         cos, sin = view(index["cos"], np.float32), view(index["sin"], np.float32)
         self.lib.em_set_rope(self._model, _ptr(cos), _ptr(sin), index["cos"]["shape"][0])
-        data = None  # the packed copies are the library's; only the embedding table stays mapped
+        # The packed copies are the library's; the mapped experts (and the embedding table, below)
+        # are read from the map for the model's life.
+        self._data = data if map_experts else None
+        data = None
         embed = index["embed"]
         table, scales = embed["table"], embed["scales"]
         self._table = np.memmap(

@@ -148,6 +148,7 @@ def library() -> ctypes.CDLL:
     lib.em_profile.argtypes = [p, p, i]
     lib.em_set_linear.argtypes = [p, i, i, p, p, i, i]
     lib.em_set_expert.argtypes = [p, i, i, i, p, p, i, i]
+    lib.em_set_expert_mapped.argtypes = [p, i, i, i, p, p, i, i]
     lib.em_set_router.argtypes = [p, i, p, p]
     lib.em_set_absorb.argtypes = [p, i, p, p, p, p]
     lib.em_set_norms.argtypes = [p, i, p, p, p, p]

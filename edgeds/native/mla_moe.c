@@ -115,6 +115,10 @@ typedef struct {
   float *h, *xn, *proj, *kv, *query, *part, *scores, *vals, *out, *rs, *logit_e, *wts, *act, *ye,
       *ars;
   uint8_t *xq, *actq;
+  /* Mapped experts: per thread, an item's gate and up columns packed (2 x 4 blocks of K / 4 x 64
+   * bytes at the largest K), threads x that. */
+  int8_t *repack;
+  size_t repack_cap;
   /* Activations as two int8 planes (em_set_activations): a row's rounded value and what the
    * rounding left, 254 x finer, each plane a uint8 row of the same scale; the planes' int32
    * sums combine as hi + lo / 254 (about 15 bits a value, as int16 per row). The remainder
@@ -190,8 +194,47 @@ static Weights pack_any(const int8_t *w, const float *scale, int K, int N) {
 }
 
 static void free_weights(Weights *w) {
-  free(w->packed), free(w->zero_fix), free(w->scale);
-  w->packed = NULL, w->zero_fix = NULL, w->scale = NULL;
+  if (!w->rows) free(w->packed), free(w->scale); /* a mapped one's are the artifact's */
+  free(w->zero_fix);
+  w->packed = NULL, w->zero_fix = NULL, w->scale = NULL, w->rows = NULL;
+}
+
+/* Blocks [nb0, nb1) (sixteen columns each, at most four) of row-major int8 w [K][N] into dst in
+ * the packed layout, one block after another, as pack() lays them out: a mapped expert's
+ * columns, packed by the work item that reads them (into its thread's buffer, in L2). */
+enum { PREFETCH_ROWS = 32 };
+static void pack_blocks(const int8_t *w, int K, int N, int nb0, int nb1, int8_t *dst) {
+  const size_t bstride = (size_t)(K / 4) * 64;
+  for (int k = 0; k < K; k += 4) {
+    /* The item reads a 64-byte line a row, N bytes apart: too far apart for the hardware
+     * prefetcher, so the rows PREFETCH_ROWS ahead are asked for here. */
+    if (k + PREFETCH_ROWS + 4 <= K)
+      for (int i = 0; i < 4; i++)
+        _mm_prefetch((const char *)(w + (size_t)(k + PREFETCH_ROWS + i) * N + 16 * nb0),
+                     _MM_HINT_T0);
+    for (int b = nb0; b < nb1; b++) {
+      const int8_t *src = w + (size_t)k * N + 16 * b;
+      const __m128i r0 = _mm_loadu_si128((const __m128i *)src),
+                    r1 = _mm_loadu_si128((const __m128i *)(src + N)),
+                    r2 = _mm_loadu_si128((const __m128i *)(src + 2 * (size_t)N)),
+                    r3 = _mm_loadu_si128((const __m128i *)(src + 3 * (size_t)N));
+      const __m128i lo01 = _mm_unpacklo_epi8(r0, r1), hi01 = _mm_unpackhi_epi8(r0, r1);
+      const __m128i lo23 = _mm_unpacklo_epi8(r2, r3), hi23 = _mm_unpackhi_epi8(r2, r3);
+      int8_t *d = dst + (size_t)(b - nb0) * bstride + (size_t)k * 16;
+      _mm_store_si128((__m128i *)d, _mm_unpacklo_epi16(lo01, lo23));
+      _mm_store_si128((__m128i *)(d + 16), _mm_unpackhi_epi16(lo01, lo23));
+      _mm_store_si128((__m128i *)(d + 32), _mm_unpacklo_epi16(hi01, hi23));
+      _mm_store_si128((__m128i *)(d + 48), _mm_unpackhi_epi16(hi01, hi23));
+    }
+  }
+}
+
+/* Where an item's blocks [nb0, ...) of w start in the packed layout: in w's own packing, or
+ * (mapped) packed now into buf. */
+static const int8_t *item_blocks(const Weights *w, int nb0, int nb1, int8_t *buf) {
+  if (w->packed) return w->packed + (size_t)nb0 * (w->K / 4) * 64;
+  pack_blocks(w->rows, w->K, w->N, nb0, nb1, buf);
+  return buf;
 }
 
 static void free_mlp(Mlp *p) {
@@ -222,6 +265,32 @@ void em_set_expert(MlaModel *m, int layer, int e, int which, const int8_t *w, co
   MLayer *ly = &m->layer[layer];
   if (!ly->experts) ly->experts = calloc(m->d[D_EXPERTS], sizeof(Mlp));
   (&ly->experts[e].gate)[which] = pack_any(w, scale, K, N);
+}
+
+/* Routed expert e's weight `which` (0 gate, 1 up, 2 down) used where it lies: w int8 [K, N] and
+ * scale [N] in the caller's memory (the artifact's map), which must outlive the model. Only
+ * the zero-point fix (128 x each column's sum, N int32) is made here; each call's work items pack
+ * the columns they take (pack_blocks), so nothing of the weights is copied. */
+void em_set_expert_mapped(MlaModel *m, int layer, int e, int which, const int8_t *w,
+                          const float *scale, int K, int N) {
+  omp_set_num_threads(m->threads);
+  MLayer *ly = &m->layer[layer];
+  if (!ly->experts) ly->experts = calloc(m->d[D_EXPERTS], sizeof(Mlp));
+  Weights p = {K, N, NULL, alloc64((size_t)N * 4), (float *)scale, w};
+#pragma omp parallel for schedule(static)
+  for (int n0 = 0; n0 < N; n0 += 16) {
+    int32_t sum[16] = {0};
+    for (int k = 0; k < K; k++)
+      for (int i = 0; i < 16; i++) sum[i] += w[(size_t)k * N + n0 + i];
+    for (int i = 0; i < 16; i++) p.zero_fix[n0 + i] = sum[i] * 128;
+  }
+  const size_t need = (size_t)m->threads * 2 * 4 * (K / 4) * 64; /* gate and up, four blocks */
+  if (need > m->repack_cap) {
+    free(m->repack);
+    m->repack = alloc64(need);
+    m->repack_cap = need;
+  }
+  (&ly->experts[e].gate)[which] = p;
 }
 
 /* router [hidden][experts] float32; bias [experts] or NULL. */
@@ -299,7 +368,7 @@ void em_free(MlaModel *m) {
                 m->out, m->rs, m->logit_e, m->wts, m->act,   m->ye,   m->ars};
   for (size_t i = 0; i < sizeof f / sizeof *f; i++) free(f[i]);
   free(m->xq), free(m->actq), free(m->sel), free(m->assign), free(m->tok_of), free(m->items);
-  free(m->tiles), free(m->dec), free(m->ones), free(m->src), free(m->seg_base);
+  free(m->tiles), free(m->dec), free(m->ones), free(m->src), free(m->seg_base), free(m->repack);
   free(m);
 }
 
@@ -443,9 +512,11 @@ static void amx_rows(const uint8_t *a, int K, const int8_t *b, int nblk, int32_t
 
 /* An item on AMX tiles: 16 rows at a time; the same epilogue as the VNNI path's, and integer
  * sums are exact, so a row's result does not depend on which kernel its batch took. */
-static void run_item_amx(const Job *j, int nb0, int nb1) {
+static void run_item_amx(const Job *j, int nb0, int nb1, int8_t *buf) {
   const int K = j->w->K;
   const size_t bstride = (size_t)(K / 4) * 64;
+  const int8_t *wb = item_blocks(j->w, nb0, nb1, buf),
+               *ub = j->up ? item_blocks(j->up, nb0, nb1, buf + 4 * bstride) : NULL;
   int32_t out[16 * 64] __attribute__((aligned(64))), up[16 * 64] __attribute__((aligned(64)));
   const int per = j->lo ? 2 : 1, step = 16 / per; /* rows a tile holds: 16, or 8 two planes */
   for (int r0 = 0; r0 < j->rows; r0 += step) {
@@ -453,8 +524,8 @@ static void run_item_amx(const Job *j, int nb0, int nb1) {
     const uint8_t *a = j->tiles + (size_t)r0 * per * K;
     for (int nb = nb0; nb < nb1; nb += 4) {
       const int nblk = nb1 - nb < 4 ? nb1 - nb : 4;
-      amx_rows(a, K, j->w->packed + nb * bstride, nblk, out);
-      if (j->up) amx_rows(a, K, j->up->packed + nb * bstride, nblk, up);
+      amx_rows(a, K, wb + (nb - nb0) * bstride, nblk, out);
+      if (j->up) amx_rows(a, K, ub + (nb - nb0) * bstride, nblk, up);
       epilogue(j, r0, rows, nb, nblk, out, j->up ? up : NULL, 64);
     }
   }
@@ -470,9 +541,11 @@ static void tiles_on(void) {
 
 /* One item: every row of the job against blocks [nb0, nb1), four rows and up to four blocks at a
  * time (the weights of the item stay in L2 while the rows go by). */
-static void run_item(const Job *j, int nb0, int nb1) {
+static void run_item(const Job *j, int nb0, int nb1, int8_t *buf) {
   const int K = j->w->K;
   const size_t bstride = (size_t)(K / 4) * 64;
+  const int8_t *wb = item_blocks(j->w, nb0, nb1, buf),
+               *ub = j->up ? item_blocks(j->up, nb0, nb1, buf + 4 * bstride) : NULL;
   /* Four rows of A a micro kernel: four rows, or two rows' two planes each. */
   const int per = j->lo ? 2 : 1, step = 4 / per;
   for (int r0 = 0; r0 < j->rows; r0 += step) {
@@ -485,8 +558,8 @@ static void run_item(const Job *j, int nb0, int nb1) {
     for (int nb = nb0; nb < nb1; nb += 4) {
       const int nblk = nb1 - nb < 4 ? nb1 - nb : 4;
       int32_t out[4][64] __attribute__((aligned(64))), up[4][64] __attribute__((aligned(64)));
-      micro_any(ap, K, j->w->packed + nb * bstride, per * rows, nblk, out);
-      if (j->up) micro_any(ap, K, j->up->packed + nb * bstride, per * rows, nblk, up);
+      micro_any(ap, K, wb + (nb - nb0) * bstride, per * rows, nblk, out);
+      if (j->up) micro_any(ap, K, ub + (nb - nb0) * bstride, per * rows, nblk, up);
       epilogue(j, r0, rows, nb, nblk, out[0], j->up ? up[0] : NULL, 64);
     }
   }
@@ -553,16 +626,18 @@ static void run_jobs(MlaModel *m, Job *jobs, int n_jobs) {
 #ifdef __AMX_INT8__
     if (amx) tiles_on();
 #endif
+    int8_t *buf =
+        m->repack ? m->repack + m->repack_cap / m->threads * omp_get_thread_num() : NULL;
 #pragma omp for schedule(dynamic, 1)
     for (int i = 0; i < n; i++) {
       const Job *j = &jobs[items[i].job];
 #ifdef __AMX_INT8__
       if (j->tiles) {
-        run_item_amx(j, items[i].nb0, items[i].nb1);
+        run_item_amx(j, items[i].nb0, items[i].nb1, buf);
         continue;
       }
 #endif
-      run_item(j, items[i].nb0, items[i].nb1);
+      run_item(j, items[i].nb0, items[i].nb1, buf);
     }
 #ifdef __AMX_INT8__
     if (amx) _tile_release();
@@ -1002,7 +1077,8 @@ static void grow_scratch(MlaModel *m, int rows, int chunks) {
     m->act = alloc64(acts * 4), m->actq = alloc64(acts * m->planes), m->ars = alloc64(A * 4);
     m->actq_lo = m->planes > 1 ? acts : 0, m->xq_lo = m->planes > 1 ? R * wide : 0;
     m->ye = alloc64(A * hidden * 4);
-    m->xq = alloc64(R * wide * m->planes), m->sel = alloc64(R * topk * 4), m->assign = alloc64(R * topk * 4);
+    m->xq = alloc64(R * wide * m->planes), m->sel = alloc64(R * topk * 4),
+    m->assign = alloc64(R * topk * 4);
     m->tok_of = alloc64(A * 4);
     m->scores = alloc64((size_t)m->threads * H * KV_CHUNK * 4);
     m->rows_cap = rows, m->chunks_cap = chunks;
