@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import generate as gen
-from . import prefix_cache, tensorrt
+from . import prefix_cache
 from .artifact import Artifact, load_artifact
 from .backends import registry
 from .backends.base import Backend
