@@ -124,6 +124,74 @@ def test_infer_ray_writes_the_local_output_and_resumes_it(art, tmp_path):
     assert out.read_bytes() == before
 
 
+def test_the_driver_puts_batches_as_it_reads_and_holds_at_most_a_window():
+    """A big input goes to Ray a batch at a time while it is read: the driver never holds more
+    than the window, the batches are whole and in input order."""
+    from edgeds.ray.job import Batches
+
+    puts, held = [], []
+    b = Batches(lambda rows: puts.append(rows) or len(puts), full=8, min_batches=4, window=32)
+    for i in range(1000):
+        b.add({"line": i, "request": str(i)})
+        held.append(len(b.rows))
+    assert len(puts) == 125 and max(held) < 32  # all put before the input's end
+    b.close()
+    assert len(puts) == 125 and b.size == 8 and b.refs == list(range(1, 126))
+    assert [r["line"] for rows in puts for r in rows] == list(range(1000))
+
+
+def test_a_job_smaller_than_the_window_is_cut_so_that_every_worker_gets_some():
+    from edgeds.ray.job import Batches
+
+    puts = []
+    b = Batches(puts.append, full=8, min_batches=4, window=32)
+    for i in range(10):
+        b.add({"line": i, "request": str(i)})
+    assert puts == []  # the batch size is not known until the input ends or fills the window
+    b.close()
+    assert [len(rows) for rows in puts] == [3, 3, 3, 1] and b.size == 3
+    empty = Batches(puts.append, full=8, min_batches=4, window=32)
+    empty.close()
+    assert empty.refs == []
+
+
+def test_infer_ray_publishes_prometheus_metrics_and_the_prefix_cache_summary(
+        cluster, art, tmp_path):
+    """--prometheus-file with --ray: the local job's counters from the driver, the workers'
+    prefix-cache counters summed, no KV-cache gauges (the caches are in the workers); the
+    summary's prefix cache line is there too."""
+    from test_batch_metrics import samples
+
+    shared = "# a careful helper, one line\n" * 2  # over one 32-token block
+    objs = [{"id": f"r{i}", "prompt": f"{shared}def f{i}(x):"} for i in range(12)]
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    prom, summary_file = tmp_path / "job.prom", tmp_path / "summary.json"
+    write_lines(inp, objs, b"{not json\n")
+    r = joined(art, inp, out, "--max-new-tokens", TOKENS, "--ray", "--ray-address", cluster,
+               "--workers", 2, "--threads", 1, "--prometheus-file", prom,
+               "--metrics", summary_file)
+    assert r.returncode == 1, r.stderr  # the bad line is an error record
+    m = samples(prom.read_text())
+    ok = [x for x in read_out(out) if "error" not in x]
+    assert len(ok) == 12, (read_out(out)[:2], r.stderr)
+    assert m["edgeds_records_done_total"] == 12
+    assert m["edgeds_records_failed_total"] == 1
+    assert m["edgeds_records_pending"] == 0 and m["edgeds_records_running"] == 0
+    assert m["edgeds_prompt_tokens_total"] == sum(x["usage"]["prompt_tokens"] for x in ok)
+    assert m["edgeds_generated_tokens_total"] == sum(x["usage"]["completion_tokens"] for x in ok)
+    assert m["edgeds_request_latency_seconds_count"] == 12
+    assert m["edgeds_job_running"] == 0
+    assert not any(k.startswith("edgeds_kv_cache") for k in m)
+    summary = json.loads(summary_file.read_text())
+    p = summary["prefix_cache"]
+    assert p["lookups"] == 12
+    assert p["tokens_reused"] + p["tokens_prefilled"] == summary["prompt_tokens"]
+    assert p["hits"] > 0  # a worker's second batch reuses the prefix its first one cached
+    assert m["edgeds_prefix_cache_hits_total"] == p["hits"]
+    assert m["edgeds_prefix_cache_hit_tokens_total"] == p["tokens_reused"]
+    assert f"{p['hits']} / 12" in r.stderr
+
+
 def test_kill_9_of_a_worker_then_of_the_driver_then_a_rerun_gives_each_id_once(
         cluster, art, tmp_path):
     n = 48

@@ -69,6 +69,9 @@ class JobView:
     total_lines: int | None  # None: stdin, not known
     labels: dict[str, str]
     kv_bytes_per_token: int = 0
+    # False where the engines run in other processes (edgeds infer --ray): this process does
+    # not see their KV caches, and a gauge stuck at 0 would read as an empty cache.
+    kv_cache: bool = True
 
 
 def _escape(value: str) -> str:
@@ -136,10 +139,11 @@ class Metrics:
                self._process.memory_info().rss)
         metric("edgeds_peak_resident_memory_bytes", "gauge",
                "Peak resident memory of this process.", peak_rss_bytes())
-        metric("edgeds_kv_cache_tokens", "gauge",
-               "Tokens held in the KV cache by running sequences.", s.cached_tokens)
-        metric("edgeds_kv_cache_bytes", "gauge",
-               "Bytes of KV cache those tokens take.", s.cached_tokens * view.kv_bytes_per_token)
+        if view.kv_cache:
+            metric("edgeds_kv_cache_tokens", "gauge",
+                   "Tokens held in the KV cache by running sequences.", s.cached_tokens)
+            metric("edgeds_kv_cache_bytes", "gauge", "Bytes of KV cache those tokens take.",
+                   s.cached_tokens * view.kv_bytes_per_token)
         # Hook for the prefix cache (issue 12): the job sets these two counters once it reuses
         # cached prompt prefixes; until then they are None and not exported.
         if s.prefix_cache_hits is not None:

@@ -111,7 +111,7 @@ def command(
         _check_arguments(input, output, input_format, batch_size, threads, max_line_bytes, metrics,
                          prometheus_file, prometheus_port, ray)
         store_bytes = _check_prefix_cache(prefix_cache, prefix_cache_size, no_prefix_cache)
-        _check_ray(ray, ray_address, workers, prometheus_file, prometheus_port)
+        _check_ray(ray, ray_address, workers)
         if context < 0:
             raise UsageError(f"--context must be >= 2 (0: the profile's), not {context}")
         if ray and context:
@@ -123,10 +123,11 @@ def command(
             from ..ray.cluster import import_ray
 
             import_ray()  # not installed: one line, before the output is touched
-            with open_output(opts) as out:
+            with open_output(opts) as out, MetricsPublisher(
+                    prometheus_file, prometheus_port, prometheus_host) as publisher:
                 stats = _run_on_ray(opts, out, artifact, ray_address, workers, threads, profile,
                                     backend, device, prefix_cache or not no_prefix_cache,
-                                    store_bytes)
+                                    store_bytes, publisher)
             return _finish(stats, metrics)
         # locked: a second job on this output stops here; a port in use, before the model loads
         with open_output(opts) as out, \
@@ -160,7 +161,7 @@ def command(
 
 
 def _run_on_ray(opts, out, artifact, address, workers, threads, profile, backend, device,
-                prefix_cache, prefix_cache_size):
+                prefix_cache, prefix_cache_size, publisher=None):
     from ..ray.job import RayJob, RayOptions
 
     job = RayJob(opts, RayOptions(artifact, address, workers or None, threads or None, profile,
@@ -168,7 +169,7 @@ def _run_on_ray(opts, out, artifact, address, workers, threads, profile, backend
     typer.echo(f"edgeds: {job.describe()}", err=True)
     if out.resumable:
         typer.echo(f"edgeds: resuming {opts.output}: {out.resumable} records in it", err=True)
-    return job.run(out)
+    return job.run(out, metrics=publisher)
 
 
 def _finish(stats, metrics: str | None):
@@ -193,8 +194,7 @@ def _interrupt(*_):
     raise KeyboardInterrupt
 
 
-def _check_ray(ray: bool, address: str | None, workers: int, prometheus_file: str | None,
-               prometheus_port: int | None) -> None:
+def _check_ray(ray: bool, address: str | None, workers: int) -> None:
     if not ray:
         for flag, value in (("--ray-address", address), ("--workers", workers or None)):
             if value is not None:
@@ -202,9 +202,6 @@ def _check_ray(ray: bool, address: str | None, workers: int, prometheus_file: st
         return
     if workers < 0:
         raise UsageError(f"--workers must be >= 1 (0: one per node), not {workers}")
-    if prometheus_file is not None or prometheus_port is not None:
-        raise UsageError("--prometheus-file and --prometheus-port do not work with --ray yet "
-                         "(--metrics does)")
 
 
 def _check_prefix_cache(folder: str | None, size: str, off: bool) -> int:

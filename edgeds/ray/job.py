@@ -1,25 +1,29 @@
 """`edgeds infer --ray`: the local job's input and output, the engines on a Ray cluster.
 
-This process (the driver) reads and checks the input and resumes from the output exactly as
-the local job does (batch/admission.py), hands the records to compute to Ray Data as
-self-contained request lines, and writes each result that comes back through the local job's
-writer: it is the output's only writer, under its lock. Workers (edgeds.ray.Predictor, one
-engine each) write nothing, so a worker killed mid-batch costs only that batch, which Ray
-runs again, and a driver killed at any point leaves whole records that the next run keeps.
+This process (the driver) reads and checks the input and resumes from the output exactly as the
+local job does (batch/admission.py), hands the records to compute to Ray Data as self-contained
+request lines, and writes each result that comes back through the local job's writer: it is the
+output's only writer, under its lock. The input streams through: request lines go into Ray's
+object store one Ray batch at a time as they are read (Ray spills them to disk past its memory
+budget), so the driver holds at most a window of them (Batches), never the input; what it keeps
+per record is its key (each id is written once). Workers (edgeds.ray.Predictor, one engine each)
+write nothing, so a worker killed mid-batch costs only that batch, which Ray runs again, and a
+driver killed at any point leaves whole records that the next run keeps.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeds.artifact import load_artifact
 from edgeds.batch.admission import Admission
 from edgeds.batch.intake import END, Intake
 from edgeds.batch.job import Interrupted, JobOptions, StopFlag, handle_signals, settings_of
+from edgeds.batch.metrics import JobView, MetricsPublisher
 from edgeds.batch.output import OutputLog, record_key
 from edgeds.batch.progress import JobStats, Progress
 from edgeds.batch.records import request_line
@@ -28,6 +32,7 @@ from edgeds.default_model import default_artifact
 from edgeds.engine import context_for
 from edgeds.errors import EdgedsError
 from edgeds.hardware import detect
+from edgeds.prefix_cache import PrefixStats
 from edgeds.profiles import choose_profile, load_profiles
 from edgeds.ray.cluster import Pool, connect, size_pool
 from edgeds.ray.predictor import Predictor
@@ -54,6 +59,50 @@ class RayOptions:
     prefix_cache_size: int | None = None
 
 
+@dataclass
+class Batches:
+    """Request rows cut into Ray batches, each put (`put`: ray.put of an Arrow table) as soon as
+    it is whole. Until `window` rows are in hand the batch size is not fixed: a job that ends
+    before then (a small one) is cut into `min_batches` batches at least, so that every worker
+    gets some; past it, batches of `full` rows. At most `window` rows are ever held here."""
+
+    put: Callable[[list[dict]], object]
+    full: int  # rows of a batch once the job is known to be large
+    min_batches: int
+    window: int
+    refs: list = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    size: int | None = None  # rows per batch, once fixed
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.size is None and len(self.rows) >= self.window:
+            self.size = self.full
+        if self.size is not None:
+            while len(self.rows) >= self.size:
+                self._put(self.size)
+
+    def close(self) -> None:
+        if self.size is None:  # the whole job fits in the window
+            self.size = max(1, min(self.full, math.ceil(len(self.rows) / self.min_batches)))
+        while self.rows:
+            self._put(self.size)
+
+    def _put(self, n: int) -> None:
+        batch, self.rows = self.rows[:n], self.rows[n:]
+        self.refs.append(self.put(batch))
+
+
+def put_rows(ray):
+    """A batch of request rows as one Arrow table in Ray's object store (one Ray Data block)."""
+    import pyarrow as pa
+
+    def put(rows: list[dict]):
+        return ray.put(pa.table({"line": pa.array([r["line"] for r in rows], pa.int64()),
+                                 "request": pa.array([r["request"] for r in rows], pa.string())}))
+    return put
+
+
 class RayJob:
     def __init__(self, opts: JobOptions, ray_opts: RayOptions):
         """Connects to Ray and sizes the worker pool (a bad size is refused here, before
@@ -73,8 +122,13 @@ class RayJob:
         return (f"Ray ({where}, {len(p.node_cpus)} node{'s' * (len(p.node_cpus) > 1)}): "
                 f"{p.workers} worker{'s' * (p.workers > 1)} x {p.threads} threads")
 
-    def run(self, out: OutputLog, progress_stream=None) -> JobStats:
+    def run(self, out: OutputLog, progress_stream=None,
+            metrics: MetricsPublisher | None = None) -> JobStats:
+        """`metrics` (optional) publishes the job's Prometheus metrics from this process's
+        counters: records, tokens, latencies, the workers' prefix-cache counters as their
+        batches come back; no KV-cache gauges (the caches are in the workers)."""
         opts, stats, stop = self.opts, JobStats(), StopFlag()
+        self.stats, self.prefix = stats, PrefixStats()
         writer = JobWriter(out, stats, opts.fail_fast)
         out.start(settings_of(opts, self.artifact, self.context, self._engine_settings()))
         intake = Intake(opts.input, opts.max_line_bytes)
@@ -82,17 +136,22 @@ class RayJob:
         try:
             with handle_signals(stop):
                 progress.start()
+                if metrics is not None:
+                    metrics.start(JobView(stats, intake.total, self.metric_labels(),
+                                          kv_cache=False))
                 try:
                     admission = Admission(opts, out, writer, self.artifact.digest, self.context)
-                    rows, keys = self._admit(intake, admission, stop, writer)
-                    if rows and not stop.requested and not writer.failed_fast:
-                        self._compute(rows, keys, writer, stop)
+                    batches, keys = self._admit(intake, admission, stop, writer)
+                    if batches.refs and not stop.requested and not writer.failed_fast:
+                        self._compute(batches, keys, writer, stop)
                 except Interrupted:
                     pass
                 stats.interrupted = stop.requested
                 out.finish()
         finally:
             stats.ended = True
+            if metrics is not None:
+                metrics.stop()
             progress.stop()
             intake.close()
             self.ray.shutdown()
@@ -100,10 +159,14 @@ class RayJob:
         return stats
 
     def _admit(self, intake: Intake, admission: Admission, stop: StopFlag,
-               writer: JobWriter) -> tuple[list[dict], set[str]]:
-        """The input read to its end: error records written, the records to compute kept as
-        request lines (every setting and seed in them: the workers' defaults do not count)."""
-        rows, keys = [], set()
+               writer: JobWriter) -> tuple[Batches, set[str]]:
+        """The input read to its end: error records written, the records to compute put into
+        Ray's object store as request lines, a batch at a time (every setting and seed in them:
+        the workers' defaults do not count)."""
+        full = ROWS_PER_SLOT * self._slots()
+        min_batches = BATCHES_PER_WORKER * self.pool.workers
+        batches = Batches(put_rows(self.ray), full, min_batches, full * min_batches)
+        keys = set()
         while not writer.failed_fast:
             with stop.at_once():
                 item = intake.get(True, lambda: stop.requested)
@@ -111,15 +174,17 @@ class RayJob:
                 break
             if (admitted := admission.admit(*item)) is not None:
                 rec, _ = admitted
-                rows.append({"line": rec.line, "request": request_line(rec)})
+                batches.add({"line": rec.line, "request": request_line(rec)})
                 keys.add(record_key(rec.id))
-        return rows, keys
+        batches.close()
+        return batches, keys
 
-    def _compute(self, rows: list[dict], pending: set[str], writer: JobWriter,
+    def _compute(self, batches: Batches, pending: set[str], writer: JobWriter,
                  stop: StopFlag) -> None:
         stats = writer.stats
         stats.in_flight = len(pending)
-        for batch in self._results(rows, stop):
+        for batch in self._results(batches, stop):
+            new = False
             for rec_json, latency, ttft in zip(batch.column("record").to_pylist(),
                                                batch.column("latency_s").to_pylist(),
                                                batch.column("ttft_s").to_pylist(), strict=True):
@@ -127,6 +192,7 @@ class RayJob:
                 key = record_key(record["id"])
                 if key not in pending:
                     continue  # came back twice (a retried batch): written once already
+                new = True
                 pending.discard(key)
                 stats.in_flight -= 1
                 if "error" in record:
@@ -135,21 +201,37 @@ class RayJob:
                 writer.result(record, latency, ttft)
                 stats.tokens += record["usage"]["completion_tokens"]
                 stats.settled_tokens += record["usage"]["completion_tokens"]
+            if new:  # a batch that came back twice counts its cache's work once
+                self._prefix_counts(batch)
             if stop.requested or writer.failed_fast:
                 return
         if pending:
             raise RayJobError(f"{len(pending)} records did not come back from Ray; "
                               "run the same command again to compute them")
 
-    def _results(self, rows: list[dict], stop: StopFlag) -> Iterator:
-        """Ray's result blocks as they come (pyarrow tables); a failure as one line."""
+    def _prefix_counts(self, batch) -> None:
+        """The workers' prefix-cache counters summed (each batch's on its first row), live for
+        the metrics and, at the end, the summary's prefix_cache."""
+        if "prefix_cache" not in batch.column_names:
+            return
+        for counts in batch.column("prefix_cache").to_pylist():
+            if counts is None:
+                continue
+            self.prefix = PrefixStats(**{k: getattr(self.prefix, k) + v
+                                         for k, v in json.loads(counts).items()})
+            stats = self.stats
+            stats.prefix_cache_hits = self.prefix.hits
+            stats.prefix_cache_hit_tokens = self.prefix.tokens_reused
+            stats.prefix_cache = self.prefix.summary()
+
+    def _results(self, batches: Batches, stop: StopFlag) -> Iterator:
+        """Ray's result blocks as they come (pyarrow tables); a failure as one line. Each block
+        put is one Ray batch: one actor call."""
         ray, pool = self.ray, self.pool
-        rows_per_batch = max(1, min(ROWS_PER_SLOT * self._slots(),
-                                    math.ceil(len(rows) / (BATCHES_PER_WORKER * pool.workers))))
-        ds = ray.data.from_items(rows).map_batches(
+        ds = ray.data.from_arrow_refs(batches.refs).map_batches(
             Predictor, fn_constructor_kwargs=self._predictor_kwargs(),
             compute=ray.data.ActorPoolStrategy(size=pool.workers), num_cpus=pool.threads,
-            batch_size=rows_per_batch, batch_format="pyarrow")
+            batch_size=batches.size, batch_format="pyarrow")
         blocks = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
         while True:
             try:
@@ -177,6 +259,12 @@ class RayJob:
                 "prefix_cache": r.prefix_cache, "prefix_cache_size": r.prefix_cache_size,
                 "artifact_sha256": self.artifact.digest,
                 "context": self.context}
+
+    def metric_labels(self) -> dict[str, str]:
+        """The local job's labels; the backend is the one asked for ('auto': each worker picks
+        its own, as edgeds.load does, on its node's hardware)."""
+        return {"backend": self.ray_opts.backend or "auto", "profile": self.profile.name,
+                "artifact_sha256": self.artifact.digest}
 
     def _engine_settings(self) -> dict:
         p, r = self.pool, self.ray_opts

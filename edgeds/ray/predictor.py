@@ -5,7 +5,9 @@ of an `edgeds infer` line, and `line`), or a `request` column holding a whole JS
 Each row is checked as `edgeds infer` checks a line: a bad row becomes an error row, never an
 exception, so one bad prompt does not fail the dataset. Out come one row per row in: `id`,
 `text`, `reasoning`, `finish_reason`, `prompt_tokens`, `completion_tokens`, `latency_s`,
-`ttft_s`, `error`, `field`, `line`, and `record` (the line `edgeds infer` would write, as JSON).
+`ttft_s`, `error`, `field`, `line`, `record` (the line `edgeds infer` would write, as JSON) and
+`prefix_cache`: the prefix cache's counters over the whole batch (PrefixStats' fields, as JSON)
+on the batch's first row, None on the others and where the engine has no prefix cache.
 
 The whole batch is returned at once: an actor that dies mid-batch returns nothing of it, and
 Ray retries the batch on a new actor.
@@ -17,6 +19,7 @@ import json
 import math
 import os
 import socket
+from dataclasses import asdict, replace
 
 import numpy as np
 
@@ -29,7 +32,8 @@ from edgeds.errors import ArtifactError, ConfigError
 from edgeds.sampling import SamplingParams
 
 OUTPUT_COLUMNS = ("id", "text", "reasoning", "finish_reason", "prompt_tokens",
-                  "completion_tokens", "latency_s", "ttft_s", "error", "field", "line", "record")
+                  "completion_tokens", "latency_s", "ttft_s", "error", "field", "line", "record",
+                  "prefix_cache")
 
 
 class Predictor:
@@ -70,6 +74,8 @@ class Predictor:
 
     def __call__(self, batch) -> dict[str, list]:
         rows = batch_rows(batch)
+        prefix = self.engine.prefix
+        before = replace(prefix.stats) if prefix is not None else None
         done: list[tuple[dict, gen.Finished | None]] = [None] * len(rows)  # type: ignore[list-item]
         requests = []
         for i, row in enumerate(rows):
@@ -92,7 +98,10 @@ class Predictor:
             elif isinstance(event, gen.Rejected):  # that request alone (generate.rejection)
                 i, rec, _ = event.key
                 done[i] = error_record(rec.line, rec.id, event.error), None
-        return _columns(done)
+        out = _columns(done)
+        if before is not None and rows:
+            out["prefix_cache"][0] = json.dumps(asdict(prefix.stats.since(before)))
+        return out
 
     def _record(self, row: dict) -> Record | BadRecord:
         line = row.get("line")
@@ -161,7 +170,8 @@ def _columns(done: list[tuple[dict, gen.Finished | None]]) -> dict[str, list]:
                   "latency_s": None if finished is None else finished.latency_s,
                   "ttft_s": None if finished is None else finished.ttft_s,
                   "error": record.get("error"), "field": record.get("field"),
-                  "line": record.get("line"), "record": json.dumps(record)}
+                  "line": record.get("line"), "record": json.dumps(record),
+                  "prefix_cache": None}
         for name in OUTPUT_COLUMNS:
             out[name].append(values[name])
     return out
