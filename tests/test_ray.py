@@ -245,6 +245,17 @@ def wait_for_lines(path, count: int, proc, timeout_s: float = 120) -> bool:
     return False
 
 
+def test_the_local_ray_runs_its_workers_at_the_local_jobs_priority(tmp_path):
+    """Ray's default starts workers at nice 15, below its own processes and the driver."""
+    code = ("import os; from edgeds.ray.cluster import connect; ray = connect(None); "
+            "f = ray.remote(num_cpus=1)(lambda: os.nice(0)); "
+            "print('nice', ray.get(f.remote()) - os.nice(0))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV,
+                       timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "nice 0" in r.stdout.splitlines(), r.stdout
+
+
 def test_without_ray_the_flag_is_refused_in_one_line(art, tmp_path):
     inp = tmp_path / "in.jsonl"
     write_lines(inp, prompts(1))

@@ -50,6 +50,9 @@ def job(art: str | None, prompts: Path, tokens: int, work: Path, *flags) -> dict
 def simulated_cluster(nodes: int, node_cpus: int):
     from ray.cluster_utils import Cluster
 
+    # Workers at the priority of a local job, as the local Ray edgeds starts has them
+    # (edgeds/ray/cluster.py); the nodes' raylets read it from this process's environment.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": node_cpus, "include_dashboard": False})
     for _ in range(nodes - 1):

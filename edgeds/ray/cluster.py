@@ -30,6 +30,12 @@ def connect(address: str | None):
     # (/tmp/ray/session_latest/logs), workers' output too; a worker's error still ends the job
     # in one line.
     logging.getLogger("ray.data").setLevel(logging.ERROR)
+    if address is None:
+        # Ray starts its workers at nice 15, below its own processes and this one: an engine
+        # whose threads fill the cores then loses a thread to each of them for a while, and a
+        # step waits for its slowest thread. The local Ray that edgeds starts runs its workers
+        # at the priority a local job runs at; a cluster's nodes set it where `ray start` runs.
+        os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         ray.init(address=address or "local", num_cpus=None if address else os.cpu_count(),
                  include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
