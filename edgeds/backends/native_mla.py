@@ -40,8 +40,8 @@ def unsupported(artifact: Artifact) -> str | None:
     if e.routing not in ROUTINGS:
         return f"routing {e.routing!r}"
     if (e.n_routed_experts > MAX_EXPERTS or e.n_group > MAX_GROUPS or a.kv_lora_rank > MAX_LORA
-            or a.v_head_dim > MAX_V):
-        return "more experts, groups, latent or value width than the native decoder holds"
+            or a.v_head_dim > MAX_V or a.qk_nope_head_dim > MAX_V):
+        return "more experts, groups, latent, key or value width than the native decoder holds"
     widths = [m.hidden_size, a.kv_lora_rank, a.qk_rope_head_dim, a.qk_nope_head_dim, a.v_head_dim,
               m.vocab_size, m.intermediate_size, e.moe_intermediate_size, a.q_lora_rank or 16]
     if any(w % 16 for w in widths):

@@ -97,6 +97,11 @@ typedef struct {
 } Item;
 
 typedef struct {
+  size_t slot_row; /* the slot's first cached row: slot * capacity */
+  int t0, last;    /* the block's first position, its segment's last (rows past it repeat it) */
+} DecSource;
+
+typedef struct {
   int d[D_COUNT];
   float eps, softmax_scale, routed_scaling;
   int threads, rope_positions;
@@ -127,12 +132,13 @@ typedef struct {
   size_t xq_lo, actq_lo;
   int32_t *sel, *assign, *tok_of;
   Item *items;
-  /* prefill: decompressed keys and values [heads of a pass][rows of the pass][nope + v], where
-   * the pass's rows are cached (src), per-slot bookkeeping (seg_base), ones for a matvec's scale */
+  /* prefill: decompressed keys and values [heads of a pass][blocks of the pass] (dec_block),
+   * where each block's rows are cached (src), per-slot bookkeeping (seg_base), the row tiles
+   * (tile_row, tile_len: rows_cap each), ones for a matvec's scale */
   size_t dec_cap, src_cap, seg_cap;
   float *dec, *ones;
-  size_t *src;
-  int32_t *seg_base;
+  DecSource *src;
+  int32_t *seg_base, *tile_row, *tile_len, *task_tile;
 } MlaModel;
 
 static void *alloc64(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 * 64); }
@@ -368,7 +374,8 @@ void em_free(MlaModel *m) {
                 m->out, m->rs, m->logit_e, m->wts, m->act,   m->ye,   m->ars};
   for (size_t i = 0; i < sizeof f / sizeof *f; i++) free(f[i]);
   free(m->xq), free(m->actq), free(m->sel), free(m->assign), free(m->tok_of), free(m->items);
-  free(m->tiles), free(m->dec), free(m->ones), free(m->src), free(m->seg_base), free(m->repack);
+  free(m->tiles), free(m->dec), free(m->ones), free(m->src), free(m->seg_base), free(m->repack),
+      free(m->tile_row), free(m->tile_len);
   free(m);
 }
 
@@ -730,57 +737,139 @@ static inline __m512 hsum16(const __m512 v[16]) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xDD));
 }
 
-/* Every head's query q [heads][D] (latent query, then rope) over cached rows [t0, t1) of one
- * slot (kv: row t at kv + t * D): per head the chunk's peak, its exp-sum and the exp-weighted
- * sum of the latents, part [heads][2 + L]. */
-static void attend_chunk(const float *q, const float *kv, int chunk, int length, int h_lo, int h_hi,
-                         int D, int L, float scale, float *scores, float *part) {
+/* e^x, lanes at -80 or below 0 (a softmax weight that small is 0, not a subnormal: those cost
+ * microcode assists); x <= 0. Cephes' expf: 2^n times a degree-7 polynomial in the rest, about
+ * one ulp. One vector routine, so that a weight never depends on where a compiler put its
+ * position (a vectorized body or a scalar tail of libm's expf). */
+static inline __m512 exp_weights(__m512 x) {
+  const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-80.0f), _CMP_LE_OQ);
+  x = _mm512_max_ps(x, _mm512_set1_ps(-80.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_maskz_mov_ps(~tiny, _mm512_scalef_ps(p, n));
+}
+
+/* Scores of HB heads (query rows q[i]) against 16 / HB cached rows (k[j]), D floats each: lane
+ * i * (16 / HB) + j of the result is q[i] . k[j]. Each sum runs lane-wise over D in order, then
+ * through hsum16, whose tree is the same for every slot: a (head, row) score does not depend
+ * on HB or on which heads and rows share its block (callers pad a block by repeating a row). */
+static inline __attribute__((always_inline)) __m512 dots(const float *const *q,
+                                                         const float *const *k, int D,
+                                                         const int HB) {
+  const int TB = 16 / HB;
+  __m512 acc[16];
+  for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+  for (int c = 0; c < D; c += 16) {
+    __m512 kc[16];
+    for (int j = 0; j < TB; j++) kc[j] = _mm512_loadu_ps(k[j] + c);
+    for (int i = 0; i < HB; i++) {
+      const __m512 qc = _mm512_loadu_ps(q[i] + c);
+      for (int j = 0; j < TB; j++) acc[i * TB + j] = _mm512_fmadd_ps(qc, kc[j], acc[i * TB + j]);
+    }
+  }
+  return hsum16(acc);
+}
+
+/* acc[i][c] += sum over rows t of w[i][t] * kv[t][c0 + 16 c], for HB heads (weights w[i],
+ * KV_CHUNK apart) and CB sixteen-column blocks, rows in order: each head's sums are its own
+ * whatever HB and CB. */
+static inline __attribute__((always_inline)) void weigh(const float *const *w, const float *kv,
+                                                        int len, int D, float *const *out,
+                                                        const int HB, const int CB) {
+  __m512 acc[16];
+  for (int i = 0; i < HB; i++)
+    for (int c = 0; c < CB; c++) acc[i * CB + c] = _mm512_setzero_ps();
+  for (int t = 0; t < len; t++) {
+    __m512 vc[16];
+    for (int c = 0; c < CB; c++) vc[c] = _mm512_loadu_ps(kv + (size_t)t * D + 16 * c);
+    for (int i = 0; i < HB; i++) {
+      const __m512 p = _mm512_set1_ps(w[i][t]);
+      for (int c = 0; c < CB; c++) acc[i * CB + c] = _mm512_fmadd_ps(p, vc[c], acc[i * CB + c]);
+    }
+  }
+  for (int i = 0; i < HB; i++)
+    for (int c = 0; c < CB; c++) _mm512_storeu_ps(out[i] + 16 * c, acc[i * CB + c]);
+}
+
+/* Every head h_lo..h_hi of one query row (q [heads][D]: latent query, then rope) over one
+ * chunk of a slot's cached rows (kv: row t at kv + t * D): per head the chunk's peak, its
+ * exp-sum and the exp-weighted sum of the latents, part [heads][2 + L]. Heads go four at a
+ * time (a head alone where the task has fewer), so each cached row loaded serves four. */
+static __attribute__((noinline)) void attend_chunk(const float *q, const float *kv, int chunk,
+                                                   int length, int h_lo, int h_hi, int D, int L,
+                                                   float scale, float *scores, float *part) {
   const int t0 = chunk * KV_CHUNK, len = length - t0 < KV_CHUNK ? length - t0 : KV_CHUNK;
-  for (int b0 = 0; b0 < len; b0 += 16) {
-    const int nt = len - b0 < 16 ? len - b0 : 16;
-    const float *keys = kv + (size_t)(t0 + b0) * D;
-    for (int h = h_lo; h < h_hi; h++) {
-      __m512 acc[16];
-      for (int tt = 0; tt < 16; tt++) acc[tt] = _mm512_setzero_ps();
-      for (int c = 0; c < D; c += 16) {
-        __m512 qc = _mm512_loadu_ps(q + (size_t)h * D + c);
-        for (int tt = 0; tt < nt; tt++)
-          acc[tt] = _mm512_fmadd_ps(qc, _mm512_loadu_ps(keys + (size_t)tt * D + c), acc[tt]);
-      }
-      _mm512_mask_storeu_ps(scores + (size_t)h * KV_CHUNK + b0, (__mmask16)((1u << nt) - 1),
-                            _mm512_mul_ps(hsum16(acc), _mm512_set1_ps(scale)));
+  const int HB = h_hi - h_lo >= 4 ? 4 : 1, TB = 16 / HB;
+  kv += (size_t)t0 * D;
+  for (int b0 = 0; b0 < len; b0 += TB)
+    for (int h0 = h_lo; h0 < h_hi; h0 += HB) {
+      const float *qp[4], *kp[16];
+      for (int i = 0; i < HB; i++) qp[i] = q + (size_t)(h0 + i < h_hi ? h0 + i : h_hi - 1) * D;
+      for (int j = 0; j < TB; j++) kp[j] = kv + (size_t)(b0 + j < len ? b0 + j : len - 1) * D;
+      float s[16] __attribute__((aligned(64)));
+      _mm512_store_ps(s, _mm512_mul_ps(HB == 4 ? dots(qp, kp, D, 4) : dots(qp, kp, D, 1),
+                                       _mm512_set1_ps(scale)));
+      for (int i = 0; i < HB && h0 + i < h_hi; i++)
+        for (int j = 0; j < TB && b0 + j < len; j++)
+          scores[(size_t)(h0 + i) * KV_CHUNK + b0 + j] = s[i * TB + j];
     }
-  }
   for (int h = h_lo; h < h_hi; h++) {
-    float *s = scores + (size_t)h * KV_CHUNK, peak = -FLT_MAX, sum = 0;
-    for (int t = 0; t < len; t++) peak = fmaxf(peak, s[t]);
-    /* Far below the peak a weight is 0, not a subnormal (they cost microcode assists). */
-    for (int t = 0; t < len; t++) s[t] = s[t] - peak < -80.0f ? 0.0f : expf(s[t] - peak);
-    for (int t = 0; t < len; t++) sum += s[t];
-    part[(size_t)h * (L + 2)] = peak, part[(size_t)h * (L + 2) + 1] = sum;
-  }
-  /* Each latent row read once per 64 of its columns for four heads at a time. */
-  for (int c0 = 0; c0 < L; c0 += 64) {
-    const int chunks = L - c0 < 64 ? (L - c0) / 16 : 4;
-    for (int h0 = h_lo; h0 < h_hi; h0 += 4) {
-      const int hn = h_hi - h0 < 4 ? h_hi - h0 : 4;
-      __m512 acc[4][4];
-      for (int h = 0; h < hn; h++)
-        for (int c = 0; c < chunks; c++) acc[h][c] = _mm512_setzero_ps();
-      for (int t = 0; t < len; t++) {
-        __m512 vc[4];
-        for (int c = 0; c < chunks; c++)
-          vc[c] = _mm512_loadu_ps(kv + (size_t)(t0 + t) * D + c0 + 16 * c);
-        for (int h = 0; h < hn; h++) {
-          __m512 p = _mm512_set1_ps(scores[(size_t)(h0 + h) * KV_CHUNK + t]);
-          for (int c = 0; c < chunks; c++) acc[h][c] = _mm512_fmadd_ps(p, vc[c], acc[h][c]);
-        }
-      }
-      for (int h = 0; h < hn; h++)
-        for (int c = 0; c < chunks; c++)
-          _mm512_storeu_ps(part + (size_t)(h0 + h) * (L + 2) + 2 + c0 + 16 * c, acc[h][c]);
+    float *s = scores + (size_t)h * KV_CHUNK;
+    __m512 top = _mm512_set1_ps(-FLT_MAX), sum = _mm512_setzero_ps();
+    for (int t = 0; t < len; t += 16) {
+      const __mmask16 in = len - t >= 16 ? 0xFFFF : (__mmask16)((1u << (len - t)) - 1);
+      top = _mm512_mask_max_ps(top, in, top, _mm512_maskz_loadu_ps(in, s + t));
     }
+    const float peak = _mm512_reduce_max_ps(top);
+    for (int t = 0; t < len; t += 16) {
+      const __mmask16 in = len - t >= 16 ? 0xFFFF : (__mmask16)((1u << (len - t)) - 1);
+      const __m512 e = _mm512_maskz_mov_ps(
+          in, exp_weights(_mm512_sub_ps(_mm512_maskz_loadu_ps(in, s + t), _mm512_set1_ps(peak))));
+      _mm512_mask_storeu_ps(s + t, in, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    float lanes[16];
+    _mm512_storeu_ps(lanes, sum);
+    float total = 0;
+    for (int i = 0; i < 16; i++) total += lanes[i];
+    part[(size_t)h * (L + 2)] = peak, part[(size_t)h * (L + 2) + 1] = total;
   }
+  /* The weighted latents: 64 columns of four heads a pass (a head alone: 256 columns). */
+  const int CB = HB == 4 ? 4 : 16;
+  for (int c0 = 0; c0 < L; c0 += 16 * CB)
+    for (int h0 = h_lo; h0 < h_hi; h0 += HB) {
+      const float *wp[4];
+      float *op[4], spare[16 * 16] __attribute__((aligned(64)));
+      for (int i = 0; i < HB; i++) {
+        const int h = h0 + i < h_hi ? h0 + i : h_hi - 1;
+        wp[i] = scores + (size_t)h * KV_CHUNK;
+        op[i] = h0 + i < h_hi ? part + (size_t)h * (L + 2) + 2 + c0 : spare;
+      }
+      if (L - c0 >= 16 * CB) {
+        if (HB == 4)
+          weigh(wp, kv + c0, len, D, op, 4, 4);
+        else
+          weigh(wp, kv + c0, len, D, op, 1, 16);
+        continue;
+      }
+      for (int c = 0; c0 + c < L; c += 16) { /* L's last columns: 16 at a time */
+        float *oc[4];
+        for (int i = 0; i < HB; i++) oc[i] = op[i] == spare ? spare : op[i] + c;
+        if (HB == 4)
+          weigh(wp, kv + c0 + c, len, D, oc, 4, 1);
+        else
+          weigh(wp, kv + c0 + c, len, D, oc, 1, 1);
+      }
+    }
 }
 
 /* The chunks' partial softmaxes of one head merged in position order into its attended latent. */
@@ -810,171 +899,262 @@ static void attended_values(const MlaModel *m, const MLayer *ly, const float *pa
 
 enum { MAX_V = 256 };           /* v_head_dim (native_mla.py checks it) */
 enum { DEC_BUDGET = 64 << 20 }; /* bytes of decompressed keys and values a pass holds */
+/* prefill attention: query rows a tile, tiles a task (sharing each key load), keys a step */
+enum { PT = 8, TT = 4, KG = 64 };
 
-/* R (1-4) rows of x (ldx apart) against int8 w [K][N]: y[r][n] = scale[n] sum_k x[r][k] w[k][n].
- * Each row's sums run in one order whatever R is. N % 16 == 0. */
-static void int8_matvec_rows(const float *x, int ldx, int R, int K, const int8_t *w, int N,
+/* 8 rows of x (ldx apart) against int8 w [K][N]: y[r][n] = scale[n] sum_k x[r][k] w[k][n],
+ * 32 columns a pass (each weight converted once for the 8 rows). Each row's sums run over k in
+ * order, whatever the blocking. N % 16 == 0. */
+static void int8_matvec_rows(const float *x, int ldx, int K, const int8_t *w, int N,
                              const float *scale, float *y, int ldy) {
-  for (int n0 = 0; n0 < N; n0 += 64) {
-    const int chunks = N - n0 < 64 ? (N - n0) / 16 : 4;
-    __m512 acc[4][4];
-    for (int r = 0; r < R; r++)
-      for (int c = 0; c < chunks; c++) acc[r][c] = _mm512_setzero_ps();
+  for (int n0 = 0; n0 < N; n0 += 32) {
+    const int two = N - n0 >= 32;
+    __m512 acc[8][2];
+    for (int r = 0; r < 8; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int k = 0; k < K; k++) {
-      __m512 wk[4];
       const int8_t *row = w + (size_t)k * N + n0;
-      for (int c = 0; c < chunks; c++)
-        wk[c] = _mm512_cvtepi32_ps(
-            _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + 16 * c))));
-      for (int r = 0; r < R; r++) {
+      const __m512 a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)row)));
+      const __m512 b = two ? _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                 _mm_loadu_si128((const __m128i *)(row + 16))))
+                           : a;
+      for (int r = 0; r < 8; r++) {
         const __m512 xk = _mm512_set1_ps(x[(size_t)r * ldx + k]);
-        for (int c = 0; c < chunks; c++) acc[r][c] = _mm512_fmadd_ps(xk, wk[c], acc[r][c]);
+        acc[r][0] = _mm512_fmadd_ps(xk, a, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(xk, b, acc[r][1]);
       }
     }
-    for (int r = 0; r < R; r++)
-      for (int c = 0; c < chunks; c++)
-        _mm512_storeu_ps(y + (size_t)r * ldy + n0 + 16 * c,
-                         _mm512_mul_ps(acc[r][c], _mm512_loadu_ps(scale + n0 + 16 * c)));
+    for (int r = 0; r < 8; r++) {
+      _mm512_storeu_ps(y + (size_t)r * ldy + n0,
+                       _mm512_mul_ps(acc[r][0], _mm512_loadu_ps(scale + n0)));
+      if (two)
+        _mm512_storeu_ps(y + (size_t)r * ldy + n0 + 16,
+                         _mm512_mul_ps(acc[r][1], _mm512_loadu_ps(scale + n0 + 16)));
+    }
   }
 }
 
-/* One head of one query row over `length` keys, in chunks of KV_CHUNK merged as they come (an
- * online softmax, positions in order). q: the head's no-rope then rope query; keys: rows of
- * `dec` (nope key, then value, nope + dv floats a row) and the cached rope keys (latent rows of
- * `kv`, D apart, rope at L). out: the head's dv values. */
-static inline __attribute__((always_inline)) void attend_rows(const float *q, const float *dec,
-                                                              const float *kv, int length, int dn,
-                                                              int dr, int dv, int D, int L,
-                                                              float scale, float *buf, float *out,
-                                                              const int vc) {
-  const int row = dn + dv;
-  __m512 acc[MAX_V / 16];
-  for (int c = 0; c < vc; c++) acc[c] = _mm512_setzero_ps();
-  float peak = -FLT_MAX, sum = 0;
-  for (int t0 = 0; t0 < length; t0 += KV_CHUNK) {
-    const int len = length - t0 < KV_CHUNK ? length - t0 : KV_CHUNK;
-    for (int b0 = 0; b0 < len; b0 += 16) {
-      const int nt = len - b0 < 16 ? len - b0 : 16;
-      __m512 dot[16];
-      for (int tt = 0; tt < 16; tt++) dot[tt] = _mm512_setzero_ps();
-      for (int c = 0; c < dn; c += 16) {
-        const __m512 qc = _mm512_loadu_ps(q + c);
-        for (int tt = 0; tt < nt; tt++)
-          dot[tt] = _mm512_fmadd_ps(
-              qc, _mm512_loadu_ps(dec + (size_t)(t0 + b0 + tt) * row + c), dot[tt]);
-      }
-      for (int c = 0; c < dr; c += 16) {
-        const __m512 qc = _mm512_loadu_ps(q + dn + c);
-        for (int tt = 0; tt < nt; tt++)
-          dot[tt] = _mm512_fmadd_ps(
-              qc, _mm512_loadu_ps(kv + (size_t)(t0 + b0 + tt) * D + L + c), dot[tt]);
-      }
-      _mm512_mask_storeu_ps(buf + b0, (__mmask16)((1u << nt) - 1),
-                            _mm512_mul_ps(hsum16(dot), _mm512_set1_ps(scale)));
-    }
-    float top = peak;
-    for (int t = 0; t < len; t++) top = fmaxf(top, buf[t]);
-    const float keep = expf(peak - top); /* what the earlier chunks' sums are worth now */
-    sum *= keep;
-    for (int c = 0; c < vc; c++) acc[c] = _mm512_mul_ps(acc[c], _mm512_set1_ps(keep));
-    for (int t = 0; t < len; t++) buf[t] = buf[t] - top < -80.0f ? 0.0f : expf(buf[t] - top);
-    for (int t = 0; t < len; t++) sum += buf[t];
-    for (int t = 0; t < len; t++) {
-      const __m512 p = _mm512_set1_ps(buf[t]);
-      const float *v = dec + (size_t)(t0 + t) * row + dn;
-      for (int c = 0; c < vc; c++) acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16 * c), acc[c]);
-    }
-    peak = top;
-  }
-  for (int c = 0; c < vc; c++)
-    _mm512_storeu_ps(out + 16 * c, _mm512_div_ps(acc[c], _mm512_set1_ps(sum)));
-}
+/* Decompressed keys and values of one head, in blocks of 16 cached rows: the keys transposed,
+ * [nope + rope][16] (the rope part copied from the latent), then the values [16][v]. */
+static inline size_t dec_block(int dk, int dv) { return (size_t)16 * (dk + dv); }
 
-/* Not inlined: one copy of its float arithmetic (-ffast-math compiles expf loops differently
- * in each copy), with the value width a constant where it is DeepSeek's 128. */
-static __attribute__((noinline)) void attend_decompressed(const float *q, const float *dec,
-                                                          const float *kv, int length, int dn,
-                                                          int dr, int dv, int D, int L,
-                                                          float scale, float *buf, float *out) {
-  if (dv == 128)
-    attend_rows(q, dec, kv, length, dn, dr, 128, D, L, scale, buf, out, 8);
-  else
-    attend_rows(q, dec, kv, length, dn, dr, dv, D, L, scale, buf, out, dv / 16);
+/* Prefill attention of one head for up to TT tiles of PT query rows of one slot (q[PT * i + r]:
+ * nope then rope query at position qpos[...]) over that slot's decompressed blocks (dec), in
+ * steps of KG keys with an online softmax (flash attention): each step's keys, loaded once,
+ * serve every row of the tiles. out[...]: dv values. A row's sums run over keys and columns in
+ * one order whatever rows share its tile: keys past a row's position weigh 0 and a step with
+ * none of its keys leaves it as it was. */
+static __attribute__((noinline)) void attend_tiles(const float *const *q, const int32_t *qpos,
+                                                   int tiles, const float *dec, int dk, int dv,
+                                                   float scale, float *const *out) {
+  int keys = 0, reach[TT];
+  for (int i = 0; i < tiles; i++) {
+    reach[i] = 0;
+    for (int r = 0; r < PT; r++)
+      reach[i] = qpos[PT * i + r] + 1 > reach[i] ? qpos[PT * i + r] + 1 : reach[i];
+    keys = reach[i] > keys ? reach[i] : keys;
+  }
+  const size_t bf = dec_block(dk, dv);
+  float o[TT * PT][MAX_V] __attribute__((aligned(64))), p[PT][KG] __attribute__((aligned(64)));
+  float peak[TT * PT], sum[TT * PT];
+  for (int r = 0; r < tiles * PT; r++) {
+    peak[r] = -FLT_MAX, sum[r] = 0;
+    for (int c = 0; c < dv; c++) o[r][c] = 0;
+  }
+  for (int g0 = 0; g0 < keys; g0 += KG)
+    for (int i = 0; i < tiles; i++) {
+      if (g0 >= reach[i]) continue;
+      const float *const *qt = q + PT * i;
+      const int32_t *pt = qpos + PT * i;
+      const int nblk = (reach[i] - g0 < KG ? reach[i] - g0 + 15 : KG) / 16;
+      const float *blk = dec + (size_t)(g0 / 16) * bf;
+      for (int j = 0; j < nblk; j += 2) { /* scores, two blocks of 16 keys at a time */
+        const float *k0 = blk + j * bf, *k1 = j + 1 < nblk ? k0 + bf : k0;
+        __m512 acc[PT][2];
+        for (int r = 0; r < PT; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        for (int d = 0; d < dk; d++) {
+          const __m512 a = _mm512_load_ps(k0 + 16 * d), b = _mm512_load_ps(k1 + 16 * d);
+          for (int r = 0; r < PT; r++) {
+            const __m512 qd = _mm512_set1_ps(qt[r][d]);
+            acc[r][0] = _mm512_fmadd_ps(qd, a, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(qd, b, acc[r][1]);
+          }
+        }
+        for (int r = 0; r < PT; r++) {
+          _mm512_store_ps(p[r] + 16 * j, _mm512_mul_ps(acc[r][0], _mm512_set1_ps(scale)));
+          if (j + 1 < nblk)
+            _mm512_store_ps(p[r] + 16 * j + 16, _mm512_mul_ps(acc[r][1], _mm512_set1_ps(scale)));
+        }
+      }
+      for (int r = 0; r < PT; r++) { /* the causal mask, then the online softmax's step */
+        const int row = PT * i + r;
+        __m512 top = _mm512_set1_ps(-FLT_MAX);
+        __mmask16 seen[KG / 16];
+        for (int j = 0; j < nblk; j++) {
+          const __m512i t = _mm512_add_epi32(_mm512_set1_epi32(g0 + 16 * j),
+                                             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+                                                               11, 12, 13, 14, 15));
+          seen[j] = _mm512_cmple_epi32_mask(t, _mm512_set1_epi32(pt[r]));
+          top = _mm512_mask_max_ps(top, seen[j], top, _mm512_load_ps(p[r] + 16 * j));
+        }
+        const float was = peak[row], now = fmaxf(was, _mm512_reduce_max_ps(top));
+        float keep[16];
+        _mm512_storeu_ps(keep, exp_weights(_mm512_set1_ps(was - now)));
+        __m512 total = _mm512_setzero_ps();
+        for (int j = 0; j < nblk; j++) {
+          const __m512 e = _mm512_maskz_mov_ps(
+              seen[j],
+              exp_weights(_mm512_sub_ps(_mm512_load_ps(p[r] + 16 * j), _mm512_set1_ps(now))));
+          _mm512_store_ps(p[r] + 16 * j, e);
+          total = _mm512_add_ps(total, e);
+        }
+        float lanes[16];
+        _mm512_storeu_ps(lanes, total);
+        float add = 0;
+        for (int l = 0; l < 16; l++) add += lanes[l];
+        sum[row] = sum[row] * keep[0] + add, peak[row] = now;
+        if (keep[0] != 1.0f)
+          for (int c = 0; c < dv; c++) o[row][c] *= keep[0];
+      }
+      for (int c0 = 0; c0 < dv; c0 += 32) { /* values: 32 columns of every row a pass */
+        const int two = dv - c0 >= 32;
+        float(*ot)[MAX_V] = o + PT * i;
+        __m512 acc[PT][2];
+        for (int r = 0; r < PT; r++) {
+          acc[r][0] = _mm512_load_ps(ot[r] + c0);
+          acc[r][1] = two ? _mm512_load_ps(ot[r] + c0 + 16) : _mm512_setzero_ps();
+        }
+        for (int t = 0; t < 16 * nblk; t++) {
+          const float *v = blk + (size_t)(t / 16) * bf + 16 * dk + (size_t)(t % 16) * dv + c0;
+          const __m512 a = _mm512_loadu_ps(v), b = two ? _mm512_loadu_ps(v + 16) : a;
+          for (int r = 0; r < PT; r++) {
+            const __m512 w = _mm512_set1_ps(p[r][t]);
+            acc[r][0] = _mm512_fmadd_ps(w, a, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(w, b, acc[r][1]);
+          }
+        }
+        for (int r = 0; r < PT; r++) {
+          _mm512_store_ps(ot[r] + c0, acc[r][0]);
+          if (two) _mm512_store_ps(ot[r] + c0 + 16, acc[r][1]);
+        }
+      }
+    }
+  for (int r = 0; r < tiles * PT; r++)
+    for (int c = 0; c < dv; c++) out[r][c] = o[r][c] / sum[r];
 }
 
 /* Attention of a prefill call, keys and values decompressed from the latent (W_UK, W_UV per
  * head) instead of absorbed into each query: per key and head nope + dv MACs instead of
  * 2 * kv_lora_rank + rope. Each slot's cached rows [0, its last position in the call] are
  * decompressed once for all its rows of the call, in passes over as many heads as DEC_BUDGET
- * holds. q: proj (each head's nope then rotated rope query); out: vals [rows][H * dv]. A head's
- * arithmetic does not depend on the pass, the other slots or the thread count. */
+ * holds; then tiles of PT consecutive rows of one slot attend, a task per (tile, head). q: proj
+ * (each head's nope then rotated rope query); out: vals [rows][H * dv]. A head's arithmetic
+ * does not depend on the pass, the tile, the other slots or the thread count. */
 static void prefill_attention(MlaModel *m, const MLayer *ly, int rows, const int32_t *slot,
                               const int32_t *pos, const float *cl, int slots, int capacity,
                               const float *proj, float *vals) {
   const int *d = m->d;
   const int H = d[D_HEADS], L = d[D_KV_LORA], dr = d[D_ROPE], dn = d[D_NOPE], dv = d[D_V];
-  const int D = L + dr, QW = H * (dn + dr), row = dn + dv;
+  const int D = L + dr, QW = H * (dn + dr), dk = dn + dr;
+  const size_t bf = dec_block(dk, dv);
   if ((size_t)slots > m->seg_cap) {
     free(m->seg_base);
     m->seg_base = malloc((size_t)slots * 3 * sizeof(int32_t));
     m->seg_cap = slots;
   }
-  /* base: per slot, its segment (then its first row in the pass); need: per segment, its rows'
-   * last position + 1; first: per segment, its first row in the pass. */
+  /* base: per slot, its segment (then its first block in the pass); need: per segment, its
+   * rows' last position + 1; first: per segment, its first block in the pass. */
   int32_t *base = m->seg_base, *need = base + slots, *first = need + slots;
   for (int s = 0; s < slots; s++) base[s] = -1;
-  int total = 0, n_seg = 0;
+  int blocks = 0, n_seg = 0;
   for (int r = 0; r < rows; r++) {
     if (base[slot[r]] < 0) base[slot[r]] = n_seg++, need[base[slot[r]]] = 0;
     if (pos[r] + 1 > need[base[slot[r]]]) need[base[slot[r]]] = pos[r] + 1;
   }
-  /* src[g]: where the pass's row g is cached. */
-  for (int g = 0; g < n_seg; g++) first[g] = total, total += need[g];
-  if ((size_t)total > m->src_cap) {
+  for (int g = 0; g < n_seg; g++) first[g] = blocks, blocks += (need[g] + 15) / 16;
+  if ((size_t)blocks > m->src_cap) {
     free(m->src);
-    m->src = malloc((size_t)total * sizeof(size_t));
-    m->src_cap = total;
+    m->src = malloc((size_t)blocks * sizeof(DecSource));
+    m->src_cap = blocks;
   }
   for (int s = 0; s < slots; s++)
     if (base[s] >= 0) {
       const int g = base[s];
-      for (int t = 0; t < need[g]; t++) m->src[first[g] + t] = ((size_t)s * capacity + t) * D;
+      for (int b = 0; b < (need[g] + 15) / 16; b++)
+        m->src[first[g] + b] = (DecSource){(size_t)s * capacity, 16 * b, need[g] - 1};
       base[s] = first[g];
     }
-  int per = (int)(DEC_BUDGET / ((size_t)total * row * sizeof(float)));
+  /* Tiles: up to PT consecutive rows of one slot (rows of a slot come together, in order). */
+  int n_tiles = 0;
+  for (int r = 0; r < rows;) {
+    int n = 1;
+    while (n < PT && r + n < rows && slot[r + n] == slot[r]) n++;
+    m->tile_row[n_tiles] = r, m->tile_len[n_tiles++] = n;
+    r += n;
+  }
+  /* Tasks: up to TT tiles of one slot. */
+  int n_tasks = 0;
+  for (int t = 0; t < n_tiles;) {
+    int n = 1;
+    while (n < TT && t + n < n_tiles && slot[m->tile_row[t + n]] == slot[m->tile_row[t]]) n++;
+    m->task_tile[n_tasks++] = t;
+    t += n;
+  }
+  m->task_tile[n_tasks] = n_tiles;
+  int per = (int)(DEC_BUDGET / ((size_t)blocks * bf * sizeof(float)));
   per = per < 1 ? 1 : per > H ? H : per;
-  const size_t dec = (size_t)per * total * row;
+  const size_t dec = (size_t)per * blocks * bf;
   if (dec > m->dec_cap) {
     free(m->dec);
     m->dec = alloc64(dec * sizeof(float));
     m->dec_cap = dec;
   }
-  const int blocks = (total + 3) / 4;
   for (int h0 = 0; h0 < H; h0 += per) {
     const int h1 = h0 + per < H ? h0 + per : H;
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
     for (int b = 0; b < blocks; b++)
       for (int h = h0; h < h1; h++) {
-        const int g0 = 4 * b, R = total - g0 < 4 ? total - g0 : 4;
-        float x[4 * MAX_LORA];
-        float *y = m->dec + ((size_t)(h - h0) * total + g0) * row;
-        for (int r = 0; r < R; r++) /* W_UK's per-lora scale on the latent, W_UV's on the output */
-          for (int l = 0; l < L; l++)
-            x[r * L + l] = cl[m->src[g0 + r] + l] * ly->uk_scale[(size_t)h * L + l];
-        int8_matvec_rows(x, L, R, L, ly->w_ukt + (size_t)h * L * dn, dn, m->ones, y, row);
-        for (int r = 0; r < R; r++) memcpy(x + r * L, cl + m->src[g0 + r], L * sizeof(float));
-        int8_matvec_rows(x, L, R, L, ly->w_uv + (size_t)h * L * dv, dv,
-                         ly->uv_scale + (size_t)h * dv, y + dn, row);
+        const DecSource src = m->src[b];
+        float x[8 * MAX_LORA], keys[16 * MAX_V] __attribute__((aligned(64)));
+        float *y = m->dec + ((size_t)(h - h0) * blocks + b) * bf;
+        for (int r0 = 0; r0 < 16; r0 += 8) {
+          const float *lat[8];
+          for (int r = 0; r < 8; r++)
+            lat[r] = cl + (src.slot_row + (src.t0 + r0 + r < src.last ? src.t0 + r0 + r
+                                                                        : src.last)) * D;
+          /* W_UK's per-lora scale on the latent, W_UV's on the output */
+          for (int r = 0; r < 8; r++)
+            for (int l = 0; l < L; l++) x[r * L + l] = lat[r][l] * ly->uk_scale[(size_t)h * L + l];
+          int8_matvec_rows(x, L, L, ly->w_ukt + (size_t)h * L * dn, dn, m->ones, keys + r0 * dn,
+                           dn);
+          for (int r = 0; r < 8; r++) memcpy(x + r * L, lat[r], L * sizeof(float));
+          int8_matvec_rows(x, L, L, ly->w_uv + (size_t)h * L * dv, dv,
+                           ly->uv_scale + (size_t)h * dv, y + 16 * dk + r0 * dv, dv);
+          for (int r = 0; r < 8; r++)
+            for (int i = 0; i < dr; i++) y[(dn + i) * 16 + r0 + r] = lat[r][L + i];
+        }
+        for (int j = 0; j < 16; j++)
+          for (int i = 0; i < dn; i++) y[i * 16 + j] = keys[j * dn + i];
       }
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
-    for (int r = 0; r < rows; r++)
-      for (int h = h0; h < h1; h++)
-        attend_decompressed(proj + (size_t)r * QW + h * (dn + dr),
-                            m->dec + ((size_t)(h - h0) * total + base[slot[r]]) * row,
-                            cl + (size_t)slot[r] * capacity * D, pos[r] + 1, dn, dr, dv, D, L,
-                            m->softmax_scale,
-                            m->scores + (size_t)omp_get_thread_num() * H * KV_CHUNK,
-                            vals + (size_t)r * H * dv + h * dv);
+    for (int task = 0; task < n_tasks; task++)
+      for (int h = h0; h < h1; h++) {
+        const int t = n_tasks - 1 - task; /* the latest rows first: they have the most keys */
+        const float *q[TT * PT];
+        float *out[TT * PT], spare[MAX_V];
+        int32_t qpos[TT * PT];
+        const int t0 = m->task_tile[t], tiles = m->task_tile[t + 1] - t0;
+        for (int i = 0; i < tiles; i++) {
+          const int r0 = m->tile_row[t0 + i], n = m->tile_len[t0 + i];
+          for (int j = 0; j < PT; j++) {
+            const int r = r0 + (j < n ? j : n - 1);
+            q[PT * i + j] = proj + (size_t)r * QW + h * dk, qpos[PT * i + j] = pos[r];
+            out[PT * i + j] = j < n ? vals + (size_t)r * H * dv + h * dv : spare;
+          }
+        }
+        attend_tiles(q, qpos, tiles,
+                     m->dec + ((size_t)(h - h0) * blocks + base[slot[m->tile_row[t0]]]) * bf, dk,
+                     dv, m->softmax_scale, out);
+      }
   }
 }
 
@@ -1081,6 +1261,9 @@ static void grow_scratch(MlaModel *m, int rows, int chunks) {
     m->assign = alloc64(R * topk * 4);
     m->tok_of = alloc64(A * 4);
     m->scores = alloc64((size_t)m->threads * H * KV_CHUNK * 4);
+    free(m->tile_row), free(m->tile_len), free(m->task_tile);
+    m->tile_row = malloc(R * sizeof(int32_t)), m->tile_len = malloc(R * sizeof(int32_t));
+    m->task_tile = malloc((R + 1) * sizeof(int32_t));
     m->rows_cap = rows, m->chunks_cap = chunks;
   }
 }
