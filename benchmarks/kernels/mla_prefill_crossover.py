@@ -4,6 +4,11 @@ row turned into per-head keys and values once, 192-wide scores and 128-wide valu
 faster at which prompt length?
 
     python -m benchmarks.kernels.mla_prefill_crossover --threads 1 --tokens 16,64,256,1024
+    python -m benchmarks.kernels.mla_prefill_crossover --prefix 2048 --tokens 8,32,128,512
+
+--prefix P: the timed call's rows come after P cached positions (a resume after a prefix
+cache hit, or a prompt's later call): decompressed attention then decompresses all P + rows
+cached rows for the call, absorbed attention folds each new row's query once instead.
 
 One layer of DeepSeek-V2-Lite's attention widths (16 heads, kv_lora_rank 512, nope 128, rope 64,
 v 128, hidden 2048), random int8 weights built straight into mla_moe.c (no export), a small dense
@@ -74,23 +79,30 @@ def build(lib, threads: int, positions: int, rng):
     return model, keep
 
 
-def attention_seconds(lib, model, threads: int, tokens: int, prefill: int, rng) -> float:
-    """One prefill call of `tokens` rows (one sequence): on one thread the call's CPU seconds;
-    on more, the wall seconds of its attention phases."""
+def forward(lib, model, cache: np.ndarray, start: int, tokens: int, prefill: int, rng) -> None:
     ids = rng.integers(0, VOCAB, tokens).astype(np.int64)
-    slot, pos = np.zeros(tokens, np.int32), np.arange(tokens, dtype=np.int32)
+    slot, pos = np.zeros(tokens, np.int32), np.arange(start, start + tokens, dtype=np.int32)
     last = np.array([tokens - 1], np.int32)
-    cache = np.zeros((1, 1, tokens, LORA + ROPE), np.float32)
     logits = np.empty((32, VOCAB), np.float32)
+    rc = lib.em_forward(
+        model, tokens, ids.ctypes.data, slot.ctypes.data, pos.ctypes.data, 1, last.ctypes.data,
+        cache.ctypes.data, 1, cache.shape[2], prefill, logits.ctypes.data,
+    )
+    assert rc == 0, rc
+
+
+def attention_seconds(lib, model, threads: int, tokens: int, prefill: int, rng,
+                      prefix: int = 0) -> float:
+    """One prefill call of `tokens` rows (one sequence, after `prefix` cached positions): on
+    one thread the call's CPU seconds; on more, the wall seconds of its attention phases."""
+    cache = np.zeros((1, 1, prefix + tokens, LORA + ROPE), np.float32)
+    for at in range(0, prefix, 512):  # the cached prefix, untimed
+        forward(lib, model, cache, at, min(512, prefix - at), 1, rng)
     phases = np.zeros(8)
     lib.em_profile(model, phases.ctypes.data, 1)
     cpu = time.thread_time()
-    rc = lib.em_forward(
-        model, tokens, ids.ctypes.data, slot.ctypes.data, pos.ctypes.data, 1, last.ctypes.data,
-        cache.ctypes.data, 1, tokens, prefill, logits.ctypes.data,
-    )
+    forward(lib, model, cache, prefix, tokens, prefill, rng)
     cpu = time.thread_time() - cpu
-    assert rc == 0, rc
     lib.em_profile(model, phases.ctypes.data, 1)
     if threads == 1:  # the whole call's CPU time: less at the mercy of a busy machine than wall
         return cpu
@@ -102,18 +114,21 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tokens", default="16,32,64,128,256,512,1024")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--prefix", type=int, default=0, help="cached positions before the rows")
     args = p.parse_args()
     lengths = [int(t) for t in args.tokens.split(",")]
     lib, rng = library(), np.random.default_rng(0)
-    model, _keep = build(lib, args.threads, max(lengths), rng)
-    print(f"V2-Lite attention widths, one layer, {args.threads} threads, best of {args.rounds}")
-    print("| prompt tokens | absorbed ms | decompressed ms | absorbed / decompressed |")
+    model, _keep = build(lib, args.threads, args.prefix + max(lengths), rng)
+    print(f"V2-Lite attention widths, one layer, {args.threads} threads, best of {args.rounds}, "
+          f"after {args.prefix} cached positions")
+    print("| new rows | absorbed ms | decompressed ms | absorbed / decompressed |")
     print("|---|---|---|---|")
     for tokens in lengths:
         best = [np.inf, np.inf]
         for _ in range(args.rounds):
             for prefill in (0, 1):
-                took = attention_seconds(lib, model, args.threads, tokens, prefill, rng)
+                took = attention_seconds(lib, model, args.threads, tokens, prefill, rng,
+                                         args.prefix)
                 best[prefill] = min(best[prefill], took)
         print(f"| {tokens} | {best[0] * 1e3:.2f} | {best[1] * 1e3:.2f} | {best[0] / best[1]:.2f} |",
               flush=True)

@@ -217,6 +217,8 @@ class NativeMlaBackend(NativeBackend):
         self.lib.em_set_activations(self._model, planes)
         self.uses_amx = bool(self.lib.em_uses_amx(self._model))
         self.batch_size = self.capacity = self._prefill_call = 0
+        lora, dn, dv = a.kv_lora_rank, a.qk_nope_head_dim, a.v_head_dim
+        self._absorb_rows = lora * (dn + dv) / (2 * lora - dn - dv) if 2 * lora > dn + dv else 1e30
 
     def profile(self, reset: bool = False) -> np.ndarray:
         """Seconds spent in each phase of mla_moe.c's calls since the last reset: attention
@@ -267,10 +269,37 @@ class NativeMlaBackend(NativeBackend):
         starts: list[int] | None = None,
     ) -> np.ndarray:
         """Prompt rows attend over decompressed keys and values (per key and head nope + v
-        multiply-adds, where absorbed attention costs 2 x kv_lora_rank + rope); decode rows
-        over the latent, absorbed. A row's path is its call's kind, never its batch's makeup.
-        starts[i]: positions of prompt i already in its slot's latent (load_kv), not computed."""
-        self._prefill_call = 1
+        multiply-adds, where absorbed attention costs 2 x kv_lora_rank + rope), except a
+        prompt's few rows after many cached ones (a prefix cache hit), which attend absorbed as
+        decode rows do: decompressing the whole cached prefix for them would cost more
+        (`absorbs`). A row's path is its prompt's (new rows, cached rows), never its batch's
+        makeup or where the calls are cut. starts[i]: positions of prompt i already in its
+        slot's latent (load_kv), not computed."""
+        starts = [0] * len(prompts) if starts is None else list(starts)
+        if len(set(slots)) != len(slots):  # before the prompts part into two calls
+            raise ValueError("a slot given twice in one prefill")
+        absorbed = [self.absorbs(len(p) - s, s) for p, s in zip(prompts, starts)]
+        if every_position or all(absorbed) or not any(absorbed):
+            return self._prefill(0 if absorbed and all(absorbed) else 1, slots, prompts,
+                                 every_position, starts)
+        out = np.empty((len(prompts), self.vocab_size), np.float32)
+        for kind in (1, 0):
+            pick = [i for i, a in enumerate(absorbed) if a == (kind == 0)]
+            out[pick] = self._prefill(kind, [slots[i] for i in pick], [prompts[i] for i in pick],
+                                      False, [starts[i] for i in pick])
+        return out
+
+    def absorbs(self, rows: int, cached: int) -> bool:
+        """Whether `rows` new rows after `cached` positions cost less absorbed: decompressing
+        costs (cached + rows) x L (nope + v) multiply-adds per head, absorbed attention
+        (2L + rope) - (nope + rope + v) more per query row and key than decompressed, so it
+        wins while rows x (cached + rows / 2) < cached x L (nope + v) / (2L - nope - v): about
+        170 rows after a long prefix at V2-Lite's widths, as measured (results/
+        long-context.md: benchmarks/kernels/mla_prefill_crossover.py --prefix 2048)."""
+        return rows * (cached + rows / 2) < cached * self._absorb_rows
+
+    def _prefill(self, kind: int, slots, prompts, every_position, starts) -> np.ndarray:
+        self._prefill_call = kind
         try:
             return super().prefill(slots, prompts, every_position, starts)
         finally:
