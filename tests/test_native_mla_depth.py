@@ -1,0 +1,121 @@
+"""The native MLA decoder (edgeds/native/mla_moe.c) at depth: positions past 4,096 against
+transformers with yarn rope (V2: no q_lora, softmax routing; V3: q_lora, sigmoid routing),
+decode attention split over key chunks and head groups as bit for bit the same as one thread,
+prompts prefilled in one call or cut into many, alone or in a batch of 64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_export_parity import reference_logits
+from tiny_models import load_reference, make_checkpoint
+
+from edgeds import generate as gen
+from edgeds import native
+from edgeds.artifact import load_artifact
+from edgeds.backends import native as native_backend
+from edgeds.backends.native_mla import NativeMlaBackend
+from edgeds.backends.onnxruntime import OnnxRuntimeBackend
+from edgeds.hardware import detect
+from edgeds.sampling import SamplingParams
+
+pytestmark = pytest.mark.skipif(native.unavailable(detect().flags) is not None,
+                                reason=str(native.unavailable(detect().flags)))
+
+DEEP = 4400  # prompt tokens: past 4,096, over 18 decode chunks and 9 prefill calls
+CONTEXT = 4480
+YARN = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048, "beta_fast": 32,
+        "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707}
+
+
+@pytest.fixture(scope="module")
+def deep(tmp_path_factory):
+    from edgeds_export import export_checkpoint
+
+    root, cache = tmp_path_factory.mktemp("mla-deep"), {}
+
+    def get(kind: str):
+        if kind not in cache:
+            ck = make_checkpoint(root / f"ck-{kind}", kind, seed=3, max_position_embeddings=8192,
+                                 rope_scaling=YARN)
+            out = root / f"art-{kind}"
+            export_checkpoint(ck, out, formats=("onnx",), weights="int8", context=CONTEXT)
+            cache[kind] = ck, load_artifact(out)
+        return cache[kind]
+
+    return get
+
+
+def logits_at_depth(backend, prompt: np.ndarray, tokens: list[int]) -> np.ndarray:
+    """The last 256 prompt positions' logits, then a decode step per token."""
+    backend.start(1, CONTEXT)
+    rows = [backend.prefill([0], [prompt], every_position=True)[0][-256:]]
+    rows += [backend.decode(np.array([t]))[0][None].copy() for t in tokens]
+    return np.concatenate(rows)
+
+
+@pytest.mark.parametrize("kind", ["deepseek_v2", "deepseek_v3"])
+def test_logits_past_4096_follow_transformers_as_closely_as_onnxruntime(kind, deep):
+    ck, art = deep(kind)
+    prompt = np.random.default_rng(7).integers(2, 320, DEEP).astype(np.int64)
+    ref_prefill, ref_decode, tokens = reference_logits(load_reference(ck), prompt, 6)
+    ref = np.concatenate([ref_prefill[-256:], np.stack(ref_decode)])
+    scale = np.abs(ref).max()
+    # 3 threads > 1 row: decode attention splits over the 18 key chunks (flash-decoding).
+    got = logits_at_depth(NativeMlaBackend(art, 3), prompt, tokens[:6])
+    ort = logits_at_depth(OnnxRuntimeBackend(art, ["CPUExecutionProvider"], 2), prompt, tokens[:6])
+    error, ort_error = (np.abs(x - ref).max(-1) / scale for x in (got, ort))
+    assert error.max() < 1.5 * ort_error.max() + 1e-3
+    assert np.median(error) < 1.5 * np.median(ort_error) + 1e-4
+    agree, ort_agree = (np.mean(x.argmax(-1) == ref.argmax(-1)) for x in (got, ort))
+    assert agree >= ort_agree - 0.02
+
+
+def test_decode_at_depth_is_the_same_split_over_any_number_of_threads(deep):
+    """1 thread: the row's chunks in one task; 8: a task per chunk (four heads); 30: two heads
+    a task; 80: one head. The same logits to the bit."""
+    _, art = deep("deepseek_v2")
+    prompt = np.random.default_rng(8).integers(2, 320, DEEP).astype(np.int64)
+    runs = []
+    for threads in (1, 8, 30, 80):
+        backend = NativeMlaBackend(art, threads)
+        backend.start(1, CONTEXT)
+        backend.prefill([0], [prompt])
+        runs.append(np.stack([backend.decode(np.array([t]))[0].copy() for t in (5, 9, 11)]))
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run, runs[0])
+
+
+def test_a_long_prompt_in_many_calls_gives_the_logits_of_one(deep, monkeypatch):
+    """Prefill calls cut anywhere (97 rows: tiles, key blocks and decode chunks cut mid-way)
+    and greedy decode after: the same logits as calls of 512 rows, to the bit."""
+    _, art = deep("deepseek_v3")
+    prompt = np.random.default_rng(9).integers(2, 320, 1500).astype(np.int64)
+    backend = NativeMlaBackend(art, 2)
+    runs = []
+    for rows in (512, 97):
+        monkeypatch.setattr(native_backend, "PREFILL_ROWS", rows)
+        backend.start(2, 1600)
+        logits = [backend.prefill([1], [prompt], every_position=True)[0]]
+        for _ in range(4):
+            logits.append(backend.decode(np.array([3, logits[-1][-1].argmax()]))[1][None].copy())
+        runs.append(np.concatenate(logits))
+    np.testing.assert_array_equal(runs[1], runs[0])
+
+
+def test_greedy_is_the_same_at_batch_1_and_64_at_depth(deep):
+    """A 2,100-token prompt beside 63 short ones (one prefill, then 64 rows a decode step) and
+    alone (decode split over its key chunks): the same greedy tokens."""
+    _, art = deep("deepseek_v2")
+    rng = np.random.default_rng(10)
+    params = SamplingParams(max_new_tokens=5, ignore_eos=True)
+    lengths = [2100, *rng.integers(3, 300, 63)]
+    reqs = [gen.Request(i, rng.integers(2, 320, n).astype(np.int64), params)
+            for i, n in enumerate(lengths)]
+    backend = NativeMlaBackend(art, 4)
+    batched = {e.key: e.token_ids for e in gen.run(backend, reqs, 64, CONTEXT, set())
+               if isinstance(e, gen.Finished)}
+    for r in reqs[:3]:
+        [alone] = [e for e in gen.run(backend, [r], 1, CONTEXT, set())
+                   if isinstance(e, gen.Finished)]
+        assert alone.token_ids == batched[r.key]
