@@ -17,6 +17,9 @@
 # Another round on the same warm machine (each engine's rows kept as ENGINE-rN.json; the report
 # gives each row's median and range over the rounds):
 #   there: bash benchmarks/devices/moe_device.sh round N [ENGINES]
+# Batch 1 after longer prompts (issue 23's depths), each engine alone, into ENGINE-depth.json,
+# which the report joins to the engine's rows:
+#   there: bash benchmarks/devices/moe_device.sh depth 16384[,32768] [ENGINES]
 # Peers built ahead (a machine with the same CPU flags, GGML_NATIVE) may travel instead of being
 # built there: MOE_DIR/peers-bin.tar.xz (<peer>/llama-batched-bench, llama-quantize, stripped)
 # and MOE_DIR/peers-bin.flags (/proc/cpuinfo's flags where they were built); they are used only
@@ -127,5 +130,12 @@ case "$1" in
   round)
     ROUND=$2 measure "${3:-$PEERS,$EDGEDS}"
     report ;;
-  *) sed -n 2,25p "$0" >&2; exit 2 ;;
+  depth)
+    for e in ${3//,/ }; do
+      python3 -m $MC "${ARGS[@]}" --engines "$e" --depths "$2" --depth-only --no-report 2>&1 \
+        | tee -a "$OUT/moe.log"
+      cp "$WORK/$e-depth.json" "$OUT/" 2>/dev/null
+    done
+    report ;;
+  *) sed -n 2,28p "$0" >&2; exit 2 ;;
 esac

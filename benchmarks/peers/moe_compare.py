@@ -7,6 +7,9 @@
     ... --engines none --reuse llama.cpp,ik_llama.cpp   # a report from results in --work
     ... --engines none --collect ENGINES --bandwidth 79.6 # rows of this call's --no-report runs
                                             # (ENGINE-r1.json, -r2.json ...: rounds, merged)
+    ... --engines ik_llama.cpp,edgeds-native --depths 16384 --depth-only --no-report
+                                            # batch 1 after 16,384 tokens alone, into
+                                            # ENGINE-depth.json, which later reports join
 
 The checkpoint has DeepSeek-V2-Lite's widths cut to --layers layers (1 dense + the rest MoE: 64
 experts top-6 + 2 shared; benchmarks/random_checkpoint.py), random bf16 weights. edgeds
@@ -18,7 +21,9 @@ same threads: the peers as llama-batched-bench (llama.cpp with -nr: its weight r
 the deepseek2 graph; ik_llama.cpp with -mla 3 -fa on, fused MoE being its default), edgeds as the
 backend it loads (prefill and decode calls, no sampling: batched-bench samples nothing either),
 each on random tokens. Rows: prefill of a 512-token prompt; decode at batch 1 after 128 and after
-4,096 tokens; decode at batch 16 and 64 (each sequence 128 tokens, the whole batch's tokens/s).
+4,096 tokens; decode at batch 16 and 64 (each sequence 128 tokens, the whole batch's tokens/s);
+with --depths, prefill of and decode after longer single prompts (issue 23's depths: the peers'
+batched-bench prompt of that length then 32 steps, as llama-bench's -gp DEPTH,32 / -d DEPTH).
 Writes benchmarks/results/moe-<machine>.md and .json.
 """
 
@@ -44,6 +49,7 @@ CONFIGS = Path(os.environ.get("EDGEDS_CONFIGS", SHARED_REFERENCE / "configs"))
 
 PROMPT, DECODE_STEPS, BATCHES = 128, 32, (1, 16, 64)  # batched-bench's -npp, -ntg, -npl
 PREFILLS = (512, 4096)  # one sequence each, then DECODE_STEPS steps after it
+EXPORT_CONTEXT = 32768 + DECODE_STEPS + 64  # the deepest --depths row the export serves
 ROWS = {  # metric key: what the table calls it
     "prefill_512": "prefill 512 tok/s",
     "decode_b1_128": "decode batch 1 after 128 tokens, tok/s",
@@ -51,6 +57,16 @@ ROWS = {  # metric key: what the table calls it
     "decode_b16_128": "decode batch 16 (whole batch), tok/s",
     "decode_b64_128": "decode batch 64 (whole batch), tok/s",
 }
+DEPTH_TARGET = 1.2  # issue 23: batch 1 after each depth, over the best peer
+
+
+def depth_rows(depths) -> dict[str, str]:
+    """The table's rows for --depths (decode after, prefill of, each)."""
+    rows = {}
+    for d in depths:
+        rows[f"decode_b1_{d}"] = f"decode batch 1 after {d:,} tokens, tok/s"
+        rows[f"prefill_{d}"] = f"prefill {d:,} tok/s"
+    return rows
 # Issue 22's targets, edgeds over the best peer of each row (TARGETS[--targets]).
 TARGETS = {
     "xeon-amx-16t": {"prefill_512": 1.5, "decode_b1_128": 1.2, "decode_b1_4096": 1.2,
@@ -122,7 +138,7 @@ def checkpoint_config(config: Path, layers: int | None = None) -> dict:
 
 
 def export_edgeds(src: Path, art: Path) -> None:
-    context = max(PREFILLS) + DECODE_STEPS + 64
+    context = EXPORT_CONTEXT
     run([sys.executable, "-m", "edgeds.cli", "export", str(src), "-o", str(art), "--format", "onnx",
          "--weights", "int8", "--context", str(context), "--overwrite"])
 
@@ -233,15 +249,16 @@ def parse_batched_bench(text: str) -> list[dict]:
 def metrics_from_rows(rows: list[dict]) -> dict:
     m = {}
     for r in rows:
-        if r["batch"] == 1 and r["pp"] in PREFILLS:
+        if r["batch"] == 1 and r["pp"] != PROMPT:
             m[f"prefill_{r['pp']}"] = r["prefill_tok_s"]
         m[f"decode_b{r['batch']}_{r['pp']}"] = r["decode_tok_s"]
     return m
 
 
-def measure_peer(peer: str, gguf: Path, build: Path, threads: int) -> dict:
+def measure_peer(peer: str, gguf: Path, build: Path, threads: int, depths=(),
+                 depth_only: bool = False) -> dict:
     """Two batched-bench runs: the batches (each sequence its own slots: -c is the sum), then the
-    single long sequences."""
+    single long sequences; a third for --depths (or that alone: depth_only)."""
     exe = str(build / peer / "bin" / "llama-batched-bench")
     common = [
         "-m",
@@ -278,6 +295,11 @@ def measure_peer(peer: str, gguf: Path, build: Path, threads: int) -> dict:
             "1",
         ],
     ]
+    if depth_only:
+        calls = []
+    if depths:
+        calls.append(["-c", str(max(depths) + DECODE_STEPS + 64), "-npp",
+                      ",".join(map(str, depths)), "-ntg", str(DECODE_STEPS), "-npl", "1"])
     rows, rss = [], 0.0
     for args in calls:
         out, peak = run_measured([exe, *common, *args])
@@ -292,7 +314,8 @@ def measure_peer(peer: str, gguf: Path, build: Path, threads: int) -> dict:
     }
 
 
-def measure_edgeds(artifact: Path, backend: str, threads: int) -> dict:
+def measure_edgeds(artifact: Path, backend: str, threads: int, depths=(),
+                   depth_only: bool = False) -> dict:
     """The backend edgeds.load gives, driven as batched-bench drives a peer: random prompts into
     fresh slots, then DECODE_STEPS decode calls of random tokens; the first call of each shape
     warms it up untimed."""
@@ -319,7 +342,9 @@ def measure_edgeds(artifact: Path, backend: str, threads: int) -> dict:
         return batch * prompt / t_prefill, batch * DECODE_STEPS / (time.perf_counter() - t)
 
     rows = []
-    for batch, prompt in [*((b, PROMPT) for b in BATCHES), *((1, p) for p in PREFILLS)]:
+    shapes = [*((b, PROMPT) for b in BATCHES), *((1, p) for p in PREFILLS)]
+    shapes = [*([] if depth_only else shapes), *((1, d) for d in depths)]
+    for batch, prompt in shapes:
         run_batch(min(batch, 2), 16)  # warm-up
         s_pp, s_tg = run_batch(batch, prompt)
         rows.append(
@@ -361,18 +386,21 @@ def decode_read_gb(config: dict) -> float:
 
 def measure(engine: str, paths: dict, args) -> dict | None:
     """One engine's rows, in a process of its own (its peak RSS its own; nothing else running)."""
-    out = Path(args.work) / f"{engine}.json"
+    out = Path(args.work) / f"{engine}{'-depth' if args.depth_only else ''}.json"
     if engine in PEERS:
         try:
-            res = measure_peer(engine, paths[engine], Path(args.peers_build), args.threads)
+            res = measure_peer(engine, paths[engine], Path(args.peers_build), args.threads,
+                               args.depths, args.depth_only)
         except RuntimeError as exc:
             print(f"{engine}: {exc}", flush=True)
             return None
     else:
         child = [sys.executable, "-m", __spec__.name, "--edgeds-child", EDGEDS[engine]]
         child.append(str(paths[engine]))
+        extra = ["--depths", ",".join(map(str, args.depths))] if args.depths else []
         r = subprocess.run(
-            [*child, "--threads", str(args.threads), "--work", args.work], check=False
+            [*child, "--threads", str(args.threads), "--work", args.work, *extra,
+             *(["--depth-only"] if args.depth_only else [])], check=False
         )
         if r.returncode != 0:
             print(f"{engine}: failed ({r.returncode})", flush=True)
@@ -400,11 +428,23 @@ def merge_rounds(runs: list[dict]) -> dict:
 
 def collected(work: Path, engine: str) -> dict:
     """An engine's rows measured by earlier invocations: its rounds (ENGINE-rN.json, one per
-    call of moe_device.sh's measure) merged, else its one ENGINE.json."""
+    call of moe_device.sh's measure) merged, else its one ENGINE.json; with its --depth-only
+    rows (ENGINE-depth.json) where there are some."""
     rounds = sorted(work.glob(f"{engine}-r*.json"))
     if rounds:
-        return merge_rounds([json.loads(r.read_text()) for r in rounds])
-    return json.loads((work / f"{engine}.json").read_text())
+        res = merge_rounds([json.loads(r.read_text()) for r in rounds])
+    else:
+        res = json.loads((work / f"{engine}.json").read_text())
+    return with_depths(work, res)
+
+
+def with_depths(work: Path, res: dict) -> dict:
+    depth = work / f"{res['engine']}-depth.json"
+    if depth.exists():
+        extra = json.loads(depth.read_text())
+        res = dict(res, metrics={**res["metrics"], **extra["metrics"]},
+                   rows=[*res.get("rows", []), *extra.get("rows", [])])
+    return res
 
 
 def report(
@@ -443,9 +483,12 @@ def report(
         lo_hi = r.get("spread", {}).get(key)
         return f"{v:.1f}" + (f" ({lo_hi[0]:.1f}-{lo_hi[1]:.1f})" if lo_hi else "")
 
-    for key, label in ROWS.items():
+    deep = sorted({int(k.split("_")[-1]) for r in results for k in r["metrics"]
+                   if k.startswith("decode_b1_") and int(k.split("_")[-1]) not in (PROMPT, *PREFILLS)})
+    for key, label in {**ROWS, **depth_rows(deep)}.items():
         best = max((p["metrics"][key] for p in peers if key in p["metrics"]), default=None)
-        target = targets.get(key)
+        target = targets.get(key, DEPTH_TARGET if key.startswith("decode_b1_") and targets
+                             else None)
         ratios = [
             ratio_cell(o["metrics"][key] / best, target) if best and key in o["metrics"] else "-"
             for o in ours
@@ -548,6 +591,8 @@ def main() -> None:
         default=None,
         help="the command that measured the rows, for the report (default: this one)",
     )
+    ap.add_argument("--depths", default="", help="batch-1 rows after these prompt lengths too")
+    ap.add_argument("--depth-only", action="store_true", help="only the --depths rows")
     ap.add_argument("--prepare-only", action="store_true")
     ap.add_argument(
         "--direct-q8",
@@ -564,13 +609,15 @@ def main() -> None:
         "--edgeds-child", nargs=2, metavar=("BACKEND", "ARTIFACT"), help=argparse.SUPPRESS
     )
     args = ap.parse_args()
+    args.depths = [int(d) for d in args.depths.split(",") if d]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.edgeds_child:
         backend, art = args.edgeds_child
-        res = measure_edgeds(Path(art), backend, args.threads)
+        res = measure_edgeds(Path(art), backend, args.threads, args.depths, args.depth_only)
         name = next(e for e, b in EDGEDS.items() if b == backend)
-        (work / f"{name}.json").write_text(json.dumps(res | {"engine": name}, indent=2))
+        out = work / f"{name}{'-depth' if args.depth_only else ''}.json"
+        out.write_text(json.dumps(res | {"engine": name}, indent=2))
         return
     engines = [e for e in args.engines.split(",") if e and e != "none"]
     unknown = [e for e in engines if e not in EDGEDS and e not in PEERS]
@@ -600,7 +647,10 @@ def main() -> None:
     for engine in filter(None, args.collect.split(",")):
         results.append(collected(work, engine))
     for engine in filter(None, args.reuse.split(",")):
-        results.append(json.loads((work / f"{engine}.json").read_text()) | {"reused": True})
+        reused = json.loads((work / f"{engine}.json").read_text()) | {"reused": True}
+        results.append(with_depths(work, reused))
+    if args.depth_only:  # their rows are in ENGINE-depth.json (measure); the rest stays
+        return
     for r in results:
         (work / f"{r['engine']}.json").write_text(json.dumps(r, indent=2))
     if args.no_report:
