@@ -54,15 +54,20 @@ def logits_at_depth(backend, prompt: np.ndarray, tokens: list[int]) -> np.ndarra
     return np.concatenate(rows)
 
 
-@pytest.mark.parametrize("kind", ["deepseek_v2", "deepseek_v3"])
-def test_logits_past_4096_follow_transformers_as_closely_as_onnxruntime(kind, deep):
+@pytest.mark.parametrize("kind,cache", [("deepseek_v2", "float32"), ("deepseek_v3", "float32"),
+                                        ("deepseek_v2", "float16")])
+def test_logits_past_4096_follow_transformers_as_closely_as_onnxruntime(kind, cache, deep):
+    """float16: the latent cache rounded to half precision (cache_dtype), read by the same
+    kernels after conversion."""
     ck, art = deep(kind)
     prompt = np.random.default_rng(7).integers(2, 320, DEEP).astype(np.int64)
     ref_prefill, ref_decode, tokens = reference_logits(load_reference(ck), prompt, 6)
     ref = np.concatenate([ref_prefill[-256:], np.stack(ref_decode)])
     scale = np.abs(ref).max()
     # 3 threads > 1 row: decode attention splits over the 18 key chunks (flash-decoding).
-    got = logits_at_depth(NativeMlaBackend(art, 3), prompt, tokens[:6])
+    backend = NativeMlaBackend(art, 3, cache_dtype=cache)
+    got = logits_at_depth(backend, prompt, tokens[:6])
+    assert backend.latent.dtype == cache and cache in backend.cache_layout
     ort = logits_at_depth(OnnxRuntimeBackend(art, ["CPUExecutionProvider"], 2), prompt, tokens[:6])
     error, ort_error = (np.abs(x - ref).max(-1) / scale for x in (got, ort))
     assert error.max() < 1.5 * ort_error.max() + 1e-3
@@ -73,17 +78,20 @@ def test_logits_past_4096_follow_transformers_as_closely_as_onnxruntime(kind, de
 
 def test_decode_at_depth_is_the_same_split_over_any_number_of_threads(deep):
     """1 thread: the row's chunks in one task; 8: a task per chunk (four heads); 30: two heads
-    a task; 80: one head. The same logits to the bit."""
+    a task; 80: one head. The same logits to the bit, with either cache dtype."""
     _, art = deep("deepseek_v2")
     prompt = np.random.default_rng(8).integers(2, 320, DEEP).astype(np.int64)
     runs = []
-    for threads in (1, 8, 30, 80):
-        backend = NativeMlaBackend(art, threads)
+    for threads, cache in [(t, c) for c in ("float32", "float16") for t in (1, 8, 30, 80)]:
+        backend = NativeMlaBackend(art, threads, cache_dtype=cache)
         backend.start(1, CONTEXT)
         backend.prefill([0], [prompt])
         runs.append(np.stack([backend.decode(np.array([t]))[0].copy() for t in (5, 9, 11)]))
-    for run in runs[1:]:
+    for run in runs[1:4]:
         np.testing.assert_array_equal(run, runs[0])
+    for run in runs[5:]:
+        np.testing.assert_array_equal(run, runs[4])
+    assert not np.array_equal(runs[4], runs[0])  # the float16 cache is another cache
 
 
 def test_a_long_prompt_in_many_calls_gives_the_logits_of_one(deep, monkeypatch):

@@ -484,7 +484,7 @@ def report(
         return f"{v:.1f}" + (f" ({lo_hi[0]:.1f}-{lo_hi[1]:.1f})" if lo_hi else "")
 
     deep = sorted({int(k.split("_")[-1]) for r in results for k in r["metrics"]
-                   if k.startswith("decode_b1_") and int(k.split("_")[-1]) not in (PROMPT, *PREFILLS)})
+                   if k.startswith("decode_b1_")} - {PROMPT, *PREFILLS})
     for key, label in {**ROWS, **depth_rows(deep)}.items():
         best = max((p["metrics"][key] for p in peers if key in p["metrics"]), default=None)
         target = targets.get(key, DEPTH_TARGET if key.startswith("decode_b1_") and targets

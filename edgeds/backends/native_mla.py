@@ -6,7 +6,9 @@ so weights and quantization are the ONNX graph's, bit for bit. The int8 linear l
 are packed once at load into the GEMM kernels' layout and their file pages released as it goes
 (map_experts: the routed experts read in place from the memory map instead); W_UK, W_UV and the
 float32 router are copied as they are. The cache is MLA's latent, numpy memory
-owned here: [layers, slots, capacity, kv_lora_rank + qk_rope_head_dim] float32. Slots are refilled
+owned here: [layers, slots, capacity, kv_lora_rank + qk_rope_head_dim], float32 as the ONNX
+graph's, or float16 (cache_dtype: half the bytes a decode step reads at depth, as ik_llama.cpp's
+f16 cache; the latent is RMS-normed, its rope part small). Slots are refilled
 while the others decode (continuous batching), as in the dense native backend, whose prefill and
 decode steps this class shares."""
 
@@ -56,14 +58,15 @@ class NativeMlaBackend(NativeBackend):
     supports_refill = True
 
     def __init__(self, artifact: Artifact, threads: int, use_amx: bool = True,
-                 map_experts: bool = False):
+                 map_experts: bool = False, cache_dtype: str = "float32"):
         """use_amx: take the AMX tiles where the CPU and kernel grant them (calls whose rows for
         a weight reach 16; elsewhere the request fails and the VNNI kernel runs).
         map_experts: the routed experts' weights are read where they lie in the artifact's
         memory map (each call's work items pack the columns they take), not copied: most of a
         MoE model's bytes stay file pages, shared and evictable, and load is a pass of column
         sums. Off by default: the export's row-major [K, N] layout read by column stripes
-        costs decode about half its speed (benchmarks/results/moe-mapped-experts.md)."""
+        costs decode about half its speed (benchmarks/results/moe-mapped-experts.md).
+        cache_dtype: the latent cache's, float16 or float32."""
         check_threads(threads)
         if why := unsupported(artifact):
             raise ArtifactError(f"native backend: {why}")
@@ -108,6 +111,10 @@ class NativeMlaBackend(NativeBackend):
         )
         if not self._model:
             raise ArtifactError("native backend: the MLA decoder refused the model's dimensions")
+        if cache_dtype not in ("float16", "float32"):
+            raise ValueError(f"cache_dtype {cache_dtype!r}: float16 or float32")
+        self.cache_dtype = np.dtype(cache_dtype)
+        self.lib.em_set_cache_half(self._model, int(self.cache_dtype == np.float16))
         data_path = artifact.path(graph.data_file)
         with open(data_path, "rb") as f:
             data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -235,7 +242,8 @@ class NativeMlaBackend(NativeBackend):
     def start(self, batch_size: int, capacity: int) -> None:
         if (self.batch_size, self.capacity) != (batch_size, capacity):
             self.latent = None  # free the old cache before the new one is allocated
-            self.latent = np.zeros((self.layers, batch_size, capacity, self.latent_dim), np.float32)
+            self.latent = np.zeros((self.layers, batch_size, capacity, self.latent_dim),
+                                   self.cache_dtype)
         self._start_slots(batch_size, capacity)
 
     # A prefill call's rows attend over their slot's cached latent rows from position 0 (loaded
@@ -245,10 +253,10 @@ class NativeMlaBackend(NativeBackend):
 
     @property
     def cache_layout(self) -> str:
-        return f"native-mla:float32:latent[{self.layers},tokens,{self.latent_dim}]"
+        return f"native-mla:{self.cache_dtype.name}:latent[{self.layers},tokens,{self.latent_dim}]"
 
     def kv_block_shape(self, tokens: int) -> tuple[np.dtype, tuple[int, ...]]:
-        return np.dtype(np.float32), (self.layers, tokens, self.latent_dim)
+        return self.cache_dtype, (self.layers, tokens, self.latent_dim)
 
     def kv_rows(self, slot: int, start: int, stop: int) -> np.ndarray:
         return self.latent[:, slot, start:stop].copy()

@@ -145,6 +145,7 @@ def library() -> ctypes.CDLL:
     lib.em_uses_amx.argtypes = [p]
     lib.em_set_activations.argtypes = [p, i]
     lib.em_set_embedding_f16.argtypes = [p, p]
+    lib.em_set_cache_half.argtypes = [p, i]
     lib.em_profile.argtypes = [p, p, i]
     lib.em_set_linear.argtypes = [p, i, i, p, p, i, i]
     lib.em_set_expert.argtypes = [p, i, i, i, p, p, i, i]

@@ -8,7 +8,8 @@
  * head with per-column scales, applied to float activations; the router in float32.
  *
  * - The cache holds MLA's latent: kv_lora_rank normed values + qk_rope_head_dim rotated ones per
- *   token per layer, [layers, slots, capacity, kv_lora_rank + rope] float32, owned by the caller.
+ *   token per layer, [layers, slots, capacity, kv_lora_rank + rope] float16 (em_set_cache_half:
+ *   half what decode reads at depth) or float32, owned by the caller.
  *   Decode attention is absorbed: W_UK is folded into the query, every head attends over the
  *   latent directly (each cached row read once for all heads), W_UV turns the attended latent
  *   into values. Attention runs over fixed chunks of KV_CHUNK positions, each a task of its
@@ -106,6 +107,7 @@ typedef struct {
   float eps, softmax_scale, routed_scaling;
   int threads, rope_positions;
   int amx; /* the process holds the AMX tiles: jobs of AMX_MIN_ROWS rows or more use them */
+  int half; /* the latent cache holds float16 (em_set_cache_half), else float32 */
   double seconds[P_COUNT], stamp; /* em_profile's */
   MLayer *layer;
   Weights head;
@@ -180,6 +182,9 @@ int em_set_activations(MlaModel *m, int planes) {
   m->rows_cap = 0; /* the scratch rows are sized by the planes */
   return 0;
 }
+
+/* The cache em_forward is given holds float16 (half: 1) or float32 (0). */
+void em_set_cache_half(MlaModel *m, int half) { m->half = half != 0; }
 
 /* pack() of int8_gemm.h where N % 64 == 0 (vectorized, parallel); else one column at a time, into
  * the same layout: [N/16][K/4][16][4]. */
@@ -737,6 +742,18 @@ static inline __m512 hsum16(const __m512 v[16]) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xDD));
 }
 
+/* Sixteen latent values from column i of a cached row (float16 where half, else float32):
+ * every reader converts the same way, so a row's keys are the same to prefill and decode. */
+static inline __m512 latent16(const void *row, int i, const int half) {
+  return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + i)))
+              : _mm512_loadu_ps((const float *)row + i);
+}
+
+/* Row `row` (counted from base) of a cache whose rows are D values. */
+static inline const void *latent_row(const void *base, size_t row, int D, int half) {
+  return (const char *)base + row * D * (half ? 2 : 4);
+}
+
 /* e^x, lanes at -80 or below 0 (a softmax weight that small is 0, not a subnormal: those cost
  * microcode assists); x <= 0. Cephes' expf: 2^n times a degree-7 polynomial in the rest, about
  * one ulp. One vector routine, so that a weight never depends on where a compiler put its
@@ -763,14 +780,14 @@ static inline __m512 exp_weights(__m512 x) {
  * through hsum16, whose tree is the same for every slot: a (head, row) score does not depend
  * on HB or on which heads and rows share its block (callers pad a block by repeating a row). */
 static inline __attribute__((always_inline)) __m512 dots(const float *const *q,
-                                                         const float *const *k, int D,
-                                                         const int HB) {
+                                                         const void *const *k, int D,
+                                                         const int HB, const int half) {
   const int TB = 16 / HB;
   __m512 acc[16];
   for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
   for (int c = 0; c < D; c += 16) {
     __m512 kc[16];
-    for (int j = 0; j < TB; j++) kc[j] = _mm512_loadu_ps(k[j] + c);
+    for (int j = 0; j < TB; j++) kc[j] = latent16(k[j], c, half);
     for (int i = 0; i < HB; i++) {
       const __m512 qc = _mm512_loadu_ps(q[i] + c);
       for (int j = 0; j < TB; j++) acc[i * TB + j] = _mm512_fmadd_ps(qc, kc[j], acc[i * TB + j]);
@@ -782,15 +799,17 @@ static inline __attribute__((always_inline)) __m512 dots(const float *const *q,
 /* acc[i][c] += sum over rows t of w[i][t] * kv[t][c0 + 16 c], for HB heads (weights w[i],
  * KV_CHUNK apart) and CB sixteen-column blocks, rows in order: each head's sums are its own
  * whatever HB and CB. */
-static inline __attribute__((always_inline)) void weigh(const float *const *w, const float *kv,
+static inline __attribute__((always_inline)) void weigh(const float *const *w, const void *kv,
                                                         int len, int D, float *const *out,
-                                                        const int HB, const int CB) {
+                                                        const int HB, const int CB,
+                                                        const int half) {
   __m512 acc[16];
   for (int i = 0; i < HB; i++)
     for (int c = 0; c < CB; c++) acc[i * CB + c] = _mm512_setzero_ps();
   for (int t = 0; t < len; t++) {
     __m512 vc[16];
-    for (int c = 0; c < CB; c++) vc[c] = _mm512_loadu_ps(kv + (size_t)t * D + 16 * c);
+    const void *row = latent_row(kv, t, D, half);
+    for (int c = 0; c < CB; c++) vc[c] = latent16(row, 16 * c, half);
     for (int i = 0; i < HB; i++) {
       const __m512 p = _mm512_set1_ps(w[i][t]);
       for (int c = 0; c < CB; c++) acc[i * CB + c] = _mm512_fmadd_ps(p, vc[c], acc[i * CB + c]);
@@ -804,19 +823,21 @@ static inline __attribute__((always_inline)) void weigh(const float *const *w, c
  * chunk of a slot's cached rows (kv: row t at kv + t * D): per head the chunk's peak, its
  * exp-sum and the exp-weighted sum of the latents, part [heads][2 + L]. Heads go four at a
  * time (a head alone where the task has fewer), so each cached row loaded serves four. */
-static __attribute__((noinline)) void attend_chunk(const float *q, const float *kv, int chunk,
-                                                   int length, int h_lo, int h_hi, int D, int L,
-                                                   float scale, float *scores, float *part) {
+static inline __attribute__((always_inline)) void attend_chunk_t(
+    const float *q, const void *kv, int chunk, int length, int h_lo, int h_hi, int D, int L,
+    float scale, float *scores, float *part, const int half) {
   const int t0 = chunk * KV_CHUNK, len = length - t0 < KV_CHUNK ? length - t0 : KV_CHUNK;
   const int HB = h_hi - h_lo >= 4 ? 4 : 1, TB = 16 / HB;
-  kv += (size_t)t0 * D;
+  kv = latent_row(kv, t0, D, half);
   for (int b0 = 0; b0 < len; b0 += TB)
     for (int h0 = h_lo; h0 < h_hi; h0 += HB) {
-      const float *qp[4], *kp[16];
+      const float *qp[4];
+      const void *kp[16];
       for (int i = 0; i < HB; i++) qp[i] = q + (size_t)(h0 + i < h_hi ? h0 + i : h_hi - 1) * D;
-      for (int j = 0; j < TB; j++) kp[j] = kv + (size_t)(b0 + j < len ? b0 + j : len - 1) * D;
+      for (int j = 0; j < TB; j++) kp[j] = latent_row(kv, b0 + j < len ? b0 + j : len - 1, D, half);
       float s[16] __attribute__((aligned(64)));
-      _mm512_store_ps(s, _mm512_mul_ps(HB == 4 ? dots(qp, kp, D, 4) : dots(qp, kp, D, 1),
+      _mm512_store_ps(s, _mm512_mul_ps(HB == 4 ? dots(qp, kp, D, 4, half)
+                                               : dots(qp, kp, D, 1, half),
                                        _mm512_set1_ps(scale)));
       for (int i = 0; i < HB && h0 + i < h_hi; i++)
         for (int j = 0; j < TB && b0 + j < len; j++)
@@ -855,21 +876,34 @@ static __attribute__((noinline)) void attend_chunk(const float *q, const float *
         op[i] = h0 + i < h_hi ? part + (size_t)h * (L + 2) + 2 + c0 : spare;
       }
       if (L - c0 >= 16 * CB) {
+        const void *col = (const char *)kv + (size_t)c0 * (half ? 2 : 4);
         if (HB == 4)
-          weigh(wp, kv + c0, len, D, op, 4, 4);
+          weigh(wp, col, len, D, op, 4, 4, half);
         else
-          weigh(wp, kv + c0, len, D, op, 1, 16);
+          weigh(wp, col, len, D, op, 1, 16, half);
         continue;
       }
       for (int c = 0; c0 + c < L; c += 16) { /* L's last columns: 16 at a time */
         float *oc[4];
         for (int i = 0; i < HB; i++) oc[i] = op[i] == spare ? spare : op[i] + c;
+        const void *col = (const char *)kv + (size_t)(c0 + c) * (half ? 2 : 4);
         if (HB == 4)
-          weigh(wp, kv + c0 + c, len, D, oc, 4, 1);
+          weigh(wp, col, len, D, oc, 4, 1, half);
         else
-          weigh(wp, kv + c0 + c, len, D, oc, 1, 1);
+          weigh(wp, col, len, D, oc, 1, 1, half);
       }
     }
+}
+
+/* One copy of the arithmetic per cache type (attend_chunk_t), not one per call site. */
+static __attribute__((noinline)) void attend_chunk(const float *q, const void *kv, int half,
+                                                   int chunk, int length, int h_lo, int h_hi,
+                                                   int D, int L, float scale, float *scores,
+                                                   float *part) {
+  if (half)
+    attend_chunk_t(q, kv, chunk, length, h_lo, h_hi, D, L, scale, scores, part, 1);
+  else
+    attend_chunk_t(q, kv, chunk, length, h_lo, h_hi, D, L, scale, scores, part, 0);
 }
 
 /* The chunks' partial softmaxes of one head merged in position order into its attended latent. */
@@ -913,7 +947,8 @@ static void int8_matvec_rows(const float *x, int ldx, int K, const int8_t *w, in
     for (int r = 0; r < 8; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int k = 0; k < K; k++) {
       const int8_t *row = w + (size_t)k * N + n0;
-      const __m512 a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)row)));
+      const __m512 a =
+          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)row)));
       const __m512 b = two ? _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
                                  _mm_loadu_si128((const __m128i *)(row + 16))))
                            : a;
@@ -1050,7 +1085,7 @@ static __attribute__((noinline)) void attend_tiles(const float *const *q, const 
  * (each head's nope then rotated rope query); out: vals [rows][H * dv]. A head's arithmetic
  * does not depend on the pass, the tile, the other slots or the thread count. */
 static void prefill_attention(MlaModel *m, const MLayer *ly, int rows, const int32_t *slot,
-                              const int32_t *pos, const float *cl, int slots, int capacity,
+                              const int32_t *pos, const void *cl, int slots, int capacity,
                               const float *proj, float *vals) {
   const int *d = m->d;
   const int H = d[D_HEADS], L = d[D_KV_LORA], dr = d[D_ROPE], dn = d[D_NOPE], dv = d[D_V];
@@ -1117,20 +1152,30 @@ static void prefill_attention(MlaModel *m, const MLayer *ly, int rows, const int
         float x[8 * MAX_LORA], keys[16 * MAX_V] __attribute__((aligned(64)));
         float *y = m->dec + ((size_t)(h - h0) * blocks + b) * bf;
         for (int r0 = 0; r0 < 16; r0 += 8) {
-          const float *lat[8];
+          const void *lat[8];
           for (int r = 0; r < 8; r++)
-            lat[r] = cl + (src.slot_row + (src.t0 + r0 + r < src.last ? src.t0 + r0 + r
-                                                                        : src.last)) * D;
+            lat[r] = latent_row(cl, src.slot_row + (src.t0 + r0 + r < src.last ? src.t0 + r0 + r
+                                                                                : src.last),
+                                D, m->half);
           /* W_UK's per-lora scale on the latent, W_UV's on the output */
           for (int r = 0; r < 8; r++)
-            for (int l = 0; l < L; l++) x[r * L + l] = lat[r][l] * ly->uk_scale[(size_t)h * L + l];
+            for (int l = 0; l < L; l += 16)
+              _mm512_storeu_ps(x + r * L + l,
+                               _mm512_mul_ps(latent16(lat[r], l, m->half),
+                                             _mm512_loadu_ps(ly->uk_scale + (size_t)h * L + l)));
           int8_matvec_rows(x, L, L, ly->w_ukt + (size_t)h * L * dn, dn, m->ones, keys + r0 * dn,
                            dn);
-          for (int r = 0; r < 8; r++) memcpy(x + r * L, lat[r], L * sizeof(float));
+          for (int r = 0; r < 8; r++)
+            for (int l = 0; l < L; l += 16)
+              _mm512_storeu_ps(x + r * L + l, latent16(lat[r], l, m->half));
           int8_matvec_rows(x, L, L, ly->w_uv + (size_t)h * L * dv, dv,
                            ly->uv_scale + (size_t)h * dv, y + 16 * dk + r0 * dv, dv);
           for (int r = 0; r < 8; r++)
-            for (int i = 0; i < dr; i++) y[(dn + i) * 16 + r0 + r] = lat[r][L + i];
+            for (int i = 0; i < dr; i += 16) {
+              float rope[16];
+              _mm512_storeu_ps(rope, latent16(lat[r], L + i, m->half));
+              for (int j = 0; j < 16; j++) y[(dn + i + j) * 16 + r0 + r] = rope[j];
+            }
         }
         for (int j = 0; j < 16; j++)
           for (int i = 0; i < dn; i++) y[i * 16 + j] = keys[j * dn + i];
@@ -1393,7 +1438,7 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
 /* Attention of a decode call over the latent cache, W_UK absorbed into each query and W_UV
  * applied to the attended latent: m->proj's queries -> m->vals. */
 static void absorbed_attention(MlaModel *m, const MLayer *ly, int rows, const int32_t *slot,
-                               const int32_t *pos, const float *cl, int capacity, int max_chunks) {
+                               const int32_t *pos, const void *cl, int capacity, int max_chunks) {
   const int *d = m->d;
   const int H = d[D_HEADS], L = d[D_KV_LORA], dr = d[D_ROPE], dn = d[D_NOPE], dv = d[D_V];
   const int D = L + dr, QW = H * (dn + dr);
@@ -1419,7 +1464,8 @@ static void absorbed_attention(MlaModel *m, const MLayer *ly, int rows, const in
       for (int c = 0; c < max_chunks; c++)
         for (int g = 0; g < groups; g++)
           if (c * KV_CHUNK <= pos[r])
-            attend_chunk(query + (size_t)r * H * D, cl + (size_t)slot[r] * capacity * D, c,
+            attend_chunk(query + (size_t)r * H * D,
+                         latent_row(cl, (size_t)slot[r] * capacity, D, m->half), m->half, c,
                          pos[r] + 1, per * g, per * g + per < H ? per * g + per : H, D, L,
                          m->softmax_scale,
                          m->scores + (size_t)omp_get_thread_num() * H * KV_CHUNK,
@@ -1434,7 +1480,8 @@ static void absorbed_attention(MlaModel *m, const MLayer *ly, int rows, const in
     for (int r = 0; r < rows; r++) {
       float *part = m->part + (size_t)omp_get_thread_num() * part_row;
       for (int c = 0; c * KV_CHUNK <= pos[r]; c++)
-        attend_chunk(query + (size_t)r * H * D, cl + (size_t)slot[r] * capacity * D, c,
+        attend_chunk(query + (size_t)r * H * D,
+                     latent_row(cl, (size_t)slot[r] * capacity, D, m->half), m->half, c,
                      pos[r] + 1, 0, H, D, L, m->softmax_scale,
                      m->scores + (size_t)omp_get_thread_num() * H * KV_CHUNK,
                      part + (size_t)c * H * (L + 2));
@@ -1447,13 +1494,14 @@ static void absorbed_attention(MlaModel *m, const MLayer *ly, int rows, const in
 
 /* `rows` tokens: row r is token ids[r] at position pos[r] of cache slot slot[r], attending to that
  * slot's positions up to its own (rows of one slot come in position order). cache: [layers,
- * slots, capacity, kv_lora_rank + rope] float32. Writes the logits of rows `logit_rows`
+ * slots, capacity, kv_lora_rank + rope] float16 or float32 (em_set_cache_half). Writes the
+ * logits of rows `logit_rows`
  * ([n_logits] row indices) to `logits` [n_logits][vocab].
  * Returns 0; -1 for a position outside the rope table or the cache or a slot outside the cache,
  * -2 for a token id outside the vocabulary, -3 for a logit row outside the call (nothing is
  * computed then). */
 int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, const int32_t *pos,
-               int n_logits, const int32_t *logit_rows, float *cache, int slots, int capacity,
+               int n_logits, const int32_t *logit_rows, void *cache, int slots, int capacity,
                int prefill, float *logits) {
   const int *d = m->d;
   const int hidden = d[D_HIDDEN], H = d[D_HEADS], L = d[D_KV_LORA], dr = d[D_ROPE], dn = d[D_NOPE],
@@ -1494,7 +1542,7 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
   }
   for (int l = 0; l < d[D_LAYERS]; l++) {
     const MLayer *ly = &m->layer[l];
-    float *cl = cache + l * per_layer;
+    char *cl = (char *)cache + l * per_layer * (m->half ? 2 : 4);
 #pragma omp parallel for if (rows > 1)
     for (int r = 0; r < rows; r++)
       quantize_row(m->eps, h + (size_t)r * hidden, hidden, ly->input_norm, xn + (size_t)r * hidden,
@@ -1523,7 +1571,13 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
                   *sn = m->sin_t + (size_t)pos[r] * dr / 2;
       rms_norm(m->eps, c, L, ly->kv_a_norm);
       rotate(c + L, cs, sn, dr / 2);
-      memcpy(cl + ((size_t)slot[r] * capacity + pos[r]) * D, c, D * sizeof(float));
+      char *to = cl + ((size_t)slot[r] * capacity + pos[r]) * D * (m->half ? 2 : 4);
+      if (m->half) /* D % 16 == 0 */
+        for (int i = 0; i < D; i += 16)
+          _mm256_storeu_si256((__m256i *)(to + 2 * i),
+                              _mm512_cvtps_ph(_mm512_loadu_ps(c + i), _MM_FROUND_TO_NEAREST_INT));
+      else
+        memcpy(to, c, D * sizeof(float));
       for (int hd = 0; hd < H; hd++) {
         rotate(q + hd * (dn + dr) + dn, cs, sn, dr / 2);
         memcpy(query + ((size_t)r * H + hd) * D + L, q + hd * (dn + dr) + dn, dr * sizeof(float));
