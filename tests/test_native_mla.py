@@ -175,10 +175,11 @@ def test_attention_over_more_than_one_chunk_follows_transformers(mla):
 def test_a_prefill_after_cached_latent_rows_follows_transformers(kind, mla):
     """The prefix cache's path: a 40-token prefix prefilled in one backend, its latent rows
     (kv_rows) loaded into another's slot 1 (load_kv), and the prompt prefilled from position 40
-    on, ending at each of positions 40..55 in turn, then decode steps. So few rows after the
-    prefix attend absorbed (decompressing the prefix would cost more): the logits are those of
-    decode steps after the prefix to the bit, and follow transformers as closely as ONNX
-    Runtime's whole prefill."""
+    on, ending at each of positions 40..55 in turn, then decode steps: the logits are a whole
+    prefill's to the bit, and follow transformers as closely as ONNX Runtime's whole prefill.
+    With absorbed_resumes, so few rows after the prefix attend absorbed instead (decompressing
+    the prefix would cost more): then they are the decode steps' after the prefix, to the
+    bit."""
     import torch
 
     ck, art = mla(kind)
@@ -189,19 +190,29 @@ def test_a_prefill_after_cached_latent_rows_follows_transformers(kind, mla):
     first.start(1, 64)
     first.prefill([0], [prompt[:40]])
     rows = first.kv_rows(0, 0, 40)
-    backend = NativeMlaBackend(art, 2)
-    assert all(backend.absorbs(n, 40) for n in range(1, 17)) and not backend.absorbs(56, 0)
-    backend.start(2, 64)
-    backend.prefill([0], [prompt[:7]])  # another sequence beside it
-    backend.load_kv(1, 0, rows)
-    got = [backend.prefill([1], [prompt[:t]], starts=[40])[0].copy() for t in range(41, 57)]
-    got += [backend.decode(np.array([5, prompt[t]]))[1].copy() for t in range(56, 59)]
-    got = np.stack(got)
+
+    def resumed(absorbed: bool) -> tuple[NativeMlaBackend, np.ndarray]:
+        backend = NativeMlaBackend(art, 2, absorbed_resumes=absorbed)
+        backend.start(2, 64)
+        backend.prefill([0], [prompt[:7]])  # another sequence beside it
+        backend.load_kv(1, 0, rows)
+        got = [backend.prefill([1], [prompt[:t]], starts=[40])[0].copy() for t in range(41, 57)]
+        got += [backend.decode(np.array([5, prompt[t]]))[1].copy() for t in range(56, 59)]
+        return backend, np.stack(got)
+
+    backend, got = resumed(False)
+    whole = NativeMlaBackend(art, 2)
+    whole.start(1, 64)
+    want = [whole.prefill([0], [prompt[:56]], every_position=True)[0][40:]]
+    want += [whole.decode(prompt[t : t + 1]).copy() for t in range(56, 59)]
+    np.testing.assert_array_equal(got, np.concatenate(want))
+    absorbing, got_absorbed = resumed(True)
+    assert all(absorbing.absorbs(n, 40) for n in range(1, 17)) and not absorbing.absorbs(56, 0)
     stepped = NativeMlaBackend(art, 2)
     stepped.start(1, 64)
     stepped.prefill([0], [prompt[:40]])
-    want = [stepped.decode(prompt[t : t + 1])[0].copy() for t in range(40, 59)]
-    np.testing.assert_array_equal(got, np.stack(want))
+    steps = [stepped.decode(prompt[t : t + 1])[0].copy() for t in range(40, 59)]
+    np.testing.assert_array_equal(got_absorbed, np.stack(steps))
     backend.load_kv(1, 0, rows * 0.5)  # the loaded rows are what the rest attends to
     assert not np.array_equal(backend.prefill([1], [prompt[:56]], starts=[40])[0], got[15])
     ort = OnnxRuntimeBackend(art, CPU, 2)
@@ -209,27 +220,28 @@ def test_a_prefill_after_cached_latent_rows_follows_transformers(kind, mla):
     ort_got = [ort.prefill([0], [prompt[:56]], every_position=True)[0][40:]]
     ort_got += [ort.decode(prompt[t : t + 1]).copy() for t in range(56, 59)]
     scale = np.abs(ref).max()
-    error = np.abs(got - ref).max(-1) / scale
     ort_error = np.abs(np.concatenate(ort_got) - ref).max(-1) / scale
-    assert error.max() < 1.5 * ort_error.max() + 1e-3
-    assert np.mean(got.argmax(-1) == ref.argmax(-1)) >= np.mean(
-        np.concatenate(ort_got).argmax(-1) == ref.argmax(-1)
-    ) - 0.1
+    for logits in (got, got_absorbed):
+        error = np.abs(logits - ref).max(-1) / scale
+        assert error.max() < 1.5 * ort_error.max() + 1e-3
+        assert np.mean(logits.argmax(-1) == ref.argmax(-1)) >= np.mean(
+            np.concatenate(ort_got).argmax(-1) == ref.argmax(-1)
+        ) - 0.1
 
 
 def test_one_prefill_call_takes_both_paths_as_each_prompt_would_alone(mla):
-    """A resumed prompt with few new rows (absorbed) and a fresh one (decompressed) in one
-    prefill: each gets the logits it gets alone."""
+    """absorbed_resumes: a resumed prompt with few new rows (absorbed) and a fresh one
+    (decompressed) in one prefill: each gets the logits it gets alone."""
     _, art = mla("deepseek_v2")
     rng = np.random.default_rng(13)
     prefix, fresh = rng.integers(2, 320, 50), rng.integers(2, 320, 30)
-    backend = NativeMlaBackend(art, 2)
+    backend = NativeMlaBackend(art, 2, absorbed_resumes=True)
     backend.start(3, 64)
     backend.prefill([2], [prefix])
     resumed = np.concatenate([prefix, rng.integers(2, 320, 4)])
     assert backend.absorbs(4, 50) and not backend.absorbs(30, 0)
     both = backend.prefill([0, 2], [fresh, resumed], starts=[0, 50])
-    alone = NativeMlaBackend(art, 2)
+    alone = NativeMlaBackend(art, 2, absorbed_resumes=True)
     alone.start(3, 64)
     want_fresh = alone.prefill([0], [fresh])[0]
     alone.prefill([2], [prefix])

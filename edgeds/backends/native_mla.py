@@ -58,7 +58,8 @@ class NativeMlaBackend(NativeBackend):
     supports_refill = True
 
     def __init__(self, artifact: Artifact, threads: int, use_amx: bool = True,
-                 map_experts: bool = False, cache_dtype: str = "float32"):
+                 map_experts: bool = False, cache_dtype: str = "float32",
+                 absorbed_resumes: bool = False):
         """use_amx: take the AMX tiles where the CPU and kernel grant them (calls whose rows for
         a weight reach 16; elsewhere the request fails and the VNNI kernel runs).
         map_experts: the routed experts' weights are read where they lie in the artifact's
@@ -66,7 +67,10 @@ class NativeMlaBackend(NativeBackend):
         MoE model's bytes stay file pages, shared and evictable, and load is a pass of column
         sums. Off by default: the export's row-major [K, N] layout read by column stripes
         costs decode about half its speed (benchmarks/results/moe-mapped-experts.md).
-        cache_dtype: the latent cache's, float16 or float32."""
+        cache_dtype: the latent cache's, float16 or float32. absorbed_resumes: a prompt's few
+        new rows after many cached ones attend absorbed (`absorbs`); off by default, as it makes
+        a row's arithmetic depend on whether its prefix was a prefix cache hit, which depends on
+        the batch: greedy texts at batch 1 and 64 then differ (tests/test_batch_invariance.py)."""
         check_threads(threads)
         if why := unsupported(artifact):
             raise ArtifactError(f"native backend: {why}")
@@ -224,6 +228,7 @@ class NativeMlaBackend(NativeBackend):
         self.lib.em_set_activations(self._model, planes)
         self.uses_amx = bool(self.lib.em_uses_amx(self._model))
         self.batch_size = self.capacity = self._prefill_call = 0
+        self.absorbed_resumes = absorbed_resumes
         lora, dn, dv = a.kv_lora_rank, a.qk_nope_head_dim, a.v_head_dim
         self._absorb_rows = lora * (dn + dv) / (2 * lora - dn - dv) if 2 * lora > dn + dv else 1e30
 
@@ -277,16 +282,17 @@ class NativeMlaBackend(NativeBackend):
         starts: list[int] | None = None,
     ) -> np.ndarray:
         """Prompt rows attend over decompressed keys and values (per key and head nope + v
-        multiply-adds, where absorbed attention costs 2 x kv_lora_rank + rope), except a
-        prompt's few rows after many cached ones (a prefix cache hit), which attend absorbed as
-        decode rows do: decompressing the whole cached prefix for them would cost more
-        (`absorbs`). A row's path is its prompt's (new rows, cached rows), never its batch's
-        makeup or where the calls are cut. starts[i]: positions of prompt i already in its
+        multiply-adds, where absorbed attention costs 2 x kv_lora_rank + rope). With
+        absorbed_resumes, a prompt's few rows after many cached ones (a prefix cache hit)
+        attend absorbed as decode rows do: decompressing the whole cached prefix for them would
+        cost more (`absorbs`). A row's path is its prompt's (new rows, cached rows), never
+        where the calls are cut. starts[i]: positions of prompt i already in its
         slot's latent (load_kv), not computed."""
         starts = [0] * len(prompts) if starts is None else list(starts)
         if len(set(slots)) != len(slots):  # before the prompts part into two calls
             raise ValueError("a slot given twice in one prefill")
-        absorbed = [self.absorbs(len(p) - s, s) for p, s in zip(prompts, starts)]
+        absorbed = [self.absorbed_resumes and self.absorbs(len(p) - s, s)
+                    for p, s in zip(prompts, starts)]
         if every_position or all(absorbed) or not any(absorbed):
             return self._prefill(0 if absorbed and all(absorbed) else 1, slots, prompts,
                                  every_position, starts)
