@@ -73,6 +73,8 @@ def main() -> None:
     p.add_argument("--machine", default="local")
     p.add_argument("--batches", default="1,16")
     p.add_argument("--no-ort", action="store_true")
+    p.add_argument("--prompts", default="128", help="the phase table's prompt lengths (depths)")
+    p.add_argument("--phases-only", action="store_true", help="the phase table alone")
     args = p.parse_args()
     from moe_compare import CONFIGS, prepare
 
@@ -111,7 +113,7 @@ def main() -> None:
         runs.append(
             ("onnxruntime", OnnxRuntimeBackend(art, ["CPUExecutionProvider"], args.threads))
         )
-    for name, backend in runs:
+    for name, backend in [] if args.phases_only else runs:
         decode_times(backend, 1, 16, 2, rng)  # warm-up
         for batch in batches:
             prefill, step = decode_times(backend, batch, 128, STEPS, rng)
@@ -124,15 +126,21 @@ def main() -> None:
         "",
         f"native load {load_native:.2f} s",
         "",
-        "| native phase, ms per decode step | " + " | ".join(f"batch {b}" for b in batches) + " |",
-        "|---|" + "---|" * len(batches),
     ]
-    table = np.stack([profile(native, b, 128, STEPS, rng) for b in batches], 1) * 1e3
+    cols = [(b, int(n)) for b in batches for n in args.prompts.split(",")]
+    lines += [
+        "| native phase, ms per decode step | "
+        + " | ".join(f"batch {b} after {n}" for b, n in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    table = np.stack([profile(native, b, n, STEPS, rng) for b, n in cols], 1) * 1e3
     for phase, row in zip(PHASES, table):
         lines.append(f"| {phase} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
     lines.append("| total | " + " | ".join(f"{v:.2f}" for v in table.sum(0)) + " |")
     print("\n".join(lines))
     out = HERE / "results" / f"mla-profile-{args.machine}.md"
+    if args.phases_only:
+        out = out.with_name(f"mla-profile-{args.machine}-phases.md")
     out.write_text("\n".join(lines) + "\n")
 
 
