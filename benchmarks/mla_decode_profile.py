@@ -105,6 +105,8 @@ def main() -> None:
         "| backend | batch | decode step ms | tok/s | prefill 128 tok/s |",
         "|---|---|---|---|---|",
     ]
+    if args.phases_only:
+        lines = [f"V2-Lite widths, {args.layers} layers, {args.threads} threads, int8 export"]
     t = time.perf_counter()
     native = NativeMlaBackend(art, args.threads)
     load_native = time.perf_counter() - t
