@@ -387,7 +387,8 @@ class Quantization:
     # Runtime's MatMulIntegerToFloat and the native decoders (the int8 scheme's own).
     # "int16 per row": the native MLA+MoE decoder keeps what int8 rounding left as a second
     # int8 plane (about 15 bits a value; twice the integer work, the same weight bytes); ONNX
-    # Runtime's graph still rounds to int8 per row. None: the scheme has no such matmuls.
+    # Runtime's graph still rounds to int8 per row. "float" (int8-wo, int4): MatMulNBits at
+    # accuracy level 0, activations never rounded. None: the scheme's own.
     activations: str | None = None
 
     @property
@@ -421,6 +422,8 @@ class Quantization:
     @staticmethod
     def _activations(r: _Fields) -> str | None:
         weights = r.get("weights")
+        if weights in ("int8-wo", "int4"):
+            return None if r.get("activations", None) is None else r.str("activations", ("float",))
         if weights != "int8":
             if r.get("activations", None) is not None:
                 r.fail(f"is set for weights {weights}: only int8 weights round activations",

@@ -18,6 +18,7 @@ from .artifact_writer import (
 from .checkpoint import Checkpoint
 from .errors import ExportError
 from .families import family_for
+from .graph import onnx_ops
 from .graph.onnx_ops import TARGETS
 from .graph.parts import write_parts
 from .quantize import SCHEMES
@@ -70,7 +71,8 @@ def export_checkpoint(
     `embedding`: the table as "int8" per row (the int schemes' default), "float16" or "float32":
     a lookup, so a float table costs memory and disk, not decode speed.
     `activations`: with int8 weights, "int16" has the native MLA+MoE decoder round matmul
-    inputs to about 15 bits (two int8 planes) instead of 8 (Quantization.activations)."""
+    inputs to about 15 bits (two int8 planes) instead of 8; with int8-wo or int4, "float" writes
+    MatMulNBits at accuracy level 0 (float activations; Quantization.activations)."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ExportError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
@@ -122,8 +124,11 @@ def export_checkpoint(
         weight_file.close()
         graphs = {}
         if "onnx" in formats:
-            graphs["onnx"] = kind.write_onnx(spec, tensors, tmp, weight_file.path.name, kv_cache,
-                                             ckpt.root / "tokenizer.json", target=target)
+            level = 0 if scheme.activations == "float" else onnx_ops.ACCURACY_LEVEL
+            with onnx_ops.accuracy_level(level):
+                graphs["onnx"] = kind.write_onnx(spec, tensors, tmp, weight_file.path.name,
+                                                 kv_cache, ckpt.root / "tokenizer.json",
+                                                 target=target)
             if target == "tensorrt":
                 from .tensorrt_profiles import tensorrt_entry
 

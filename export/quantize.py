@@ -80,15 +80,17 @@ class Scheme:
             if activations not in ACTIVATIONS:
                 raise ExportError(f"unknown activations '{activations}'; choose from "
                                   f"{', '.join(ACTIVATIONS)}")
-            if self.name != "int8":
-                raise ExportError(f"--activations is for --weights int8 (its matmuls round their "
-                                  f"inputs at run time), not {self.name}")
-            scheme = replace(scheme, activations=f"{activations} per row")
+            if (activations == "float") != (self.name in ("int8-wo", "int4")) or self.bits is None:
+                raise ExportError(f"--activations {activations} is not for --weights {self.name}: "
+                                  "int8 or int16 go with int8, float with int8-wo or int4")
+            scheme = replace(scheme, activations="float" if activations == "float"
+                             else f"{activations} per row")
         return scheme
 
 
 EMBEDDINGS = ("int8", "float16", "float32")  # export --embedding: the table per row, or float
-ACTIVATIONS = ("int8", "int16")  # export --activations (int8 weights)
+# export --activations: int8 weights' rows as int8 or int16 (native); MatMulNBits' float
+ACTIVATIONS = ("int8", "int16", "float")
 
 
 SCHEMES = {

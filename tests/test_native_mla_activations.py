@@ -98,9 +98,11 @@ def test_two_planes_keep_a_row_bit_identical_at_batch_1_and_64(exports):
 
 def test_activations_are_an_int8_weights_option(checkpoints, tmp_path):
     ck = checkpoints("deepseek_v3")
-    with pytest.raises(ExportError, match="--activations is for --weights int8"):
+    with pytest.raises(ExportError, match="--activations int16 is not for --weights int4"):
         export_checkpoint(ck, tmp_path / "a", formats=("onnx",), weights="int4",
                           activations="int16")
+    with pytest.raises(ExportError, match="--activations float is not for --weights int8"):
+        export_checkpoint(ck, tmp_path / "e", formats=("onnx",), activations="float")
     with pytest.raises(ExportError, match="unknown activations"):
         export_checkpoint(ck, tmp_path / "b", formats=("onnx",), activations="int4")
     with pytest.raises(ExportError, match="unknown embedding"):
@@ -113,9 +115,32 @@ def test_activations_are_an_int8_weights_option(checkpoints, tmp_path):
 def test_a_manifest_with_activations_for_other_weights_is_refused(exports):
     _, art = exports(activations="int16")
     manifest = json.loads((art.root / MANIFEST).read_text())
+    manifest["quantization"]["weights"] = "fp16"
+    with pytest.raises(ArtifactError, match="quantization.activations is set for weights fp16"):
+        parse(seal(manifest))
     manifest["quantization"]["weights"] = "int4"
-    with pytest.raises(ArtifactError, match="quantization.activations is set for weights int4"):
+    with pytest.raises(ArtifactError, match="activations is 'int16 per row', not one of float"):
         parse(seal(manifest))
     manifest["quantization"] |= {"weights": "int8", "activations": "int12 per row"}
     with pytest.raises(ArtifactError, match="quantization.activations is 'int12 per row', not one"):
         parse(seal(manifest))
+
+
+def test_float_activations_write_matmulnbits_at_accuracy_level_0(checkpoints, tmp_path):
+    """--weights int8-wo --activations float: every MatMulNBits of the graph at level 0 (the
+    default export: 4 where K >= 256), the manifest saying so; the level is restored after."""
+    import onnx
+    from edgeds_export.graph import onnx_ops
+
+    ck = checkpoints("deepseek_v3")
+    levels = {}
+    for acts in (None, "float"):
+        out = tmp_path / f"wo-{acts}"
+        export_checkpoint(ck, out, formats=("onnx",), weights="int8-wo", activations=acts,
+                          context=64)
+        model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+        levels[acts] = {a.i for n in model.graph.node if n.op_type == "MatMulNBits"
+                        for a in n.attribute if a.name == "accuracy_level"}
+        assert load_artifact(out).manifest.quantization.activations == acts
+    assert levels["float"] == {0}
+    assert onnx_ops.ACCURACY_LEVEL == 4

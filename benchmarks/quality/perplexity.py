@@ -114,11 +114,15 @@ def export_scores(artifact: Path, fmt: str, wins: np.ndarray, stepwise: bool = F
     return np.concatenate(nll), np.concatenate(top1)
 
 
-# --int8-options: int8 exported again with each of these export options (export/api.py)
+# --int8-options: int8 (and int8-wo) exported again with each of these options (export/api.py)
 INT8_OPTIONS = {
     "activations int16": {"activations": "int16"},
     "embedding float16": {"embedding": "float16"},
     "activations int16, embedding float16": {"activations": "int16", "embedding": "float16"},
+}
+INT8_WO_OPTIONS = {
+    "activations float": {"activations": "float"},
+    "activations float, embedding float16": {"activations": "float", "embedding": "float16"},
 }
 
 
@@ -145,6 +149,8 @@ def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx"
         runs_of = [(w, kv, "") for kv in kv_caches for w in weights]
         if int8_options and "int8" in weights:
             runs_of += [("int8", "float32", o) for o in INT8_OPTIONS if mla or "activations" not in o]
+        if int8_options and "int8-wo" in weights:
+            runs_of += [("int8-wo", "float32", o) for o in INT8_WO_OPTIONS]
         for i, (w, kv, option) in enumerate(runs_of):
             if kv != "float32" and mla:
                 continue
@@ -152,7 +158,8 @@ def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx"
             fmts = formats if kv == "float32" else ("onnx",)
             small = small_batch and w == "int8" and kv != "int8" and not option
             export_checkpoint(checkpoint, art, formats=tuple(fmts), weights=w, context=seq + 8, kv_cache=kv,
-                              small_batch_graph=small, **INT8_OPTIONS.get(option, {}))
+                              small_batch_graph=small,
+                              **(INT8_OPTIONS | INT8_WO_OPTIONS).get(option, {}))
             label = w if kv == "float32" else f"{w}, {kv} KV (decode steps)"
             label += f", {option}" if option else ""
             runs = [(fmt, label, kv != "float32") for fmt in fmts]

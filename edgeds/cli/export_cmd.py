@@ -103,7 +103,8 @@ def command(
         typer.Option(
             help="int8 | int16 (--weights int8, DeepSeek-V2/V3): what the native MLA+MoE decoder "
                  "rounds matmul inputs to; int16 (two int8 planes) meets int8's quality targets "
-                 "on the MoE model, at twice the integer work.",
+                 "on the MoE model, at twice the integer work. float (--weights int8-wo or "
+                 "int4): ONNX Runtime's MatMulNBits keeps activations float (accuracy level 0).",
             show_default=False,
         ),
     ] = "",
