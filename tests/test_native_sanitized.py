@@ -50,7 +50,8 @@ def _sanitized(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("tests, selection", [("test_native_backend.py", SELECTION),
-                                              ("test_native_mla.py", MLA_SELECTION)])
+                                              ("test_native_mla.py", MLA_SELECTION),
+                                              ("test_flash_prefill.py", "tile")])
 def test_the_native_tests_pass_under_address_and_undefined_behaviour_sanitizers(tests, selection,
                                                                                tmp_path):
     run = _sanitized(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", str(HERE / tests),
@@ -89,7 +90,7 @@ block_table = np.array([[0], [1]], np.int32)  # `table` stays the embedding the 
 short = np.zeros((1, 64), np.float32)
 lib.ed_forward(m, 2, ids.ctypes.data, slots.ctypes.data, at.ctypes.data, 2,
                rows.ctypes.data, block_table.ctypes.data, 1, blocks.ctypes.data, blocks.ctypes.data,
-               2, 0, 2,
+               2, 0, 2, 0,
                short.ctypes.data)
 print("not caught")
 """

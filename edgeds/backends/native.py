@@ -242,13 +242,16 @@ class NativeBackend:
             self.capacity = capacity
 
     def _forward(self, ids: np.ndarray, slots: np.ndarray, positions: np.ndarray, logit_rows: np.ndarray,
-                 logits: np.ndarray) -> None:
+                 logits: np.ndarray, prompt: bool = False) -> None:
+        """prompt: the rows are a prompt's (their attention in blocks, flash_prefill.h), else
+        decode steps; a row's arithmetic is its call's kind, never its batch's."""
         b, pool = self.blocks, self.pool
         rc = self.lib.ed_forward(self._model, len(ids), _ptr(ids), _ptr(slots), _ptr(positions),
                                  len(logit_rows), _ptr(logit_rows), _ptr(b.table), b.max_blocks,
                                  _ptr(pool.key_addresses), _ptr(pool.value_addresses),
                                  max(pool.size, 1),
-                                 int(self.cache_dtype == np.float16), self.batch_size, _ptr(logits))
+                                 int(self.cache_dtype == np.float16), self.batch_size, int(prompt),
+                                 _ptr(logits))
         if rc == -1:
             raise ValueError("a position outside the cache capacity or the model's context")
         if rc == -2:
@@ -320,7 +323,8 @@ class NativeBackend:
             pick = np.flatnonzero((wanted >= start) & (wanted < stop))
             rows = (wanted[pick] - start).astype(np.int32)
             logits = _logits_buffer(len(rows), self.vocab_size)
-            self._forward(ids[start:stop], row_slot[start:stop], positions[start:stop], rows, logits)
+            self._forward(ids[start:stop], row_slot[start:stop], positions[start:stop], rows, logits,
+                          prompt=True)
             out[pick] = logits[:len(rows)]
         for s, p in zip(slots, prompts):
             self.slot_lengths.filled(s, len(p))
@@ -348,7 +352,7 @@ class NativeBackend:
             stop = min(at + PREFILL_ROWS, len(ids))
             rows = np.array([stop - at - 1], np.int32)
             self._forward(ids[at:stop], np.full(stop - at, slot, np.int32), positions[at:stop],
-                          rows, logits)
+                          rows, logits, prompt=True)
         if last:
             self.slot_lengths.filled(slot, start + len(ids))
         return logits[0].copy()

@@ -326,6 +326,7 @@ class NativeMlaBackend(NativeBackend):
         positions: np.ndarray,
         logit_rows: np.ndarray,
         logits: np.ndarray,
+        prompt: bool = False,  # what NativeBackend.prefill passes; here _prefill_call says it
     ) -> None:
         rc = self.lib.em_forward(
             self._model,

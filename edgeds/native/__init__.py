@@ -21,16 +21,18 @@ from pathlib import Path
 from ..checksum_stamps import cache_folder
 
 HERE = Path(__file__).resolve().parent
-SOURCES = (HERE / "decoder.c", HERE / "mla_moe.c", HERE / "int8_gemm.h")
+SOURCES = (HERE / "decoder.c", HERE / "mla_moe.c", HERE / "int8_gemm.h", HERE / "flash_prefill.h")
 C_FILES = [p for p in SOURCES if p.suffix == ".c"]
 # Compiled with -ffast-math but linked without it: at link time gcc would add crtfastmath.o, whose
 # constructor turns on flush-to-zero for the whole process (numpy's and ONNX Runtime's arithmetic
 # too) the moment the library is loaded. Without -fassociative-math: with it gcc regrouped the
 # GEMM epilogue's products differently for the first row of a 4-row block than for the others, so
 # a row's logits depended on where its batch put it (intrinsics are plain float arithmetic to gcc).
-AMX = ["-mamx-tile", "-mamx-int8"]  # gcc >= 11, clang >= 12; without them the library is VNNI only
+# gcc >= 11, clang >= 12; without them the library is VNNI only (no AMX tiles) and its prompt
+# attention takes float32 FMAs (no vdpbf16ps): both are chosen at run time where built in.
+NEWER_ISA = ["-mamx-tile", "-mamx-int8", "-mamx-bf16", "-mavx512bf16"]
 COMPILE = ["-O3", "-ffast-math", "-fno-associative-math", "-fopenmp", "-fPIC", "-mavx512f", "-mavx512bw",
-           "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma", "-mf16c", *AMX]
+           "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma", "-mf16c", *NEWER_ISA]
 LINK = ["-shared", "-fopenmp"]
 # EDGEDS_NATIVE_SANITIZE=address,undefined builds the library with those sanitizers, for the
 # test suite (tests/test_native_sanitized.py); a Python host must preload the ASan runtime
@@ -92,7 +94,7 @@ def _build(target: Path) -> None:
         for source, obj in zip(C_FILES, objs):
             result = run([*COMPILE, "-c", "-o", obj, str(source)])
             if result.returncode != 0:  # an older compiler without AMX: the VNNI kernels alone
-                result = run([*(f for f in COMPILE if f not in AMX), "-c", "-o", obj, str(source)])
+                result = run([*(f for f in COMPILE if f not in NEWER_ISA), "-c", "-o", obj, str(source)])
             if result.returncode != 0:
                 break
         if result.returncode == 0:
@@ -139,7 +141,9 @@ def library() -> ctypes.CDLL:
         setter.restype = i
     lib.ed_uses_amx.argtypes = [p]
     lib.ed_free.argtypes = [p]
-    lib.ed_forward.argtypes = [p, i, p, p, p, i, p, p, i, p, p, i, i, i, p]
+    lib.ed_forward.argtypes = [p, i, p, p, p, i, p, p, i, p, p, i, i, i, i, p]
+    lib.ed_prompt_bf16.argtypes = [p, i]
+    lib.ed_prompt_tile.argtypes = [p, p, p, i, i, i, i, i, i, p]
     lib.em_new.restype = p
     lib.em_new.argtypes = [p, f, f, f, i, i]
     lib.em_uses_amx.argtypes = [p]

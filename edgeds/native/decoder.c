@@ -10,12 +10,13 @@
  * The arithmetic is the export's: each linear layer's input quantized per row to uint8 (zero
  * point 128, scale = peak / 127, rounded half to even like QuantizeLinear), int8 weights with
  * per-channel scales (int8_gemm.h: AMX tiles where the process is granted them, else AVX-512
- * VNNI), float32 everywhere else. The KV cache belongs to the caller: [layers, slots, kv_heads,
- * capacity, head_dim], float32 or float16. */
+ * VNNI), float32 everywhere else but a prompt's attention (flash_prefill.h: bf16 products,
+ * float32 sums). The KV cache belongs to the caller, in blocks (below), float32 or float16. */
 #include <float.h>
 #include <math.h>
 #include <string.h>
 
+#include "flash_prefill.h"
 #include "int8_gemm.h"
 
 enum {
@@ -50,6 +51,8 @@ typedef struct {
   uint8_t *xq;
   float *attn_scratch; /* per thread: a tile's scores, a partial and a running state */
   float *partials;     /* flash-decoding's partial states, one per (tile, KV head, split) */
+  void *prompt_scratch; /* per thread: flash_prefill.h's tile buffers */
+  int bf16;             /* prompt attention takes vdpbf16ps (else its float32 FMA copy) */
   size_t partials_cap;
   void *tiles;         /* Tile[rows_cap] and int[rows_cap + 1], by grow_scratch */
   int *part_at;
@@ -89,6 +92,7 @@ Model *ed_new(int layers, int hidden, int heads, int kv_heads, int head_dim, int
 #ifdef __AMX_INT8__
   m->amx = use_amx && amx_permitted();
 #endif
+  m->bf16 = bf16_supported();
   if (!(m->layer = calloc(layers, sizeof(Layer)))) {
     free(m);
     return NULL;
@@ -97,6 +101,13 @@ Model *ed_new(int layers, int hidden, int heads, int kv_heads, int head_dim, int
 }
 
 int ed_uses_amx(const Model *m) { return m->amx; }
+
+/* want 0: prompt attention in float32 FMAs; 1: in vdpbf16ps where the CPU has it (the default);
+ * -1: ask. Returns what is in force (the two give the same products in the same order). */
+int ed_prompt_bf16(Model *m, int want) {
+  if (want >= 0) m->bf16 = want && bf16_supported();
+  return m->bf16;
+}
 
 /* A few rows do not fill a 16-row tile: the VNNI kernel, which reads each weight once per four
  * rows, is faster there (fused_decode_step.c at batch 1 on AMX tiles: 28-38 ms a step, padded to
@@ -162,6 +173,15 @@ int ed_set_rope(Model *m, const float *cos_t, const float *sin_t, int positions)
   return 0;
 }
 
+/* Per thread, for whichever prompt kernel runs. */
+static size_t prompt_scratch_bytes(int rows, int D) {
+  size_t bytes = prefill_scratch_bytes(rows, D);
+#ifdef __AMX_BF16__
+  if (amx_scratch_bytes(rows, D) > bytes) bytes = amx_scratch_bytes(rows, D);
+#endif
+  return bytes;
+}
+
 /* Every weight, norm, table: a forward reads all of them. */
 static int complete(const Model *m) {
   for (int l = 0; l < m->layers; l++) {
@@ -187,7 +207,8 @@ void ed_free(Model *m) {
   free_linear(&m->head);
   free(m->layer), free(m->final_norm), free(m->cos_t), free(m->sin_t);
   free(m->h), free(m->wide1), free(m->wide2), free(m->qkv), free(m->attn), free(m->row_scale), free(m->xq);
-  free(m->attn_scratch), free(m->partials), free(m->tiles), free(m->part_at);
+  free(m->attn_scratch), free(m->partials), free(m->tiles), free(m->part_at),
+      free(m->prompt_scratch);
   free(m);
 }
 
@@ -281,8 +302,12 @@ static void rotate(float *x, const float *cos_p, const float *sin_p, int half) {
 enum {
   BLOCK = 64,  /* positions a block holds */
   SPLIT = 256, /* keys one partial softmax covers: decode work splits over these (flash-decoding) */
-  TILE = 8,    /* query rows of one sequence sharing each key load (prefill, flash-attention style) */
+  TILE = 8,    /* query rows of one sequence sharing each key load (decode rows of a refill) */
+  PROMPT_TILE = 16, /* the same for a prompt's rows (flash_prefill.h), times the group's heads */
 };
+
+_Static_assert((int)BLOCK == (int)KEY_BLOCK,
+               "prompt attention's key blocks are the cache's blocks");
 
 typedef struct {
   void *const *kb, *const *vb;
@@ -330,23 +355,41 @@ static inline int state_floats(const Model *m) { return m->head_dim + 16; }
 /* Split s (keys [s * SPLIT, (s + 1) * SPLIT)) of KV head g's attention for the tile's rows that
  * reach it: each row's partial state into part[(i * group + h) * STATE]. A row's arithmetic is
  * the same whatever tile holds it (its dot products, softmax and sums are its own; only the key
- * loads are shared), and the splits are fixed positions, so a token's attention is bit for bit
- * the same at any batch, in prefill or decode, chunked or whole. Not inlined: one copy of the
- * code serves every caller. */
-static __attribute__((noinline)) void attend_split(const Model *m, const Cache *c, int l, const Tile *tl, int g,
-                                                    int s, const float *qkv, float *scores, float *part) {
-  const int D = m->head_dim, group = m->heads / m->kv_heads, QKV = (m->heads + 2 * m->kv_heads) * D;
-  const int ST = state_floats(m), elem_f16 = c->f16;
+ * loads are shared), and the splits are fixed positions, so a decode row's attention is bit for
+ * bit the same at any batch, split over threads or not (a prompt's rows take flash_prefill.h).
+ * Not inlined: one copy of the code per head width serves every caller. */
+static inline __attribute__((always_inline)) void
+attend_split_impl(const Model *m, const Cache *c, int l, const Tile *tl, int g, int s,
+                  const float *qkv, float *scores, float *part, const int D) {
+  const int group = m->heads / m->kv_heads, QKV = (m->heads + 2 * m->kv_heads) * D;
+  const int ST = state_floats(m), elem_f16 = c->f16, X = D / 16;
   const int s0 = s * SPLIT, last = tl->p0 + tl->n, s1 = last < s0 + SPLIT ? last : s0 + SPLIT;
   const int i0 = s0 - tl->p0 > 0 ? s0 - tl->p0 : 0; /* rows before i0 end before this split */
   const __m512 scale = _mm512_set1_ps(1.0f / sqrtf((float)D));
   float block[16 * MAX_HEAD_DIM] __attribute__((aligned(64)));
   for (int t0 = s0; t0 < s1; t0 += 16) {
+    /* 16 keys at a time, zeros past the split's end: every loop below has fixed trip counts (a
+     * variable count cost a compare a multiply-add, and kept the sums in memory). */
     const int nt = s1 - t0 < 16 ? s1 - t0 : 16;
     const void *kb = block_of(c, c->kb, tl->slot, t0);
-    for (int tt = 0; tt < nt; tt++)
-      for (int x = 0; x < D; x += 16)
-        _mm512_store_ps(block + tt * D + x, load16(kb, elem_f16, in_block(m, l, g, t0 + tt) + x));
+    for (int tt = 0; tt < 16; tt++)
+      for (int x = 0; x < X; x++)
+        _mm512_store_ps(block + tt * D + 16 * x,
+                        tt < nt ? load16(kb, elem_f16, in_block(m, l, g, t0 + tt) + 16 * x)
+                                : _mm512_setzero_ps());
+    /* The next 16 keys and these 16 keys' values on their way from memory while the products
+     * run: decode reads each once, and waited on them (the loads above took 40% of its time at
+     * 4,000 positions on one thread). */
+    const int elem = elem_f16 ? 2 : 4;
+    if (t0 + 16 < s1) {
+      const char *next =
+          (const char *)block_of(c, c->kb, tl->slot, t0 + 16) + in_block(m, l, g, t0 + 16) * elem;
+      const int nn = s1 - t0 - 16 < 16 ? s1 - t0 - 16 : 16;
+      for (int off = 0; off < nn * D * elem; off += 64) _mm_prefetch(next + off, _MM_HINT_T0);
+    }
+    const char *vnow =
+        (const char *)block_of(c, c->vb, tl->slot, t0) + in_block(m, l, g, t0) * elem;
+    for (int off = 0; off < nt * D * elem; off += 64) _mm_prefetch(vnow + off, _MM_HINT_T1);
     for (int i = i0; i < tl->n; i++) {
       const int len = tl->p0 + i + 1, ni = len - t0 < nt ? len - t0 : nt;
       if (ni <= 0) continue;
@@ -354,9 +397,10 @@ static __attribute__((noinline)) void attend_split(const Model *m, const Cache *
       for (int h = 0; h < group; h++) {
         __m512 acc[16];
         for (int tt = 0; tt < 16; tt++) acc[tt] = _mm512_setzero_ps();
-        for (int x = 0; x < D; x += 16) {
-          __m512 qc = _mm512_loadu_ps(q + h * D + x);
-          for (int tt = 0; tt < ni; tt++) acc[tt] = _mm512_fmadd_ps(qc, _mm512_load_ps(block + tt * D + x), acc[tt]);
+        for (int x = 0; x < X; x++) {
+          const __m512 qc = _mm512_loadu_ps(q + h * D + 16 * x);
+          for (int tt = 0; tt < 16; tt++)
+            acc[tt] = _mm512_fmadd_ps(qc, _mm512_load_ps(block + tt * D + 16 * x), acc[tt]);
         }
         _mm512_mask_storeu_ps(scores + (size_t)(i * group + h) * SPLIT + t0 - s0, (__mmask16)((1u << ni) - 1),
                               _mm512_mul_ps(hsum16(acc), scale));
@@ -366,37 +410,61 @@ static __attribute__((noinline)) void attend_split(const Model *m, const Cache *
   for (int i = i0; i < tl->n; i++) {
     const int len = tl->p0 + i + 1, n = (len < s1 ? len : s1) - s0;
     for (int h = 0; h < group; h++) {
-      float *sc = scores + (size_t)(i * group + h) * SPLIT, peak = -FLT_MAX;
-      for (int t = 0; t < n; t++) peak = fmaxf(peak, sc[t]);
-      /* Far below the peak a weight is 0, not a subnormal: those cost Intel cores a microcode
-       * assist per operation, and the process keeps subnormals (it is linked without fast-math). */
-      for (int t = 0; t < n; t++) sc[t] = sc[t] - peak < -80.0f ? 0.0f : expf(sc[t] - peak);
+      float *sc = scores + (size_t)(i * group + h) * SPLIT;
+      __m512 top = _mm512_set1_ps(-FLT_MAX);
+      for (int t = 0; t < n; t += 16)
+        top = _mm512_mask_max_ps(top, first(n - t), top, _mm512_loadu_ps(sc + t));
+      const __m512 peak = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+      /* Weights past n are zeros: the value loop below takes keys in 16s. */
+      for (int t = 0; t < n; t += 16)
+        _mm512_storeu_ps(
+            sc + t,
+            _mm512_maskz_mov_ps(first(n - t), exp16(_mm512_sub_ps(_mm512_loadu_ps(sc + t), peak))));
       float *st = part + (size_t)(i * group + h) * ST;
-      st[D] = peak, st[D + 1] = sum_of(sc, n);
+      st[D] = _mm512_cvtss_f32(peak), st[D + 1] = sum_of(sc, n);
     }
-    /* Each value row is read once per 64 of its columns for all heads: 4 x group accumulators. */
-    for (int c0 = 0; c0 < D; c0 += 64) {
-      const int chunks = D - c0 < 64 ? (D - c0) / 16 : 4;
-      __m512 acc[MAX_GROUP][4];
-      for (int h = 0; h < group; h++)
-        for (int x = 0; x < chunks; x++) acc[h][x] = _mm512_setzero_ps();
-      for (int b0 = s0; b0 < s0 + n; b0 += BLOCK) {
-        const void *vb = block_of(c, c->vb, tl->slot, b0);
-        const int b1 = b0 + BLOCK < s0 + n ? b0 + BLOCK : s0 + n;
-        for (int t = b0; t < b1; t++) {
-          __m512 vc[4];
-          const size_t at = in_block(m, l, g, t) + c0;
-          for (int x = 0; x < chunks; x++) vc[x] = load16(vb, elem_f16, at + 16 * x);
-          for (int h = 0; h < group; h++) {
-            __m512 p = _mm512_set1_ps(scores[(size_t)(i * group + h) * SPLIT + t - s0]);
-            for (int x = 0; x < chunks; x++) acc[h][x] = _mm512_fmadd_ps(p, vc[x], acc[h][x]);
+    /* Two heads at a time over up to 128 columns, their sums in registers: each value load
+     * serves both heads. */
+    const size_t ld = (size_t)SPLIT;
+    for (int h = 0; h < group; h += 2) {
+      const int two = h + 1 < group;
+      const float *w0 = scores + (size_t)(i * group + h) * ld,
+                  *w1 = scores + (size_t)(i * group + h + two) * ld;
+      for (int c0 = 0; c0 < D; c0 += 128) {
+        const int C = D - c0 < 128 ? (D - c0) / 16 : 8;
+        __m512 acc[2][8];
+        for (int j = 0; j < 2; j++)
+          for (int x = 0; x < C; x++) acc[j][x] = _mm512_setzero_ps();
+        for (int b0 = s0; b0 < s0 + n; b0 += BLOCK) {
+          const void *vb = block_of(c, c->vb, tl->slot, b0);
+          const int b1 = b0 + BLOCK < s0 + n ? b0 + BLOCK : s0 + n;
+          for (int t = b0; t < b1; t++) {
+            const size_t at = in_block(m, l, g, t) + c0;
+            const __m512 p0 = _mm512_set1_ps(w0[t - s0]), p1 = _mm512_set1_ps(w1[t - s0]);
+            for (int x = 0; x < C; x++) {
+              const __m512 v = load16(vb, elem_f16, at + 16 * x);
+              acc[0][x] = _mm512_fmadd_ps(p0, v, acc[0][x]);
+              acc[1][x] = _mm512_fmadd_ps(p1, v, acc[1][x]);
+            }
           }
         }
+        for (int j = 0; j <= two; j++)
+          for (int x = 0; x < C; x++)
+            _mm512_storeu_ps(part + (size_t)(i * group + h + j) * ST + c0 + 16 * x, acc[j][x]);
       }
-      for (int h = 0; h < group; h++)
-        for (int x = 0; x < chunks; x++) _mm512_storeu_ps(part + (size_t)(i * group + h) * ST + c0 + 16 * x, acc[h][x]);
     }
   }
+}
+
+static __attribute__((noinline)) void attend_split(const Model *m, const Cache *c, int l,
+                                                   const Tile *tl, int g, int s, const float *qkv,
+                                                   float *scores, float *part) {
+  if (m->head_dim == 128)
+    attend_split_impl(m, c, l, tl, g, s, qkv, scores, part, 128);
+  else if (m->head_dim == 64)
+    attend_split_impl(m, c, l, tl, g, s, qkv, scores, part, 64);
+  else
+    attend_split_impl(m, c, l, tl, g, s, qkv, scores, part, m->head_dim);
 }
 
 /* state <- state merged with a later split's partial p (flash-decoding's merge, in split order). */
@@ -434,14 +502,44 @@ static void write_out(const Model *m, const Tile *t, int g, const float *state, 
       finish_state(state + (size_t)(i * group + h) * ST, D, attn + (size_t)(t->r0 + i) * m->hidden + (g * group + h) * D);
 }
 
-/* Attention of every row of a call for layer l. Few (tile, KV head) pairs (small-batch decode):
+/* Attention of every row of a call for layer l. A prompt's rows: a (tile, KV head) a work item
+ * through flash_prefill.h. Decode rows: few (tile, KV head) pairs (small-batch decode):
  * every split is a work item, the partials merged after (flash-decoding), so all threads work on
  * one long sequence. Many: a thread takes a (tile, KV head) and walks its splits in order. Both
  * merge the same partials in the same order. */
-static void attention(Model *m, const Cache *c, int l, const Tile *tiles, int n_tiles, const int *part_at,
-                      int split_items, const float *qkv, float *attn) {
+static void attention(Model *m, const Cache *c, int l, const Tile *tiles, int n_tiles,
+                      const int *part_at, int split_items, int prompt, const float *qkv,
+                      float *attn) {
   const int NKV = m->kv_heads, group = m->heads / NKV, ST = state_floats(m);
   const size_t per_thread = (size_t)TILE * group * (SPLIT + 2 * ST);
+  if (prompt) {
+    const int D = m->head_dim, QKV = (m->heads + 2 * NKV) * D;
+    const size_t bytes = prompt_scratch_bytes(PROMPT_TILE * group, D);
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int k = 0; k < n_tiles; k++)
+      for (int g = 0; g < NKV; g++) {
+        const Tile *t = &tiles[k];
+        const KeyBlocks kv = {c->kb, c->vb, c->table + (size_t)t->slot * c->max_blocks,
+                              in_block(m, l, g, 0), c->f16};
+        const float *q = qkv + (size_t)t->r0 * QKV + (size_t)g * group * D;
+        float *out = attn + (size_t)t->r0 * m->hidden + (size_t)g * group * D;
+        void *scratch = (char *)m->prompt_scratch + (size_t)omp_get_thread_num() * bytes;
+#ifdef __AMX_BF16__
+        if (m->amx) {
+          prefill_tile_amx(&kv, D, group, t->n, t->p0, q, QKV, out, m->hidden, scratch);
+          continue;
+        }
+#endif
+#ifdef __AVX512BF16__
+        if (m->bf16) {
+          prefill_tile_bf16(&kv, D, group, t->n, t->p0, q, QKV, out, m->hidden, scratch);
+          continue;
+        }
+#endif
+        prefill_tile_fma(&kv, D, group, t->n, t->p0, q, QKV, out, m->hidden, scratch);
+      }
+    return;
+  }
   if (split_items) {
 #pragma omp parallel for schedule(dynamic)
     for (int w = 0; w < split_items; w++) {
@@ -487,13 +585,14 @@ static void linear(const Model *m, const Linear *lin, Call c, const float *row_s
  * where each tile's partial states start when every split is an item (split_items > 0; 0: the
  * calls are many enough to keep every thread busy one (tile, KV head) each). Returns -1 where
  * memory ran out. */
-static int plan_attention(Model *m, int rows, const int32_t *slot, const int32_t *pos, int *n_tiles,
-                          int *split_items) {
+static int plan_attention(Model *m, int rows, const int32_t *slot, const int32_t *pos, int prompt,
+                          int *n_tiles, int *split_items) {
   Tile *t = m->tiles;
   int n = 0;
   for (int r = 0; r < rows; r++) {
     if (pos[r] < 0) continue; /* an idle row: no attention */
-    if (n && t[n - 1].slot == slot[r] && t[n - 1].p0 + t[n - 1].n == pos[r] && t[n - 1].n < TILE) {
+    if (n && t[n - 1].slot == slot[r] && t[n - 1].p0 + t[n - 1].n == pos[r] &&
+        t[n - 1].n < (prompt ? PROMPT_TILE : TILE)) {
       t[n - 1].n++;
       continue;
     }
@@ -511,7 +610,12 @@ static int plan_attention(Model *m, int rows, const int32_t *slot, const int32_t
   m->part_at[n] = (int)items;
   /* Splits only where (tile, KV head) pairs leave threads idle: at 2 threads over 2 KV heads
    * a split's merge and extra parallel region cost more than they gain (results/long-context.md). */
-  *split_items = (long)n * NKV < m->threads && longest > 1 ? (int)items : 0;
+  *split_items = !prompt && (long)n * NKV < m->threads && longest > 1 ? (int)items : 0;
+  if (prompt && !m->prompt_scratch) {
+    m->prompt_scratch =
+        alloc64((size_t)m->threads * prompt_scratch_bytes(PROMPT_TILE * group, m->head_dim));
+    if (!m->prompt_scratch) return -1;
+  }
   if (!m->attn_scratch) {
     m->attn_scratch = alloc64((size_t)m->threads * TILE * group * (SPLIT + 2 * ST) * sizeof(float));
     if (!m->attn_scratch) return -1;
@@ -531,15 +635,18 @@ static int plan_attention(Model *m, int rows, const int32_t *slot, const int32_t
  * already cached or in this call). The cache is in blocks (above): `table` [slots, max_blocks]
  * block ids, `k_blocks` / `v_blocks` [n_blocks] their addresses; every block up to a row's
  * position must be there. A row at position -1 is an idle slot's in a decode step: nothing
- * cached or attended, its logits meaningless. Writes logits of the rows `logit_rows` ([n_logits] row indices) to
+ * cached or attended, its logits meaningless. `prompt`: the rows are a prompt's (prefill),
+ * whose attention goes through flash_prefill.h's blocks; else decode rows (the splits above).
+ * Writes logits of the rows `logit_rows` ([n_logits] row indices) to
  * `logits`, which has room for n_logits rounded up to 32 rows of `vocab`.
  * Returns 0; -1 for a position outside the rope table or the cache, or a block missing, -2 for
  * a token id outside the vocabulary, -3 for a logit row outside the call, -4 for a model not
  * completely set or counts out of range, -5 for memory that could not be had (nothing is
  * computed then). */
-int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, const int32_t *pos, int n_logits,
-               const int32_t *logit_rows, const int32_t *table, int max_blocks, void *const *k_blocks,
-               void *const *v_blocks, int n_blocks, int f16, int slots, float *logits) {
+int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, const int32_t *pos,
+               int n_logits, const int32_t *logit_rows, const int32_t *table, int max_blocks,
+               void *const *k_blocks, void *const *v_blocks, int n_blocks, int f16, int slots,
+               int prompt, float *logits) {
   const int H = m->hidden, D = m->head_dim, NH = m->heads, NKV = m->kv_heads, I = m->inter;
   const int QKV = (NH + 2 * NKV) * D;
   const Call c = call_for(m, rows), head = call_for(m, n_logits);
@@ -561,7 +668,8 @@ int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, cons
     if (logit_rows[i] < 0 || logit_rows[i] >= rows) return -3;
   omp_set_num_threads(m->threads);
   int n_tiles, split_items;
-  if (grow_scratch(m, c.M > head.M ? c.M : head.M) || plan_attention(m, rows, slot, pos, &n_tiles, &split_items))
+  if (grow_scratch(m, c.M > head.M ? c.M : head.M) ||
+      plan_attention(m, rows, slot, pos, prompt, &n_tiles, &split_items))
     return -5;
   const Cache cache = {k_blocks, v_blocks, table, max_blocks, f16};
   float *h = m->h, *t1 = m->wide1, *t2 = m->wide2, *qkv = m->qkv, *attn = m->attn, *rs = m->row_scale;
@@ -603,7 +711,7 @@ int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, cons
         }
       }
     }
-    attention(m, &cache, l, m->tiles, n_tiles, m->part_at, split_items, qkv, attn);
+    attention(m, &cache, l, m->tiles, n_tiles, m->part_at, split_items, prompt, qkv, attn);
     for (int r = 0; r < rows; r++)
       if (pos[r] < 0) memset(attn + (size_t)r * H, 0, H * sizeof(float)); /* an idle row reads zeros */
 #pragma omp parallel for
@@ -632,5 +740,37 @@ int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, cons
   for (int i = 0; i < n_logits; i++)
     quantize_row(m, h + (size_t)logit_rows[i] * H, H, m->final_norm, attn + (size_t)i * H, xq + (size_t)i * H, rs + i);
   linear(m, &m->head, head, rs, logits, n_logits);
+  return 0;
+}
+
+/* flash_prefill.h's tile alone, for tests against numpy: keys and values [blocks][KEY_BLOCK][D]
+ * float32 (block j holds positions j * KEY_BLOCK ..), q [n][group][D], out the same shape;
+ * kernel 0 float32 FMAs, 1 vdpbf16ps (where the CPU has it), 2 AMX tiles (where granted).
+ * Returns -1 for shapes the kernel does not take. */
+int ed_prompt_tile(const float *q, const float *k, const float *v, int blocks, int n, int p0, int D,
+                   int group, int kernel, float *out) {
+  if (n < 1 || n > PROMPT_TILE || p0 < 0 || D < 16 || D % 16 || D > MAX_HEAD_DIM || group < 1 ||
+      group > MAX_GROUP || blocks < 1 || (p0 + n - 1) / KEY_BLOCK >= blocks || blocks > 4096)
+    return -1;
+  void *kp[4096], *vp[4096];
+  int32_t ids[4096];
+  for (int j = 0; j < blocks; j++)
+    kp[j] = (void *)(k + (size_t)j * KEY_BLOCK * D),
+    vp[j] = (void *)(v + (size_t)j * KEY_BLOCK * D), ids[j] = j;
+  void *scratch = alloc64(prompt_scratch_bytes(n * group, D));
+  if (!scratch) return -1;
+  const KeyBlocks kv = {kp, vp, ids, 0, 0};
+  const size_t ld = (size_t)group * D;
+  int done = 0;
+#ifdef __AMX_BF16__
+  if (!done && kernel == 2 && amx_permitted())
+    prefill_tile_amx(&kv, D, group, n, p0, q, ld, out, ld, scratch), done = 1;
+#endif
+#ifdef __AVX512BF16__
+  if (!done && kernel >= 1 && bf16_supported())
+    prefill_tile_bf16(&kv, D, group, n, p0, q, ld, out, ld, scratch), done = 1;
+#endif
+  if (!done) prefill_tile_fma(&kv, D, group, n, p0, q, ld, out, ld, scratch);
+  free(scratch);
   return 0;
 }
