@@ -9,9 +9,10 @@ targets of issue 23 are these ratios).
 Without --artifact, the R1-Distill-Qwen-1.5B shape (--reference's config, random weights) cut to
 --layers layers is written and exported (int8, context: the deepest figure's) under --work once
 (--prepare-only: that alone; devices/context_depth_device.sh runs both on the AMX Xeon).
-Decode: a batch-1 sequence is prefilled to the depth, then --steps decode steps are timed. Each
-figure is the best of --rounds, the rounds interleaved over depths so that a change in machine
-load hits every depth alike. Prints one line per depth and a JSON summary.
+Decode: a batch-1 sequence is prefilled to the depth, then --steps decode steps are timed (the
+prefill of a length in both lists is timed too). Each figure is the best of --rounds, the rounds
+interleaved over lengths so that a change in machine load hits every length alike. Prints a line
+per measurement as it comes, then one per figure and a JSON summary.
 """
 
 from __future__ import annotations
@@ -43,22 +44,17 @@ def artifact_for(layers: int, context: int, reference: Path = SHARED_REFERENCE,
     return out
 
 
-def decode_tok_s(backend, depth: int, steps: int, rng) -> float:
-    backend.start(1, depth + steps + 1)
-    logits = backend.prefill([0], [rng.integers(10, 50000, depth)])
-    token = logits.argmax(-1)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        token = backend.decode(token).argmax(-1)
-    return steps / (time.perf_counter() - t0)
-
-
-def prefill_tok_s(backend, tokens: int, rng) -> float:
-    backend.start(1, tokens + 1)
+def measure(backend, tokens: int, steps: int, rng) -> tuple[float, float]:
+    """Prefill of `tokens` random tokens into an empty batch-1 cache, then `steps` decode steps
+    after it: (prefill tok/s, decode tok/s). One prefill serves both figures at a depth."""
+    backend.start(1, tokens + steps + 1)
     prompt = rng.integers(10, 50000, tokens)
     t0 = time.perf_counter()
-    backend.prefill([0], [prompt])
-    return tokens / (time.perf_counter() - t0)
+    token = backend.prefill([0], [prompt]).argmax(-1)
+    t1 = time.perf_counter()
+    for _ in range(steps):
+        token = backend.decode(token).argmax(-1)
+    return tokens / (t1 - t0), steps / (time.perf_counter() - t1)
 
 
 def main() -> None:
@@ -87,14 +83,27 @@ def main() -> None:
     art = load_artifact(folder, verify=False)
     backend = NativeBackend(art, args.threads)
     rng = np.random.default_rng(0)
-    decode_tok_s(backend, 64, 4, rng)  # warm-up: scratch, pool, first-touch pages
+    measure(backend, 64, 4, rng)  # warm-up: scratch buffers
+    # The cache blocks of the longest figure taken and written once: no figure pays for the
+    # pool's first-touch page faults (a single round's longest prefill would).
+    backend.start(1, need)
+    backend.blocks.reserve(0, need)
+    for block in backend.blocks.table[0, :backend.blocks.held[0]]:
+        backend.pool.keys(int(block)).fill(0)
+        backend.pool.values(int(block)).fill(0)
+    backend.blocks.release(0)
     decode = {d: 0.0 for d in depths}
     prefill = {n: 0.0 for n in prefills}
-    for _ in range(args.rounds):
-        for d in depths:
-            decode[d] = max(decode[d], decode_tok_s(backend, d, args.steps, rng))
-        for n in prefills:
-            prefill[n] = max(prefill[n], prefill_tok_s(backend, n, rng))
+    # Shortest first, each figure printed as it comes: a run cut short keeps what it measured.
+    for r in range(args.rounds):
+        for n in sorted(set(depths) | set(prefills)):
+            p, d = measure(backend, n, args.steps if n in decode else 0, rng)
+            if n in prefill:
+                prefill[n] = max(prefill[n], p)
+            if n in decode:
+                decode[n] = max(decode[n], d)
+            print(f"round {r + 1}: {n} tokens: prefill {p:.0f} tok/s"
+                  + (f", decode after them {d:.2f} tok/s" if n in decode else ""), flush=True)
     for d in depths:
         ratio = decode[d] / decode[depths[0]]
         print(f"decode @{d}: {decode[d]:.2f} tok/s ({ratio:.2f}x @{depths[0]})")
