@@ -21,7 +21,8 @@ from pathlib import Path
 from ..checksum_stamps import cache_folder
 
 HERE = Path(__file__).resolve().parent
-SOURCES = (HERE / "decoder.c", HERE / "mla_moe.c", HERE / "int8_gemm.h", HERE / "flash_prefill.h")
+SOURCES = (HERE / "decoder.c", HERE / "mla_moe.c", HERE / "int8_gemm.h", HERE / "flash_prefill.h",
+           HERE / "lane_sums.h")
 C_FILES = [p for p in SOURCES if p.suffix == ".c"]
 # Compiled with -ffast-math but linked without it: at link time gcc would add crtfastmath.o, whose
 # constructor turns on flush-to-zero for the whole process (numpy's and ONNX Runtime's arithmetic

@@ -18,6 +18,7 @@
 
 #include "flash_prefill.h"
 #include "int8_gemm.h"
+#include "lane_sums.h"
 
 enum {
   MAX_HEAD_DIM = 256, /* the attention's key block lives on the stack */
@@ -332,20 +333,6 @@ static inline const void *block_of(const Cache *c, void *const *blocks, int slot
 static inline __m512 load16(const void *base, int f16, size_t at) {
   return f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + at)))
              : _mm512_loadu_ps((const float *)base + at);
-}
-
-/* Lane i of the result: the sum of v[i]'s lanes. Pairs, then 64-bit halves, then 128-bit lanes
- * are added across vectors: 30 instructions for 16 sums. */
-static inline __m512 hsum16(const __m512 v[16]) {
-  __m512 a[8], b[4];
-  for (int i = 0; i < 8; i++) a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-  for (int i = 0; i < 4; i++) {
-    __m512d x = _mm512_castps_pd(a[2 * i]), y = _mm512_castps_pd(a[2 * i + 1]);
-    b[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
-  }
-  __m512 d0 = _mm512_add_ps(_mm512_shuffle_f32x4(b[0], b[1], 0x88), _mm512_shuffle_f32x4(b[0], b[1], 0xDD));
-  __m512 d1 = _mm512_add_ps(_mm512_shuffle_f32x4(b[2], b[3], 0x88), _mm512_shuffle_f32x4(b[2], b[3], 0xDD));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xDD));
 }
 
 /* A partial softmax state per (row, head): the unnormalized weighted sum of values (head_dim

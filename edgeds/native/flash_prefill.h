@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "lane_sums.h"
+
 enum {
   KEY_BLOCK = 64
 }; /* keys a softmax step covers (the loops take 4 x 16): decoder.c's cache block */
@@ -84,24 +86,6 @@ static inline __m512 load_f(const void *base, int f16, size_t at) {
              : _mm512_loadu_ps((const float *)base + at);
 }
 
-/* Lane i of the result: the sum of v[i]'s lanes (pairs, 64-bit halves, 128-bit lanes). */
-static inline __m512 lane_sums(const __m512 v[16]) {
-  __m512 a[8], b[4];
-  for (int i = 0; i < 8; i++)
-    a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
-                         _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-  for (int i = 0; i < 4; i++) {
-    __m512d x = _mm512_castps_pd(a[2 * i]), y = _mm512_castps_pd(a[2 * i + 1]);
-    b[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
-                         _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
-  }
-  __m512 d0 =
-      _mm512_add_ps(_mm512_shuffle_f32x4(b[0], b[1], 0x88), _mm512_shuffle_f32x4(b[0], b[1], 0xDD));
-  __m512 d1 =
-      _mm512_add_ps(_mm512_shuffle_f32x4(b[2], b[3], 0x88), _mm512_shuffle_f32x4(b[2], b[3], 0xDD));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xDD));
-}
-
 /* One tile's attention over one KV head. Rows: n positions p0 .. p0 + n - 1, each with `group`
  * query heads; row rh = i * group + h reads its query at q + i * q_stride + h * D (float32,
  * rotated) and writes its output at out + i * out_stride + h * D. Key block j (positions
@@ -163,6 +147,24 @@ static inline __attribute__((always_inline)) void softmax_step(const __m512 sc_r
   *keep = kept;
 }
 
+/* The tile's query rows (n positions x `group` heads, D floats each) as bf16 rows of Dp = D
+ * rounded up to 32 columns, the padding zero. */
+static inline __attribute__((always_inline)) void queries_bf16(uint16_t *qb, const float *q,
+                                                               size_t q_stride, int n, int group,
+                                                               int D, const int hw) {
+  const int X = (D + 31) / 32, Dp = 32 * X;
+  for (int i = 0; i < n; i++)
+    for (int h = 0; h < group; h++) {
+      const float *src = q + i * q_stride + (size_t)h * D;
+      for (int x = 0; x < X; x++)
+        _mm512_store_si512(
+            qb + (size_t)(i * group + h) * Dp + 32 * x,
+            to_bf16(_mm512_loadu_ps(src + 32 * x),
+                    32 * x + 16 < D ? _mm512_loadu_ps(src + 32 * x + 16) : _mm512_setzero_ps(),
+                    hw));
+    }
+}
+
 static inline __attribute__((always_inline)) void
 prefill_tile_impl(const KeyBlocks *kv, int D, int group, int n, int p0, const float *q,
                   size_t q_stride, float *out, size_t out_stride, void *scratch, const int hw) {
@@ -178,16 +180,7 @@ prefill_tile_impl(const KeyBlocks *kv, int D, int group, int n, int p0, const fl
         *keep = (float *)(s + round64((size_t)rows * 4));
   const float scale = 1.0f / sqrtf((float)D);
   const __m512i order = _mm512_loadu_si512(PAIR_ORDER);
-  for (int i = 0; i < n; i++)
-    for (int h = 0; h < group; h++) {
-      const float *src = q + i * q_stride + (size_t)h * D;
-      for (int x = 0; x < X; x++)
-        _mm512_store_si512(
-            qb + (size_t)(i * group + h) * Dp + 32 * x,
-            to_bf16(_mm512_loadu_ps(src + 32 * x),
-                    32 * x + 16 < D ? _mm512_loadu_ps(src + 32 * x + 16) : _mm512_setzero_ps(),
-                    hw));
-    }
+  queries_bf16(qb, q, q_stride, n, group, D, hw);
   for (int r = 0; r < rows; r++) peak[r] = -FLT_MAX, sum[r] = 0;
   memset(o, 0, (size_t)rows * D * sizeof(float));
   const int last = p0 + n - 1;
@@ -235,7 +228,7 @@ prefill_tile_impl(const KeyBlocks *kv, int D, int group, int n, int p0, const fl
             for (int t = 0; t < 16; t++)
               acc[t] =
                   dp(acc[t], qv[x], _mm512_load_si512(kb + (size_t)(t0 + t) * Dp + 32 * x), hw);
-          sc[t0 / 16] = lane_sums(acc);
+          sc[t0 / 16] = hsum16(acc);
         }
         softmax_step(sc, seen, scale, peak + r, sum + r, keep + r, pb + (size_t)r * KEY_BLOCK, hw);
       }
@@ -365,15 +358,7 @@ prefill_tile_amx_impl(const KeyBlocks *kv, int D, int group, int n, int p0, cons
   _tile_loadconfig(&cfg);
   memset(qb, 0, (size_t)groups * 16 * Dp * 2); /* rows past the tile's: zeros, never read out */
   memset(pb, 0, (size_t)groups * 16 * KEY_BLOCK * 2);
-  for (int i = 0; i < n; i++)
-    for (int h = 0; h < group; h++) {
-      const float *src = q + i * q_stride + (size_t)h * D;
-      for (int x = 0; x < X; x++)
-        _mm512_store_si512(
-            qb + (size_t)(i * group + h) * Dp + 32 * x,
-            to_bf16(_mm512_loadu_ps(src + 32 * x),
-                    32 * x + 16 < D ? _mm512_loadu_ps(src + 32 * x + 16) : _mm512_setzero_ps(), 1));
-    }
+  queries_bf16(qb, q, q_stride, n, group, D, 1);
   for (int r = 0; r < rows; r++) peak[r] = -FLT_MAX, sum[r] = 0;
   memset(o, 0, (size_t)rows * D * sizeof(float));
   const int last = p0 + n - 1;

@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "int8_gemm.h"
+#include "lane_sums.h"
 
 enum { MAX_THREADS = 4096 }; /* decoder.c's: per-thread buffers are sized by the count */
 enum { KV_CHUNK = 256 };                                        /* positions per attention task */
@@ -722,24 +723,6 @@ static void rotate(float *x, const float *cos_p, const float *sin_p, int half) {
     x[i] = a * cos_p[i] - b * sin_p[i];
     x[i + half] = b * cos_p[i] + a * sin_p[i];
   }
-}
-
-/* Lane i of the result: the sum of v[i]'s lanes. */
-static inline __m512 hsum16(const __m512 v[16]) {
-  __m512 a[8], b[4];
-  for (int i = 0; i < 8; i++)
-    a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
-                         _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-  for (int i = 0; i < 4; i++) {
-    __m512d x = _mm512_castps_pd(a[2 * i]), y = _mm512_castps_pd(a[2 * i + 1]);
-    b[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
-                         _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
-  }
-  __m512 d0 =
-      _mm512_add_ps(_mm512_shuffle_f32x4(b[0], b[1], 0x88), _mm512_shuffle_f32x4(b[0], b[1], 0xDD));
-  __m512 d1 =
-      _mm512_add_ps(_mm512_shuffle_f32x4(b[2], b[3], 0x88), _mm512_shuffle_f32x4(b[2], b[3], 0xDD));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xDD));
 }
 
 /* Sixteen latent values from column i of a cached row (float16 where half, else float32):
