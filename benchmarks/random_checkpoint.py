@@ -80,9 +80,20 @@ def tensor_shapes(c: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def random_tensor(name: str, shape: tuple[int, ...], gen):
+    import torch
+
+    if len(shape) == 1 and "correction_bias" not in name:
+        return torch.ones(shape, dtype=torch.bfloat16) if "norm" in name else torch.zeros(shape, dtype=torch.bfloat16)
+    return (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
+
+
 def write_checkpoint(config_path: Path, out: Path, tokenizer_dir: Path | None = None, seed: int = 0,
-                     layers: int | None = None) -> Path:
-    """layers: keep only this many decoder layers (the real widths, a cut depth)."""
+                     layers: int | None = None, threads: int = 1) -> Path:
+    """layers: keep only this many decoder layers (the real widths, a cut depth). threads > 1:
+    tensors drawn at once, each from a generator of its own (seeded seed, its index), since one
+    generator draws ~100M values/s and DeepSeek-V2-Lite has 16B: other weights than threads=1's
+    (the same for any threads > 1), still the same every run."""
     import torch
     from safetensors.torch import save_file
 
@@ -102,17 +113,29 @@ def write_checkpoint(config_path: Path, out: Path, tokenizer_dir: Path | None = 
         weight_map.update({k: name for k in shard})
         shard, shard_bytes = {}, 0
 
-    for name, shape in tensor_shapes(config).items():
-        if len(shape) == 1:
-            t = torch.ones(shape, dtype=torch.bfloat16) if "norm" in name else (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16) if "correction_bias" in name else torch.zeros(shape, dtype=torch.bfloat16)
-        else:
-            t = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
+    shapes = list(tensor_shapes(config).items())
+    if threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def draw(item):
+            i, (name, shape) = item
+            return random_tensor(name, shape, torch.Generator().manual_seed(seed * 1_000_003 + i))
+
+        pool = ThreadPoolExecutor(threads)  # torch drops the GIL while it draws
+        # In order, a shard's worth at a time ahead at most: memory stays near one shard.
+        tensors = (t for chunk in _chunks(list(enumerate(shapes)), 4 * threads)
+                   for t in pool.map(draw, chunk))
+    else:
+        tensors = (random_tensor(name, shape, gen) for name, shape in shapes)
+    for (name, _), t in zip(shapes, tensors):
         shard[name] = t
         shard_bytes += t.numel() * 2
         if shard_bytes >= SHARD_BYTES:
             flush()
     if shard:
         flush()
+    if threads > 1:
+        pool.shutdown()
     index = {"metadata": {"total_size": sum((out / s).stat().st_size for s in shards)}, "weight_map": weight_map}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     (out / "generation_config.json").write_text(json.dumps(
@@ -121,6 +144,11 @@ def write_checkpoint(config_path: Path, out: Path, tokenizer_dir: Path | None = 
         for f in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copyfile(tokenizer_dir / f, out / f)
     return out
+
+
+def _chunks(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
 
 
 if __name__ == "__main__":

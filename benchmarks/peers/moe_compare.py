@@ -58,6 +58,19 @@ ROWS = {  # metric key: what the table calls it
     "decode_b64_128": "decode batch 64 (whole batch), tok/s",
 }
 DEPTH_TARGET = 1.2  # issue 23: batch 1 after each depth, over the best peer
+RSS_MARGIN_MIB = 300  # issue 22: edgeds' peak RSS at most its artifact + KV cache + this
+
+
+def row_shapes(rows) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The batches (of PROMPT-token sequences) and the single long prompts that measure `rows`
+    (ROWS keys): prefill_512 and decode_b1_4096 each come from a PREFILLS prompt."""
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        raise SystemExit(f"moe_compare: unknown row(s) {', '.join(unknown)}; known: "
+                         + ", ".join(ROWS))
+    batches = tuple(b for b in BATCHES if f"decode_b{b}_{PROMPT}" in rows)
+    prefills = tuple(p for p in PREFILLS if f"prefill_{p}" in rows or f"decode_b1_{p}" in rows)
+    return batches, prefills
 
 
 def depth_rows(depths) -> dict[str, str]:
@@ -89,6 +102,7 @@ def prepare(
     threads: int,
     direct_q8: bool = False,
     drop_checkpoint: bool = False,
+    checkpoint_threads: int = 1,
 ) -> dict[str, Path]:
     """The checkpoint and every engine's model (each step skipped where its output exists; the
     checkpoint written only where a step needs it: the same seed gives the same weights).
@@ -114,9 +128,9 @@ def prepare(
             jobs.append(partial(peer_gguf, peer, src, paths[peer], peers_src, peers_build, threads))
     if jobs and not (src / "model.safetensors.index.json").exists():
         (work / "config.json").write_text(json.dumps(checkpoint_config(config), indent=2))
-        write_checkpoint(
-            work / "config.json", src, CONFIGS.parent / "deepseek-v3-tokenizer", layers=layers
-        )
+        write_checkpoint(work / "config.json", src, CONFIGS.parent / "deepseek-v3-tokenizer",
+                         layers=layers, **({"threads": checkpoint_threads}
+                                           if checkpoint_threads > 1 else {}))
     with ThreadPoolExecutor(1 if direct_q8 else max(1, len(jobs))) as pool:
         for job in [pool.submit(j) for j in jobs]:
             job.result()
@@ -183,6 +197,7 @@ def convert_to_gguf(
             t.extractall(work / f"{peer}-convert-tmp", members=members, filter="data")
         (work / f"{peer}-convert-tmp" / peer).rename(tree)
     env = {**os.environ, "PYTHONPATH": f"{tree / 'gguf-py'}:{os.environ.get('PYTHONPATH', '')}"}
+    part = out.with_name(out.name + ".part")  # a conversion cut short is not taken as made
     run(
         [
             sys.executable,
@@ -191,11 +206,12 @@ def convert_to_gguf(
             "--outtype",
             outtype,
             "--outfile",
-            str(out),
+            str(part),
         ],
         env=env,
         quiet=True,
     )
+    part.rename(out)
 
 
 def run(cmd: list[str], env: dict | None = None, quiet: bool = False) -> str:
@@ -255,10 +271,20 @@ def metrics_from_rows(rows: list[dict]) -> dict:
     return m
 
 
+def peer_load_s(text: str) -> float | None:
+    """The load time a peer prints at its end (llama.cpp's llama_perf_context_print,
+    ik_llama.cpp's llama_print_timings): from the model's load to the end of its first
+    evaluation, which in batched-bench is a warm-up batch of a few tokens."""
+    m = re.search(r"load time\s*=\s*([\d.]+) ms", text)
+    return float(m.group(1)) / 1e3 if m else None
+
+
 def measure_peer(peer: str, gguf: Path, build: Path, threads: int, depths=(),
-                 depth_only: bool = False) -> dict:
+                 depth_only: bool = False, rows=tuple(ROWS)) -> dict:
     """Two batched-bench runs: the batches (each sequence its own slots: -c is the sum), then the
-    single long sequences; a third for --depths (or that alone: depth_only)."""
+    single long sequences; a third for --depths (or that alone: depth_only). `rows`: only the
+    runs and sizes those rows need."""
+    batches, prefills = row_shapes(rows)
     exe = str(build / peer / "bin" / "llama-batched-bench")
     common = [
         "-m",
@@ -273,52 +299,42 @@ def measure_peer(peer: str, gguf: Path, build: Path, threads: int, depths=(),
         "512",
         *PEER_FLAGS[peer],
     ]
-    calls = [
-        [
-            "-c",
-            str(max(BATCHES) * (PROMPT + DECODE_STEPS)),
-            "-npp",
-            str(PROMPT),
-            "-ntg",
-            str(DECODE_STEPS),
-            "-npl",
-            ",".join(map(str, BATCHES)),
-        ],
-        [
-            "-c",
-            str(max(PREFILLS) + DECODE_STEPS + 64),
-            "-npp",
-            ",".join(map(str, PREFILLS)),
-            "-ntg",
-            str(DECODE_STEPS),
-            "-npl",
-            "1",
-        ],
-    ]
+    calls = []
+    if batches:
+        calls.append(["-c", str(max(batches) * (PROMPT + DECODE_STEPS)), "-npp", str(PROMPT),
+                      "-ntg", str(DECODE_STEPS), "-npl", ",".join(map(str, batches))])
+    if prefills:
+        calls.append(["-c", str(max(prefills) + DECODE_STEPS + 64), "-npp",
+                      ",".join(map(str, prefills)), "-ntg", str(DECODE_STEPS), "-npl", "1"])
     if depth_only:
         calls = []
     if depths:
         calls.append(["-c", str(max(depths) + DECODE_STEPS + 64), "-npp",
                       ",".join(map(str, depths)), "-ntg", str(DECODE_STEPS), "-npl", "1"])
-    rows, rss = [], 0.0
+    table, rss, loads = [], 0.0, []
     for args in calls:
         out, peak = run_measured([exe, *common, *args])
-        rows += parse_batched_bench(out)
+        table += parse_batched_bench(out)
         rss = max(rss, peak)
-    return {
+        loads.append(peer_load_s(out))
+    res = {
         "engine": peer,
-        "metrics": metrics_from_rows(rows),
-        "rows": rows,
+        "metrics": metrics_from_rows(table),
+        "rows": table,
         "peak_rss_mib": rss,
         "flags": " ".join(common[2:]),
     }
+    if loads and loads[0] is not None:  # the first run's: the file least likely in memory
+        res["load_s"] = loads[0]
+    return res
 
 
 def measure_edgeds(artifact: Path, backend: str, threads: int, depths=(),
-                   depth_only: bool = False) -> dict:
+                   depth_only: bool = False, rows=tuple(ROWS)) -> dict:
     """The backend edgeds.load gives, driven as batched-bench drives a peer: random prompts into
     fresh slots, then DECODE_STEPS decode calls of random tokens; the first call of each shape
-    warms it up untimed."""
+    warms it up untimed. Records the artifact's bytes and the largest KV cache it allocated,
+    against which issue 22 bounds its peak RSS."""
     import edgeds
     from edgeds.batch.progress import peak_rss_bytes
 
@@ -327,12 +343,16 @@ def measure_edgeds(artifact: Path, backend: str, threads: int, depths=(),
     load_s = time.perf_counter() - t0
     be, rng = engine.backend, np.random.default_rng(0)
     vocab = be.vocab_size
+    kv_per_token = engine.artifact.manifest.kv_layout(engine.choice.artifact_format).bytes_per_token
+    kv_bytes = 0
 
     def tokens(n: int) -> np.ndarray:
         return rng.integers(0, vocab, n).astype(np.int64)
 
     def run_batch(batch: int, prompt: int) -> tuple[float, float]:
+        nonlocal kv_bytes
         be.start(batch, prompt + DECODE_STEPS + 8)
+        kv_bytes = max(kv_bytes, kv_per_token * batch * (prompt + DECODE_STEPS + 8))
         t = time.perf_counter()
         be.prefill(list(range(batch)), [tokens(prompt) for _ in range(batch)])
         t_prefill = time.perf_counter() - t
@@ -341,13 +361,14 @@ def measure_edgeds(artifact: Path, backend: str, threads: int, depths=(),
             be.decode(tokens(batch))
         return batch * prompt / t_prefill, batch * DECODE_STEPS / (time.perf_counter() - t)
 
-    rows = []
-    shapes = [*((b, PROMPT) for b in BATCHES), *((1, p) for p in PREFILLS)]
+    batches, prefills = row_shapes(rows)
+    table = []
+    shapes = [*((b, PROMPT) for b in batches), *((1, p) for p in prefills)]
     shapes = [*([] if depth_only else shapes), *((1, d) for d in depths)]
     for batch, prompt in shapes:
         run_batch(min(batch, 2), 16)  # warm-up
         s_pp, s_tg = run_batch(batch, prompt)
-        rows.append(
+        table.append(
             {
                 "pp": prompt,
                 "tg": DECODE_STEPS,
@@ -356,12 +377,15 @@ def measure_edgeds(artifact: Path, backend: str, threads: int, depths=(),
                 "decode_tok_s": s_tg,
             }
         )
+    files = [f for f in Path(artifact).rglob("*") if f.is_file()]
     return {
         "engine": f"edgeds-{be.name}",
-        "metrics": metrics_from_rows(rows),
-        "rows": rows,
+        "metrics": metrics_from_rows(table),
+        "rows": table,
         "load_s": load_s,
         "peak_rss_mib": peak_rss_bytes() / 2**20,
+        "artifact_mib": sum(f.stat().st_size for f in files) / 2**20,
+        "kv_mib": kv_bytes / 2**20,
         "profile": engine.profile.name,
         "backend": be.name,
     }
@@ -390,7 +414,7 @@ def measure(engine: str, paths: dict, args) -> dict | None:
     if engine in PEERS:
         try:
             res = measure_peer(engine, paths[engine], Path(args.peers_build), args.threads,
-                               args.depths, args.depth_only)
+                               args.depths, args.depth_only, args.rows)
         except RuntimeError as exc:
             print(f"{engine}: {exc}", flush=True)
             return None
@@ -400,7 +424,8 @@ def measure(engine: str, paths: dict, args) -> dict | None:
         extra = ["--depths", ",".join(map(str, args.depths))] if args.depths else []
         r = subprocess.run(
             [*child, "--threads", str(args.threads), "--work", args.work, *extra,
-             *(["--depth-only"] if args.depth_only else [])], check=False
+             "--rows", ",".join(args.rows), *(["--depth-only"] if args.depth_only else [])],
+            check=False
         )
         if r.returncode != 0:
             print(f"{engine}: failed ({r.returncode})", flush=True)
@@ -486,6 +511,8 @@ def report(
     deep = sorted({int(k.split("_")[-1]) for r in results for k in r["metrics"]
                    if k.startswith("decode_b1_")} - {PROMPT, *PREFILLS})
     for key, label in {**ROWS, **depth_rows(deep)}.items():
+        if not any(key in r["metrics"] for r in results):
+            continue  # a row no engine measured (--rows)
         best = max((p["metrics"][key] for p in peers if key in p["metrics"]), default=None)
         target = targets.get(key, DEPTH_TARGET if key.startswith("decode_b1_") and targets
                              else None)
@@ -520,6 +547,22 @@ def report(
             )
             + " of it."
         )
+    for r in ours:
+        if "artifact_mib" in r:
+            bound = r["artifact_mib"] + r["kv_mib"] + RSS_MARGIN_MIB
+            lines.append(
+                f"{r['engine']} peak RSS {r['peak_rss_mib']:.0f} MiB against artifact "
+                f"{r['artifact_mib']:.0f} + KV cache {r['kv_mib']:.0f} + {RSS_MARGIN_MIB} = "
+                f"{bound:.0f} MiB: **{'met' if r['peak_rss_mib'] <= bound else 'missed'}**."
+            )
+    ref = next((p for p in peers if p["engine"] == "llama.cpp" and p.get("load_s")), None)
+    for r in ours:  # issue 22: load time at most 1.2x llama.cpp's
+        if ref and "load_s" in r:
+            lines.append(
+                f"{r['engine']} load {r['load_s']:.2f} s against llama.cpp's {ref['load_s']:.2f} s"
+                f": {r['load_s'] / ref['load_s']:.2f}x (target <= 1.2x: "
+                f"**{'met' if r['load_s'] <= 1.2 * ref['load_s'] else 'missed'}**)."
+            )
     lines += ["", "| engine | peak RSS (MiB) | load (s) | settings |", "|---|---|---|---|"]
     for r in ours + peers:
         load = f"{r['load_s']:.2f}" if "load_s" in r else "-"
@@ -593,6 +636,17 @@ def main() -> None:
     )
     ap.add_argument("--depths", default="", help="batch-1 rows after these prompt lengths too")
     ap.add_argument("--depth-only", action="store_true", help="only the --depths rows")
+    ap.add_argument(
+        "--rows",
+        default=",".join(ROWS),
+        help=f"the rows to measure, of {','.join(ROWS)} (each engine runs only what they need)",
+    )
+    ap.add_argument(
+        "--checkpoint-threads",
+        type=int,
+        default=1,
+        help="draw the random checkpoint's tensors on this many threads (other weights than 1's)",
+    )
     ap.add_argument("--prepare-only", action="store_true")
     ap.add_argument(
         "--direct-q8",
@@ -610,11 +664,14 @@ def main() -> None:
     )
     args = ap.parse_args()
     args.depths = [int(d) for d in args.depths.split(",") if d]
+    args.rows = tuple(r for r in args.rows.split(",") if r)
+    row_shapes(args.rows)  # unknown rows: one line, before anything runs
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.edgeds_child:
         backend, art = args.edgeds_child
-        res = measure_edgeds(Path(art), backend, args.threads, args.depths, args.depth_only)
+        res = measure_edgeds(Path(art), backend, args.threads, args.depths, args.depth_only,
+                             args.rows)
         name = next(e for e, b in EDGEDS.items() if b == backend)
         out = work / f"{name}{'-depth' if args.depth_only else ''}.json"
         out.write_text(json.dumps(res | {"engine": name}, indent=2))
@@ -634,6 +691,7 @@ def main() -> None:
         args.threads,
         args.direct_q8,
         args.drop_checkpoint,
+        args.checkpoint_threads,
     )
     if args.prepare_only:
         return
