@@ -82,7 +82,8 @@ def open_native(artifact: Artifact, threads: int, use_amx: bool = True):
 
 
 def _logits_buffer(rows: int, vocab: int) -> np.ndarray:
-    """Room for `rows` rows of logits, rounded up to the AMX kernel's 32-row block (it writes them)."""
+    """Room for `rows` rows of logits, rounded up to the AMX kernel's 32-row block (it writes
+    them)."""
     return np.empty((-(-max(rows, 1) // 32) * 32, vocab), np.float32)
 
 
@@ -112,14 +113,16 @@ class NativeBackend:
         graph, model = artifact.graph("onnx"), artifact.model
         index = tensor_index.load(artifact, graph)
         self.layout = artifact.manifest.kv_layout("onnx")
-        self.layers, self.kv_heads, self.head_dim = self.layout.layers, self.layout.heads, self.layout.head_dim
+        self.layers, self.kv_heads = self.layout.layers, self.layout.heads
+        self.head_dim = self.layout.head_dim
         self.vocab_size = model.vocab_size
         self.cache_dtype = np.dtype(self.layout.dtype)
         check_threads(threads)
         data_path = artifact.path(graph.data_file)
-        self._model = self.lib.ed_new(self.layers, model.hidden_size, model.num_heads, self.kv_heads,
-                                      self.head_dim, model.intermediate_size, self.vocab_size,
-                                      model.rms_norm_eps, threads, int(use_amx))
+        self._model = self.lib.ed_new(self.layers, model.hidden_size, model.num_heads,
+                                      self.kv_heads, self.head_dim, model.intermediate_size,
+                                      self.vocab_size, model.rms_norm_eps, threads, int(use_amx))
+
         if not self._model:
             raise ArtifactError("native backend: the decoder refused the model's dimensions "
                                 "or rms_norm_eps")
@@ -155,8 +158,10 @@ class NativeBackend:
             if weight.dtype != np.int8:
                 raise ArtifactError(
                     f"native backend: {graph.tensors}: {weight.dtype} weights, not int8")
-            scales, bias = view(lin["scales"], np.float32, (shape[1],)), view(lin["bias"], np.float32, (shape[1],))
-            check(self.lib.ed_set_linear(self._model, layer, which, _ptr(weight), _ptr(scales), _ptr(bias), *shape),
+            scales = view(lin["scales"], np.float32, (shape[1],))
+            bias = view(lin["bias"], np.float32, (shape[1],))
+            check(self.lib.ed_set_linear(self._model, layer, which, _ptr(weight), _ptr(scales),
+                                         _ptr(bias), *shape),
                   f"a {shape[0]}x{shape[1]} linear layer")
             # Its file pages leave this process's memory now: loading a model peaks at the packed
             # weights plus one layer, not twice the weights.
@@ -169,9 +174,11 @@ class NativeBackend:
         hidden = (model.hidden_size,)
         for i, layer in enumerate(index["layers"]):
             mlp = layer["mlp"]
-            for which, lin in enumerate((layer["qkv"], layer["o"], mlp["gate"], mlp["up"], mlp["down"])):
+            linears = (layer["qkv"], layer["o"], mlp["gate"], mlp["up"], mlp["down"])
+            for which, lin in enumerate(linears):
                 set_linear(i, which, lin)
-            norms = view(layer["input_norm"], np.float32, hidden), view(layer["post_norm"], np.float32, hidden)
+            norms = (view(layer["input_norm"], np.float32, hidden),
+                     view(layer["post_norm"], np.float32, hidden))
             check(self.lib.ed_set_norms(self._model, i, _ptr(norms[0]), _ptr(norms[1])), "a norm")
         set_linear(-1, 0, index["lm_head"])
         final_norm = view(index["final_norm"], np.float32, hidden)
@@ -179,7 +186,8 @@ class NativeBackend:
         positions = int(index["cos"]["shape"][0])
         cos = view(index["cos"], np.float32, (positions, self.head_dim // 2))
         sin = view(index["sin"], np.float32, (positions, self.head_dim // 2))
-        check(self.lib.ed_set_rope(self._model, _ptr(cos), _ptr(sin), positions), "the rotary tables")
+        check(self.lib.ed_set_rope(self._model, _ptr(cos), _ptr(sin), positions),
+              "the rotary tables")
         del data  # the packed copies are the library's; only the embedding table stays mapped
         embed = index["embed"]
         table, scales = embed["table"], embed["scales"]
@@ -188,9 +196,11 @@ class NativeBackend:
             raise ArtifactError(f"native backend: {graph.tensors}: an embedding table not of the "
                                 f"manifest's {self.vocab_size} x {model.hidden_size}")
         try:
-            self._table = np.memmap(data_path, np.dtype(table["dtype"]), "r", table["offset"], tuple(table["shape"]))
+            self._table = np.memmap(data_path, np.dtype(table["dtype"]), "r", table["offset"],
+                                    tuple(table["shape"]))
             self._row_scales = None if scales is None else np.ascontiguousarray(np.memmap(
-                data_path, np.dtype(scales["dtype"]), "r", scales["offset"], tuple(scales["shape"])), np.float32)
+                data_path, np.dtype(scales["dtype"]), "r", scales["offset"],
+                tuple(scales["shape"])), np.float32)
         except (TypeError, ValueError) as exc:
             raise ArtifactError(f"native backend: {graph.tensors}: the embedding table is not "
                                 f"inside {graph.data_file} ({exc})") from None
@@ -241,8 +251,8 @@ class NativeBackend:
             self.blocks.widen(capacity)  # the table alone: no cached position moves
             self.capacity = capacity
 
-    def _forward(self, ids: np.ndarray, slots: np.ndarray, positions: np.ndarray, logit_rows: np.ndarray,
-                 logits: np.ndarray, prompt: bool = False) -> None:
+    def _forward(self, ids: np.ndarray, slots: np.ndarray, positions: np.ndarray,
+                 logit_rows: np.ndarray, logits: np.ndarray, prompt: bool = False) -> None:
         """prompt: the rows are a prompt's (their attention in blocks, flash_prefill.h), else
         decode steps; a row's arithmetic is its call's kind, never its batch's."""
         b, pool = self.blocks, self.pool
@@ -261,7 +271,8 @@ class NativeBackend:
         if rc == -5:
             raise MemoryError("native backend: no memory for the decoder's scratch buffers")
         if rc != 0:
-            raise ValueError("native backend: a model not completely loaded, or counts out of range")
+            raise ValueError(
+                "native backend: a model not completely loaded, or counts out of range")
 
     @property
     def cache_layout(self) -> str:
@@ -323,8 +334,8 @@ class NativeBackend:
             pick = np.flatnonzero((wanted >= start) & (wanted < stop))
             rows = (wanted[pick] - start).astype(np.int32)
             logits = _logits_buffer(len(rows), self.vocab_size)
-            self._forward(ids[start:stop], row_slot[start:stop], positions[start:stop], rows, logits,
-                          prompt=True)
+            self._forward(ids[start:stop], row_slot[start:stop], positions[start:stop], rows,
+                          logits, prompt=True)
             out[pick] = logits[:len(rows)]
         for s, p in zip(slots, prompts):
             self.slot_lengths.filled(s, len(p))
@@ -365,7 +376,9 @@ class NativeBackend:
             for s in np.flatnonzero(~self.slot_lengths.idle & (positions % BLOCK_TOKENS == 0)):
                 self.blocks.reserve(int(s), int(positions[s]) + 1)  # a new block's first position
             positions[self.slot_lengths.idle] = -1  # idle rows: nothing cached, nothing attended
-        self._forward(np.ascontiguousarray(tokens, np.int64), self._slot_ids, positions, self._slot_ids, self._logits)
+        self._forward(np.ascontiguousarray(tokens, np.int64), self._slot_ids, positions,
+                      self._slot_ids, self._logits)
+
         self.slot_lengths.advance()
         return self._logits[:self.batch_size]
 

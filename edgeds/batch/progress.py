@@ -73,7 +73,8 @@ class JobStats:
             "prompt_tokens": self.prompt_tokens,
             "generated_tokens": self.generated_tokens,
             "elapsed_s": round(elapsed, 3),
-            "generated_tokens_per_s": round(self.generated_tokens / elapsed, 2) if elapsed else None,
+            "generated_tokens_per_s": (
+                round(self.generated_tokens / elapsed, 2) if elapsed else None),
             "latency_s": pct(self.latencies),
             "ttft_s": pct(self.ttfts),
             "peak_rss_mib": round(peak_rss_bytes() / 2**20, 1),
@@ -143,7 +144,9 @@ class Progress:
 
 def format_summary(s: dict) -> str:
     def ms(d: dict) -> str:
-        return " / ".join("-" if v is None else f"{v * 1000:.0f} ms" for v in (d["p50"], d["p90"], d["p99"]))
+        return " / ".join("-" if v is None else f"{v * 1000:.0f} ms"
+                          for v in (d["p50"], d["p90"], d["p99"]))
+
 
     rows = [
         ("records ok / failed", f"{s['records_ok']} / {s['records_failed']}"),

@@ -113,7 +113,8 @@ def command(
 
     Examples:
       edgeds export ./DeepSeek-R1-Distill-Qwen-1.5B -o r1-1.5b-int8
-      edgeds export ./deepseek-coder-1.3b-instruct -o coder-int4 --weights int4 --format onnx --verify
+      edgeds export ./deepseek-coder-1.3b-instruct -o coder-int4 --weights int4 --verify
+
       edgeds export ./DeepSeek-R1-Distill-Qwen-1.5B -o r1-1.5b-trt --target tensorrt --context 4096
     """
     try:

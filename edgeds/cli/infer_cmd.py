@@ -15,19 +15,25 @@ NAME = "infer"
 
 
 def command(
-    artifact: Annotated[str | None, typer.Argument(help="Artifact folder; omitted: the embedded default model.")] = None,
-    input: Annotated[str | None, typer.Option("--input", "-i", help="JSONL (or text) input; '-' for stdin.")] = None,
-    output: Annotated[str, typer.Option("--output", "-o", help="JSONL output; '-' for stdout. Resumed if it exists.")] = "-",
-    input_format: Annotated[str, typer.Option(help="jsonl | text (one prompt per line, id = line number).")] = "jsonl",
+    artifact: Annotated[str | None, typer.Argument(
+        help="Artifact folder; omitted: the embedded default model.")] = None,
+    input: Annotated[str | None, typer.Option(
+        "--input", "-i", help="JSONL (or text) input; '-' for stdin.")] = None,
+    output: Annotated[str, typer.Option(
+        "--output", "-o", help="JSONL output; '-' for stdout. Resumed if it exists.")] = "-",
+    input_format: Annotated[str, typer.Option(
+        help="jsonl | text (one prompt per line, id = line number).")] = "jsonl",
     max_new_tokens: Annotated[int, typer.Option(help="Default per record.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 means greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option()] = 1.0,
     top_k: Annotated[int, typer.Option()] = 0,
     min_p: Annotated[float, typer.Option()] = 0.0,
     repetition_penalty: Annotated[float, typer.Option()] = 1.0,
-    seed: Annotated[int, typer.Option(help="Job seed; a record samples with it mixed with its id.")] = 0,
+    seed: Annotated[int, typer.Option(
+        help="Job seed; a record samples with it mixed with its id.")] = 0,
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Slots decoded together (default: the profile's).")] = 0,
+    batch_size: Annotated[int, typer.Option(
+        help="Slots decoded together (default: the profile's).")] = 0,
     context: Annotated[int, typer.Option(
         help="Tokens a sequence may hold, prompt and answer (default: the profile's; at most the "
              "artifact's exported context).", show_default=False)] = 0,
@@ -38,7 +44,8 @@ def command(
         help="Longest input line; a longer one is an error record, never read whole.")] = 1 << 20,
     overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming.")] = False,
     fail_fast: Annotated[bool, typer.Option(help="Stop at the first failed record.")] = False,
-    timings: Annotated[bool, typer.Option(help="Write latency_s per record (off: byte-identical reruns).")] = True,
+    timings: Annotated[bool, typer.Option(
+        help="Write latency_s per record (off: byte-identical reruns).")] = True,
     metrics: Annotated[str | None, typer.Option(help="Write the summary as JSON here.")] = None,
     prometheus_file: Annotated[str | None, typer.Option(
         help="Prometheus text-format metrics, rewritten every 5 s (node_exporter textfile).",
@@ -50,7 +57,9 @@ def command(
         help="Address --prometheus-port listens on.")] = "127.0.0.1",
     profile: Annotated[str | None, typer.Option(help="Profile name (default: detected).")] = None,
     backend: Annotated[str | None, typer.Option(help="native | onnxruntime | openvino.")] = None,
-    device: Annotated[str | None, typer.Option(help="Execution provider or OpenVINO device.")] = None,
+    device: Annotated[str | None, typer.Option(
+        help="Execution provider or OpenVINO device.")] = None,
+
     threads: Annotated[int, typer.Option(help="Threads (default: the profile's).")] = 0,
     no_prefix_cache: Annotated[bool, typer.Option(
         "--no-prefix-cache", help="Prefill every prompt whole (default: reuse shared prefixes' "

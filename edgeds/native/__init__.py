@@ -1,5 +1,6 @@
-"""The native decoder library (`decoder.c`, dense models; `mla_moe.c`, DeepSeek-V2/V3): built from source with the system C compiler on first
-use and kept in the edgeds cache folder, keyed by the source's hash; loaded with ctypes.
+"""The native decoder library (`decoder.c`, dense models; `mla_moe.c`, DeepSeek-V2/V3): built
+from source with the system C compiler on first use and kept in the edgeds cache folder, keyed by
+the source's hash; loaded with ctypes.
 
 It needs an x86-64 CPU with AVX-512 VNNI (AMX is used where the kernel grants it) and a C
 compiler (gcc or clang with OpenMP) the first time. Where either is missing, or the build
@@ -32,15 +33,16 @@ C_FILES = [p for p in SOURCES if p.suffix == ".c"]
 # gcc >= 11, clang >= 12; without them the library is VNNI only (no AMX tiles) and its prompt
 # attention takes float32 FMAs (no vdpbf16ps): both are chosen at run time where built in.
 NEWER_ISA = ["-mamx-tile", "-mamx-int8", "-mamx-bf16", "-mavx512bf16"]
-COMPILE = ["-O3", "-ffast-math", "-fno-associative-math", "-fopenmp", "-fPIC", "-mavx512f", "-mavx512bw",
-           "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma", "-mf16c", *NEWER_ISA]
+COMPILE = ["-O3", "-ffast-math", "-fno-associative-math", "-fopenmp", "-fPIC", "-mavx512f",
+           "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma", "-mf16c", *NEWER_ISA]
 LINK = ["-shared", "-fopenmp"]
 # EDGEDS_NATIVE_SANITIZE=address,undefined builds the library with those sanitizers, for the
 # test suite (tests/test_native_sanitized.py); a Python host must preload the ASan runtime
 # (LD_PRELOAD=$(gcc -print-file-name=libasan.so)), as python itself is not built with it.
 SANITIZE = os.environ.get("EDGEDS_NATIVE_SANITIZE")
 if SANITIZE:
-    COMPILE += ["-g", "-fno-omit-frame-pointer", f"-fsanitize={SANITIZE}", "-fno-sanitize-recover=all"]
+    COMPILE += ["-g", "-fno-omit-frame-pointer", f"-fsanitize={SANITIZE}",
+                "-fno-sanitize-recover=all"]
     LINK += [f"-fsanitize={SANITIZE}"]
 FLAGS = COMPILE + ["|"] + LINK  # what the library's cache key hashes
 NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")
@@ -51,7 +53,8 @@ class NativeUnavailable(RuntimeError):
 
 
 def compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc") or shutil.which("clang")
+    return (os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+            or shutil.which("clang"))
 
 
 def unavailable(cpu_flags: frozenset[str] | set[str]) -> str | None:
@@ -70,7 +73,8 @@ def unavailable(cpu_flags: frozenset[str] | set[str]) -> str | None:
 
 
 def _library_path() -> Path:
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + " ".join(FLAGS).encode()).hexdigest()[:16]
+    key = b"".join(p.read_bytes() for p in SOURCES) + " ".join(FLAGS).encode()
+    digest = hashlib.sha256(key).hexdigest()[:16]
     root = cache_folder() or Path(tempfile.gettempdir()) / "edgeds"
     return root / "native" / f"decoder-{digest}.so"
 
@@ -78,14 +82,16 @@ def _library_path() -> Path:
 def _build(target: Path) -> None:
     cc = compiler()
     if cc is None:
-        raise NativeUnavailable("native decoder: no C compiler to build it with (set CC, or install gcc)")
+        raise NativeUnavailable(
+            "native decoder: no C compiler to build it with (set CC, or install gcc)")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         # Built beside the target and renamed: processes starting together never load half a file.
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
     except OSError as exc:
-        raise NativeUnavailable(f"native decoder: cannot write its build to {target.parent} ({exc.strerror})") from exc
+        raise NativeUnavailable(f"native decoder: cannot write its build to {target.parent} "
+                                f"({exc.strerror})") from exc
     objs = [f"{tmp[:-3]}.{source.stem}.o" for source in C_FILES]
 
     def run(step: list[str]) -> subprocess.CompletedProcess:
@@ -95,13 +101,16 @@ def _build(target: Path) -> None:
         for source, obj in zip(C_FILES, objs):
             result = run([*COMPILE, "-c", "-o", obj, str(source)])
             if result.returncode != 0:  # an older compiler without AMX: the VNNI kernels alone
-                result = run([*(f for f in COMPILE if f not in NEWER_ISA), "-c", "-o", obj, str(source)])
+                older = [f for f in COMPILE if f not in NEWER_ISA]
+                result = run([*older, "-c", "-o", obj, str(source)])
             if result.returncode != 0:
                 break
         if result.returncode == 0:
             result = run([*LINK, "-o", tmp, *objs, "-lm"])
         if result.returncode != 0:
-            raise NativeUnavailable(f"native decoder: {cc} failed to build it: {result.stderr.strip()[-400:]}")
+            raise NativeUnavailable(
+                f"native decoder: {cc} failed to build it: {result.stderr.strip()[-400:]}")
+
         os.replace(tmp, target)
     except OSError as exc:  # a CC that cannot be run
         raise NativeUnavailable(f"native decoder: cannot run {cc} ({exc.strerror})") from exc
