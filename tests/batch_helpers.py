@@ -14,8 +14,8 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def infer_cmd(artifact, inp, out, *extra) -> list[str]:
-    return [sys.executable, "-m", "edgeds.cli", "infer", str(artifact), "-i", str(inp), "-o", str(out),
-            *map(str, extra)]
+    return [sys.executable, "-m", "edgeds.cli", "infer", str(artifact), "-i", str(inp), "-o",
+            str(out), *map(str, extra)]
 
 
 def infer(artifact, inp, out, *extra, **kw):

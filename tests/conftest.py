@@ -64,7 +64,8 @@ def artifacts(tmp_path_factory, checkpoints):
     def get(kind: str, weights: str = "fp32", kv_cache: str = "float32") -> Path:
         if (kind, weights, kv_cache) not in cache:
             out = root / f"{kind}-{weights}-{kv_cache}"
-            export_checkpoint(checkpoints(kind), out, weights=weights, context=CONTEXT, kv_cache=kv_cache)
+            export_checkpoint(checkpoints(kind), out, weights=weights, context=CONTEXT,
+                              kv_cache=kv_cache)
             cache[kind, weights, kv_cache] = out
         return cache[kind, weights, kv_cache]
 

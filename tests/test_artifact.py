@@ -53,8 +53,9 @@ def test_cli_refuses_tampered_artifact_with_exit_2(artifact_copy, tmp_path):
 
     (artifact_copy / "model.onnx").write_bytes(b"not a graph")
     (tmp_path / "in.jsonl").write_text('{"id": 1, "prompt": "x"}\n')
-    r = CliRunner().invoke(app, ["infer", str(artifact_copy), "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl"),
-                                 "--backend", "onnxruntime"])
+    r = CliRunner().invoke(app,
+                           ["infer", str(artifact_copy), "-i", str(tmp_path / "in.jsonl"), "-o",
+                            str(tmp_path / "o.jsonl"), "--backend", "onnxruntime"])
     assert r.exit_code == 2
     assert "model.onnx" in r.output
     assert not (tmp_path / "o.jsonl").exists()

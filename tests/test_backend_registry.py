@@ -23,7 +23,8 @@ def test_every_backend_has_an_entry_under_its_own_name():
     for name, entry in registry.REGISTRY.items():
         assert entry.name == name and entry.graph_format in ("onnx", "openvino")
         assert entry.backend_class().name == name  # the class it opens answers to the same name
-    with pytest.raises(ConfigError, match="unknown backend 'onnx'; choose from native, onnxruntime"):
+    with pytest.raises(ConfigError,
+                       match="unknown backend 'onnx'; choose from native, onnxruntime"):
         registry.get("onnx")
 
 

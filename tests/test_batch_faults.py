@@ -187,7 +187,8 @@ def slow_template_artifact(src: Path, dst: Path) -> Path:
     name = manifest["tokenizer"]["chat_template"]
     (dst / name).write_text("{% for i in range(100000) %}{% for j in range(100000) %}"
                             "{% endfor %}{% endfor %}{{ messages[0]['content'] }}")
-    manifest["files"][name] = {"size": (dst / name).stat().st_size, "sha256": sha256_file(dst / name)}
+    manifest["files"][name] = {"size": (dst / name).stat().st_size,
+                               "sha256": sha256_file(dst / name)}
     (dst / MANIFEST).write_text(json.dumps(seal(manifest)))
     return dst
 

@@ -41,14 +41,16 @@ BAD_LINES = [
     (b'{"id": "deep2", "prompt": "a", "meta": ' + b"[" * 40 + b"]" * 40 + b'}', "nested deeper"),
     (b'{"id": "\\ud800", "prompt": "a"}', "lone surrogate"),
     (b'{"id": "sp", "prompt": "a\\udfff b"}', "lone surrogate"),
-    (b'{"id": "ok2", "messages": [{"role": "user", "content": "hello"}], "max_new_tokens": 3}', None),
+    (b'{"id": "ok2", "messages": [{"role": "user", "content": "hello"}], "max_new_tokens": 3}',
+     None),
 ]
 
 
 def test_every_kind_of_bad_line_becomes_an_error_record(artifacts, tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     inp.write_bytes(b"\n".join(line for line, _ in BAD_LINES) + b"\n")
-    r = infer(artifacts("qwen2", "int8"), inp, out, "--max-new-tokens", 4, "--metrics", tmp_path / "m.json")
+    r = infer(artifacts("qwen2", "int8"), inp, out, "--max-new-tokens", 4, "--metrics",
+              tmp_path / "m.json")
     assert r.returncode == 1, r.stderr  # finished, some records failed
     by_line = {rec["line"]: rec for rec in read_out(out)}
     assert len(by_line) == len(BAD_LINES)
@@ -85,8 +87,8 @@ def test_fail_fast_stops_at_first_bad_record(artifacts, tmp_path):
 def test_kill_9_then_resume_gives_each_id_once(artifacts, tmp_path, kill_after_lines):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_prompts(inp, 200)
-    cmd = [sys.executable, "-m", "edgeds.cli", "infer", str(artifacts("qwen2", "int8")), "-i", str(inp),
-           "-o", str(out), "--max-new-tokens", "24", "--batch-size", "4"]
+    cmd = [sys.executable, "-m", "edgeds.cli", "infer", str(artifacts("qwen2", "int8")), "-i",
+           str(inp), "-o", str(out), "--max-new-tokens", "24", "--batch-size", "4"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -109,9 +111,10 @@ def test_kill_9_then_resume_gives_each_id_once(artifacts, tmp_path, kill_after_l
 def test_sigint_stops_cleanly_and_resumes(artifacts, tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_prompts(inp, 300)
-    cmd = [sys.executable, "-m", "edgeds.cli", "infer", str(artifacts("qwen2", "int8")), "-i", str(inp),
-           "-o", str(out), "--max-new-tokens", "32", "--batch-size", "2"]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "edgeds.cli", "infer", str(artifacts("qwen2", "int8")), "-i",
+           str(inp), "-o", str(out), "--max-new-tokens", "32", "--batch-size", "2"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     while not (out.exists() and out.read_bytes().count(b"\n") >= 10):
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
@@ -150,14 +153,14 @@ def test_same_seed_gives_byte_identical_output(artifacts, tmp_path):
     outs = []
     for run in range(2):
         out = tmp_path / f"out{run}.jsonl"
-        r = infer(artifacts("qwen2", "int8"), inp, out, "--temperature", 0.9, "--top-p", 0.95, "--seed", 5,
-                  "--max-new-tokens", 12, "--no-timings")
+        r = infer(artifacts("qwen2", "int8"), inp, out, "--temperature", 0.9, "--top-p", 0.95,
+                  "--seed", 5, "--max-new-tokens", 12, "--no-timings")
         assert r.returncode == 0, r.stderr
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
     other = tmp_path / "other.jsonl"
-    infer(artifacts("qwen2", "int8"), inp, other, "--temperature", 0.9, "--top-p", 0.95, "--seed", 6,
-          "--max-new-tokens", 12, "--no-timings")
+    infer(artifacts("qwen2", "int8"), inp, other, "--temperature", 0.9, "--top-p", 0.95, "--seed",
+          6, "--max-new-tokens", 12, "--no-timings")
     assert other.read_bytes() != outs[0]
 
 
@@ -166,7 +169,8 @@ def test_thousand_records_with_flat_memory(artifacts, tmp_path):
     for n in (200, 1000):
         inp, out = tmp_path / f"in{n}.jsonl", tmp_path / f"out{n}.jsonl"
         write_prompts(inp, n)
-        r = infer(artifacts("qwen2", "int8"), inp, out, "--max-new-tokens", 8, "--metrics", tmp_path / f"m{n}.json")
+        r = infer(artifacts("qwen2", "int8"), inp, out, "--max-new-tokens", 8, "--metrics",
+                  tmp_path / f"m{n}.json")
         assert r.returncode == 0, r.stderr
         assert len(read_out(out)) == n
         peaks[n] = json.loads((tmp_path / f"m{n}.json").read_text())["peak_rss_mib"]
@@ -174,7 +178,8 @@ def test_thousand_records_with_flat_memory(artifacts, tmp_path):
 
 
 def test_stdin_stdout_and_text_format(artifacts, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "edgeds.cli", "infer", str(artifacts("qwen2", "int8")),
+    r = subprocess.run([sys.executable, "-m", "edgeds.cli", "infer",
+                        str(artifacts("qwen2", "int8")),
                         "-i", "-", "-o", "-", "--input-format", "text", "--max-new-tokens", "3"],
                        input="import os\n\nprint(1)\n", capture_output=True, text=True, env=ENV)
     assert r.returncode == 0, r.stderr
@@ -191,6 +196,7 @@ def test_peak_memory_is_the_jobs_own_not_its_parents():
 
     parent = np.ones(400 * 2**20 // 4, np.float32)  # 400 MiB resident in this process
     code = "from edgeds.batch.progress import peak_rss_bytes; print(peak_rss_bytes())"
-    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               check=True).stdout)
     assert parent.sum() > 0
     assert 10 * 2**20 < child < 250 * 2**20

@@ -33,7 +33,8 @@ def quick(monkeypatch):
 
 def test_the_real_r1_template_renders_within_the_bounds(tmp_path):
     cfg = json.loads((SHARED / "reference/deepseek-v3-tokenizer/tokenizer_config.json").read_text())
-    text = template(tmp_path, cfg["chat_template"]).render(messages=MESSAGES, add_generation_prompt=True,
+    text = template(tmp_path, cfg["chat_template"]).render(messages=MESSAGES,
+                                                           add_generation_prompt=True,
                                                            bos_token="<s>", eos_token="</s>")
     assert text.startswith("<s>") and "Hi" in text
 
@@ -41,7 +42,8 @@ def test_the_real_r1_template_renders_within_the_bounds(tmp_path):
 def test_a_syntax_error_is_refused_at_load_naming_the_file_and_line(tmp_path):
     with pytest.raises(ArtifactError, match=r"^chat_template.jinja, line 2: unexpected '}'"):
         template(tmp_path, "{% for m in messages %}\n{{ m.content }\n{% endfor %}")
-    with pytest.raises(ArtifactError, match=r"^chat_template.jinja, line 2: Unexpected end of template"):
+    with pytest.raises(ArtifactError,
+                       match=r"^chat_template.jinja, line 2: Unexpected end of template"):
         template(tmp_path, "{% for m in messages %}\n{{ m.content }}\n")
 
 
@@ -89,16 +91,20 @@ def test_a_template_that_hangs_on_one_request_fails_that_record_alone(artifacts,
     art = tmp_path / "art"
     shutil.copytree(artifacts("qwen2", "int8"), art)
     source = art / "chat_template.jinja"
-    source.write_text("{% if messages[0].content == 'hang' %}" + NESTED + "{% endif %}{{ messages[0].content }}")
+    source.write_text("{% if messages[0].content == 'hang' %}" + NESTED
+                      + "{% endif %}{{ messages[0].content }}")
     manifest = json.loads((art / "edgeds.json").read_text())
-    manifest["files"]["chat_template.jinja"].update(size=source.stat().st_size, sha256=sha256_file(source))
+    manifest["files"]["chat_template.jinja"].update(size=source.stat().st_size,
+                                                    sha256=sha256_file(source))
     (art / "edgeds.json").write_text(json.dumps(seal(manifest)))
     lines = [{"id": "a", "messages": [{"role": "user", "content": "hang"}]},
              {"id": "b", "messages": [{"role": "user", "content": "fine"}]}]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    r = CliRunner().invoke(app, ["infer", str(art), "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl"),
-                                 "--max-new-tokens", "2"])
-    records = {rec["id"]: rec for rec in map(json.loads, (tmp_path / "o.jsonl").read_text().splitlines())}
+    r = CliRunner().invoke(app,
+                           ["infer", str(art), "-i", str(tmp_path / "in.jsonl"), "-o",
+                            str(tmp_path / "o.jsonl"), "--max-new-tokens", "2"])
+    records = {rec["id"]: rec
+               for rec in map(json.loads, (tmp_path / "o.jsonl").read_text().splitlines())}
     assert r.exit_code == 1, r.output  # some records failed
     assert "ran past 0.2 s" in records["a"]["error"]
     assert "error" not in records["b"] and records["b"]["usage"]["completion_tokens"] >= 1

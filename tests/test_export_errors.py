@@ -54,14 +54,16 @@ def test_pickle_only_checkpoint_is_refused_unopened(checkpoints, tmp_path):
     shutil.copytree(checkpoints("qwen2"), src)
     (src / "model.safetensors").unlink()
     # A pickle that would run code if anything unpickled it.
-    (src / "pytorch_model.bin").write_bytes(b"cos\nsystem\n(S'touch " + str(tmp_path / "pwned").encode() + b"'\ntR.")
+    (src / "pytorch_model.bin").write_bytes(b"cos\nsystem\n(S'touch "
+                                            + str(tmp_path / "pwned").encode() + b"'\ntR.")
     assert_refused(export(src, "-o", tmp_path / "out"), "never unpickles", "safe_serialization")
     assert not (tmp_path / "pwned").exists()
 
 
 def test_hub_id_fails_fast_offline(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert_refused(export("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "-o", "out"), "hub id", "never downloads")
+    assert_refused(export("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "-o", "out"), "hub id",
+                   "never downloads")
 
 
 def snapshot(folder):
@@ -78,8 +80,10 @@ def test_existing_output_needs_overwrite_and_an_artifact_is_replaced(checkpoints
     out = tmp_path / "out"
     fresh_export(checkpoints, out)
     assert_refused(export(checkpoints("qwen2"), "-o", out), "already exists", "--overwrite")
-    (out / "model.part0.onnx").write_bytes(b"stale")  # a file the manifest lists: the artifact's own
-    ok = export(checkpoints("qwen2"), "-o", out, "--overwrite", "--format", "onnx", "--context", "32")
+    # a file the manifest lists: the artifact's own
+    (out / "model.part0.onnx").write_bytes(b"stale")
+    ok = export(checkpoints("qwen2"), "-o", out, "--overwrite", "--format", "onnx", "--context",
+                "32")
     assert ok.exit_code == 0, ok.output
     assert json.loads((out / "edgeds.json").read_text())["model"]["context_length"] == 32
     assert (out / "model.part0.onnx").read_bytes() != b"stale"
@@ -100,12 +104,14 @@ def test_overwrite_leaves_a_folder_that_is_not_only_an_artifact(checkpoints, tmp
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "keep.txt").write_text("mine")
-    assert_refused(export(checkpoints("qwen2"), "-o", notes, "--overwrite"), "no edgeds manifest", "left alone")
+    assert_refused(export(checkpoints("qwen2"), "-o", notes, "--overwrite"), "no edgeds manifest",
+                   "left alone")
     art = tmp_path / "art"
     fresh_export(checkpoints, art)
     (art / "results.jsonl").write_text("{}\n")  # a user's file beside the artifact's own
     before = snapshot(tmp_path)
-    assert_refused(export(checkpoints("qwen2"), "-o", art, "--overwrite"), "'results.jsonl'", "does not list")
+    assert_refused(export(checkpoints("qwen2"), "-o", art, "--overwrite"), "'results.jsonl'",
+                   "does not list")
     assert snapshot(tmp_path) == before
     (art / "results.jsonl").unlink()
     (art / "edgeds.json").write_text('{"format": "something-else", "files": {}}')
@@ -134,7 +140,8 @@ def test_a_failed_overwrite_keeps_the_old_artifact_whole(checkpoints, tmp_path, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(wf.WeightFile, "append", no_space)
-    assert_refused(export(checkpoints("qwen2"), "-o", out, "--overwrite", "--format", "onnx"), "disk full")
+    assert_refused(export(checkpoints("qwen2"), "-o", out, "--overwrite", "--format", "onnx"),
+                   "disk full")
     assert snapshot(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
@@ -167,7 +174,8 @@ def test_sharded_checkpoint_exports_identically(checkpoints, tmp_path):
     tensors = load_file(str(src / "model.safetensors"))
     (src / "model.safetensors").unlink()
     names = sorted(tensors)
-    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    halves = {"model-00001-of-00002.safetensors": names[::2],
+              "model-00002-of-00002.safetensors": names[1::2]}
     weight_map = {}
     for file, part in halves.items():
         save_file({n: tensors[n] for n in part}, str(src / file))
@@ -183,10 +191,11 @@ def test_manifest_is_self_describing(artifacts):
     assert m["format_version"] == 2 and len(m["manifest_sha256"]) == 64
     assert m["model"]["model_type"] == "qwen2" and m["model"]["num_kv_heads"] == 2
     assert m["quantization"]["weights"] == "int8"
-    assert m["graphs"]["onnx"]["inputs"][:4] == ["input_ids", "seqlens_k", "total_sequence_length", "logits_positions"]
+    assert m["graphs"]["onnx"]["inputs"][:4] == ["input_ids", "seqlens_k", "total_sequence_length",
+                                                 "logits_positions"]
     assert m["graphs"]["openvino"]["kv_cache"]["kind"] == "stateful"
-    assert set(m["files"]) >= {"model.onnx", "model.onnx.data", "openvino_model.xml", "openvino_model.bin",
-                               "tokenizer.json", "chat_template.jinja"}
+    assert set(m["files"]) >= {"model.onnx", "model.onnx.data", "openvino_model.xml",
+                               "openvino_model.bin", "tokenizer.json", "chat_template.jinja"}
     assert all(len(f["sha256"]) == 64 and f["size"] > 0 for f in m["files"].values())
     assert "model.safetensors" in m["source"]["files"]
     assert m["exporter"]["onnx"] and m["exporter"]["openvino"]
@@ -194,7 +203,8 @@ def test_manifest_is_self_describing(artifacts):
 
 
 def test_verify_gate_passes_fp32_and_fails_a_broken_export(checkpoints, tmp_path, monkeypatch):
-    ok = export(checkpoints("llama"), "-o", tmp_path / "ok", "--weights", "fp32", "--verify", "--context", "64")
+    ok = export(checkpoints("llama"), "-o", tmp_path / "ok", "--weights", "fp32", "--verify",
+                "--context", "64")
     assert ok.exit_code == 0, ok.output
     assert "verified" in ok.output
     import edgeds_export.tensors as tensors
@@ -206,7 +216,8 @@ def test_verify_gate_passes_fp32_and_fails_a_broken_export(checkpoints, tmp_path
         return w * 1.05 if "norm" in name else w
 
     monkeypatch.setattr(tensors.TensorWriter, "read", off_by_a_bit)
-    bad = export(checkpoints("llama"), "-o", tmp_path / "bad", "--weights", "fp32", "--verify", "--context", "64")
+    bad = export(checkpoints("llama"), "-o", tmp_path / "bad", "--weights", "fp32", "--verify",
+                 "--context", "64")
     assert_refused(bad, "verification failed")
     assert not (tmp_path / "bad").exists()
 
@@ -214,7 +225,8 @@ def test_verify_gate_passes_fp32_and_fails_a_broken_export(checkpoints, tmp_path
 def test_without_the_exporter_the_hint_works_from_a_checkout(monkeypatch, tmp_path):
     import sys
 
-    monkeypatch.setitem(sys.modules, "edgeds_export", None)  # as if its dependencies were not installed
+    # as if its dependencies were not installed
+    monkeypatch.setitem(sys.modules, "edgeds_export", None)
     result = export(tmp_path, "-o", tmp_path / "out")
     assert_refused(result, "from the edgeds source folder: pip install '.[export]'")
     assert "edgeds[export]" not in result.output

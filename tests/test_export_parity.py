@@ -108,7 +108,8 @@ def _generate_ids(engine, prompts, n):
     from edgeds.sampling import SamplingParams
 
     reqs = [gen.Request(i, p, SamplingParams(max_new_tokens=n)) for i, p in enumerate(prompts)]
-    out = {e.key: e.token_ids for e in engine.run(reqs, batch_size=len(prompts)) if isinstance(e, gen.Finished)}
+    out = {e.key: e.token_ids for e in engine.run(reqs, batch_size=len(prompts))
+           if isinstance(e, gen.Finished)}
     return [out[i] for i in range(len(prompts))]
 
 
@@ -137,15 +138,18 @@ def test_int8_weights_stay_int8_in_both_graphs(artifacts):
     art = load_artifact(artifacts("qwen2", "int8"))
     g = onnx.load(str(art.path("model.onnx")), load_external_data=False).graph
     ops = [n.op_type for n in g.node]
-    assert ops.count("MatMulIntegerToFloat") == 2 * 5 + 1  # qkv, o, gate, up, down per layer, and the LM head
+    # qkv, o, gate, up, down per layer, and the LM head
+    assert ops.count("MatMulIntegerToFloat") == 2 * 5 + 1
     assert "MatMul" not in ops and "MatMulNBits" not in ops
-    assert "Split" not in ops  # gate and up write their own outputs: no copy of the widest activation
+    # gate and up write their own outputs: no copy of the widest activation
+    assert "Split" not in ops
     assert ops.count("QuantizeLinear") == 2 * 4 + 1  # gate and up share their input's quantization
     assert ops.count("GroupQueryAttention") == 2
     weights = {t.name: t for t in g.initializer}
     for n in g.node:
         if n.op_type == "MatMulIntegerToFloat":
-            assert weights[n.input[1]].data_type == onnx.TensorProto.INT8  # activations are the uint8 side
+            # activations are the uint8 side
+            assert weights[n.input[1]].data_type == onnx.TensorProto.INT8
     xml = art.path("openvino_model.xml").read_text()
     assert xml.count('element_type="i8"') >= 2 * 5 + 1
     assert "ScaledDotProductAttention" in xml and "ReadValue" in xml

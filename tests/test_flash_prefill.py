@@ -24,8 +24,8 @@ def tile(q, k, v, p0, kernel):
     """kernel: 0 float32 FMAs, 1 vdpbf16ps where the CPU has it, 2 AMX tiles where granted."""
     n, group, d = q.shape
     out = np.zeros_like(q)
-    rc = native.library().ed_prompt_tile(q.ctypes.data, k.ctypes.data, v.ctypes.data, len(k) // BLOCK,
-                                         n, p0, d, group, kernel, out.ctypes.data)
+    rc = native.library().ed_prompt_tile(q.ctypes.data, k.ctypes.data, v.ctypes.data,
+                                         len(k) // BLOCK, n, p0, d, group, kernel, out.ctypes.data)
     assert rc == 0
     return out
 

@@ -50,7 +50,8 @@ class CountingBackend:
 
 def requests(lengths_and_budgets, seed=0, ignore_eos=True):
     rng = np.random.default_rng(seed)
-    return [gen.Request(i, rng.integers(2, 320, n).astype(np.int64), SamplingParams(max_new_tokens=m, ignore_eos=ignore_eos))
+    return [gen.Request(i, rng.integers(2, 320, n).astype(np.int64),
+                        SamplingParams(max_new_tokens=m, ignore_eos=ignore_eos))
             for i, (n, m) in enumerate(lengths_and_budgets)]
 
 
@@ -81,7 +82,8 @@ def test_a_job_smaller_than_the_batch_takes_only_the_slots_it_needs(engine):
 def test_cache_grows_to_the_longest_request_and_keeps_what_it_holds(engine):
     lengths = [(5, 2), (9, 40), (60, 30)]
     backend = CountingBackend(engine.backend)
-    done = {e.key: e.token_ids for e in gen.run(backend, requests(lengths), 2, 128, set()) if isinstance(e, gen.Finished)}
+    done = {e.key: e.token_ids for e in gen.run(backend, requests(lengths), 2, 128, set())
+            if isinstance(e, gen.Finished)}
     # Sized for the first two requests (9 + 40 tokens -> one 64-token step); grown to the
     # 128-token context when the third came, while request 1 was mid-way: its cache moved.
     assert backend.capacities == [64, 128]
@@ -100,10 +102,13 @@ def test_openvino_runs_waves_with_the_same_results(artifacts):
 
 
 def test_eos_and_max_tokens_and_context(engine):
-    eos_run = [e for e in gen.run(engine.backend, requests([(5, 50)], ignore_eos=False), 1, 128, eos_ids=set(range(320)))
+    eos_run = [e
+               for e in gen.run(engine.backend, requests([(5, 50)], ignore_eos=False), 1, 128,
+                                eos_ids=set(range(320)))
                if isinstance(e, gen.Finished)][0]
     assert eos_run.finish_reason == "stop" and eos_run.token_ids == []
-    ctx = [e for e in gen.run(engine.backend, requests([(120, 50)]), 1, 128, set()) if isinstance(e, gen.Finished)][0]
+    ctx = [e for e in gen.run(engine.backend, requests([(120, 50)]), 1, 128, set())
+           if isinstance(e, gen.Finished)][0]
     # 120 + 8 = the 128-token context
     assert ctx.finish_reason == "context" and len(ctx.token_ids) == 8
 
@@ -142,9 +147,12 @@ def test_prefill_groups_stay_dense_and_bounded():
     from edgeds.backends.onnxruntime.backend import PREFILL_ROWS, _prefill_groups
 
     assert PREFILL_ROWS == 512
-    assert _prefill_groups(list(range(16)), [128] * 16) == [(0, 4), (4, 8), (8, 12), (12, 16)]  # 512 rows a call
-    assert _prefill_groups([0, 1, 2], [64, 500, 70]) == [(0, 1), (1, 2), (2, 3)]  # padding would double the work
-    assert _prefill_groups([0, 2, 3], [10, 10, 10]) == [(0, 1), (1, 3)]  # only consecutive slots share a call
+    # 512 rows a call
+    assert _prefill_groups(list(range(16)), [128] * 16) == [(0, 4), (4, 8), (8, 12), (12, 16)]
+    # padding would double the work
+    assert _prefill_groups([0, 1, 2], [64, 500, 70]) == [(0, 1), (1, 2), (2, 3)]
+    # only consecutive slots share a call
+    assert _prefill_groups([0, 2, 3], [10, 10, 10]) == [(0, 1), (1, 3)]
 
 
 def test_prompts_taken_together_fill_slots_shortest_first(engine):
@@ -181,14 +189,16 @@ def test_long_prompt_prefills_in_chunks_with_the_same_logits(artifacts, monkeypa
     monkeypatch.setattr(ort_backend, "PREFILL_ROWS", 32)  # 4 calls: 32 + 32 + 32 + 4 tokens
     calls = []
     run = backend._run_prompts
-    monkeypatch.setattr(backend, "_run_prompts", lambda *a, **k: calls.append(k.get("past", 0)) or run(*a, **k))
+    monkeypatch.setattr(backend, "_run_prompts",
+                        lambda *a, **k: calls.append(k.get("past", 0)) or run(*a, **k))
     backend.start(1, 128)
     for cache in backend.cache.keys + backend.cache.values:
         cache[:] = 0  # nothing left from the unchunked run
     chunked = backend.prefill([0], [prompt])[0]
     assert calls == [0, 32, 64, 96]
     np.testing.assert_allclose(chunked, whole, atol=1e-5)
-    np.testing.assert_allclose(backend.decode(np.array([7]))[0], whole_next, atol=1e-5)  # the cache is complete
+    # the cache is complete
+    np.testing.assert_allclose(backend.decode(np.array([7]))[0], whole_next, atol=1e-5)
 
 
 def test_decode_steps_bound_again_each_step_give_the_same_logits(artifacts):

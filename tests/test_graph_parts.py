@@ -38,9 +38,12 @@ def _steps(backend: OnnxRuntimeBackend) -> list[np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("kind,weights,kv_cache", [("qwen2", "int8", "float32"), ("llama", "fp32", "float16"),
-                                                    ("qwen2", "fp32", "int8"), ("deepseek_v3", "int8", "float32")])
-def test_parts_compute_what_the_whole_graph_computes(kind, weights, kv_cache, checkpoints, artifacts, tmp_path):
+@pytest.mark.parametrize("kind,weights,kv_cache",
+                         [("qwen2", "int8", "float32"), ("llama", "fp32", "float16"),
+                          ("qwen2", "fp32", "int8"), ("deepseek_v3", "int8", "float32")])
+
+def test_parts_compute_what_the_whole_graph_computes(kind, weights, kv_cache, checkpoints,
+                                                     artifacts, tmp_path):
     parts = load_artifact(artifacts(kind, weights, kv_cache))
     whole = tmp_path / "whole"
     export_checkpoint(checkpoints(kind), whole, formats=("onnx",), weights=weights, context=CONTEXT,
@@ -68,7 +71,8 @@ def test_parts_hold_each_layer_once_and_point_into_the_weight_file(artifacts):
     assert layer_weights and all(seen[n] == 1 for n in layer_weights)
     assert set(seen) == {t.name for t in whole.graph.initializer}
     # The layers' nodes are in one part each; only small shared nodes are copied.
-    layer_nodes = [n.name for part in parts for n in part.graph.node if n.name.startswith("/model/layers.")]
+    layer_nodes = [n.name for part in parts for n in part.graph.node
+                   if n.name.startswith("/model/layers.")]
     assert len(layer_nodes) == len(set(layer_nodes))
     assert sum(len(p.graph.node) for p in parts) < len(whole.graph.node) * 1.05
     files = load_artifact(path).manifest.files
@@ -86,7 +90,8 @@ def test_parts_that_do_not_chain_are_refused(artifacts, tmp_path):
     (path / "edgeds.json").write_text(json.dumps(seal(manifest)))
     with pytest.raises(ArtifactError, match="do not chain"):
         OnnxRuntimeBackend(load_artifact(path), ["CPUExecutionProvider"])
-    manifest["graphs"]["onnx"]["parts"] = manifest["graphs"]["onnx"]["parts"][-1:]  # the first part alone
+    # the first part alone
+    manifest["graphs"]["onnx"]["parts"] = manifest["graphs"]["onnx"]["parts"][-1:]
     manifest["graphs"]["onnx"]["parts"][0]["first_layer"] = 0
     (path / "edgeds.json").write_text(json.dumps(seal(manifest)))
     with pytest.raises(ArtifactError, match="does not produce the logits"):
@@ -124,8 +129,8 @@ def test_parts_wait_for_an_onnxruntime_that_loads_them_in_parallel(artifacts, mo
 def test_each_part_writes_its_own_profile(artifacts, tmp_path):
     """Parts are created at the same moment, and ORT names a profile by prefix and creation
     time (to the millisecond: the 1.5B's first two parts collided): each gets its own prefix."""
-    backend = OnnxRuntimeBackend(load_artifact(artifacts("qwen2", "int8")), ["CPUExecutionProvider"],
-                                 profile_prefix=str(tmp_path / "ort"))
+    backend = OnnxRuntimeBackend(load_artifact(artifacts("qwen2", "int8")),
+                                 ["CPUExecutionProvider"], profile_prefix=str(tmp_path / "ort"))
     backend.start(1, 16)
     backend.prefill([0], [np.arange(2, 9)])
     files = [Path(s.end_profiling()) for s in backend.sessions]
@@ -135,7 +140,8 @@ def test_each_part_writes_its_own_profile(artifacts, tmp_path):
 
 
 def test_load_parts_option(checkpoints, tmp_path):
-    export_checkpoint(checkpoints("qwen2"), tmp_path / "one", formats=("onnx",), context=CONTEXT, load_parts=1)
+    export_checkpoint(checkpoints("qwen2"), tmp_path / "one", formats=("onnx",), context=CONTEXT,
+                      load_parts=1)
     assert not load_artifact(tmp_path / "one").graph("onnx").parts
     assert not list((tmp_path / "one").glob("*.part*.onnx"))
     with pytest.raises(ExportError, match="--load-parts"):

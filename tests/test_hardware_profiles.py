@@ -13,7 +13,8 @@ from edgeds.selection import choose_backend
 X86 = "flags\t\t: fpu sse2 avx avx2 fma {extra}\nmodel name\t: {model}\n"
 
 
-def fake_root(tmp_path, cpuinfo: str, mem_kib: int = 16 << 20, tegra: bool = False, dt_model: str = ""):
+def fake_root(tmp_path, cpuinfo: str, mem_kib: int = 16 << 20, tegra: bool = False,
+              dt_model: str = ""):
     (tmp_path / "proc").mkdir(parents=True)
     (tmp_path / "proc/cpuinfo").write_text(cpuinfo)
     (tmp_path / "proc/meminfo").write_text(f"MemTotal:       {mem_kib} kB\nMemFree: 1 kB\n")
@@ -29,7 +30,8 @@ def fake_root(tmp_path, cpuinfo: str, mem_kib: int = 16 << 20, tegra: bool = Fal
 def x86(n_cores: int, extra: str, model: str = "Some CPU") -> str:
     blocks = []
     for i in range(n_cores * 2):  # two hyperthreads per core
-        blocks.append(f"processor\t: {i}\nphysical id\t: 0\ncore id\t\t: {i // 2}\n" + X86.format(extra=extra, model=model))
+        blocks.append(f"processor\t: {i}\nphysical id\t: 0\ncore id\t\t: {i // 2}\n"
+                      + X86.format(extra=extra, model=model))
     return "\n".join(blocks)
 
 
@@ -41,9 +43,13 @@ CASES = {
     "cpu-avx2": (x86(4, ""), {}),
     "cpu-avx512": (x86(8, "avx512f avx512_vnni avx512_bf16"), {}),
     "cpu-amx": (x86(16, "avx512f avx512_vnni avx512_bf16 amx_tile amx_int8 amx_bf16"), {}),
-    "jetson-orin-nano": (arm(6), {"tegra": True, "dt_model": "NVIDIA Jetson Orin Nano Developer Kit"}),
-    "jetson-orin-nx": (arm(8), {"tegra": True, "dt_model": "NVIDIA Jetson Orin NX Engineering Reference Developer Kit"}),
-    "jetson-agx-orin": (arm(12), {"tegra": True, "dt_model": "NVIDIA Jetson AGX Orin Developer Kit"}),
+    "jetson-orin-nano": (arm(6),
+                         {"tegra": True, "dt_model": "NVIDIA Jetson Orin Nano Developer Kit"}),
+    "jetson-orin-nx": (arm(8),
+                       {"tegra": True,
+                        "dt_model": "NVIDIA Jetson Orin NX Engineering Reference Developer Kit"}),
+    "jetson-agx-orin": (arm(12),
+                        {"tegra": True, "dt_model": "NVIDIA Jetson AGX Orin Developer Kit"}),
 }
 
 
@@ -57,7 +63,8 @@ def test_each_target_gets_its_profile(expected, tmp_path):
 
 
 def test_detection_reads_cores_memory_and_flags(tmp_path):
-    hw = detect(fake_root(tmp_path, x86(16, "avx512f avx512_vnni amx_tile amx_int8", "Xeon"), mem_kib=64 << 20))
+    hw = detect(fake_root(tmp_path, x86(16, "avx512f avx512_vnni amx_tile amx_int8", "Xeon"),
+                          mem_kib=64 << 20))
     assert hw.arch == "x86_64" and hw.cpu_model == "Xeon"
     assert hw.physical_cores == 16 and hw.logical_cores == 32
     assert hw.memory_bytes == 64 << 30
@@ -66,7 +73,8 @@ def test_detection_reads_cores_memory_and_flags(tmp_path):
 
 
 def test_jetson_detection(tmp_path):
-    hw = detect(fake_root(tmp_path, arm(6), tegra=True, dt_model="NVIDIA Jetson Orin Nano Developer Kit"))
+    hw = detect(fake_root(tmp_path, arm(6), tegra=True,
+                          dt_model="NVIDIA Jetson Orin Nano Developer Kit"))
     assert hw.arch == "aarch64" and hw.jetson_module == "orin-nano"
     assert "Orin Nano" in hw.jetson_model
 
@@ -76,19 +84,22 @@ def test_jetson_without_tensorrt_falls_back_with_reason(tmp_path, monkeypatch):
 
     hw = detect(fake_root(tmp_path, arm(8), tegra=True, dt_model="NVIDIA Jetson Orin NX"))
     profile, _ = choose_profile(hw, load_profiles())
-    monkeypatch.setattr(sel, "ort_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(sel, "ort_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     choice = choose_backend(profile, hw, None)
     assert choice.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert any("TensorrtExecutionProvider not available" in r for r in choice.reasons)
-    monkeypatch.setattr(sel, "ort_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
-                                                       "CPUExecutionProvider"])
+    monkeypatch.setattr(sel, "ort_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                 "CPUExecutionProvider"])
     assert choose_backend(profile, hw, None).providers[0] == "TensorrtExecutionProvider"
 
 
 def test_missing_required_provider_without_fallback_is_an_error(tmp_path):
     text = (tmp_path / "p.toml")
     text.write_text('[runtime]\nbackends = ["onnxruntime"]\nallow_fallback = false\n'
-                    '[onnxruntime]\nproviders = ["TensorrtExecutionProvider", "CPUExecutionProvider"]\n')
+                    '[onnxruntime]\nproviders = ["TensorrtExecutionProvider", '
+                    '"CPUExecutionProvider"]\n')
     profile = parse_profile("strict", text.read_text())
     hw = detect(fake_root(tmp_path / "root", x86(2, "")))
     with pytest.raises(ConfigError, match="needs TensorrtExecutionProvider"):
@@ -135,7 +146,8 @@ def test_batch_is_capped_so_full_context_caches_fit_in_memory(artifacts, monkeyp
     # A machine with room for the weights and exactly three slots of full context.
     slot = art.manifest.kv_layout("onnx").bytes_per_token * roomy.context
     memory = int((weight_bytes(art.manifest, "onnx") + 3.5 * slot) / USABLE)
-    monkeypatch.setattr(engine_module, "detect", lambda: dataclasses.replace(real, memory_bytes=memory))
+    monkeypatch.setattr(engine_module, "detect",
+                        lambda: dataclasses.replace(real, memory_bytes=memory))
     small = edgeds.load(path, backend="onnxruntime", profile="cpu-avx2")
     assert roomy.batch_size == 8 and small.batch_size == 3  # cpu-avx2 asks for 8
     assert any(r.startswith("batch 8 -> 3:") for r in small.reasons)
@@ -158,10 +170,12 @@ def test_decode_read_bytes_leave_out_the_embedding_and_moe(artifacts):
         art = load_artifact(artifacts("qwen2", weights))
         graph = onnx.load(str(art.path("model.onnx")), load_external_data=False).graph
         stored = sum(int({e.key: e.value for e in t.external_data}["length"])
-                     for t in graph.initializer if t.external_data and not t.name.startswith("embed_tokens."))
+                     for t in graph.initializer if t.external_data
+                     and not t.name.startswith("embed_tokens."))
         # What the graph stores outside the embedding; the rest is the graph file itself.
         assert 0 <= decode_read_bytes(art.manifest, "onnx") - stored <= art.path("model.onnx").stat().st_size
-    assert decode_read_bytes(load_artifact(artifacts("deepseek_v3", "int8")).manifest, "onnx") is None
+    assert decode_read_bytes(load_artifact(artifacts("deepseek_v3", "int8")).manifest,
+                             "onnx") is None
 
 
 def test_int8_artifact_runs_on_the_cpu_provider_of_a_jetson(tmp_path, monkeypatch, artifacts):
@@ -170,8 +184,9 @@ def test_int8_artifact_runs_on_the_cpu_provider_of_a_jetson(tmp_path, monkeypatc
 
     hw = detect(fake_root(tmp_path, arm(8), tegra=True, dt_model="NVIDIA Jetson Orin NX"))
     profile, _ = choose_profile(hw, load_profiles())
-    monkeypatch.setattr(sel, "ort_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
-                                                       "CPUExecutionProvider"])
+    monkeypatch.setattr(sel, "ort_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                 "CPUExecutionProvider"])
     integer = load_artifact(artifacts("qwen2", "int8"))
     choice = choose_backend(profile, hw, integer, backend="onnxruntime")
     assert choice.providers == ["CPUExecutionProvider"]
@@ -181,8 +196,10 @@ def test_int8_artifact_runs_on_the_cpu_provider_of_a_jetson(tmp_path, monkeypatc
     weight_only = load_artifact(artifacts("qwen2", "int8-wo"))
     choice = choose_backend(profile, hw, weight_only, backend="onnxruntime")
     assert choice.providers[0] == "TensorrtExecutionProvider"
-    assert any("attention stays on the CPU" in r and "--kv-cache float16" in r for r in choice.reasons)
-    half = choose_backend(profile, hw, load_artifact(artifacts("qwen2", "int8-wo", "float16")), backend="onnxruntime")
+    assert any("attention stays on the CPU" in r and "--kv-cache float16" in r
+               for r in choice.reasons)
+    half = choose_backend(profile, hw, load_artifact(artifacts("qwen2", "int8-wo", "float16")),
+                          backend="onnxruntime")
     assert half.providers[0] == "TensorrtExecutionProvider"
     assert not any("attention stays on the CPU" in r for r in half.reasons)
 
@@ -190,13 +207,17 @@ def test_int8_artifact_runs_on_the_cpu_provider_of_a_jetson(tmp_path, monkeypatc
 def test_a_cpu_with_float16_arithmetic_is_told_of_the_float16_cache(tmp_path, artifacts):
     from edgeds.artifact import load_artifact
 
-    sapphire = detect(fake_root(tmp_path / "spr", x86(16, "avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_tile amx_int8 amx_bf16")))
+    sapphire = detect(fake_root(tmp_path / "spr",
+                                x86(16,
+                                    "avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_tile amx_int8 "
+                                    "amx_bf16")))
     zen4 = detect(fake_root(tmp_path / "zen4", x86(2, "avx512f avx512_vnni avx512_bf16")))
     floats, half = load_artifact(artifacts("qwen2", "int8")), load_artifact(artifacts("qwen2", "int8-wo", "float16"))
 
     def hinted(hw, art) -> bool:
         profile, _ = choose_profile(hw, load_profiles())
-        return any("--kv-cache float16" in r for r in choose_backend(profile, hw, art, backend="onnxruntime").reasons)
+        return any("--kv-cache float16" in r
+                   for r in choose_backend(profile, hw, art, backend="onnxruntime").reasons)
 
     assert "avx512_fp16" in sapphire.isa
     assert hinted(sapphire, floats)
@@ -212,9 +233,13 @@ def test_a_job_starts_by_telling_what_would_run_better(tmp_path, artifacts, monk
     import edgeds.engine
     from edgeds.cli.main import app
 
-    sapphire = detect(fake_root(tmp_path / "spr", x86(16, "avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_tile amx_int8 amx_bf16")))
+    sapphire = detect(fake_root(tmp_path / "spr",
+                                x86(16,
+                                    "avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_tile amx_int8 "
+                                    "amx_bf16")))
     monkeypatch.setattr(edgeds.engine, "detect", lambda: sapphire)
-    (tmp_path / "in.jsonl").write_text(json.dumps({"id": "a", "prompt": "hi", "max_new_tokens": 2}) + "\n")
+    (tmp_path / "in.jsonl").write_text(json.dumps({"id": "a", "prompt": "hi",
+                                                   "max_new_tokens": 2}) + "\n")
     args = ["-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "--overwrite"]
     told = CliRunner().invoke(app, ["infer", str(artifacts("qwen2", "int8")), *args])
     assert told.exit_code == 0, told.output

@@ -37,7 +37,8 @@ def test_float16_graph_casts_only_around_attention(artifacts):
     inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
     assert inputs["past_key.0"] == half and inputs["past_value.1"] == half
     to_half = [n.name for n in model.graph.node if n.op_type == "Cast" and n.attribute[0].i == half]
-    to_float = [n.name for n in model.graph.node if n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.FLOAT]
+    to_float = [n.name for n in model.graph.node if n.op_type == "Cast"
+                and n.attribute[0].i == onnx.TensorProto.FLOAT]
     layers = len([n for n in model.graph.node if n.op_type == "GroupQueryAttention"])
     # Into each attention, plus cos and sin once; out of each attention (and the int8
     # embedding's dequantization, as in every int8-wo graph): the projections stay float32.
@@ -89,7 +90,8 @@ def test_float16_cache_is_refused_for_mla(checkpoints, tmp_path):
     """MLA's latent stays float32: float16 decoded 2.5-3.3x slower at 8k context on the 2-core
     EPYC, and CUDA's attention refuses its 576-wide heads (benchmarks/results/cuda-h200.md)."""
     with pytest.raises(ExportError, match="MLA"):
-        export_checkpoint(checkpoints("deepseek_v3"), tmp_path / "a", formats=("onnx",), kv_cache="float16")
+        export_checkpoint(checkpoints("deepseek_v3"), tmp_path / "a", formats=("onnx",),
+                          kv_cache="float16")
     assert not (tmp_path / "a").exists()
 
 
@@ -101,8 +103,10 @@ def test_cache_goes_to_device_memory_only_where_attention_runs(artifacts, monkey
     from edgeds.backends import onnxruntime as ort_backend
 
     monkeypatch.setitem(ort_backend.DEVICE_MEMORY, "CPUExecutionProvider", "cpu")
-    half = OnnxRuntimeBackend(load_artifact(artifacts("qwen2", "int8-wo", "float16")), ["CPUExecutionProvider"])
-    floats = OnnxRuntimeBackend(load_artifact(artifacts("qwen2", "int8-wo")), ["CPUExecutionProvider"])
+    half = OnnxRuntimeBackend(load_artifact(artifacts("qwen2", "int8-wo", "float16")),
+                              ["CPUExecutionProvider"])
+    floats = OnnxRuntimeBackend(load_artifact(artifacts("qwen2", "int8-wo")),
+                                ["CPUExecutionProvider"])
     assert half.cache.memory == ("cpu", 0) and floats.cache.memory is None
     monkeypatch.delitem(ort_backend.DEVICE_MEMORY, "CPUExecutionProvider")
     assert OnnxRuntimeBackend(load_artifact(artifacts("qwen2", "int8-wo", "float16")),

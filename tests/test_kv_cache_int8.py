@@ -40,8 +40,10 @@ def test_int8_cache_holds_the_float_cache_to_half_a_step(artifacts):
     assert graph.kv_cache.dtype == "int8"
     import onnx
 
-    model = onnx.load(str(artifacts("qwen2", "fp32", "int8") / "model.onnx"), load_external_data=False)
-    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("_scale")}
+    model = onnx.load(str(artifacts("qwen2", "fp32", "int8") / "model.onnx"),
+                      load_external_data=False)
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer
+              if t.name.endswith("_scale")}
     filled = len(prompt) + 1
     # Layer 0's keys and values depend on the tokens alone, so both graphs compute the same
     # ones; deeper layers see attention outputs that the int8 cache has already changed.
@@ -67,9 +69,11 @@ def test_int8_cache_batch_matches_alone_and_quarters_the_memory(artifacts):
 
 def test_int8_cache_is_refused_where_it_cannot_apply(checkpoints, tmp_path):
     with pytest.raises(ExportError, match="MLA"):
-        export_checkpoint(checkpoints("deepseek_v3"), tmp_path / "a", formats=("onnx",), kv_cache="int8")
+        export_checkpoint(checkpoints("deepseek_v3"), tmp_path / "a", formats=("onnx",),
+                          kv_cache="int8")
     with pytest.raises(ExportError, match="ONNX graph"):
-        export_checkpoint(checkpoints("qwen2"), tmp_path / "b", formats=("openvino",), kv_cache="int8")
+        export_checkpoint(checkpoints("qwen2"), tmp_path / "b", formats=("openvino",),
+                          kv_cache="int8")
     with pytest.raises(ExportError, match="unknown kv cache"):
         export_checkpoint(checkpoints("qwen2"), tmp_path / "c", kv_cache="fp8")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

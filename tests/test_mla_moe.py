@@ -54,7 +54,8 @@ def test_int8_experts_error_is_bounded(fmt, artifacts, capsys):
     q = quant.prefill([0], [prompt], every_position=True)[0]
     per_position = np.abs(q - r).max(-1) / np.abs(r).max()
     with capsys.disabled():
-        print(f"\ndeepseek_v3 int8 {fmt}: per position {np.round(per_position * 100, 1)}% of max |logit|, "
+        print(f"\ndeepseek_v3 int8 {fmt}: per position {np.round(per_position * 100, 1)}% of max "
+              "|logit|, "
               f"top-1 {np.mean(q.argmax(-1) == r.argmax(-1)):.0%}")
     assert 0 < per_position.max()
     # Routing is discrete: quantization noise may send a token to another expert, so one
@@ -88,13 +89,15 @@ def test_every_expert_is_int8(artifacts):
     art = load_artifact(artifacts("deepseek_v3", "int8"))
     g = onnx.load(str(art.path("model.onnx")), load_external_data=False).graph
     int8 = [n.name for n in g.node if n.op_type == "MatMulIntegerToFloat"]
-    assert sum("/experts." in n for n in int8) == 2 * 8 * 3  # 2 MoE layers x 8 experts x (gate, up, down)
+    # 2 MoE layers x 8 experts x (gate, up, down)
+    assert sum("/experts." in n for n in int8) == 2 * 8 * 3
     assert not [n for n in g.node if n.op_type == "MatMul" and "/experts." in n.name]
 
 
 def test_verify_works_for_mla(checkpoints, tmp_path):
-    r = CliRunner().invoke(app, ["export", str(checkpoints("deepseek_v2")), "-o", str(tmp_path / "a"),
-                                 "--weights", "fp32", "--verify", "--context", "64"])
+    r = CliRunner().invoke(app,
+                           ["export", str(checkpoints("deepseek_v2")), "-o", str(tmp_path / "a"),
+                            "--weights", "fp32", "--verify", "--context", "64"])
     assert r.exit_code == 0, r.output
     assert "verified" in r.output
 

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.skipif(native.unavailable(detect().flags) is not None,
                                 reason=str(native.unavailable(detect().flags)))
 
 
-@pytest.mark.parametrize("kind,kv_cache", [("qwen2", "float32"), ("llama", "float16"), ("qwen2-tied", "float32")])
+@pytest.mark.parametrize("kind,kv_cache",
+                         [("qwen2", "float32"), ("llama", "float16"), ("qwen2-tied", "float32")])
 def test_native_logits_follow_transformers_as_closely_as_onnxruntime(kind, kv_cache, checkpoints, artifacts):
     """A 16-token prefill (every position) and 24 cached decode steps against the reference:
     within the int8 bound, and as close as ONNX Runtime running the same export's graph."""
@@ -167,8 +168,8 @@ def test_heads_that_do_not_span_the_hidden_size_stay_on_onnxruntime(tmp_path):
     from tiny_models import make_checkpoint
 
     out = tmp_path / "art"
-    export_checkpoint(make_checkpoint(tmp_path / "ck", "llama", head_dim=32), out, formats=("onnx",),
-                      weights="int8", context=64)
+    export_checkpoint(make_checkpoint(tmp_path / "ck", "llama", head_dim=32), out,
+                      formats=("onnx",), weights="int8", context=64)
     assert native_backend.unsupported(load_artifact(out)) == "4 heads of 32 do not span the hidden size 64"
 
 
@@ -191,7 +192,8 @@ def test_refilled_slots_get_what_each_prompt_gets_alone(artifacts):
     def run(prompts, lengths, batch_size):
         reqs = [gen.Request(i, p, SamplingParams(max_new_tokens=n, ignore_eos=True))
                 for i, (p, n) in enumerate(zip(prompts, lengths))]
-        done = {e.key: e.token_ids for e in engine.run(reqs, batch_size) if isinstance(e, gen.Finished)}
+        done = {e.key: e.token_ids for e in engine.run(reqs, batch_size)
+                if isinstance(e, gen.Finished)}
         return [done[i] for i in range(len(prompts))]
 
     rng = np.random.default_rng(4)
@@ -252,7 +254,8 @@ def test_a_compiler_that_cannot_be_run_is_a_reason_not_a_crash(monkeypatch, unbu
 def test_a_compiler_without_amx_builds_the_vnni_kernels(monkeypatch, artifacts, unbuilt, tmp_path):
     """gcc before 11 has no -mamx-*: the library is built without the AMX kernel, and runs."""
     old_gcc = tmp_path / "old-gcc"
-    old_gcc.write_text('#!/bin/sh\ncase "$*" in *-mamx*) echo "unrecognized option -mamx-tile" >&2; exit 1;; esac\n'
+    old_gcc.write_text('#!/bin/sh\ncase "$*" in *-mamx*) echo "unrecognized option -mamx-tile" '
+                       '>&2; exit 1;; esac\n'
                        f'exec {native.compiler()} "$@"\n')
     old_gcc.chmod(0o755)
     monkeypatch.setenv("CC", str(old_gcc))
@@ -277,7 +280,8 @@ def test_a_failing_build_leaves_the_job_on_onnxruntime(monkeypatch, artifacts, u
 def test_export_verify_checks_the_native_backend_too(checkpoints, tmp_path):
     from edgeds_export import export_checkpoint
 
-    manifest = export_checkpoint(checkpoints("qwen2"), tmp_path / "out", formats=("onnx",), context=64, verify=True)
+    manifest = export_checkpoint(checkpoints("qwen2"), tmp_path / "out", formats=("onnx",),
+                                 context=64, verify=True)
     checked = manifest["verification"]["formats"]
     assert set(checked) == {"onnx", "onnx native"}
     assert checked["onnx native"]["greedy_agreement"] >= 0.9
@@ -287,7 +291,8 @@ def test_export_verify_checks_the_native_backend_too(checkpoints, tmp_path):
 @pytest.mark.parametrize("threads", [-3, -1, 0, 100000])
 def test_thread_counts_it_cannot_run_are_refused_before_anything_is_read(threads, artifacts):
     art = load_artifact(artifacts("qwen2", "int8"))
-    with pytest.raises(ValueError, match=rf"native backend: {threads} threads \(it runs 1 to 4096\)"):
+    with pytest.raises(ValueError,
+                       match=rf"native backend: {threads} threads \(it runs 1 to 4096\)"):
         NativeBackend(art, threads)
 
 
@@ -295,7 +300,8 @@ def test_thread_counts_it_cannot_run_are_refused_before_anything_is_read(threads
 @pytest.mark.parametrize("threads", [-3, -1, 100000])
 def test_load_refuses_thread_counts_beyond_the_machine_for_every_backend(which, threads, artifacts):
     """ONNX Runtime took --threads 100000 and spun at 4-5 GB RSS; the native loops corrupted the heap."""
-    with pytest.raises(ConfigError, match=rf"threads {threads}: give 1 to \d+ \(this machine's CPUs\)"):
+    with pytest.raises(ConfigError,
+                       match=rf"threads {threads}: give 1 to \d+ \(this machine's CPUs\)"):
         edgeds.load(artifacts("qwen2", "int8"), backend=which, threads=threads)
 
 
@@ -305,21 +311,24 @@ def test_infer_with_a_bad_thread_count_is_one_line_and_exit_2(tmp_path):
     from edgeds.cli.main import app
 
     (tmp_path / "in.jsonl").write_text('{"id": 1, "prompt": "x"}\n')
-    r = CliRunner().invoke(app, ["infer", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl"),
-                                 "--threads", "-3"])
+    r = CliRunner().invoke(app,
+                           ["infer", "-i", str(tmp_path / "in.jsonl"), "-o",
+                            str(tmp_path / "o.jsonl"), "--threads", "-3"])
     assert r.exit_code == 2
     assert r.output.strip().splitlines()[-1].startswith("edgeds: error: threads -3: give 1 to ")
     assert not (tmp_path / "o.jsonl").exists()
 
 
-NEW_OK = dict(layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, inter=128, vocab=320, eps=1e-6, threads=2,
-              use_amx=0)
+NEW_OK = dict(layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, inter=128, vocab=320, eps=1e-6,
+              threads=2, use_amx=0)
 
 
-@pytest.mark.parametrize("bad", [dict(threads=-3), dict(threads=-1), dict(threads=0), dict(threads=100000),
-                                 dict(layers=0), dict(heads=3), dict(head_dim=8, heads=8), dict(hidden=96),
-                                 dict(heads=64, kv_heads=2, head_dim=16, hidden=1024), dict(inter=100),
-                                 dict(vocab=0), dict(eps=float("nan")), dict(eps=-1.0)])
+@pytest.mark.parametrize("bad",
+                         [dict(threads=-3), dict(threads=-1), dict(threads=0), dict(threads=100000),
+                          dict(layers=0), dict(heads=3), dict(head_dim=8, heads=8), dict(hidden=96),
+                          dict(heads=64, kv_heads=2, head_dim=16, hidden=1024), dict(inter=100),
+                          dict(vocab=0), dict(eps=float("nan")), dict(eps=-1.0)])
+
 def test_the_c_entry_point_refuses_what_its_loops_cannot_run(bad):
     """ed_new checks every count before it allocates (and Python is not the only possible caller)."""
     lib = native.library()
@@ -334,10 +343,14 @@ def test_the_c_setters_refuse_shapes_the_model_does_not_have_and_forward_refuses
     m = lib.ed_new(*NEW_OK.values())
     w, scale = np.zeros((64, 128), np.int8), np.ones(128, np.float32)
     try:
-        assert lib.ed_set_linear(m, 0, 0, w.ctypes.data, scale.ctypes.data, None, 64, 128) == 0  # qkv: 64 -> 128
-        assert lib.ed_set_linear(m, 0, 0, w.ctypes.data, scale.ctypes.data, None, 64, 128) == -1  # set twice
-        assert lib.ed_set_linear(m, 0, 1, w.ctypes.data, scale.ctypes.data, None, 64, 128) == -1  # o is 64 -> 64
-        assert lib.ed_set_linear(m, 2, 0, w.ctypes.data, scale.ctypes.data, None, 64, 128) == -1  # layer 2 of 2
+        # qkv: 64 -> 128
+        assert lib.ed_set_linear(m, 0, 0, w.ctypes.data, scale.ctypes.data, None, 64, 128) == 0
+        # set twice
+        assert lib.ed_set_linear(m, 0, 0, w.ctypes.data, scale.ctypes.data, None, 64, 128) == -1
+        # o is 64 -> 64
+        assert lib.ed_set_linear(m, 0, 1, w.ctypes.data, scale.ctypes.data, None, 64, 128) == -1
+        # layer 2 of 2
+        assert lib.ed_set_linear(m, 2, 0, w.ctypes.data, scale.ctypes.data, None, 64, 128) == -1
         assert lib.ed_set_linear(m, 0, 5, w.ctypes.data, scale.ctypes.data, None, 64, 128) == -1
         assert lib.ed_set_linear(m, 1, 0, None, scale.ctypes.data, None, 64, 128) == -1
         assert lib.ed_set_norms(m, 3, scale.ctypes.data, scale.ctypes.data) == -1
@@ -346,7 +359,8 @@ def test_the_c_setters_refuse_shapes_the_model_does_not_have_and_forward_refuses
         ids, at = np.array([5], np.int64), np.zeros(1, np.int32)
         logits, k = np.zeros((32, 320), np.float32), np.zeros(2 * 2 * 8 * 16, np.float32)
         blocks = np.array([k.ctypes.data], np.uint64)
-        rc = lib.ed_forward(m, 1, ids.ctypes.data, at.ctypes.data, at.ctypes.data, 1, at.ctypes.data,
+        rc = lib.ed_forward(m, 1, ids.ctypes.data, at.ctypes.data, at.ctypes.data, 1,
+                            at.ctypes.data,
                             at.ctypes.data, 1, blocks.ctypes.data, blocks.ctypes.data, 1, 0, 1, 0,
                             logits.ctypes.data)
         assert rc == -4
@@ -364,11 +378,13 @@ def test_a_tensor_index_that_points_outside_the_weight_file_is_refused(artifacts
     index["layers"][1]["mlp"]["down"]["weight"]["offset"] = 10**9
     index["layers"][0]["o"]["weight"]["shape"] = [64, 65]
     (art / "tensors.json").write_text(json.dumps(index))
-    with pytest.raises(ArtifactError, match=r"tensors.json: layers\[0\].o.weight has shape \[64, 65\], "
+    with pytest.raises(ArtifactError,
+                       match=r"tensors.json: layers\[0\].o.weight has shape \[64, 65\], "
                                             r"not \[64, 64\]"):
         NativeBackend(load_artifact(art, verify=False), 2)
     index["layers"][0]["o"]["weight"]["shape"] = [64, 64]
     (art / "tensors.json").write_text(json.dumps(index))
-    with pytest.raises(ArtifactError, match=r"tensors.json: layers\[1\].mlp.down.weight of 8192 bytes at "
+    with pytest.raises(ArtifactError,
+                       match=r"tensors.json: layers\[1\].mlp.down.weight of 8192 bytes at "
                                             r"offset 1000000000 is not inside its file"):
         NativeBackend(load_artifact(art, verify=False), 2)

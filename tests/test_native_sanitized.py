@@ -37,16 +37,19 @@ def _asan_runtime() -> str | None:
 
 
 pytestmark = [
-    pytest.mark.skipif(native.unavailable(detect().flags) is not None, reason="no native decoder here"),
-    pytest.mark.skipif(_asan_runtime() is None, reason="the compiler has no AddressSanitizer runtime"),
+    pytest.mark.skipif(native.unavailable(detect().flags) is not None,
+                       reason="no native decoder here"),
+    pytest.mark.skipif(_asan_runtime() is None,
+                       reason="the compiler has no AddressSanitizer runtime"),
 ]
 
 
 def _sanitized(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "EDGEDS_NATIVE_SANITIZE": "address,undefined", "LD_PRELOAD": _asan_runtime(),
+    env = {**os.environ, "EDGEDS_NATIVE_SANITIZE": "address,undefined",
+           "LD_PRELOAD": _asan_runtime(),
            "ASAN_OPTIONS": "detect_leaks=0", "EDGEDS_CACHE_DIR": str(tmp_path / "cache")}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=HERE.parent,
-                          timeout=600)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                          cwd=HERE.parent, timeout=600)
 
 
 @pytest.mark.parametrize("tests, selection", [("test_native_backend.py", SELECTION),

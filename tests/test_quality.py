@@ -36,7 +36,8 @@ def test_fp32_export_matches_transformers_perplexity(rows, fmt):
 # (integer matmuls): it trades about 1 point of top-1 on these 256-wide models for 1.1-1.8x faster
 # batched rows; "int8-wo" keeps float activations. The MoE model's routing flips on a few tokens.
 TOP1_FLOOR = {("r1-distill-tiny-python", "int8-wo"): 98.0, ("r1-distill-tiny-python", "int8"): 97.0,
-              ("deepseek-v3-tiny-python", "int8-wo"): 96.0, ("deepseek-v3-tiny-python", "int8"): 95.5}
+              ("deepseek-v3-tiny-python", "int8-wo"): 96.0,
+              ("deepseek-v3-tiny-python", "int8"): 95.5}
 
 
 @pytest.mark.parametrize("weights", ["int8", "int8-wo"])
@@ -86,7 +87,8 @@ def test_int8_kv_cache_keeps_quality(capsys):
     rows = evaluate(CHECKPOINT, ("int8",), windows=6, seq=128, kv_caches=("int8",))
     [r] = [r for r in rows if r["graph"] == "onnx"]
     with capsys.disabled():
-        print(f"\nint8 + int8 KV onnx: perplexity {r['perplexity']:.4f} ({r['ppl_change_pct']:+.3f}%), "
+        print(f"\nint8 + int8 KV onnx: perplexity {r['perplexity']:.4f} "
+              f"({r['ppl_change_pct']:+.3f}%), "
               f"top-1 agreement {r['top1_agreement_pct']:.2f}%")
     assert r["weights"] == "int8, int8 KV (decode steps)"
     assert r["ppl_change_pct"] < 0.5, r

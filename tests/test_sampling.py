@@ -59,8 +59,9 @@ def test_invalid_params(bad):
         SamplingParams(**bad).validate()
 
 
-@pytest.mark.parametrize("top_k,top_p,min_p", [(0, 0.9, 0.0), (3, 1.0, 0.0), (0, 1.0, 0.05), (4, 0.8, 0.02),
-                                               (0, 0.999, 0.0)])
+@pytest.mark.parametrize("top_k,top_p,min_p",
+                         [(0, 0.9, 0.0), (3, 1.0, 0.0), (0, 1.0, 0.05), (4, 0.8, 0.02),
+                          (0, 0.999, 0.0)])
 def test_sampling_draws_the_filtered_distribution(top_k, top_p, min_p):
     """sample_token draws from the kept tokens only (no sort of the whole vocabulary): its
     frequencies over 40,000 draws match filter_probabilities' vector on a hand-made distribution."""
@@ -72,7 +73,8 @@ def test_sampling_draws_the_filtered_distribution(top_k, top_p, min_p):
     params = SamplingParams(temperature=1.0, top_k=top_k, top_p=top_p, min_p=min_p)
     rng = np.random.default_rng(0)
     draws = 40_000
-    counts = np.bincount([sample_token(np.log(probs), params, rng) for _ in range(draws)], minlength=probs.size)
+    counts = np.bincount([sample_token(np.log(probs), params, rng) for _ in range(draws)],
+                         minlength=probs.size)
     assert set(np.flatnonzero(counts)) <= set(np.flatnonzero(expected))
     kept = expected > 0.005
     assert np.abs(counts[kept] / draws - expected[kept]).max() < 4 * np.sqrt(0.25 / draws)

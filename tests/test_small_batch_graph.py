@@ -30,16 +30,17 @@ def small_artifact(checkpoints, tmp_path_factory):
     def get(kind: str, kv_cache: str = "float32"):
         if (kind, kv_cache) not in cache:
             out = root / f"{kind}-{kv_cache}"
-            export_checkpoint(checkpoints(kind), out, formats=("onnx",), weights="int8", context=CONTEXT,
-                              kv_cache=kv_cache, small_batch_graph=True)
+            export_checkpoint(checkpoints(kind), out, formats=("onnx",), weights="int8",
+                              context=CONTEXT, kv_cache=kv_cache, small_batch_graph=True)
             cache[kind, kv_cache] = out
         return cache[kind, kv_cache]
 
     return get
 
 
-@pytest.mark.parametrize("kind,kv_cache", [("qwen2", "float32"), ("llama", "float32"), ("qwen2", "float16"),
-                                           ("deepseek_v2", "float32"), ("deepseek_v3", "float32")])
+@pytest.mark.parametrize("kind,kv_cache",
+                         [("qwen2", "float32"), ("llama", "float32"), ("qwen2", "float16"),
+                          ("deepseek_v2", "float32"), ("deepseek_v3", "float32")])
 def test_small_batch_decode_follows_transformers(kind, kv_cache, checkpoints, small_artifact):
     """Prefill on the main graph, then 24 cached decode steps on the small-batch graph, each
     against the reference, as close as the main graph's own steps."""
@@ -52,7 +53,8 @@ def test_small_batch_decode_follows_transformers(kind, kv_cache, checkpoints, sm
     assert small.decode_graph is small.small and main.small is None
     assert max(errors) < 0.08  # the int8 bound of test_quantized_logit_error_is_bounded
     assert max(errors[1:]) < 2 * max(main_errors[1:]) + 1e-3
-    assert errors[1:] != main_errors[1:]  # the steps really ran another graph (activations rounded per block)
+    # the steps really ran another graph (activations rounded per block)
+    assert errors[1:] != main_errors[1:]
     assert np.mean(agree) >= 0.9
 
 
@@ -66,17 +68,20 @@ def test_small_batch_graph_holds_the_main_weights_repacked(small_artifact):
     nbits = [n for n in small.graph.node if n.op_type == "MatMulNBits"]
     integer = [n for n in main.graph.node if n.op_type == "MatMulIntegerToFloat"]
     assert len(nbits) == len(integer) == 2 * 5 + 1
-    assert not [n for n in small.graph.node if n.op_type in ("MatMulIntegerToFloat", "QuantizeLinear")]
+    assert not [n for n in small.graph.node
+                if n.op_type in ("MatMulIntegerToFloat", "QuantizeLinear")]
     for nb, mm in zip(nbits, integer):
         packed, scales = w_small[nb.input[1]], w_small[nb.input[2]]
         n, blocks, size = packed.shape
         from_small = ((packed.astype(np.float32) - 128) * scales[:, :, None]).reshape(n, blocks * size)
-        from_main = (w_main[mm.input[1]].astype(np.float32) * w_main[mm.input[3]]).T  # (K, N) int8 x (N,) scales
+        # (K, N) int8 x (N,) scales
+        from_main = (w_main[mm.input[1]].astype(np.float32) * w_main[mm.input[3]]).T
         np.testing.assert_array_equal(from_small, from_main)
     # Everything that is not a linear layer is read from the main weight file, not copied.
     shared = [t for t in small.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
               and t.name not in {x for nb in nbits for x in nb.input[1:3]}]
-    assert shared and all(e.value == "model.onnx.data" for t in shared for e in t.external_data if e.key == "location")
+    assert shared and all(e.value == "model.onnx.data" for t in shared for e in t.external_data
+                          if e.key == "location")
 
 
 def test_every_integer_matmul_of_an_moe_graph_is_repacked(small_artifact):
@@ -125,7 +130,8 @@ def test_profile_decides_whether_it_loads(small_artifact, monkeypatch):
     engine = edgeds.load(path, backend="onnxruntime", profile="cpu-avx512")
     loaded = engine.profile.onnxruntime.small_batch_max
     assert loaded and engine.backend.small_batch_max == loaded
-    assert (f"small-batch graph: decode steps of <= {loaded} sequences run it (loaded when the first such "
+    assert (f"small-batch graph: decode steps of <= {loaded} sequences run it (loaded when the "
+            "first such "
             "batch starts)") in engine.reasons
     engine.generate(["def f(x):"], max_new_tokens=2)
     assert engine.backend.small is not None
@@ -157,10 +163,11 @@ def test_tampered_small_batch_weights_are_refused(small_artifact, tmp_path):
 
 
 def test_export_verify_checks_the_small_batch_graph_too(checkpoints, tmp_path):
-    manifest = export_checkpoint(checkpoints("llama"), tmp_path / "out", formats=("onnx",), context=CONTEXT,
-                                 small_batch_graph=True, verify=True)
+    manifest = export_checkpoint(checkpoints("llama"), tmp_path / "out", formats=("onnx",),
+                                 context=CONTEXT, small_batch_graph=True, verify=True)
     checked = manifest["verification"]["formats"]
-    assert set(checked) - {"onnx native"} == {"onnx", "onnx small-batch"}  # native: where this CPU runs it
+    # native: where this CPU runs it
+    assert set(checked) - {"onnx native"} == {"onnx", "onnx small-batch"}
     assert checked["onnx small-batch"]["relative_error"] != checked["onnx"]["relative_error"]
 
 
@@ -171,7 +178,8 @@ def test_export_verify_checks_the_small_batch_graph_too(checkpoints, tmp_path):
 ])
 def test_refused_where_it_does_not_apply(kwargs, kind, checkpoints, tmp_path):
     with pytest.raises(ExportError, match="--small-batch-graph"):
-        export_checkpoint(checkpoints(kind), tmp_path / "out", context=CONTEXT, small_batch_graph=True, **kwargs)
+        export_checkpoint(checkpoints(kind), tmp_path / "out", context=CONTEXT,
+                          small_batch_graph=True, **kwargs)
 
 
 def test_refilled_slots_decode_on_the_small_graph_as_alone(small_artifact):
@@ -183,7 +191,8 @@ def test_refilled_slots_decode_on_the_small_graph_as_alone(small_artifact):
     def run(prompts, lengths, batch_size):
         reqs = [gen.Request(i, p, SamplingParams(max_new_tokens=n, ignore_eos=True))
                 for i, (p, n) in enumerate(zip(prompts, lengths))]
-        done = {e.key: e.token_ids for e in engine.run(reqs, batch_size) if isinstance(e, gen.Finished)}
+        done = {e.key: e.token_ids for e in engine.run(reqs, batch_size)
+                if isinstance(e, gen.Finished)}
         return [done[i] for i in range(len(prompts))]
 
     engine = edgeds.load(small_artifact("qwen2"), backend="onnxruntime", profile="cpu-avx512")

@@ -29,7 +29,8 @@ def tok(tmp_path_factory):
 
     files = TokenizerFiles("tokenizer.json", "chat_template.jinja", token(cfg["bos_token"]),
                            token(cfg["eos_token"]), cfg.get("add_bos_token", False))
-    return TextTokenizer(Artifact(root, SimpleNamespace(tokenizer=files)))  # the tokenizer's part alone
+    # the tokenizer's part alone
+    return TextTokenizer(Artifact(root, SimpleNamespace(tokenizer=files)))
 
 
 def test_chat_template_renders_the_r1_format(tok):

@@ -30,7 +30,8 @@ MLA = {
     "vocab_size": 320, "hidden_size": 64, "intermediate_size": 128, "moe_intermediate_size": 32,
     "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 4, "kv_lora_rank": 32,
     "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "v_head_dim": 16, "n_routed_experts": 8,
-    "num_experts_per_tok": 2, "n_shared_experts": 1, "first_k_dense_replace": 1, "max_position_embeddings": 512,
+    "num_experts_per_tok": 2, "n_shared_experts": 1, "first_k_dense_replace": 1,
+    "max_position_embeddings": 512,
     "rms_norm_eps": 1e-6, "bos_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": False,
 }
 CONFIGS = {
@@ -49,14 +50,18 @@ CONFIGS = {
     "deepseek_v2": {**MLA, "model_type": "deepseek_v2", "architectures": ["DeepseekV2ForCausalLM"],
                     "q_lora_rank": None, "topk_method": "greedy", "n_group": 1, "topk_group": 1,
                     "routed_scaling_factor": 1.0,
-                    "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
-                                     "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707}},
+                    "rope_scaling": {"type": "yarn", "factor": 4.0,
+                                     "original_max_position_embeddings": 64,
+                                     "beta_fast": 32, "beta_slow": 1, "mscale": 0.707,
+                                     "mscale_all_dim": 0.707}},
     # V3/R1 style: q_lora, sigmoid routing with the correction bias, 4 groups of which 2 are kept.
     "deepseek_v3": {**MLA, "model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"],
                     "q_lora_rank": 32, "n_group": 4, "topk_group": 2, "norm_topk_prob": True,
                     "routed_scaling_factor": 2.5,
-                    "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
-                                     "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}},
+                    "rope_scaling": {"type": "yarn", "factor": 4.0,
+                                     "original_max_position_embeddings": 64,
+                                     "beta_fast": 32, "beta_slow": 1, "mscale": 1.0,
+                                     "mscale_all_dim": 1.0}},
 }
 
 

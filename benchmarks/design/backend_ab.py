@@ -53,7 +53,8 @@ def measure(artifact: str, threads: int) -> dict:
     backend.start(1, 300)
     b1 = median_step_ms(None, 4, 32, backend.prefill([0], [rng.integers(10, top, 128)]))
     backend.start(64, 300)
-    logits = backend.prefill(list(range(64)), [rng.integers(10, min(top, 1000), 256) for _ in range(64)])
+    logits = backend.prefill(list(range(64)),
+                             [rng.integers(10, min(top, 1000), 256) for _ in range(64)])
     b64 = median_step_ms(np.full(64, 5, np.int64), 1, 6, logits)
     return {"artifact": artifact, "threads": threads, "prefill_512_s": round(min(prefill), 3),
             "decode_b1_step_ms": round(b1, 2), "decode_b64_step_ms": round(b64, 1)}
@@ -71,7 +72,8 @@ def main() -> None:
         return
     for round_ in range(args.rounds):
         for artifact in args.artifacts:
-            cmd = [sys.executable, "-m", __spec__.name, artifact, "--threads", str(args.threads), "--measure"]
+            cmd = [sys.executable, "-m", __spec__.name, artifact, "--threads", str(args.threads),
+                   "--measure"]
             line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             print(json.dumps({"round": round_ + 1, **json.loads(line)}), flush=True)
 

@@ -27,9 +27,11 @@ def main() -> None:
     ap.add_argument("artifact")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--batches", default="1,32")
-    ap.add_argument("--providers", default="CPUExecutionProvider", help="ONNX Runtime providers, in order")
+    ap.add_argument("--providers", default="CPUExecutionProvider",
+                    help="ONNX Runtime providers, in order")
     ap.add_argument("--cache-on-host", action="store_true",
-                    help="keep the KV cache in numpy buffers even where the provider has device memory")
+                    help="keep the KV cache in numpy buffers even where the provider has device "
+                         "memory")
     args = ap.parse_args()
     proc = psutil.Process()
 
@@ -47,20 +49,23 @@ def main() -> None:
     capacity = min(640, context)
     prompt = min(128, capacity - 32)
     print(f"{args.artifact}: load {time.perf_counter() - t:.2f} s, cache in "
-          f"{'OrtValues' if backend.cache.memory else 'numpy buffers'}, RSS after load {proc.memory_info().rss >> 20} MiB, "
+          f"{'OrtValues' if backend.cache.memory else 'numpy buffers'}, RSS after load "
+          f"{proc.memory_info().rss >> 20} MiB, "
           f"peak {peak()} MiB", flush=True)
     rng = np.random.default_rng(0)
     for batch in (int(b) for b in args.batches.split(",")):
         backend.start(batch, capacity)
         t = time.perf_counter()
-        backend.prefill(list(range(batch)), [rng.integers(10, min(vocab, 50000), prompt) for _ in range(batch)])
+        backend.prefill(list(range(batch)),
+                        [rng.integers(10, min(vocab, 50000), prompt) for _ in range(batch)])
         prefill = time.perf_counter() - t
         tokens, steps = np.full(batch, 5, np.int64), []
         for _ in range(24):
             t = time.perf_counter()
             backend.decode(tokens)
             steps.append(time.perf_counter() - t)
-        print(f"  batch {batch} on {backend.device}: prefill {batch}x{prompt} {prefill:.2f} s, decode {batch / np.median(steps[4:]):.1f} tok/s, "
+        print(f"  batch {batch} on {backend.device}: prefill {batch}x{prompt} {prefill:.2f} s, "
+              f"decode {batch / np.median(steps[4:]):.1f} tok/s, "
               f"RSS {proc.memory_info().rss >> 20} MiB, peak {peak()} MiB", flush=True)
 
 

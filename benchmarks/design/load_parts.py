@@ -36,7 +36,8 @@ def measure(artifact: str, threads: int | None, what: str) -> dict:
     if what == "engine":
         backend = edgeds.load(artifact, threads=threads, backend="onnxruntime").backend
     else:
-        backend = OnnxRuntimeBackend(load_artifact(artifact, verify=False), ["CPUExecutionProvider"], threads)
+        backend = OnnxRuntimeBackend(load_artifact(artifact, verify=False),
+                                     ["CPUExecutionProvider"], threads)
     load = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     backend.start(1, 256)
@@ -46,8 +47,10 @@ def measure(artifact: str, threads: int | None, what: str) -> dict:
     t0 = time.perf_counter()
     for _ in range(16):
         logits = backend.decode(logits.argmax(-1))
-    return {"artifact": artifact, "what": what, "onnxruntime": ort.__version__, "sessions": len(backend.sessions),
-            "load_s": round(load, 3), "user_s": round(usage.ru_utime, 2), "sys_s": round(usage.ru_stime, 2),
+    return {"artifact": artifact, "what": what, "onnxruntime": ort.__version__,
+            "sessions": len(backend.sessions),
+            "load_s": round(load, 3), "user_s": round(usage.ru_utime, 2),
+            "sys_s": round(usage.ru_stime, 2),
             "decode_b1_tok_s": round(16 / (time.perf_counter() - t0), 2)}
 
 
@@ -58,7 +61,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", default="/tmp/edgeds-load-parts")
-    ap.add_argument("--what", default="engine,backend", help="engine (edgeds.load) and/or backend (sessions alone)")
+    ap.add_argument("--what", default="engine,backend",
+                    help="engine (edgeds.load) and/or backend (sessions alone)")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
@@ -69,22 +73,27 @@ def main() -> None:
     for parts in (int(p) for p in args.parts.split(",")):
         out = work / f"{Path(args.src).name}-int8-parts{parts}"
         if not (out / "edgeds.json").exists():
-            subprocess.run([sys.executable, "-m", "edgeds.cli", "export", args.src, "-o", str(out), "--format", "onnx",
-                            "--context", "2048", "--load-parts", str(parts), "--overwrite"], check=True)
+            subprocess.run([sys.executable, "-m", "edgeds.cli", "export", args.src, "-o", str(out),
+                            "--format", "onnx",
+                            "--context", "2048", "--load-parts", str(parts), "--overwrite"],
+                           check=True)
         artifacts[parts] = str(out)
     results: dict[tuple[int, str], list[dict]] = {}
     for _ in range(args.rounds):
         for parts, path in artifacts.items():
             for what in args.what.split(","):
-                cmd = [sys.executable, "-m", __spec__.name, "--measure", path, "--threads", str(args.threads), "--what", what]
+                cmd = [sys.executable, "-m", __spec__.name, "--measure", path, "--threads",
+                       str(args.threads), "--what", what]
                 line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
                 print(line, flush=True)
                 results.setdefault((parts, what), []).append(json.loads(line))
     for (parts, what), runs in results.items():
         loads = [r["load_s"] for r in runs]
         decodes = [r["decode_b1_tok_s"] for r in runs]
-        print(f"parts {parts} ({runs[0]['sessions']} sessions), {what}: load median {statistics.median(loads):.2f} s "
-              f"({min(loads):.2f}-{max(loads):.2f}), decode b1 median {statistics.median(decodes):.1f} tok/s "
+        print(f"parts {parts} ({runs[0]['sessions']} sessions), {what}: load median "
+              f"{statistics.median(loads):.2f} s "
+              f"({min(loads):.2f}-{max(loads):.2f}), decode b1 median "
+              f"{statistics.median(decodes):.1f} tok/s "
               f"({min(decodes):.1f}-{max(decodes):.1f})")
 
 if __name__ == "__main__":

@@ -49,13 +49,14 @@ def main() -> None:
     ap.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)  # backend tokens, in the child
     args = ap.parse_args()
     if args.measure:
-        print(measure(args.artifact, args.measure[0], int(args.measure[1]), args.threads), flush=True)
+        print(measure(args.artifact, args.measure[0], int(args.measure[1]), args.threads),
+              flush=True)
         return
     for _ in range(args.rounds):
         for tokens in args.tokens.split(","):
             for backend in args.backends.split(","):
-                subprocess.run([sys.executable, "-m", __spec__.name, args.artifact, "--threads", str(args.threads),
-                                "--measure", backend, tokens], check=True)
+                subprocess.run([sys.executable, "-m", __spec__.name, args.artifact, "--threads",
+                                str(args.threads), "--measure", backend, tokens], check=True)
 
 
 if __name__ == "__main__":

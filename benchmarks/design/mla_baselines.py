@@ -24,7 +24,8 @@ from onnx import helper
 
 
 class PerHeadCache(MlaGraph):
-    ops = {"attention": "per-head K and V expanded from the latent and cached (a benchmark baseline)"}
+    ops = {"attention": "per-head K and V expanded from the latent and cached (a benchmark "
+                        "baseline)"}
 
     def attention(self, h: str, layer: MlaLayer, i: int, cos_q: str, sin_q: str, cos_k: str,
                   sin_k: str) -> str:
@@ -39,7 +40,8 @@ class PerHeadCache(MlaGraph):
         k_rope = self.rope(k_rope, cos_k, sin_k, f"{p}/k_rope")
         batch_seq = g.node("Shape", [h], f"{p}/Shape", end=2)
         flat = g.node("Reshape", [c, self.shape([1, -1, lat])], f"{p}/c/Reshape")
-        w_uk = g.node("Transpose", [self.weight(layer.w_uk, f"{p}/w_uk")], f"{p}/w_uk/T", perm=[0, 2, 1])
+        w_uk = g.node("Transpose", [self.weight(layer.w_uk, f"{p}/w_uk")], f"{p}/w_uk/T",
+                      perm=[0, 2, 1])
 
         def heads_last(x: str, width: int, name: str) -> str:
             shape = g.node("Concat", [self.shape([heads]), batch_seq, self.shape([width])],
@@ -50,7 +52,8 @@ class PerHeadCache(MlaGraph):
         k_nope = heads_last(g.node("MatMul", [flat, w_uk], f"{p}/k_nope/MatMul"), dn, f"{p}/k_nope")
         w_uv = self.weight(layer.w_uv, f"{p}/w_uv")
         v = heads_last(g.node("MatMul", [flat, w_uv], f"{p}/v/MatMul"), dv, f"{p}/v")
-        v = g.node("Pad", [v, g.const(f"{p}/v/pads", [0, 0, 0, 0, 0, 0, 0, dn + dr - dv])], f"{p}/v/Pad")
+        v = g.node("Pad", [v, g.const(f"{p}/v/pads", [0, 0, 0, 0, 0, 0, 0, dn + dr - dv])],
+                   f"{p}/v/Pad")
         k_rope = g.node("Unsqueeze", [k_rope, g.const(f"{p}/k_rope/ax", [2])], f"{p}/k_rope/unsq")
         k_rope = g.node("Expand", [k_rope, self.shape([1, 1, heads, 1])], f"{p}/k_rope/expand")
         key = g.node("Concat", [k_nope, k_rope], f"{p}/key/Concat", axis=-1)
@@ -78,7 +81,8 @@ class PerHeadCache(MlaGraph):
         shape = ["batch", heads, "cache_capacity", dim]
         inputs, outputs = [], []
         for kind in ("key", "value"):
-            inputs += [helper.make_tensor_value_info(f"past_{kind}.{i}", F, shape) for i in range(self.s.num_layers)]
+            inputs += [helper.make_tensor_value_info(f"past_{kind}.{i}", F, shape)
+                       for i in range(self.s.num_layers)]
             outputs += [helper.make_tensor_value_info(f"present_{kind}.{i}", F, shape)
                         for i in range(self.s.num_layers)]
         return inputs, outputs
@@ -94,13 +98,15 @@ class PerHeadCache(MlaGraph):
 
 
 class AllExperts(MlaGraph):
-    ops = {"moe": "every routed expert on every token, weighted by the router (a benchmark baseline)"}
+    ops = {"moe": "every routed expert on every token, weighted by the router (a benchmark "
+                  "baseline)"}
 
     def routed_expert(self, x2d: str, out: str, selected: str, weights: str, expert: GatedMlp,
                       q: str) -> str:
         g = self.g
         ye = gated_mlp(g, x2d, expert, q)
-        weighted = g.node("Mul", [ye, g.node("Transpose", [weights], f"{q}/wT", perm=[1, 0])], f"{q}/weighted")
+        weighted = g.node("Mul", [ye, g.node("Transpose", [weights], f"{q}/wT", perm=[1, 0])],
+                          f"{q}/weighted")
         return g.node("Add", [out, weighted], f"{q}/add")
 
 

@@ -51,7 +51,8 @@ def export_variant(src: Path, out: Path, graph: type | None = None, formats=("on
     if (out / "edgeds.json").exists():
         return out
     with exported_with(graph) if graph else contextlib.nullcontext():
-        export_checkpoint(src, out, formats=formats, weights="int8", context=8192 + 64, overwrite=True)
+        export_checkpoint(src, out, formats=formats, weights="int8", context=8192 + 64,
+                          overwrite=True)
     return out
 
 
@@ -69,36 +70,47 @@ def main() -> None:
     sparse = export_variant(src, work / "sparse", formats=("onnx", "openvino"))
     dense = export_variant(src, work / "dense", AllExperts)
     per_head = export_variant(src, work / "per-head", PerHeadCache)
-    res: dict = {"model": f"DeepSeek-V2-Lite widths, {LAYERS} layers (1 dense + {LAYERS - 1} MoE: 64 experts, top-6), INT8"}
+    res: dict = {"model": f"DeepSeek-V2-Lite widths, {LAYERS} layers (1 dense + {LAYERS - 1} MoE: "
+                          "64 experts, top-6), INT8"}
     ort_sparse = OnnxRuntimeBackend(load_artifact(sparse), ["CPUExecutionProvider"])
     ort_dense = OnnxRuntimeBackend(load_artifact(dense), ["CPUExecutionProvider"])
     s, d = decode_rate(ort_sparse, 64), decode_rate(ort_dense, 64)
     res["moe"] = {"sparse_step_ms": s * 1e3, "all_experts_step_ms": d * 1e3, "speedup": d / s}
     ort_per_head = OnnxRuntimeBackend(load_artifact(per_head), ["CPUExecutionProvider"])
     res["context"] = [{"context": c, "step_ms": decode_rate(ort_sparse, c) * 1e3,
-                       "per_head_step_ms": decode_rate(ort_per_head, c) * 1e3} for c in (256, 1024, 2048, 4096, 8192)]
+                       "per_head_step_ms": decode_rate(ort_per_head, c) * 1e3}
+                      for c in (256, 1024, 2048, 4096, 8192)]
     del ort_per_head
-    ov = OpenVinoBackend(load_artifact(sparse), config={"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"})
+    ov = OpenVinoBackend(load_artifact(sparse),
+                         config={"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"})
     ov_s = decode_rate(ov, 64)
     m = load_artifact(sparse).manifest
-    res["per_layer"] = {"onnxruntime_ms_per_layer": s * 1e3 / LAYERS, "openvino_ms_per_layer": ov_s * 1e3 / LAYERS,
+    res["per_layer"] = {"onnxruntime_ms_per_layer": s * 1e3 / LAYERS,
+                        "openvino_ms_per_layer": ov_s * 1e3 / LAYERS,
                         "kv_bytes_per_token_per_layer": m.kv_layout("onnx").bytes_per_token // LAYERS,
                         "per_head_kv_bytes_per_token_per_layer_fp32": 2 * 16 * 192 * 4}
     out = RESULTS
     (out / "mla_moe.json").write_text(json.dumps(res, indent=2) + "\n")
-    lines = [f"# MLA and MoE decode ({res['model']}; `python -m benchmarks.design.mla_moe`, 2 threads)", "",
+    lines = [f"# MLA and MoE decode ({res['model']}; `python -m benchmarks.design.mla_moe`, 2 "
+             "threads)", "",
              "| experts | decode step (ms) |", "|---|---|",
              f"| only the routed ones (edgeds) | {res['moe']['sparse_step_ms']:.1f} |",
              f"| all 64 computed | {res['moe']['all_experts_step_ms']:.1f} |",
              f"| speedup | {res['moe']['speedup']:.2f}x |", "",
-             "| context | latent cache, absorbed (edgeds): step (ms) | per-head K/V cache: step (ms) | ratio |",
+             "| context | latent cache, absorbed (edgeds): step (ms) | per-head K/V cache: step "
+             "(ms) | ratio |",
              "|---|---|---|---|"]
-    lines += [f"| {r['context']} | {r['step_ms']:.1f} | {r['per_head_step_ms']:.1f} | {r['per_head_step_ms'] / r['step_ms']:.2f}x |"
+    lines += [f"| {r['context']} | {r['step_ms']:.1f} | {r['per_head_step_ms']:.1f} | "
+              f"{r['per_head_step_ms'] / r['step_ms']:.2f}x |"
               for r in res["context"]]
     p = res["per_layer"]
-    lines += ["", f"Per layer at batch 1: ONNX Runtime {p['onnxruntime_ms_per_layer']:.1f} ms, OpenVINO "
-              f"{p['openvino_ms_per_layer']:.1f} ms. KV cache {p['kv_bytes_per_token_per_layer']} bytes/token/layer "
-              f"(latent, fp32) against {p['per_head_kv_bytes_per_token_per_layer_fp32']} for per-head K and V in fp32."]
+    lines += ["",
+              f"Per layer at batch 1: ONNX Runtime {p['onnxruntime_ms_per_layer']:.1f} ms, "
+              "OpenVINO "
+              f"{p['openvino_ms_per_layer']:.1f} ms. KV cache {p['kv_bytes_per_token_per_layer']} "
+              "bytes/token/layer "
+              f"(latent, fp32) against {p['per_head_kv_bytes_per_token_per_layer_fp32']} for "
+              "per-head K and V in fp32."]
     (out / "mla_moe.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -36,7 +36,8 @@ def main(artifact: str, prepacking: str) -> None:
         b.decode(tok)
     decode = 16 / (time.perf_counter() - t0)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"prepacking {prepacking}: load {load:.2f} s, TTFT(128) {ttft:.2f} s, decode b1 {decode:.1f} tok/s, "
+    print(f"prepacking {prepacking}: load {load:.2f} s, TTFT(128) {ttft:.2f} s, decode b1 "
+          f"{decode:.1f} tok/s, "
           f"peak RSS {rss:.0f} MiB")
 
 

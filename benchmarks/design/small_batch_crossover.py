@@ -30,14 +30,18 @@ def measure(artifact: str, threads: int, batches: list[int], small_batch_max: in
 
     art = load_artifact(artifact, verify=False)
     t0 = time.perf_counter()
-    backend = OnnxRuntimeBackend(art, ["CPUExecutionProvider"], threads, small_batch_max=small_batch_max)
-    out = {"graph": "small-batch" if small_batch_max else "main", "sessions_s": round(time.perf_counter() - t0, 2)}
+    backend = OnnxRuntimeBackend(art, ["CPUExecutionProvider"], threads,
+                                 small_batch_max=small_batch_max)
+    out = {"graph": "small-batch" if small_batch_max else "main",
+           "sessions_s": round(time.perf_counter() - t0, 2)}
     rng = np.random.default_rng(0)
     top = min(art.model.vocab_size, 50000)
     capacity = min(300, art.model.context_length)
     for batch in batches:
         backend.start(batch, capacity)
-        logits = backend.prefill(list(range(batch)), [rng.integers(10, top, min(128, capacity // 2)) for _ in range(batch)])
+        logits = backend.prefill(list(range(batch)),
+                                 [rng.integers(10, top, min(128, capacity // 2))
+                                  for _ in range(batch)])
         times = []
         for _ in range(4 + (32 if batch == 1 else 12)):
             t0 = time.perf_counter()
@@ -53,7 +57,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batches", default="1,2,4,8")
-    ap.add_argument("--measure", type=int, default=None, help=argparse.SUPPRESS)  # small_batch_max, in the child
+    # small_batch_max, in the child
+    ap.add_argument("--measure", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     if args.measure is not None:
@@ -63,7 +68,8 @@ def main() -> None:
         sys.exit(f"{args.artifact} has no small-batch graph: export it with --small-batch-graph")
     for round_ in range(args.rounds):
         for small_batch_max in (0, max(batches)):
-            line = subprocess.run([sys.executable, "-m", __spec__.name, args.artifact, "--threads", str(args.threads),
+            line = subprocess.run([sys.executable, "-m", __spec__.name, args.artifact, "--threads",
+                                   str(args.threads),
                                    "--batches", args.batches, "--measure", str(small_batch_max)],
                                   check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             print(json.dumps({"round": round_ + 1, **json.loads(line)}), flush=True)

@@ -31,7 +31,8 @@ def run(artifact: str, streams: int, threads: int, n: int) -> dict:
     top = min(art.model.vocab_size, 50000)
     prompts = [rng.integers(10, top, int(k)) for k in rng.integers(64, 513, n)]
     t0 = time.perf_counter()
-    backends = [OnnxRuntimeBackend(art, ["CPUExecutionProvider"], threads // streams) for _ in range(streams)]
+    backends = [OnnxRuntimeBackend(art, ["CPUExecutionProvider"], threads // streams)
+                for _ in range(streams)]
     load = time.perf_counter() - t0
     per = n // streams
     phases: list[tuple[float, float]] = [(0.0, 0.0)] * streams
@@ -51,7 +52,8 @@ def run(artifact: str, streams: int, threads: int, n: int) -> dict:
         for done in [pool.submit(job, i) for i in range(streams)]:
             done.result()  # a stream's error ends the measurement
     wall = time.perf_counter() - t0
-    return {"streams": streams, "threads_each": threads // streams, "load_s": round(load, 2), "wall_s": round(wall, 2),
+    return {"streams": streams, "threads_each": threads // streams, "load_s": round(load, 2),
+            "wall_s": round(wall, 2),
             "tok_s": round(streams * per * 128 / wall, 1), "prefill_decode_s": phases,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
 
@@ -70,9 +72,10 @@ def main() -> None:
         return
     for _ in range(args.rounds):
         for streams in (int(s) for s in args.streams.split(",")):
-            cmd = [sys.executable, "-m", __spec__.name, args.artifact, "--threads", str(args.threads), "--prompts",
-                   str(args.prompts), "--measure", str(streams)]
-            print(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip(), flush=True)
+            cmd = [sys.executable, "-m", __spec__.name, args.artifact, "--threads",
+                   str(args.threads), "--prompts", str(args.prompts), "--measure", str(streams)]
+            print(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip(),
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from edgeds.artifact import load_artifact
 from edgeds.backends.onnxruntime import OnnxRuntimeBackend
 
 
-def run(backend: OnnxRuntimeBackend, prompts: list[np.ndarray], steps: int, forced: list[np.ndarray] | None):
+def run(backend: OnnxRuntimeBackend, prompts: list[np.ndarray], steps: int,
+        forced: list[np.ndarray] | None):
     backend.start(len(prompts), max(len(p) for p in prompts) + steps + 1)
     logits = [backend.prefill(list(range(len(prompts))), prompts).copy()]
     for step in range(steps):
@@ -30,7 +31,8 @@ def run(backend: OnnxRuntimeBackend, prompts: list[np.ndarray], steps: int, forc
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("artifact")
-    ap.add_argument("--providers", required=True, help="the provider under test, then its fallbacks")
+    ap.add_argument("--providers", required=True,
+                    help="the provider under test, then its fallbacks")
     ap.add_argument("--against", default="CPUExecutionProvider")
     ap.add_argument("--steps", type=int, default=16)
     args = ap.parse_args()
@@ -48,8 +50,10 @@ def main() -> None:
     decode_diff = max(float(np.abs(g - r).max()) for g, r in zip(got[1:], ref[1:]))
     agree = np.mean([(g.argmax(-1) == r.argmax(-1)).mean() for g, r in zip(got, ref)])
     span = float(ref[0].max() - ref[0].min())
-    print(f"{args.artifact}: {tested.device} (cache in {'OrtValues' if tested.cache.memory else 'numpy buffers'}) "
-          f"against {args.against}: prefill max |diff| {prefill_diff:.2e}, decode max |diff| {decode_diff:.2e} "
+    print(f"{args.artifact}: {tested.device} (cache in "
+          f"{'OrtValues' if tested.cache.memory else 'numpy buffers'}) "
+          f"against {args.against}: prefill max |diff| {prefill_diff:.2e}, decode max |diff| "
+          f"{decode_diff:.2e} "
           f"over {args.steps} steps (logits span {span:.2f}), argmax agreement {agree:.0%}")
 
 

@@ -59,7 +59,8 @@ def measure(shape: str, work: Path, weights: str, formats: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shapes", nargs="+", default=["deepseek-r1-distill-qwen-1.5b", "deepseek-r1-distill-qwen-7b"])
+    ap.add_argument("--shapes", nargs="+",
+                    default=["deepseek-r1-distill-qwen-1.5b", "deepseek-r1-distill-qwen-7b"])
     ap.add_argument("--weights", default="int8")
     ap.add_argument("--formats", default="onnx,openvino")
     ap.add_argument("--work", default="/tmp/edgeds-export-cost")
@@ -68,25 +69,31 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     results = []
     for shape in args.shapes:  # one child per shape, so ru_maxrss of children is per shape
-        out = subprocess.run([sys.executable, "-m", __spec__.name, "--one", shape, args.weights, args.formats, str(work)],
+        out = subprocess.run([sys.executable, "-m", __spec__.name, "--one", shape, args.weights,
+                              args.formats, str(work)],
                              check=True, capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
         print(results[-1], flush=True)
     previous = RESULTS / "export_cost.json"
     if previous.exists():  # keep rows of other shapes measured earlier
         done = {(r["shape"], r["weights"], r["formats"]) for r in results}
-        results = [r for r in json.loads(previous.read_text()) if (r["shape"], r["weights"], r["formats"]) not in done] + results
+        results = [r for r in json.loads(previous.read_text())
+                   if (r["shape"], r["weights"], r["formats"]) not in done] + results
     machine = f"{platform.machine()}, {__import__('os').cpu_count()} CPUs"
     lines = [f"# Export cost ({machine}, `python -m benchmarks.export.cost`)", "",
-             "| shape | weights | formats | time (s) | peak RSS (GiB) | source bf16 (GiB) | artifact (GiB) | per format (GiB) | KV bytes/token (fp32) |",
+             "| shape | weights | formats | time (s) | peak RSS (GiB) | source bf16 (GiB) | "
+             "artifact (GiB) | per format (GiB) | KV bytes/token (fp32) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['shape']} | {r['weights']} | {r['formats']} | {r['seconds']} | {r['peak_rss_gib']} | "
-                     f"{r['source_gib']} | {r['artifact_gib']} | {r['per_format_gib']} | {r.get('kv_bytes_per_token', '')} |")
+        lines.append(f"| {r['shape']} | {r['weights']} | {r['formats']} | {r['seconds']} | "
+                     f"{r['peak_rss_gib']} | "
+                     f"{r['source_gib']} | {r['artifact_gib']} | {r['per_format_gib']} | "
+                     f"{r.get('kv_bytes_per_token', '')} |")
     RESULTS.mkdir(exist_ok=True)
     md = RESULTS / "export_cost.md"
     old = md.read_text() if md.exists() else ""
-    later = old[old.index("\n## ") :] if "\n## " in old else ""  # other scripts' sections (fp8_cost)
+    # other scripts' sections (fp8_cost)
+    later = old[old.index("\n## ") :] if "\n## " in old else ""
     md.write_text("\n".join(lines) + "\n" + later)
     (RESULTS / "export_cost.json").write_text(json.dumps(results, indent=2) + "\n")
 

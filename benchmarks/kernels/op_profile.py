@@ -28,16 +28,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("artifact")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompts", default="1x512,4x128", help="prefill calls: COUNTxLENGTH, comma-separated")
+    ap.add_argument("--prompts", default="1x512,4x128",
+                    help="prefill calls: COUNTxLENGTH, comma-separated")
     ap.add_argument("--batches", default="1,16", help="decode batch sizes")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--context", type=int, default=64,
-                    help="tokens in each slot's cache before the decode steps (an offline job's slots hold 64-640)")
+                    help="tokens in each slot's cache before the decode steps (an offline job's "
+                         "slots hold 64-640)")
     args = ap.parse_args()
 
     artifact = load_artifact(args.artifact, verify=False)
     prefix = str(Path(tempfile.mkdtemp()) / "ort")
-    backend = OnnxRuntimeBackend(artifact, ["CPUExecutionProvider"], args.threads, profile_prefix=prefix)
+    backend = OnnxRuntimeBackend(artifact, ["CPUExecutionProvider"], args.threads,
+                                 profile_prefix=prefix)
     t_zero = min(s.get_profiling_start_time_ns() for s in backend.sessions)
     vocab = artifact.model.vocab_size
     rng = np.random.default_rng(0)
@@ -57,10 +60,12 @@ def main() -> None:
         timed(f"prefill {n}x{length}", lambda: backend.prefill(list(range(n)), prompts))
     for batch in (int(b) for b in args.batches.split(",")):
         backend.start(batch, args.context + args.steps + 2)
-        backend.prefill(list(range(batch)), [rng.integers(10, min(vocab, 1000), args.context) for _ in range(batch)])
+        backend.prefill(list(range(batch)),
+                        [rng.integers(10, min(vocab, 1000), args.context) for _ in range(batch)])
         tokens = np.full(batch, 5, np.int64)
         backend.decode(tokens)
-        timed(f"decode b{batch} x{args.steps}", lambda: [backend.decode(tokens) for _ in range(args.steps)])
+        timed(f"decode b{batch} x{args.steps}",
+              lambda: [backend.decode(tokens) for _ in range(args.steps)])
     nodes = []  # every session's node events (an artifact's graph parts are a session each)
     for session in backend.sessions:
         start = session.get_profiling_start_time_ns()  # its event timestamps are us after this

@@ -20,7 +20,8 @@ def amx_granted() -> bool:
     """Whether the process holds Linux's AMX tile-data permission (XFEATURE 18), which MLAS asks
     for when it picks its AMX kernels (`without_amx.c` refuses it)."""
     mask = ctypes.c_uint64()
-    if ctypes.CDLL(None).syscall(158, 0x1022, ctypes.byref(mask)) != 0:  # arch_prctl(ARCH_GET_XCOMP_PERM)
+    # arch_prctl(ARCH_GET_XCOMP_PERM)
+    if ctypes.CDLL(None).syscall(158, 0x1022, ctypes.byref(mask)) != 0:
         return False
     return bool(mask.value & (1 << 18))
 
@@ -29,11 +30,16 @@ K, N = 1536, 8960
 rng = np.random.default_rng(0)
 W = rng.integers(-127, 128, (K, N), dtype=np.int8)
 sc = np.full(N, 0.01, np.float32)
-node = helper.make_node("MatMulIntegerToFloat", ["a", "w", "as", "ws", "azp"], ["y"], domain="com.microsoft")
-g = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", T.UINT8, ["m", K])], [helper.make_tensor_value_info("y", T.FLOAT, None)],
-                      initializer=[numpy_helper.from_array(W, "w"), numpy_helper.from_array(np.array(1.0, np.float32), "as"),
-                                   numpy_helper.from_array(sc, "ws"), numpy_helper.from_array(np.array(128, np.uint8), "azp")])
-m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)], ir_version=10)
+node = helper.make_node("MatMulIntegerToFloat", ["a", "w", "as", "ws", "azp"], ["y"],
+                        domain="com.microsoft")
+g = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", T.UINT8, ["m", K])],
+                      [helper.make_tensor_value_info("y", T.FLOAT, None)],
+                      initializer=[numpy_helper.from_array(W, "w"),
+                                   numpy_helper.from_array(np.array(1.0, np.float32), "as"),
+                                   numpy_helper.from_array(sc, "ws"),
+                                   numpy_helper.from_array(np.array(128, np.uint8), "azp")])
+m = helper.make_model(g,
+                      opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)], ir_version=10)
 for thr in (int(os.environ.get("THREADS", "16")),):
     so = ort.SessionOptions(); so.intra_op_num_threads = thr
     s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])

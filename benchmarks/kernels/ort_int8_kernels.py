@@ -26,9 +26,13 @@ rng = np.random.default_rng(0)
 
 
 def session(node, inits) -> ort.InferenceSession:
-    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, N])], initializer=inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
+    g = helper.make_graph([node], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, N])],
+                          initializer=inits)
+    m = helper.make_model(g,
+                          opset_imports=[helper.make_opsetid("", 21),
+                                         helper.make_opsetid("com.microsoft", 1)],
                           ir_version=10)
     o = ort.SessionOptions()
     o.intra_op_num_threads = THREADS
@@ -38,9 +42,10 @@ def session(node, inits) -> ort.InferenceSession:
 def matmulnbits(level: int, block: int = 128) -> ort.InferenceSession:
     b = rng.integers(0, 255, (N, K // block, block)).astype(np.uint8)
     s = np.full(N * K // block, 0.01, np.float32)
-    node = helper.make_node("MatMulNBits", ["x", "B", "S"], ["y"], domain="com.microsoft", K=K, N=N, bits=8,
-                            block_size=block, accuracy_level=level)
-    return session(node, [onnx.numpy_helper.from_array(b, "B"), onnx.numpy_helper.from_array(s, "S")])
+    node = helper.make_node("MatMulNBits", ["x", "B", "S"], ["y"], domain="com.microsoft", K=K, N=N,
+                            bits=8, block_size=block, accuracy_level=level)
+    return session(node,
+                   [onnx.numpy_helper.from_array(b, "B"), onnx.numpy_helper.from_array(s, "S")])
 
 
 def dynamic_quantize_matmul() -> ort.InferenceSession:
@@ -80,9 +85,13 @@ def chain(kind: str, layers: int = 24) -> ort.InferenceSession:
             w = rng.standard_normal((n, k), dtype=np.float32) / np.float32(np.sqrt(k))
             x = linear(g, x, writer.linear_from(w), f"l{i}.{j}")
     weights.close()
-    graph = helper.make_graph(g.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [None, K])], initializer=g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
+    graph = helper.make_graph(g.nodes, "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [None, K])],
+                              initializer=g.initializers)
+    model = helper.make_model(graph,
+                              opset_imports=[helper.make_opsetid("", OPSET),
+                                             helper.make_opsetid(MS, 1)],
                               ir_version=10)
     onnx.save(model, f"{tmp}/m.onnx")
     o = ort.SessionOptions()
@@ -99,7 +108,8 @@ def main_chain() -> None:
         s = chain(kind)
         for m in (1, 4, 8, 16, 32, 128):
             dt = timed(s, m, 5)
-            print(f"| {kind} | {m} | {dt * 1e3:.1f} | {gb / dt:.1f} | {2 * m * gb / dt:.0f} |", flush=True)
+            print(f"| {kind} | {m} | {dt * 1e3:.1f} | {gb / dt:.1f} | {2 * m * gb / dt:.0f} |",
+                  flush=True)
         del s
 
 

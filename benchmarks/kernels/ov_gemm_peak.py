@@ -29,12 +29,15 @@ model = ov.Model([ops.matmul(a, weights, False, True)], [a], "gemm")
 
 SETTINGS = {
     "f32": {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"},
-    "f32 + int8 activations": {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(K)},
+    "f32 + int8 activations": {"INFERENCE_PRECISION_HINT": "f32",
+                               "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(K)},
     "bf16": {"INFERENCE_PRECISION_HINT": "bf16", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"},
-    "bf16 + int8 activations": {"INFERENCE_PRECISION_HINT": "bf16", "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(K)},
+    "bf16 + int8 activations": {"INFERENCE_PRECISION_HINT": "bf16",
+                                "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(K)},
 }
 core = ov.Core()
-print(f"openvino {ov.__version__}, {threads} threads, {core.get_property('CPU', 'FULL_DEVICE_NAME')}")
+print(f"openvino {ov.__version__}, {threads} threads, "
+      f"{core.get_property('CPU', 'FULL_DEVICE_NAME')}")
 for name, cfg in SETTINGS.items():
     try:
         compiled = core.compile_model(model, "CPU", {**cfg, "INFERENCE_NUM_THREADS": str(threads),

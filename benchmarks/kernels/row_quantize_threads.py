@@ -20,7 +20,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 SHAPES = ((512, 8960), (512, 1536), (64, 8960), (64, 1536), (1, 8960))
-NODES = ("Abs", "ReduceMax", "QuantizeLinear (row blocks)", "QuantizeLinear (tensor)", "Mul (row scale)", "Sigmoid")
+NODES = ("Abs", "ReduceMax", "QuantizeLinear (row blocks)", "QuantizeLinear (tensor)",
+         "Mul (row scale)", "Sigmoid")
 
 
 def _model(nodes, inputs, outputs, inits=()) -> bytes:
@@ -43,14 +44,17 @@ def single_node(op: str, rows: int, k: int) -> tuple[bytes, bool]:
     if op == "Abs":
         return _model([node("Abs", ["x"], [y])], [x], [_io(y, TensorProto.FLOAT)]), False
     if op == "ReduceMax":
-        return _model([node("ReduceMax", ["x", "axes"], [y], keepdims=1)], [x], [_io(y, TensorProto.FLOAT)],
+        return _model([node("ReduceMax", ["x", "axes"], [y], keepdims=1)], [x],
+                      [_io(y, TensorProto.FLOAT)],
                       [_const("axes", TensorProto.INT64, [1], [-1])]), False
     if op == "QuantizeLinear (row blocks)":
-        return _model([node("QuantizeLinear", ["x", "s", "zp"], [y], axis=-1, block_size=k)], [x, s],
-                      [_io(y, TensorProto.UINT8)], [_const("zp", TensorProto.UINT8, [rows, 1], [128] * rows)]), True
+        return _model([node("QuantizeLinear", ["x", "s", "zp"], [y], axis=-1, block_size=k)],
+                      [x, s], [_io(y, TensorProto.UINT8)],
+                      [_const("zp", TensorProto.UINT8, [rows, 1], [128] * rows)]), True
     if op == "QuantizeLinear (tensor)":
-        return _model([node("QuantizeLinear", ["x", "one", "zp"], [y])], [x], [_io(y, TensorProto.UINT8)],
-                      [_const("one", TensorProto.FLOAT, [], [1.0]), _const("zp", TensorProto.UINT8, [], [128])]), False
+        return _model([node("QuantizeLinear", ["x", "one", "zp"], [y])], [x],
+                      [_io(y, TensorProto.UINT8)], [_const("one", TensorProto.FLOAT, [], [1.0]),
+                       _const("zp", TensorProto.UINT8, [], [128])]), False
     if op == "Mul (row scale)":
         return _model([node("Mul", ["x", "s"], [y])], [x, s], [_io(y, TensorProto.FLOAT)]), True
     return _model([node("Sigmoid", ["x"], [y])], [x], [_io(y, TensorProto.FLOAT)]), False
@@ -58,24 +62,30 @@ def single_node(op: str, rows: int, k: int) -> tuple[bytes, bool]:
 
 def row_quantize(variant: str, rows: int, k: int) -> bytes:
     node = helper.make_node
-    inits = [_const("axes", TensorProto.INT64, [1], [-1]), _const("inv", TensorProto.FLOAT, [], [1 / 127]),
-             _const("qmax", TensorProto.FLOAT, [], [127.0]), _const("tiny", TensorProto.FLOAT, [], [1e-30]),
-             _const("one", TensorProto.FLOAT, [], [1.0]), _const("zp0", TensorProto.UINT8, [], [128]),
+    inits = [_const("axes", TensorProto.INT64, [1], [-1]),
+             _const("inv", TensorProto.FLOAT, [], [1 / 127]),
+             _const("qmax", TensorProto.FLOAT, [], [127.0]),
+             _const("tiny", TensorProto.FLOAT, [], [1e-30]),
+             _const("one", TensorProto.FLOAT, [], [1.0]),
+             _const("zp0", TensorProto.UINT8, [], [128]),
              _const("zp", TensorProto.UINT8, [rows, 1], [128] * rows)]
     if variant in ("V0", "V2"):
         peak = [node("Abs", ["x"], ["a"]), node("ReduceMax", ["a", "axes"], ["p"], keepdims=1)]
     else:
-        peak = [node("ReduceMax", ["x", "axes"], ["hi"], keepdims=1), node("ReduceMin", ["x", "axes"], ["lo"], keepdims=1),
+        peak = [node("ReduceMax", ["x", "axes"], ["hi"], keepdims=1),
+                node("ReduceMin", ["x", "axes"], ["lo"], keepdims=1),
                 node("Neg", ["lo"], ["neg_lo"]), node("Max", ["hi", "neg_lo"], ["p"])]
     if variant in ("V0", "V1"):
         quantize = [node("QuantizeLinear", ["x", "s", "zp"], ["y"], axis=-1, block_size=k)]
     else:
         quantize = [node("Max", ["p", "tiny"], ["p_safe"]), node("Div", ["qmax", "p_safe"], ["r"]),
-                    node("Mul", ["x", "r"], ["x_scaled"]), node("QuantizeLinear", ["x_scaled", "one", "zp0"], ["y"])]
+                    node("Mul", ["x", "r"], ["x_scaled"]),
+                    node("QuantizeLinear", ["x_scaled", "one", "zp0"], ["y"])]
     nodes = peak + [node("Mul", ["p", "inv"], ["s"])] + quantize
     used = {i for n in nodes for i in n.input}
     return _model(nodes, [_io("x", TensorProto.FLOAT, [rows, k])],
-                  [_io("y", TensorProto.UINT8), _io("s", TensorProto.FLOAT)], [t for t in inits if t.name in used])
+                  [_io("y", TensorProto.UINT8), _io("s", TensorProto.FLOAT)],
+                  [t for t in inits if t.name in used])
 
 
 def timed_ms(model: bytes, feed: dict, threads: int, reps: int) -> tuple[float, list]:
@@ -111,7 +121,8 @@ def main() -> None:
             ms, out = timed_ms(row_quantize(variant, rows, k), {"x": x}, threads, reps)
             reference = reference if reference is not None else out[0].astype(int)
             print(f"{rows}x{k} row quantization {variant}: {ms:7.3f} ms on {threads} threads, "
-                  f"max |q - V0's q| {int(np.abs(out[0].astype(int) - reference).max())}", flush=True)
+                  f"max |q - V0's q| {int(np.abs(out[0].astype(int) - reference).max())}",
+                  flush=True)
 
 
 if __name__ == "__main__":

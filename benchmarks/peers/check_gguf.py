@@ -31,15 +31,19 @@ def tiny_checkpoint(arch: str, out: Path) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    common = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    common = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2,
               "intermediate_size": 128, "vocab_size": 129280, "rms_norm_eps": 1e-6,
               "max_position_embeddings": 4096, "bos_token_id": 0, "eos_token_id": 1}
     if arch == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**common, rope_theta=50000.0, tie_word_embeddings=False))
+        model = Qwen2ForCausalLM(Qwen2Config(**common, rope_theta=50000.0,
+                                             tie_word_embeddings=False))
     else:
-        model = LlamaForCausalLM(LlamaConfig(**common, rope_theta=10000.0, tie_word_embeddings=True))
+        model = LlamaForCausalLM(LlamaConfig(**common, rope_theta=10000.0,
+                                             tie_word_embeddings=True))
     gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # weights large enough that attention is far from uniform and biases matter
+    # weights large enough that attention is far from uniform and biases matter
+    with torch.no_grad():
         for name, p in model.named_parameters():
             scale = 1.0 if "embed" in name else 0.2 if p.dim() == 1 else 0.15
             p.copy_(torch.randn(p.shape, generator=gen) * scale + (1.0 if "norm" in name else 0.0))
@@ -52,7 +56,8 @@ def reference_logits(src: Path, ids: list[int]) -> np.ndarray:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, attn_implementation="eager").eval()
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].numpy()
 
@@ -61,7 +66,8 @@ def llama_cpp_logits(path: Path, ids: list[int]) -> np.ndarray:
     from llama_cpp import Llama
 
     # type_k/type_v 0 = GGML_TYPE_F32: llama.cpp's default F16 KV cache would blur the F32 check.
-    llm = Llama(model_path=str(path), n_ctx=128, n_threads=2, logits_all=True, type_k=0, type_v=0, verbose=False)
+    llm = Llama(model_path=str(path), n_ctx=128, n_threads=2, logits_all=True, type_k=0, type_v=0,
+                verbose=False)
     llm.eval(ids)
     return np.array(llm.scores[:len(ids)])
 
@@ -85,8 +91,10 @@ def main() -> int:
                 argmax = (got.argmax(-1) == ref.argmax(-1)).mean()
                 good = rel < limit
                 ok &= good
-                print(f"{arch:6s} {qtype:5s}: max |llama.cpp - transformers| / max |transformers| = {rel:.2e} "
-                      f"(limit {limit:.0e}), rms ratio {rms:.2e}; argmax agrees at {argmax:.0%} of {len(ids)} positions  "
+                print(f"{arch:6s} {qtype:5s}: max |llama.cpp - transformers| / max |transformers| "
+                      f"= {rel:.2e} "
+                      f"(limit {limit:.0e}), rms ratio {rms:.2e}; argmax agrees at {argmax:.0%} of "
+                      f"{len(ids)} positions  "
                       f"{'ok' if good else 'FAIL'}", flush=True)
     return 0 if ok else 1
 

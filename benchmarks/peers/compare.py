@@ -34,7 +34,8 @@ def read_bandwidth_gb_s(threads: int, size_mb: int = 1024) -> float:
     data = np.ones(size_mb * (1 << 20) // 8)
     parts = np.array_split(data, threads)
     best = 0.0
-    for _ in range(10):  # best of many: a shared machine's neighbours take whole passes (42 vs 78 GB/s seen)
+    # best of many: a shared machine's neighbours take whole passes (42 vs 78 GB/s seen)
+    for _ in range(10):
         workers = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
         t0 = time.perf_counter()
         for w in workers:
@@ -55,7 +56,8 @@ def variant_tag(weights: str, kv_cache: str, small_batch: bool = False) -> str:
     return ("" if weights == "int8" else f"-{weights}") + export_suffix(kv_cache, small_batch)
 
 
-def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], weights: str = "int8",
+def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str],
+            weights: str = "int8",
             kv_caches: tuple[str, ...] = ("float32",), small_batch: bool = False) -> dict[str, str]:
     """Source checkpoint and every runtime's model; edgeds exports under "edgeds" + their tag."""
     from benchmarks.random_checkpoint import write_checkpoint
@@ -71,21 +73,25 @@ def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], w
             from importlib.util import find_spec
 
             formats = "onnx,openvino" if find_spec("openvino") else "onnx"
-            subprocess.run([sys.executable, "-m", "edgeds.cli", "export", str(src), "-o", str(edg), "--format", formats,
-                            "--weights", weights, "--kv-cache", kv_cache, "--context", "2048", "--overwrite",
+            subprocess.run([sys.executable, "-m", "edgeds.cli", "export", str(src), "-o", str(edg),
+                            "--format", formats,
+                            "--weights", weights, "--kv-cache", kv_cache, "--context", "2048",
+                            "--overwrite",
                             *(["--small-batch-graph"] if small_batch else [])], check=True)
         for name in ("edgeds", "edgeds-onnxruntime", "edgeds-openvino"):
             paths[name + variant_tag(weights, kv_cache, small_batch)] = str(edg)
     py = peer_python or sys.executable
     ov = work / f"{shape}-optimum-ov-int8"
     if "openvino-genai" in peers and not (ov / "openvino_model.xml").exists():
-        subprocess.run([py, "-m", "optimum.commands.optimum_cli", "export", "openvino", "--model", str(src), "--task",
-                        "text-generation-with-past", "--weight-format", "int8", str(ov)], check=True)
+        subprocess.run([py, "-m", "optimum.commands.optimum_cli", "export", "openvino", "--model",
+                        str(src), "--task",
+                        "text-generation-with-past", "--weight-format", "int8", str(ov)],
+                       check=True)
     paths["openvino-genai"] = str(ov)
     og = work / f"{shape}-ortgenai-int8"
     if "onnxruntime-genai" in peers and not (og / "genai_config.json").exists():
-        subprocess.run([py, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(og), "-p", "int8",
-                        "-e", "cpu", "-c", str(work / "ortgenai-cache")], check=True)
+        subprocess.run([py, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(og),
+                        "-p", "int8", "-e", "cpu", "-c", str(work / "ortgenai-cache")], check=True)
     paths["onnxruntime-genai"] = str(og)
     gguf = work / f"{shape}-q8_0.gguf"
     if "llama.cpp-q8_0" in peers and not gguf.exists():
@@ -94,16 +100,18 @@ def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str], w
     return paths
 
 
-def run_peer(name: str, path: str, python: str, threads: int, vocab: int, batches: list[int], jobs: int,
-             quick: bool, out: Path) -> dict | None:
+def run_peer(name: str, path: str, python: str, threads: int, vocab: int, batches: list[int],
+             jobs: int, quick: bool, out: Path) -> dict | None:
     path_before = os.environ.get("PYTHONPATH")
     env = {**os.environ, "PYTHONPATH": ":".join(filter(None, [str(REPO), path_before])),
            "OMP_NUM_THREADS": str(threads)}
-    cmd = [python, "-m", "benchmarks.peers.runners", name, path, str(threads), str(vocab), ",".join(map(str, batches)) or "none", str(jobs),
-           "1" if quick else "0", str(out)]
+    cmd = [python, "-m", "benchmarks.peers.runners", name, path, str(threads), str(vocab),
+           ",".join(map(str, batches)) or "none", str(jobs), "1" if quick else "0", str(out)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
-        print(f"{name}: failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}", flush=True)
+        print(f"{name}: failed: "
+              f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}",
+              flush=True)
         return None
     return json.loads(out.read_text())
 
@@ -137,7 +145,8 @@ def _cell(r: dict, key: str, fmt: str) -> str:
     return _with_range(r[key], r.get("spread", {}).get(key), fmt)
 
 
-def report(results: list[dict], machine: str, threads: int, bandwidth: float, weights_gb: float, out: Path, note: str) -> str:
+def report(results: list[dict], machine: str, threads: int, bandwidth: float, weights_gb: float,
+           out: Path, note: str) -> str:
     peers = [r for r in results if not r["runtime"].startswith("edgeds")]
     ours = [r for r in results if r["runtime"].startswith("edgeds")]
 
@@ -146,10 +155,12 @@ def report(results: list[dict], machine: str, threads: int, bandwidth: float, we
         return (min(vals) if low else max(vals)) if vals else None
 
     lines = [f"# edgeds against its peers: {machine}, {threads} threads", "", note, "",
-             f"Machine read bandwidth ({threads} threads): {bandwidth:.1f} GB/s; a decode step reads {weights_gb:.2f} GB of INT8 "
+             f"Machine read bandwidth ({threads} threads): {bandwidth:.1f} GB/s; a decode step "
+             f"reads {weights_gb:.2f} GB of INT8 "
              f"weights (all but the embedding table), "
              f"so batch-1 decode is bounded near {bandwidth / weights_gb:.1f} tok/s.", "",
-             "| runtime | load (s) | TTFT 128 (s) | decode b1 (tok/s) | weights read b1 (GB/s) | offline best (tok/s @ batch) | peak RSS (MiB) |",
+             "| runtime | load (s) | TTFT 128 (s) | decode b1 (tok/s) | weights read b1 (GB/s) | "
+             "offline best (tok/s @ batch) | peak RSS (MiB) |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
         off = "not run"
@@ -161,7 +172,8 @@ def report(results: list[dict], machine: str, threads: int, bandwidth: float, we
         if r.get("rounds", 1) > 1:
             name += f", median of {r['rounds']} rounds"
         lines.append(f"| {name} | {_cell(r, 'load_s', '.2f')} | {_cell(r, 'ttft_s', '.3f')} | "
-                     f"{_cell(r, 'decode_tok_s_batch1', '.1f')} | {bw:.1f} | {off} | {_cell(r, 'peak_rss_mib', '.0f')} |")
+                     f"{_cell(r, 'decode_tok_s_batch1', '.1f')} | {bw:.1f} | {off} | "
+                     f"{_cell(r, 'peak_rss_mib', '.0f')} |")
     failed = [f"{r['runtime']}: the offline job at batch {b} failed ({msg})"
               for r in results for b, msg in r.get("offline_errors", {}).items()]
     if failed:
@@ -169,11 +181,14 @@ def report(results: list[dict], machine: str, threads: int, bandwidth: float, we
     if ours and peers:
         b_dec, b_ttft, b_load = best("decode_tok_s_batch1"), best("ttft_s", low=True), best("load_s", low=True)
         b_off = max(max(r["offline_tok_s"].values()) for r in peers if r["offline_tok_s"])
-        lines += ["", "Ratios to the best peer (higher is better for speed; lower for TTFT and load):", "",
-                  "| runtime | batch-1 decode | offline throughput | TTFT | load |", "|---|---|---|---|---|"]
+        lines += ["",
+                  "Ratios to the best peer (higher is better for speed; lower for TTFT and load):",
+                  "", "| runtime | batch-1 decode | offline throughput | TTFT | load |",
+                  "|---|---|---|---|---|"]
         for edg in ours:
             off = f"{max(edg['offline_tok_s'].values()) / b_off:.2f}x" if edg["offline_tok_s"] else "not run"
-            lines.append(f"| {edg['runtime']} | {edgeds_val(edg, 'decode_tok_s_batch1') / b_dec:.2f}x | "
+            lines.append(f"| {edg['runtime']} | "
+                         f"{edgeds_val(edg, 'decode_tok_s_batch1') / b_dec:.2f}x | "
                          f"{off} | {edg['ttft_s'] / b_ttft:.2f}x | {edg['load_s'] / b_load:.2f}x |")
     try:
         import matplotlib
@@ -184,7 +199,9 @@ def report(results: list[dict], machine: str, threads: int, bandwidth: float, we
         fig, ax = plt.subplots(figsize=(6, 4))
         for r in results:
             xs = sorted(int(b) for b in r["offline_tok_s"])
-            ax.plot(xs, [r["offline_tok_s"][str(b)] if str(b) in r["offline_tok_s"] else r["offline_tok_s"][b] for b in xs],
+            ax.plot(xs,
+                    [r["offline_tok_s"][str(b)] if str(b) in r["offline_tok_s"]
+                     else r["offline_tok_s"][b] for b in xs],
                     marker="o", label=r["runtime"])
         ax.set_xlabel("batch size")
         ax.set_ylabel("offline throughput (tok/s)")
@@ -209,36 +226,48 @@ def main() -> None:
     ap.add_argument("--shape", default="deepseek-r1-distill-qwen-1.5b",
                     help="a config name in shared/reference/configs, or a checkpoint folder")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--peers", default="edgeds,openvino-genai,onnxruntime-genai,llama.cpp-q8_0,transformers-fp32")
-    ap.add_argument("--peer-python", default=None, help="python of the environment that has the peers")
-    ap.add_argument("--batches", default="1,4,8,16", help='batch settings of the offline job; "none" skips it')
+    ap.add_argument("--peers",
+                    default="edgeds,openvino-genai,onnxruntime-genai,llama.cpp-q8_0,transformers-fp32")
+    ap.add_argument("--peer-python", default=None,
+                    help="python of the environment that has the peers")
+    ap.add_argument("--batches", default="1,4,8,16",
+                    help='batch settings of the offline job; "none" skips it')
     ap.add_argument("--jobs", type=int, default=64)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--weights", default="int8", help="edgeds export weights (int8, int8-wo, int4)")
     ap.add_argument("--kv-cache", default="float32",
-                    help="edgeds export KV cache types, comma-separated (float32, float16, int8): each is a row, in turns")
+                    help="edgeds export KV cache types, comma-separated (float32, float16, int8): "
+                         "each is a row, in turns")
     ap.add_argument("--small-batch-graph", action="store_true",
-                    help="export edgeds with its small-batch decode graph (edgeds export --small-batch-graph)")
+                    help="export edgeds with its small-batch decode graph (edgeds export "
+                         "--small-batch-graph)")
     ap.add_argument("--machine", default=None)
     ap.add_argument("--work", default="/tmp/edgeds-compare")
-    ap.add_argument("--reuse", default="", help="peers whose results from an earlier run (in --work) to reuse")
+    ap.add_argument("--reuse", default="",
+                    help="peers whose results from an earlier run (in --work) to reuse")
     ap.add_argument("--reuse-label", default="earlier run", help="how the report marks reused rows")
     ap.add_argument("--prepare-only", action="store_true", help="export the models, run nothing")
-    ap.add_argument("--no-report", action="store_true", help="run, keep each result's JSON in --work, write no report")
+    ap.add_argument("--no-report", action="store_true",
+                    help="run, keep each result's JSON in --work, write no report")
     ap.add_argument("--rounds", type=int, default=1,
-                    help="run every runtime this many times, taking turns; the report gives medians and ranges")
+                    help="run every runtime this many times, taking turns; the report gives "
+                         "medians and ranges")
     args = ap.parse_args()
     peers = [p for p in args.peers.split(",") if p and p != "none"]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     kv_caches = tuple(args.kv_cache.split(","))
-    paths = prepare(args.shape, work, args.peer_python, peers, args.weights, kv_caches, args.small_batch_graph)
+    paths = prepare(args.shape, work, args.peer_python, peers, args.weights, kv_caches,
+                    args.small_batch_graph)
     # Each edgeds export is a row of its own, named by its tag ("edgeds-kv-float16").
-    rows = [(name + variant_tag(args.weights, kv, args.small_batch_graph), name) if name.startswith("edgeds") else (name, name)
-            for name in peers for kv in (kv_caches if name.startswith("edgeds") else ("",))]  # (row, runner)
+    rows = [(name + variant_tag(args.weights, kv, args.small_batch_graph), name)
+            if name.startswith("edgeds") else (name, name)
+            for name in peers
+            for kv in (kv_caches if name.startswith("edgeds") else ("",))]  # (row, runner)
     if args.prepare_only:
         return
-    vocab = min(100_000, json.loads((Path(paths['transformers-fp32']) / 'config.json').read_text())['vocab_size'])
+    vocab = min(100_000,
+                json.loads((Path(paths['transformers-fp32']) / 'config.json').read_text())['vocab_size'])
     batches = [int(b) for b in args.batches.split(",") if b != "none"]
     results = []
     reused = [n for n in args.reuse.split(",") if n]
@@ -246,7 +275,8 @@ def main() -> None:
         results.append(json.loads((work / f"{name}.json").read_text()))
         results[-1]["runtime"] += f" ({args.reuse_label})" if args.reuse_label else ""
     runs: dict[str, list[dict]] = {}
-    for round_ in range(args.rounds):  # taking turns, so that a slow spell of the machine hits every runtime
+    # taking turns, so that a slow spell of the machine hits every runtime
+    for round_ in range(args.rounds):
         for name, runner in rows:
             ours = runner.startswith("edgeds")
             python = sys.executable if ours else (args.peer_python or sys.executable)
@@ -254,7 +284,8 @@ def main() -> None:
                 print(f"{name}: no model at {paths[name]}; skipped", flush=True)
                 continue
             out = work / f"{name}.json"
-            res = run_peer(runner, paths[name], python, args.threads, vocab, batches, args.jobs, args.quick, out)
+            res = run_peer(runner, paths[name], python, args.threads, vocab, batches, args.jobs,
+                           args.quick, out)
             if res and ours:
                 res["runtime"] = name
             if res:
@@ -269,14 +300,19 @@ def main() -> None:
     machine = args.machine or f"{platform.machine()}-{args.threads}t"
     from edgeds.memory_budget import decode_read_bytes
 
-    manifest = json.loads((Path(paths["edgeds" + variant_tag(args.weights, kv_caches[0], args.small_batch_graph)])
+    manifest = json.loads((Path(paths["edgeds"
+                                      + variant_tag(args.weights, kv_caches[0],
+                                                    args.small_batch_graph)])
                            / "edgeds.json").read_text())
     weights_gb = decode_read_bytes(manifest, "onnx") / 1e9  # the 1.5B shape is dense
-    note = (f"`python -m benchmarks.peers.compare {' '.join(sys.argv[1:])}`; shape {args.shape}, random weights; "
-            f"TTFT on a 128-token prompt; decode over {16 if args.quick else 64} tokens; offline job of {args.jobs} prompts "
+    note = (f"`python -m benchmarks.peers.compare {' '.join(sys.argv[1:])}`; shape {args.shape}, "
+            "random weights; "
+            f"TTFT on a 128-token prompt; decode over {16 if args.quick else 64} tokens; offline "
+            f"job of {args.jobs} prompts "
             f"of 64-512 tokens, {16 if args.quick else 128} new tokens each, EOS ignored.")
     out = RESULTS / f"{machine}.md"
-    print(report(results, machine, args.threads, read_bandwidth_gb_s(args.threads), weights_gb, out, note))
+    print(report(results, machine, args.threads, read_bandwidth_gb_s(args.threads), weights_gb, out,
+                 note))
 
 
 if __name__ == "__main__":

@@ -21,15 +21,16 @@ import time
 from pathlib import Path
 
 import gguf
-import ml_dtypes  # noqa: F401  registers numpy's bfloat16, which safetensors' numpy API needs for bf16 checkpoints
+# noqa: F401  registers numpy's bfloat16, which safetensors' numpy API needs for bf16 checkpoints
+import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 
 ARCHS = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
 
 # HF names -> GGUF names. Per-layer names are relative to model.layers.{i}. / blk.{i}.
-GLOBAL = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-          "lm_head.weight": "output.weight"}
+GLOBAL = {"model.embed_tokens.weight": "token_embd.weight",
+          "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
 LAYER = {
     "input_layernorm.weight": "attn_norm.weight",
     "self_attn.q_proj.weight": "attn_q.weight", "self_attn.q_proj.bias": "attn_q.bias",
@@ -62,7 +63,8 @@ def rope_interleave(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, rows // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def tokenizer_kv(w: gguf.GGUFWriter, src: Path, vocab_size: int, config: dict, pre: str | None) -> str:
+def tokenizer_kv(w: gguf.GGUFWriter, src: Path, vocab_size: int, config: dict,
+                 pre: str | None) -> str:
     """tokenizer.json (byte-level BPE) -> llama.cpp's "gpt2" tokenizer keys. Returns the pre-tokenizer name."""
     tok = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
     model = tok["model"]
@@ -79,7 +81,8 @@ def tokenizer_kv(w: gguf.GGUFWriter, src: Path, vocab_size: int, config: dict, p
     # (here 151936 rows for a 128815-token tokenizer), so fill the gap with unused placeholders.
     tokens = [text.get(i, f"[PAD{i}]") for i in range(vocab_size)]
     token_types = [int(types.get(i, gguf.TokenType.UNUSED)) for i in range(vocab_size)]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]  # both tokenizer.json forms
+    # both tokenizer.json forms
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
 
     if pre is None:
         # llama.cpp picks its pre-tokenizer regex by name, not from tokenizer.json: recognise the
@@ -89,7 +92,8 @@ def tokenizer_kv(w: gguf.GGUFWriter, src: Path, vocab_size: int, config: dict, p
                else "qwen2" if r"\\p{L}+|\\p{N}|" in regex
                else "llama-bpe" if r"\\p{L}+|\\p{N}{1,3}|" in regex else "default")
         if pre == "default":
-            print("warning: unrecognised pre-tokenizer; wrote 'default' (pass --pre to choose)", file=sys.stderr)
+            print("warning: unrecognised pre-tokenizer; wrote 'default' (pass --pre to choose)",
+                  file=sys.stderr)
 
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
@@ -102,7 +106,8 @@ def tokenizer_kv(w: gguf.GGUFWriter, src: Path, vocab_size: int, config: dict, p
     tc_path = src / "tokenizer_config.json"
     tc = json.loads(tc_path.read_text(encoding="utf-8")) if tc_path.exists() else {}
     ids = {t: i for i, t in text.items()}
-    for kind, add in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("pad", w.add_pad_token_id)):
+    for kind, add in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id),
+                      ("pad", w.add_pad_token_id)):
         entry = tc.get(f"{kind}_token")
         content = entry.get("content") if isinstance(entry, dict) else entry
         tid = ids.get(content) if content else None
@@ -149,7 +154,8 @@ def convert(src: Path, out: Path, qtype_name: str = "q8_0", pre: str | None = No
     w.add_rope_freq_base(rope_theta)
     w.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
     w.add_vocab_size(config["vocab_size"])
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if qtype_name == "q8_0" else gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if qtype_name == "q8_0"
+                    else gguf.LlamaFileType.ALL_F32)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     pre = tokenizer_kv(w, src, config["vocab_size"], config, pre)
 
@@ -170,7 +176,8 @@ def convert(src: Path, out: Path, qtype_name: str = "q8_0", pre: str | None = No
                 t = qtype if len(shape) == 2 and shape[-1] % 32 == 0 else gguf.GGMLQuantizationType.F32
                 plan.append((f, hf, name, shape, t))
     if config.get("tie_word_embeddings") and any(p[2] == "output.weight" for p in plan):
-        plan = [p for p in plan if p[2] != "output.weight"]  # llama.cpp reuses token_embd when output is absent
+        # llama.cpp reuses token_embd when output is absent
+        plan = [p for p in plan if p[2] != "output.weight"]
     for _, _, name, shape, t in plan:
         nbytes = int(np.prod(gguf.quant_shape_to_byte_shape(shape, t))) if t != gguf.GGMLQuantizationType.F32 \
             else int(np.prod(shape)) * 4
@@ -189,18 +196,24 @@ def convert(src: Path, out: Path, qtype_name: str = "q8_0", pre: str | None = No
             x = rope_interleave(x, kv_heads)
         w.write_tensor_data(gguf.quants.quantize(x, t))
     w.close()
-    print(f"{arch}, {len(plan)} tensors, {qtype_name}, pre-tokenizer {pre!r}, {out.stat().st_size / 1e9:.2f} GB")
+    print(f"{arch}, {len(plan)} tensors, {qtype_name}, pre-tokenizer {pre!r}, "
+          f"{out.stat().st_size / 1e9:.2f} GB")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("src", type=Path, help="Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json)")
+    ap.add_argument("src", type=Path,
+                    help="Hugging Face checkpoint folder (config.json, *.safetensors, "
+                         "tokenizer.json)")
     ap.add_argument("out", type=Path, help="the .gguf file to write")
-    ap.add_argument("--type", default="q8_0", choices=["q8_0", "f32"], help="type of the weight matrices")
-    ap.add_argument("--pre", default=None, help="llama.cpp pre-tokenizer name (default: recognised from tokenizer.json)")
+    ap.add_argument("--type", default="q8_0", choices=["q8_0", "f32"],
+                    help="type of the weight matrices")
+    ap.add_argument("--pre", default=None,
+                    help="llama.cpp pre-tokenizer name (default: recognised from tokenizer.json)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    tmp = args.out.with_name(args.out.name + ".part")  # a killed run must not leave a file that looks done
+    # a killed run must not leave a file that looks done
+    tmp = args.out.with_name(args.out.name + ".part")
     convert(args.src, tmp, args.type, args.pre)
     tmp.replace(args.out)
     print(f"converted in {time.perf_counter() - t0:.1f} s")

@@ -23,7 +23,8 @@ class Runner:
 
     def offline(self, prompts: list[np.ndarray], batch: int, new_tokens: int) -> int:
         """An offline job at a batch setting: static groups of `batch` prompts."""
-        return sum(self.generate(prompts[i:i + batch], new_tokens)[1] for i in range(0, len(prompts), batch))
+        return sum(self.generate(prompts[i:i + batch], new_tokens)[1]
+                   for i in range(0, len(prompts), batch))
 
     def generate(self, prompts: list[np.ndarray], new_tokens: int) -> tuple[float, int]:
         """Generate new_tokens for each prompt as one batch; returns (time to first token, tokens)."""
@@ -69,12 +70,15 @@ class Edgeds(Runner):
         from edgeds import generate as gen
 
         stats = gen.StepStats()
-        n = sum(len(e.token_ids) for e in self.engine.run(self._requests(prompts, new_tokens), batch, stats)
+        n = sum(len(e.token_ids)
+                for e in self.engine.run(self._requests(prompts, new_tokens), batch, stats)
                 if isinstance(e, gen.Finished))
         # `slots`: the batch that ran, should the engine's memory limit have lowered it.
         self.phases[batch] = {"slots": self.engine.batch_for(batch),
-                              "prefill_s": round(sum(stats.prefill_s), 2), "prefill_calls": len(stats.prefill_s),
-                              "decode_s": round(sum(stats.decode_s), 2), "decode_steps": len(stats.decode_s)}
+                              "prefill_s": round(sum(stats.prefill_s), 2),
+                              "prefill_calls": len(stats.prefill_s),
+                              "decode_s": round(sum(stats.decode_s), 2),
+                              "decode_steps": len(stats.decode_s)}
         return n
 
 
@@ -116,9 +120,11 @@ class Transformers(Runner):
                 pass
 
         with torch.no_grad():
-            out = self.model.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), do_sample=False,
+            out = self.model.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                                      do_sample=False,
                                       max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                      streamer=Stamp() if len(prompts) == 1 else None, pad_token_id=0)
+                                      streamer=Stamp() if len(prompts) == 1 else None,
+                                      pad_token_id=0)
         ttft = first[-1] if first else None
         return ttft, (out.shape[1] - longest) * len(prompts)
 
@@ -141,7 +147,8 @@ class OpenVinoGenAI(Runner):
         mask = np.zeros_like(ids)
         for i, p in enumerate(prompts):
             ids[i, longest - len(p):], mask[i, longest - len(p):] = p, 1
-        cfg = og.GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True)
+        cfg = og.GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                  ignore_eos=True)
         t0, first = time.perf_counter(), []
 
         def streamer(_):
@@ -171,10 +178,12 @@ class OrtGenAI(Runner):
         t0, first = time.perf_counter(), None
         longest = max(len(p) for p in prompts)
         params = og.GeneratorParams(self.model)
-        params.set_search_options(max_length=longest + new_tokens, min_length=longest + new_tokens, batch_size=len(prompts))
+        params.set_search_options(max_length=longest + new_tokens, min_length=longest + new_tokens,
+                                  batch_size=len(prompts))
         gen = og.Generator(self.model, params)
         pad = np.zeros((len(prompts), longest), np.int32)
-        for i, p in enumerate(prompts):  # ort-genai pads on the left itself given a pad id; pad explicitly
+        # ort-genai pads on the left itself given a pad id; pad explicitly
+        for i, p in enumerate(prompts):
             pad[i, longest - len(p):] = p
         gen.append_tokens(pad)
         while not gen.is_done():
@@ -213,10 +222,13 @@ class LlamaCpp(Runner):
         return logits
 
 
-RUNNERS = {r.name: r for r in (Edgeds, EdgedsOnnxRuntime, EdgedsOpenVino, Transformers, OpenVinoGenAI, OrtGenAI, LlamaCpp)}
+RUNNERS = {r.name: r
+           for r in (Edgeds, EdgedsOnnxRuntime, EdgedsOpenVino, Transformers, OpenVinoGenAI,
+                     OrtGenAI, LlamaCpp)}
 
 
-def measure(runner: Runner, path: str, threads: int, vocab: int, batches: list[int], jobs: int, quick: bool) -> dict:
+def measure(runner: Runner, path: str, threads: int, vocab: int, batches: list[int], jobs: int,
+            quick: bool) -> dict:
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     runner.load(path, threads)
@@ -239,12 +251,14 @@ def measure(runner: Runner, path: str, threads: int, vocab: int, batches: list[i
         t0 = time.perf_counter()
         try:
             n = runner.offline(prompts, b, out_tokens)
-        except Exception as exc:  # a runtime's own limit (onnxruntime-genai: batch <= 32); the others still count
+        # a runtime's own limit (onnxruntime-genai: batch <= 32); the others still count
+        except Exception as exc:
             errors[b] = f"{type(exc).__name__}: {exc}"
             continue
         throughput[b] = n / (time.perf_counter() - t0)
     return {"runtime": runner.name, "load_s": load_s, "ttft_s": ttft, "decode_tok_s_batch1": decode,
-            "offline_tok_s": throughput, "best_batch": max(throughput, key=throughput.get) if throughput else None,
+            "offline_tok_s": throughput, "best_batch": max(throughput, key=throughput.get)
+            if throughput else None,
             "offline_errors": errors, "peak_rss_mib": peak_rss_mib(), **runner.describe()}
 
 
@@ -259,8 +273,8 @@ def peak_rss_mib() -> float:
 
 if __name__ == "__main__":
     name, path, threads, vocab, batches, jobs, quick, out = sys.argv[1:9]
-    res = measure(RUNNERS[name](), path, int(threads), int(vocab), [int(b) for b in batches.split(",") if b != "none"],
-                  int(jobs), quick == "1")
+    res = measure(RUNNERS[name](), path, int(threads), int(vocab),
+                  [int(b) for b in batches.split(",") if b != "none"], int(jobs), quick == "1")
     with open(out, "w") as f:
         json.dump(res, f, indent=2)
     print(json.dumps(res))

@@ -40,7 +40,8 @@ def windows_of(checkpoint: Path, count: int, seq: int, packages: list[str] | Non
         ids = np.asarray([0, *tok.encode(text, add_special_tokens=False).ids], np.int64)
         count = min(count, len(ids) // seq)
         return ids[: count * seq].reshape(count, seq)
-    ids = np.concatenate([np.asarray(tok.encode(f.read_text(encoding="utf-8"), add_special_tokens=False).ids,
+    ids = np.concatenate([np.asarray(tok.encode(f.read_text(encoding="utf-8"),
+                                                add_special_tokens=False).ids,
                                      np.int64) for f in source_files(packages)])
     if len(ids) < count * seq:
         raise SystemExit(f"perplexity: {', '.join(packages)} hold {len(ids)} tokens, fewer than "
@@ -142,13 +143,15 @@ def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx"
     wins = windows_of(checkpoint, windows, seq, packages)
     ref_nll, ref_top1 = reference_scores(checkpoint, wins)
     ref_ppl = float(np.exp(ref_nll.mean()))
-    rows = [{"model": checkpoint.name, "graph": "transformers", "weights": "fp32", "perplexity": ref_ppl,
+    rows = [{"model": checkpoint.name, "graph": "transformers", "weights": "fp32",
+             "perplexity": ref_ppl,
              "ppl_change_pct": 0.0, "top1_agreement_pct": 100.0, "tokens": int(ref_nll.size)}]
     with tempfile.TemporaryDirectory() as tmp:
         mla = "kv_lora_rank" in json.loads((checkpoint / "config.json").read_text())
         runs_of = [(w, kv, "") for kv in kv_caches for w in weights]
         if int8_options and "int8" in weights:
-            runs_of += [("int8", "float32", o) for o in INT8_OPTIONS if mla or "activations" not in o]
+            runs_of += [("int8", "float32", o) for o in INT8_OPTIONS if mla
+                        or "activations" not in o]
         if int8_options and "int8-wo" in weights:
             runs_of += [("int8-wo", "float32", o) for o in INT8_WO_OPTIONS]
         for i, (w, kv, option) in enumerate(runs_of):
@@ -157,43 +160,51 @@ def evaluate(checkpoint: Path, weights=("fp32", "int8", "int4"), formats=("onnx"
             art = Path(tmp) / f"{i}-{w}-{kv}"
             fmts = formats if kv == "float32" else ("onnx",)
             small = small_batch and w == "int8" and kv != "int8" and not option
-            export_checkpoint(checkpoint, art, formats=tuple(fmts), weights=w, context=seq + 8, kv_cache=kv,
-                              small_batch_graph=small,
+            export_checkpoint(checkpoint, art, formats=tuple(fmts), weights=w, context=seq + 8,
+                              kv_cache=kv, small_batch_graph=small,
                               **(INT8_OPTIONS | INT8_WO_OPTIONS).get(option, {}))
             label = w if kv == "float32" else f"{w}, {kv} KV (decode steps)"
             label += f", {option}" if option else ""
             runs = [(fmt, label, kv != "float32") for fmt in fmts]
             if "onnx" in fmts and native_runs_here(load_artifact(art, verify=False)):
-                runs.append(("onnx native", label, kv != "float32"))  # the same weights, edgeds' own decoder
+                # the same weights, edgeds' own decoder
+                runs.append(("onnx native", label, kv != "float32"))
             if small:  # the main graph's decode steps against the small-batch graph's
-                runs += [("onnx", f"{label} (decode steps)", True), ("onnx small-batch", f"{label} (decode steps)", True)]
+                runs += [("onnx", f"{label} (decode steps)", True),
+                         ("onnx small-batch", f"{label} (decode steps)", True)]
             for fmt, row_label, stepwise in runs:
                 nll, top1 = export_scores(art, fmt, wins, stepwise=stepwise)
                 ppl = float(np.exp(nll.mean()))
-                rows.append({"model": checkpoint.name, "graph": fmt, "weights": row_label, "perplexity": ppl,
-                             "ppl_change_pct": 100 * (ppl / ref_ppl - 1),
-                             "top1_agreement_pct": 100 * float((top1 == ref_top1).mean()), "tokens": int(nll.size)})
+                rows.append({"model": checkpoint.name, "graph": fmt, "weights": row_label,
+                             "perplexity": ppl, "ppl_change_pct": 100 * (ppl / ref_ppl - 1),
+                             "top1_agreement_pct": 100 * float((top1 == ref_top1).mean()),
+                             "tokens": int(nll.size)})
     return rows
 
 
 def to_markdown(rows: list[dict], note: str) -> str:
-    lines = [f"# Quality: held-out perplexity and top-1 agreement vs transformers fp32 ({note})", "",
-             "| model | graph | weights | perplexity | change | top-1 agreement | tokens |", "|---|---|---|---|---|---|---|"]
+    lines = [f"# Quality: held-out perplexity and top-1 agreement vs transformers fp32 ({note})",
+             "", "| model | graph | weights | perplexity | change | top-1 agreement | tokens |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['graph']} | {r['weights']} | {r['perplexity']:.4f} | "
-                     f"{r['ppl_change_pct']:+.3f}% | {r['top1_agreement_pct']:.2f}% | {r['tokens']} |")
+                     f"{r['ppl_change_pct']:+.3f}% | {r['top1_agreement_pct']:.2f}% | "
+                     f"{r['tokens']} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="+", default=["r1-distill-tiny-python", "deepseek-v3-tiny-python"])
+    ap.add_argument("--models", nargs="+",
+                    default=["r1-distill-tiny-python", "deepseek-v3-tiny-python"])
     ap.add_argument("--windows", type=int, default=32)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--weights", nargs="+", default=["fp32", "int8", "int4"])
-    ap.add_argument("--kv-caches", nargs="+", default=["float32"], help="float32, int8 and/or float16 (dense models)")
+    ap.add_argument("--kv-caches", nargs="+", default=["float32"],
+                    help="float32, int8 and/or float16 (dense models)")
     ap.add_argument("--small-batch-graph", action="store_true",
-                    help="int8 with its small-batch graph, scored in decode steps on both graphs too")
+                    help="int8 with its small-batch graph, scored in decode steps on both graphs "
+                         "too")
     ap.add_argument("--text", nargs="+", default=None, metavar="PACKAGE",
                     help="score the sources of these installed packages (e.g. jinja2 click)")
     ap.add_argument("--int8-options", action="store_true",
@@ -202,7 +213,8 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for name in args.models:
-        rows += evaluate(MODELS / name, args.weights, windows=args.windows, seq=args.seq, kv_caches=args.kv_caches,
+        rows += evaluate(MODELS / name, args.weights, windows=args.windows, seq=args.seq,
+                         kv_caches=args.kv_caches,
                          small_batch=args.small_batch_graph, packages=args.text,
                          int8_options=args.int8_options)
     note = f"`python -m benchmarks.quality.perplexity {' '.join(sys.argv[1:])}`; {text_note(args.text)}"

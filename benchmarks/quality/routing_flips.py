@@ -250,7 +250,8 @@ def graph_feeds(inputs: dict, w: np.ndarray) -> dict:
     empty latent cache of the window's length."""
     n = len(w)
     feeds = {"input_ids": w[None], "position_ids": np.arange(n, dtype=np.int64)[None],
-             "seqlens_k": np.array([n - 1], np.int32), "total_sequence_length": np.array(n, np.int32),
+             "seqlens_k": np.array([n - 1], np.int32),
+             "total_sequence_length": np.array(n, np.int32),
              "logits_positions": np.arange(n, dtype=np.int64)[None]}
     for name, info in inputs.items():
         if name.startswith("past_"):
@@ -265,8 +266,11 @@ def _torch(a):
 
 
 def score(ref_logits, logits, wins, ref_routes, routes) -> dict:
-    ref_nll, ref_top1 = map(np.concatenate, zip(*(nll_and_top1(r, w) for r, w in zip(ref_logits, wins, strict=True)), strict=True))
-    nll, top1 = map(np.concatenate, zip(*(nll_and_top1(q, w) for q, w in zip(logits, wins, strict=True)), strict=True))
+    ref_nll, ref_top1 = map(np.concatenate,
+                            zip(*(nll_and_top1(r, w) for r, w in zip(ref_logits, wins, strict=True)), strict=True))
+    nll, top1 = map(np.concatenate,
+                    zip(*(nll_and_top1(q, w) for q, w in zip(logits, wins, strict=True)),
+                        strict=True))
     flips, any_flip = [], []
     for a, b in zip(ref_routes, routes, strict=True):
         share, per_layer = flip_share(a, b)
@@ -274,15 +278,17 @@ def score(ref_logits, logits, wins, ref_routes, routes) -> dict:
         any_flip.append(np.any(per_layer, axis=0)[:-1])  # the positions that are scored
     any_flip = np.concatenate(any_flip)
     agree = top1 == ref_top1
-    diff = np.concatenate([np.abs(q[:-1] - r[:-1]).max(-1) for q, r in zip(logits, ref_logits, strict=True)])
+    diff = np.concatenate([np.abs(q[:-1] - r[:-1]).max(-1)
+                           for q, r in zip(logits, ref_logits, strict=True)])
     return {
         "ppl_change_pct": 100 * (np.exp(nll.mean()) / np.exp(ref_nll.mean()) - 1),
         "top1_agreement_pct": 100 * float(agree.mean()),
         "decisions_flipped_pct": 100 * float(np.mean(flips)),
         "positions_with_a_flip_pct": 100 * float(any_flip.mean()),
-        "top1_agreement_where_flipped_pct": 100 * float(agree[any_flip].mean()) if any_flip.any() else None,
-        "top1_agreement_where_not_pct": 100 * float(agree[~any_flip].mean()) if (~any_flip).any() else None,
-        "max_logit_diff": float(diff.max()),
+        "top1_agreement_where_flipped_pct": 100 * float(agree[any_flip].mean())
+        if any_flip.any() else None,
+        "top1_agreement_where_not_pct": 100 * float(agree[~any_flip].mean())
+        if (~any_flip).any() else None, "max_logit_diff": float(diff.max()),
         "positions_logit_diff_over_2": int((diff > 2).sum()),
         "tokens": int(nll.size),
     }
@@ -334,7 +340,8 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     note = (f"`python -m benchmarks.quality.routing_flips {' '.join(sys.argv[1:])}`; "
             f"{text_note(args.text)}; {wins.shape[0]} windows of {wins.shape[1]} tokens")
-    (RESULTS / f"{args.out}.json").write_text(json.dumps({"note": note, "rows": rows}, indent=2) + "\n")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({"note": note, "rows": rows},
+                                                         indent=2) + "\n")
     (RESULTS / f"{args.out}.md").write_text(to_markdown(rows, note))
     print(to_markdown(rows, note))
 
@@ -344,13 +351,16 @@ def to_markdown(rows: list[dict], note: str) -> str:
         return "-" if v is None else f"{v:.2f}%"
 
     lines = [f"# Routing flips: deepseek-v3-tiny-python, INT8 against fp32 ({note})", "",
-             "| INT8 parts | run on | ppl change | top-1 | decisions flipped | positions with a flip | "
+             "| INT8 parts | run on | ppl change | top-1 | decisions flipped | positions with a "
+             "flip | "
              "top-1 there | top-1 elsewhere | max logit diff | positions > 2 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['int8']} | {r['source']} | {r['ppl_change_pct']:+.3f}% | {pct(r['top1_agreement_pct'])} | "
+        lines.append(f"| {r['int8']} | {r['source']} | {r['ppl_change_pct']:+.3f}% | "
+                     f"{pct(r['top1_agreement_pct'])} | "
                      f"{pct(r['decisions_flipped_pct'])} | {pct(r['positions_with_a_flip_pct'])} | "
-                     f"{pct(r['top1_agreement_where_flipped_pct'])} | {pct(r['top1_agreement_where_not_pct'])} | "
+                     f"{pct(r['top1_agreement_where_flipped_pct'])} | "
+                     f"{pct(r['top1_agreement_where_not_pct'])} | "
                      f"{r['max_logit_diff']:.2f} | {r['positions_logit_diff_over_2']} |")
     return "\n".join(lines) + "\n"
 

@@ -30,23 +30,27 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-SPECIALS = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<｜User｜>", "<｜Assistant｜>"]
+SPECIALS = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<｜User｜>",
+            "<｜Assistant｜>"]
 THINK = ["<think>", "</think>"]  # ordinary added tokens, as in DeepSeek-R1: decoded, not skipped
 VOCAB = 4096
 SEQ = 512
 HELDOUT_SAMPLE_CHARS = 48_000
 
-COMMON = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=1, pad_token_id=2, max_position_embeddings=2048,
+COMMON = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+              max_position_embeddings=2048,
               rms_norm_eps=1e-6, hidden_act="silu", tie_word_embeddings=False)
-DENSE = dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_size=256, intermediate_size=768,
+DENSE = dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_size=256,
+             intermediate_size=768,
              num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0,
              use_sliding_window=False, **COMMON)
 MOE = dict(model_type="deepseek_v3", architectures=["DeepseekV3ForCausalLM"], hidden_size=256,
-           intermediate_size=768, moe_intermediate_size=128, num_hidden_layers=4, first_k_dense_replace=1,
+           intermediate_size=768, moe_intermediate_size=128, num_hidden_layers=4,
+           first_k_dense_replace=1,
            num_attention_heads=4, num_key_value_heads=4, q_lora_rank=96, kv_lora_rank=64,
-           qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=8, n_shared_experts=1,
-           num_experts_per_tok=2, n_group=4, topk_group=2, norm_topk_prob=True, routed_scaling_factor=2.5,
-           rope_theta=10000.0,
+           qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=8,
+           n_shared_experts=1, num_experts_per_tok=2, n_group=4, topk_group=2, norm_topk_prob=True,
+           routed_scaling_factor=2.5, rope_theta=10000.0,
            rope_scaling={"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 1024,
                          "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
            **COMMON)
@@ -71,14 +75,16 @@ def train_tokenizer(texts: list[str], out: Path) -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB - len(THINK), special_tokens=SPECIALS, min_frequency=2,
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB - len(THINK), special_tokens=SPECIALS,
+                                  min_frequency=2,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK])
     tok.save(str(out / "tokenizer.json"))
     template = (HERE / "deepseek_chat_template.jinja").read_text(encoding="utf-8")
     (out / "tokenizer_config.json").write_text(json.dumps({
-        "add_bos_token": True, "add_eos_token": False, "bos_token": SPECIALS[0], "eos_token": SPECIALS[1],
+        "add_bos_token": True, "add_eos_token": False, "bos_token": SPECIALS[0],
+        "eos_token": SPECIALS[1],
         "pad_token": SPECIALS[2], "tokenizer_class": "LlamaTokenizerFast", "model_max_length": 2048,
         "chat_template": template,
     }, indent=2, ensure_ascii=False))
@@ -100,7 +106,8 @@ def attach_bias_updates(model, rate: float = 1e-3):
     loads = {}
 
     def hook(module, _inputs, output):
-        idx = next(t for t in output if isinstance(t, torch.Tensor) and t.dtype in (torch.int64, torch.int32))
+        idx = next(t for t in output if isinstance(t, torch.Tensor)
+                   and t.dtype in (torch.int64, torch.int32))
         loads[module] = loads.get(module, 0) + torch.bincount(idx.flatten(), minlength=module.e_score_correction_bias.numel())
 
     routers = [m for m in model.modules() if hasattr(m, "e_score_correction_bias")]
@@ -117,8 +124,8 @@ def attach_bias_updates(model, rate: float = 1e-3):
     return update, routers
 
 
-def train_model(name: str, cfg: dict, train_ids: np.ndarray, held_ids: np.ndarray, tok_dir: Path, out: Path,
-                steps: int, batch: int, lr: float, device: str, seed: int = 0,
+def train_model(name: str, cfg: dict, train_ids: np.ndarray, held_ids: np.ndarray, tok_dir: Path,
+                out: Path, steps: int, batch: int, lr: float, device: str, seed: int = 0,
                 max_seconds: float = float("inf")) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -132,14 +139,16 @@ def train_model(name: str, cfg: dict, train_ids: np.ndarray, held_ids: np.ndarra
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = max(steps // 30, 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+        opt,
+        lambda s: min(1, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
     data = torch.from_numpy(train_ids.astype(np.int64))
     curve, t0 = [], time.time()
     model.train()
     for step in range(steps):
         starts = rng.integers(0, len(data) - SEQ - 1, batch)
         x = torch.stack([data[s: s + SEQ] for s in starts]).to(device)
-        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=device != "cpu"):
+        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,
+                            enabled=device != "cpu"):
             loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -150,9 +159,11 @@ def train_model(name: str, cfg: dict, train_ids: np.ndarray, held_ids: np.ndarra
             update_bias()
         out_of_time = time.time() - t0 > max_seconds
         if step % 50 == 0 or step == steps - 1 or out_of_time:
-            curve.append({"step": step, "loss": round(float(loss), 4), "seconds": round(time.time() - t0, 1)})
+            curve.append({"step": step, "loss": round(float(loss), 4),
+                          "seconds": round(time.time() - t0, 1)})
             if step % 250 == 0 or step == steps - 1 or out_of_time:
-                curve[-1]["heldout_loss"] = round(heldout_loss(model, held_ids, device, windows=16), 4)
+                curve[-1]["heldout_loss"] = round(heldout_loss(model, held_ids, device, windows=16),
+                                                  4)
             print(name, curve[-1], flush=True)
         if out_of_time:  # a time budget, so a slow machine still ends with a usable model
             steps = step + 1
@@ -164,12 +175,15 @@ def train_model(name: str, cfg: dict, train_ids: np.ndarray, held_ids: np.ndarra
                                                             "do_sample": False}, indent=2))
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copyfile(tok_dir / f, out / f)
-    report = {"name": name, "parameters": params, "steps": steps, "batch": batch, "seq": SEQ, "lr": lr,
+    report = {"name": name, "parameters": params, "steps": steps, "batch": batch, "seq": SEQ,
+              "lr": lr,
               "train_seconds": round(time.time() - t0, 1), "heldout_loss_fp32_train_device": held,
               "loss_curve": curve}
     if routers:
-        report["routing_bias_range"] = [float(torch.stack([r.e_score_correction_bias for r in routers]).min()),
-                                        float(torch.stack([r.e_score_correction_bias for r in routers]).max())]
+        report["routing_bias_range"] = [float(torch.stack([r.e_score_correction_bias
+                                                           for r in routers]).min()),
+                                        float(torch.stack([r.e_score_correction_bias
+                                                           for r in routers]).max())]
     (out / "training.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -216,11 +230,12 @@ def main() -> None:
                                  ("deepseek-v3-tiny-python", MOE, args.moe_steps, 3e-3)):
         out = args.out / name
         out.mkdir(exist_ok=True)
-        reports[name] = train_model(name, cfg, train_ids, held_ids, tok_dir, out, steps, args.batch, lr, device,
-                                    max_seconds=args.max_seconds)
+        reports[name] = train_model(name, cfg, train_ids, held_ids, tok_dir, out, steps, args.batch,
+                                    lr, device, max_seconds=args.max_seconds)
         (out / "corpus.json").write_text(json.dumps(corpus, indent=2))
         (out / "heldout_sample.txt").write_text(sample, encoding="utf-8")
-    print(json.dumps({n: {k: v for k, v in r.items() if k != "loss_curve"} for n, r in reports.items()}, indent=2))
+    print(json.dumps({n: {k: v for k, v in r.items() if k != "loss_curve"}
+                      for n, r in reports.items()}, indent=2))
 
 
 if __name__ == "__main__":
