@@ -11,7 +11,7 @@ from __future__ import annotations
 import platform
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -86,6 +86,40 @@ def handle_signals(stop: StopFlag):
             signal.signal(s, handler)
 
 
+@contextmanager
+def job_running(opts: JobOptions, out: OutputLog, settings: dict, stats: JobStats,
+                stop: StopFlag, progress_stream, metrics: MetricsPublisher | None,
+                view: Callable[[int | None], JobView], shutdown: Callable[[], None] | None = None):
+    """What a job does around its work, the local one and --ray's alike: OUT.job.json written,
+    the input opened (yielded), progress and metrics on and the signals caught while the body
+    runs; an interrupt ends the body, the output is finished; then, whatever happened, stats
+    marked ended (the metrics' last scrape says so) before metrics and progress stop, the input
+    closes and `shutdown` (Ray's) runs last. `view(total)` is what the metrics publish."""
+    out.start(settings)
+    intake = Intake(opts.input, opts.max_line_bytes)
+    progress = Progress(intake.total, stats, opts.defaults.max_new_tokens, progress_stream)
+    try:
+        with handle_signals(stop):
+            progress.start()
+            if metrics is not None:
+                metrics.start(view(intake.total))
+            try:
+                yield intake
+            except Interrupted:
+                pass
+            stats.interrupted = stop.requested
+            out.finish()
+    finally:
+        stats.ended = True
+        if metrics is not None:
+            metrics.stop()
+        progress.stop()
+        intake.close()
+        if shutdown is not None:
+            shutdown()
+    stats.input_note = intake.stopped_reason
+
+
 def open_output(opts: JobOptions) -> OutputLog:
     """Lock and read the output (before the model loads: a busy output fails at once)."""
     return OutputLog(None if opts.output == "-" else Path(opts.output), opts.overwrite)
@@ -157,49 +191,34 @@ class _Job:
         self.order: PrefixOrder | None = None
 
     def run(self, progress_stream) -> JobStats:
-        engine, opts, out, stats, stop = self.engine, self.opts, self.out, self.stats, self.stop
-        out.start(job_settings(engine, opts))
-        intake = Intake(opts.input, opts.max_line_bytes)
-        progress = Progress(intake.total, stats, opts.defaults.max_new_tokens, progress_stream)
+        engine, opts, stats, stop = self.engine, self.opts, self.stats, self.stop
         prefix_before = replace(engine.prefix.stats) if engine.prefix else None
-        try:
-            with handle_signals(stop):
-                progress.start()
-                if self.metrics is not None:
-                    self.metrics.start(JobView(stats, intake.total, metric_labels(engine),
-                                               _kv_bytes_per_token(engine)))
-                try:
-                    events = engine.run(self._ordered(intake), opts.batch_size,
-                                        should_stop=lambda: (stop.requested
-                                                             or self.writer.failed_fast))
-                    for event in events:
-                        if isinstance(event, gen.TokenEvent):
-                            stats.tokens += 1
-                            stats.cached_tokens += 1
-                        elif isinstance(event, gen.Finished):
-                            self._write_result(event)
-                            if prefix_before is not None:  # live, for the metrics
-                                reused = engine.prefix.stats.since(prefix_before)
-                                stats.prefix_cache_hits = reused.hits
-                                stats.prefix_cache_hit_tokens = reused.tokens_reused
-                        elif isinstance(event, gen.Rejected):
-                            rec = event.key[0]
-                            self.stats.in_flight -= 1
-                            self.writer.fail(rec.line, rec.id, event.error)
-                        if stop.requested:
-                            break
-                except Interrupted:
-                    pass
-                stats.interrupted = stop.requested
-                out.finish()
-        finally:
-            stats.ended = True
-            if self.metrics is not None:
-                self.metrics.stop()
-            progress.stop()
-            intake.close()
-        stats.input_note = intake.stopped_reason
+
+        def view(total: int | None) -> JobView:
+            return JobView(stats, total, metric_labels(engine), _kv_bytes_per_token(engine))
+
+        with job_running(opts, self.out, job_settings(engine, opts), stats, stop,
+                         progress_stream, self.metrics, view) as intake:
+            events = engine.run(self._ordered(intake), opts.batch_size,
+                                should_stop=lambda: stop.requested or self.writer.failed_fast)
+            for event in events:
+                if isinstance(event, gen.TokenEvent):
+                    stats.tokens += 1
+                    stats.cached_tokens += 1
+                elif isinstance(event, gen.Finished):
+                    self._write_result(event)
+                    if prefix_before is not None:  # live, for the metrics
+                        reused = engine.prefix.stats.since(prefix_before)
+                        stats.prefix_cache_hits = reused.hits
+                        stats.prefix_cache_hit_tokens = reused.tokens_reused
+                elif isinstance(event, gen.Rejected):
+                    rec = event.key[0]
+                    self.stats.in_flight -= 1
+                    self.writer.fail(rec.line, rec.id, event.error)
+                if stop.requested:
+                    break
         if prefix_before is not None:
+
             stats.prefix_cache = engine.prefix.stats.since(prefix_before).summary()
         return stats
 

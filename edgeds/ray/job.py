@@ -22,10 +22,10 @@ from pathlib import Path
 from edgeds.artifact import load_artifact
 from edgeds.batch.admission import Admission
 from edgeds.batch.intake import END, Intake
-from edgeds.batch.job import Interrupted, JobOptions, StopFlag, handle_signals, settings_of
+from edgeds.batch.job import JobOptions, StopFlag, job_running, settings_of
 from edgeds.batch.metrics import JobView, MetricsPublisher
 from edgeds.batch.output import OutputLog, record_key
-from edgeds.batch.progress import JobStats, Progress
+from edgeds.batch.progress import JobStats
 from edgeds.batch.records import request_line
 from edgeds.batch.writer import JobWriter
 from edgeds.default_model import default_artifact
@@ -130,33 +130,19 @@ class RayJob:
         opts, stats, stop = self.opts, JobStats(), StopFlag()
         self.stats, self.prefix = stats, PrefixStats()
         writer = JobWriter(out, stats, opts.fail_fast)
-        out.start(settings_of(opts, self.artifact, self.context, self._engine_settings()))
-        intake = Intake(opts.input, opts.max_line_bytes)
-        progress = Progress(intake.total, stats, opts.defaults.max_new_tokens, progress_stream)
-        try:
-            with handle_signals(stop):
-                progress.start()
-                if metrics is not None:
-                    metrics.start(JobView(stats, intake.total, self.metric_labels(),
-                                          kv_cache=False))
-                try:
-                    admission = Admission(opts, out, writer, self.artifact.digest, self.context)
-                    batches, keys = self._admit(intake, admission, stop, writer)
-                    if batches.refs and not stop.requested and not writer.failed_fast:
-                        self._compute(batches, keys, writer, stop)
-                except Interrupted:
-                    pass
-                stats.interrupted = stop.requested
-                out.finish()
-        finally:
-            stats.ended = True
-            if metrics is not None:
-                metrics.stop()
-            progress.stop()
-            intake.close()
-            self.ray.shutdown()
-        stats.input_note = intake.stopped_reason
+        settings = settings_of(opts, self.artifact, self.context, self._engine_settings())
+
+        def view(total: int | None) -> JobView:
+            return JobView(stats, total, self.metric_labels(), kv_cache=False)
+
+        with job_running(opts, out, settings, stats, stop, progress_stream, metrics, view,
+                         shutdown=self.ray.shutdown) as intake:
+            admission = Admission(opts, out, writer, self.artifact.digest, self.context)
+            batches, keys = self._admit(intake, admission, stop, writer)
+            if batches.refs and not stop.requested and not writer.failed_fast:
+                self._compute(batches, keys, writer, stop)
         return stats
+
 
     def _admit(self, intake: Intake, admission: Admission, stop: StopFlag,
                writer: JobWriter) -> tuple[Batches, set[str]]:
