@@ -82,8 +82,8 @@ def format_bench(r: dict) -> str:
     lines = [
         f"{r['artifact']}: profile {r['profile']}, backend {r['backend']}, {r['threads']} threads",
         f"  context {r['context']} ({r['context_source']})",
-        f"  load {r['load_s']:.2f} s, weights {r['weights_mib']:.0f} MiB, "
-        f"peak RSS {r['peak_rss_mib']:.0f} MiB",
+        (f"  load {r['load_s']:.2f} s, weights {r['weights_mib']:.0f} MiB, "
+         f"peak RSS {r['peak_rss_mib']:.0f} MiB"),
     ]
     for x in r["runs"]:
         s = x["step_latency_s"]

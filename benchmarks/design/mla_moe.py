@@ -91,26 +91,26 @@ def main() -> None:
                         "per_head_kv_bytes_per_token_per_layer_fp32": 2 * 16 * 192 * 4}
     out = RESULTS
     (out / "mla_moe.json").write_text(json.dumps(res, indent=2) + "\n")
-    lines = [f"# MLA and MoE decode ({res['model']}; `python -m benchmarks.design.mla_moe`, 2 "
-             "threads)", "",
+    lines = [(f"# MLA and MoE decode ({res['model']}; `python -m benchmarks.design.mla_moe`, 2 "
+              "threads)"), "",
              "| experts | decode step (ms) |", "|---|---|",
              f"| only the routed ones (edgeds) | {res['moe']['sparse_step_ms']:.1f} |",
              f"| all 64 computed | {res['moe']['all_experts_step_ms']:.1f} |",
              f"| speedup | {res['moe']['speedup']:.2f}x |", "",
-             "| context | latent cache, absorbed (edgeds): step (ms) | per-head K/V cache: step "
-             "(ms) | ratio |",
+             ("| context | latent cache, absorbed (edgeds): step (ms) | per-head K/V cache: step "
+              "(ms) | ratio |"),
              "|---|---|---|---|"]
     lines += [f"| {r['context']} | {r['step_ms']:.1f} | {r['per_head_step_ms']:.1f} | "
               f"{r['per_head_step_ms'] / r['step_ms']:.2f}x |"
               for r in res["context"]]
     p = res["per_layer"]
     lines += ["",
-              f"Per layer at batch 1: ONNX Runtime {p['onnxruntime_ms_per_layer']:.1f} ms, "
-              "OpenVINO "
-              f"{p['openvino_ms_per_layer']:.1f} ms. KV cache {p['kv_bytes_per_token_per_layer']} "
-              "bytes/token/layer "
-              f"(latent, fp32) against {p['per_head_kv_bytes_per_token_per_layer_fp32']} for "
-              "per-head K and V in fp32."]
+              (f"Per layer at batch 1: ONNX Runtime {p['onnxruntime_ms_per_layer']:.1f} ms, "
+               "OpenVINO "
+               f"{p['openvino_ms_per_layer']:.1f} ms. KV cache {p['kv_bytes_per_token_per_layer']} "
+               "bytes/token/layer "
+               f"(latent, fp32) against {p['per_head_kv_bytes_per_token_per_layer_fp32']} for "
+               "per-head K and V in fp32.")]
     (out / "mla_moe.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

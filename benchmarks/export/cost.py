@@ -81,8 +81,8 @@ def main() -> None:
                    if (r["shape"], r["weights"], r["formats"]) not in done] + results
     machine = f"{platform.machine()}, {__import__('os').cpu_count()} CPUs"
     lines = [f"# Export cost ({machine}, `python -m benchmarks.export.cost`)", "",
-             "| shape | weights | formats | time (s) | peak RSS (GiB) | source bf16 (GiB) | "
-             "artifact (GiB) | per format (GiB) | KV bytes/token (fp32) |",
+             ("| shape | weights | formats | time (s) | peak RSS (GiB) | source bf16 (GiB) | "
+              "artifact (GiB) | per format (GiB) | KV bytes/token (fp32) |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['shape']} | {r['weights']} | {r['formats']} | {r['seconds']} | "

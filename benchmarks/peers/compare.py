@@ -155,12 +155,12 @@ def report(results: list[dict], machine: str, threads: int, bandwidth: float, we
         return (min(vals) if low else max(vals)) if vals else None
 
     lines = [f"# edgeds against its peers: {machine}, {threads} threads", "", note, "",
-             f"Machine read bandwidth ({threads} threads): {bandwidth:.1f} GB/s; a decode step "
-             f"reads {weights_gb:.2f} GB of INT8 "
-             f"weights (all but the embedding table), "
-             f"so batch-1 decode is bounded near {bandwidth / weights_gb:.1f} tok/s.", "",
-             "| runtime | load (s) | TTFT 128 (s) | decode b1 (tok/s) | weights read b1 (GB/s) | "
-             "offline best (tok/s @ batch) | peak RSS (MiB) |",
+             (f"Machine read bandwidth ({threads} threads): {bandwidth:.1f} GB/s; a decode step "
+              f"reads {weights_gb:.2f} GB of INT8 "
+              f"weights (all but the embedding table), "
+              f"so batch-1 decode is bounded near {bandwidth / weights_gb:.1f} tok/s."), "",
+             ("| runtime | load (s) | TTFT 128 (s) | decode b1 (tok/s) | weights read b1 (GB/s) | "
+              "offline best (tok/s @ batch) | peak RSS (MiB) |"),
              "|---|---|---|---|---|---|---|"]
     for r in results:
         off = "not run"
