@@ -11,12 +11,15 @@ from .errors import UserError
 from .hardware import detect
 from .memory_budget import kv_budget, largest_batch, weight_bytes, weights_do_not_fit
 from .profiles import choose_profile, load_profiles
-from .selection import choose_backend, ort_providers
+from .selection import choose_backend
 
 
 def diagnose(artifact: str | None = None, profile: str | None = None, backend: str | None = None,
              context: int | None = None) -> dict:
+    from .backends.onnxruntime.plan import ort_providers
+
     hw = detect()
+
     report: dict = {"hardware": hw.describe(), "backends": installed_backends(),
                     "onnxruntime_providers": ort_providers()}
     prof, reasons = choose_profile(hw, load_profiles(), profile)

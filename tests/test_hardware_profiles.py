@@ -80,7 +80,7 @@ def test_jetson_detection(tmp_path):
 
 
 def test_jetson_without_tensorrt_falls_back_with_reason(tmp_path, monkeypatch):
-    import edgeds.selection as sel
+    import edgeds.backends.onnxruntime.plan as sel
 
     hw = detect(fake_root(tmp_path, arm(8), tegra=True, dt_model="NVIDIA Jetson Orin NX"))
     profile, _ = choose_profile(hw, load_profiles())
@@ -179,7 +179,7 @@ def test_decode_read_bytes_leave_out_the_embedding_and_moe(artifacts):
 
 
 def test_int8_artifact_runs_on_the_cpu_provider_of_a_jetson(tmp_path, monkeypatch, artifacts):
-    import edgeds.selection as sel
+    import edgeds.backends.onnxruntime.plan as sel
     from edgeds.artifact import load_artifact
 
     hw = detect(fake_root(tmp_path, arm(8), tegra=True, dt_model="NVIDIA Jetson Orin NX"))

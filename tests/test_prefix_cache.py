@@ -162,7 +162,7 @@ def test_doctor_says_a_float16_cache_on_a_cuda_provider_keeps_no_prefix_cache(ar
                                                                              monkeypatch):
     """ONNX Runtime keeps a float16 cache in device memory on CUDA (no rows to copy): doctor
     says so for that provider, as the loaded backend would; on the CPU provider it is reused."""
-    import edgeds.selection as sel
+    import edgeds.backends.onnxruntime.plan as sel
     from edgeds.backends.onnxruntime import OnnxRuntimeBackend
     from edgeds.doctor import diagnose
 

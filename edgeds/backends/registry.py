@@ -116,14 +116,15 @@ class NativeEntry(BackendEntry):
 
 class OnnxRuntimeEntry(BackendEntry):
     """Every export, on ONNX Runtime's CPU and GPU providers (backends/onnxruntime/); which
-    providers, and why, is selection.plan_onnxruntime's."""
+    providers, and why, is backends/onnxruntime/plan.py's."""
 
     name, graph_format, module = "onnxruntime", "onnx", "onnxruntime"
 
     def plan(self, profile, hw, artifact, device, threads, reasons):
-        from ..selection import plan_onnxruntime
+        from .onnxruntime.plan import plan
 
-        return plan_onnxruntime(profile, hw, artifact, device, threads, reasons)
+        return plan(profile, hw, artifact, device, threads, reasons)
+
 
     def backend_class(self, artifact=None):
         from .onnxruntime import OnnxRuntimeBackend

@@ -23,9 +23,11 @@ ONNX Runtime's one-row kernel (export/small_batch_graph.py). Where the profile a
 and is bound to the same cache: prefill calls run the main graph, decode steps of such batches
 the second one.
 
-One job per module: `sessions.py` (providers, session options, loading a graph's sessions and
-checking them against the manifest), `cache.py` (the cache buffers), `binding.py` (binding one
-call's inputs, outputs and cache rows), `backend.py` (prefill and decode over them).
+One job per module: `plan.py` (which providers run an artifact here, and why: what selection
+asks), `sessions.py` (provider and session options, loading a graph's sessions and checking them
+against the manifest), `cache.py` (the cache buffers), `binding.py` (binding one call's inputs,
+outputs and cache rows), `backend.py` (prefill and decode over them).
+
 """
 
 from .backend import OnnxRuntimeBackend
