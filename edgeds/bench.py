@@ -93,5 +93,4 @@ def format_bench(r: dict) -> str:
             f"step P50/P90/P99 {s['p50'] * 1000:.1f}/{s['p90'] * 1000:.1f}/{s['p99'] * 1000:.1f} ms"
             + (f", weights read {x['weight_bandwidth_gb_s']:.1f} GB/s"
                if x["weight_bandwidth_gb_s"] else ""))
-
     return "\n".join(lines)

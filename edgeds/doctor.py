@@ -19,7 +19,6 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
     from .backends.onnxruntime.plan import ort_providers
 
     hw = detect()
-
     report: dict = {"hardware": hw.describe(), "backends": installed_backends(),
                     "onnxruntime_providers": ort_providers()}
     prof, reasons = choose_profile(hw, load_profiles(), profile)

@@ -3,7 +3,6 @@ and what the artifact holds (each registry entry's `unsupported`); the entry cho
 settings (ONNX Runtime's providers: backends/onnxruntime/plan.py). Every choice comes with its
 reason."""
 
-
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -41,7 +41,6 @@ def _steps(backend: OnnxRuntimeBackend) -> list[np.ndarray]:
 @pytest.mark.parametrize("kind,weights,kv_cache",
                          [("qwen2", "int8", "float32"), ("llama", "fp32", "float16"),
                           ("qwen2", "fp32", "int8"), ("deepseek_v3", "int8", "float32")])
-
 def test_parts_compute_what_the_whole_graph_computes(kind, weights, kv_cache, checkpoints,
                                                      artifacts, tmp_path):
     parts = load_artifact(artifacts(kind, weights, kv_cache))

@@ -328,7 +328,6 @@ NEW_OK = dict(layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, inter=128, 
                           dict(layers=0), dict(heads=3), dict(head_dim=8, heads=8), dict(hidden=96),
                           dict(heads=64, kv_heads=2, head_dim=16, hidden=1024), dict(inter=100),
                           dict(vocab=0), dict(eps=float("nan")), dict(eps=-1.0)])
-
 def test_the_c_entry_point_refuses_what_its_loops_cannot_run(bad):
     """ed_new checks every count before it allocates (and Python is not the only possible caller)."""
     lib = native.library()

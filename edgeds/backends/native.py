@@ -122,7 +122,6 @@ class NativeBackend:
         self._model = self.lib.ed_new(self.layers, model.hidden_size, model.num_heads,
                                       self.kv_heads, self.head_dim, model.intermediate_size,
                                       self.vocab_size, model.rms_norm_eps, threads, int(use_amx))
-
         if not self._model:
             raise ArtifactError("native backend: the decoder refused the model's dimensions "
                                 "or rms_norm_eps")
@@ -378,7 +377,6 @@ class NativeBackend:
             positions[self.slot_lengths.idle] = -1  # idle rows: nothing cached, nothing attended
         self._forward(np.ascontiguousarray(tokens, np.int64), self._slot_ids, positions,
                       self._slot_ids, self._logits)
-
         self.slot_lengths.advance()
         return self._logits[:self.batch_size]
 

@@ -125,7 +125,6 @@ class OnnxRuntimeEntry(BackendEntry):
 
         return plan(profile, hw, artifact, device, threads, reasons)
 
-
     def backend_class(self, artifact=None):
         from .onnxruntime import OnnxRuntimeBackend
 

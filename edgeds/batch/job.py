@@ -218,7 +218,6 @@ class _Job:
                 if stop.requested:
                     break
         if prefix_before is not None:
-
             stats.prefix_cache = engine.prefix.stats.since(prefix_before).summary()
         return stats
 

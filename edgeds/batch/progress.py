@@ -147,7 +147,6 @@ def format_summary(s: dict) -> str:
         return " / ".join("-" if v is None else f"{v * 1000:.0f} ms"
                           for v in (d["p50"], d["p90"], d["p99"]))
 
-
     rows = [
         ("records ok / failed", f"{s['records_ok']} / {s['records_failed']}"),
         ("resumed (already done)", str(s["records_skipped_resumed"])),

@@ -59,7 +59,6 @@ def command(
     backend: Annotated[str | None, typer.Option(help="native | onnxruntime | openvino.")] = None,
     device: Annotated[str | None, typer.Option(
         help="Execution provider or OpenVINO device.")] = None,
-
     threads: Annotated[int, typer.Option(help="Threads (default: the profile's).")] = 0,
     no_prefix_cache: Annotated[bool, typer.Option(
         "--no-prefix-cache", help="Prefill every prompt whole (default: reuse shared prefixes' "

@@ -110,7 +110,6 @@ def _build(target: Path) -> None:
         if result.returncode != 0:
             raise NativeUnavailable(
                 f"native decoder: {cc} failed to build it: {result.stderr.strip()[-400:]}")
-
         os.replace(tmp, target)
     except OSError as exc:  # a CC that cannot be run
         raise NativeUnavailable(f"native decoder: cannot run {cc} ({exc.strerror})") from exc

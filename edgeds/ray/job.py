@@ -143,7 +143,6 @@ class RayJob:
                 self._compute(batches, keys, writer, stop)
         return stats
 
-
     def _admit(self, intake: Intake, admission: Admission, stop: StopFlag,
                writer: JobWriter) -> tuple[Batches, set[str]]:
         """The input read to its end: error records written, the records to compute put into

@@ -27,7 +27,6 @@ One job per module: `plan.py` (which providers run an artifact here, and why: wh
 asks), `sessions.py` (provider and session options, loading a graph's sessions and checking them
 against the manifest), `cache.py` (the cache buffers), `binding.py` (binding one call's inputs,
 outputs and cache rows), `backend.py` (prefill and decode over them).
-
 """
 
 from .backend import OnnxRuntimeBackend
