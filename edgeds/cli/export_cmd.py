@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..errors import UsageError
+from ..manifest import read as read_manifest
 
 NAME = "export"
 
@@ -114,7 +116,6 @@ def command(
     Examples:
       edgeds export ./DeepSeek-R1-Distill-Qwen-1.5B -o r1-1.5b-int8
       edgeds export ./deepseek-coder-1.3b-instruct -o coder-int4 --weights int4 --verify
-
       edgeds export ./DeepSeek-R1-Distill-Qwen-1.5B -o r1-1.5b-trt --target tensorrt --context 4096
     """
     try:
@@ -126,7 +127,7 @@ def command(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     format = format or ("onnx" if target == "tensorrt" else "onnx,openvino")
     formats = tuple(f.strip() for f in format.split(",") if f.strip())
-    manifest = export_checkpoint(
+    export_checkpoint(
         src,
         output,
         formats,
@@ -142,10 +143,9 @@ def command(
         embedding or None,
         activations or None,
     )
-    files = manifest["files"]
-    size = sum(f["size"] for f in files.values())
-    typer.echo(
-        f"wrote {output}: {', '.join(manifest['graphs'])}, {weights}, {size / 2**20:.1f} MiB"
-    )
-    if "verification" in manifest:
-        typer.echo(f"verified: {manifest['verification']['summary']}")
+    # What was written, as the runtime reads it (edgeds.json parsed and checked)
+    written = read_manifest(Path(output))
+    size = sum(f.size for f in written.files.values())
+    typer.echo(f"wrote {output}: {', '.join(written.formats)}, {weights}, {size / 2**20:.1f} MiB")
+    if written.verification is not None:
+        typer.echo(f"verified: {written.verification['summary']}")
