@@ -1,7 +1,8 @@
 /* Peak u8 x s8 multiply-accumulate rate of this CPU's AVX-512 VNNI unit (vpdpbusd), per thread
  * and over all threads: the ceiling any int8 GEMM (MLAS, OpenVINO, llama.cpp) works under.
  *
- *   gcc -O3 -mavx512f -mavx512vnni -fopenmp benchmarks/kernels/int8_peak.c -o /tmp/int8_peak && /tmp/int8_peak
+ *   gcc -O3 -mavx512f -mavx512vnni -fopenmp benchmarks/kernels/int8_peak.c -o /tmp/int8_peak
+ *   /tmp/int8_peak
  *
  * 12 independent accumulators hide the instruction's latency; operands stay in registers, so
  * memory plays no part. One vpdpbusd on 512 bits = 64 multiply-adds = 128 int8 ops. */
@@ -31,7 +32,8 @@ int main(void) {
         sink += run();
         double s = omp_get_wtime() - t0;
         double ops = (double)t * ITERS * ACC * 128;
-        printf("%d thread(s): %.0f GOP/s int8 (%.3f s)%s\n", t, ops / s / 1e9, s, sink == 0 ? " " : "");
+        printf("%d thread(s): %.0f GOP/s int8 (%.3f s)%s\n", t, ops / s / 1e9, s,
+               sink == 0 ? " " : "");
     }
     return 0;
 }
