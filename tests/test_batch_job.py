@@ -1,4 +1,5 @@
-"""`edgeds infer` as users run it: bad lines, resume after kill -9 and SIGINT, memory, determinism."""
+"""`edgeds infer` as users run it: bad lines, resume after kill -9 and SIGINT, memory,
+determinism."""
 
 from __future__ import annotations
 

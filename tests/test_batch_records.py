@@ -64,7 +64,8 @@ json_values = st.recursive(
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.sampled_from(["", " ", "\ud800", "a\udfffb", "import os", "\x00", "é" * 3, "\u2028"])
     | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    lambda inner: (st.lists(inner, max_size=3)
+                   | st.dictionaries(st.text(max_size=4), inner, max_size=3)),
     max_leaves=8)
 FIELDS = ["id", "prompt", "messages", "temperature", "top_p", "top_k", "min_p", "seed",
           "repetition_penalty", "max_new_tokens", "stop"]

@@ -20,7 +20,7 @@ def test_examples_are_shown_line_by_line(command):
     assert r.exit_code == 0
     lines = r.output.splitlines()
     start = lines.index("  Examples:")
-    assert lines[start + 1].strip().startswith("edgeds ") and lines[start + 2].strip().startswith("edgeds ")
+    assert all(line.strip().startswith("edgeds ") for line in lines[start + 1:start + 3])
 
 
 @pytest.mark.parametrize("command", ["export", "bench"])

@@ -183,7 +183,8 @@ def test_sharded_checkpoint_exports_identically(checkpoints, tmp_path):
     (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     for folder, out in ((checkpoints("qwen2"), tmp_path / "a"), (src, tmp_path / "b")):
         assert export(folder, "-o", out, "--format", "onnx", "--context", "64").exit_code == 0
-    assert (tmp_path / "a/model.onnx.data").read_bytes() == (tmp_path / "b/model.onnx.data").read_bytes()
+    assert ((tmp_path / "a/model.onnx.data").read_bytes()
+            == (tmp_path / "b/model.onnx.data").read_bytes())
 
 
 def test_manifest_is_self_describing(artifacts):

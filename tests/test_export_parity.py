@@ -37,7 +37,8 @@ def reference_logits(model, prompt: np.ndarray, steps: int):
     return prefill, decode, tokens
 
 
-def errors_against_reference(model, backend, steps: int, seed: int = 1) -> tuple[list[float], list[bool]]:
+def errors_against_reference(model, backend, steps: int,
+                             seed: int = 1) -> tuple[list[float], list[bool]]:
     """A 16-token prompt's logits at every position, then `steps` cached decode steps fed the
     reference's greedy tokens: each call's largest error relative to the reference's logit
     range, and whether each step picks the reference's next token."""

@@ -17,7 +17,8 @@ BLOCK = 64
 def bf16(x: np.ndarray) -> np.ndarray:
     """float32 rounded to bf16 (nearest even), as float64."""
     u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
-    return (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32).astype(np.float64)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return rounded.astype(np.uint32).view(np.float32).astype(np.float64)
 
 
 def tile(q, k, v, p0, kernel):

@@ -63,7 +63,8 @@ def test_finished_slot_takes_the_next_prompt_at_once(engine):
     # First both slots together, then slot 0 is refilled three times while slot 1 keeps decoding.
     assert backend.prefills == [[0, 1], [0], [0], [0]]
     assert backend.decodes == 19  # the long request bounds the job: no step waits for a wave
-    alone = {r.key: [e for e in gen.run(engine.backend, [r], 1, 128, set()) if isinstance(e, gen.Finished)][0].token_ids
+    alone = {r.key: [e for e in gen.run(engine.backend, [r], 1, 128, set())
+                     if isinstance(e, gen.Finished)][0].token_ids
              for r in requests([(5, 2), (9, 20), (4, 3), (7, 3), (6, 3)])}
     assert {d.key: d.token_ids for d in done} == alone
 
@@ -87,7 +88,8 @@ def test_cache_grows_to_the_longest_request_and_keeps_what_it_holds(engine):
     # Sized for the first two requests (9 + 40 tokens -> one 64-token step); grown to the
     # 128-token context when the third came, while request 1 was mid-way: its cache moved.
     assert backend.capacities == [64, 128]
-    alone = {r.key: [e for e in gen.run(engine.backend, [r], 1, 128, set()) if isinstance(e, gen.Finished)][0].token_ids
+    alone = {r.key: [e for e in gen.run(engine.backend, [r], 1, 128, set())
+                     if isinstance(e, gen.Finished)][0].token_ids
              for r in requests(lengths)}
     assert done == alone and len(done[1]) == 40
 

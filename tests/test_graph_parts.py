@@ -116,7 +116,8 @@ def test_parts_wait_for_an_onnxruntime_that_loads_them_in_parallel(artifacts, mo
     import edgeds
 
     engine = edgeds.load(artifacts("qwen2", "int8"), backend="onnxruntime")
-    assert len(engine.backend.sessions) == 2 and "graph: 2 parts, created in parallel" in engine.reasons
+    assert len(engine.backend.sessions) == 2
+    assert "graph: 2 parts, created in parallel" in engine.reasons
     graph = engine.artifact.graph("onnx")
     assert not loads_in_parts(graph, "CUDAExecutionProvider")  # GPU providers load the whole graph
     monkeypatch.setattr(ort, "__version__", "1.30.0")  # it held the GIL while creating a session

@@ -36,7 +36,8 @@ def x86(n_cores: int, extra: str, model: str = "Some CPU") -> str:
 
 
 def arm(n: int) -> str:
-    return "\n".join(f"processor\t: {i}\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\n" for i in range(n))
+    return "\n".join(f"processor\t: {i}\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\n"
+                     for i in range(n))
 
 
 CASES = {
@@ -126,7 +127,8 @@ def test_overrides_win(tmp_path):
 
 def test_every_shipped_profile_parses():
     profiles = load_profiles()
-    assert {"cpu-avx2", "cpu-avx512", "cpu-amx", "jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin"} <= set(profiles)
+    assert {"cpu-avx2", "cpu-avx512", "cpu-amx", "jetson-orin-nano", "jetson-orin-nx",
+            "jetson-agx-orin"} <= set(profiles)
     trt = profiles["jetson-orin-nano"].onnxruntime.provider_options["TensorrtExecutionProvider"]
     assert trt["trt_fp16_enable"] is True and trt["trt_engine_cache_enable"] is True
 
@@ -173,7 +175,8 @@ def test_decode_read_bytes_leave_out_the_embedding_and_moe(artifacts):
                      for t in graph.initializer if t.external_data
                      and not t.name.startswith("embed_tokens."))
         # What the graph stores outside the embedding; the rest is the graph file itself.
-        assert 0 <= decode_read_bytes(art.manifest, "onnx") - stored <= art.path("model.onnx").stat().st_size
+        graph_bytes = art.path("model.onnx").stat().st_size
+        assert 0 <= decode_read_bytes(art.manifest, "onnx") - stored <= graph_bytes
     assert decode_read_bytes(load_artifact(artifacts("deepseek_v3", "int8")).manifest,
                              "onnx") is None
 
@@ -212,7 +215,8 @@ def test_a_cpu_with_float16_arithmetic_is_told_of_the_float16_cache(tmp_path, ar
                                     "avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_tile amx_int8 "
                                     "amx_bf16")))
     zen4 = detect(fake_root(tmp_path / "zen4", x86(2, "avx512f avx512_vnni avx512_bf16")))
-    floats, half = load_artifact(artifacts("qwen2", "int8")), load_artifact(artifacts("qwen2", "int8-wo", "float16"))
+    floats = load_artifact(artifacts("qwen2", "int8"))
+    half = load_artifact(artifacts("qwen2", "int8-wo", "float16"))
 
     def hinted(hw, art) -> bool:
         profile, _ = choose_profile(hw, load_profiles())
@@ -225,7 +229,8 @@ def test_a_cpu_with_float16_arithmetic_is_told_of_the_float16_cache(tmp_path, ar
 
 
 def test_a_job_starts_by_telling_what_would_run_better(tmp_path, artifacts, monkeypatch):
-    """The advice goes to stderr at the start of `edgeds infer`, where no one reads doctor's reasons."""
+    """The advice goes to stderr at the start of `edgeds infer`, where no one reads doctor's
+    reasons."""
     import json
 
     from typer.testing import CliRunner

@@ -21,10 +21,9 @@ def int8_linear_session(tmp_path, w: np.ndarray) -> ort.InferenceSession:
     weights.close()
     g = Graph("w.data")
     y = linear(g, "x", lin, "lin")
-    graph = helper.make_graph(g.nodes, "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, K])],
-                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [None, None, N])],
-                              initializer=g.initializers)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, K])]
+    outputs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, [None, None, N])]
+    graph = helper.make_graph(g.nodes, "g", inputs, outputs, initializer=g.initializers)
     model = helper.make_model(graph,
                               opset_imports=[helper.make_opsetid("", OPSET),
                                              helper.make_opsetid(MS, 1)],

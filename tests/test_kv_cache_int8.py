@@ -56,7 +56,8 @@ def test_int8_cache_holds_the_float_cache_to_half_a_step(artifacts):
         assert inside.mean() > 0.99
         assert np.all(np.abs(q - np.clip(exact / s, -128, 127)) <= 0.5 + 1e-3)
     for layer in range(2):  # both caches hold values, int8 in the int8 graph
-        assert caches["int8"][0][layer].dtype == np.int8 and np.abs(caches["int8"][1][layer][0, :, :filled]).max() > 0
+        assert caches["int8"][0][layer].dtype == np.int8
+        assert np.abs(caches["int8"][1][layer][0, :, :filled]).max() > 0
 
 
 def test_int8_cache_batch_matches_alone_and_quarters_the_memory(artifacts):
@@ -64,7 +65,8 @@ def test_int8_cache_batch_matches_alone_and_quarters_the_memory(artifacts):
     assert_batch_matches_alone(path)
     art = load_artifact(path)
     floats = load_artifact(artifacts("llama", "int8")).manifest
-    assert art.manifest.kv_layout("onnx").bytes_per_token * 4 == floats.kv_layout("onnx").bytes_per_token
+    assert (art.manifest.kv_layout("onnx").bytes_per_token * 4
+            == floats.kv_layout("onnx").bytes_per_token)
 
 
 def test_int8_cache_is_refused_where_it_cannot_apply(checkpoints, tmp_path):
@@ -76,7 +78,7 @@ def test_int8_cache_is_refused_where_it_cannot_apply(checkpoints, tmp_path):
                           kv_cache="int8")
     with pytest.raises(ExportError, match="unknown kv cache"):
         export_checkpoint(checkpoints("qwen2"), tmp_path / "c", kv_cache="fp8")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    assert not any((tmp_path / name).exists() for name in "abc")
 
 
 def test_int8_cache_on_an_older_onnxruntime_is_a_clear_error(artifacts, monkeypatch):
@@ -120,7 +122,9 @@ def test_doctor_sizes_the_cache_by_its_type(artifacts):
 
     int8 = diagnose(str(artifacts("llama", "int8", "int8")), profile="cpu-avx2")
     floats = diagnose(str(artifacts("llama", "int8")), profile="cpu-avx2")
-    assert int8["memory"]["kv_cache_dtype"] == "int8" and floats["memory"]["kv_cache_dtype"] == "float32"
+    assert int8["memory"]["kv_cache_dtype"] == "int8"
+    assert floats["memory"]["kv_cache_dtype"] == "float32"
     # Tiny models round their cache to 0.1 MiB; the tokens that fit show the ratio exactly.
-    assert int8["memory"]["max_tokens_in_cache"] == pytest.approx(4 * floats["memory"]["max_tokens_in_cache"], rel=1e-3)
+    assert int8["memory"]["max_tokens_in_cache"] == pytest.approx(
+        4 * floats["memory"]["max_tokens_in_cache"], rel=1e-3)
     assert "int8 KV cache" in format_report(int8)

@@ -1,4 +1,5 @@
-"""DeepSeek-V2/V3 specifics: the latent cache, quantized experts, --verify, what the manifest says."""
+"""DeepSeek-V2/V3 specifics: the latent cache, quantized experts, --verify, what the manifest
+says."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def test_cache_holds_the_latent_not_per_head_kv(kind, artifacts):
     written = json.loads((art.root / "edgeds.json").read_text())["graphs"]  # what the exporter says
     kv = written["onnx"]["kv_cache"]
     assert kv["kind"] == "mla_latent" and kv["values_per_token_per_layer"] == latent
-    assert kv["bytes_per_token"] == m.num_layers * latent * 4 == art.manifest.kv_layout("onnx").bytes_per_token
+    assert (kv["bytes_per_token"] == m.num_layers * latent * 4
+            == art.manifest.kv_layout("onnx").bytes_per_token)
     per_head = 2 * m.num_heads * (a.qk_nope_head_dim + a.qk_rope_head_dim)
     assert latent < per_head
     backend = dict(open_backends(art.root))["onnx"]

@@ -21,7 +21,8 @@ from edgeds import native
 from edgeds.hardware import detect
 
 HERE = Path(__file__).resolve().parent
-# The tests that run the C code; those of transformers parity and of broken compilers add nothing here.
+# The tests that run the C code; those of transformers parity and of broken compilers add nothing
+# here.
 SELECTION = "not transformers and not compiler and not build and not verify and not float_mode"
 # mla_moe.c: prefill (decompressed attention) and decode (absorbed, chunked) at batch 1 and 64,
 # slots refilled, a grown cache, refused input.
@@ -32,7 +33,8 @@ def _asan_runtime() -> str | None:
     cc = native.compiler()
     if cc is None:
         return None
-    found = subprocess.run([*cc.split(), "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    found = subprocess.run([*cc.split(), "-print-file-name=libasan.so"], capture_output=True,
+                           text=True).stdout.strip()
     return found if os.path.isabs(found) and os.path.exists(found) else None
 
 

@@ -33,7 +33,8 @@ def test_runtime_runs_without_torch(artifacts, tmp_path):
             pass
         else:
             raise SystemExit("torch was importable")
-        banned = [m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "optimum", "edgeds_export")]
+        banned = [m for m in sys.modules
+                  if m.split(".")[0] in ("torch", "transformers", "optimum", "edgeds_export")]
         assert not banned, banned
         print("ok")
     """)

@@ -73,7 +73,8 @@ def test_small_batch_graph_holds_the_main_weights_repacked(small_artifact):
     for nb, mm in zip(nbits, integer):
         packed, scales = w_small[nb.input[1]], w_small[nb.input[2]]
         n, blocks, size = packed.shape
-        from_small = ((packed.astype(np.float32) - 128) * scales[:, :, None]).reshape(n, blocks * size)
+        from_small = ((packed.astype(np.float32) - 128)
+                      * scales[:, :, None]).reshape(n, blocks * size)
         # (K, N) int8 x (N,) scales
         from_main = (w_main[mm.input[1]].astype(np.float32) * w_main[mm.input[3]]).T
         np.testing.assert_array_equal(from_small, from_main)
@@ -204,8 +205,8 @@ def test_refilled_slots_decode_on_the_small_graph_as_alone(small_artifact):
     assert together == [run([p], [n], 1)[0] for p, n in zip(prompts, lengths)]
 
 
-def test_a_small_batch_graph_that_does_not_load_leaves_the_job_on_the_main_graph(small_artifact, tmp_path,
-                                                                                   caplog):
+def test_a_small_batch_graph_that_does_not_load_leaves_the_job_on_the_main_graph(
+        small_artifact, tmp_path, caplog):
     """It only speeds decoding up: an onnxruntime that cannot create it (simulated by an
     unreadable graph, checksums off) must not stop a job, and the job says why."""
     import shutil

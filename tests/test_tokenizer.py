@@ -54,7 +54,8 @@ def test_raw_text_round_trips(tok):
 
 
 def test_reasoning_split():
-    assert split_reasoning("Let me think.\n</think>\n\nThe answer is 4.") == ("Let me think.", "The answer is 4.")
+    assert (split_reasoning("Let me think.\n</think>\n\nThe answer is 4.")
+            == ("Let me think.", "The answer is 4."))
     assert split_reasoning("<think>hmm</think>4") == ("hmm", "4")
     assert split_reasoning("no tags here") == (None, "no tags here")
 

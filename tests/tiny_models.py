@@ -105,7 +105,8 @@ def make_checkpoint(folder: Path, kind: str = "qwen2", seed: int = 0, **override
             if hasattr(module, "e_score_correction_bias"):
                 module.e_score_correction_bias.normal_(0, 0.05)
     model.save_pretrained(folder, safe_serialization=True)
-    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": 1}))
+    generation = {"bos_token_id": 0, "eos_token_id": 1}
+    (folder / "generation_config.json").write_text(json.dumps(generation))
     return folder
 
 
