@@ -74,7 +74,8 @@ def main() -> None:
         for artifact in args.artifacts:
             cmd = [sys.executable, "-m", __spec__.name, artifact, "--threads", str(args.threads),
                    "--measure"]
-            line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            stdout = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            line = stdout.strip().splitlines()[-1]
             print(json.dumps({"round": round_ + 1, **json.loads(line)}), flush=True)
 
 

@@ -1,11 +1,12 @@
 """The ONNX Runtime backend alone, without the generate loop: load, prefill and decode steps, RSS.
 
     python -m benchmarks.design.backend_steps ARTIFACT [--threads 16] [--batches 1,32]
-    python -m benchmarks.design.backend_steps ARTIFACT --providers CUDAExecutionProvider,CPUExecutionProvider [--cache-on-host]
+    python -m benchmarks.design.backend_steps ARTIFACT \
+        --providers CUDAExecutionProvider,CPUExecutionProvider [--cache-on-host]
 
 Separates what the kernels and cache cost from what the loop and scheduling add (compare with
-`edgeds bench` and benchmarks/peers/compare.py). Prompts of 128 random tokens, capacity 640 (less for
-a shorter context), median of 20 decode steps after 4 warm-up steps.
+`edgeds bench` and benchmarks/peers/compare.py). Prompts of 128 random tokens, capacity 640
+(less for a shorter context), median of 20 decode steps after 4 warm-up steps.
 """
 
 from __future__ import annotations

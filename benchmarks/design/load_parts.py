@@ -1,6 +1,7 @@
 """Load time against the number of ONNX graph parts (`edgeds export --load-parts N`).
 
-    python -m benchmarks.design.load_parts SRC --parts 1,4,8 [--threads 16] [--rounds 3] [--work DIR]
+    python -m benchmarks.design.load_parts SRC --parts 1,4,8 [--threads 16] [--rounds 3] \
+        [--work DIR]
 
 Exports SRC once per part count (ONNX, int8, context 2048; kept in --work), then in each round
 loads every artifact in a fresh process, in turn: `edgeds.load` (checksums, tokenizer, backend
@@ -74,8 +75,8 @@ def main() -> None:
         out = work / f"{Path(args.src).name}-int8-parts{parts}"
         if not (out / "edgeds.json").exists():
             subprocess.run([sys.executable, "-m", "edgeds.cli", "export", args.src, "-o", str(out),
-                            "--format", "onnx",
-                            "--context", "2048", "--load-parts", str(parts), "--overwrite"],
+                            "--format", "onnx", "--context", "2048", "--load-parts", str(parts),
+                            "--overwrite"],
                            check=True)
         artifacts[parts] = str(out)
     results: dict[tuple[int, str], list[dict]] = {}
@@ -84,7 +85,8 @@ def main() -> None:
             for what in args.what.split(","):
                 cmd = [sys.executable, "-m", __spec__.name, "--measure", path, "--threads",
                        str(args.threads), "--what", what]
-                line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+                stdout = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                line = stdout.strip().splitlines()[-1]
                 print(line, flush=True)
                 results.setdefault((parts, what), []).append(json.loads(line))
     for (parts, what), runs in results.items():

@@ -1,7 +1,8 @@
 """One long prompt's prefill on each backend that can run an artifact, in turns: does a
 backend's attention over a prompt keep up as prompts grow?
 
-    python -m benchmarks.design.long_prompt_prefill ARTIFACT [--tokens 512,2040] [--threads 2] [--rounds 2]
+    python -m benchmarks.design.long_prompt_prefill ARTIFACT [--tokens 512,2040] [--threads 2] \
+        [--rounds 2]
 
 Each measurement is a fresh process: the backend alone (no generate loop), a 64-token warm-up
 prefill, then one prefill of N random tokens into an empty cache, timed. One line each.

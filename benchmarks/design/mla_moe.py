@@ -87,7 +87,8 @@ def main() -> None:
     m = load_artifact(sparse).manifest
     res["per_layer"] = {"onnxruntime_ms_per_layer": s * 1e3 / LAYERS,
                         "openvino_ms_per_layer": ov_s * 1e3 / LAYERS,
-                        "kv_bytes_per_token_per_layer": m.kv_layout("onnx").bytes_per_token // LAYERS,
+                        "kv_bytes_per_token_per_layer":
+                            m.kv_layout("onnx").bytes_per_token // LAYERS,
                         "per_head_kv_bytes_per_token_per_layer_fp32": 2 * 16 * 192 * 4}
     out = RESULTS
     (out / "mla_moe.json").write_text(json.dumps(res, indent=2) + "\n")

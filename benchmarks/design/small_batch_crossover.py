@@ -2,7 +2,8 @@
 main graph and on its small-batch graph (export --small-batch-graph), for a profile's
 `small_batch_max`.
 
-    python -m benchmarks.design.small_batch_crossover ARTIFACT [--threads 2] [--rounds 2] [--batches 1,2,4,8]
+    python -m benchmarks.design.small_batch_crossover ARTIFACT [--threads 2] [--rounds 2] \
+        [--batches 1,2,4,8]
 
 Each measurement is a fresh process (ONNX Runtime backend, CPU, no generate loop), the two
 graphs taking turns: session creation time, then per batch size the median decode step (ms)
@@ -19,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -64,14 +64,16 @@ def main() -> None:
     if args.measure is not None:
         print(json.dumps(measure(args.artifact, args.threads, batches, args.measure)), flush=True)
         return
-    if "small_batch" not in json.loads((Path(args.artifact) / "edgeds.json").read_text())["graphs"]["onnx"]:
+    from edgeds.artifact import load_artifact
+
+    if load_artifact(args.artifact, verify=False).graph("onnx").small_batch is None:
         sys.exit(f"{args.artifact} has no small-batch graph: export it with --small-batch-graph")
     for round_ in range(args.rounds):
         for small_batch_max in (0, max(batches)):
-            line = subprocess.run([sys.executable, "-m", __spec__.name, args.artifact, "--threads",
-                                   str(args.threads),
-                                   "--batches", args.batches, "--measure", str(small_batch_max)],
-                                  check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            cmd = [sys.executable, "-m", __spec__.name, args.artifact, "--threads",
+                   str(args.threads), "--batches", args.batches, "--measure", str(small_batch_max)]
+            stdout = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            line = stdout.strip().splitlines()[-1]
             print(json.dumps({"round": round_ + 1, **json.loads(line)}), flush=True)
 
 

@@ -1,6 +1,7 @@
 """An offline job on one backend, against the same job split over several concurrent backends.
 
-    python -m benchmarks.design.throughput_streams ARTIFACT --streams 1,2,4 [--threads 16] [--prompts 64] [--rounds 2]
+    python -m benchmarks.design.throughput_streams ARTIFACT --streams 1,2,4 [--threads 16] \
+        [--prompts 64] [--rounds 2]
 
 N prompts of 64-512 random tokens (fixed seed), then 127 greedy decode steps, on S ONNX Runtime
 backends of threads/S threads each, every backend taking N/S prompts in its own Python thread

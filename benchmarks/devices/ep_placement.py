@@ -1,6 +1,7 @@
 """Which execution provider runs each operator of an artifact's ONNX graph.
 
-    python -m benchmarks.devices.ep_placement ARTIFACT --providers CUDAExecutionProvider,CPUExecutionProvider
+    python -m benchmarks.devices.ep_placement ARTIFACT \
+        --providers CUDAExecutionProvider,CPUExecutionProvider
 
 ONNX Runtime gives a node to the first provider in the list that has a kernel for it; the rest
 fall back to the CPU, with copies between devices at every boundary. On a Jetson that decides

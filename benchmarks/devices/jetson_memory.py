@@ -23,7 +23,8 @@ MODELS = {
     "R1-Distill-Qwen-1.5B": "deepseek-r1-distill-qwen-1.5b.json",
     "R1-Distill-Qwen-7B": "deepseek-r1-distill-qwen-7b.json",
     "R1-Distill-Llama-8B": "deepseek-r1-distill-llama-8b.json",
-    "R1-Distill-Qwen-14B": {  # Qwen2.5-14B's shapes (its config.json on the Hub); not in the reference
+    # Qwen2.5-14B's shapes (its config.json on the Hub); not in the reference
+    "R1-Distill-Qwen-14B": {
         "hidden_size": 5120,
         "num_hidden_layers": 48,
         "num_attention_heads": 40,

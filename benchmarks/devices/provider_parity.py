@@ -1,6 +1,7 @@
 """One artifact on two ONNX Runtime providers: do their logits agree, prefill and decode?
 
-    python -m benchmarks.devices.provider_parity ARTIFACT --providers CUDAExecutionProvider --against CPUExecutionProvider
+    python -m benchmarks.devices.provider_parity ARTIFACT --providers CUDAExecutionProvider \
+        --against CPUExecutionProvider
 
 Two prompts of different lengths in one batch (so per-sequence lengths matter), then
 teacher-forced decode steps on the tokens the first provider picks: the largest logit

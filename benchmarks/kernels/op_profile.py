@@ -1,6 +1,7 @@
 """Where a prefill call and a decode step spend their time, by ONNX operator type (ORT profiler).
 
-    python -m benchmarks.kernels.op_profile ARTIFACT [--threads 2] [--prompts 1x512,4x128] [--batches 1,16] [--context 64]
+    python -m benchmarks.kernels.op_profile ARTIFACT [--threads 2] [--prompts 1x512,4x128] \
+        [--batches 1,16] [--context 64]
 
 For each phase: wall time of the call, and each op type's share of the summed node time
 (nodes run one after another here: inter-op threads are 1), so quantize/rescale nodes,

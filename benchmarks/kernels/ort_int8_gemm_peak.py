@@ -3,8 +3,8 @@ of `--weights int8`) on the 1.5B MLP shape (K=1536, N=8960) at 1-2048 rows, in T
 
     THREADS=16 python -m benchmarks.kernels.ort_int8_gemm_peak
 
-Compare with the CPU's own peak (`benchmarks/kernels/int8_peak.c` for AVX-512 VNNI): it tells whether a
-slow prefill is the kernel's ceiling or the graph around it.
+Compare with the CPU's own peak (`benchmarks/kernels/int8_peak.c` for AVX-512 VNNI): it tells
+whether a slow prefill is the kernel's ceiling or the graph around it.
 """
 import ctypes
 import os
@@ -39,7 +39,8 @@ g = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", T.UINT8, 
                                    numpy_helper.from_array(sc, "ws"),
                                    numpy_helper.from_array(np.array(128, np.uint8), "azp")])
 m = helper.make_model(g,
-                      opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)], ir_version=10)
+                      opset_imports=[helper.make_opsetid("", 21),
+                                     helper.make_opsetid("com.microsoft", 1)], ir_version=10)
 for thr in (int(os.environ.get("THREADS", "16")),):
     so = ort.SessionOptions(); so.intra_op_num_threads = thr
     s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])

@@ -1,7 +1,8 @@
 """ONNX Runtime's int8 weight kernels on one matmul shape (K=1536, N=8960: the 1.5B MLP).
 
     python -m benchmarks.kernels.ort_int8_kernels           # one matmul, weights in cache
-    python -m benchmarks.kernels.ort_int8_kernels --chain   # 48 of them (1.3 GB of weights): memory-bound like a model
+    python -m benchmarks.kernels.ort_int8_kernels --chain   # 48 of them (1.3 GB of weights):
+                                                            # memory-bound like a model
 
 MatMulNBits (8-bit, block 128) at accuracy levels 0 and 4, and DynamicQuantizeMatMul
 (per-column int8 weights, activations quantized per tensor), at M = 1, 8, 32, 128 rows, 2 threads.

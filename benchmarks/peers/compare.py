@@ -1,7 +1,7 @@
 """edgeds beside the runtimes users would pick instead, in one run, on one model.
 
-    python -m benchmarks.peers.compare --peer-python /tmp/peers/bin/python   # R1-Distill-Qwen-1.5B shape
-    python -m benchmarks.peers.compare --quick                               # a smoke run
+    python -m benchmarks.peers.compare --peer-python /tmp/peers/bin/python  # R1-Distill-Qwen-1.5B
+    python -m benchmarks.peers.compare --quick                              # a smoke run
 
 Peers (optional; install them in their own environment, never with edgeds): OpenVINO GenAI on
 an optimum-intel INT8 export, onnxruntime-genai (its model builder, int8), llama.cpp Q8_0
@@ -48,11 +48,13 @@ def read_bandwidth_gb_s(threads: int, size_mb: int = 1024) -> float:
 
 def export_suffix(kv_cache: str, small_batch: bool = False) -> str:
     """What an edgeds export has besides its weights: "-kv-float16", "-small-batch", ..."""
-    return ("" if kv_cache == "float32" else f"-kv-{kv_cache}") + ("-small-batch" if small_batch else "")
+    kv = "" if kv_cache == "float32" else f"-kv-{kv_cache}"
+    return kv + ("-small-batch" if small_batch else "")
 
 
 def variant_tag(weights: str, kv_cache: str, small_batch: bool = False) -> str:
-    """What names an edgeds export other than the default: "-int8-wo", "-kv-float16", "-small-batch", ..."""
+    """What names an edgeds export other than the default: "-int8-wo", "-kv-float16",
+    "-small-batch", ..."""
     return ("" if weights == "int8" else f"-{weights}") + export_suffix(kv_cache, small_batch)
 
 
@@ -95,7 +97,8 @@ def prepare(shape: str, work: Path, peer_python: str | None, peers: list[str],
     paths["onnxruntime-genai"] = str(og)
     gguf = work / f"{shape}-q8_0.gguf"
     if "llama.cpp-q8_0" in peers and not gguf.exists():
-        subprocess.run([py, str(Path(__file__).with_name("gguf_writer.py")), str(src), str(gguf), "--type", "q8_0"], check=True)
+        subprocess.run([py, str(Path(__file__).with_name("gguf_writer.py")), str(src), str(gguf),
+                        "--type", "q8_0"], check=True)
     paths["llama.cpp-q8_0"] = str(gguf)
     return paths
 
@@ -130,14 +133,17 @@ def merge_rounds(runs: list[dict]) -> dict:
     row["offline_errors"] = {b: msg for r in runs for b, msg in r.get("offline_errors", {}).items()}
     for batch in sorted({b for r in runs for b in r["offline_tok_s"]}, key=int):
         vals = [r["offline_tok_s"][batch] for r in runs if batch in r["offline_tok_s"]]
-        row["offline_tok_s"][batch], spread[f"offline@{batch}"] = float(np.median(vals)), (min(vals), max(vals))
-    row["best_batch"] = max(row["offline_tok_s"], key=row["offline_tok_s"].get) if row["offline_tok_s"] else None
+        row["offline_tok_s"][batch] = float(np.median(vals))
+        spread[f"offline@{batch}"] = (min(vals), max(vals))
+    offline = row["offline_tok_s"]
+    row["best_batch"] = max(offline, key=offline.get) if offline else None
     row["rounds"], row["spread"] = len(runs), spread
     return row
 
 
 def _with_range(value: float, span: tuple[float, float] | None, fmt: str) -> str:
-    return format(value, fmt) + (f" ({format(span[0], fmt)}-{format(span[1], fmt)})" if span else "")
+    return format(value, fmt) + (f" ({format(span[0], fmt)}-{format(span[1], fmt)})"
+                                 if span else "")
 
 
 def _cell(r: dict, key: str, fmt: str) -> str:
@@ -166,9 +172,11 @@ def report(results: list[dict], machine: str, threads: int, bandwidth: float, we
         off = "not run"
         if r["offline_tok_s"]:
             b = max(r["offline_tok_s"], key=r["offline_tok_s"].get)
-            off = f"{_with_range(r['offline_tok_s'][b], r.get('spread', {}).get(f'offline@{b}'), '.1f')} @ {b}"
+            span = r.get("spread", {}).get(f"offline@{b}")
+            off = f"{_with_range(r['offline_tok_s'][b], span, '.1f')} @ {b}"
         bw = r["decode_tok_s_batch1"] * weights_gb if r["decode_tok_s_batch1"] else 0
-        name = f"{r['runtime']} ({r['profile']} profile, {r['backend']})" if "backend" in r else r["runtime"]
+        name = (f"{r['runtime']} ({r['profile']} profile, {r['backend']})" if "backend" in r
+                else r["runtime"])
         if r.get("rounds", 1) > 1:
             name += f", median of {r['rounds']} rounds"
         lines.append(f"| {name} | {_cell(r, 'load_s', '.2f')} | {_cell(r, 'ttft_s', '.3f')} | "
@@ -179,14 +187,16 @@ def report(results: list[dict], machine: str, threads: int, bandwidth: float, we
     if failed:
         lines += ["", *[f"- {line}" for line in failed]]
     if ours and peers:
-        b_dec, b_ttft, b_load = best("decode_tok_s_batch1"), best("ttft_s", low=True), best("load_s", low=True)
+        b_dec = best("decode_tok_s_batch1")
+        b_ttft, b_load = best("ttft_s", low=True), best("load_s", low=True)
         b_off = max(max(r["offline_tok_s"].values()) for r in peers if r["offline_tok_s"])
         lines += ["",
                   "Ratios to the best peer (higher is better for speed; lower for TTFT and load):",
                   "", "| runtime | batch-1 decode | offline throughput | TTFT | load |",
                   "|---|---|---|---|---|"]
         for edg in ours:
-            off = f"{max(edg['offline_tok_s'].values()) / b_off:.2f}x" if edg["offline_tok_s"] else "not run"
+            off = (f"{max(edg['offline_tok_s'].values()) / b_off:.2f}x" if edg["offline_tok_s"]
+                   else "not run")
             lines.append(f"| {edg['runtime']} | "
                          f"{edgeds_val(edg, 'decode_tok_s_batch1') / b_dec:.2f}x | "
                          f"{off} | {edg['ttft_s'] / b_ttft:.2f}x | {edg['load_s'] / b_load:.2f}x |")
@@ -227,7 +237,8 @@ def main() -> None:
                     help="a config name in shared/reference/configs, or a checkpoint folder")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--peers",
-                    default="edgeds,openvino-genai,onnxruntime-genai,llama.cpp-q8_0,transformers-fp32")
+                    default="edgeds,openvino-genai,onnxruntime-genai,llama.cpp-q8_0,"
+                            "transformers-fp32")
     ap.add_argument("--peer-python", default=None,
                     help="python of the environment that has the peers")
     ap.add_argument("--batches", default="1,4,8,16",
@@ -266,8 +277,8 @@ def main() -> None:
             for kv in (kv_caches if name.startswith("edgeds") else ("",))]  # (row, runner)
     if args.prepare_only:
         return
-    vocab = min(100_000,
-                json.loads((Path(paths['transformers-fp32']) / 'config.json').read_text())['vocab_size'])
+    config = json.loads((Path(paths["transformers-fp32"]) / "config.json").read_text())
+    vocab = min(100_000, config["vocab_size"])
     batches = [int(b) for b in args.batches.split(",") if b != "none"]
     results = []
     reused = [n for n in args.reuse.split(",") if n]
@@ -291,7 +302,8 @@ def main() -> None:
             if res:
                 runs.setdefault(name, []).append(res)
                 if args.rounds > 1:
-                    out.with_suffix(f".round{round_ + 1}.json").write_text(json.dumps(res, indent=2))
+                    round_file = out.with_suffix(f".round{round_ + 1}.json")
+                    round_file.write_text(json.dumps(res, indent=2))
                 out.write_text(json.dumps(merge_rounds(runs[name]), indent=2))
                 print(json.dumps(res), flush=True)
     results += [merge_rounds(r) for r in runs.values()]

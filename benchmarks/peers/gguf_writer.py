@@ -2,8 +2,8 @@
 
     python -m benchmarks.peers.gguf_writer SRC_DIR OUT.gguf [--type q8_0|f32]
 
-The llama.cpp peer of benchmarks/peers/compare.py must run the same (random-weight) checkpoint as the
-other peers, and llama.cpp's own converter is not at hand, so this is a small one written on the
+The llama.cpp peer of benchmarks/peers/compare.py must run the same (random-weight) checkpoint as
+the other peers, and llama.cpp's own converter is not at hand, so this is a small one written on the
 `gguf` package's GGUFWriter. It covers what the benchmark shapes need and nothing more: dense
 Qwen2ForCausalLM / LlamaForCausalLM decoders without rope scaling, with a byte-level BPE
 tokenizer.json. benchmarks/peers/check_gguf.py checks its output against transformers.
@@ -65,11 +65,13 @@ def rope_interleave(w: np.ndarray, heads: int) -> np.ndarray:
 
 def tokenizer_kv(w: gguf.GGUFWriter, src: Path, vocab_size: int, config: dict,
                  pre: str | None) -> str:
-    """tokenizer.json (byte-level BPE) -> llama.cpp's "gpt2" tokenizer keys. Returns the pre-tokenizer name."""
+    """tokenizer.json (byte-level BPE) -> llama.cpp's "gpt2" tokenizer keys. Returns the
+    pre-tokenizer name."""
     tok = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
     model = tok["model"]
     if model["type"] != "BPE":
-        raise ValueError(f"tokenizer.json model {model['type']!r}: only byte-level BPE is supported")
+        raise ValueError(
+            f"tokenizer.json model {model['type']!r}: only byte-level BPE is supported")
     text = {i: t for t, i in model["vocab"].items()}
     types = {i: gguf.TokenType.NORMAL for i in text}
     for a in tok.get("added_tokens", []):
@@ -86,7 +88,8 @@ def tokenizer_kv(w: gguf.GGUFWriter, src: Path, vocab_size: int, config: dict,
 
     if pre is None:
         # llama.cpp picks its pre-tokenizer regex by name, not from tokenizer.json: recognise the
-        # families these checkpoints ship (DeepSeek-V3's, Qwen2's, Llama 3's) by a piece of their regex.
+        # families these checkpoints ship (DeepSeek-V3's, Qwen2's, Llama 3's) by a piece of their
+        # regex.
         regex = json.dumps(tok.get("pre_tokenizer"))  # regex backslashes appear doubled here
         pre = ("deepseek-v3" if r"\\p{N}{1,3}" in regex and r"\u4e00-\u9fa5" in regex
                else "qwen2" if r"\\p{L}+|\\p{N}|" in regex
@@ -130,12 +133,14 @@ def convert(src: Path, out: Path, qtype_name: str = "q8_0", pre: str | None = No
     arch = ARCHS.get((config.get("architectures") or [""])[0])
     if arch is None:
         raise ValueError(f"architecture {config.get('architectures')}: supported are {list(ARCHS)}")
-    # Plain rope only. transformers 5 writes rope_parameters (with rope_theta inside); older, rope_scaling.
+    # Plain rope only. transformers 5 writes rope_parameters (with rope_theta inside); older,
+    # rope_scaling.
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     if rope.get("rope_type", rope.get("type", "default")) != "default":
         raise ValueError(f"rope scaling {rope} is not supported")
     rope_theta = float(config.get("rope_theta") or rope.get("rope_theta") or 10000.0)
-    qtype = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "f32": gguf.GGMLQuantizationType.F32}[qtype_name]
+    qtype = {"q8_0": gguf.GGMLQuantizationType.Q8_0,
+             "f32": gguf.GGMLQuantizationType.F32}[qtype_name]
     heads, hidden = config["num_attention_heads"], config["hidden_size"]
     kv_heads = config.get("num_key_value_heads", heads)
     head_dim = config.get("head_dim") or hidden // heads
@@ -172,15 +177,19 @@ def convert(src: Path, out: Path, qtype_name: str = "q8_0", pre: str | None = No
                 if name is None:
                     continue
                 shape = tuple(st.get_slice(hf).get_shape())
-                # Matrices are quantized; norms and biases (1-D) stay F32, as llama.cpp's Q8_0 files do.
-                t = qtype if len(shape) == 2 and shape[-1] % 32 == 0 else gguf.GGMLQuantizationType.F32
+                # Matrices are quantized; norms and biases (1-D) stay F32, as llama.cpp's Q8_0
+                # files do.
+                matrix = len(shape) == 2 and shape[-1] % 32 == 0
+                t = qtype if matrix else gguf.GGMLQuantizationType.F32
                 plan.append((f, hf, name, shape, t))
     if config.get("tie_word_embeddings") and any(p[2] == "output.weight" for p in plan):
         # llama.cpp reuses token_embd when output is absent
         plan = [p for p in plan if p[2] != "output.weight"]
     for _, _, name, shape, t in plan:
-        nbytes = int(np.prod(gguf.quant_shape_to_byte_shape(shape, t))) if t != gguf.GGMLQuantizationType.F32 \
-            else int(np.prod(shape)) * 4
+        if t != gguf.GGMLQuantizationType.F32:
+            nbytes = int(np.prod(gguf.quant_shape_to_byte_shape(shape, t)))
+        else:
+            nbytes = int(np.prod(shape)) * 4
         w.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=t)
 
     w.write_header_to_file()

@@ -1,7 +1,8 @@
 """One runner per runtime: load a model, then time first tokens, decode and offline batches.
 
 Each runner takes token ids (never text), so every runtime does exactly the same work, and
-ignores EOS. Run one runner per process (`python -m benchmarks.peers.runners NAME ...`) so peak RSS is its own.
+ignores EOS. Run one runner per process (`python -m benchmarks.peers.runners NAME ...`) so peak
+RSS is its own.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class Runner:
                    for i in range(0, len(prompts), batch))
 
     def generate(self, prompts: list[np.ndarray], new_tokens: int) -> tuple[float, int]:
-        """Generate new_tokens for each prompt as one batch; returns (time to first token, tokens)."""
+        """Generate new_tokens for each prompt as one batch; returns (time to first token,
+        tokens)."""
         raise NotImplementedError
 
 

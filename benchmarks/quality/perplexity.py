@@ -1,7 +1,7 @@
 """Held-out perplexity and top-1 agreement: transformers fp32 against every export.
 
-    python -m benchmarks.quality.perplexity                       # both reference models, full sample
-    python -m benchmarks.quality.perplexity --windows 4 --seq 128 # a short slice (what CI runs)
+    python -m benchmarks.quality.perplexity                  # both reference models, full sample
+    python -m benchmarks.quality.perplexity --windows 4 --seq 128  # a short slice (what CI runs)
     python -m benchmarks.quality.perplexity --text jinja2 click --windows 60 --out quality-spread
 
 For each reference model in benchmarks/reference_models/, the held-out sample (files of the
@@ -28,7 +28,8 @@ from benchmarks import REFERENCE_MODELS, RESULTS
 MODELS = REFERENCE_MODELS
 
 
-def windows_of(checkpoint: Path, count: int, seq: int, packages: list[str] | None = None) -> np.ndarray:
+def windows_of(checkpoint: Path, count: int, seq: int,
+               packages: list[str] | None = None) -> np.ndarray:
     """`count` windows of `seq` tokens: the first ones of the model's held-out sample, or with
     `packages` spread evenly over those packages' sources (every .py file, in path order, one
     token stream), so that no one file or region decides the score."""
@@ -67,7 +68,8 @@ def text_note(packages: list[str] | None) -> str:
         return "held-out stdlib files"
     from importlib.metadata import version
 
-    return "sources of " + ", ".join(f"{p} {version(p)}" for p in packages) + ", windows spread evenly"
+    return ("sources of " + ", ".join(f"{p} {version(p)}" for p in packages)
+            + ", windows spread evenly")
 
 
 def nll_and_top1(logits: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -217,7 +219,8 @@ def main() -> None:
                          kv_caches=args.kv_caches,
                          small_batch=args.small_batch_graph, packages=args.text,
                          int8_options=args.int8_options)
-    note = f"`python -m benchmarks.quality.perplexity {' '.join(sys.argv[1:])}`; {text_note(args.text)}"
+    note = (f"`python -m benchmarks.quality.perplexity {' '.join(sys.argv[1:])}`; "
+            f"{text_note(args.text)}")
     out = RESULTS
     out.mkdir(exist_ok=True)
     (out / f"{args.out}.md").write_text(to_markdown(rows, note))

@@ -117,7 +117,8 @@ def int8_model(model, parts: set[str], weight_group=None, act_group=None, act_fl
                 hooks.append(patch_expert_inputs(mod, inputs))
             elif isinstance(mod, torch.nn.Embedding) and "embedding" in parts:
                 saved[name + ".weight"] = mod.weight.detach().clone()
-                table = mod.weight.half().float() if embedding_float16 else fake_int8_rows(mod.weight)
+                table = (mod.weight.half().float() if embedding_float16
+                         else fake_int8_rows(mod.weight))
                 mod.weight.copy_(table)  # per row: a row is one token's vector
     try:
         yield model
@@ -233,7 +234,8 @@ def onnx_routes(checkpoint: Path, wins: np.ndarray, weights: str, accuracy_level
         m = onnx.load(str(art / "model.onnx"), load_external_data=False)
         topk = [n.output[1] for n in m.graph.node if n.name.endswith("/router/topk")]
         for name in topk:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, None))
+            m.graph.output.append(
+                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, None))
         onnx.save(m, str(art / "routes.onnx"))
         sess = ort.InferenceSession(str(art / "routes.onnx"), providers=["CPUExecutionProvider"])
         feeds = {i.name: i for i in sess.get_inputs()}
@@ -267,7 +269,8 @@ def _torch(a):
 
 def score(ref_logits, logits, wins, ref_routes, routes) -> dict:
     ref_nll, ref_top1 = map(np.concatenate,
-                            zip(*(nll_and_top1(r, w) for r, w in zip(ref_logits, wins, strict=True)), strict=True))
+                            zip(*(nll_and_top1(r, w)
+                                  for r, w in zip(ref_logits, wins, strict=True)), strict=True))
     nll, top1 = map(np.concatenate,
                     zip(*(nll_and_top1(q, w) for q, w in zip(logits, wins, strict=True)),
                         strict=True))
@@ -304,7 +307,8 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--no-onnx", action="store_true", help="the simulation only")
     ap.add_argument("--no-parts", action="store_true",
-                    help="only all parts INT8, with its own and with fp32 routing (no part by part)")
+                    help="only all parts INT8, with its own and with fp32 routing (no part by "
+                         "part)")
     ap.add_argument("--variants", action="store_true",
                     help="also every part INT8 under each of SCHEMES (group scales, float "
                     "activations), and the int8-wo export with float activations")
@@ -326,7 +330,8 @@ def main() -> None:
     rows = []
     for label, parts, forced, scheme in configs:
         logits, routes = run(model, wins, parts, ref_routes if forced else None, scheme)
-        rows.append({"int8": label, "source": "torch simulation"} | score(ref_logits, logits, wins, ref_routes, routes))
+        rows.append({"int8": label, "source": "torch simulation"}
+                    | score(ref_logits, logits, wins, ref_routes, routes))
         print(json.dumps(rows[-1]), flush=True)
     if not args.no_onnx:
         exports = [(w, None) for w in (("int8",) if args.no_parts else ("fp32", "int8", "int8-wo"))]

@@ -108,7 +108,8 @@ def attach_bias_updates(model, rate: float = 1e-3):
     def hook(module, _inputs, output):
         idx = next(t for t in output if isinstance(t, torch.Tensor)
                    and t.dtype in (torch.int64, torch.int32))
-        loads[module] = loads.get(module, 0) + torch.bincount(idx.flatten(), minlength=module.e_score_correction_bias.numel())
+        experts = module.e_score_correction_bias.numel()
+        loads[module] = loads.get(module, 0) + torch.bincount(idx.flatten(), minlength=experts)
 
     routers = [m for m in model.modules() if hasattr(m, "e_score_correction_bias")]
     for r in routers:
@@ -140,7 +141,8 @@ def train_model(name: str, cfg: dict, train_ids: np.ndarray, held_ids: np.ndarra
     warmup = max(steps // 30, 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda s: min(1, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+        lambda s: min(1, (s + 1) / warmup)
+        * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
     data = torch.from_numpy(train_ids.astype(np.int64))
     curve, t0 = [], time.time()
     model.train()
