@@ -310,12 +310,12 @@ def main() -> None:
     if args.no_report:
         return
     machine = args.machine or f"{platform.machine()}-{args.threads}t"
+    from edgeds.artifact import load_artifact
     from edgeds.memory_budget import decode_read_bytes
 
-    manifest = json.loads((Path(paths["edgeds"
-                                      + variant_tag(args.weights, kv_caches[0],
-                                                    args.small_batch_graph)])
-                           / "edgeds.json").read_text())
+    # The typed manifest (decode_read_bytes reads its records, not the JSON)
+    export = paths["edgeds" + variant_tag(args.weights, kv_caches[0], args.small_batch_graph)]
+    manifest = load_artifact(export, verify=False).manifest
     weights_gb = decode_read_bytes(manifest, "onnx") / 1e9  # the 1.5B shape is dense
     note = (f"`python -m benchmarks.peers.compare {' '.join(sys.argv[1:])}`; shape {args.shape}, "
             "random weights; "
