@@ -148,24 +148,30 @@ def command(
                           threads=threads or None, context=context or None,
                           prefix_cache=prefix_cache or not no_prefix_cache,
                           prefix_cache_size=store_bytes)
-            d = engine.describe()
-            batch = engine.batch_for(batch_size or None)
-            typer.echo(f"edgeds: profile {d['profile']}, backend {d['backend']} "
-                       f"({', '.join(d['providers'])}), {d['threads']} threads, batch {batch}, "
-                       f"context {d['context']} ({d['context_source']})", err=True)
-            if engine.kv_tokens is not None:
-                typer.echo(f"edgeds: KV cache in blocks: {engine.memory_note()}", err=True)
-            for line in d["advice"]:
-                typer.echo(f"edgeds: note: {line}", err=True)
-            if batch_size and batch < batch_size:
-                typer.echo(f"edgeds: --batch-size {batch_size} lowered to {batch}: "
-                           f"{engine.cap_reason()}", err=True)
-            if out.resumable:
-                typer.echo(f"edgeds: resuming {output}: {out.resumable} records in it", err=True)
+            _announce(engine, batch_size, out, output)
             stats = run_job(engine, opts, out, metrics=publisher)
         return _finish(stats, metrics)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _announce(engine, batch_size: int, out, output: str) -> None:
+    """What the job runs with, on stderr before it starts: profile, backend, batch, context,
+    the cache's memory, advice, a lowered --batch-size and a resume."""
+    d = engine.describe()
+    batch = engine.batch_for(batch_size or None)
+    typer.echo(f"edgeds: profile {d['profile']}, backend {d['backend']} "
+               f"({', '.join(d['providers'])}), {d['threads']} threads, batch {batch}, "
+               f"context {d['context']} ({d['context_source']})", err=True)
+    if engine.kv_tokens is not None:
+        typer.echo(f"edgeds: KV cache in blocks: {engine.memory_note()}", err=True)
+    for line in d["advice"]:
+        typer.echo(f"edgeds: note: {line}", err=True)
+    if batch_size and batch < batch_size:
+        typer.echo(f"edgeds: --batch-size {batch_size} lowered to {batch}: "
+                   f"{engine.cap_reason()}", err=True)
+    if out.resumable:
+        typer.echo(f"edgeds: resuming {output}: {out.resumable} records in it", err=True)
 
 
 def _run_on_ray(opts, out, artifact, address, workers, threads, profile, backend, device,
