@@ -3,7 +3,8 @@
 Tensors are generated and saved shard by shard, so even the 7B shape needs only one shard in
 memory. Used to measure export at real sizes without downloading anything.
 
-    python -m benchmarks.random_checkpoint ../shared/reference/configs/deepseek-r1-distill-qwen-7b.json /tmp/r1-7b
+    python -m benchmarks.random_checkpoint \
+        ../shared/reference/configs/deepseek-r1-distill-qwen-7b.json /tmp/r1-7b
 """
 
 from __future__ import annotations
@@ -21,32 +22,39 @@ SHARD_BYTES = 4 << 30
 def mla_shapes(c: dict) -> dict[str, tuple[int, ...]]:
     """DeepSeek-V2/V3 tensor names and shapes (routed experts stored one by one, as published)."""
     h, heads = c["hidden_size"], c["num_attention_heads"]
-    dn, dr, dv, lat = c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"], c["kv_lora_rank"]
+    dn, dr = c["qk_nope_head_dim"], c["qk_rope_head_dim"]
+    dv, lat = c["v_head_dim"], c["kv_lora_rank"]
     q_lora, e, inter = c.get("q_lora_rank"), c["n_routed_experts"], c["moe_intermediate_size"]
     shapes = {"model.embed_tokens.weight": (c["vocab_size"], h)}
     for i in range(c["num_hidden_layers"]):
         p, a, m = f"model.layers.{i}", f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
-        shapes |= {f"{p}.input_layernorm.weight": (h,), f"{p}.post_attention_layernorm.weight": (h,)}
+        shapes |= {f"{p}.input_layernorm.weight": (h,),
+                   f"{p}.post_attention_layernorm.weight": (h,)}
         if q_lora:
             shapes |= {f"{a}.q_a_proj.weight": (q_lora, h), f"{a}.q_a_layernorm.weight": (q_lora,),
                        f"{a}.q_b_proj.weight": (heads * (dn + dr), q_lora)}
         else:
             shapes[f"{a}.q_proj.weight"] = (heads * (dn + dr), h)
-        shapes |= {f"{a}.kv_a_proj_with_mqa.weight": (lat + dr, h), f"{a}.kv_a_layernorm.weight": (lat,),
-                   f"{a}.kv_b_proj.weight": (heads * (dn + dv), lat), f"{a}.o_proj.weight": (h, heads * dv)}
+        shapes |= {f"{a}.kv_a_proj_with_mqa.weight": (lat + dr, h),
+                   f"{a}.kv_a_layernorm.weight": (lat,),
+                   f"{a}.kv_b_proj.weight": (heads * (dn + dv), lat),
+                   f"{a}.o_proj.weight": (h, heads * dv)}
         if i < c.get("first_k_dense_replace", 0):
-            shapes |= {f"{m}.gate_proj.weight": (c["intermediate_size"], h), f"{m}.up_proj.weight": (c["intermediate_size"], h),
+            shapes |= {f"{m}.gate_proj.weight": (c["intermediate_size"], h),
+                       f"{m}.up_proj.weight": (c["intermediate_size"], h),
                        f"{m}.down_proj.weight": (h, c["intermediate_size"])}
             continue
         shapes[f"{m}.gate.weight"] = (e, h)
         if c["model_type"] == "deepseek_v3":
             shapes[f"{m}.gate.e_score_correction_bias"] = (e,)
         for j in range(e):
-            shapes |= {f"{m}.experts.{j}.gate_proj.weight": (inter, h), f"{m}.experts.{j}.up_proj.weight": (inter, h),
+            shapes |= {f"{m}.experts.{j}.gate_proj.weight": (inter, h),
+                       f"{m}.experts.{j}.up_proj.weight": (inter, h),
                        f"{m}.experts.{j}.down_proj.weight": (h, inter)}
         shared = inter * c.get("n_shared_experts", 0)
         if shared:
-            shapes |= {f"{m}.shared_experts.gate_proj.weight": (shared, h), f"{m}.shared_experts.up_proj.weight": (shared, h),
+            shapes |= {f"{m}.shared_experts.gate_proj.weight": (shared, h),
+                       f"{m}.shared_experts.up_proj.weight": (shared, h),
                        f"{m}.shared_experts.down_proj.weight": (h, shared)}
     shapes["model.norm.weight"] = (h,)
     if not c.get("tie_word_embeddings", False):
@@ -66,13 +74,16 @@ def tensor_shapes(c: dict) -> dict[str, tuple[int, ...]]:
         p = f"model.layers.{i}"
         shapes |= {
             f"{p}.input_layernorm.weight": (h,), f"{p}.post_attention_layernorm.weight": (h,),
-            f"{p}.self_attn.q_proj.weight": (heads * d, h), f"{p}.self_attn.k_proj.weight": (kv * d, h),
-            f"{p}.self_attn.v_proj.weight": (kv * d, h), f"{p}.self_attn.o_proj.weight": (h, heads * d),
+            f"{p}.self_attn.q_proj.weight": (heads * d, h),
+            f"{p}.self_attn.k_proj.weight": (kv * d, h),
+            f"{p}.self_attn.v_proj.weight": (kv * d, h),
+            f"{p}.self_attn.o_proj.weight": (h, heads * d),
             f"{p}.mlp.gate_proj.weight": (inter, h), f"{p}.mlp.up_proj.weight": (inter, h),
             f"{p}.mlp.down_proj.weight": (h, inter),
         }
         if bias:
-            shapes |= {f"{p}.self_attn.q_proj.bias": (heads * d,), f"{p}.self_attn.k_proj.bias": (kv * d,),
+            shapes |= {f"{p}.self_attn.q_proj.bias": (heads * d,),
+                       f"{p}.self_attn.k_proj.bias": (kv * d,),
                        f"{p}.self_attn.v_proj.bias": (kv * d,)}
     shapes["model.norm.weight"] = (h,)
     if not c.get("tie_word_embeddings", False):
@@ -84,7 +95,8 @@ def random_tensor(name: str, shape: tuple[int, ...], gen):
     import torch
 
     if len(shape) == 1 and "correction_bias" not in name:
-        return torch.ones(shape, dtype=torch.bfloat16) if "norm" in name else torch.zeros(shape, dtype=torch.bfloat16)
+        fill = torch.ones if "norm" in name else torch.zeros
+        return fill(shape, dtype=torch.bfloat16)
     return (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
 
 
@@ -136,7 +148,8 @@ def write_checkpoint(config_path: Path, out: Path, tokenizer_dir: Path | None = 
         flush()
     if threads > 1:
         pool.shutdown()
-    index = {"metadata": {"total_size": sum((out / s).stat().st_size for s in shards)}, "weight_map": weight_map}
+    index = {"metadata": {"total_size": sum((out / s).stat().st_size for s in shards)},
+             "weight_map": weight_map}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     (out / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": config.get("bos_token_id"), "eos_token_id": config.get("eos_token_id")}))
