@@ -1,5 +1,6 @@
 """The native dense decoder at depth: positions past 4,096 against transformers (plain and yarn
-rope), its blocked KV cache, and attention that is bit for bit the same whether a prompt is
+rope; float32 and float16
+caches), its blocked KV cache, and attention that is bit for bit the same whether a prompt is
 prefilled whole or in chunks, alone or in a batch of 64, decoded split over threads or not."""
 
 from __future__ import annotations
@@ -36,21 +37,24 @@ def deep(tmp_path_factory):
 
     root, cache = tmp_path_factory.mktemp("deep"), {}
 
-    def get(rope: str):
+    def get(rope: str, kv_cache: str = "float32"):
         if rope not in cache:
-            ck = make_checkpoint(root / f"ck-{rope}", "qwen2", seed=2, max_position_embeddings=8192,
-                                 **ROPES[rope])
-            out = root / f"art-{rope}"
-            export_checkpoint(ck, out, formats=("onnx",), weights="int8", context=CONTEXT)
-            cache[rope] = ck, load_artifact(out)
-        return cache[rope]
+            cache[rope] = make_checkpoint(root / f"ck-{rope}", "qwen2", seed=2,
+                                          max_position_embeddings=8192, **ROPES[rope])
+        if (rope, kv_cache) not in cache:
+            out = root / f"art-{rope}-{kv_cache}"
+            export_checkpoint(cache[rope], out, formats=("onnx",), weights="int8", context=CONTEXT,
+                              kv_cache=kv_cache)
+            cache[rope, kv_cache] = cache[rope], load_artifact(out)
+        return cache[rope, kv_cache]
 
     return get
 
 
+@pytest.mark.parametrize("kv_cache", ["float32", "float16"])
 @pytest.mark.parametrize("rope", ["plain", "yarn"])
-def test_logits_past_4096_follow_transformers(rope, deep):
-    ck, art = deep(rope)
+def test_logits_past_4096_follow_transformers(rope, kv_cache, deep):
+    ck, art = deep(rope, kv_cache)
     prompt = np.random.default_rng(7).integers(2, 320, DEEP).astype(np.int64)
     ref_prefill, ref_decode, tokens = reference_logits(load_reference(ck), prompt, 6)
     backend = NativeBackend(art, 4)  # threads > rows x KV heads (2): decode splits over keys
@@ -81,10 +85,11 @@ def test_a_long_prompt_in_chunks_gives_the_logits_of_one_call(deep, monkeypatch)
     np.testing.assert_array_equal(chunked, whole)
 
 
-def test_greedy_is_the_same_at_batch_1_and_64_at_depth(deep):
+@pytest.mark.parametrize("kv_cache", ["float32", "float16"])
+def test_greedy_is_the_same_at_batch_1_and_64_at_depth(kv_cache, deep):
     """Batch 1 decodes with its attention split over threads (flash-decoding: 4 threads, 2 KV
     heads); batch 64 one sequence per thread: the same tokens, bit for bit the same logits."""
-    _, art = deep("plain")
+    _, art = deep("plain", kv_cache)
     rng = np.random.default_rng(9)
     params = SamplingParams(max_new_tokens=5, ignore_eos=True)
     lengths = [1300, *rng.integers(3, 300, 63)]

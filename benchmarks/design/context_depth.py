@@ -4,10 +4,12 @@ targets of issue 23 are these ratios).
 
     python -m benchmarks.design.context_depth [--artifact DIR] [--threads 2] [--layers 4]
         [--decode-depths 128,4096,16384,32768] [--prefill 512,4096,16384] [--steps 32] [--rounds 3]
-        [--reference ../shared/reference] [--work /tmp/edgeds-depth] [--prepare-only]
+        [--reference ../shared/reference] [--work /tmp/edgeds-depth] [--kv-cache float32]
+        [--prepare-only]
 
 Without --artifact, the R1-Distill-Qwen-1.5B shape (--reference's config, random weights) cut to
---layers layers is written and exported (int8, context: the deepest figure's) under --work once
+--layers layers is written and exported (int8, context: the deepest figure's, --kv-cache: the
+cache's dtype, float16 halving the bytes a decode step reads at depth) under --work once
 (--prepare-only: that alone; devices/context_depth_device.sh runs both on the AMX Xeon).
 Decode: a batch-1 sequence is prefilled to the depth, then --steps decode steps are timed (the
 prefill of a length in both lists is timed too). Each figure is the best of --rounds, the rounds
@@ -31,8 +33,9 @@ CONFIG = "configs/deepseek-r1-distill-qwen-1.5b.json"  # under the reference fol
 
 
 def artifact_for(layers: int, context: int, reference: Path = SHARED_REFERENCE,
-                 work: Path = WORK) -> Path:
-    out = work / f"r1-1.5b-{layers}l-{context}"
+                 work: Path = WORK, kv_cache: str = "float32") -> Path:
+    out = work / f"r1-1.5b-{layers}l-{context}" if kv_cache == "float32" else (
+        work / f"r1-1.5b-{layers}l-{context}-{kv_cache}")
     if (out / "edgeds.json").exists():
         return out
     from benchmarks.random_checkpoint import write_checkpoint
@@ -40,7 +43,8 @@ def artifact_for(layers: int, context: int, reference: Path = SHARED_REFERENCE,
 
     ck = write_checkpoint(reference / CONFIG, work / f"ck-{layers}l",
                           reference / "deepseek-v3-tokenizer", layers=layers)
-    export_checkpoint(ck, out, formats=("onnx",), weights="int8", context=context, overwrite=True)
+    export_checkpoint(ck, out, formats=("onnx",), weights="int8", context=context, overwrite=True,
+                      kv_cache=kv_cache)
     return out
 
 
@@ -68,6 +72,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reference", type=Path, default=SHARED_REFERENCE)
     ap.add_argument("--work", type=Path, default=WORK)
+    ap.add_argument("--kv-cache", choices=("float32", "float16"), default="float32")
     ap.add_argument("--prepare-only", action="store_true")
     args = ap.parse_args()
     from edgeds.artifact import load_artifact
@@ -76,7 +81,8 @@ def main() -> None:
     depths = [int(d) for d in args.decode_depths.split(",")]
     prefills = [int(n) for n in args.prefill.split(",")]
     need = max(depths + prefills) + args.steps + 64
-    folder = args.artifact or artifact_for(args.layers, need, args.reference, args.work)
+    folder = args.artifact or artifact_for(args.layers, need, args.reference, args.work,
+                                               args.kv_cache)
     if args.prepare_only:
         print(f"artifact: {folder}")
         return
@@ -110,7 +116,8 @@ def main() -> None:
     for n in prefills:
         ratio = prefill[n] / prefill[prefills[0]]
         print(f"prefill {n}: {prefill[n]:.0f} tok/s ({ratio:.2f}x {prefills[0]})")
-    print(json.dumps({"artifact": str(art.root), "threads": args.threads, "decode_tok_s": decode,
+    print(json.dumps({"artifact": str(art.root), "threads": args.threads,
+                      "kv_cache": backend.cache_dtype.name, "decode_tok_s": decode,
                       "prefill_tok_s": prefill}))
 
 

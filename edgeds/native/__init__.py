@@ -153,6 +153,7 @@ def library() -> ctypes.CDLL:
     lib.ed_forward.argtypes = [p, i, p, p, p, i, p, p, i, p, p, i, i, i, i, p]
     lib.ed_prompt_bf16.argtypes = [p, i]
     lib.ed_prompt_tile.argtypes = [p, p, p, i, i, i, i, i, i, p]
+    lib.ed_decode_tile.argtypes = [p, p, p, i, i, i, i, i, i, p]
     lib.em_new.restype = p
     lib.em_new.argtypes = [p, f, f, f, i, i]
     lib.em_uses_amx.argtypes = [p]

@@ -305,6 +305,7 @@ enum {
   SPLIT = 256, /* keys one partial softmax covers: decode work splits over these (flash-decoding) */
   TILE = 8,    /* query rows of one sequence sharing each key load (decode rows of a refill) */
   PROMPT_TILE = 16, /* the same for a prompt's rows (flash_prefill.h), times the group's heads */
+  AHEAD = 64,  /* how far ahead of its products decode prefetches keys (a block: 16-32 KB) */
 };
 
 _Static_assert((int)BLOCK == (int)KEY_BLOCK,
@@ -339,6 +340,39 @@ static inline __m512 load16(const void *base, int f16, size_t at) {
  * floats), then the peak score and the sum of exp(score - peak); STATE floats apart. */
 static inline int state_floats(const Model *m) { return m->head_dim + 16; }
 
+enum { MAX_PASS_HEADS = 6 }; /* 6 x 4 sums + 6 weights + a value: 31 of 32 registers */
+
+/* The weighted sums of `heads` consecutive heads (weights w, SPLIT floats apart, zeros past n;
+ * sums into out, ST floats apart) over the split's n keys from s0, each value loaded once for
+ * all of them. Every head's column sums add keys in order one multiply-add at a time, whatever
+ * the heads a pass holds: the bits do not depend on the pass. */
+static inline __attribute__((always_inline)) void
+values_pass(const Model *m, const Cache *c, int l, const Tile *tl, int g, int s0, int n,
+            const float *w, float *out, const int heads, const int D) {
+  const int X = D / 16, CM = heads <= 2 ? 8 : 4, ST = state_floats(m), f16 = c->f16;
+  for (int x0 = 0; x0 < X; x0 += CM) {
+    const int C = X - x0 < CM ? X - x0 : CM;
+    __m512 acc[MAX_PASS_HEADS][8];
+    for (int j = 0; j < heads; j++)
+      for (int x = 0; x < C; x++) acc[j][x] = _mm512_setzero_ps();
+    for (int b0 = s0; b0 < s0 + n; b0 += BLOCK) {
+      const void *vb = block_of(c, c->vb, tl->slot, b0);
+      const int b1 = b0 + BLOCK < s0 + n ? b0 + BLOCK : s0 + n;
+      for (int t = b0; t < b1; t++) {
+        const size_t at = in_block(m, l, g, t) + 16 * x0;
+        for (int x = 0; x < C; x++) {
+          const __m512 v = load16(vb, f16, at + 16 * x);
+          for (int j = 0; j < heads; j++)
+            acc[j][x] =
+                _mm512_fmadd_ps(_mm512_set1_ps(w[(size_t)j * SPLIT + t - s0]), v, acc[j][x]);
+        }
+      }
+    }
+    for (int j = 0; j < heads; j++)
+      for (int x = 0; x < C; x++) _mm512_storeu_ps(out + (size_t)j * ST + 16 * (x0 + x), acc[j][x]);
+  }
+}
+
 /* Split s (keys [s * SPLIT, (s + 1) * SPLIT)) of KV head g's attention for the tile's rows that
  * reach it: each row's partial state into part[(i * group + h) * STATE]. A row's arithmetic is
  * the same whatever tile holds it (its dot products, softmax and sums are its own; only the key
@@ -364,14 +398,15 @@ attend_split_impl(const Model *m, const Cache *c, int l, const Tile *tl, int g, 
         _mm512_store_ps(block + tt * D + 16 * x,
                         tt < nt ? load16(kb, elem_f16, in_block(m, l, g, t0 + tt) + 16 * x)
                                 : _mm512_setzero_ps());
-    /* The next 16 keys and these 16 keys' values on their way from memory while the products
-     * run: decode reads each once, and waited on them (the loads above took 40% of its time at
-     * 4,000 positions on one thread). */
-    const int elem = elem_f16 ? 2 : 4;
-    if (t0 + 16 < s1) {
+    /* The keys AHEAD positions on and these 16 keys' values on their way from memory while
+     * the products run: decode reads each once, and waited on them (the loads above took 40% of
+     * its time at 4,000 positions on one thread). Past the split's end too, up to the tile's:
+     * the next split's first keys come in while this one's softmax and values run. */
+    const int elem = elem_f16 ? 2 : 4, ahead = t0 + AHEAD;
+    if (ahead < last) {
       const char *next =
-          (const char *)block_of(c, c->kb, tl->slot, t0 + 16) + in_block(m, l, g, t0 + 16) * elem;
-      const int nn = s1 - t0 - 16 < 16 ? s1 - t0 - 16 : 16;
+          (const char *)block_of(c, c->kb, tl->slot, ahead) + in_block(m, l, g, ahead) * elem;
+      const int nn = last - ahead < 16 ? last - ahead : 16;
       for (int off = 0; off < nn * D * elem; off += 64) _mm_prefetch(next + off, _MM_HINT_T0);
     }
     const char *vnow =
@@ -410,35 +445,24 @@ attend_split_impl(const Model *m, const Cache *c, int l, const Tile *tl, int g, 
       float *st = part + (size_t)(i * group + h) * ST;
       st[D] = _mm512_cvtss_f32(peak), st[D + 1] = sum_of(sc, n);
     }
-    /* Two heads at a time over up to 128 columns, their sums in registers: each value load
-     * serves both heads. */
-    const size_t ld = (size_t)SPLIT;
-    for (int h = 0; h < group; h += 2) {
-      const int two = h + 1 < group;
-      const float *w0 = scores + (size_t)(i * group + h) * ld,
-                  *w1 = scores + (size_t)(i * group + h + two) * ld;
-      for (int c0 = 0; c0 < D; c0 += 128) {
-        const int C = D - c0 < 128 ? (D - c0) / 16 : 8;
-        __m512 acc[2][8];
-        for (int j = 0; j < 2; j++)
-          for (int x = 0; x < C; x++) acc[j][x] = _mm512_setzero_ps();
-        for (int b0 = s0; b0 < s0 + n; b0 += BLOCK) {
-          const void *vb = block_of(c, c->vb, tl->slot, b0);
-          const int b1 = b0 + BLOCK < s0 + n ? b0 + BLOCK : s0 + n;
-          for (int t = b0; t < b1; t++) {
-            const size_t at = in_block(m, l, g, t) + c0;
-            const __m512 p0 = _mm512_set1_ps(w0[t - s0]), p1 = _mm512_set1_ps(w1[t - s0]);
-            for (int x = 0; x < C; x++) {
-              const __m512 v = load16(vb, elem_f16, at + 16 * x);
-              acc[0][x] = _mm512_fmadd_ps(p0, v, acc[0][x]);
-              acc[1][x] = _mm512_fmadd_ps(p1, v, acc[1][x]);
-            }
-          }
-        }
-        for (int j = 0; j <= two; j++)
-          for (int x = 0; x < C; x++)
-            _mm512_storeu_ps(part + (size_t)(i * group + h + j) * ST + c0 + 16 * x, acc[j][x]);
+    /* The group's heads in as few passes as the registers allow (up to 6 heads x 64 columns
+     * of sums), so that each value is read from memory, and converted, once a pass: the
+     * values of a 256-key split are 64-128 KB, past L1, and two heads a pass read them three
+     * times for the 1.5B's six. */
+    const int passes = (group + MAX_PASS_HEADS - 1) / MAX_PASS_HEADS;
+    for (int h = 0, left = passes; h < group; left--) {
+      const int hp = (group - h + left - 1) / left; /* the heads split evenly over the passes */
+      const float *w = scores + (size_t)(i * group + h) * SPLIT;
+      float *out = part + (size_t)(i * group + h) * ST;
+      switch (hp) {
+      case 1: values_pass(m, c, l, tl, g, s0, n, w, out, 1, D); break;
+      case 2: values_pass(m, c, l, tl, g, s0, n, w, out, 2, D); break;
+      case 3: values_pass(m, c, l, tl, g, s0, n, w, out, 3, D); break;
+      case 4: values_pass(m, c, l, tl, g, s0, n, w, out, 4, D); break;
+      case 5: values_pass(m, c, l, tl, g, s0, n, w, out, 5, D); break;
+      default: values_pass(m, c, l, tl, g, s0, n, w, out, 6, D); break;
       }
+      h += hp;
     }
   }
 }
@@ -760,4 +784,40 @@ int ed_prompt_tile(const float *q, const float *k, const float *v, int blocks, i
   if (!done) prefill_tile_fma(&kv, D, group, n, p0, q, ld, out, ld, scratch);
   free(scratch);
   return 0;
+}
+
+/* Decode attention alone (attend_split, the splits merged in order), for tests against numpy:
+ * keys and values [blocks][BLOCK][D], float32 or (f16) float16, q [n][group][D] float32 at
+ * positions p0 .., out the same shape. Returns -1 for shapes the kernel does not take, -5 where
+ * memory ran out. */
+int ed_decode_tile(const float *q, const void *k, const void *v, int f16, int blocks, int n, int p0,
+                   int D, int group, float *out) {
+  if (n < 1 || n > TILE || p0 < 0 || D < 16 || D % 16 || D > MAX_HEAD_DIM || group < 1 ||
+      group > MAX_GROUP || blocks < 1 || (p0 + n - 1) / BLOCK >= blocks || blocks > 4096)
+    return -1;
+  Model m = {.layers = 1, .hidden = group * D, .heads = group, .kv_heads = 1, .head_dim = D};
+  const size_t elem = f16 ? 2 : 4, QKV = (size_t)(group + 2) * D, ST = state_floats(&m);
+  void *kp[4096], *vp[4096];
+  int32_t ids[4096];
+  for (int j = 0; j < blocks; j++)
+    kp[j] = (char *)k + (size_t)j * BLOCK * D * elem,
+    vp[j] = (char *)v + (size_t)j * BLOCK * D * elem, ids[j] = j;
+  const Cache cache = {kp, vp, ids, blocks, f16};
+  const Tile t = {0, n, 0, p0};
+  float *qkv = alloc64((size_t)n * QKV * sizeof(float));
+  float *scores = alloc64((size_t)TILE * group * SPLIT * sizeof(float));
+  float *state = alloc64((size_t)2 * TILE * group * ST * sizeof(float));
+  int rc = qkv && scores && state ? 0 : -5;
+  if (!rc) {
+    for (int i = 0; i < n; i++)
+      memcpy(qkv + i * QKV, q + (size_t)i * group * D, group * D * sizeof(float));
+    float *part = state + (size_t)TILE * group * ST;
+    for (int s = 0; s < splits_of(&t); s++) {
+      attend_split(&m, &cache, 0, &t, 0, s, qkv, scores, part);
+      merge_split(&m, &t, s, state, part);
+    }
+    write_out(&m, &t, 0, state, out);
+  }
+  free(qkv), free(scores), free(state);
+  return rc;
 }
