@@ -38,8 +38,9 @@ def test_a_peer_runs_one_batched_bench_for_batch_1_and_16(tmp_path, monkeypatch)
     monkeypatch.setattr(mc, "run_measured", fake_run)
     res = mc.measure_peer("llama.cpp", tmp_path / "m.gguf", tmp_path, 4,
                           rows=("decode_b1_128", "decode_b16_128"))
-    assert len(calls) == 1
-    args = calls[0]
+    assert len(calls) == 2  # the load time's short run, then batch 1 and 16 in one
+    assert calls[0][-3:] == ["--perf", "-lv", "4"]
+    args = calls[1]
     assert args[args.index("-npl") + 1] == "1,16"
     assert args[args.index("-c") + 1] == str(16 * (mc.PROMPT + mc.DECODE_STEPS))
     assert res["metrics"] == {"decode_b1_128": 80.0, "decode_b16_128": 256.0}

@@ -21,7 +21,8 @@
 # order) and deleted, which may make room for the next. A call starts no measurement past
 # BUDGET_S (s) less MEASURE_S and returns by BUDGET_S. Everything goes to $OUT (moe.log,
 # ENGINE-r1.json); the report is moe_compare --collect over those (REPORT=1: here, at the end).
-# LAYERS, CONFIG and the *_MIB sizes let the same steps run small, for a try on a small machine.
+# LAYERS, CONFIG and the *_MIB sizes let the same steps run small, for a try on a small machine;
+# KEEP_MODELS=1 keeps each model after its measurement (where the disk holds them all).
 set -o pipefail
 M=$(realpath "${MOE_DIR:-.carry/moe3}")
 LAYERS=${LAYERS:-27} THREADS=${THREADS:-16} BUILD=${PEERS_BUILD:-/tmp/peerbuild}
@@ -140,7 +141,7 @@ measure() {
   else
     echo 1 > "$S/$e.rc"; log "$e: no result"
   fi
-  rm -rf "$(model "$e")"  # room for the next model
+  [ "${KEEP_MODELS:-0}" = 1 ] || rm -rf "$(model "$e")"  # room for the next model
 }
 
 [ -s "$OUT/machine.txt" ] || machine > "$OUT/machine.txt"
