@@ -65,6 +65,32 @@ def profile(backend, batch: int, prompt: int, steps: int, rng) -> np.ndarray:
     return backend.profile(reset=True) / steps
 
 
+def prefill_rates(backend, lengths: list[int], rounds: int, rng) -> list[str]:
+    """Batch-1 prefill of a prompt of each length into an empty cache, `rounds` times (lengths
+    interleaved, so a burst of load elsewhere hits every length alike): per length its wall
+    tok/s and process CPU seconds per round, and the best wall tok/s against the first
+    length's (issue 23's prefill ratios: 4,096 >= 0.75x of 512, 16,384 >= 0.5x)."""
+    backend.start(1, max(lengths) + 8)
+    backend.prefill([0], [rng.integers(0, backend.vocab_size, 64)])  # warm-up
+    wall = {n: [] for n in lengths}
+    cpu = {n: [] for n in lengths}
+    for _ in range(rounds):
+        for n in lengths:
+            prompt = rng.integers(0, backend.vocab_size, n)
+            t, c = time.perf_counter(), time.process_time()
+            backend.prefill([0], [prompt])
+            wall[n].append(n / (time.perf_counter() - t))
+            cpu[n].append(time.process_time() - c)
+            print(f"prefill {n}: {wall[n][-1]:.0f} tok/s, {cpu[n][-1]:.2f} CPU s", flush=True)
+    lines = ["| prefill | tok/s per round (wall) | CPU s per round | best / first length's best |",
+             "|---|---|---|---|"]
+    for n in lengths:
+        lines.append(f"| {n} | {', '.join(f'{v:.0f}' for v in wall[n])} | "
+                     f"{', '.join(f'{v:.2f}' for v in cpu[n])} | "
+                     f"{max(wall[n]) / max(wall[lengths[0]]):.2f}x |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--layers", type=int, default=3)
@@ -75,6 +101,9 @@ def main() -> None:
     p.add_argument("--no-ort", action="store_true")
     p.add_argument("--prompts", default="128", help="the phase table's prompt lengths (depths)")
     p.add_argument("--phases-only", action="store_true", help="the phase table alone")
+    p.add_argument("--prefills", default="",
+                   help="prompt lengths (e.g. 512,4096,16384): batch-1 prefill tok/s alone")
+    p.add_argument("--rounds", type=int, default=2, help="--prefills' rounds")
     args = p.parse_args()
     from moe_compare import CONFIGS, prepare
 
@@ -110,6 +139,14 @@ def main() -> None:
     t = time.perf_counter()
     native = NativeMlaBackend(art, args.threads)
     load_native = time.perf_counter() - t
+    if args.prefills:
+        lengths = [int(n) for n in args.prefills.split(",")]
+        title = f"V2-Lite widths, {args.layers} layers, {args.threads} threads, int8, batch 1"
+        lines = [title, "", *prefill_rates(native, lengths, args.rounds, rng)]
+        print("\n".join(lines))
+        out = HERE / "results" / f"mla-profile-{args.machine}-prefill.md"
+        out.write_text("\n".join(lines) + "\n")
+        return
     runs = [("native", native)]
     if not args.no_ort:
         runs.append(

@@ -69,13 +69,19 @@ KINDS = ["deepseek_v2", "deepseek_v3", "v2-groups", "reference-v3"]
 def test_logits_follow_transformers_as_closely_as_onnxruntime(kind, mla):
     """Prefill logits at every position and 48 cached decode steps fed the reference's greedy
     tokens: as close to transformers as ONNX Runtime on the same export's graph (int8 noise may
-    flip a token's experts, so the bound is ONNX Runtime's, not a fixed one)."""
+    flip a token's experts, so the bound is ONNX Runtime's, not a fixed one). With the prompt's
+    attention on AMX-BF16 tiles (where the CPU has them) its bf16 products move a tiny random
+    model's near-tied logits more: a looser agreement bound, as the dense backend's."""
     ck, art = mla(kind)
     model = load_reference(ck)
-    errors, agree = errors_against_reference(model, NativeMlaBackend(art, 2), 48)
     ort_errors, ort_agree = errors_against_reference(model, OnnxRuntimeBackend(art, CPU, 2), 48)
-    assert max(errors) < 1.5 * max(ort_errors) + 1e-3
-    assert np.mean(agree) >= min(0.85, np.mean(ort_agree))
+    for tiles in (False, True):
+        backend = NativeMlaBackend(art, 2, prompt_tiles=tiles)
+        if tiles and not backend.prompt_tiles:
+            continue
+        errors, agree = errors_against_reference(model, backend, 48)
+        assert max(errors) < 1.5 * max(ort_errors) + 1e-3
+        assert np.mean(agree) >= min(0.85, np.mean(ort_agree)) - (0.1 if tiles else 0)
 
 
 def greedy(backend, prompt: np.ndarray, steps: int) -> tuple[list[int], list[np.ndarray]]:
@@ -103,14 +109,22 @@ def test_64_greedy_tokens_agree_with_transformers_as_onnxruntimes_do(kind, mla):
     """64 greedy tokens: at each step transformers, fed the same tokens, picks the same one as
     often as it does for the ONNX Runtime backend's greedy run of the same export. (The two runs
     need not match token for token: at a near-tie the two float summation orders may choose
-    differently, and from there the texts differ; the reference model does so after 7 tokens.)"""
+    differently, and from there the texts differ; the reference model does so after 7 tokens.)
+    The bound is float32 prompt attention's; on AMX-BF16 tiles (bf16 products) a looser one."""
     ck, art = mla(kind)
     prompt = np.random.default_rng(2).integers(2, 320, 12).astype(np.int64)
-    tokens, _ = greedy(NativeMlaBackend(art, 2), prompt, 64)
     ort_tokens, _ = greedy(OnnxRuntimeBackend(art, CPU, 2), prompt, 64)
-    agree, ort_agree = (agreement_with_transformers(ck, prompt, t) for t in (tokens, ort_tokens))
-    assert agree >= 0.85 and agree >= ort_agree - 0.05
-    assert tokens[:7] == ort_tokens[:7]
+    ort_agree = agreement_with_transformers(ck, prompt, ort_tokens)
+    for tiles in (False, True):
+        backend = NativeMlaBackend(art, 2, prompt_tiles=tiles)
+        if tiles and not backend.prompt_tiles:
+            continue
+        tokens, _ = greedy(backend, prompt, 64)
+        agree = agreement_with_transformers(ck, prompt, tokens)
+        slack = 0.1 if tiles else 0
+        assert agree >= 0.85 - slack and agree >= ort_agree - 0.05 - slack
+        if not tiles:  # bf16's rounding of the 12-token prompt's attention moves a near-tie
+            assert tokens[:7] == ort_tokens[:7]  # sooner (the tiny V3: at the fourth token)
 
 
 def test_a_row_is_bit_identical_whatever_else_is_in_the_batch(mla):

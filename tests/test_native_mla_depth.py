@@ -1,7 +1,8 @@
 """The native MLA decoder (edgeds/native/mla_moe.c) at depth: positions past 4,096 against
 transformers with yarn rope (V2: no q_lora, softmax routing; V3: q_lora, sigmoid routing),
 decode attention split over key chunks and head groups as bit for bit the same as one thread,
-prompts prefilled in one call or cut into many, alone or in a batch of 64."""
+prompts prefilled in one call or cut into many (their decompressed keys kept between calls or
+not), alone or in a batch of 64."""
 
 from __future__ import annotations
 
@@ -54,18 +55,21 @@ def logits_at_depth(backend, prompt: np.ndarray, tokens: list[int]) -> np.ndarra
     return np.concatenate(rows)
 
 
-@pytest.mark.parametrize("kind,cache", [("deepseek_v2", "float32"), ("deepseek_v3", "float32"),
-                                        ("deepseek_v2", "float16")])
-def test_logits_past_4096_follow_transformers_as_closely_as_onnxruntime(kind, cache, deep):
+@pytest.mark.parametrize("kind,cache,tiles", [("deepseek_v2", "float32", True),
+                                              ("deepseek_v3", "float32", True),
+                                              ("deepseek_v2", "float16", True),
+                                              ("deepseek_v2", "float32", False)])
+def test_logits_past_4096_follow_transformers_as_closely_as_onnxruntime(kind, cache, tiles, deep):
     """float16: the latent cache rounded to half precision (cache_dtype), read by the same
-    kernels after conversion."""
+    kernels after conversion. tiles: prompt attention on AMX-BF16 tiles where the CPU has them
+    (bf16 products), else float32 FMAs."""
     ck, art = deep(kind)
     prompt = np.random.default_rng(7).integers(2, 320, DEEP).astype(np.int64)
     ref_prefill, ref_decode, tokens = reference_logits(load_reference(ck), prompt, 6)
     ref = np.concatenate([ref_prefill[-256:], np.stack(ref_decode)])
     scale = np.abs(ref).max()
     # 3 threads > 1 row: decode attention splits over the 18 key chunks (flash-decoding).
-    backend = NativeMlaBackend(art, 3, cache_dtype=cache)
+    backend = NativeMlaBackend(art, 3, cache_dtype=cache, prompt_tiles=tiles)
     got = logits_at_depth(backend, prompt, tokens[:6])
     assert backend.latent.dtype == cache and cache in backend.cache_layout
     ort = logits_at_depth(OnnxRuntimeBackend(art, ["CPUExecutionProvider"], 2), prompt, tokens[:6])
@@ -127,3 +131,30 @@ def test_greedy_is_the_same_at_batch_1_and_64_at_depth(deep):
         [alone] = [e for e in gen.run(backend, [r], 1, CONTEXT, set())
                    if isinstance(e, gen.Finished)]
         assert alone.token_ids == batched[r.key]
+
+
+@pytest.mark.parametrize("tiles", [True, False])
+def test_keeping_a_prompts_decompressed_keys_between_calls_changes_no_bit(deep, monkeypatch,
+                                                                          tiles):
+    """A long prompt prefilled in many calls keeps its decompressed keys and values from call to
+    call (each call decompresses its own rows): the same logits, prefill and decode, as with
+    nothing kept (every call decompresses the whole prefix) and as with a budget that holds the
+    first prompt only (the second, also straddling calls, decompresses per call), beside short
+    prompts in the same calls. With either prompt attention kernel."""
+    _, art = deep("deepseek_v2")
+    rng = np.random.default_rng(12)
+    prompts = [rng.integers(2, 320, n).astype(np.int64) for n in (1300, 9, 700, 40)]
+    monkeypatch.setattr(native_backend, "PREFILL_ROWS", 200)
+    backend = NativeMlaBackend(art, 3, prompt_tiles=tiles)
+    one = backend.lib.em_kept_bytes(backend._model, 1300)
+    runs = []
+    for budget, kept in [(0, []), (one, [0]), (1 << 30, [0, 2])]:
+        backend.keep_decompressed_bytes = budget
+        backend.start(4, 1400)
+        logits = [backend.prefill([0, 1, 2, 3], prompts, every_position=True)]
+        assert backend.kept_slots == kept  # slots 1 and 3 lie in one call each
+        for tokens in ([3, 5, 7, 11], [13, 17, 19, 23], [29, 31, 37, 41]):
+            logits.append(backend.decode(np.array(tokens))[:, None].copy())
+        runs.append(np.concatenate([logits[0][:, -300:], *logits[1:]], 1))
+    np.testing.assert_array_equal(runs[1], runs[0])
+    np.testing.assert_array_equal(runs[2], runs[0])

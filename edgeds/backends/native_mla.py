@@ -15,6 +15,7 @@ decode steps this class shares."""
 from __future__ import annotations
 
 import mmap
+import os
 
 import numpy as np
 
@@ -22,11 +23,16 @@ from .. import tensor_index
 from ..artifact import Artifact
 from ..errors import ArtifactError
 from ..native import library
+from . import native
 from .native import NativeBackend, _ptr, check_threads
 from .slots import grown, loaded_rows_stop
 
 ROUTINGS = {"softmax_greedy": 0, "softmax_group_limited": 1, "sigmoid_noaux_tc": 2}
 MAX_EXPERTS, MAX_GROUPS, MAX_LORA, MAX_V = 1024, 256, 4096, 256  # mla_moe.c's stack arrays
+
+
+def physical_memory() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def unsupported(artifact: Artifact) -> str | None:
@@ -59,7 +65,8 @@ class NativeMlaBackend(NativeBackend):
 
     def __init__(self, artifact: Artifact, threads: int, use_amx: bool = True,
                  map_experts: bool = False, cache_dtype: str = "float32",
-                 absorbed_resumes: bool = False):
+                 absorbed_resumes: bool = False, keep_decompressed_bytes: int | None = None,
+                 prompt_tiles: bool = True):
         """use_amx: take the AMX tiles where the CPU and kernel grant them (calls whose rows for
         a weight reach 16; elsewhere the request fails and the VNNI kernel runs).
         map_experts: the routed experts' weights are read where they lie in the artifact's
@@ -70,7 +77,14 @@ class NativeMlaBackend(NativeBackend):
         cache_dtype: the latent cache's, float16 or float32. absorbed_resumes: a prompt's few
         new rows after many cached ones attend absorbed (`absorbs`); off by default, as it makes
         a row's arithmetic depend on whether its prefix was a prefix cache hit, which depends on
-        the batch: greedy texts at batch 1 and 64 then differ (tests/test_batch_invariance.py)."""
+        the batch: greedy texts at batch 1 and 64 then differ (tests/test_batch_invariance.py).
+        keep_decompressed_bytes: memory a prefill may hold the decompressed keys and values of
+        its prompts in while they are prefilled in several calls, so that each call decompresses
+        its own rows only, not the whole prefix again (freed when the prefill returns; None: an
+        eighth of the machine's memory, at most 8 GiB; 0: none). The same bits either way.
+        prompt_tiles: a prompt's attention on AMX-BF16 tiles where the CPU grants them (bf16
+        products of the queries and decompressed keys and values, float32 sums), else float32
+        FMAs; a process takes one kernel for every prompt row (`prompt_tiles` after says which)."""
         check_threads(threads)
         if why := unsupported(artifact):
             raise ArtifactError(f"native backend: {why}")
@@ -231,6 +245,11 @@ class NativeMlaBackend(NativeBackend):
         self.absorbed_resumes = absorbed_resumes
         lora, dn, dv = a.kv_lora_rank, a.qk_nope_head_dim, a.v_head_dim
         self._absorb_rows = lora * (dn + dv) / (2 * lora - dn - dv) if 2 * lora > dn + dv else 1e30
+        if keep_decompressed_bytes is None:
+            keep_decompressed_bytes = min(8 << 30, physical_memory() // 8)
+        self.keep_decompressed_bytes = keep_decompressed_bytes
+        self.prompt_tiles = bool(self.lib.em_set_prompt_tiles(self._model, int(prompt_tiles)))
+        self.kept_slots: list[int] = []
 
     def profile(self, reset: bool = False) -> np.ndarray:
         """Seconds spent in each phase of mla_moe.c's calls since the last reset: attention
@@ -315,9 +334,28 @@ class NativeMlaBackend(NativeBackend):
     def _prefill(self, kind: int, slots, prompts, every_position, starts) -> np.ndarray:
         self._prefill_call = kind
         try:
+            if kind == 1:
+                self._keep_straddling(slots, prompts, starts)
             return super().prefill(slots, prompts, every_position, starts)
         finally:
             self._prefill_call = 0
+            self.lib.em_drop_decompressed(self._model)
+
+    def _keep_straddling(self, slots, prompts, starts) -> None:
+        """The prompts whose rows fall in more than one of NativeBackend.prefill's calls keep
+        their decompressed keys and values from call to call, as many as the budget holds (a
+        prompt is kept whole or not at all; one not kept decompresses its prefix per call)."""
+        starts = [0] * len(prompts) if starts is None else starts
+        rows = native.PREFILL_ROWS
+        left, at = self.keep_decompressed_bytes, 0
+        self.kept_slots = []  # what the last prefill kept
+        for slot, p, s in zip(slots, prompts, starts):
+            first, at = at, at + len(p) - s
+            need = self.lib.em_kept_bytes(self._model, len(p))
+            if first // rows != (at - 1) // rows and need <= left:
+                if self.lib.em_keep_decompressed(self._model, slot, len(p)) == 0:
+                    left -= need
+                    self.kept_slots.append(slot)
 
     def _forward(
         self,

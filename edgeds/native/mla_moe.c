@@ -17,7 +17,11 @@
  *   depends on its length only, never on the thread count or the rest of the batch. Prefill
  *   calls decompress each slot's cached latent into per-head keys and values once and attend
  *   over those (fewer multiply-adds per key at every prompt length measured:
- *   benchmarks/kernels/mla_prefill_crossover.py); a row's path is its call's kind.
+ *   benchmarks/kernels/mla_prefill_crossover.py); a row's path is its call's kind. A prompt
+ *   prefilled over several calls may keep what earlier calls decompressed
+ *   (em_keep_decompressed), so each call decompresses its own rows only; where the CPU grants
+ *   AMX-BF16 tiles the prompt's attention runs on them (em_set_prompt_tiles: keys and values
+ *   decompressed into bf16 tile layouts, flash_prefill.h's softmax step).
  * - MoE: the tokens of a call are grouped by expert, so each active expert's weights are read
  *   once per call for all the tokens routed to it; gate and up are computed block by block in
  *   one task with the SiLU between them; each token's activations are quantized once and reused
@@ -31,10 +35,12 @@
 #include <math.h>
 #include <string.h>
 
+#include "flash_prefill.h"
 #include "int8_gemm.h"
 #include "lane_sums.h"
 
 enum { MAX_THREADS = 4096 }; /* decoder.c's: per-thread buffers are sized by the count */
+enum { MAX_V_TILES = 256 };  /* v_head_dim the AMX-BF16 prompt tiles take */
 enum { KV_CHUNK = 256 };                                        /* positions per attention task */
 enum { MAX_EXPERTS = 1024, MAX_GROUPS = 256, MAX_LORA = 4096 }; /* native_mla.py checks these */
 enum { ROUTE_SOFTMAX = 0, ROUTE_SOFTMAX_GROUPS = 1, ROUTE_SIGMOID = 2 };
@@ -101,7 +107,25 @@ typedef struct {
 typedef struct {
   size_t slot_row; /* the slot's first cached row: slot * capacity */
   int t0, last;    /* the block's first position, its segment's last (rows past it repeat it) */
+  float *dst;      /* where its decompressed block goes, for the first head of the pass */
+  size_t hstride;  /* floats from one head's block to the next head's */
 } DecSource;
+
+/* One prompt's decompressed keys and values kept between its prefill calls
+ * (em_keep_decompressed): [layers][heads][blocks][dec_block]; done[l]: leading blocks of layer
+ * l that hold their final rows (full blocks already decompressed), so a call decompresses only
+ * the rows past them instead of the whole prefix again. */
+typedef struct {
+  int slot, blocks;
+  int *done;
+  float *buf;
+} Kept;
+
+typedef struct {
+  float *keys;    /* head 0's first block (kept) or the pass's first head's (in dec) */
+  size_t hstride; /* floats from a head's blocks to the next head's */
+  int kept;
+} SlotKeys;
 
 typedef struct {
   int d[D_COUNT];
@@ -109,6 +133,7 @@ typedef struct {
   int threads, rope_positions;
   int amx; /* the process holds the AMX tiles: jobs of AMX_MIN_ROWS rows or more use them */
   int half; /* the latent cache holds float16 (em_set_cache_half), else float32 */
+  int prompt_amx; /* prompt attention on AMX-BF16 tiles (em_set_prompt_tiles), else FMAs */
   double seconds[P_COUNT], stamp; /* em_profile's */
   MLayer *layer;
   Weights head;
@@ -142,6 +167,9 @@ typedef struct {
   float *dec, *ones;
   DecSource *src;
   int32_t *seg_base, *tile_row, *tile_len, *task_tile;
+  SlotKeys *slot_keys; /* per slot of a prefill call: where its decompressed blocks lie */
+  Kept *kept;
+  int n_kept, kept_cap;
 } MlaModel;
 
 static void *alloc64(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 * 64); }
@@ -182,6 +210,22 @@ int em_set_activations(MlaModel *m, int planes) {
   m->planes = planes;
   m->rows_cap = 0; /* the scratch rows are sized by the planes */
   return 0;
+}
+
+static int prompt_tiles_fit(const int *d) {
+  return d[D_V] % 16 == 0 && d[D_V] <= MAX_V_TILES && d[D_NOPE] + d[D_ROPE] <= 256;
+}
+
+/* want 1: a prompt's attention on AMX-BF16 tiles where granted (widths: v a multiple of 16 up to
+ * 256, nope + rope <= 256), 0: float32 FMAs. Before the first em_forward. Returns what it took. */
+int em_set_prompt_tiles(MlaModel *m, int want) {
+  m->prompt_amx = 0;
+#ifdef __AMX_BF16__
+  m->prompt_amx = want && prompt_tiles_fit(m->d) && amx_permitted();
+#else
+  (void)want;
+#endif
+  return m->prompt_amx;
 }
 
 /* The cache em_forward is given holds float16 (half: 1) or float32 (0). */
@@ -362,6 +406,49 @@ void em_set_rope(MlaModel *m, const float *cos_t, const float *sin_t, int positi
   m->sin_t = copy_floats(sin_t, (size_t)positions * m->d[D_ROPE] / 2);
 }
 
+/* Every kept prompt's decompressed keys and values freed (the prompts are prefilled). */
+void em_drop_decompressed(MlaModel *m) {
+  for (int i = 0; i < m->n_kept; i++) free(m->kept[i].buf), free(m->kept[i].done);
+  m->n_kept = 0;
+}
+
+static inline size_t dec_units(const MlaModel *m);
+static inline int dec_keys(const MlaModel *m);
+
+/* Bytes em_keep_decompressed takes for a prompt of `rows` positions. */
+size_t em_kept_bytes(const MlaModel *m, int rows) {
+  const int bk = dec_keys(m);
+  return (size_t)m->d[D_LAYERS] * m->d[D_HEADS] * ((rows + bk - 1) / bk) * dec_units(m) * 4;
+}
+
+/* Slot `slot`'s next prompt, of up to `rows` positions, keeps its decompressed keys and values
+ * between its prefill calls until em_drop_decompressed: layers x heads x rows x (nope + rope +
+ * v) floats. A slot kept again starts empty. Returns 0, or -1 where that memory is not there. */
+int em_keep_decompressed(MlaModel *m, int slot, int rows) {
+  const int *d = m->d;
+  Kept *k = NULL;
+  for (int i = 0; i < m->n_kept; i++)
+    if (m->kept[i].slot == slot) k = &m->kept[i], free(k->buf), free(k->done);
+  if (!k) {
+    if (m->n_kept == m->kept_cap) {
+      const int cap = m->kept_cap ? 2 * m->kept_cap : 8;
+      Kept *grown = realloc(m->kept, (size_t)cap * sizeof(Kept));
+      if (!grown) return -1;
+      m->kept = grown, m->kept_cap = cap;
+    }
+    k = &m->kept[m->n_kept++];
+  }
+  k->slot = slot, k->blocks = (rows + dec_keys(m) - 1) / dec_keys(m);
+  k->buf = alloc64(em_kept_bytes(m, rows));
+  k->done = calloc(d[D_LAYERS], sizeof(int));
+  if (!k->buf || !k->done) {
+    free(k->buf), free(k->done);
+    *k = m->kept[--m->n_kept];
+    return -1;
+  }
+  return 0;
+}
+
 void em_free(MlaModel *m) {
   for (int l = 0; l < m->d[D_LAYERS]; l++) {
     MLayer *ly = &m->layer[l];
@@ -381,7 +468,9 @@ void em_free(MlaModel *m) {
   for (size_t i = 0; i < sizeof f / sizeof *f; i++) free(f[i]);
   free(m->xq), free(m->actq), free(m->sel), free(m->assign), free(m->tok_of), free(m->items);
   free(m->tiles), free(m->dec), free(m->ones), free(m->src), free(m->seg_base), free(m->repack),
-      free(m->tile_row), free(m->tile_len);
+      free(m->tile_row), free(m->tile_len), free(m->slot_keys);
+  em_drop_decompressed(m);
+  free(m->kept);
   free(m);
 }
 
@@ -955,6 +1044,17 @@ static void int8_matvec_rows(const float *x, int ldx, int K, const int8_t *w, in
  * [nope + rope][16] (the rope part copied from the latent), then the values [16][v]. */
 static inline size_t dec_block(int dk, int dv) { return (size_t)16 * (dk + dv); }
 
+/* Keys a decompressed block holds: 16 (float32, as dec_block) or, for the AMX-BF16 prompt
+ * tiles, 64 in bf16: the keys as four B tiles of K^T per 32 key columns (pairs of columns, the
+ * columns padded to 32 with zeros), then the values in key pairs (flash_prefill.h's layouts). */
+static inline int dec_keys(const MlaModel *m) { return m->prompt_amx ? 64 : 16; }
+
+/* One head's block in 4-byte units. */
+static inline size_t dec_units(const MlaModel *m) {
+  const int dk = m->d[D_NOPE] + m->d[D_ROPE], dv = m->d[D_V];
+  return m->prompt_amx ? (size_t)32 * ((dk + 31) / 32 * 32 + dv) : dec_block(dk, dv);
+}
+
 /* Prefill attention of one head for up to TT tiles of PT query rows of one slot (q[PT * i + r]:
  * nope then rope query at position qpos[...]) over that slot's decompressed blocks (dec), in
  * steps of KG keys with an online softmax (flash attention): each step's keys, loaded once,
@@ -1067,40 +1167,268 @@ static __attribute__((noinline)) void attend_tiles(const float *const *q, const 
  * holds; then tiles of PT consecutive rows of one slot attend, a task per (tile, head). q: proj
  * (each head's nope then rotated rope query); out: vals [rows][H * dv]. A head's arithmetic
  * does not depend on the pass, the tile, the other slots or the thread count. */
-static void prefill_attention(MlaModel *m, const MLayer *ly, int rows, const int32_t *slot,
-                              const int32_t *pos, const void *cl, int slots, int capacity,
-                              const float *proj, float *vals) {
+/* Rows [t0, t0 + 16) of src's slot decompressed for head h into the block at y. */
+static void decompress_block(const MlaModel *m, const MLayer *ly, const void *cl, DecSource src,
+                             int h, float *y) {
+  const int *d = m->d;
+  const int L = d[D_KV_LORA], dr = d[D_ROPE], dn = d[D_NOPE], dv = d[D_V], D = L + dr, dk = dn + dr;
+  float x[8 * MAX_LORA], keys[16 * MAX_V] __attribute__((aligned(64)));
+  for (int r0 = 0; r0 < 16; r0 += 8) {
+    const void *lat[8];
+    for (int r = 0; r < 8; r++)
+      lat[r] = latent_row(cl, src.slot_row + (src.t0 + r0 + r < src.last ? src.t0 + r0 + r
+                                                                          : src.last),
+                          D, m->half);
+    /* W_UK's per-lora scale on the latent, W_UV's on the output */
+    for (int r = 0; r < 8; r++)
+      for (int l = 0; l < L; l += 16)
+        _mm512_storeu_ps(x + r * L + l,
+                         _mm512_mul_ps(latent16(lat[r], l, m->half),
+                                       _mm512_loadu_ps(ly->uk_scale + (size_t)h * L + l)));
+    int8_matvec_rows(x, L, L, ly->w_ukt + (size_t)h * L * dn, dn, m->ones, keys + r0 * dn, dn);
+    for (int r = 0; r < 8; r++)
+      for (int l = 0; l < L; l += 16) _mm512_storeu_ps(x + r * L + l, latent16(lat[r], l, m->half));
+    int8_matvec_rows(x, L, L, ly->w_uv + (size_t)h * L * dv, dv, ly->uv_scale + (size_t)h * dv,
+                     y + 16 * dk + r0 * dv, dv);
+    for (int r = 0; r < 8; r++)
+      for (int i = 0; i < dr; i += 16) {
+        float rope[16];
+        _mm512_storeu_ps(rope, latent16(lat[r], L + i, m->half));
+        for (int j = 0; j < 16; j++) y[(dn + i + j) * 16 + r0 + r] = rope[j];
+      }
+  }
+  for (int j = 0; j < 16; j++)
+    for (int i = 0; i < dn; i++) y[i * 16 + j] = keys[j * dn + i];
+}
+
+#ifdef __AMX_BF16__
+/* Rows [t0, t0 + 64) of src's slot for head h into the bf16 tile block at y (dec_keys). */
+static void decompress_tiles(const MlaModel *m, const MLayer *ly, const void *cl, DecSource src,
+                             int h, float *y) {
+  const int dk = m->d[D_NOPE] + m->d[D_ROPE], dv = m->d[D_V], X = (dk + 31) / 32;
+  float f[4][16 * (256 + MAX_V)] __attribute__((aligned(64)));
+  for (int g = 0; g < 4; g++) {
+    DecSource part = src;
+    part.t0 = src.t0 + 16 * g;
+    if (part.t0 > src.last) /* keys no row sees: zeros */
+      memset(f[g], 0, dec_block(dk, dv) * sizeof(float));
+    else
+      decompress_block(m, ly, cl, part, h, f[g]);
+  }
+  const __m512i order = _mm512_loadu_si512(PAIR_ORDER);
+  uint16_t *kt = (uint16_t *)y, *vb = kt + (size_t)64 * 32 * X;
+  for (int g = 0; g < 4; g++) /* K^T: row p of tile (g, x) pairs key columns 32x + 2p, + 1 */
+    for (int x = 0; x < X; x++)
+      for (int p = 0; p < 16; p++) {
+        const int c = 32 * x + 2 * p;
+        const __m512 lo = c < dk ? _mm512_load_ps(f[g] + c * 16) : _mm512_setzero_ps();
+        const __m512 hi = c + 1 < dk ? _mm512_load_ps(f[g] + (c + 1) * 16) : _mm512_setzero_ps();
+        _mm512_store_si512(kt + (((size_t)g * X + x) * 16 + p) * 32,
+                           _mm512_permutexvar_epi16(order, to_bf16(lo, hi, 1)));
+      }
+  for (int k = 0; k < 32; k++) /* values: pair k holds keys 2k and 2k + 1 of each column */
+    for (int c = 0; c < dv; c += 16) {
+      const float *v0 = f[(2 * k) / 16] + 16 * dk + ((2 * k) % 16) * dv + c;
+      _mm512_store_si512(vb + ((size_t)k * dv + c) * 2,
+                         _mm512_permutexvar_epi16(
+                             order, to_bf16(_mm512_loadu_ps(v0), _mm512_loadu_ps(v0 + dv), 1)));
+    }
+}
+
+/* Prompt attention of n <= 32 query rows of one head (q[r]: nope then rope query at position
+ * qpos[r]) over its tile blocks (dec: block j at dec + j * units), on AMX-BF16 tiles: per 64
+ * keys S = Q K^T (bf16 products, float32 sums), flash_prefill.h's online softmax step, then
+ * O = O * keep + P V. out[r]: dv values. A row's sums are its own (an element of a tile product
+ * depends on its row and column only; masked keys weigh exact zeros), so it gives the same bits
+ * in any task, call or batch. */
+static __attribute__((noinline)) void attend_rows_amx(const float *const *q, const int32_t *qpos,
+                                                      int n, const float *dec, size_t units,
+                                                      int dk, int dv, float scale,
+                                                      float *const *out) {
+  const int X = (dk + 31) / 32, Dp = 32 * X, groups = (n + 15) / 16, DG = dv / 16;
+  uint16_t qb[32 * 256] __attribute__((aligned(64))), pb[32 * 64] __attribute__((aligned(64)));
+  float S[32 * 64] __attribute__((aligned(64))), tmp[16 * 64] __attribute__((aligned(64)));
+  float o[32][MAX_V_TILES] __attribute__((aligned(64))), peak[32], sum[32], keep[32];
+  PromptTileConfig cfg = {0};
+  cfg.palette = 1;
+  for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+  _tile_loadconfig(&cfg);
+  memset(qb, 0, (size_t)groups * 16 * Dp * 2);
+  memset(pb, 0, sizeof pb);
+  int keys = 0;
+  for (int r = 0; r < n; r++) {
+    for (int x = 0; x < X; x++) {
+      const int c = 32 * x;
+      _mm512_store_si512(qb + (size_t)r * Dp + c,
+                         to_bf16(_mm512_loadu_ps(q[r] + c),
+                                 c + 16 < dk ? _mm512_loadu_ps(q[r] + c + 16) : _mm512_setzero_ps(),
+                                 1));
+    }
+    peak[r] = -FLT_MAX, sum[r] = 0;
+    memset(o[r], 0, (size_t)dv * sizeof(float));
+    keys = qpos[r] + 1 > keys ? qpos[r] + 1 : keys;
+  }
+  for (int b0 = 0; b0 < keys; b0 += 64) {
+    const uint16_t *kt = (const uint16_t *)(dec + (size_t)(b0 / 64) * units),
+                   *vb = kt + (size_t)64 * Dp;
+    for (int gr = 0; gr < groups; gr++) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int x = 0; x < X; x++) {
+        _tile_loadd(4, qb + (size_t)gr * 16 * Dp + 32 * x, Dp * 2);
+        _tile_loadd(5, kt + (size_t)(0 * X + x) * 512, 64);
+        _tile_loadd(6, kt + (size_t)(1 * X + x) * 512, 64);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_dpbf16ps(1, 4, 6);
+        _tile_loadd(5, kt + (size_t)(2 * X + x) * 512, 64);
+        _tile_loadd(6, kt + (size_t)(3 * X + x) * 512, 64);
+        _tile_dpbf16ps(2, 4, 5);
+        _tile_dpbf16ps(3, 4, 6);
+      }
+      float *sg = S + (size_t)gr * 16 * 64;
+      _tile_stored(0, sg, 256);
+      _tile_stored(1, sg + 16, 256);
+      _tile_stored(2, sg + 32, 256);
+      _tile_stored(3, sg + 48, 256);
+    }
+    for (int r = 0; r < n; r++) {
+      const int seen = qpos[r] + 1 - b0;
+      if (seen <= 0) continue;
+      __m512 sc[4];
+      for (int j = 0; j < 4; j++) sc[j] = _mm512_load_ps(S + (size_t)r * 64 + 16 * j);
+      softmax_step(sc, seen, scale, peak + r, sum + r, keep + r, pb + (size_t)r * 64, 1);
+    }
+    for (int gr = 0; gr < groups; gr++)
+      for (int d0 = 0; d0 < DG; d0 += 4) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int ks = 0; ks < 2; ks++) {
+          const uint16_t *vk = vb + (size_t)ks * 16 * dv * 2;
+          _tile_loadd(4, pb + (size_t)gr * 16 * 64 + 32 * ks, 128);
+          _tile_loadd(5, vk + (size_t)d0 * 16 * 2, dv * 4);
+          _tile_dpbf16ps(0, 4, 5);
+          if (d0 + 1 < DG) {
+            _tile_loadd(6, vk + (size_t)(d0 + 1) * 16 * 2, dv * 4);
+            _tile_dpbf16ps(1, 4, 6);
+          }
+          if (d0 + 2 < DG) {
+            _tile_loadd(5, vk + (size_t)(d0 + 2) * 16 * 2, dv * 4);
+            _tile_dpbf16ps(2, 4, 5);
+          }
+          if (d0 + 3 < DG) {
+            _tile_loadd(6, vk + (size_t)(d0 + 3) * 16 * 2, dv * 4);
+            _tile_dpbf16ps(3, 4, 6);
+          }
+        }
+        const int cols = DG - d0 < 4 ? DG - d0 : 4;
+        _tile_stored(0, tmp, 256);
+        if (cols > 1) _tile_stored(1, tmp + 16, 256);
+        if (cols > 2) _tile_stored(2, tmp + 32, 256);
+        if (cols > 3) _tile_stored(3, tmp + 48, 256);
+        for (int j = 0; j < 16 && gr * 16 + j < n; j++) {
+          const int r = gr * 16 + j;
+          if (qpos[r] + 1 - b0 <= 0) continue;
+          const __m512 kr = _mm512_set1_ps(keep[r]);
+          for (int c = 0; c < cols; c++) {
+            float *od = o[r] + (d0 + c) * 16;
+            _mm512_store_ps(od, _mm512_fmadd_ps(_mm512_load_ps(od), kr,
+                                                _mm512_load_ps(tmp + j * 64 + 16 * c)));
+          }
+        }
+      }
+  }
+  _tile_release();
+  for (int r = 0; r < n; r++) {
+    const __m512 inv = _mm512_set1_ps(1.0f / sum[r]);
+    for (int c = 0; c < dv; c += 16)
+      _mm512_storeu_ps(out[r] + c, _mm512_mul_ps(_mm512_load_ps(o[r] + c), inv));
+  }
+}
+#endif
+
+/* A block of src's rows for head h into y, in the prompt attention's layout. */
+static void decompress(const MlaModel *m, const MLayer *ly, const void *cl, DecSource src, int h,
+                       float *y) {
+#ifdef __AMX_BF16__
+  if (m->prompt_amx) {
+    decompress_tiles(m, ly, cl, src, h, y);
+    return;
+  }
+#endif
+  decompress_block(m, ly, cl, src, h, y);
+}
+
+static void prefill_attention(MlaModel *m, const MLayer *ly, int layer, int rows,
+                              const int32_t *slot, const int32_t *pos, const void *cl, int slots,
+                              int capacity, const float *proj, float *vals) {
   const int *d = m->d;
   const int H = d[D_HEADS], L = d[D_KV_LORA], dr = d[D_ROPE], dn = d[D_NOPE], dv = d[D_V];
   const int D = L + dr, QW = H * (dn + dr), dk = dn + dr;
-  const size_t bf = dec_block(dk, dv);
+  const size_t bf = dec_units(m);
+  const int bk = dec_keys(m);
   if ((size_t)slots > m->seg_cap) {
-    free(m->seg_base);
-    m->seg_base = malloc((size_t)slots * 3 * sizeof(int32_t));
+    free(m->seg_base), free(m->slot_keys);
+    m->seg_base = malloc((size_t)slots * 2 * sizeof(int32_t));
+    m->slot_keys = malloc((size_t)slots * sizeof(SlotKeys));
     m->seg_cap = slots;
   }
-  /* base: per slot, its segment (then its first block in the pass); need: per segment, its
-   * rows' last position + 1; first: per segment, its first block in the pass. */
-  int32_t *base = m->seg_base, *need = base + slots, *first = need + slots;
-  for (int s = 0; s < slots; s++) base[s] = -1;
-  int blocks = 0, n_seg = 0;
-  for (int r = 0; r < rows; r++) {
-    if (base[slot[r]] < 0) base[slot[r]] = n_seg++, need[base[slot[r]]] = 0;
-    if (pos[r] + 1 > need[base[slot[r]]]) need[base[slot[r]]] = pos[r] + 1;
-  }
-  for (int g = 0; g < n_seg; g++) first[g] = blocks, blocks += (need[g] + 15) / 16;
-  if ((size_t)blocks > m->src_cap) {
-    free(m->src);
-    m->src = malloc((size_t)blocks * sizeof(DecSource));
-    m->src_cap = blocks;
-  }
-  for (int s = 0; s < slots; s++)
-    if (base[s] >= 0) {
-      const int g = base[s];
-      for (int b = 0; b < (need[g] + 15) / 16; b++)
-        m->src[first[g] + b] = (DecSource){(size_t)s * capacity, 16 * b, need[g] - 1};
-      base[s] = first[g];
+  /* need: per slot of the call, its rows' last position + 1 (0: none); first: a kept slot's
+   * first block not decompressed yet (em_keep_decompressed), else its first block in the
+   * pass's buffer (dec). Kept slots decompress their new blocks into their own buffers. */
+  int32_t *need = m->seg_base, *first = need + slots;
+  for (int s = 0; s < slots; s++) need[s] = 0;
+  for (int r = 0; r < rows; r++)
+    if (pos[r] + 1 > need[slot[r]]) need[slot[r]] = pos[r] + 1;
+  int blocks = 0, kept_new = 0;
+  for (int s = 0; s < slots; s++) {
+    if (!need[s]) continue;
+    Kept *k = NULL;
+    for (int i = 0; i < m->n_kept; i++)
+      if (m->kept[i].slot == s && bk * m->kept[i].blocks >= need[s]) k = &m->kept[i];
+    if (k) {
+      m->slot_keys[s] = (SlotKeys){k->buf + (size_t)layer * H * k->blocks * bf,
+                                   (size_t)k->blocks * bf, 1};
+      first[s] = k->done[layer], kept_new += (need[s] + bk - 1) / bk - k->done[layer];
+      if (need[s] / bk > k->done[layer]) k->done[layer] = need[s] / bk; /* its full blocks */
+    } else {
+      m->slot_keys[s] = (SlotKeys){NULL, 0, 0};
+      first[s] = blocks, blocks += (need[s] + bk - 1) / bk;
     }
+  }
+  if ((size_t)(blocks + kept_new) > m->src_cap) {
+    free(m->src);
+    m->src = malloc((size_t)(blocks + kept_new) * sizeof(DecSource));
+    m->src_cap = blocks + kept_new;
+  }
+  int per = blocks ? (int)(DEC_BUDGET / ((size_t)blocks * bf * sizeof(float))) : H;
+  per = per < 1 ? 1 : per > H ? H : per;
+  const size_t dec = (size_t)per * blocks * bf;
+  if (dec > m->dec_cap) {
+    free(m->dec);
+    m->dec = alloc64(dec * sizeof(float));
+    m->dec_cap = dec;
+  }
+  /* Sources: the pass's blocks (src[0, blocks): head h's at dst + (h - h0) * hstride), then
+   * the kept slots' new ones (head h's at dst + h * hstride). */
+  int at = blocks;
+  for (int s = 0; s < slots; s++) {
+    if (!need[s]) continue;
+    SlotKeys *sk = &m->slot_keys[s];
+    if (!sk->kept) sk->keys = m->dec + (size_t)first[s] * bf, sk->hstride = (size_t)blocks * bf;
+    for (int b = sk->kept ? first[s] : 0; b < (need[s] + bk - 1) / bk; b++)
+      m->src[sk->kept ? at++ : first[s] + b] =
+          (DecSource){(size_t)s * capacity, bk * b, need[s] - 1, sk->keys + (size_t)b * bf,
+                      sk->hstride};
+  }
+  /* The kept slots' new blocks, every head at once (their buffers hold them all). */
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+  for (int b = blocks; b < blocks + kept_new; b++)
+    for (int h = 0; h < H; h++)
+      decompress(m, ly, cl, m->src[b], h, m->src[b].dst + h * m->src[b].hstride);
   /* Tiles: up to PT consecutive rows of one slot (rows of a slot come together, in order). */
   int n_tiles = 0;
   for (int r = 0; r < rows;) {
@@ -1118,51 +1446,12 @@ static void prefill_attention(MlaModel *m, const MLayer *ly, int rows, const int
     t += n;
   }
   m->task_tile[n_tasks] = n_tiles;
-  int per = (int)(DEC_BUDGET / ((size_t)blocks * bf * sizeof(float)));
-  per = per < 1 ? 1 : per > H ? H : per;
-  const size_t dec = (size_t)per * blocks * bf;
-  if (dec > m->dec_cap) {
-    free(m->dec);
-    m->dec = alloc64(dec * sizeof(float));
-    m->dec_cap = dec;
-  }
   for (int h0 = 0; h0 < H; h0 += per) {
     const int h1 = h0 + per < H ? h0 + per : H;
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
     for (int b = 0; b < blocks; b++)
-      for (int h = h0; h < h1; h++) {
-        const DecSource src = m->src[b];
-        float x[8 * MAX_LORA], keys[16 * MAX_V] __attribute__((aligned(64)));
-        float *y = m->dec + ((size_t)(h - h0) * blocks + b) * bf;
-        for (int r0 = 0; r0 < 16; r0 += 8) {
-          const void *lat[8];
-          for (int r = 0; r < 8; r++)
-            lat[r] = latent_row(cl, src.slot_row + (src.t0 + r0 + r < src.last ? src.t0 + r0 + r
-                                                                                : src.last),
-                                D, m->half);
-          /* W_UK's per-lora scale on the latent, W_UV's on the output */
-          for (int r = 0; r < 8; r++)
-            for (int l = 0; l < L; l += 16)
-              _mm512_storeu_ps(x + r * L + l,
-                               _mm512_mul_ps(latent16(lat[r], l, m->half),
-                                             _mm512_loadu_ps(ly->uk_scale + (size_t)h * L + l)));
-          int8_matvec_rows(x, L, L, ly->w_ukt + (size_t)h * L * dn, dn, m->ones, keys + r0 * dn,
-                           dn);
-          for (int r = 0; r < 8; r++)
-            for (int l = 0; l < L; l += 16)
-              _mm512_storeu_ps(x + r * L + l, latent16(lat[r], l, m->half));
-          int8_matvec_rows(x, L, L, ly->w_uv + (size_t)h * L * dv, dv,
-                           ly->uv_scale + (size_t)h * dv, y + 16 * dk + r0 * dv, dv);
-          for (int r = 0; r < 8; r++)
-            for (int i = 0; i < dr; i += 16) {
-              float rope[16];
-              _mm512_storeu_ps(rope, latent16(lat[r], L + i, m->half));
-              for (int j = 0; j < 16; j++) y[(dn + i + j) * 16 + r0 + r] = rope[j];
-            }
-        }
-        for (int j = 0; j < 16; j++)
-          for (int i = 0; i < dn; i++) y[i * 16 + j] = keys[j * dn + i];
-      }
+      for (int h = h0; h < h1; h++)
+        decompress(m, ly, cl, m->src[b], h, m->src[b].dst + (h - h0) * m->src[b].hstride);
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
     for (int task = 0; task < n_tasks; task++)
       for (int h = h0; h < h1; h++) {
@@ -1179,9 +1468,15 @@ static void prefill_attention(MlaModel *m, const MLayer *ly, int rows, const int
             out[PT * i + j] = j < n ? vals + (size_t)r * H * dv + h * dv : spare;
           }
         }
-        attend_tiles(q, qpos, tiles,
-                     m->dec + ((size_t)(h - h0) * blocks + base[slot[m->tile_row[t0]]]) * bf, dk,
-                     dv, m->softmax_scale, out);
+        const SlotKeys *sk = &m->slot_keys[slot[m->tile_row[t0]]];
+        const float *keys = sk->keys + (size_t)(sk->kept ? h : h - h0) * sk->hstride;
+#ifdef __AMX_BF16__
+        if (m->prompt_amx) {
+          attend_rows_amx(q, qpos, PT * tiles, keys, bf, dk, dv, m->softmax_scale, out);
+          continue;
+        }
+#endif
+        attend_tiles(q, qpos, tiles, keys, dk, dv, m->softmax_scale, out);
       }
   }
 }
@@ -1568,7 +1863,7 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
     }
     if (prefill) {
       lap(m, P_ATTN_PROJ);
-      prefill_attention(m, ly, rows, slot, pos, cl, slots, capacity, proj, vals);
+      prefill_attention(m, ly, l, rows, slot, pos, cl, slots, capacity, proj, vals);
     } else {
       absorbed_attention(m, ly, rows, slot, pos, cl, capacity, max_chunks);
     }
