@@ -70,9 +70,9 @@ def export_checkpoint(
     `max_batch` and the context (tensorrt_profiles.py).
     `embedding`: the table as "int8" per row (the int schemes' default), "float16" or "float32":
     a lookup, so a float table costs memory and disk, not decode speed.
-    `activations`: with int8 weights, "int16" has the native MLA+MoE decoder round matmul
-    inputs to about 15 bits (two int8 planes) instead of 8; with int8-wo or int4, "float" writes
-    MatMulNBits at accuracy level 0 (float activations; Quantization.activations)."""
+    `activations`: with int8 weights, "int16" has the native decoders (dense and MLA+MoE) round
+    matmul inputs to about 15 bits (two int8 planes) instead of 8; with int8-wo or int4, "float"
+    writes MatMulNBits at accuracy level 0 (float activations; Quantization.activations)."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ExportError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
@@ -107,9 +107,6 @@ def export_checkpoint(
     scheme = SCHEMES[weights].with_options(embedding, activations)
     context = _context(context, spec.max_position_embeddings)
     kind = KINDS[spec.kind]
-    if scheme.activations == "int16 per row" and spec.kind != "mla":
-        raise ExportError(f"--activations int16 is the native MLA+MoE decoder's; {spec.model_type} "
-                          "runs int8 activations on every backend")
     if kv_cache not in kind.KV_CACHES:
         raise ExportError(f"--kv-cache {kv_cache} is not available for {spec.model_type} "
                           f"({spec.kind.upper()} attention): it takes {', '.join(kind.KV_CACHES)}")

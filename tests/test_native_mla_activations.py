@@ -107,9 +107,6 @@ def test_activations_are_an_int8_weights_option(checkpoints, tmp_path):
         export_checkpoint(ck, tmp_path / "b", formats=("onnx",), activations="int4")
     with pytest.raises(ExportError, match="unknown embedding"):
         export_checkpoint(ck, tmp_path / "c", formats=("onnx",), embedding="int4")
-    with pytest.raises(ExportError, match="--activations int16 is the native MLA"):
-        export_checkpoint(checkpoints("qwen2"), tmp_path / "d", formats=("onnx",),
-                          activations="int16")
 
 
 def test_a_manifest_with_activations_for_other_weights_is_refused(exports):

@@ -28,7 +28,7 @@ static int check(Gemm gemm, int M, int K, int N) {
   for (int n = 0; n < N; n++) scale[n] = 0.001f * (1 + n % 7);
   for (int m = 0; m < M; m++) rs[m] = 0.01f * (1 + m % 5);
   Weights p = pack(w, scale, K, N);
-  gemm(a, M, &p, rs, y);
+  gemm(a, M, 1, &p, rs, y);
   double worst = 0;
   for (int m = 0; m < M; m += (M > 8 ? M / 8 : 1) + 1)
     for (int n = 0; n < N; n += 37) {
@@ -52,10 +52,10 @@ static void measure(const char *name, Gemm gemm, int M, int K, int N) {
   for (int n = 0; n < N; n++) scale[n] = 1e-3f;
   for (int m = 0; m < M; m++) rs[m] = 1e-2f;
   p = pack(w, scale, K, N);
-  for (int i = 0; i < 3; i++) gemm(a, M, &p, rs, y);
+  for (int i = 0; i < 3; i++) gemm(a, M, 1, &p, rs, y);
   int reps = (int)(2e11 / (2.0 * M * K * N)) + 3;
   double t = omp_get_wtime();
-  for (int i = 0; i < reps; i++) gemm(a, M, &p, rs, y);
+  for (int i = 0; i < reps; i++) gemm(a, M, 1, &p, rs, y);
   t = (omp_get_wtime() - t) / reps;
   printf("%-5s threads %2d  M=%4d K=%4d N=%4d: %8.3f ms  %6.2f TOPS\n", name, omp_get_max_threads(), M, K, N, t * 1e3,
          2.0 * M * K * N / t / 1e12);

@@ -167,7 +167,7 @@ static void forward(Model *m, int rows, const int *slot_of, const int *pos_of, i
 #pragma omp parallel for
     for (int b = 0; b < rows; b++) quantize_row(h + (size_t)b * H, H, ly->norm1, xq + (size_t)b * H, rs + b);
     tick(&m->t_other);
-    gemm(xq, M, &ly->qkv, rs, qkv);
+    gemm(xq, M, 1, &ly->qkv, rs, qkv);
     tick(&m->t_gemm);
 #pragma omp parallel for
     for (int b = 0; b < rows; b++) {
@@ -193,7 +193,7 @@ static void forward(Model *m, int rows, const int *slot_of, const int *pos_of, i
 #pragma omp parallel for
     for (int b = 0; b < rows; b++) quantize_row(attn + (size_t)b * H, H, NULL, xq + (size_t)b * H, rs + b);
     tick(&m->t_other);
-    gemm(xq, M, &ly->o, rs, tmp);
+    gemm(xq, M, 1, &ly->o, rs, tmp);
     tick(&m->t_gemm);
 #pragma omp parallel for
     for (int b = 0; b < rows; b++) {
@@ -201,8 +201,8 @@ static void forward(Model *m, int rows, const int *slot_of, const int *pos_of, i
       quantize_row(h + (size_t)b * H, H, ly->norm2, xq + (size_t)b * H, rs + b);
     }
     tick(&m->t_other);
-    gemm(xq, M, &ly->gate, rs, tmp);
-    gemm(xq, M, &ly->up, rs, up);
+    gemm(xq, M, 1, &ly->gate, rs, tmp);
+    gemm(xq, M, 1, &ly->up, rs, up);
     tick(&m->t_gemm);
 #pragma omp parallel for
     for (int b = 0; b < rows; b++) {
@@ -211,7 +211,7 @@ static void forward(Model *m, int rows, const int *slot_of, const int *pos_of, i
       quantize_row(g, I, NULL, xq + (size_t)b * I, rs + b);
     }
     tick(&m->t_other);
-    gemm(xq, M, &ly->down, rs, tmp);
+    gemm(xq, M, 1, &ly->down, rs, tmp);
     tick(&m->t_gemm);
 #pragma omp parallel for
     for (int b = 0; b < rows; b++)
@@ -222,7 +222,7 @@ static void forward(Model *m, int rows, const int *slot_of, const int *pos_of, i
 #pragma omp parallel for
   for (int b = 0; b < n_logits; b++) quantize_row(h + (size_t)(last + b) * H, H, m->final_norm, xq + (size_t)b * H, rs + b);
   tick(&m->t_other);
-  gemm(xq, (n_logits + m->row_block - 1) / m->row_block * m->row_block, &m->head, rs, m->logits);
+  gemm(xq, (n_logits + m->row_block - 1) / m->row_block * m->row_block, 1, &m->head, rs, m->logits);
   tick(&m->t_gemm);
 }
 

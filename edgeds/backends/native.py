@@ -207,11 +207,19 @@ class NativeBackend:
         if int8_table != (self._row_scales is not None):
             raise ArtifactError(f"native backend: {graph.tensors}: an int8 embedding table comes "
                                 "with row scales")
-        if not int8_table:
-            self._table = np.ascontiguousarray(self._table, np.float32)
-        check(self.lib.ed_set_embedding(self._model, _ptr(self._table) if int8_table else None,
-                                        _ptr(self._row_scales), None if int8_table else _ptr(self._table)),
-              "the embedding table")
+        if self._table.dtype == np.float16:  # read in place, a row at a time
+            rc = self.lib.ed_set_embedding_f16(self._model, _ptr(self._table))
+        else:
+            if not int8_table:
+                self._table = np.ascontiguousarray(self._table, np.float32)
+            rc = self.lib.ed_set_embedding(self._model, _ptr(self._table) if int8_table else None,
+                                           _ptr(self._row_scales),
+                                           None if int8_table else _ptr(self._table))
+        check(rc, "the embedding table")
+        # "int16 per row": each matmul input's rounding remainder as a second int8 plane
+        quant = artifact.manifest.quantization
+        self.activation_planes = 2 if quant.activations == "int16 per row" else 1
+        check(self.lib.ed_set_activations(self._model, self.activation_planes), "the activations")
         self.uses_amx = bool(self.lib.ed_uses_amx(self._model))
         self.batch_size = self.capacity = 0
         self.pool = BlockPool(self.layers, self.kv_heads, self.head_dim, self.cache_dtype)

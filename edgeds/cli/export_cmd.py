@@ -103,10 +103,11 @@ def command(
     activations: Annotated[
         str,
         typer.Option(
-            help="int8 | int16 (--weights int8, DeepSeek-V2/V3): what the native MLA+MoE decoder "
-                 "rounds matmul inputs to; int16 (two int8 planes) meets int8's quality targets "
-                 "on the MoE model, at twice the integer work. float (--weights int8-wo or "
-                 "int4): ONNX Runtime's MatMulNBits keeps activations float (accuracy level 0).",
+            help="int8 | int16 (--weights int8): what the native decoders round matmul inputs "
+                 "to; int16 (two int8 planes) meets int8's quality targets on both families, at "
+                 "twice the integer work (ONNX Runtime and OpenVINO graphs keep their own). float "
+                 "(--weights int8-wo or int4): ONNX Runtime's MatMulNBits keeps activations float "
+                 "(accuracy level 0).",
             show_default=False,
         ),
     ] = "",

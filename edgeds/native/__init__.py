@@ -145,8 +145,11 @@ def library() -> ctypes.CDLL:
     lib.ed_set_linear.argtypes = [p, i, i, p, p, p, i, i]
     lib.ed_set_norms.argtypes = [p, i, p, p]
     lib.ed_set_embedding.argtypes = [p, p, p, p]
+    lib.ed_set_embedding_f16.argtypes = [p, p]
+    lib.ed_set_activations.argtypes = [p, i]
     lib.ed_set_rope.argtypes = [p, p, p, i]
-    for setter in (lib.ed_set_linear, lib.ed_set_norms, lib.ed_set_embedding, lib.ed_set_rope):
+    for setter in (lib.ed_set_linear, lib.ed_set_norms, lib.ed_set_embedding, lib.ed_set_rope,
+                   lib.ed_set_embedding_f16, lib.ed_set_activations):
         setter.restype = i
     lib.ed_uses_amx.argtypes = [p]
     lib.ed_free.argtypes = [p]

@@ -8,7 +8,9 @@
  * (benchmarks/fused_decode_step.c, benchmarks/results/xeon-amx-16t.md, session 10).
  *
  * The arithmetic is the export's: each linear layer's input quantized per row to uint8 (zero
- * point 128, scale = peak / 127, rounded half to even like QuantizeLinear), int8 weights with
+ * point 128, scale = peak / 127, rounded half to even like QuantizeLinear; with the manifest's
+ * "int16 per row", ed_set_activations, a second plane for what that rounding left, as the MLA
+ * decoder does: int8_gemm.h), int8 weights with
  * per-channel scales (int8_gemm.h: AMX tiles where the process is granted them, else AVX-512
  * VNNI), float32 everywhere else but a prompt's attention (flash_prefill.h: bf16 products,
  * float32 sums). The KV cache belongs to the caller, in blocks (below), float32 or float16. */
@@ -45,7 +47,9 @@ typedef struct {
   float *final_norm, *cos_t, *sin_t;
   const int8_t *embed_q; /* int8 rows with per-row scales ... */
   const float *embed_scale;
-  const float *embed_f; /* ... or float32 rows (the caller keeps the table mapped) */
+  const float *embed_f; /* ... or float32 rows (the caller keeps the table mapped) ... */
+  const uint16_t *embed_h; /* ... or float16 rows, read in place */
+  int planes; /* activations: 1 int8 plane per row, or 2 (ed_set_activations) */
   /* scratch, grown to the largest call */
   int rows_cap;
   float *h, *wide1, *wide2, *qkv, *attn, *row_scale;
@@ -89,7 +93,7 @@ Model *ed_new(int layers, int hidden, int heads, int kv_heads, int head_dim, int
   Model *m = calloc(1, sizeof *m);
   if (!m) return NULL;
   *m = (Model){.layers = layers, .hidden = hidden, .heads = heads, .kv_heads = kv_heads, .head_dim = head_dim,
-               .inter = inter, .vocab = vocab, .threads = threads, .eps = eps};
+               .inter = inter, .vocab = vocab, .threads = threads, .eps = eps, .planes = 1};
 #ifdef __AMX_INT8__
   m->amx = use_amx && amx_permitted();
 #endif
@@ -102,6 +106,16 @@ Model *ed_new(int layers, int hidden, int heads, int kv_heads, int head_dim, int
 }
 
 int ed_uses_amx(const Model *m) { return m->amx; }
+
+/* planes 1: matmul inputs int8 per row (the ONNX graph's); 2: with a second plane for the
+ * rounding's remainder (manifest quantization.activations "int16 per row"). Before the first
+ * ed_forward. Returns 0, or -1 for another count. */
+int ed_set_activations(Model *m, int planes) {
+  if (planes != 1 && planes != 2) return -1;
+  m->planes = planes;
+  m->rows_cap = 0; /* the quantized rows' scratch is sized by the planes: grown at the next call */
+  return 0;
+}
 
 /* want 0: prompt attention in float32 FMAs; 1: in vdpbf16ps where the CPU has it (the default);
  * -1: ask. Returns what is in force (the two give the same products in the same order). */
@@ -117,14 +131,17 @@ enum { AMX_MIN_ROWS = 16 };
 
 typedef struct {
   Gemm gemm;
-  int M;
+  int M; /* rows of A: the call's rows times the planes, padded for AMX; M / planes rows out */
 } Call;
 
+/* The kernel is chosen by the rows of A, planes included: 16 decoding sequences' two planes fill
+ * AMX's 32-row blocks. Integer sums are exact, so a row's logits do not depend on which runs. */
 static Call call_for(const Model *m, int rows) {
 #ifdef __AMX_INT8__
-  if (m->amx && rows > AMX_MIN_ROWS) return (Call){gemm_amx, (rows + 31) / 32 * 32};
+  if (m->amx && rows * m->planes > AMX_MIN_ROWS)
+    return (Call){gemm_amx, (rows * m->planes + 31) / 32 * 32};
 #endif
-  return (Call){gemm_vnni, rows};
+  return (Call){gemm_vnni, rows * m->planes};
 }
 
 static float *copy_floats(const float *src, size_t n) {
@@ -161,7 +178,15 @@ int ed_set_norms(Model *m, int layer, const float *input_norm, const float *post
 /* The caller keeps the table ([vocab, hidden]) alive as long as the model. */
 int ed_set_embedding(Model *m, const int8_t *q, const float *row_scale, const float *f) {
   if (q ? !row_scale || f : !f) return -1;
-  m->embed_q = q, m->embed_scale = row_scale, m->embed_f = f;
+  m->embed_q = q, m->embed_scale = row_scale, m->embed_f = f, m->embed_h = NULL;
+  return 0;
+}
+
+/* A float16 table ([vocab, hidden]), read in place a row at a time (not widened to float32:
+ * that would be twice its bytes in memory). */
+int ed_set_embedding_f16(Model *m, const uint16_t *h) {
+  if (!h) return -1;
+  m->embed_q = NULL, m->embed_scale = NULL, m->embed_f = NULL, m->embed_h = h;
   return 0;
 }
 
@@ -191,7 +216,7 @@ static int complete(const Model *m) {
       if (!lin->w.packed) return 0;
     if (!ly->input_norm || !ly->post_norm) return 0;
   }
-  return m->head.w.packed && m->final_norm && m->cos_t && (m->embed_q || m->embed_f);
+  return m->head.w.packed && m->final_norm && m->cos_t && (m->embed_q || m->embed_f || m->embed_h);
 }
 
 static void free_linear(Linear *l) {
@@ -216,7 +241,8 @@ void ed_free(Model *m) {
 /* aligned_alloc wants a size that is a multiple of the alignment. */
 static void *alloc64(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 * 64); }
 
-/* Returns 0, or -1 where memory ran out (the scratch is then empty, and grown at the next call). */
+/* Room for `rows` rows out of each kernel (the quantized rows: `planes` of them a row). Returns 0,
+ * or -1 where memory ran out (the scratch is then empty, and grown at the next call). */
 static int grow_scratch(Model *m, int rows) {
   if (rows > m->rows_cap) {
     int wide = m->inter > m->hidden ? m->inter : m->hidden, qkv = (m->heads + 2 * m->kv_heads) * m->head_dim;
@@ -229,7 +255,7 @@ static int grow_scratch(Model *m, int rows) {
     m->qkv = alloc64((size_t)rows * qkv * 4);
     m->attn = alloc64((size_t)rows * m->hidden * 4);
     m->row_scale = alloc64((size_t)rows * 4);
-    m->xq = alloc64((size_t)rows * wide);
+    m->xq = alloc64((size_t)rows * m->planes * wide);
     m->rows_cap = rows;
     if (!m->h || !m->wide1 || !m->wide2 || !m->qkv || !m->attn || !m->row_scale || !m->xq || !m->tiles || !m->part_at) {
       free(m->h), free(m->wide1), free(m->wide2), free(m->qkv), free(m->attn), free(m->row_scale), free(m->xq);
@@ -239,7 +265,7 @@ static int grow_scratch(Model *m, int rows) {
       m->rows_cap = 0;
       return -1;
     }
-    memset(m->xq, 128, (size_t)rows * wide);
+    memset(m->xq, 128, (size_t)rows * m->planes * wide);
     memset(m->row_scale, 0, (size_t)rows * 4);
   }
   return 0;
@@ -269,7 +295,8 @@ static inline double sum_of_squares(const float *x, int n) {
   return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
 }
 
-/* x (after an optional RMSNorm with weights g) -> uint8 row, zero point 128, and its scale. */
+/* x (after an optional RMSNorm with weights g) -> uint8 row, zero point 128, and its scale; with
+ * two planes the remainder's row follows it (the A rows of int8_gemm.h's kernels). */
 static void quantize_row(const Model *m, const float *x, int n, const float *g, float *normed, uint8_t *q, float *scale) {
   const float *src = x;
   if (g) {
@@ -282,7 +309,13 @@ static void quantize_row(const Model *m, const float *x, int n, const float *g, 
   float s = peak / 127;
   /* A row of zeros: scale 0, and its products come out 0 whatever q holds. */
   for (int i = 0; i < n; i++) q[i] = (uint8_t)((int)nearbyintf(s > 0 ? src[i] / s : 0) + 128);
+  if (m->planes == 2) quantize_remainder(src, n, s, q, q + n);
   *scale = s;
+}
+
+/* Row r's quantized row(s) for a matmul of input width n. */
+static inline uint8_t *act_row(const Model *m, int r, int n) {
+  return m->xq + (size_t)r * m->planes * n;
 }
 
 static void rotate(float *x, const float *cos_p, const float *sin_p, int half) {
@@ -585,7 +618,7 @@ static void attention(Model *m, const Cache *c, int l, const Tile *tiles, int n_
 }
 
 static void linear(const Model *m, const Linear *lin, Call c, const float *row_scale, float *y, int rows) {
-  c.gemm(m->xq, c.M, &lin->w, row_scale, y);
+  c.gemm(m->xq, c.M, m->planes, &lin->w, row_scale, y);
   if (lin->bias)
 #pragma omp parallel for
     for (int r = 0; r < rows; r++)
@@ -679,12 +712,11 @@ int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, cons
     if (logit_rows[i] < 0 || logit_rows[i] >= rows) return -3;
   omp_set_num_threads(m->threads);
   int n_tiles, split_items;
-  if (grow_scratch(m, c.M > head.M ? c.M : head.M) ||
+  if (grow_scratch(m, (c.M > head.M ? c.M : head.M) / m->planes) ||
       plan_attention(m, rows, slot, pos, prompt, &n_tiles, &split_items))
     return -5;
   const Cache cache = {k_blocks, v_blocks, table, max_blocks, f16};
   float *h = m->h, *t1 = m->wide1, *t2 = m->wide2, *qkv = m->qkv, *attn = m->attn, *rs = m->row_scale;
-  uint8_t *xq = m->xq;
 
 #pragma omp parallel for
   for (int r = 0; r < rows; r++) {
@@ -692,6 +724,10 @@ int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, cons
     if (m->embed_q) {
       const int8_t *src = m->embed_q + (size_t)ids[r] * H;
       for (int i = 0; i < H; i++) dst[i] = src[i] * m->embed_scale[ids[r]];
+    } else if (m->embed_h) {
+      const uint16_t *src = m->embed_h + (size_t)ids[r] * H;
+      for (int i = 0; i < H; i += 16)
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
     } else {
       memcpy(dst, m->embed_f + (size_t)ids[r] * H, H * sizeof(float));
     }
@@ -699,7 +735,9 @@ int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, cons
   for (int l = 0; l < m->layers; l++) {
     const Layer *ly = &m->layer[l];
 #pragma omp parallel for
-    for (int r = 0; r < rows; r++) quantize_row(m, h + (size_t)r * H, H, ly->input_norm, attn + (size_t)r * H, xq + (size_t)r * H, rs + r);
+    for (int r = 0; r < rows; r++)
+      quantize_row(m, h + (size_t)r * H, H, ly->input_norm, attn + (size_t)r * H, act_row(m, r, H),
+                   rs + r);
     linear(m, &ly->qkv, c, rs, qkv, rows);
 #pragma omp parallel for
     for (int r = 0; r < rows; r++) {
@@ -726,13 +764,14 @@ int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, cons
     for (int r = 0; r < rows; r++)
       if (pos[r] < 0) memset(attn + (size_t)r * H, 0, H * sizeof(float)); /* an idle row reads zeros */
 #pragma omp parallel for
-    for (int r = 0; r < rows; r++) quantize_row(m, attn + (size_t)r * H, H, NULL, NULL, xq + (size_t)r * H, rs + r);
+    for (int r = 0; r < rows; r++)
+      quantize_row(m, attn + (size_t)r * H, H, NULL, NULL, act_row(m, r, H), rs + r);
     linear(m, &ly->o, c, rs, t1, rows);
 #pragma omp parallel for
     for (int r = 0; r < rows; r++) {
       float *x = h + (size_t)r * H;
       for (int i = 0; i < H; i++) x[i] += t1[(size_t)r * H + i];
-      quantize_row(m, x, H, ly->post_norm, attn + (size_t)r * H, xq + (size_t)r * H, rs + r);
+      quantize_row(m, x, H, ly->post_norm, attn + (size_t)r * H, act_row(m, r, H), rs + r);
     }
     linear(m, &ly->gate, c, rs, t1, rows);
     linear(m, &ly->up, c, rs, t2, rows);
@@ -740,7 +779,7 @@ int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, cons
     for (int r = 0; r < rows; r++) {
       float *g = t1 + (size_t)r * I, *u = t2 + (size_t)r * I;
       for (int i = 0; i < I; i++) g[i] = g[i] / (1 + expf(-g[i])) * u[i];
-      quantize_row(m, g, I, NULL, NULL, xq + (size_t)r * I, rs + r);
+      quantize_row(m, g, I, NULL, NULL, act_row(m, r, I), rs + r);
     }
     linear(m, &ly->down, c, rs, t1, rows);
 #pragma omp parallel for
@@ -749,7 +788,8 @@ int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, cons
   }
 #pragma omp parallel for
   for (int i = 0; i < n_logits; i++)
-    quantize_row(m, h + (size_t)logit_rows[i] * H, H, m->final_norm, attn + (size_t)i * H, xq + (size_t)i * H, rs + i);
+    quantize_row(m, h + (size_t)logit_rows[i] * H, H, m->final_norm, attn + (size_t)i * H,
+                 act_row(m, i, H), rs + i);
   linear(m, &m->head, head, rs, logits, n_logits);
   return 0;
 }

@@ -6,6 +6,7 @@
  * sum (128 x the column sums of W), as MLAS does. */
 #pragma once
 #include <immintrin.h>
+#include <math.h>
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -22,8 +23,36 @@ typedef struct {
   const int8_t *rows;
 } Weights;
 
-/* y = (a - 128) W * row_scale * channel_scale for M rows of a: the kernels below. */
-typedef void (*Gemm)(const uint8_t *a, int M, const Weights *w, const float *row_scale, float *y);
+/* y = (a - 128) W * row_scale * channel_scale for M rows of a: the kernels below. With two
+ * activation planes (planes 2, below) a's rows come in pairs, a row and its remainder, and y
+ * gets M / 2 rows. */
+typedef void (*Gemm)(const uint8_t *a, int M, int planes, const Weights *w, const float *row_scale,
+                     float *y);
+
+/* Activations as two int8 planes (the "int16 per row" of both decoders): x / scale rounded to
+ * q and what the rounding left to lo, PLANE_STEPS x finer, each a uint8 row (zero point 128) of
+ * the same scale, so x / scale ~ (q - 128) + (lo - 128) / PLANE_STEPS, about 15 bits. The same
+ * weight bytes meet two rows instead of one, the int32 sums stay exact, and they combine in
+ * float after (combine_planes): a row's result still does not depend on its kernel or batch. */
+enum { PLANE_STEPS = 254 };
+
+/* lo for a row src already rounded to q at scale s (both within +-127 of 128). */
+static inline void quantize_remainder(const float *src, int n, float s, const uint8_t *q,
+                                      uint8_t *lo) {
+  for (int i = 0; i < n; i++) {
+    const float v = s > 0 ? src[i] / s : 0;
+    lo[i] = (uint8_t)((int)nearbyintf((v - (float)((int)q[i] - 128)) * PLANE_STEPS) + 128);
+  }
+}
+
+/* Sixteen columns' sums of a row (hi) and of its remainder plane (lo), zero point taken out. One
+ * explicit FMA: -ffast-math may contract a multiply and an add written apart in one inlined copy
+ * and not in another, and every kernel must give a row the same bits. */
+static inline __m512 combine_planes(__m512i hi, __m512i lo, __m512i fix) {
+  const __m512 h = _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, fix));
+  const __m512 l = _mm512_cvtepi32_ps(_mm512_sub_epi32(lo, fix));
+  return _mm512_fmadd_ps(l, _mm512_set1_ps(1.0f / PLANE_STEPS), h);
+}
 
 /* w: int8 [K, N] row-major, as the export stores a linear layer's weights; K % 4 == 0,
  * N % 64 == 0. Each thread packs whole 64-column stripes: four rows at a time, it reads one
@@ -59,14 +88,19 @@ static inline Weights pack(const int8_t *w, const float *scale, int K, int N) {
   return p;
 }
 
-/* acc: rows x 16 int32 at stride `ld`, to y's rows x 16 floats starting at column n. */
-static inline void finish(const int32_t *acc, int ld, int rows, const Weights *w, int n, const float *row_scale,
-                          float *y, int m) {
+/* acc: rows x 16 int32 at stride `ld` (A rows m ..), to y's rows x 16 floats starting at column
+ * n; with two planes each pair of A rows is one row of y, (m + r) / 2. */
+static inline void finish(const int32_t *acc, int ld, int rows, int planes, const Weights *w, int n,
+                          const float *row_scale, float *y, int m) {
   __m512i fix = _mm512_loadu_si512(w->zero_fix + n);
   __m512 cs = _mm512_loadu_ps(w->scale + n);
-  for (int r = 0; r < rows; r++) {
-    __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(acc + (size_t)r * ld), fix));
-    _mm512_storeu_ps(y + (size_t)(m + r) * w->N + n, _mm512_mul_ps(v, _mm512_mul_ps(cs, _mm512_set1_ps(row_scale[m + r]))));
+  for (int r = 0; r < rows; r += planes) {
+    const __m512i hi = _mm512_loadu_si512(acc + (size_t)r * ld);
+    __m512 v = planes == 2 ? combine_planes(hi, _mm512_loadu_si512(acc + (size_t)(r + 1) * ld), fix)
+                           : _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, fix));
+    const int out = (m + r) / planes;
+    _mm512_storeu_ps(y + (size_t)out * w->N + n,
+                     _mm512_mul_ps(v, _mm512_mul_ps(cs, _mm512_set1_ps(row_scale[out]))));
   }
 }
 
@@ -90,9 +124,11 @@ static inline __attribute__((always_inline)) void vnni_block(const uint8_t *a, i
 }
 
 /* AVX-512 VNNI: blocks of 4 rows x 64 columns; the last block takes the 1-3 rows left, so one
- * decoding sequence costs one row's dot products, not four. N % 64 == 0. (Full blocks keep
- * their own loop: through the switch they measured 10-15% slower.) */
-static void gemm_vnni(const uint8_t *a, int M, const Weights *w, const float *row_scale, float *y) {
+ * decoding sequence costs one row's dot products, not four (two planes: a block is two rows'
+ * planes, M even). N % 64 == 0. (Full blocks keep their own loop: through the switch they
+ * measured 10-15% slower.) */
+static void gemm_vnni(const uint8_t *a, int M, int planes, const Weights *w, const float *row_scale,
+                      float *y) {
   const int K = w->K;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int nb = 0; nb < w->N / 64; nb++)
@@ -121,7 +157,8 @@ static void gemm_vnni(const uint8_t *a, int M, const Weights *w, const float *ro
       } else {
         vnni_block(a + (size_t)m * K, K, b, 3, out);
       }
-      for (int j = 0; j < 4; j++) finish(out[0] + 16 * j, 64, rows, w, 64 * nb + 16 * j, row_scale, y, m);
+      for (int j = 0; j < 4; j++)
+        finish(out[0] + 16 * j, 64, rows, planes, w, 64 * nb + 16 * j, row_scale, y, m);
     }
 }
 
@@ -137,10 +174,12 @@ static int amx_permitted(void) {
   return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
 }
 
-/* AMX: 32 rows x 32 columns a block in four accumulator tiles (0-3), two A tiles (4, 5) and two
- * B tiles (6, 7) per 64 K; a thread walks the rows for its column pairs, so the columns' weights
- * stay in its L2 while A streams. M % 32 == 0, N % 32 == 0, K % 64 == 0. */
-static void gemm_amx(const uint8_t *a, int M, const Weights *w, const float *row_scale, float *y) {
+/* AMX: 32 rows x 32 columns a block (or 16 rows' two planes) in four accumulator tiles (0-3),
+ * two A tiles (4, 5) and two B tiles (6, 7) per 64 K; a thread walks the rows for its column
+ * pairs, so the columns' weights stay in its L2 while A streams. M % 32 == 0, N % 32 == 0,
+ * K % 64 == 0. */
+static void gemm_amx(const uint8_t *a, int M, int planes, const Weights *w, const float *row_scale,
+                     float *y) {
   const int K = w->K;
 #pragma omp parallel
   {
@@ -169,8 +208,8 @@ static void gemm_amx(const uint8_t *a, int M, const Weights *w, const float *row
         _tile_stored(1, acc + 16, 128);
         _tile_stored(2, acc + 16 * 32, 128);
         _tile_stored(3, acc + 16 * 32 + 16, 128);
-        finish(acc, 32, 32, w, 32 * nb, row_scale, y, m);
-        finish(acc + 16, 32, 32, w, 32 * nb + 16, row_scale, y, m);
+        finish(acc, 32, 32, planes, w, 32 * nb, row_scale, y, m);
+        finish(acc + 16, 32, 32, planes, w, 32 * nb + 16, row_scale, y, m);
       }
     }
     _tile_release();

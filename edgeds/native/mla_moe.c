@@ -152,10 +152,9 @@ typedef struct {
    * bytes at the largest K), threads x that. */
   int8_t *repack;
   size_t repack_cap;
-  /* Activations as two int8 planes (em_set_activations): a row's rounded value and what the
-   * rounding left, 254 x finer, each plane a uint8 row of the same scale; the planes' int32
-   * sums combine as hi + lo / 254 (about 15 bits a value, as int16 per row). The remainder
-   * planes lie xq_lo / actq_lo bytes after their rows; 0 while there is one plane. */
+  /* Activations as two int8 planes (em_set_activations; int8_gemm.h's quantize_remainder and
+   * combine_planes). The remainder planes lie xq_lo / actq_lo bytes after their rows; 0 while
+   * there is one plane. */
   int planes;
   size_t xq_lo, actq_lo;
   int32_t *sel, *assign, *tok_of;
@@ -530,10 +529,8 @@ static __attribute__((noinline)) void to_float(const int32_t *acc, const Weights
 static __attribute__((noinline)) void to_float2(const int32_t *hi, const int32_t *lo,
                                                 const Weights *w, int n, float row_scale,
                                                 float *dst) {
-  const __m512i fix = _mm512_loadu_si512(w->zero_fix + n);
-  const __m512 h = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(hi), fix));
-  const __m512 l = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(lo), fix));
-  const __m512 v = _mm512_add_ps(h, _mm512_mul_ps(l, _mm512_set1_ps(1.0f / 254)));
+  const __m512 v = combine_planes(_mm512_load_si512(hi), _mm512_load_si512(lo),
+                                  _mm512_loadu_si512(w->zero_fix + n));
   _mm512_storeu_ps(dst, _mm512_mul_ps(v, _mm512_mul_ps(_mm512_loadu_ps(w->scale + n),
                                                        _mm512_set1_ps(row_scale))));
 }
@@ -771,8 +768,7 @@ static void int8_matvec(const float *x, int K, const int8_t *w, int N, const flo
 }
 
 /* RMSNorm with weights g into `normed` (if g), then a uint8 row with zero point 128 and its scale;
- * with lo, the rounding's remainder as a second such row of 254 x the resolution (x / scale =
- * hi + lo / 254, both within +-127). */
+ * with lo, the rounding's remainder as a second such row (int8_gemm.h's two planes). */
 static void quantize_row(float eps, const float *x, int n, const float *g, float *normed,
                          uint8_t *q, float *scale, uint8_t *lo) {
   const float *src = x;
@@ -788,11 +784,7 @@ static void quantize_row(float eps, const float *x, int n, const float *g, float
   float s = peak / 127;
   /* A row of zeros: scale 0, and its products come out 0 whatever q holds. */
   for (int i = 0; i < n; i++) q[i] = (uint8_t)((int)nearbyintf(s > 0 ? src[i] / s : 0) + 128);
-  if (lo)
-    for (int i = 0; i < n; i++) {
-      const float v = s > 0 ? src[i] / s : 0;
-      lo[i] = (uint8_t)((int)nearbyintf((v - (float)((int)q[i] - 128)) * 254) + 128);
-    }
+  if (lo) quantize_remainder(src, n, s, q, lo);
   *scale = s;
 }
 
