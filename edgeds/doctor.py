@@ -41,6 +41,8 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
         entry = registry.get(choice.backend)
         why = prefix_cache.unsupported(entry.backend_class(art), art, choice.providers)
         report["prefix_cache"] = why or "yes: whole blocks of shared prompt prefixes are reused"
+        if art is not None and (note := quality_note(art.manifest.quantization, choice.backend)):
+            report["quality"] = note
     stamps = checksum_stamps.stamp_folder()
     report["checksum_stamps"] = str(stamps) if stamps else None
     if art is not None:
@@ -75,6 +77,31 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
     return report
 
 
+# Where int8's quality target (+0.1% perplexity, >= 98.5% top-1 against fp32, issue 22) is met,
+# and at what speed: benchmarks/results/quality-targets.md. What each backend's rounding is, and
+# the export setting that meets the target where the artifact's does not.
+QUALITY_RESULTS = "benchmarks/results/quality-targets.md"
+
+
+def quality_note(quantization, backend: str) -> str | None:
+    """A line on how `backend` rounds this artifact's matmul inputs, and the export options of
+    int8's quality setting where the artifact was exported without them; None where nothing is
+    to be said (float weights, int4, OpenVINO's own choice)."""
+    weights, activations = quantization.weights, quantization.activations
+    float16_table = quantization.embedding == "float16"
+    if weights == "int8" and backend == "native":
+        if activations == "int16 per row":
+            return ("matmul inputs as two int8 planes (--activations int16)"
+                    + ("" if float16_table else "; --embedding float16 adds the table's margin")
+                    + f" ({QUALITY_RESULTS})")
+        return ("matmul inputs rounded to int8 per row: for int8's quality target re-export with "
+                f"--activations int16 --embedding float16 (prefill slower; {QUALITY_RESULTS})")
+    if weights in ("int8", "int8-wo") and backend == "onnxruntime" and activations != "float":
+        return ("ONNX Runtime rounds matmul inputs to int8: for int8's quality target export "
+                f"--weights int8-wo --activations float --embedding float16 ({QUALITY_RESULTS})")
+    return None
+
+
 def format_report(r: dict) -> str:
     hw = r["hardware"]
     lines = [
@@ -89,6 +116,7 @@ def format_report(r: dict) -> str:
         "why:",
         *[f"  {x}" for x in r["reasons"]],
         *([f"prefix cache: {r['prefix_cache']}"] if "prefix_cache" in r else []),
+        *([f"quality: {r['quality']}"] if "quality" in r else []),
         (
             "checksums: a file is hashed at load until it matches, then stamped in "
             f"{r['checksum_stamps']} (EDGEDS_VERIFY=always hashes at every load)"

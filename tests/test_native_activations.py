@@ -114,3 +114,19 @@ def test_two_planes_keep_a_row_bit_identical_at_batch_1_and_64(kv_cache, exports
             ids[37] = tokens[step]
             seen.append(batch.decode(ids)[37].copy())
         np.testing.assert_array_equal(np.stack(seen), np.stack(reference))
+
+
+def test_doctor_points_an_int8_artifact_to_the_quality_setting(exports):
+    """doctor's quality line: on native, int8 rows point to --activations int16 --embedding
+    float16, and an artifact exported so says it has them; on ONNX Runtime, to int8-wo with
+    float activations (its int8 graph rounds every matmul input to int8)."""
+    from edgeds.doctor import diagnose, format_report
+
+    _, plain = exports("qwen2")
+    _, planes = exports("qwen2", activations="int16", embedding="float16")
+    report = diagnose(str(plain.root), backend="native")
+    assert "re-export with --activations int16 --embedding float16" in report["quality"]
+    assert f"quality: {report['quality']}" in format_report(report)
+    assert "two int8 planes" in diagnose(str(planes.root), backend="native")["quality"]
+    ort = diagnose(str(plain.root), backend="onnxruntime")["quality"]
+    assert "--weights int8-wo --activations float --embedding float16" in ort
