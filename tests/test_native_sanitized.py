@@ -27,6 +27,8 @@ SELECTION = "not transformers and not compiler and not build and not verify and 
 # mla_moe.c: prefill (decompressed attention) and decode (absorbed, chunked) at batch 1 and 64,
 # slots refilled, a grown cache, refused input.
 MLA_SELECTION = "bit_identical or grown or bad_input"
+# test_native_activations.py's bit_identical: decoder.c's two activation planes at batch 1 and 64
+# (their rows twice the bytes, padded to AMX's blocks where granted).
 
 
 def _asan_runtime() -> str | None:
@@ -56,7 +58,8 @@ def _sanitized(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("tests, selection", [("test_native_backend.py", SELECTION),
                                               ("test_native_mla.py", MLA_SELECTION),
-                                              ("test_flash_prefill.py", "tile")])
+                                              ("test_flash_prefill.py", "tile"),
+                                              ("test_native_activations.py", "bit_identical")])
 def test_the_native_tests_pass_under_address_and_undefined_behaviour_sanitizers(tests, selection,
                                                                                tmp_path):
     run = _sanitized(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", str(HERE / tests),
