@@ -56,15 +56,28 @@ class _Check:
         return s
 
     def linear(self, value, where: str, n: int, k: int) -> dict:
-        """y = x W^T: int8 (K, N) with N scales (what the native GEMM packs), or float (K, N)."""
-        lin = self.obj(value, where, {"n", "k", "weight", "scales", "bits", "block_size", "bias"})
+        """y = x W^T: int8 (K, N) with N scales (what the native GEMM packs), or already in the
+        GEMM's layout, "n16k4" (export/tensors.py), with N column sums; or float (K, N)."""
+        lin = self.obj(value, where, {"n", "k", "weight", "scales", "bits", "block_size", "bias"},
+                       {"layout", "col_sums"})
         if (lin["n"], lin["k"]) != (n, k):
             self.fail(where, f"is {lin['k']} x {lin['n']}, not {k} x {n}")
+        layout, sums = lin.setdefault("layout", "kn"), lin.setdefault("col_sums", None)
+        if layout not in ("kn", "n16k4") or (layout == "n16k4") != (sums is not None):
+            self.fail(where, f"has layout {layout!r}, not kn, or n16k4 with column sums")
         if lin["bits"] == 8 and lin["block_size"] == 0:
-            self.stored(lin["weight"], f"{where}.weight", (k, n), ("int8",))
+            if layout == "kn":
+                self.stored(lin["weight"], f"{where}.weight", (k, n), ("int8",))
+            elif n % 16 or k % 4:
+                self.fail(where, f"is {k} x {n}: no n16k4 layout (16 columns x 4 rows a block)")
+            else:
+                self.stored(lin["weight"], f"{where}.weight", (n // 16, k // 4, 16, 4), ("int8",))
+                self.stored(lin["col_sums"], f"{where}.col_sums", (n,), ("int32",))
             self.stored(lin["scales"], f"{where}.scales", (n,), ("float32",))
-        elif lin["bits"] is None:
+        elif lin["bits"] is None and layout == "kn":
             self.stored(lin["weight"], f"{where}.weight", (k, n), ("float32", "float16"))
+        elif lin["bits"] is None:
+            self.fail(where, "is a float layer in the n16k4 layout, which is int8's only")
         else:
             self.fail(
                 where,

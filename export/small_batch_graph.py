@@ -26,7 +26,7 @@ import onnx
 
 from .graph.onnx_ops import linear_op
 from .quantize import block_size_for
-from .tensors import Linear, ModelTensors, Stored
+from .tensors import N16K4, Linear, ModelTensors, Stored, unblocked
 from .weight_file import WeightFile
 
 FILE = "decode_small.onnx"
@@ -40,7 +40,9 @@ BLOCK_SIZE = 256
 def repack(lin: Linear, source: WeightFile, out: WeightFile) -> Linear:
     """An int8 per-channel linear (W^T int8 (K, N), scales (N,)) as MatMulNBits' uint8 (N, blocks,
     block) with value + 128 and (N, blocks) scales, written to `out`."""
-    w = source.view(lin.weight.offset, np.dtype(lin.weight.dtype), lin.weight.shape)  # (K, N) int8
+    w = source.view(lin.weight.offset, np.dtype(lin.weight.dtype), lin.weight.shape)
+    if lin.layout == N16K4:
+        w = unblocked(w)  # (K, N) int8
     scales = source.view(lin.scales.offset, np.dtype(lin.scales.dtype), lin.scales.shape)
     size = block_size_for(lin.k, BLOCK_SIZE)
     # v + 128 of an int8 is its two's-complement byte with the top bit flipped: one uint8 copy

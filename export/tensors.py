@@ -29,11 +29,35 @@ class Stored:
     file: str | None = None
 
 
+# A per-channel int8 weight's layouts: "kn", W^T (K, N) row-major, as the graphs' integer
+# matmuls take it; "n16k4", the native GEMM's own: (N/16, K/4, 16, 4), each 16-column block's
+# four consecutive K values of a column side by side (what VNNI's dpbusd and AMX's B tiles read),
+# so that the native backend reads the weights where they lie in the artifact's memory map
+# instead of packing a copy at load. The graphs undo it with BLOCKED_TO_KN (a transpose of
+# constants, folded when the session or model is compiled).
+KN, N16K4 = "kn", "n16k4"
+BLOCKED_TO_KN = (1, 3, 0, 2)  # (N/16, K/4, 16, 4) -> (K/4, 4, N/16, 16), then reshaped (K, N)
+
+
+def _blocked(q: np.ndarray) -> np.ndarray:
+    """int8 W^T (K, N) in the n16k4 layout."""
+    k, n = q.shape
+    return np.ascontiguousarray(q.reshape(k // 4, 4, n // 16, 16).transpose(2, 0, 3, 1))
+
+
+def unblocked(p: np.ndarray) -> np.ndarray:
+    """An n16k4 array back as W^T (K, N) (a view where numpy can, else a copy)."""
+    nb, kb = p.shape[:2]
+    return p.transpose(BLOCKED_TO_KN).reshape(kb * 4, nb * 16)
+
+
 @dataclass(frozen=True)
 class Linear:
     """y = x @ W^T + b. Blockwise (block_size > 0): `weight` is MatMulNBits-packed uint8
-    (N, blocks, bytes) with `scales` (N, blocks). Per channel (bits 8, block_size 0): `weight` is
-    int8 W^T (K, N) with `scales` (N,). Float: `weight` is W^T, shape (K, N)."""
+    (N, blocks, bytes) with `scales` (N,blocks). Per channel (bits 8, block_size 0): `weight` is
+    int8 W^T (K, N) with `scales` (N,); in the n16k4 `layout` it is (N/16, K/4, 16, 4), with each
+    column's sum `col_sums` (N,) int32 beside it (what the GEMM's zero point subtracts), so that
+    nothing of it is read at load. Float: `weight` is W^T, shape (K, N)."""
 
     n: int
     k: int
@@ -42,10 +66,12 @@ class Linear:
     bits: int | None = None
     block_size: int = 0
     bias: Stored | None = None
+    layout: str = KN
+    col_sums: Stored | None = None
 
     @property
     def per_channel(self) -> bool:
-        """int8 (K, N) with one scale per output channel: an integer matmul's weights."""
+        """int8 W^T with one scale per output channel: an integer matmul's weights."""
         return bool(self.bits) and not self.block_size
 
 
@@ -85,8 +111,10 @@ class ModelTensors(Generic[L]):
 class TensorWriter:
     """Stores arrays in the weight file as `Stored` records, quantized as the scheme says."""
 
-    def __init__(self, ckpt: Checkpoint, scheme: Scheme, out: WeightFile):
-        self.ckpt, self.scheme, self.out = ckpt, scheme, out
+    def __init__(self, ckpt: Checkpoint, scheme: Scheme, out: WeightFile, blocked: bool = False):
+        """blocked: per-channel int8 weights stored in the native GEMM's layout (N16K4) where
+        their widths allow it."""
+        self.ckpt, self.scheme, self.out, self.blocked = ckpt, scheme, out, blocked
 
     def store(self, array: np.ndarray) -> Stored:
         offset, _ = self.out.append(array)
@@ -116,6 +144,10 @@ class TensorWriter:
         n, k = w.shape
         if self.scheme.per_channel:
             q, scales = quantize_columns(w)
+            if self.blocked and n % 16 == 0 and k % 4 == 0:
+                sums = q.sum(axis=0, dtype=np.int32)
+                return Linear(n, k, self.store(_blocked(q)), self.store(scales), 8, 0, bias,
+                              N16K4, self.store(sums))
             return Linear(n, k, self.store(q), self.store(scales), 8, 0, bias)
         if self.scheme.bits:
             qw = quantize(w, self.scheme.bits, self.scheme.block_size)

@@ -2,10 +2,9 @@
 (`edgeds/native/mla_moe.c`) instead of ONNX Runtime's graph.
 
 It reads the artifact's weight file through its tensor index (`tensors.json`, MlaLayer records),
-so weights and quantization are the ONNX graph's, bit for bit. The int8 linear layers and experts
-are packed once at load into the GEMM kernels' layout and their file pages released as it goes
-(map_experts: the routed experts read in place from the memory map instead); W_UK, W_UV and the
-float32 router are copied as they are. The cache is MLA's latent, numpy memory
+so weights and quantization are the ONNX graph's, bit for bit. The int8 linear layers and
+experts are exported in the GEMM kernels' layout and read in place from the memory map (older
+exports' row-major ones are packed at load); W_UK, W_UV and the float32 router are copied. The cache is MLA's latent, numpy memory
 owned here: [layers, slots, capacity, kv_lora_rank + qk_rope_head_dim], float32 as the ONNX
 graph's, or float16 (cache_dtype: half the bytes a decode step reads at depth, as ik_llama.cpp's
 f16 cache; the latent is RMS-normed, its rope part small). Slots are refilled
@@ -64,16 +63,16 @@ class NativeMlaBackend(NativeBackend):
     supports_refill = True
 
     def __init__(self, artifact: Artifact, threads: int, use_amx: bool = True,
-                 map_experts: bool = False, cache_dtype: str = "float32",
+                 map_weights: bool = True, cache_dtype: str = "float32",
                  absorbed_resumes: bool = False, keep_decompressed_bytes: int | None = None,
                  prompt_tiles: bool = True):
         """use_amx: take the AMX tiles where the CPU and kernel grant them (calls whose rows for
         a weight reach 16; elsewhere the request fails and the VNNI kernel runs).
-        map_experts: the routed experts' weights are read where they lie in the artifact's
-        memory map (each call's work items pack the columns they take), not copied: most of a
-        MoE model's bytes stay file pages, shared and evictable, and load is a pass of column
-        sums. Off by default: the export's row-major [K, N] layout read by column stripes
-        costs decode about half its speed (benchmarks/results/moe-mapped-experts.md).
+        map_weights: the int8 linear layers and experts, which the export stores in the GEMM's
+        own layout (export/tensors.py N16K4), are read where they lie in the artifact's memory
+        map: a MoE model's bytes stay file pages, shared and evictable, and load reads none of
+        them. False: copied into the process's memory (anonymous pages) at load. Exports whose
+        weights are row-major (before n16k4) are packed at load either way.
         cache_dtype: the latent cache's, float16 or float32. absorbed_resumes: a prompt's few
         new rows after many cached ones attend absorbed (`absorbs`); off by default, as it makes
         a row's arithmetic depend on whether its prefix was a prefix cache hit, which depends on
@@ -152,39 +151,39 @@ class NativeMlaBackend(NativeBackend):
             data.madvise(mmap.MADV_DONTNEED, start, stored["offset"] + nbytes - start)
 
         # Arrays are bound to names until the library has copied them.
-        def packed(setter, *where, lin: dict) -> None:
+        def weights(kind: str, *where, lin: dict) -> None:
+            """An int8 linear layer (kind "linear") or routed expert ("expert") at `where`:
+            read in place where the export stored it in the GEMM's layout (n16k4), else packed
+            here from row-major [K, N] (exports before n16k4), or copied without map_weights."""
             weight, scales = view(lin["weight"]), view(lin["scales"], np.float32)
-            setter(self._model, *where, _ptr(weight), _ptr(scales), lin["k"], lin["n"])
-            release(lin["weight"], weight.nbytes)
+            if lin["layout"] == "n16k4":
+                getattr(self.lib, f"em_set_{kind}_blocked")(
+                    self._model, *where, _ptr(weight), _ptr(scales), _ptr(view(lin["col_sums"])),
+                    lin["k"], lin["n"], int(not map_weights))
+                if not map_weights:
+                    release(lin["weight"], weight.nbytes)
+            else:
+                getattr(self.lib, f"em_set_{kind}")(self._model, *where, _ptr(weight),
+                                                    _ptr(scales), lin["k"], lin["n"])
+                release(lin["weight"], weight.nbytes)
 
-        def mapped(layer: int, e: int, which: int, lin: dict) -> None:
-            weight, scales = view(lin["weight"]), view(lin["scales"])
-            if weight.dtype != np.int8 or scales.dtype != np.float32:
-                raise ArtifactError("native backend: an expert's weights are not int8 with "
-                                    "float32 scales")
-            self.lib.em_set_expert_mapped(self._model, layer, e, which, _ptr(weight),
-                                          _ptr(scales), lin["k"], lin["n"])
-
-        self.maps_experts = map_experts
+        self.maps_weights = map_weights and index["lm_head"]["layout"] == "n16k4"
         for i, ly in enumerate(index["layers"]):
             for which, key in enumerate(("q_a", "q", "kv_a", "o")):
                 if ly[key] is not None:
-                    packed(self.lib.em_set_linear, i, which, lin=ly[key])
+                    weights("linear", i, which, lin=ly[key])
             if ly["mlp"] is not None:
                 for which, key in enumerate(("gate", "up", "down")):
-                    packed(self.lib.em_set_linear, i, 4 + which, lin=ly["mlp"][key])
+                    weights("linear", i, 4 + which, lin=ly["mlp"][key])
             if (moe := ly["moe"]) is not None:
                 router, bias = view(moe["router"], np.float32), view(moe["router_bias"], np.float32)
                 self.lib.em_set_router(self._model, i, _ptr(router), _ptr(bias))
-                for e, expert in enumerate(moe["experts"]):
+                for e, mlp in enumerate(moe["experts"]):
                     for which, key in enumerate(("gate", "up", "down")):
-                        if map_experts:
-                            mapped(i, e, which, lin=expert[key])
-                        else:
-                            packed(self.lib.em_set_expert, i, e, which, lin=expert[key])
+                        weights("expert", i, e, which, lin=mlp[key])
                 if moe["shared"] is not None:
                     for which, key in enumerate(("gate", "up", "down")):
-                        packed(self.lib.em_set_linear, i, 7 + which, lin=moe["shared"][key])
+                        weights("linear", i, 7 + which, lin=moe["shared"][key])
             absorb = [
                 view(ly[key][part], np.int8 if part == "weight" else np.float32)
                 for key in ("w_uk", "w_uv")
@@ -196,14 +195,14 @@ class NativeMlaBackend(NativeBackend):
                 for key in ("input_norm", "post_norm", "q_a_norm", "kv_a_norm")
             ]
             self.lib.em_set_norms(self._model, i, *map(_ptr, norms))
-        packed(self.lib.em_set_linear, -1, 0, lin=index["lm_head"])
+        weights("linear", -1, 0, lin=index["lm_head"])
         final_norm = view(index["final_norm"], np.float32)
         self.lib.em_set_norms(self._model, -1, _ptr(final_norm), None, None, None)
         cos, sin = view(index["cos"], np.float32), view(index["sin"], np.float32)
         self.lib.em_set_rope(self._model, _ptr(cos), _ptr(sin), index["cos"]["shape"][0])
         # The packed copies are the library's; the mapped experts (and the embedding table, below)
         # are read from the map for the model's life.
-        self._data = data if map_experts else None
+        self._data = data if self.maps_weights else None
         data = None
         embed = index["embed"]
         table, scales = embed["table"], embed["scales"]

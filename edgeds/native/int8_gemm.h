@@ -18,9 +18,9 @@ typedef struct {
   int8_t *packed;  /* [N/16][K/4][16][4] */
   int32_t *zero_fix; /* 128 * sum_k W[k][n]: what the zero point adds to each column */
   float *scale;    /* per channel */
-  /* mla_moe.c's mapped experts: the export's int8 [K, N] row-major in the artifact's memory map,
-   * packed NULL (each work item packs its columns as it runs). */
-  const int8_t *rows;
+  /* packed and scale are the caller's (mla_moe.c's experts read in the artifact's memory map),
+   * not freed with the weights. */
+  int borrowed;
 } Weights;
 
 /* y = (a - 128) W * row_scale * channel_scale for M rows of a: the kernels below. With two

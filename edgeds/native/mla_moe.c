@@ -148,10 +148,6 @@ typedef struct {
   float *h, *xn, *proj, *kv, *query, *part, *scores, *vals, *out, *rs, *logit_e, *wts, *act, *ye,
       *ars;
   uint8_t *xq, *actq;
-  /* Mapped experts: per thread, an item's gate and up columns packed (2 x 4 blocks of K / 4 x 64
-   * bytes at the largest K), threads x that. */
-  int8_t *repack;
-  size_t repack_cap;
   /* Activations as two int8 planes (em_set_activations; int8_gemm.h's quantize_remainder and
    * combine_planes). The remainder planes lie xq_lo / actq_lo bytes after their rows; 0 while
    * there is one plane. */
@@ -249,47 +245,9 @@ static Weights pack_any(const int8_t *w, const float *scale, int K, int N) {
 }
 
 static void free_weights(Weights *w) {
-  if (!w->rows) free(w->packed), free(w->scale); /* a mapped one's are the artifact's */
+  if (!w->borrowed) free(w->packed), free(w->scale);
   free(w->zero_fix);
-  w->packed = NULL, w->zero_fix = NULL, w->scale = NULL, w->rows = NULL;
-}
-
-/* Blocks [nb0, nb1) (sixteen columns each, at most four) of row-major int8 w [K][N] into dst in
- * the packed layout, one block after another, as pack() lays them out: a mapped expert's
- * columns, packed by the work item that reads them (into its thread's buffer, in L2). */
-enum { PREFETCH_ROWS = 32 };
-static void pack_blocks(const int8_t *w, int K, int N, int nb0, int nb1, int8_t *dst) {
-  const size_t bstride = (size_t)(K / 4) * 64;
-  for (int k = 0; k < K; k += 4) {
-    /* The item reads a 64-byte line a row, N bytes apart: too far apart for the hardware
-     * prefetcher, so the rows PREFETCH_ROWS ahead are asked for here. */
-    if (k + PREFETCH_ROWS + 4 <= K)
-      for (int i = 0; i < 4; i++)
-        _mm_prefetch((const char *)(w + (size_t)(k + PREFETCH_ROWS + i) * N + 16 * nb0),
-                     _MM_HINT_T0);
-    for (int b = nb0; b < nb1; b++) {
-      const int8_t *src = w + (size_t)k * N + 16 * b;
-      const __m128i r0 = _mm_loadu_si128((const __m128i *)src),
-                    r1 = _mm_loadu_si128((const __m128i *)(src + N)),
-                    r2 = _mm_loadu_si128((const __m128i *)(src + 2 * (size_t)N)),
-                    r3 = _mm_loadu_si128((const __m128i *)(src + 3 * (size_t)N));
-      const __m128i lo01 = _mm_unpacklo_epi8(r0, r1), hi01 = _mm_unpackhi_epi8(r0, r1);
-      const __m128i lo23 = _mm_unpacklo_epi8(r2, r3), hi23 = _mm_unpackhi_epi8(r2, r3);
-      int8_t *d = dst + (size_t)(b - nb0) * bstride + (size_t)k * 16;
-      _mm_store_si128((__m128i *)d, _mm_unpacklo_epi16(lo01, lo23));
-      _mm_store_si128((__m128i *)(d + 16), _mm_unpackhi_epi16(lo01, lo23));
-      _mm_store_si128((__m128i *)(d + 32), _mm_unpacklo_epi16(hi01, hi23));
-      _mm_store_si128((__m128i *)(d + 48), _mm_unpackhi_epi16(hi01, hi23));
-    }
-  }
-}
-
-/* Where an item's blocks [nb0, ...) of w start in the packed layout: in w's own packing, or
- * (mapped) packed now into buf. */
-static const int8_t *item_blocks(const Weights *w, int nb0, int nb1, int8_t *buf) {
-  if (w->packed) return w->packed + (size_t)nb0 * (w->K / 4) * 64;
-  pack_blocks(w->rows, w->K, w->N, nb0, nb1, buf);
-  return buf;
+  w->packed = NULL, w->zero_fix = NULL, w->scale = NULL, w->borrowed = 0;
 }
 
 static void free_mlp(Mlp *p) {
@@ -297,55 +255,61 @@ static void free_mlp(Mlp *p) {
 }
 
 /* which: 0 q_a, 1 q (q_b with q_lora), 2 kv_a, 3 o, 4-6 the dense MLP's gate/up/down, 7-9 the
- * shared expert's; layer -1: the LM head. w int8 [K, N]. */
-void em_set_linear(MlaModel *m, int layer, int which, const int8_t *w, const float *scale, int K,
-                   int N) {
-  omp_set_num_threads(m->threads);
-  Weights p = pack_any(w, scale, K, N);
-  if (layer < 0) {
-    m->head = p;
-    return;
-  }
+ * shared expert's; layer -1: the LM head. */
+static Weights *linear_slot(MlaModel *m, int layer, int which) {
+  if (layer < 0) return &m->head;
   MLayer *ly = &m->layer[layer];
   Weights *slot[] = {&ly->q_a,       &ly->q,          &ly->kv_a,     &ly->o,
                      &ly->mlp.gate,  &ly->mlp.up,     &ly->mlp.down, &ly->shared.gate,
                      &ly->shared.up, &ly->shared.down};
-  *slot[which] = p;
+  return slot[which];
+}
+
+static Weights *expert_slot(MlaModel *m, int layer, int e, int which) {
+  MLayer *ly = &m->layer[layer];
+  if (!ly->experts) ly->experts = calloc(m->d[D_EXPERTS], sizeof(Mlp));
+  return &(&ly->experts[e].gate)[which];
+}
+
+/* Weights exported in the GEMM's own layout: packed int8 [N/16][K/4][16][4], scale [N] and each
+ * column's sum col_sums [N] in the caller's memory (the artifact's map). copy 0: read where they
+ * lie, so they stay file pages, shared and evictable, and load reads none of them (the memory
+ * must outlive the model); copy 1: copied into the process's memory. Only the zero-point fix
+ * (N int32) is made here. */
+static Weights blocked_weights(const int8_t *packed, const float *scale, const int32_t *col_sums,
+                               int K, int N, int copy) {
+  Weights p = {K, N, (int8_t *)packed, alloc64((size_t)N * 4), (float *)scale, !copy};
+  if (copy) {
+    p.packed = alloc64((size_t)K * N), p.scale = alloc64((size_t)N * 4);
+    memcpy(p.packed, packed, (size_t)K * N);
+    memcpy(p.scale, scale, (size_t)N * 4);
+  }
+  for (int n = 0; n < N; n++) p.zero_fix[n] = col_sums[n] * 128;
+  return p;
+}
+
+/* Linear `which` (linear_slot) from int8 [K, N] row-major w, packed here. */
+void em_set_linear(MlaModel *m, int layer, int which, const int8_t *w, const float *scale, int K,
+                   int N) {
+  omp_set_num_threads(m->threads);
+  *linear_slot(m, layer, which) = pack_any(w, scale, K, N);
+}
+
+void em_set_linear_blocked(MlaModel *m, int layer, int which, const int8_t *packed,
+                           const float *scale, const int32_t *col_sums, int K, int N, int copy) {
+  *linear_slot(m, layer, which) = blocked_weights(packed, scale, col_sums, K, N, copy);
 }
 
 /* which: 0 gate, 1 up, 2 down of routed expert e. */
 void em_set_expert(MlaModel *m, int layer, int e, int which, const int8_t *w, const float *scale,
                    int K, int N) {
   omp_set_num_threads(m->threads);
-  MLayer *ly = &m->layer[layer];
-  if (!ly->experts) ly->experts = calloc(m->d[D_EXPERTS], sizeof(Mlp));
-  (&ly->experts[e].gate)[which] = pack_any(w, scale, K, N);
+  *expert_slot(m, layer, e, which) = pack_any(w, scale, K, N);
 }
 
-/* Routed expert e's weight `which` (0 gate, 1 up, 2 down) used where it lies: w int8 [K, N] and
- * scale [N] in the caller's memory (the artifact's map), which must outlive the model. Only
- * the zero-point fix (128 x each column's sum, N int32) is made here; each call's work items pack
- * the columns they take (pack_blocks), so nothing of the weights is copied. */
-void em_set_expert_mapped(MlaModel *m, int layer, int e, int which, const int8_t *w,
-                          const float *scale, int K, int N) {
-  omp_set_num_threads(m->threads);
-  MLayer *ly = &m->layer[layer];
-  if (!ly->experts) ly->experts = calloc(m->d[D_EXPERTS], sizeof(Mlp));
-  Weights p = {K, N, NULL, alloc64((size_t)N * 4), (float *)scale, w};
-#pragma omp parallel for schedule(static)
-  for (int n0 = 0; n0 < N; n0 += 16) {
-    int32_t sum[16] = {0};
-    for (int k = 0; k < K; k++)
-      for (int i = 0; i < 16; i++) sum[i] += w[(size_t)k * N + n0 + i];
-    for (int i = 0; i < 16; i++) p.zero_fix[n0 + i] = sum[i] * 128;
-  }
-  const size_t need = (size_t)m->threads * 2 * 4 * (K / 4) * 64; /* gate and up, four blocks */
-  if (need > m->repack_cap) {
-    free(m->repack);
-    m->repack = alloc64(need);
-    m->repack_cap = need;
-  }
-  (&ly->experts[e].gate)[which] = p;
+void em_set_expert_blocked(MlaModel *m, int layer, int e, int which, const int8_t *packed,
+                           const float *scale, const int32_t *col_sums, int K, int N, int copy) {
+  *expert_slot(m, layer, e, which) = blocked_weights(packed, scale, col_sums, K, N, copy);
 }
 
 /* router [hidden][experts] float32; bias [experts] or NULL. */
@@ -466,7 +430,7 @@ void em_free(MlaModel *m) {
                 m->out, m->rs, m->logit_e, m->wts, m->act,   m->ye,   m->ars};
   for (size_t i = 0; i < sizeof f / sizeof *f; i++) free(f[i]);
   free(m->xq), free(m->actq), free(m->sel), free(m->assign), free(m->tok_of), free(m->items);
-  free(m->tiles), free(m->dec), free(m->ones), free(m->src), free(m->seg_base), free(m->repack),
+  free(m->tiles), free(m->dec), free(m->ones), free(m->src), free(m->seg_base),
       free(m->tile_row), free(m->tile_len), free(m->slot_keys);
   em_drop_decompressed(m);
   free(m->kept);
@@ -611,11 +575,11 @@ static void amx_rows(const uint8_t *a, int K, const int8_t *b, int nblk, int32_t
 
 /* An item on AMX tiles: 16 rows at a time; the same epilogue as the VNNI path's, and integer
  * sums are exact, so a row's result does not depend on which kernel its batch took. */
-static void run_item_amx(const Job *j, int nb0, int nb1, int8_t *buf) {
+static void run_item_amx(const Job *j, int nb0, int nb1) {
   const int K = j->w->K;
   const size_t bstride = (size_t)(K / 4) * 64;
-  const int8_t *wb = item_blocks(j->w, nb0, nb1, buf),
-               *ub = j->up ? item_blocks(j->up, nb0, nb1, buf + 4 * bstride) : NULL;
+  const int8_t *wb = j->w->packed + nb0 * bstride,
+               *ub = j->up ? j->up->packed + nb0 * bstride : NULL;
   int32_t out[16 * 64] __attribute__((aligned(64))), up[16 * 64] __attribute__((aligned(64)));
   const int per = j->lo ? 2 : 1, step = 16 / per; /* rows a tile holds: 16, or 8 two planes */
   for (int r0 = 0; r0 < j->rows; r0 += step) {
@@ -640,11 +604,11 @@ static void tiles_on(void) {
 
 /* One item: every row of the job against blocks [nb0, nb1), four rows and up to four blocks at a
  * time (the weights of the item stay in L2 while the rows go by). */
-static void run_item(const Job *j, int nb0, int nb1, int8_t *buf) {
+static void run_item(const Job *j, int nb0, int nb1) {
   const int K = j->w->K;
   const size_t bstride = (size_t)(K / 4) * 64;
-  const int8_t *wb = item_blocks(j->w, nb0, nb1, buf),
-               *ub = j->up ? item_blocks(j->up, nb0, nb1, buf + 4 * bstride) : NULL;
+  const int8_t *wb = j->w->packed + nb0 * bstride,
+               *ub = j->up ? j->up->packed + nb0 * bstride : NULL;
   /* Four rows of A a micro kernel: four rows, or two rows' two planes each. */
   const int per = j->lo ? 2 : 1, step = 4 / per;
   for (int r0 = 0; r0 < j->rows; r0 += step) {
@@ -725,18 +689,16 @@ static void run_jobs(MlaModel *m, Job *jobs, int n_jobs) {
 #ifdef __AMX_INT8__
     if (amx) tiles_on();
 #endif
-    int8_t *buf =
-        m->repack ? m->repack + m->repack_cap / m->threads * omp_get_thread_num() : NULL;
 #pragma omp for schedule(dynamic, 1)
     for (int i = 0; i < n; i++) {
       const Job *j = &jobs[items[i].job];
 #ifdef __AMX_INT8__
       if (j->tiles) {
-        run_item_amx(j, items[i].nb0, items[i].nb1, buf);
+        run_item_amx(j, items[i].nb0, items[i].nb1);
         continue;
       }
 #endif
-      run_item(j, items[i].nb0, items[i].nb1, buf);
+      run_item(j, items[i].nb0, items[i].nb1);
     }
 #ifdef __AMX_INT8__
     if (amx) _tile_release();

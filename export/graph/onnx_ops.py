@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..tensors import Embedding, GatedMlp, Linear, Stored
+from ..tensors import BLOCKED_TO_KN, KN, Embedding, GatedMlp, Linear, Stored
 from .parts import mark_boundaries
 
 OPSET = 21
@@ -152,6 +152,16 @@ def row_quantize(g: Graph, x: str, k: int, name: str, rows: str | None = None) -
     ), scale
 
 
+def int8_weight(g: Graph, lin: Linear, name: str) -> str:
+    """A per-channel linear's int8 W^T (K, N): its initializer, or for the n16k4 layout a
+    transpose and reshape of it, constants that the session folds at load."""
+    w = g.external(f"{name}.qweight", lin.weight)
+    if lin.layout == KN:
+        return w
+    w = g.node("Transpose", [w], f"{name}/Unblock", perm=list(BLOCKED_TO_KN))
+    return g.node("Reshape", [w, g.const(f"{name}/kn_shape", [lin.k, lin.n])], f"{name}/KN")
+
+
 def int8_matmul(g: Graph, xq: str, lin: Linear, name: str) -> str:
     """xq @ W in units of xq's row scales; the channel scales are applied inside the GEMM's
     output stage (MLAS scales each tile while it is in cache)."""
@@ -159,7 +169,7 @@ def int8_matmul(g: Graph, xq: str, lin: Linear, name: str) -> str:
         "MatMulIntegerToFloat",
         [
             xq,
-            g.external(f"{name}.qweight", lin.weight),
+            int8_weight(g, lin, name),
             g.shared("/int8/one", 1.0, np.float32),
             g.external(f"{name}.scales", lin.scales),
             g.shared("/int8/zero_point", 128, np.uint8),
@@ -185,7 +195,7 @@ def _dequantized_matmul(g: Graph, x: str, lin: Linear, name: str) -> str:
     w = g.node(
         "DequantizeLinear",
         [
-            g.external(f"{name}.qweight", lin.weight),
+            int8_weight(g, lin, name),
             g.external(f"{name}.scales", lin.scales),
             g.const(f"{name}.zero_points", np.zeros(lin.n, np.int8), np.int8),
         ],

@@ -12,7 +12,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
-from ..tensors import Embedding, GatedMlp, Linear, Stored
+from ..tensors import BLOCKED_TO_KN, KN, Embedding, GatedMlp, Linear, Stored
 from ..weight_file import WeightFile
 
 # The IR's inputs, as OpenVINO GenAI's stateful decoders name them (plus logits_positions).
@@ -29,6 +29,15 @@ class Builder:
         view = self.weights.view(s.offset, np.dtype(s.dtype), shape or s.shape)
         return ov.op.Constant(view, shared_memory=True)
 
+    def int8_weight(self, lin: Linear) -> ov.Node:
+        """A per-channel linear's int8 W^T (K, N); the n16k4 layout undone by constant ops that
+        the compiled model folds (an unblocked copy here would hold every expert in memory)."""
+        w = self.const(lin.weight)
+        if lin.layout == KN:
+            return w
+        w = ops.transpose(w, ops.constant(np.array(BLOCKED_TO_KN, np.int64)))
+        return ops.reshape(w, ops.constant(np.array([lin.k, lin.n], np.int64)), False)
+
     def mlp(self, x, mlp: GatedMlp):
         return self.linear(
             ops.multiply(ops.swish(self.linear(x, mlp.gate)), self.linear(x, mlp.up)), mlp.down
@@ -36,7 +45,7 @@ class Builder:
 
     def linear(self, x, lin: Linear):
         if lin.per_channel:  # int8 W^T (K, N), one scale per output channel
-            weight = ops.multiply(ops.convert(self.const(lin.weight), np.float32),
+            weight = ops.multiply(ops.convert(self.int8_weight(lin), np.float32),
                                   self.const(lin.scales, (1, lin.n)))
             y = ops.matmul(x, weight, False, False)
         elif lin.bits:

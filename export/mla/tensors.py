@@ -73,7 +73,7 @@ def _per_head(w: TensorWriter, matrices: np.ndarray) -> PerHead:
 def write_tensors(
     ckpt: Checkpoint, spec: MlaSpec, scheme: Scheme, out: WeightFile, context: int
 ) -> MlaTensors:
-    w = TensorWriter(ckpt, scheme, out)
+    w = TensorWriter(ckpt, scheme, out, blocked=True)  # what the native MLA decoder maps
     heads, dn, dr, dv, lat = (spec.num_heads, spec.qk_nope_head_dim, spec.qk_rope_head_dim,
                               spec.v_head_dim, spec.kv_lora_rank)
     interleaved = ckpt.config.get("rope_interleave", True)
