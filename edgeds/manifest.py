@@ -709,8 +709,18 @@ class Generation:
 
 @dataclass(frozen=True)
 class FileEntry:
+    """A file's size and sha256; a large one's also per piece of `piece_bytes` (the last piece
+    shorter), so that it can be verified on every core at once (artifact.verify_files)."""
+
     size: int
     sha256: str
+    piece_bytes: int = 0
+    pieces: tuple[str, ...] = ()
+
+
+def _is_sha256(digest) -> bool:
+    return (type(digest) is str and len(digest) == 64
+            and all(c in "0123456789abcdef" for c in digest))
 
 
 def _files(r: _Fields) -> Mapping[str, FileEntry]:
@@ -719,10 +729,19 @@ def _files(r: _Fields) -> Mapping[str, FileEntry]:
         if (why := unsafe_name(name)) is not None:
             r.fail(f"{why}", _short(name))
         f = r.section(name)
-        digest = f.str("sha256")
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        digest, size = f.str("sha256"), f.int("size", 0, 1 << 50)
+        if not _is_sha256(digest):
             f.fail("is not a sha256 hex digest", "sha256")
-        out[name] = FileEntry(f.int("size", 0, 1 << 50), digest)
+        piece_bytes, pieces = 0, ()
+        if "pieces" in f.data:
+            p = f.section("pieces")
+            piece_bytes = p.int("bytes", 1 << 12, 1 << 40)
+            pieces = p.get("sha256")
+            if (not isinstance(pieces, list) or not all(map(_is_sha256, pieces))
+                    or len(pieces) != -(-size // piece_bytes)):
+                p.fail(f"is not a list of {-(-size // piece_bytes)} sha256 hex digests", "sha256")
+            p.done()
+        out[name] = FileEntry(size, digest, piece_bytes, tuple(pieces))
         f.done()
     return MappingProxyType(out)
 

@@ -123,3 +123,35 @@ def test_doctor_says_where_stamps_go_and_how_to_turn_them_off(monkeypatch):
     assert "stamped in /somewhere/edgeds-cache/verified" in format_report(diagnose())
     monkeypatch.setenv("EDGEDS_VERIFY", "always")
     assert "every file hashed at every load" in format_report(diagnose())
+
+
+def test_a_large_file_is_verified_piece_by_piece(artifact_copy, monkeypatch):
+    """Files above PIECE_BYTES carry a sha256 per piece (what the exporter writes, here with
+    16 KiB pieces), checked on every core: a load hashes the pieces, not the whole file, and a
+    byte changed in any piece, or a piece list that does not cover the file, is refused."""
+    import edgeds.artifact as artifact_module
+    from edgeds.manifest import seal
+
+    monkeypatch.setenv("EDGEDS_VERIFY", "always")
+    monkeypatch.setattr(artifact_module, "PIECE_BYTES", 1 << 14)
+    manifest = json.loads((artifact_copy / "edgeds.json").read_text())
+    manifest["files"] = artifact_module.describe_files(artifact_copy, list(manifest["files"]))
+    (artifact_copy / "edgeds.json").write_text(json.dumps(seal(manifest)))
+    data = artifact_copy / "model.onnx.data"
+    entry = load_artifact(artifact_copy, verify=False).manifest.files["model.onnx.data"]
+    assert entry.piece_bytes == 1 << 14 and len(entry.pieces) == -(-data.stat().st_size >> 14)
+    assert len(entry.pieces) > 1
+    hashed = _count_hashes(monkeypatch)
+    load_artifact(artifact_copy)
+    assert "model.onnx.data" not in hashed  # its pieces were hashed instead
+
+    raw = bytearray(data.read_bytes())
+    raw[(len(entry.pieces) - 1) << 14] ^= 1  # the last piece's first byte
+    data.write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError, match="model.onnx.data' does not match its sha256"):
+        load_artifact(artifact_copy)
+
+    manifest["files"]["model.onnx.data"]["pieces"]["sha256"].pop()
+    (artifact_copy / "edgeds.json").write_text(json.dumps(seal(manifest)))
+    with pytest.raises(ArtifactError, match="pieces"):
+        load_artifact(artifact_copy)
