@@ -2,8 +2,8 @@
 artifact: DeepSeek-V2-Lite's widths cut to a few layers (benchmarks/random_checkpoint.py, random
 weights, int8 export), batch 1 and 16 after a 128-token prompt, prefill of 128 / 512 tokens.
 
-    python benchmarks/mla_decode_profile.py --layers 3 --threads 2 --work /tmp/mla-profile \
-        --machine epyc-zen4-2t
+    python -m benchmarks.kernels.mla_decode_profile --layers 3 --threads 2 \
+        --work /tmp/mla-profile --machine epyc-zen4-2t
 
 Prints a markdown table and writes benchmarks/results/mla-profile-<machine>.md. The phases are
 mla_moe.c's own timers (em_profile): attention projections (q, kv_a, norms, rope, W_UK),
@@ -15,15 +15,16 @@ LM head.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-
-sys.path[:0] = [str(HERE.parent), str(HERE), str(HERE / "peers")]  # this checkout's edgeds
+from benchmarks import RESULTS
+from benchmarks.peers.moe_compare import CONFIGS, prepare
+from edgeds.artifact import load_artifact
+from edgeds.backends.native_mla import NativeMlaBackend
+from edgeds.backends.onnxruntime import OnnxRuntimeBackend
 
 PHASES = (
     "attention projections",
@@ -105,12 +106,6 @@ def main() -> None:
                    help="prompt lengths (e.g. 512,4096,16384): batch-1 prefill tok/s alone")
     p.add_argument("--rounds", type=int, default=2, help="--prefills' rounds")
     args = p.parse_args()
-    from moe_compare import CONFIGS, prepare
-
-    from edgeds.artifact import load_artifact
-    from edgeds.backends.native_mla import NativeMlaBackend
-    from edgeds.backends.onnxruntime import OnnxRuntimeBackend
-
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     paths = prepare(
@@ -144,7 +139,7 @@ def main() -> None:
         title = f"V2-Lite widths, {args.layers} layers, {args.threads} threads, int8, batch 1"
         lines = [title, "", *prefill_rates(native, lengths, args.rounds, rng)]
         print("\n".join(lines))
-        out = HERE / "results" / f"mla-profile-{args.machine}-prefill.md"
+        out = RESULTS / f"mla-profile-{args.machine}-prefill.md"
         out.write_text("\n".join(lines) + "\n")
         return
     runs = [("native", native)]
@@ -177,7 +172,7 @@ def main() -> None:
         lines.append(f"| {phase} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
     lines.append("| total | " + " | ".join(f"{v:.2f}" for v in table.sum(0)) + " |")
     print("\n".join(lines))
-    out = HERE / "results" / f"mla-profile-{args.machine}.md"
+    out = RESULTS / f"mla-profile-{args.machine}.md"
     if args.phases_only:
         out = out.with_name(f"mla-profile-{args.machine}-phases.md")
     out.write_text("\n".join(lines) + "\n")
