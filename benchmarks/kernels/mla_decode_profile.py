@@ -83,12 +83,16 @@ def prefill_rates(backend, lengths: list[int], rounds: int, rng) -> list[str]:
             wall[n].append(n / (time.perf_counter() - t))
             cpu[n].append(time.process_time() - c)
             print(f"prefill {n}: {wall[n][-1]:.0f} tok/s, {cpu[n][-1]:.2f} CPU s", flush=True)
-    lines = ["| prefill | tok/s per round (wall) | CPU s per round | best / first length's best |",
-             "|---|---|---|---|"]
+    lines = [
+        "| prefill | tok/s per round (wall) | CPU s per round | best / first length's best |",
+        "|---|---|---|---|",
+    ]
     for n in lengths:
-        lines.append(f"| {n} | {', '.join(f'{v:.0f}' for v in wall[n])} | "
-                     f"{', '.join(f'{v:.2f}' for v in cpu[n])} | "
-                     f"{max(wall[n]) / max(wall[lengths[0]]):.2f}x |")
+        lines.append(
+            f"| {n} | {', '.join(f'{v:.0f}' for v in wall[n])} | "
+            f"{', '.join(f'{v:.2f}' for v in cpu[n])} | "
+            f"{max(wall[n]) / max(wall[lengths[0]]):.2f}x |"
+        )
     return lines
 
 
@@ -102,8 +106,11 @@ def main() -> None:
     p.add_argument("--no-ort", action="store_true")
     p.add_argument("--prompts", default="128", help="the phase table's prompt lengths (depths)")
     p.add_argument("--phases-only", action="store_true", help="the phase table alone")
-    p.add_argument("--prefills", default="",
-                   help="prompt lengths (e.g. 512,4096,16384): batch-1 prefill tok/s alone")
+    p.add_argument(
+        "--prefills",
+        default="",
+        help="prompt lengths (e.g. 512,4096,16384): batch-1 prefill tok/s alone",
+    )
     p.add_argument("--rounds", type=int, default=2, help="--prefills' rounds")
     args = p.parse_args()
     work = Path(args.work)
@@ -164,7 +171,8 @@ def main() -> None:
     cols = [(b, int(n)) for b in batches for n in args.prompts.split(",")]
     lines += [
         "| native phase, ms per decode step | "
-        + " | ".join(f"batch {b} after {n}" for b, n in cols) + " |",
+        + " | ".join(f"batch {b} after {n}" for b, n in cols)
+        + " |",
         "|---|" + "---|" * len(cols),
     ]
     table = np.stack([profile(native, b, n, STEPS, rng) for b, n in cols], 1) * 1e3
