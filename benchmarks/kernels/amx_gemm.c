@@ -16,7 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../edgeds/native/int8_gemm.h"
+#include "../../edgeds/native/int8_gemm.h"
 
 static int check(Gemm gemm, int M, int K, int N) {
   int8_t *w = malloc((size_t)K * N);

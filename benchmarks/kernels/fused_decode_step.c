@@ -20,7 +20,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../edgeds/native/int8_gemm.h"
+#include "../../edgeds/native/int8_gemm.h"
 
 enum { L = 28, H = 1536, NH = 12, NKV = 2, D = 128, GROUP = NH / NKV, QKV = (NH + 2 * NKV) * D, I = 8960, V = 151936 };
 
