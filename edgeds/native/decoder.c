@@ -82,18 +82,21 @@ static int is_finite(float x) {
  * a caller passes can make them write outside a buffer): the GEMM wants widths in 64s, the
  * attention at most MAX_GROUP heads per KV head of at most MAX_HEAD_DIM in 16s, heads that span
  * the hidden size; the scratch is sized per thread. */
-Model *ed_new(int layers, int hidden, int heads, int kv_heads, int head_dim, int inter, int vocab, float eps,
-              int threads, int use_amx) {
+Model *ed_new(int layers, int hidden, int heads, int kv_heads, int head_dim, int inter, int vocab,
+              float eps, int threads, int use_amx) {
   if (layers < 1 || heads < 1 || kv_heads < 1 || heads % kv_heads || heads / kv_heads > MAX_GROUP)
     return NULL;
-  if (head_dim < 16 || head_dim % 16 || head_dim > MAX_HEAD_DIM || (long)heads * head_dim != hidden) return NULL;
-  if (hidden % 64 || inter < 64 || inter % 64 || vocab < 64 || vocab % 64 || (heads + 2 * kv_heads) * head_dim % 64)
+  if (head_dim < 16 || head_dim % 16 || head_dim > MAX_HEAD_DIM || (long)heads * head_dim != hidden)
+    return NULL;
+  if (hidden % 64 || inter < 64 || inter % 64 || vocab < 64 || vocab % 64 ||
+      (heads + 2 * kv_heads) * head_dim % 64)
     return NULL;
   if (threads < 1 || threads > MAX_THREADS || !is_finite(eps) || eps < 0 || eps >= 1) return NULL;
   Model *m = calloc(1, sizeof *m);
   if (!m) return NULL;
-  *m = (Model){.layers = layers, .hidden = hidden, .heads = heads, .kv_heads = kv_heads, .head_dim = head_dim,
-               .inter = inter, .vocab = vocab, .threads = threads, .eps = eps, .planes = 1};
+  *m = (Model){.layers = layers, .hidden = hidden, .heads = heads, .kv_heads = kv_heads,
+               .head_dim = head_dim, .inter = inter, .vocab = vocab, .threads = threads, .eps = eps,
+               .planes = 1};
 #ifdef __AMX_INT8__
   m->amx = use_amx && amx_permitted();
 #endif
@@ -153,10 +156,13 @@ static float *copy_floats(const float *src, size_t n) {
 
 /* which: 0 qkv, 1 o, 2 gate, 3 up, 4 down; layer -1 is the LM head. w int8 [K, N], which must
  * be the shape the model's widths give that layer. Returns 0, or -1 (nothing is kept). */
-int ed_set_linear(Model *m, int layer, int which, const int8_t *w, const float *scale, const float *bias, int K, int N) {
+int ed_set_linear(Model *m, int layer, int which, const int8_t *w, const float *scale,
+                  const float *bias, int K, int N) {
   const int H = m->hidden, QKV = (m->heads + 2 * m->kv_heads) * m->head_dim;
   const int shape[5][2] = {{H, QKV}, {H, H}, {H, m->inter}, {H, m->inter}, {m->inter, H}};
-  if (layer < -1 || layer >= m->layers || which < 0 || which > 4 || (layer < 0 && which) || !w || !scale) return -1;
+  if (layer < -1 || layer >= m->layers || which < 0 || which > 4 || (layer < 0 && which) ||
+      !w || !scale)
+    return -1;
   if (layer < 0 ? K != H || N != m->vocab : K != shape[which][0] || N != shape[which][1]) return -1;
   Linear *lin = layer < 0 ? &m->head : &(&m->layer[layer].qkv)[which];
   if (lin->w.packed) return -1; /* set once */
@@ -232,7 +238,8 @@ void ed_free(Model *m) {
   }
   free_linear(&m->head);
   free(m->layer), free(m->final_norm), free(m->cos_t), free(m->sin_t);
-  free(m->h), free(m->wide1), free(m->wide2), free(m->qkv), free(m->attn), free(m->row_scale), free(m->xq);
+  free(m->h), free(m->wide1), free(m->wide2), free(m->qkv), free(m->attn), free(m->row_scale),
+      free(m->xq);
   free(m->attn_scratch), free(m->partials), free(m->tiles), free(m->part_at),
       free(m->prompt_scratch);
   free(m);
@@ -245,10 +252,13 @@ static void *alloc64(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 
  * or -1 where memory ran out (the scratch is then empty, and grown at the next call). */
 static int grow_scratch(Model *m, int rows) {
   if (rows > m->rows_cap) {
-    int wide = m->inter > m->hidden ? m->inter : m->hidden, qkv = (m->heads + 2 * m->kv_heads) * m->head_dim;
-    free(m->h), free(m->wide1), free(m->wide2), free(m->qkv), free(m->attn), free(m->row_scale), free(m->xq);
+    int wide = m->inter > m->hidden ? m->inter : m->hidden;
+    int qkv = (m->heads + 2 * m->kv_heads) * m->head_dim;
+    free(m->h), free(m->wide1), free(m->wide2), free(m->qkv), free(m->attn), free(m->row_scale),
+        free(m->xq);
     free(m->tiles), free(m->part_at);
-    m->tiles = malloc((size_t)rows * 4 * sizeof(int)), m->part_at = malloc(((size_t)rows + 1) * sizeof(int));
+    m->tiles = malloc((size_t)rows * 4 * sizeof(int));
+    m->part_at = malloc(((size_t)rows + 1) * sizeof(int));
     m->h = alloc64((size_t)rows * m->hidden * 4);
     m->wide1 = alloc64((size_t)rows * wide * 4);
     m->wide2 = alloc64((size_t)rows * wide * 4);
@@ -257,8 +267,10 @@ static int grow_scratch(Model *m, int rows) {
     m->row_scale = alloc64((size_t)rows * 4);
     m->xq = alloc64((size_t)rows * m->planes * wide);
     m->rows_cap = rows;
-    if (!m->h || !m->wide1 || !m->wide2 || !m->qkv || !m->attn || !m->row_scale || !m->xq || !m->tiles || !m->part_at) {
-      free(m->h), free(m->wide1), free(m->wide2), free(m->qkv), free(m->attn), free(m->row_scale), free(m->xq);
+    if (!m->h || !m->wide1 || !m->wide2 || !m->qkv || !m->attn || !m->row_scale || !m->xq ||
+        !m->tiles || !m->part_at) {
+      free(m->h), free(m->wide1), free(m->wide2), free(m->qkv), free(m->attn), free(m->row_scale),
+          free(m->xq);
       free(m->tiles), free(m->part_at);
       m->h = m->wide1 = m->wide2 = m->qkv = m->attn = m->row_scale = NULL, m->xq = NULL;
       m->tiles = NULL, m->part_at = NULL;
@@ -272,14 +284,17 @@ static int grow_scratch(Model *m, int rows) {
 }
 
 /* Lanes [0, n) of a 16-float block: the masked tail of a row of any length. */
-static inline __mmask16 first(int n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
+static inline __mmask16 first(int n) {
+  return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+}
 
 /* Sums in one order written out (16 lanes, then _mm512_reduce_add_ps): built without
  * -fassociative-math, the compiler keeps it, and a row's sum is the same in every call. (Left
  * to the vectorizer, a sum without reassociation is added one element at a time.) */
 static inline float sum_of(const float *x, int n) {
   __m512 acc = _mm512_setzero_ps();
-  for (int i = 0; i < n; i += 16) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(first(n - i), x + i));
+  for (int i = 0; i < n; i += 16)
+    acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(first(n - i), x + i));
   return _mm512_reduce_add_ps(acc);
 }
 
@@ -289,7 +304,8 @@ static inline double sum_of_squares(const float *x, int n) {
   __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
   for (int i = 0; i < n; i += 16) {
     __m512 v = _mm512_maskz_loadu_ps(first(n - i), x + i);
-    __m512d a = _mm512_cvtps_pd(_mm512_castps512_ps256(v)), b = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
+    __m512d a = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    __m512d b = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
     lo = _mm512_fmadd_pd(a, a, lo), hi = _mm512_fmadd_pd(b, b, hi);
   }
   return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
@@ -297,7 +313,8 @@ static inline double sum_of_squares(const float *x, int n) {
 
 /* x (after an optional RMSNorm with weights g) -> uint8 row, zero point 128, and its scale; with
  * two planes the remainder's row follows it (the A rows of int8_gemm.h's kernels). */
-static void quantize_row(const Model *m, const float *x, int n, const float *g, float *normed, uint8_t *q, float *scale) {
+static void quantize_row(const Model *m, const float *x, int n, const float *g, float *normed,
+                         uint8_t *q, float *scale) {
   const float *src = x;
   if (g) {
     const double rms = sqrt(sum_of_squares(x, n) / n + m->eps);
@@ -457,8 +474,8 @@ attend_split_impl(const Model *m, const Cache *c, int l, const Tile *tl, int g, 
           for (int tt = 0; tt < 16; tt++)
             acc[tt] = _mm512_fmadd_ps(qc, _mm512_load_ps(block + tt * D + 16 * x), acc[tt]);
         }
-        _mm512_mask_storeu_ps(scores + (size_t)(i * group + h) * SPLIT + t0 - s0, (__mmask16)((1u << ni) - 1),
-                              _mm512_mul_ps(hsum16(acc), scale));
+        _mm512_mask_storeu_ps(scores + (size_t)(i * group + h) * SPLIT + t0 - s0,
+                              (__mmask16)((1u << ni) - 1), _mm512_mul_ps(hsum16(acc), scale));
       }
     }
   }
@@ -516,21 +533,24 @@ static __attribute__((noinline)) void merge_state(float *st, const float *p, int
   const float peak = fmaxf(st[D], p[D]), a = expf(st[D] - peak), b = expf(p[D] - peak);
   const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
   for (int x = 0; x < D; x += 16)
-    _mm512_storeu_ps(st + x, _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(st + x), va), _mm512_mul_ps(_mm512_loadu_ps(p + x), vb)));
+    _mm512_storeu_ps(st + x, _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(st + x), va),
+                                           _mm512_mul_ps(_mm512_loadu_ps(p + x), vb)));
   st[D + 1] = st[D + 1] * a + p[D + 1] * b;
   st[D] = peak;
 }
 
 static __attribute__((noinline)) void finish_state(const float *st, int D, float *out) {
   const __m512 inv = _mm512_set1_ps(1.0f / st[D + 1]);
-  for (int x = 0; x < D; x += 16) _mm512_storeu_ps(out + x, _mm512_mul_ps(_mm512_loadu_ps(st + x), inv));
+  for (int x = 0; x < D; x += 16)
+    _mm512_storeu_ps(out + x, _mm512_mul_ps(_mm512_loadu_ps(st + x), inv));
 }
 
 static inline int splits_of(const Tile *t) { return (t->p0 + t->n + SPLIT - 1) / SPLIT; }
 
 /* Split s's partials of tile t merged into the tile's running states (split 0 starts them). */
 static void merge_split(const Model *m, const Tile *t, int s, float *state, const float *part) {
-  const int group = m->heads / m->kv_heads, ST = state_floats(m), i0 = s * SPLIT - t->p0 > 0 ? s * SPLIT - t->p0 : 0;
+  const int group = m->heads / m->kv_heads, ST = state_floats(m);
+  const int i0 = s * SPLIT - t->p0 > 0 ? s * SPLIT - t->p0 : 0;
   for (int i = i0; i < t->n; i++)
     for (int h = 0; h < group; h++) {
       const size_t at = (size_t)(i * group + h) * ST;
@@ -543,7 +563,8 @@ static void write_out(const Model *m, const Tile *t, int g, const float *state, 
   const int group = m->heads / m->kv_heads, D = m->head_dim, ST = state_floats(m);
   for (int i = 0; i < t->n; i++)
     for (int h = 0; h < group; h++)
-      finish_state(state + (size_t)(i * group + h) * ST, D, attn + (size_t)(t->r0 + i) * m->hidden + (g * group + h) * D);
+      finish_state(state + (size_t)(i * group + h) * ST, D,
+                   attn + (size_t)(t->r0 + i) * m->hidden + (g * group + h) * D);
 }
 
 /* Attention of every row of a call for layer l. A prompt's rows: a (tile, KV head) a work item
@@ -592,14 +613,16 @@ static void attention(Model *m, const Cache *c, int l, const Tile *tiles, int n_
       while (part_at[k + 1] <= w) k++;
       const int local = w - part_at[k], S = splits_of(&tiles[k]), g = local / S, s = local % S;
       float *scores = m->attn_scratch + (size_t)omp_get_thread_num() * per_thread;
-      attend_split(m, c, l, &tiles[k], g, s, qkv, scores, m->partials + (size_t)w * TILE * group * ST);
+      attend_split(m, c, l, &tiles[k], g, s, qkv, scores,
+                   m->partials + (size_t)w * TILE * group * ST);
     }
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int k = 0; k < n_tiles; k++)
       for (int g = 0; g < NKV; g++) {
         const int S = splits_of(&tiles[k]);
         float *state = m->partials + (size_t)(part_at[k] + g * S) * TILE * group * ST;
-        for (int s = 1; s < S; s++) merge_split(m, &tiles[k], s, state, state + (size_t)s * TILE * group * ST);
+        for (int s = 1; s < S; s++)
+          merge_split(m, &tiles[k], s, state, state + (size_t)s * TILE * group * ST);
         write_out(m, &tiles[k], g, state, attn);
       }
     return;
@@ -608,7 +631,8 @@ static void attention(Model *m, const Cache *c, int l, const Tile *tiles, int n_
   for (int k = 0; k < n_tiles; k++)
     for (int g = 0; g < NKV; g++) {
       float *scores = m->attn_scratch + (size_t)omp_get_thread_num() * per_thread;
-      float *part = scores + (size_t)TILE * group * SPLIT, *state = part + (size_t)TILE * group * ST;
+      float *part = scores + (size_t)TILE * group * SPLIT;
+      float *state = part + (size_t)TILE * group * ST;
       for (int s = 0; s < splits_of(&tiles[k]); s++) {
         attend_split(m, c, l, &tiles[k], g, s, qkv, scores, part);
         merge_split(m, &tiles[k], s, state, part);
@@ -617,7 +641,8 @@ static void attention(Model *m, const Cache *c, int l, const Tile *tiles, int n_
     }
 }
 
-static void linear(const Model *m, const Linear *lin, Call c, const float *row_scale, float *y, int rows) {
+static void linear(const Model *m, const Linear *lin, Call c, const float *row_scale, float *y,
+                   int rows) {
   c.gemm(m->xq, c.M, m->planes, &lin->w, row_scale, y);
   if (lin->bias)
 #pragma omp parallel for
@@ -653,7 +678,8 @@ static int plan_attention(Model *m, int rows, const int32_t *slot, const int32_t
   }
   m->part_at[n] = (int)items;
   /* Splits only where (tile, KV head) pairs leave threads idle: at 2 threads over 2 KV heads
-   * a split's merge and extra parallel region cost more than they gain (results/long-context.md). */
+   * a split's merge and extra parallel region cost more than they gain
+   * (results/long-context.md). */
   *split_items = !prompt && (long)n * NKV < m->threads && longest > 1 ? (int)items : 0;
   if (prompt && !m->prompt_scratch) {
     m->prompt_scratch =
@@ -694,14 +720,14 @@ int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, cons
   const int H = m->hidden, D = m->head_dim, NH = m->heads, NKV = m->kv_heads, I = m->inter;
   const int QKV = (NH + 2 * NKV) * D;
   const Call c = call_for(m, rows), head = call_for(m, n_logits);
-  if (!complete(m) || rows < 1 || n_logits < 0 || n_logits > rows || slots < 1 || max_blocks < 1 || n_blocks < 1 ||
-      !table || !k_blocks || !v_blocks || !logits)
+  if (!complete(m) || rows < 1 || n_logits < 0 || n_logits > rows || slots < 1 || max_blocks < 1 ||
+      n_blocks < 1 || !table || !k_blocks || !v_blocks || !logits)
     return -4;
   for (int r = 0; r < rows; r++) {
     if (ids[r] < 0 || ids[r] >= m->vocab) return -2;
     if (pos[r] == -1) continue; /* an idle slot's row in a decode step */
-    if (pos[r] < 0 || pos[r] >= (long)max_blocks * BLOCK || pos[r] >= m->rope_positions || slot[r] < 0 ||
-        slot[r] >= slots)
+    if (pos[r] < 0 || pos[r] >= (long)max_blocks * BLOCK || pos[r] >= m->rope_positions ||
+        slot[r] < 0 || slot[r] >= slots)
       return -1;
     for (int j = 0; j <= pos[r] / BLOCK; j++) {
       const int32_t id = table[(size_t)slot[r] * max_blocks + j];
@@ -716,7 +742,8 @@ int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, cons
       plan_attention(m, rows, slot, pos, prompt, &n_tiles, &split_items))
     return -5;
   const Cache cache = {k_blocks, v_blocks, table, max_blocks, f16};
-  float *h = m->h, *t1 = m->wide1, *t2 = m->wide2, *qkv = m->qkv, *attn = m->attn, *rs = m->row_scale;
+  float *h = m->h, *t1 = m->wide1, *t2 = m->wide2, *qkv = m->qkv, *attn = m->attn;
+  float *rs = m->row_scale;
 
 #pragma omp parallel for
   for (int r = 0; r < rows; r++) {
@@ -745,14 +772,19 @@ int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, cons
       float *x = qkv + (size_t)r * QKV;
       const float *cs = m->cos_t + (size_t)pos[r] * D / 2, *sn = m->sin_t + (size_t)pos[r] * D / 2;
       for (int hd = 0; hd < NH + NKV; hd++) rotate(x + hd * D, cs, sn, D / 2);
-      char *kb = (char *)block_of(&cache, k_blocks, slot[r], pos[r]), *vb = (char *)block_of(&cache, v_blocks, slot[r], pos[r]);
+      char *kb = (char *)block_of(&cache, k_blocks, slot[r], pos[r]);
+      char *vb = (char *)block_of(&cache, v_blocks, slot[r], pos[r]);
       for (int g = 0; g < NKV; g++) {
         const size_t at = in_block(m, l, g, pos[r]);
         const float *key = x + (NH + g) * D, *val = x + (NH + NKV + g) * D;
         if (f16) {
           for (int i = 0; i < D; i += 16) {
-            _mm256_storeu_si256((__m256i *)((uint16_t *)kb + at + i), _mm512_cvtps_ph(_mm512_loadu_ps(key + i), _MM_FROUND_TO_NEAREST_INT));
-            _mm256_storeu_si256((__m256i *)((uint16_t *)vb + at + i), _mm512_cvtps_ph(_mm512_loadu_ps(val + i), _MM_FROUND_TO_NEAREST_INT));
+            _mm256_storeu_si256(
+                (__m256i *)((uint16_t *)kb + at + i),
+                _mm512_cvtps_ph(_mm512_loadu_ps(key + i), _MM_FROUND_TO_NEAREST_INT));
+            _mm256_storeu_si256(
+                (__m256i *)((uint16_t *)vb + at + i),
+                _mm512_cvtps_ph(_mm512_loadu_ps(val + i), _MM_FROUND_TO_NEAREST_INT));
           }
         } else {
           memcpy((float *)kb + at, key, D * sizeof(float));
@@ -762,7 +794,8 @@ int ed_forward(Model *m, int rows, const int64_t *ids, const int32_t *slot, cons
     }
     attention(m, &cache, l, m->tiles, n_tiles, m->part_at, split_items, prompt, qkv, attn);
     for (int r = 0; r < rows; r++)
-      if (pos[r] < 0) memset(attn + (size_t)r * H, 0, H * sizeof(float)); /* an idle row reads zeros */
+      if (pos[r] < 0) /* an idle row reads zeros */
+        memset(attn + (size_t)r * H, 0, H * sizeof(float));
 #pragma omp parallel for
     for (int r = 0; r < rows; r++)
       quantize_row(m, attn + (size_t)r * H, H, NULL, NULL, act_row(m, r, H), rs + r);
