@@ -1,9 +1,10 @@
 /* The int8 GEMM of the native backend (`decoder.c`) and of the benchmarks that measure it
- * (`benchmarks/amx_gemm.c`, `benchmarks/fused_decode_step.c`): y = (A - 128) W * row_scale * channel_scale, A uint8 [M, K] (rows
- * quantized with their own scales, zero point 128), W int8 [K, N] packed sixteen columns by four
- * K values to a 64-byte row: the operand layout of both vpdpbusd (one zmm) and AMX's tdpbusd (one
- * tile row), so one packing serves both kernels. The zero point is taken out after the integer
- * sum (128 x the column sums of W), as MLAS does. */
+ * (`benchmarks/kernels/amx_gemm.c`, `benchmarks/kernels/fused_decode_step.c`):
+ * y = (A - 128) W * row_scale * channel_scale, A uint8 [M, K] (rows quantized with their own
+ * scales, zero point 128), W int8 [K, N] packed sixteen columns by four K values to a 64-byte row:
+ * the operand layout of both vpdpbusd (one zmm) and AMX's tdpbusd (one tile row), so one packing
+ * serves both kernels. The zero point is taken out after the integer sum (128 x the column sums
+ * of W), as MLAS does. */
 #pragma once
 #include <immintrin.h>
 #include <math.h>
@@ -58,20 +59,25 @@ static inline __m512 combine_planes(__m512i hi, __m512i lo, __m512i fix) {
  * N % 64 == 0. Each thread packs whole 64-column stripes: four rows at a time, it reads one
  * 64-byte line of each and interleaves them into the four 16-column blocks' 64-byte rows. */
 static inline Weights pack(const int8_t *w, const float *scale, int K, int N) {
-  Weights p = {K, N, aligned_alloc(64, (size_t)K * N), aligned_alloc(64, N * 4), aligned_alloc(64, N * 4)};
+  Weights p = {K, N, aligned_alloc(64, (size_t)K * N), aligned_alloc(64, N * 4),
+               aligned_alloc(64, N * 4)};
 #pragma omp parallel for schedule(static)
   for (int stripe = 0; stripe < N / 64; stripe++) {
-    __m512i sum[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    __m512i sum[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                      _mm512_setzero_si512()};
     for (int k = 0; k < K; k += 4) {
       __m128i r[4][4]; /* [row][16-column block] */
       for (int i = 0; i < 4; i++)
         for (int j = 0; j < 4; j++) {
-          r[i][j] = _mm_loadu_si128((const __m128i *)(w + (size_t)(k + i) * N + stripe * 64 + 16 * j));
+          r[i][j] =
+              _mm_loadu_si128((const __m128i *)(w + (size_t)(k + i) * N + stripe * 64 + 16 * j));
           sum[j] = _mm512_add_epi32(sum[j], _mm512_cvtepi8_epi32(r[i][j]));
         }
       for (int j = 0; j < 4; j++) {
-        __m128i lo01 = _mm_unpacklo_epi8(r[0][j], r[1][j]), hi01 = _mm_unpackhi_epi8(r[0][j], r[1][j]);
-        __m128i lo23 = _mm_unpacklo_epi8(r[2][j], r[3][j]), hi23 = _mm_unpackhi_epi8(r[2][j], r[3][j]);
+        __m128i lo01 = _mm_unpacklo_epi8(r[0][j], r[1][j]);
+        __m128i hi01 = _mm_unpackhi_epi8(r[0][j], r[1][j]);
+        __m128i lo23 = _mm_unpacklo_epi8(r[2][j], r[3][j]);
+        __m128i hi23 = _mm_unpackhi_epi8(r[2][j], r[3][j]);
         int8_t *dst = p.packed + ((size_t)(4 * stripe + j) * (K / 4) + k / 4) * 64;
         _mm_storeu_si128((__m128i *)dst, _mm_unpacklo_epi16(lo01, lo23));
         _mm_storeu_si128((__m128i *)(dst + 16), _mm_unpackhi_epi16(lo01, lo23));
@@ -106,7 +112,8 @@ static inline void finish(const int32_t *acc, int ld, int rows, int planes, cons
 
 /* `rows` (1-3, a constant where it is inlined) rows of A against 64 columns (four packed
  * sixteen-column blocks at b), 16 zmm accumulators at most. */
-static inline __attribute__((always_inline)) void vnni_block(const uint8_t *a, int K, const int8_t *b, int rows,
+static inline __attribute__((always_inline)) void vnni_block(const uint8_t *a, int K,
+                                                             const int8_t *b, int rows,
                                                              int32_t out[4][64]) {
   __m512i acc[4][4];
   for (int r = 0; r < rows; r++)
@@ -142,7 +149,8 @@ static void gemm_vnni(const uint8_t *a, int M, int planes, const Weights *w, con
           for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_si512();
         for (int k4 = 0; k4 < K / 4; k4++) {
           __m512i bj[4];
-          for (int j = 0; j < 4; j++) bj[j] = _mm512_load_si512(b + ((size_t)j * (K / 4) + k4) * 64);
+          for (int j = 0; j < 4; j++)
+            bj[j] = _mm512_load_si512(b + ((size_t)j * (K / 4) + k4) * 64);
           for (int r = 0; r < 4; r++) {
             __m512i ar = _mm512_set1_epi32(*(const int32_t *)(a + (size_t)(m + r) * K + 4 * k4));
             for (int j = 0; j < 4; j++) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], ar, bj[j]);
