@@ -2,7 +2,8 @@
  * of edgeds' own would buy beside ONNX Runtime's MLAS (`ort_int8_gemm_peak.py`), before anyone
  * builds a runtime around one (issue 7: the offline targets are held by the GEMM and attention).
  *
- *   gcc -O3 -march=native -fopenmp benchmarks/kernels/amx_gemm.c -o /tmp/amx_gemm && /tmp/amx_gemm [vnni|amx]
+ *   gcc -O3 -march=native -fopenmp benchmarks/kernels/amx_gemm.c -o /tmp/amx_gemm
+ *   /tmp/amx_gemm [vnni|amx]
  *
  * It computes what the int8 export's MatMulIntegerToFloat + row rescale compute: A is uint8 [M, K]
  * (each row quantized with its own scale, zero point 128), W int8 [K, N] with per-channel scales;
@@ -33,8 +34,10 @@ static int check(Gemm gemm, int M, int K, int N) {
   for (int m = 0; m < M; m += (M > 8 ? M / 8 : 1) + 1)
     for (int n = 0; n < N; n += 37) {
       int64_t s = 0;
-      for (int k = 0; k < K; k++) s += (int64_t)((int)a[(size_t)m * K + k] - 128) * w[(size_t)k * N + n];
-      double ref = (double)s * rs[m] * scale[n], err = fabs(y[(size_t)m * N + n] - ref) / (fabs(ref) + 1e-3);
+      for (int k = 0; k < K; k++)
+        s += (int64_t)((int)a[(size_t)m * K + k] - 128) * w[(size_t)k * N + n];
+      double ref = (double)s * rs[m] * scale[n];
+      double err = fabs(y[(size_t)m * N + n] - ref) / (fabs(ref) + 1e-3);
       if (err > worst) worst = err;
     }
   free(w); free(a); free(scale); free(rs); free(y); free(p.packed); free(p.zero_fix); free(p.scale);
@@ -57,14 +60,15 @@ static void measure(const char *name, Gemm gemm, int M, int K, int N) {
   double t = omp_get_wtime();
   for (int i = 0; i < reps; i++) gemm(a, M, 1, &p, rs, y);
   t = (omp_get_wtime() - t) / reps;
-  printf("%-5s threads %2d  M=%4d K=%4d N=%4d: %8.3f ms  %6.2f TOPS\n", name, omp_get_max_threads(), M, K, N, t * 1e3,
-         2.0 * M * K * N / t / 1e12);
+  printf("%-5s threads %2d  M=%4d K=%4d N=%4d: %8.3f ms  %6.2f TOPS\n", name, omp_get_max_threads(),
+         M, K, N, t * 1e3, 2.0 * M * K * N / t / 1e12);
   free(w); free(scale); free(rs); free(a); free(y); free(p.packed); free(p.zero_fix); free(p.scale);
 }
 
 int main(int argc, char **argv) {
   const char *only = argc > 1 ? argv[1] : "";
-  static const int shapes[][2] = {{1536, 2048}, {1536, 8960}, {8960, 1536}}; /* qkv, gate/up, down */
+  /* qkv, gate/up, down */
+  static const int shapes[][2] = {{1536, 2048}, {1536, 8960}, {8960, 1536}};
   static const int rows[] = {64, 512, 2048};
   struct { const char *name; Gemm gemm; } kernels[2] = {{"vnni", gemm_vnni}, {0, 0}};
 #ifdef __AMX_INT8__
@@ -74,8 +78,10 @@ int main(int argc, char **argv) {
   for (int i = 0; i < 2; i++) {
     if (!kernels[i].name || (*only && strcmp(only, kernels[i].name))) continue;
     /* VNNI also takes row counts that are not a multiple of its 4-row block (one sequence). */
-    int odd_rows = kernels[i].gemm != gemm_vnni || (check(gemm_vnni, 1, 512, 128) && check(gemm_vnni, 7, 1536, 256));
-    if (!odd_rows || !check(kernels[i].gemm, 64, 512, 128) || !check(kernels[i].gemm, 96, 1536, 2048)) {
+    int odd_rows = kernels[i].gemm != gemm_vnni ||
+                   (check(gemm_vnni, 1, 512, 128) && check(gemm_vnni, 7, 1536, 256));
+    if (!odd_rows || !check(kernels[i].gemm, 64, 512, 128) ||
+        !check(kernels[i].gemm, 96, 1536, 2048)) {
       printf("%s: results differ from the reference\n", kernels[i].name);
       return 1;
     }
