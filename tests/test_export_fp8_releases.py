@@ -25,7 +25,8 @@ V3_1_TEMPLATE = (
     "{% if not thinking is defined %}{% set thinking = false %}{% endif %}{{ bos_token }}"
     "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}{% endif %}{% endfor %}"
     "{% for m in messages %}{% if m['role'] == 'user' %}<｜User｜>{{ m['content'] }}"
-    "{% elif m['role'] == 'assistant' %}<｜Assistant｜></think>{{ m['content'] }}<｜end▁of▁sentence｜>"
+    "{% elif m['role'] == 'assistant' %}<｜Assistant｜></think>{{ m['content'] }}"
+    "<｜end▁of▁sentence｜>"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<｜Assistant｜>{{ '<think>' if thinking else '</think>' }}{% "
     "endif %}"
@@ -34,8 +35,8 @@ R1_0528_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}"
     "{% endif %}{% endfor %}{% for m in messages %}{% if m['role'] == 'user' %}<｜User｜>"
     "{{ m['content'] }}{% elif m['role'] == 'assistant' %}<｜Assistant｜>{{ m['content'] }}"
-    "<｜end▁of▁sentence｜>{% endif %}{% endfor %}{% if add_generation_prompt %}<｜Assistant｜>{% endif "
-    "%}"
+    "<｜end▁of▁sentence｜>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<｜Assistant｜>{% endif %}"
 )
 # release -> (ue8m0 scales, chat template, what a one-turn chat prompt renders to)
 RELEASES = {

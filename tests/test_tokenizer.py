@@ -43,7 +43,8 @@ def test_chat_template_renders_the_r1_format(tok):
 def test_special_tokens_are_single_ids(tok):
     ids = tok.encode_chat([{"role": "user", "content": "hi"}]).tolist()
     assert ids[0] == 0  # <｜begin▁of▁sentence｜>
-    assert tok.tok.token_to_id("<｜User｜>") in ids and tok.tok.token_to_id("<｜Assistant｜>") in ids
+    assert tok.tok.token_to_id("<｜User｜>") in ids
+    assert tok.tok.token_to_id("<｜Assistant｜>") in ids
     assert ids.count(0) == 1  # the template writes BOS; encode adds no second one
 
 
