@@ -23,20 +23,22 @@ from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, FileEntry, Graph, Manife
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "Artifact", "load_artifact", "sha256_file"]
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    return sha256_range(path, 0, None, chunk)
+def sha256_file(path: Path) -> str:
+    return sha256_range(path, 0, None)
 
 
-def sha256_range(path: Path, start: int, length: int | None, chunk: int = 1 << 22) -> str:
+def sha256_range(path: Path, start: int, length: int | None, chunk: int = 1 << 20) -> str:
     """The sha256 of `length` bytes of the file from `start` (None: to its end). hashlib and
-    file reads release the GIL, so ranges hash on as many cores as there are threads."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    file reads release the GIL, so ranges hash on as many cores as there are threads. One
+    buffer a call, read into: a new bytes object per read can leave freed ones held in each
+    thread's malloc arena (a verified load on 16 threads peaked 200 MB above a stamped one)."""
+    digest, buf = hashlib.sha256(), memoryview(bytearray(chunk))
+    left = float("inf") if length is None else length
+    with open(path, "rb", buffering=0) as f:
         f.seek(start)
-        left = float("inf") if length is None else length
-        while left > 0 and (block := f.read(int(min(chunk, left)))):
-            digest.update(block)
-            left -= len(block)
+        while left > 0 and (n := f.readinto(buf[: int(min(chunk, left))])):
+            digest.update(buf[:n])
+            left -= n
     return digest.hexdigest()
 
 
