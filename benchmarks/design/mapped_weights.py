@@ -9,7 +9,8 @@ ARTIFACT: an int8 DeepSeek-V2/V3 export (n16k4 weights). Load: `edgeds.load` wit
 EDGEDS_VERIFY=always (every file hashed: a first load), then twice with stamps (the second of
 them timed: a load of an unchanged artifact); peak RSS of each load in its own process.
 Decode: NativeMlaBackend mapped and copied, taking turns for --rounds, tokens/s of --steps
-steps after a 128-token prompt at batch 1 and 16 (random token ids, seeded). Prints and writes
+steps after a 128-token prompt at batch 1 and 16 (random token ids, seeded), and the process's
+anonymous and file-backed RSS after them (the backend alive). Prints and writes
 a JSON; the reading goes to benchmarks/results/ with the command.
 """
 
@@ -59,6 +60,8 @@ def decode_rates(artifact, threads: int, mapped: bool, steps: int) -> dict[int, 
         for _ in range(steps):
             backend.decode(rng.integers(2, 1000, batch))
         rates[batch] = steps * batch / (time.perf_counter() - t)
+    status = dict(line.split(":", 1) for line in open("/proc/self/status", encoding="utf-8"))
+    rates["rss_mib"] = {k: int(status[k].split()[0]) / 1024 for k in ("RssAnon", "RssFile")}
     return rates
 
 
@@ -81,8 +84,9 @@ def main() -> None:
     rates: dict[str, list] = {}
     for _ in range(args.rounds):
         for mapped in (True, False):
-            for batch, rate in decode_rates(art, args.threads, mapped, args.steps).items():
-                rates.setdefault(f"{'mapped' if mapped else 'copied'} b{batch}", []).append(rate)
+            for key, value in decode_rates(art, args.threads, mapped, args.steps).items():
+                name = f"b{key}" if isinstance(key, int) else key
+                rates.setdefault(f"{'mapped' if mapped else 'copied'} {name}", []).append(value)
     res["decode_tok_s"] = rates
     print(json.dumps(res, indent=1))
     with open(args.out, "w", encoding="utf-8") as f:

@@ -44,7 +44,7 @@ enum { MAX_V_TILES = 256 };  /* v_head_dim the AMX-BF16 prompt tiles take */
 enum { KV_CHUNK = 256 };                                        /* positions per attention task */
 enum { MAX_EXPERTS = 1024, MAX_GROUPS = 256, MAX_LORA = 4096 }; /* native_mla.py checks these */
 enum { ROUTE_SOFTMAX = 0, ROUTE_SOFTMAX_GROUPS = 1, ROUTE_SIGMOID = 2 };
-/* em_profile's phases: where a call's time goes (benchmarks/mla_decode_profile.py). */
+/* em_profile's phases: where a call's time goes (benchmarks/kernels/mla_decode_profile.py). */
 enum { P_ATTN_PROJ, P_ATTN, P_O, P_ROUTE, P_EXPERTS, P_DENSE_MLP, P_HEAD, P_REST, P_COUNT };
 
 typedef struct {
