@@ -117,7 +117,8 @@ def export_checkpoint(
         log.info("reading %s (%s, %d layers), quantizing to %s", ckpt.root, spec.model_type,
                  spec.num_layers, scheme.name)
         weight_file = WeightFile(tmp / "model.onnx.data")
-        tensors = kind.write_tensors(ckpt, spec, scheme, weight_file, context)
+        tensors = kind.write_tensors(ckpt, spec, scheme, weight_file, context,
+                                     native_layout=target != "tensorrt")
         weight_file.close()
         graphs = {}
         if "onnx" in formats:

@@ -26,8 +26,11 @@ class Layer:
 
 
 def write_tensors(
-    ckpt: Checkpoint, spec: DecoderSpec, scheme: Scheme, out: WeightFile, context: int
+    ckpt: Checkpoint, spec: DecoderSpec, scheme: Scheme, out: WeightFile, context: int,
+    native_layout: bool = False,
 ) -> ModelTensors[Layer]:
+    """native_layout: not taken yet (the dense native decoder packs row-major weights at
+    load); the parameter is the MLA writer's."""
     w = TensorWriter(ckpt, scheme, out)
     layers = []
     for lw in spec.layers:

@@ -71,9 +71,12 @@ def _per_head(w: TensorWriter, matrices: np.ndarray) -> PerHead:
 
 
 def write_tensors(
-    ckpt: Checkpoint, spec: MlaSpec, scheme: Scheme, out: WeightFile, context: int
+    ckpt: Checkpoint, spec: MlaSpec, scheme: Scheme, out: WeightFile, context: int,
+    native_layout: bool = True,
 ) -> MlaTensors:
-    w = TensorWriter(ckpt, scheme, out, blocked=True)  # what the native MLA decoder maps
+    """native_layout: int8 weights in the native GEMM's layout, which the native MLA decoder
+    maps (off for TensorRT, whose parser takes no int8 Transpose to undo it)."""
+    w = TensorWriter(ckpt, scheme, out, blocked=native_layout)
     heads, dn, dr, dv, lat = (spec.num_heads, spec.qk_nope_head_dim, spec.qk_rope_head_dim,
                               spec.v_head_dim, spec.kv_lora_rank)
     interleaved = ckpt.config.get("rope_interleave", True)
