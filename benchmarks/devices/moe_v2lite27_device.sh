@@ -86,11 +86,11 @@ machine() {
 }
 
 peers() {  # the peers' binaries: built before (here or carried), else a build job
-  local p missing
+  local p missing=()
   for p in ${ENGINES//,/ }; do
-    case $p in edgeds-*) ;; *) [ -x "$BUILD/$p/bin/llama-batched-bench" ] || missing=1 ;; esac
+    case $p in edgeds-*) ;; *) [ -x "$BUILD/$p/bin/llama-batched-bench" ] || missing+=("$p") ;; esac
   done
-  [ -z "$missing" ] && return
+  [ ${#missing[@]} = 0 ] && return
   if [ -f "$M/peers-bin.tar.xz" ] && [ -z "$(comm -23 <(tr ' ' '\n' < "$M/peers-bin.flags" \
       | sort -u) <(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2 | tr ' ' '\n' | sort -u))" ]
   then
@@ -99,7 +99,8 @@ peers() {  # the peers' binaries: built before (here or carried), else a build j
       && log "peers: carried binaries (built for these CPU flags)" && return
   fi
   [ "$(state build)" = todo ] \
-    && start build nice bash benchmarks/peers/build_peers.sh build "$M" "$BUILD" both "$THREADS"
+    && start build nice bash benchmarks/peers/build_peers.sh build "$M" "$BUILD" \
+      "$([ ${#missing[@]} = 1 ] && echo "${missing[0]}" || echo both)" "$THREADS"
 }
 
 # Start what the disk holds: the first model writes the checkpoint, the others wait for it.

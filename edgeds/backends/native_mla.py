@@ -4,7 +4,8 @@
 It reads the artifact's weight file through its tensor index (`tensors.json`, MlaLayer records),
 so weights and quantization are the ONNX graph's, bit for bit. The int8 linear layers and
 experts are exported in the GEMM kernels' layout and read in place from the memory map (older
-exports' row-major ones are packed at load); W_UK, W_UV and the float32 router are copied. The cache is MLA's latent, numpy memory
+exports' row-major ones are packed at load), as are W_UK, W_UV, the float32 router and the
+rope tables. The cache is MLA's latent, numpy memory
 owned here: [layers, slots, capacity, kv_lora_rank + qk_rope_head_dim], float32 as the ONNX
 graph's, or float16 (cache_dtype: half the bytes a decode step reads at depth, as ik_llama.cpp's
 f16 cache; the latent is RMS-normed, its rope part small). Slots are refilled
@@ -13,6 +14,7 @@ decode steps this class shares."""
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 
@@ -135,14 +137,25 @@ class NativeMlaBackend(NativeBackend):
         data_path = artifact.path(graph.data_file)
         with open(data_path, "rb") as f:
             data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        base = np.frombuffer(data, np.uint8).ctypes.data  # the index's offsets are checked
+        held: list[np.ndarray] = []  # what the library reads from Python's memory, kept alive
 
         def view(stored: dict | None, dtype=None) -> np.ndarray | None:
             if stored is None:
                 return None
             arr = np.frombuffer(
-                data, np.dtype(stored["dtype"]), int(np.prod(stored["shape"])), stored["offset"]
+                data, np.dtype(stored["dtype"]), math.prod(stored["shape"]), stored["offset"]
             )
-            return np.ascontiguousarray(arr, dtype=dtype) if dtype is not None else arr
+            if dtype is not None and arr.dtype != dtype:
+                held.append(arr := arr.astype(dtype))
+            return arr
+
+        def at(stored: dict | None, dtype: str = "float32") -> int | None:
+            """The address of a tensor the library reads for the model's life: in the map where
+            it is stored as `dtype`, else a converted copy."""
+            if stored is None or stored["dtype"] == dtype:
+                return None if stored is None else base + stored["offset"]
+            return _ptr(view(stored, np.dtype(dtype)))
 
         def release(stored: dict, nbytes: int) -> None:
             # Packed: its file pages leave this process's memory, so loading peaks at the packed
@@ -150,22 +163,27 @@ class NativeMlaBackend(NativeBackend):
             start = stored["offset"] // mmap.PAGESIZE * mmap.PAGESIZE
             data.madvise(mmap.MADV_DONTNEED, start, stored["offset"] + nbytes - start)
 
-        # Arrays are bound to names until the library has copied them.
+        set_blocked = {"linear": self.lib.em_set_linear_blocked,
+                       "expert": self.lib.em_set_expert_blocked}
+        copy = int(not map_weights)
+
         def weights(kind: str, *where, lin: dict) -> None:
             """An int8 linear layer (kind "linear") or routed expert ("expert") at `where`:
-            read in place where the export stored it in the GEMM's layout (n16k4), else packed
-            here from row-major [K, N] (exports before n16k4), or copied without map_weights."""
-            weight, scales = view(lin["weight"]), view(lin["scales"], np.float32)
-            if lin["layout"] == "n16k4":
-                getattr(self.lib, f"em_set_{kind}_blocked")(
-                    self._model, *where, _ptr(weight), _ptr(scales), _ptr(view(lin["col_sums"])),
-                    lin["k"], lin["n"], int(not map_weights))
-                if not map_weights:
-                    release(lin["weight"], weight.nbytes)
+            read in place where the export stored it in the GEMM's layout (n16k4; a call per
+            matrix, so no numpy here: a V2-Lite has 5,000), else packed here from row-major
+            [K, N] (exports before n16k4), or copied without map_weights."""
+            w = lin["weight"]
+            if lin["layout"] == "n16k4":  # tensor_index: int8 weight, float32 scales, int32 sums
+                set_blocked[kind](self._model, *where, base + w["offset"],
+                                  base + lin["scales"]["offset"],
+                                  base + lin["col_sums"]["offset"], lin["k"], lin["n"], copy)
+                if copy:
+                    release(w, lin["k"] * lin["n"])
             else:
+                weight, scales = view(w), view(lin["scales"], np.float32)
                 getattr(self.lib, f"em_set_{kind}")(self._model, *where, _ptr(weight),
                                                     _ptr(scales), lin["k"], lin["n"])
-                release(lin["weight"], weight.nbytes)
+                release(w, weight.nbytes)
 
         self.maps_weights = map_weights and index["lm_head"]["layout"] == "n16k4"
         for i, ly in enumerate(index["layers"]):
@@ -176,20 +194,16 @@ class NativeMlaBackend(NativeBackend):
                 for which, key in enumerate(("gate", "up", "down")):
                     weights("linear", i, 4 + which, lin=ly["mlp"][key])
             if (moe := ly["moe"]) is not None:
-                router, bias = view(moe["router"], np.float32), view(moe["router_bias"], np.float32)
-                self.lib.em_set_router(self._model, i, _ptr(router), _ptr(bias))
+                self.lib.em_set_router(self._model, i, at(moe["router"]), at(moe["router_bias"]))
                 for e, mlp in enumerate(moe["experts"]):
                     for which, key in enumerate(("gate", "up", "down")):
                         weights("expert", i, e, which, lin=mlp[key])
                 if moe["shared"] is not None:
                     for which, key in enumerate(("gate", "up", "down")):
                         weights("linear", i, 7 + which, lin=moe["shared"][key])
-            absorb = [
-                view(ly[key][part], np.int8 if part == "weight" else np.float32)
-                for key in ("w_uk", "w_uv")
-                for part in ("weight", "scales")
-            ]
-            self.lib.em_set_absorb(self._model, i, *map(_ptr, absorb))
+            uk, uv = ly["w_uk"], ly["w_uv"]
+            self.lib.em_set_absorb(self._model, i, at(uk["weight"], "int8"), at(uk["scales"]),
+                                   at(uv["weight"], "int8"), at(uv["scales"]))
             norms = [
                 view(ly[key], np.float32)
                 for key in ("input_norm", "post_norm", "q_a_norm", "kv_a_norm")
@@ -198,11 +212,11 @@ class NativeMlaBackend(NativeBackend):
         weights("linear", -1, 0, lin=index["lm_head"])
         final_norm = view(index["final_norm"], np.float32)
         self.lib.em_set_norms(self._model, -1, _ptr(final_norm), None, None, None)
-        cos, sin = view(index["cos"], np.float32), view(index["sin"], np.float32)
-        self.lib.em_set_rope(self._model, _ptr(cos), _ptr(sin), index["cos"]["shape"][0])
-        # The packed copies are the library's; the mapped experts (and the embedding table, below)
-        # are read from the map for the model's life.
-        self._data = data if self.maps_weights else None
+        self.lib.em_set_rope(self._model, at(index["cos"]), at(index["sin"]),
+                             index["cos"]["shape"][0])
+        # The library reads the router, W_UK/W_UV, rope tables and mapped weights from the map
+        # (and `held`) for the model's life; packed and copied weights are its own.
+        self._data, self._held = data, held
         data = None
         embed = index["embed"]
         table, scales = embed["table"], embed["scales"]

@@ -226,7 +226,7 @@ static int complete(const Model *m) {
 }
 
 static void free_linear(Linear *l) {
-  free(l->w.packed), free(l->w.zero_fix), free(l->w.scale), free(l->bias);
+  free(l->w.packed), free(l->w.col_sums), free(l->w.scale), free(l->bias);
 }
 
 void ed_free(Model *m) {

@@ -17,12 +17,17 @@
 typedef struct {
   int K, N;
   int8_t *packed;  /* [N/16][K/4][16][4] */
-  int32_t *zero_fix; /* 128 * sum_k W[k][n]: what the zero point adds to each column */
+  int32_t *col_sums; /* sum_k W[k][n]: 128 times it is what the zero point adds to column n */
   float *scale;    /* per channel */
-  /* packed and scale are the caller's (mla_moe.c's experts read in the artifact's memory map),
-   * not freed with the weights. */
+  /* packed, scale and col_sums are the caller's (mla_moe.c's weights read in the artifact's
+   * memory map), not freed with the weights. */
   int borrowed;
 } Weights;
+
+/* What the activations' zero point (128) adds to columns n..n+15: subtracted from the sums. */
+static inline __m512i zero_fix(const Weights *w, int n) {
+  return _mm512_slli_epi32(_mm512_loadu_si512(w->col_sums + n), 7);
+}
 
 /* y = (a - 128) W * row_scale * channel_scale for M rows of a: the kernels below. With two
  * activation planes (planes 2, below) a's rows come in pairs, a row and its remainder, and y
@@ -87,7 +92,7 @@ static inline Weights pack(const int8_t *w, const float *scale, int K, int N) {
     }
     for (int j = 0; j < 4; j++) {
       int n = stripe * 64 + 16 * j;
-      _mm512_storeu_si512(p.zero_fix + n, _mm512_slli_epi32(sum[j], 7)); /* x 128 */
+      _mm512_storeu_si512(p.col_sums + n, sum[j]);
       _mm512_storeu_ps(p.scale + n, _mm512_loadu_ps(scale + n));
     }
   }
@@ -98,7 +103,7 @@ static inline Weights pack(const int8_t *w, const float *scale, int K, int N) {
  * n; with two planes each pair of A rows is one row of y, (m + r) / 2. */
 static inline void finish(const int32_t *acc, int ld, int rows, int planes, const Weights *w, int n,
                           const float *row_scale, float *y, int m) {
-  __m512i fix = _mm512_loadu_si512(w->zero_fix + n);
+  __m512i fix = zero_fix(w, n);
   __m512 cs = _mm512_loadu_ps(w->scale + n);
   for (int r = 0; r < rows; r += planes) {
     const __m512i hi = _mm512_loadu_si512(acc + (size_t)r * ld);

@@ -54,12 +54,12 @@ typedef struct {
 typedef struct {
   Weights q_a, q, kv_a, o; /* q_a.K == 0: no q_lora */
   float *input_norm, *post_norm, *q_a_norm, *kv_a_norm;
-  int8_t *w_uk, *w_uv;        /* [heads][nope][lora], [heads][lora][v] */
+  int8_t *w_uk, *w_uv;        /* [heads][nope][lora], [heads][lora][v]; the caller's */
   int8_t *w_ukt;              /* W_UK per head as [lora][nope]: prefill's decompressed keys */
-  float *uk_scale, *uv_scale; /* [heads][lora], [heads][v] */
+  float *uk_scale, *uv_scale; /* [heads][lora], [heads][v]; the caller's */
   Mlp mlp;                    /* a dense layer's */
   int moe;
-  float *router, *router_bias; /* [hidden][experts] float32; bias or NULL */
+  float *router, *router_bias; /* [hidden][experts] float32; bias or NULL; the caller's */
   Mlp *experts;
   Mlp shared; /* shared.gate.K == 0: none */
 } MLayer;
@@ -137,7 +137,7 @@ typedef struct {
   double seconds[P_COUNT], stamp; /* em_profile's */
   MLayer *layer;
   Weights head;
-  float *final_norm, *cos_t, *sin_t;
+  float *final_norm, *cos_t, *sin_t; /* cos_t, sin_t: the caller's */
   const int8_t *embed_q;
   const float *embed_scale, *embed_f;
   const uint16_t *embed_h; /* a float16 table */
@@ -238,16 +238,15 @@ static Weights pack_any(const int8_t *w, const float *scale, int K, int N) {
       p.packed[(((size_t)(n / 16) * (K / 4) + k / 4) * 16 + n % 16) * 4 + k % 4] = v;
       sum += v;
     }
-    p.zero_fix[n] = sum * 128;
+    p.col_sums[n] = sum;
     p.scale[n] = scale[n];
   }
   return p;
 }
 
 static void free_weights(Weights *w) {
-  if (!w->borrowed) free(w->packed), free(w->scale);
-  free(w->zero_fix);
-  w->packed = NULL, w->zero_fix = NULL, w->scale = NULL, w->borrowed = 0;
+  if (!w->borrowed) free(w->packed), free(w->scale), free(w->col_sums);
+  w->packed = NULL, w->col_sums = NULL, w->scale = NULL, w->borrowed = 0;
 }
 
 static void free_mlp(Mlp *p) {
@@ -274,17 +273,17 @@ static Weights *expert_slot(MlaModel *m, int layer, int e, int which) {
 /* Weights exported in the GEMM's own layout: packed int8 [N/16][K/4][16][4], scale [N] and each
  * column's sum col_sums [N] in the caller's memory (the artifact's map). copy 0: read where they
  * lie, so they stay file pages, shared and evictable, and load reads none of them (the memory
- * must outlive the model); copy 1: copied into the process's memory. Only the zero-point fix
- * (N int32) is made here. */
+ * must outlive the model); copy 1: copied into the process's memory. */
 static Weights blocked_weights(const int8_t *packed, const float *scale, const int32_t *col_sums,
                                int K, int N, int copy) {
-  Weights p = {K, N, (int8_t *)packed, alloc64((size_t)N * 4), (float *)scale, !copy};
+  Weights p = {K, N, (int8_t *)packed, (int32_t *)col_sums, (float *)scale, !copy};
   if (copy) {
     p.packed = alloc64((size_t)K * N), p.scale = alloc64((size_t)N * 4);
+    p.col_sums = alloc64((size_t)N * 4);
     memcpy(p.packed, packed, (size_t)K * N);
     memcpy(p.scale, scale, (size_t)N * 4);
+    memcpy(p.col_sums, col_sums, (size_t)N * 4);
   }
-  for (int n = 0; n < N; n++) p.zero_fix[n] = col_sums[n] * 128;
   return p;
 }
 
@@ -312,12 +311,13 @@ void em_set_expert_blocked(MlaModel *m, int layer, int e, int which, const int8_
   *expert_slot(m, layer, e, which) = blocked_weights(packed, scale, col_sums, K, N, copy);
 }
 
-/* router [hidden][experts] float32; bias [experts] or NULL. */
+/* router [hidden][experts] float32; bias [experts] or NULL. Here and in em_set_absorb and
+ * em_set_rope the arrays are the caller's (the artifact's map), read where they lie for the
+ * model's life: copies would be anonymous memory beside the file pages the map already has. */
 void em_set_router(MlaModel *m, int layer, const float *router, const float *bias) {
   MLayer *ly = &m->layer[layer];
   ly->moe = 1;
-  ly->router = copy_floats(router, (size_t)m->d[D_HIDDEN] * m->d[D_EXPERTS]);
-  ly->router_bias = copy_floats(bias, m->d[D_EXPERTS]);
+  ly->router = (float *)router, ly->router_bias = (float *)bias;
 }
 
 /* w_uk int8 [heads][nope][lora] with scales [heads][lora]; w_uv [heads][lora][v], [heads][v]. */
@@ -325,8 +325,7 @@ void em_set_absorb(MlaModel *m, int layer, const int8_t *w_uk, const float *uk_s
                    const int8_t *w_uv, const float *uv_scale) {
   MLayer *ly = &m->layer[layer];
   const size_t H = m->d[D_HEADS], L = m->d[D_KV_LORA], dn = m->d[D_NOPE], dv = m->d[D_V];
-  ly->w_uk = malloc(H * dn * L), ly->w_uv = malloc(H * L * dv);
-  memcpy(ly->w_uk, w_uk, H * dn * L), memcpy(ly->w_uv, w_uv, H * L * dv);
+  ly->w_uk = (int8_t *)w_uk, ly->w_uv = (int8_t *)w_uv;
   ly->w_ukt = malloc(H * dn * L);
   for (size_t h = 0; h < H; h++)
     for (size_t i = 0; i < dn; i++)
@@ -336,7 +335,7 @@ void em_set_absorb(MlaModel *m, int layer, const int8_t *w_uk, const float *uk_s
     m->ones = malloc(n * sizeof(float));
     for (size_t i = 0; i < n; i++) m->ones[i] = 1.0f;
   }
-  ly->uk_scale = copy_floats(uk_scale, H * L), ly->uv_scale = copy_floats(uv_scale, H * dv);
+  ly->uk_scale = (float *)uk_scale, ly->uv_scale = (float *)uv_scale;
 }
 
 /* layer -1: input_norm is the final norm. */
@@ -365,8 +364,7 @@ void em_set_embedding_f16(MlaModel *m, const uint16_t *h) {
 /* cos and sin: [positions, rope / 2], yarn's amplitude included (export/rope.py). */
 void em_set_rope(MlaModel *m, const float *cos_t, const float *sin_t, int positions) {
   m->rope_positions = positions;
-  m->cos_t = copy_floats(cos_t, (size_t)positions * m->d[D_ROPE] / 2);
-  m->sin_t = copy_floats(sin_t, (size_t)positions * m->d[D_ROPE] / 2);
+  m->cos_t = (float *)cos_t, m->sin_t = (float *)sin_t;
 }
 
 /* Every kept prompt's decompressed keys and values freed (the prompts are prefilled). */
@@ -417,15 +415,14 @@ void em_free(MlaModel *m) {
     MLayer *ly = &m->layer[l];
     free_weights(&ly->q_a), free_weights(&ly->q), free_weights(&ly->kv_a), free_weights(&ly->o);
     free(ly->input_norm), free(ly->post_norm), free(ly->q_a_norm), free(ly->kv_a_norm);
-    free(ly->w_uk), free(ly->w_ukt), free(ly->w_uv), free(ly->uk_scale), free(ly->uv_scale);
+    free(ly->w_ukt);
     free_mlp(&ly->mlp), free_mlp(&ly->shared);
-    free(ly->router), free(ly->router_bias);
     if (ly->experts)
       for (int e = 0; e < m->d[D_EXPERTS]; e++) free_mlp(&ly->experts[e]);
     free(ly->experts);
   }
   free_weights(&m->head);
-  free(m->layer), free(m->final_norm), free(m->cos_t), free(m->sin_t);
+  free(m->layer), free(m->final_norm);
   float *f[] = {m->h,   m->xn, m->proj,    m->kv,  m->query, m->part, m->scores, m->vals,
                 m->out, m->rs, m->logit_e, m->wts, m->act,   m->ye,   m->ars};
   for (size_t i = 0; i < sizeof f / sizeof *f; i++) free(f[i]);
@@ -483,8 +480,7 @@ static void micro_any(const uint8_t *const *ap, int K, const int8_t *b, int rows
  * row's result never depends on how its columns were cut into work items. */
 static __attribute__((noinline)) void to_float(const int32_t *acc, const Weights *w, int n,
                                                float row_scale, float *dst) {
-  __m512 v = _mm512_cvtepi32_ps(
-      _mm512_sub_epi32(_mm512_load_si512(acc), _mm512_loadu_si512(w->zero_fix + n)));
+  __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(acc), zero_fix(w, n)));
   _mm512_storeu_ps(dst, _mm512_mul_ps(v, _mm512_mul_ps(_mm512_loadu_ps(w->scale + n),
                                                        _mm512_set1_ps(row_scale))));
 }
@@ -493,8 +489,7 @@ static __attribute__((noinline)) void to_float(const int32_t *acc, const Weights
 static __attribute__((noinline)) void to_float2(const int32_t *hi, const int32_t *lo,
                                                 const Weights *w, int n, float row_scale,
                                                 float *dst) {
-  const __m512 v = combine_planes(_mm512_load_si512(hi), _mm512_load_si512(lo),
-                                  _mm512_loadu_si512(w->zero_fix + n));
+  const __m512 v = combine_planes(_mm512_load_si512(hi), _mm512_load_si512(lo), zero_fix(w, n));
   _mm512_storeu_ps(dst, _mm512_mul_ps(v, _mm512_mul_ps(_mm512_loadu_ps(w->scale + n),
                                                        _mm512_set1_ps(row_scale))));
 }
