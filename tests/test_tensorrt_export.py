@@ -172,6 +172,31 @@ def test_a_batch_of_prompts_decodes_as_each_alone(kind, trt_artifacts):
     assert_batch_matches_alone(trt_artifacts(kind, "fp32"))
 
 
+def test_the_cache_goes_where_the_graphs_attention_runs(trt_artifacts, monkeypatch):
+    """A provider with device memory keeps a tensorrt graph's float32 cache there (its attention
+    is MatMul/Softmax, which GPU providers run at any dtype; bound once on the host, the device
+    would attend over a stale copy), and decodes as from numpy buffers. The CPU provider stands
+    in for a device here, with its own memory as the device's."""
+    from edgeds.artifact import load_artifact
+    from edgeds.backends.onnxruntime import DEVICE_MEMORY, OnnxRuntimeBackend
+
+    monkeypatch.setitem(DEVICE_MEMORY, "CPUExecutionProvider", "cpu")
+    art = load_artifact(trt_artifacts("qwen2", "fp32"))
+    assert "device memory" in OnnxRuntimeBackend.no_prefix_cache_for(art, ["CPUExecutionProvider"])
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(2, 320, n).astype(np.int64) for n in (13, 5)]
+    steps = rng.integers(2, 320, (6, 2))
+    logits = {}
+    for on_device in (None, False):
+        backend = OnnxRuntimeBackend(art, ["CPUExecutionProvider"], cache_on_device=on_device)
+        assert backend.cache.memory == (("cpu", 0) if on_device is None else None)
+        backend.start(2, 32)
+        got = [backend.prefill([0, 1], prompts).copy()]
+        got += [backend.decode(tokens).copy() for tokens in steps]
+        logits[on_device] = np.stack(got)
+    np.testing.assert_array_equal(logits[None], logits[False])
+
+
 def test_the_manifest_carries_profiles_from_the_batch_and_context(trt_artifacts):
     manifest = json.loads((trt_artifacts("qwen2") / "edgeds.json").read_text())
     trt = manifest["graphs"]["onnx"]["tensorrt"]

@@ -36,6 +36,8 @@ def main() -> None:
                     help="the provider under test, then its fallbacks")
     ap.add_argument("--against", default="CPUExecutionProvider")
     ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--cache-on-host", action="store_true",
+                    help="the tested provider's cache in numpy buffers, not device memory")
     args = ap.parse_args()
     if hasattr(ort, "preload_dlls"):
         ort.preload_dlls()
@@ -43,7 +45,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     vocab = art.model.vocab_size
     prompts = [rng.integers(10, min(vocab, 50000), n) for n in (48, 17)]
-    tested = OnnxRuntimeBackend(art, args.providers.split(","))
+    tested = OnnxRuntimeBackend(art, args.providers.split(","),
+                                cache_on_device=False if args.cache_on_host else None)
     got = run(tested, prompts, args.steps, None)
     forced = [g.argmax(-1) for g in got[:-1]]
     ref = run(OnnxRuntimeBackend(art, args.against.split(",")), prompts, args.steps, forced)

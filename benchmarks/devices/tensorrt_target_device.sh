@@ -1,8 +1,8 @@
 #!/bin/bash
-# `--target tensorrt` graphs on ONNX Runtime's CUDA provider (the lent H200; NOT RUN yet: the
-# device's time went to other work). Which provider runs each operator (every node should land
-# on CUDA: no contrib op falls back to the CPU), CUDA-vs-CPU logits, and batch 1 and 16 decode
-# tok/s of the 1.5B shape, to record beside benchmarks/results/cuda-h200.md.
+# `--target tensorrt` graphs on ONNX Runtime's CUDA provider (the lent H200): which provider
+# runs each operator (every node should land on CUDA: no contrib op falls back to the CPU),
+# CUDA-vs-CPU logits (the cache in device memory, and in numpy buffers), and batch 1 and 16
+# decode tok/s of the 1.5B shape, to record beside benchmarks/results/cuda-h200.md.
 # Set up as cuda_device.sh (onnxruntime-gpu in /tmp/gsite, .carry with the reference configs), then:
 #   bash benchmarks/devices/tensorrt_target_device.sh prepare
 #   bash benchmarks/devices/tensorrt_target_device.sh measure
@@ -22,6 +22,8 @@ case "$1" in
     python3 -m benchmarks.devices.ep_placement $A/int8 --providers $G 2>&1 |
       grep -v "^W:" | tail -12
     python3 -m benchmarks.devices.provider_parity $A/int8 --providers $G --steps 16
+    python3 -m benchmarks.devices.provider_parity $A/int8 --providers $G --steps 16 \
+      --cache-on-host
     python3 -m benchmarks.design.backend_steps $A/int8 --providers $G --batches 1,16 ;;
   *) echo "usage: $0 prepare|measure" >&2; exit 2 ;;
 esac

@@ -41,6 +41,15 @@ def _prefill_groups(slots: list[int], lengths: list[int]) -> list[tuple[int, int
     return groups
 
 
+def attention_on_device(device: str, graph, cache_dtype: np.dtype) -> bool:
+    """Whether this graph's attention runs on `device`'s own memory, so that its cache belongs
+    there: GroupQueryAttention's GPU kernels take float16 only (float32 graphs run it on the CPU,
+    where a device cache would cross the bus twice per layer: 44 vs 5578 tok/s at batch 64 on an
+    H200); a `--target tensorrt` graph attends with plain MatMul/Softmax, which GPU providers
+    run at either dtype."""
+    return device in DEVICE_MEMORY and (cache_dtype == np.float16 or graph.tensorrt is not None)
+
+
 def _device_cache(device: str, dtype: str = "float16") -> str:
     return (f"onnxruntime on {device}: the {dtype} cache lives in device memory (OrtValues), "
             "not rows to copy: every prompt is prefilled in full, and --prefix-cache DIR is "
@@ -65,9 +74,9 @@ class OnnxRuntimeBackend:
             return ("onnxruntime: an int8-cache graph attends over a fresh prompt in float32 but "
                     "over int8 rows after loaded ones, so cached prefixes would change tokens")
         device = providers[0] if providers else "CPUExecutionProvider"
-        if device in DEVICE_MEMORY and np.dtype(artifact.manifest.kv_layout("onnx").dtype) == (
-                np.float16):
-            return _device_cache(device)
+        dtype = np.dtype(artifact.manifest.kv_layout("onnx").dtype)
+        if attention_on_device(device, artifact.graph("onnx"), dtype):
+            return _device_cache(device, dtype.name)
         return None
 
     def __init__(self, artifact: Artifact, providers: list, threads: int | None = None,
@@ -111,15 +120,16 @@ class OnnxRuntimeBackend:
             raise UsageError("an int8-cache graph writes a fresh prompt's cache from the host: "
                              "it stays in numpy buffers")
         if cache_on_device is None:
-            # The cache belongs where attention runs: GroupQueryAttention's GPU kernels take
-            # float16 only, and float32 graphs run it on the CPU (a device cache would then
-            # cross the bus twice per layer: 44 vs 5578 tok/s at batch 64 on an H200).
-            cache_on_device = self.device in DEVICE_MEMORY and cache_dtype == np.float16
+            cache_on_device = attention_on_device(self.device, graph, cache_dtype)
         memory = None  # numpy buffers; else (device, id) of the OrtValues
         if cache_on_device:
             device_id = self.session.get_provider_options().get(self.device, {}).get("device_id", 0)
             memory = (DEVICE_MEMORY.get(self.device, "cpu"), int(device_id))
         self.cache = Cache(self.layout, memory)
+        # A host cache that a GPU node reads is copied at bind time too: bound once, every
+        # decode step would attend over the cache as it was at the first (--cache-on-host).
+        self._cache_copied_at_bind = self._copied_at_bind and memory is None and (
+            attention_on_device(self.device, graph, cache_dtype))
         self.no_prefix_cache = self.no_prefix_cache_for(artifact) or (
             _device_cache(self.device, cache_dtype.name) if memory else None)
         self.supports_prefix_cache = self.no_prefix_cache is None
@@ -280,7 +290,10 @@ class OnnxRuntimeBackend:
         self.slot_lengths.decode_positions(self.capacity, out=self._seqlens)
         self._token_positions[:, 0] = self._seqlens
         self._total[...] = self._seqlens.max() + 1
-        if self._copied_at_bind:
+        if self._cache_copied_at_bind:
+            self._decode = bind_call(self.decode_graph, self._decode_inputs, self._logits,
+                                     self.cache, slice(0, self.batch_size), self.hidden_size)
+        elif self._copied_at_bind:
             bind_inputs(self._decode.bindings, self.decode_graph.io, self._decode_inputs)
         self._decode.run()
         self.slot_lengths.advance()
