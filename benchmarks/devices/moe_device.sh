@@ -43,7 +43,8 @@ machine() {
   lscpu | grep -E '^(Model name|Thread|Core|Socket|NUMA node\(s\))'
   grep -o 'amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' '; echo
   free -g | head -2; df -h /tmp | tail -1; gcc --version | head -1
-  python3 -c "import onnxruntime as o, numpy as n; print('onnxruntime', o.__version__, n.__version__)"
+  python3 -c "import onnxruntime as o, numpy as n
+print('onnxruntime', o.__version__, n.__version__)"
 }
 
 # The AMX checks: untimed, so they may share the CPU with the build and the export (the tests
