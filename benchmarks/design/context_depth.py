@@ -13,8 +13,9 @@ cache's dtype, float16 halving the bytes a decode step reads at depth) under --w
 (--prepare-only: that alone; devices/context_depth_device.sh runs both on the AMX Xeon).
 Decode: a batch-1 sequence is prefilled to the depth, then --steps decode steps are timed (the
 prefill of a length in both lists is timed too). Each figure is the best of --rounds, the rounds
-interleaved over lengths so that a change in machine load hits every length alike. Prints a line
-per measurement as it comes, then one per figure and a JSON summary.
+interleaved over lengths so that a change in machine load hits every length alike; each ratio is
+given best against best and within each round. Prints a line per measurement as it comes, then
+one per figure and a JSON summary.
 """
 
 from __future__ import annotations
@@ -100,25 +101,36 @@ def main() -> None:
     backend.blocks.release(0)
     decode = {d: 0.0 for d in depths}
     prefill = {n: 0.0 for n in prefills}
+    rounds: list[tuple[dict, dict]] = []  # each round's (decode, prefill) figures
     # Shortest first, each figure printed as it comes: a run cut short keeps what it measured.
     for r in range(args.rounds):
+        rounds.append(({}, {}))
         for n in sorted(set(depths) | set(prefills)):
             p, d = measure(backend, n, args.steps if n in decode else 0, rng)
             if n in prefill:
                 prefill[n] = max(prefill[n], p)
+                rounds[-1][1][n] = p
             if n in decode:
                 decode[n] = max(decode[n], d)
+                rounds[-1][0][n] = d
             print(f"round {r + 1}: {n} tokens: prefill {p:.0f} tok/s"
                   + (f", decode after them {d:.2f} tok/s" if n in decode else ""), flush=True)
-    for d in depths:
-        ratio = decode[d] / decode[depths[0]]
-        print(f"decode @{d}: {decode[d]:.2f} tok/s ({ratio:.2f}x @{depths[0]})")
-    for n in prefills:
-        ratio = prefill[n] / prefill[prefills[0]]
-        print(f"prefill {n}: {prefill[n]:.0f} tok/s ({ratio:.2f}x {prefills[0]})")
+    # Best against best, and each round against itself: a round the machine disturbed shows
+    # as a ratio apart from the others, where the best figures would mix two rounds.
+    within = {}
+    for kind, figures, lengths in (("decode", decode, depths), ("prefill", prefill, prefills)):
+        for n in lengths:
+            at = 0 if kind == "decode" else 1
+            per = [f[at][n] / f[at][lengths[0]] for f in rounds
+                   if n in f[at] and lengths[0] in f[at]]
+            within[f"{kind} {n}"] = [round(x, 3) for x in per]
+            mark, digits = ("@", 2) if kind == "decode" else ("", 0)
+            print(f"{kind} {mark}{n}: {figures[n]:.{digits}f} tok/s "
+                  f"({figures[n] / figures[lengths[0]]:.2f}x {mark}{lengths[0]}; within each "
+                  "round: " + ", ".join(f"{x:.2f}x" for x in per) + ")")
     print(json.dumps({"artifact": str(art.root), "threads": args.threads,
                       "kv_cache": backend.cache_dtype.name, "decode_tok_s": decode,
-                      "prefill_tok_s": prefill}))
+                      "prefill_tok_s": prefill, "ratios_within_rounds": within}))
 
 
 if __name__ == "__main__":
