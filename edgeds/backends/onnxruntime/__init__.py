@@ -9,8 +9,9 @@ quantizes). An int8 graph returns a fresh prompt's keys and values instead of wr
 attends over the prompt in float32), and the prefill copies them into the slot's rows.
 
 On a CUDA or TensorRT provider the cache lives in device memory (OrtValues, bound by address
-like the numpy buffers): attention then reads and writes it where it runs, and no cache byte
-crosses the bus in a step.
+like the numpy buffers) wherever the graph's attention runs there (float16 graphs and
+`--target tensorrt` graphs: backend.attention_on_device): attention then reads and writes it
+where it runs, and no cache byte crosses the bus in a step.
 
 On the CPU provider an artifact's graph parts (export/graph_parts.py) are loaded as one session
 each, on parallel threads: ONNX Runtime prepacks a session's weights on one thread, and that is
