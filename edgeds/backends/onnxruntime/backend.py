@@ -119,8 +119,9 @@ class OnnxRuntimeBackend:
         if cache_on_device and self.fresh_input:
             raise UsageError("an int8-cache graph writes a fresh prompt's cache from the host: "
                              "it stays in numpy buffers")
+        attends_on_device = attention_on_device(self.device, graph, cache_dtype)
         if cache_on_device is None:
-            cache_on_device = attention_on_device(self.device, graph, cache_dtype)
+            cache_on_device = attends_on_device
         memory = None  # numpy buffers; else (device, id) of the OrtValues
         if cache_on_device:
             device_id = self.session.get_provider_options().get(self.device, {}).get("device_id", 0)
@@ -128,8 +129,7 @@ class OnnxRuntimeBackend:
         self.cache = Cache(self.layout, memory)
         # A host cache that a GPU node reads is copied at bind time too: bound once, every
         # decode step would attend over the cache as it was at the first (--cache-on-host).
-        self._cache_copied_at_bind = self._copied_at_bind and memory is None and (
-            attention_on_device(self.device, graph, cache_dtype))
+        self._cache_copied_at_bind = self._copied_at_bind and memory is None and attends_on_device
         self.no_prefix_cache = self.no_prefix_cache_for(artifact) or (
             _device_cache(self.device, cache_dtype.name) if memory else None)
         self.supports_prefix_cache = self.no_prefix_cache is None
