@@ -97,13 +97,16 @@ class Engine:
         self.prefix: prefix_cache.PrefixCache | None = None
 
     def enable_prefix_cache(self, folder: str | Path | None = None, max_bytes: int | None = None,
-                            block_tokens: int = prefix_cache.BLOCK_TOKENS) -> str | None:
+                            block_tokens: int | None = None) -> str | None:
         """Reuse prompt prefixes' cache rows, and with `folder` keep them there for later runs
         and other processes (at most `max_bytes`; prefix_store.py). Returns why not where this
         backend cannot. The memory budget: half of what the batch's full-context caches leave
-        beside the weights, at most prefix_cache.MEMORY_CAP."""
+        beside the weights, at most prefix_cache.MEMORY_CAP. block_tokens: by default the size at
+        which the backend shares its own cache blocks between sequences, where it does."""
         if why := prefix_cache.unsupported(self.backend):
             return why
+        block_tokens = block_tokens or getattr(self.backend, "shared_block_tokens", None) or (
+            prefix_cache.BLOCK_TOKENS)
         per_token = self.artifact.manifest.kv_layout(self.choice.artifact_format).bytes_per_token
         left = kv_budget(self.hardware.memory_bytes, self.weight_bytes) - (
             per_token * self.batch_size * self.context)

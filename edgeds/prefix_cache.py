@@ -15,7 +15,9 @@ the next `drain` (the generate loop's, between steps: a first token never waits 
 
 The generate loop calls `prefill` (or `prefill_chunk` for a prompt prefilled in chunks); the rows
 are opaque arrays the backend gives and takes back (`kv_rows`, `load_kv`), so this module knows no
-cache layout."""
+cache layout. A backend whose cache is itself in blocks of this size (`shared_block_tokens`) gives
+its own blocks instead (`pin`): slots loading them share one copy, which a decode step then reads
+once for the whole batch; such a block has `nbytes`, `rows()` (a copy, for the store) and `drop()`."""
 
 from __future__ import annotations
 
@@ -75,7 +77,7 @@ class PrefixStats:
 
 @dataclass
 class _Block:
-    rows: np.ndarray
+    rows: np.ndarray  # or the backend's pinned block (see the module's docstring)
     parent: str | None
     children: int = 0  # blocks chained after this one that are held here
 
@@ -118,6 +120,12 @@ class PrefixCache:
                 if block is None:
                     break
                 rows.append(block.rows)
+            # Making room may have dropped a pinned block found above (its pool block is then
+            # someone else's): the head ends before it.
+            for n, r in enumerate(rows):
+                if not isinstance(r, np.ndarray) and keys[n] not in self.blocks:
+                    del rows[n:]
+                    break
         return keys, rows
 
     def insert(self, keys: list[str], have: int, rows_of) -> None:
@@ -133,7 +141,8 @@ class PrefixCache:
             if self._add(keys[i], keys[i - 1] if i else None, rows) is None:
                 return
             if self.store is not None and self.store.writer:
-                self._unwritten.append((keys[i], keys[i - 1] if i else None, rows))
+                # A copy now: a pinned block may be dropped and reused before the next drain.
+                self._unwritten.append((keys[i], keys[i - 1] if i else None, _host(rows)))
 
     def drain(self) -> None:
         """Write the blocks kept since the last drain to the store, and record when the blocks
@@ -146,12 +155,23 @@ class PrefixCache:
             self.stats.blocks_written += self.store.write_many(unwritten)
         self.store.flush()
 
+    def keep_shared(self, key: str, pinned) -> None:
+        """Hold the backend's pinned block for a block held here as rows (read from the store):
+        the slots loading it from now on share it. Same bytes, so the budget is unchanged."""
+        block = self.blocks.get(key)
+        if block is None or not isinstance(block.rows, np.ndarray):
+            pinned.drop()
+            return
+        block.rows = pinned
+
     def _add(self, key: str, parent: str | None, rows: np.ndarray) -> _Block | None:
         if rows.nbytes > self.budget_bytes:
+            _drop(rows)
             return None
         while self.bytes + rows.nbytes > self.budget_bytes and self._evict_one():
             pass
         if self.bytes + rows.nbytes > self.budget_bytes:
+            _drop(rows)
             return None
         block = _Block(rows, parent)
         self.blocks[key] = block
@@ -168,6 +188,7 @@ class PrefixCache:
             if block.children == 0:
                 del self.blocks[key]
                 self.bytes -= block.rows.nbytes
+                _drop(block.rows)
                 if block.parent is not None and block.parent in self.blocks:
                     self.blocks[block.parent].children -= 1
                 self.stats.evicted += 1
@@ -214,13 +235,13 @@ def prefill(backend, cache: PrefixCache, slots: list[int], prompts: list[np.ndar
     for group in (first, later):
         if not group:
             continue
-        if group is later:
-            looked.update({i: cache.lookup(prompts[i]) for i in group})
         t0 = time.perf_counter()
         starts = []
         for i in group:
-            _, rows = looked[i]
-            _load(backend, slots[i], 0, rows, b)
+            # Looked up again right before loading: blocks cached since (the first group's, for
+            # the later one), and none dropped between the lookup and the load.
+            keys, rows = looked[i] = cache.lookup(prompts[i])
+            _load(backend, cache, slots[i], 0, keys, rows)
             starts.append(len(rows) * b)
         logits = backend.prefill([slots[i] for i in group], [prompts[i] for i in group],
                                  starts=starts)
@@ -235,8 +256,7 @@ def prefill(backend, cache: PrefixCache, slots: list[int], prompts: list[np.ndar
             cache.stats.hits += bool(rows)
             cache.stats.tokens_reused += start
             cache.stats.tokens_prefilled += len(prompts[i]) - start
-            cache.insert(keys, len(rows),
-                         lambda k, s=slots[i]: backend.kv_rows(s, k * b, (k + 1) * b))
+            cache.insert(keys, len(rows), lambda k, s=slots[i]: _block_of(backend, cache, s, k))
     return out
 
 
@@ -252,7 +272,7 @@ def prefill_chunk(backend, cache: PrefixCache, slot: int, ids: np.ndarray, start
     skipped = max(len(rows) * b - start, 0)
     if skipped:
         first = start // b  # the block holding `start`: its rows from cache, the same bit for bit
-        _load(backend, slot, first, rows[first:], b)
+        _load(backend, cache, slot, first, keys, rows[first:])
         start += skipped
     end = min(start + chunk, len(ids))
     t0 = time.perf_counter()
@@ -265,12 +285,39 @@ def prefill_chunk(backend, cache: PrefixCache, slot: int, ids: np.ndarray, start
     if end == len(ids):
         cache.stats.lookups += 1
         cache.stats.hits += reused > 0
-    cache.insert(keys[:end // b], len(rows),
-                 lambda k: backend.kv_rows(slot, k * b, (k + 1) * b))
+    cache.insert(keys[:end // b], len(rows), lambda k: _block_of(backend, cache, slot, k))
     return end, row, reused
 
 
-def _load(backend, slot: int, first: int, rows: list[np.ndarray], b: int) -> None:
-    """Blocks first.. of a slot from `rows`, each copied straight into the backend's cache."""
+def _shares(backend, cache: PrefixCache) -> bool:
+    return getattr(backend, "shared_block_tokens", None) == cache.block_tokens
+
+
+def _block_of(backend, cache: PrefixCache, slot: int, k: int):
+    """What the cache keeps of a slot's block k: the backend's own block where it shares them,
+    else a copy of its rows."""
+    if _shares(backend, cache):
+        return backend.pin(slot, k)
+    b = cache.block_tokens
+    return backend.kv_rows(slot, k * b, (k + 1) * b)
+
+
+def _load(backend, cache: PrefixCache, slot: int, first: int, keys: list[str],
+          rows: list) -> None:
+    """Blocks first.. of a slot from `rows` (shared where they are the backend's own blocks,
+    else copied straight into its cache); a block copied from the store's rows is then kept as
+    the backend's own, for the next slot to share."""
+    shares, b = _shares(backend, cache), cache.block_tokens
     for k, block in enumerate(rows, first):
         backend.load_kv(slot, k * b, block)
+        if shares and isinstance(block, np.ndarray):
+            cache.keep_shared(keys[k], backend.pin(slot, k))
+
+
+def _host(rows):
+    return rows if isinstance(rows, np.ndarray) else rows.rows()
+
+
+def _drop(rows) -> None:
+    if not isinstance(rows, np.ndarray):
+        rows.drop()

@@ -171,14 +171,15 @@ def test_another_process_reuses_the_blocks_and_gets_the_same_tokens(tmp_path, ar
     qwen, llama = artifacts("qwen2", "int8"), artifacts("llama", "int8")
     folder = tmp_path / "pc"
     first, _ = _run(qwen, folder, 1)
-    assert first["stats"]["disk_blocks_written"] >= 2 and first["stats"]["disk_blocks_read"] == 0
+    # The native cache's blocks are 64 tokens (the prefix cache's, where a backend shares them).
+    assert first["stats"]["disk_blocks_written"] >= 1 and first["stats"]["disk_blocks_read"] == 0
     again, _ = _run(qwen, folder, 2)  # new questions over the same 70-token prefix
     plain, _ = _run(qwen, "off", 2)
     assert again["tokens"] == plain["tokens"]
-    assert again["stats"]["disk_blocks_read"] == 2 and again["stats"]["tokens_reused"] == 3 * 64
+    assert again["stats"]["disk_blocks_read"] == 1 and again["stats"]["tokens_reused"] == 3 * 64
     other, err = _run(llama, folder, 2)  # another artifact: never one of qwen's blocks
     assert other["stats"]["disk_blocks_read"] == 0 and "ignored" not in err
-    assert other["stats"]["disk_blocks_written"] >= 2  # its own, beside qwen's
+    assert other["stats"]["disk_blocks_written"] >= 1  # its own, beside qwen's
 
 
 @pytest.mark.parametrize("backend", ["native", "onnxruntime"])

@@ -25,7 +25,7 @@ from ..artifact import Artifact
 from ..errors import ArtifactError, UsageError
 from ..manifest import GroupedAttention
 from ..native import library
-from .kv_blocks import BLOCK_TOKENS, BlockPool, BlockTables
+from .kv_blocks import BLOCK_TOKENS, BlockPool, BlockTables, PinnedBlock
 from .slots import SlotLengths, loaded_rows_stop, prompt_starts
 
 PREFILL_ROWS = 512  # rows per call: what the int8 GEMM needs to reach its speed, and no more memory
@@ -238,6 +238,20 @@ class NativeBackend:
     def chunked_prefill(self) -> bool:
         return self.grows_in_blocks  # prefill_chunk fills blocks
 
+    @property
+    def shared_block_tokens(self) -> int | None:
+        """A prefix cache of blocks this size keeps this backend's own blocks (`pin`), and the
+        slots that load them share them: a decode step then reads a shared prefix once from
+        memory for the whole batch, not once per sequence."""
+        return BLOCK_TOKENS if self.grows_in_blocks else None
+
+    def pin(self, slot: int, j: int) -> PinnedBlock:
+        """Block j of a slot (positions [j * 64, (j + 1) * 64), all computed), kept past the
+        slot's release until the holder drops it."""
+        if not 0 <= j < self.blocks.held[slot]:
+            raise ValueError(f"block {j} of a slot that holds {self.blocks.held[slot]}")
+        return PinnedBlock(self.pool, int(self.blocks.table[slot, j]))
+
     def start(self, batch_size: int, capacity: int) -> None:
         if self.blocks is not None:
             self.blocks.release_all()
@@ -302,12 +316,19 @@ class NativeBackend:
             out[1, :, :, lo - start:hi - start] = self.pool.values(block)[:, :, lo - at:hi - at]
         return out
 
-    def load_kv(self, slot: int, start: int, rows: np.ndarray) -> None:
+    def load_kv(self, slot: int, start: int, rows: np.ndarray | PinnedBlock) -> None:
         """Write rows (as kv_rows gives them) at positions start.. of a slot's cache, taking its
-        blocks for them (start 0: the slot starts from empty blocks, as a prefill from 0 does)."""
-        stop = loaded_rows_stop(start, rows, self.kv_token_axis, self.capacity)
+        blocks for them (start 0: the slot starts from empty blocks, as a prefill from 0 does);
+        a PinnedBlock (`pin`) is shared at its block's positions, not copied."""
         if start == 0:
             self.blocks.release(slot)
+        if isinstance(rows, PinnedBlock):
+            if start % BLOCK_TOKENS or start + BLOCK_TOKENS > self.capacity:
+                raise ValueError(f"a shared block at position {start}")
+            self.blocks.share(slot, start // BLOCK_TOKENS, rows.id)
+            return
+        stop = loaded_rows_stop(start, rows, self.kv_token_axis, self.capacity)
+        self.blocks.own_from(slot, start)
         self.blocks.reserve(slot, stop)
         for j, lo, hi in _block_spans(start, stop):
             block, at = int(self.blocks.table[slot, j]), j * BLOCK_TOKENS
@@ -326,6 +347,7 @@ class NativeBackend:
             for slot, p, s in zip(slots, prompts, starts):
                 if s == 0:
                     self.blocks.release(slot)  # a slot prefilled again starts from empty blocks
+                self.blocks.own_from(slot, s)
                 self.blocks.reserve(slot, len(p))
         pairs = list(zip(prompts, starts))
         ids = np.concatenate([np.asarray(p[s:], np.int64) for p, s in pairs])
@@ -362,6 +384,7 @@ class NativeBackend:
             raise ValueError("a prompt chunk outside the cache capacity, or empty")
         if start == 0:
             self.release(slot)
+        self.blocks.own_from(slot, start)
         self.blocks.reserve(slot, start + len(ids))
         ids = np.ascontiguousarray(ids, np.int64)
         positions = np.arange(start, start + len(ids), dtype=np.int32)
