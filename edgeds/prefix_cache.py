@@ -168,24 +168,25 @@ class PrefixCache:
         if rows.nbytes > self.budget_bytes:
             _drop(rows)
             return None
-        while self.bytes + rows.nbytes > self.budget_bytes and self._evict_one():
+        # The parent is never the one dropped to make room: a tail without its head is never
+        # found, and would hold the budget until it aged out.
+        while self.bytes + rows.nbytes > self.budget_bytes and self._evict_one(keep=parent):
             pass
-        if self.bytes + rows.nbytes > self.budget_bytes:
+        if self.bytes + rows.nbytes > self.budget_bytes or (
+                parent is not None and parent not in self.blocks):
             _drop(rows)
             return None
         block = _Block(rows, parent)
         self.blocks[key] = block
         self.bytes += rows.nbytes
-        if parent is not None and parent in self.blocks:
+        if parent is not None:
             self.blocks[parent].children += 1
-        else:
-            block.parent = None
         return block
 
-    def _evict_one(self) -> bool:
-        """Drop the least recently used block no other block chains after."""
+    def _evict_one(self, keep: str | None = None) -> bool:
+        """Drop the least recently used block no other block chains after (never `keep`)."""
         for key, block in self.blocks.items():
-            if block.children == 0:
+            if block.children == 0 and key != keep:
                 del self.blocks[key]
                 self.bytes -= block.rows.nbytes
                 _drop(block.rows)

@@ -70,6 +70,18 @@ def test_eviction_drops_the_least_recently_used_leaf_within_the_budget():
 
 
 
+def test_a_chain_longer_than_the_budget_keeps_its_head_and_leaves_no_orphan_tail():
+    cache = PrefixCache(namespace("a" * 64, "fake", 4), 4, budget_bytes=2 * 16)  # 2 blocks
+    a = np.arange(0, 13)
+    keys, _ = cache.lookup(a)
+    cache.insert(keys, 0, _Rows(a))  # 3 blocks: the third does not fit beside its head
+    assert list(cache.blocks) == keys[:2] and cache.stats.evicted == 0
+    assert [r.tolist() for r in cache.lookup(a)[1]] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    b = np.arange(50, 59)
+    keys_b, _ = cache.lookup(b)
+    cache.insert(keys_b, 0, _Rows(b))  # a newer chain: a's tail goes, then a's head
+    assert list(cache.blocks) == keys_b and cache.stats.evicted == 2
+
 def test_blocks_reach_the_store_at_drain_and_a_new_cache_reads_them_back(tmp_path):
     """insert keeps a block in memory at once but writes it at the next drain (the generate
     loop's, after the step's tokens): no first token waits on the disk."""
