@@ -162,7 +162,7 @@ def test_infer_ray_publishes_prometheus_metrics_and_the_prefix_cache_summary(
     summary's prefix cache line is there too."""
     from test_batch_metrics import samples
 
-    shared = "# a careful helper, one line\n" * 2  # over one 32-token block
+    shared = "# a careful helper, one line\n" * 3  # over one 64-token block (the native cache's)
     objs = [{"id": f"r{i}", "prompt": f"{shared}def f{i}(x):"} for i in range(12)]
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     prom, summary_file = tmp_path / "job.prom", tmp_path / "summary.json"

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_prefix_cache import _run
 
 import edgeds
-from edgeds import generate as gen
 from edgeds import native, prefix_cache
 from edgeds.backends.kv_blocks import BLOCK_TOKENS, BlockPool, BlockTables, PinnedBlock
 from edgeds.hardware import detect
-from edgeds.sampling import SamplingParams
 
 NO_NATIVE = native.unavailable(detect().flags)
 CONTEXT = 320
@@ -65,14 +64,6 @@ def _prompts(seed: int = 5, shared_tokens: int = 3 * BLOCK_TOKENS + 10):
     shared = rng.integers(2, 320, shared_tokens)
     return [np.concatenate([shared, rng.integers(2, 320, n)]).astype(np.int64)
             for n in (3, 17, 1, 40, 9)]
-
-
-def _run(engine, prompts, batch_size, n=16):
-    reqs = [gen.Request(i, p, SamplingParams(max_new_tokens=n, ignore_eos=True))
-            for i, p in enumerate(prompts)]
-    done = {e.key: e.token_ids for e in engine.run(reqs, batch_size)
-            if isinstance(e, gen.Finished)}
-    return [done[i] for i in range(len(prompts))]
 
 
 @pytest.mark.skipif(NO_NATIVE is not None, reason=str(NO_NATIVE))
