@@ -125,3 +125,27 @@ def test_an_evicted_block_stays_with_the_slots_that_share_it(artifact):
     assert not set(held) & set(backend.blocks.table[0])
     backend.release(1)
     assert not backend.pool.refs[held].any() and set(held) <= set(backend.pool.free)
+
+
+@pytest.mark.skipif(NO_NATIVE is not None, reason=str(NO_NATIVE))
+def test_blocks_read_from_the_store_are_shared_by_the_slots_that_load_them_next(artifact,
+                                                                                  tmp_path):
+    from edgeds.backends.kv_blocks import PinnedBlock
+
+    writer = edgeds.load(artifact, backend="native", profile="cpu-avx512",
+                         prefix_cache=tmp_path / "pc")
+    prompts = _prompts()
+    want = _run(writer, prompts[:1], 1)
+    writer.prefix.store.close()
+    reader = edgeds.load(artifact, backend="native", profile="cpu-avx512",
+                         prefix_cache=tmp_path / "pc")
+    backend, cache = reader.backend, reader.prefix
+    backend.start(2, CONTEXT)
+    prefix_cache.prefill(backend, cache, [0], prompts[:1])
+    assert cache.stats.disk_hits == 3
+    assert all(isinstance(b.rows, PinnedBlock) for b in cache.blocks.values())
+    prefix_cache.prefill(backend, cache, [1], prompts[1:2])
+    assert (backend.blocks.table[1, :3] == backend.blocks.table[0, :3]).all()
+    assert cache.stats.disk_hits == 3  # the second from memory, its blocks the first slot's
+    backend.release(0), backend.release(1)
+    assert _run(reader, prompts[:1], 1) == want
