@@ -138,17 +138,26 @@ def test_keeping_a_prompts_decompressed_keys_between_calls_changes_no_bit(deep, 
                                                                           tiles):
     """A long prompt prefilled in many calls keeps its decompressed keys and values from call to
     call (each call decompresses its own rows): the same logits, prefill and decode, as with
-    nothing kept (every call decompresses the whole prefix) and as with a budget that holds the
-    first prompt only (the second, also straddling calls, decompresses per call), beside short
-    prompts in the same calls. With either prompt attention kernel."""
+    nothing kept (every call decompresses the whole prefix), as with a budget that holds the
+    first prompt only (the second, also straddling calls, decompresses per call) and as with
+    budgets that hold some of a prompt's layers, beside short prompts in the same calls. With
+    either prompt attention kernel."""
     _, art = deep("deepseek_v2")
     rng = np.random.default_rng(12)
     prompts = [rng.integers(2, 320, n).astype(np.int64) for n in (1300, 9, 700, 40)]
     monkeypatch.setattr(native_backend, "PREFILL_ROWS", 200)
     backend = NativeMlaBackend(art, 3, prompt_tiles=tiles)
-    one = backend.lib.em_kept_bytes(backend._model, 1300)
+    layers = backend.layers
+    assert layers >= 2
+    kept_bytes = backend.lib.em_kept_bytes
+    one = kept_bytes(backend._model, 1300, layers)
+    first_layer = kept_bytes(backend._model, 1300, 1)
+    second_layer = kept_bytes(backend._model, 700, 1)
+    assert one == layers * first_layer
     runs = []
-    for budget, kept in [(0, []), (one, [0]), (1 << 30, [0, 2])]:
+    for budget, kept in [(0, []), (one, [(0, layers)]), (first_layer, [(0, 1)]),
+                         (one + second_layer, [(0, layers), (2, 1)]),
+                         (1 << 30, [(0, layers), (2, layers)])]:
         backend.keep_decompressed_bytes = budget
         backend.start(4, 1400)
         logits = [backend.prefill([0, 1, 2, 3], prompts, every_position=True)]
@@ -156,5 +165,5 @@ def test_keeping_a_prompts_decompressed_keys_between_calls_changes_no_bit(deep, 
         for tokens in ([3, 5, 7, 11], [13, 17, 19, 23], [29, 31, 37, 41]):
             logits.append(backend.decode(np.array(tokens))[:, None].copy())
         runs.append(np.concatenate([logits[0][:, -300:], *logits[1:]], 1))
-    np.testing.assert_array_equal(runs[1], runs[0])
-    np.testing.assert_array_equal(runs[2], runs[0])
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run, runs[0])

@@ -262,7 +262,7 @@ class NativeMlaBackend(NativeBackend):
             keep_decompressed_bytes = min(8 << 30, physical_memory() // 8)
         self.keep_decompressed_bytes = keep_decompressed_bytes
         self.prompt_tiles = bool(self.lib.em_set_prompt_tiles(self._model, int(prompt_tiles)))
-        self.kept_slots: list[int] = []
+        self.kept_slots: list[tuple[int, int]] = []  # (slot, layers) the last prefill kept
 
     def profile(self, reset: bool = False) -> np.ndarray:
         """Seconds spent in each phase of mla_moe.c's calls since the last reset: attention
@@ -356,19 +356,23 @@ class NativeMlaBackend(NativeBackend):
 
     def _keep_straddling(self, slots, prompts, starts) -> None:
         """The prompts whose rows fall in more than one of NativeBackend.prefill's calls keep
-        their decompressed keys and values from call to call, as many as the budget holds (a
-        prompt is kept whole or not at all; one not kept decompresses its prefix per call)."""
+        their decompressed keys and values from call to call, in order, for as many of their
+        leading layers as the budget still holds (the other layers, and a prompt with none
+        kept, decompress the prefix per call): a prompt too long for the whole budget keeps
+        part of its model rather than none of it."""
         starts = [0] * len(prompts) if starts is None else starts
         rows = native.PREFILL_ROWS
         left, at = self.keep_decompressed_bytes, 0
-        self.kept_slots = []  # what the last prefill kept
+        self.kept_slots = []  # what the last prefill kept: (slot, layers)
         for slot, p, s in zip(slots, prompts, starts):
             first, at = at, at + len(p) - s
-            need = self.lib.em_kept_bytes(self._model, len(p))
-            if first // rows != (at - 1) // rows and need <= left:
-                if self.lib.em_keep_decompressed(self._model, slot, len(p)) == 0:
-                    left -= need
-                    self.kept_slots.append(slot)
+            if at == first or first // rows == (at - 1) // rows:
+                continue  # one call (or no rows: refused by the prefill): nothing to keep
+            per_layer = self.lib.em_kept_bytes(self._model, len(p), 1)
+            layers = min(self.layers, left // per_layer)
+            if layers and self.lib.em_keep_decompressed(self._model, slot, len(p), layers) == 0:
+                left -= layers * per_layer
+                self.kept_slots.append((slot, layers))
 
     def _forward(
         self,

@@ -163,10 +163,10 @@ def library() -> ctypes.CDLL:
     lib.em_set_activations.argtypes = [p, i]
     lib.em_set_embedding_f16.argtypes = [p, p]
     lib.em_set_cache_half.argtypes = [p, i]
-    lib.em_keep_decompressed.argtypes = [p, i, i]
+    lib.em_keep_decompressed.argtypes = [p, i, i, i]
     lib.em_keep_decompressed.restype = i
     lib.em_drop_decompressed.argtypes = [p]
-    lib.em_kept_bytes.argtypes = [p, i]
+    lib.em_kept_bytes.argtypes = [p, i, i]
     lib.em_kept_bytes.restype = ctypes.c_size_t
     lib.em_set_prompt_tiles.argtypes = [p, i]
     lib.em_set_prompt_tiles.restype = i

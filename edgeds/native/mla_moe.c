@@ -112,11 +112,12 @@ typedef struct {
 } DecSource;
 
 /* One prompt's decompressed keys and values kept between its prefill calls
- * (em_keep_decompressed): [layers][heads][blocks][dec_block]; done[l]: leading blocks of layer
- * l that hold their final rows (full blocks already decompressed), so a call decompresses only
- * the rows past them instead of the whole prefix again. */
+ * (em_keep_decompressed), for its first `layers` layers: [layers][heads][blocks][dec_block];
+ * done[l]: leading blocks of layer l that hold their final rows (full blocks already
+ * decompressed), so a call decompresses only the rows past them instead of the whole prefix
+ * again. The layers past `layers` decompress per call, as a prompt not kept does. */
 typedef struct {
-  int slot, blocks;
+  int slot, blocks, layers;
   int *done;
   float *buf;
 } Kept;
@@ -376,17 +377,19 @@ void em_drop_decompressed(MlaModel *m) {
 static inline size_t dec_units(const MlaModel *m);
 static inline int dec_keys(const MlaModel *m);
 
-/* Bytes em_keep_decompressed takes for a prompt of `rows` positions. */
-size_t em_kept_bytes(const MlaModel *m, int rows) {
+/* Bytes em_keep_decompressed takes for `layers` layers of a prompt of `rows` positions. */
+size_t em_kept_bytes(const MlaModel *m, int rows, int layers) {
   const int bk = dec_keys(m);
-  return (size_t)m->d[D_LAYERS] * m->d[D_HEADS] * ((rows + bk - 1) / bk) * dec_units(m) * 4;
+  return (size_t)layers * m->d[D_HEADS] * ((rows + bk - 1) / bk) * dec_units(m) * 4;
 }
 
 /* Slot `slot`'s next prompt, of up to `rows` positions, keeps its decompressed keys and values
- * between its prefill calls until em_drop_decompressed: layers x heads x rows x (nope + rope +
- * v) floats. A slot kept again starts empty. Returns 0, or -1 where that memory is not there. */
-int em_keep_decompressed(MlaModel *m, int slot, int rows) {
+ * of its first `layers` layers between its prefill calls until em_drop_decompressed: layers x
+ * heads x rows x (nope + rope + v) floats. A slot kept again starts empty. Returns 0, or -1
+ * where that memory is not there or `layers` is out of range. */
+int em_keep_decompressed(MlaModel *m, int slot, int rows, int layers) {
   const int *d = m->d;
+  if (layers < 1 || layers > d[D_LAYERS] || rows < 1) return -1;
   Kept *k = NULL;
   for (int i = 0; i < m->n_kept; i++)
     if (m->kept[i].slot == slot) k = &m->kept[i], free(k->buf), free(k->done);
@@ -399,8 +402,8 @@ int em_keep_decompressed(MlaModel *m, int slot, int rows) {
     }
     k = &m->kept[m->n_kept++];
   }
-  k->slot = slot, k->blocks = (rows + dec_keys(m) - 1) / dec_keys(m);
-  k->buf = alloc64(em_kept_bytes(m, rows));
+  k->slot = slot, k->blocks = (rows + dec_keys(m) - 1) / dec_keys(m), k->layers = layers;
+  k->buf = alloc64(em_kept_bytes(m, rows, layers));
   k->done = calloc(d[D_LAYERS], sizeof(int));
   if (!k->buf || !k->done) {
     free(k->buf), free(k->done);
@@ -1337,7 +1340,8 @@ static void prefill_attention(MlaModel *m, const MLayer *ly, int layer, int rows
     if (!need[s]) continue;
     Kept *k = NULL;
     for (int i = 0; i < m->n_kept; i++)
-      if (m->kept[i].slot == s && bk * m->kept[i].blocks >= need[s]) k = &m->kept[i];
+      if (m->kept[i].slot == s && bk * m->kept[i].blocks >= need[s] && layer < m->kept[i].layers)
+        k = &m->kept[i];
     if (k) {
       m->slot_keys[s] = (SlotKeys){k->buf + (size_t)layer * H * k->blocks * bf,
                                    (size_t)k->blocks * bf, 1};
