@@ -41,26 +41,30 @@ def test_native_logits_follow_transformers_as_closely_as_onnxruntime(kind, kv_ca
     assert np.mean(agree) >= 0.85
 
 
-def test_native_and_onnxruntime_agree_on_a_mixed_batch(artifacts):
+def test_a_mixed_batch_follows_transformers_row_by_row(checkpoints, artifacts):
     """Prompts of different lengths prefilled together (one call), then decode steps of the
-    whole batch on the same tokens: each row's logits as ONNX Runtime's. Decode attention is
-    float32 as ONNX Runtime's; prompt attention multiplies in bf16 (flash_prefill.h), and its
-    rounding moves the int8 rounding of the rows after it (a tiny random model's logits lie
-    close together): a looser bound. A mixed batch done wrong is off by the logits' size."""
+    whole batch on the same tokens: each row's logits against transformers running that row's
+    tokens alone, within the int8 bound. A mixed batch done wrong (a row reading another's
+    cache, positions shifted) is off by the logits' size. Not against ONNX Runtime: on CPUs
+    without VNNI its int8 kernels sum in saturating 16-bit steps and stray further from the
+    reference than the native backend does."""
+    import torch
+
     art = load_artifact(artifacts("qwen2", "int8"))
+    model = load_reference(checkpoints("qwen2"))
     rng = np.random.default_rng(3)
     prompts = [rng.integers(2, 320, n).astype(np.int64) for n in (7, 19, 3)]
     steps = rng.integers(2, 320, (6, 3))
-    results = []
-    for backend in (NativeBackend(art, 2), OnnxRuntimeBackend(art, CPU, 2)):
-        backend.start(3, 64)
-        logits = [backend.prefill([0, 1, 2], prompts)]
-        logits += [backend.decode(tokens).copy() for tokens in steps]
-        results.append(np.stack(logits))
-    native_logits, ort_logits = results
-    scale = np.abs(ort_logits).max()
-    assert np.abs(native_logits - ort_logits).max() / scale < 0.05
-    assert (native_logits.argmax(-1) == ort_logits.argmax(-1)).mean() >= 0.75  # 18 of 21 here
+    backend = NativeBackend(art, 2)
+    backend.start(3, 64)
+    got = [backend.prefill([0, 1, 2], prompts)] + [backend.decode(t).copy() for t in steps]
+    got = np.stack(got, 1)  # [row, prefill then each step, vocab]
+    for row, prompt in enumerate(prompts):
+        tokens = np.concatenate([prompt, steps[:, row]])
+        with torch.no_grad():
+            ref = model(torch.from_numpy(tokens[None])).logits[0, len(prompt) - 1:].numpy()
+        assert np.abs(got[row] - ref).max() / np.abs(ref).max() < 0.08
+        assert (got[row].argmax(-1) == ref.argmax(-1)).mean() >= 0.7
 
 
 def test_a_prompt_split_over_calls_gives_the_logits_of_one_call(artifacts, monkeypatch):
@@ -234,11 +238,13 @@ def unbuilt(tmp_path, monkeypatch):
     native.library.cache_clear()
 
 
-def test_cpus_without_vnni_and_machines_without_a_compiler_are_told_why(tmp_path, monkeypatch,
-                                                                        artifacts, unbuilt):
-    avx2 = detect(fake_root(tmp_path, x86(4, "")))
-    assert (native.unavailable(avx2.flags)
-            == "native decoder: this CPU lacks avx512f, avx512bw, avx512_vnni")
+def test_cpus_without_avx2s_build_and_machines_without_a_compiler_are_told_why(
+        tmp_path, monkeypatch, artifacts, unbuilt):
+    no_f16c = detect(fake_root(tmp_path, x86(4, "")))  # avx2 and fma, no f16c
+    assert native.unavailable(no_f16c.flags) == "native decoder: this CPU lacks f16c"
+    assert native.build_for(no_f16c.flags | {"f16c"}) == "avx2"
+    assert native.build_for(no_f16c.flags | {"f16c", "avx512f", "avx512bw", "avx512_vnni"}) \
+        == "avx512"
     flags = frozenset({"avx512f", "avx512bw", "avx512_vnni"})
     monkeypatch.setattr(native, "compiler", lambda: None)
     no_compiler = "native decoder: no C compiler to build it with (set CC, or install gcc)"

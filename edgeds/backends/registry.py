@@ -69,7 +69,7 @@ class BackendEntry:
 
 class NativeEntry(BackendEntry):
     """edgeds' own decoder loops (backends/native.py, native_mla.py): int8 exports, x86 CPUs
-    with AVX-512 VNNI and a C compiler."""
+    with AVX-512 VNNI (or AVX2, FMA and F16C: the AVX2 build) and a C compiler."""
 
     name, graph_format = "native", "onnx"
 
@@ -85,12 +85,15 @@ class NativeEntry(BackendEntry):
         return unsupported(artifact)
 
     def plan(self, profile, hw, artifact, device, threads, reasons):
+        from ..native import build_for
         from ..selection import Choice
         from .native import is_mla
 
         mla = artifact is not None and is_mla(artifact)
         amx = ("" if "amx_int8" not in hw.flags or mla
                else " (AMX tiles for calls of more than 16 rows)")
+        if build_for(hw.flags) == "avx2":
+            amx = " (its AVX2 build: each AVX-512 step as two 256-bit halves)"
         kind = (" for MLA + MoE (latent cache, absorbed attention, experts by token group)"
                 if mla else "")
         which = ("" if artifact is not None

@@ -2,9 +2,10 @@
 from source with the system C compiler on first use and kept in the edgeds cache folder, keyed by
 the source's hash; loaded with ctypes.
 
-It needs an x86-64 CPU with AVX-512 VNNI (AMX is used where the kernel grants it) and a C
-compiler (gcc or clang with OpenMP) the first time. Where either is missing, or the build
-fails, `unavailable()` says why and the runtime goes on to ONNX Runtime."""
+It needs an x86-64 CPU with AVX-512 VNNI (AMX is used where the kernel grants it) or AVX2 with
+FMA and F16C (the same kernels, each 512-bit vector as two 256-bit halves: avx512_on_avx2.h),
+and a C compiler (gcc or clang with OpenMP) the first time. Where either is missing, or the
+build fails, `unavailable()` says why and the runtime goes on to ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from ..checksum_stamps import cache_folder
 
 HERE = Path(__file__).resolve().parent
 SOURCES = (HERE / "decoder.c", HERE / "mla_moe.c", HERE / "int8_gemm.h", HERE / "flash_prefill.h",
-           HERE / "lane_sums.h")
+           HERE / "lane_sums.h", HERE / "simd.h", HERE / "avx512_on_avx2.h")
 C_FILES = [p for p in SOURCES if p.suffix == ".c"]
 # Compiled with -ffast-math but linked without it: at link time gcc would add crtfastmath.o, whose
 # constructor turns on flush-to-zero for the whole process (numpy's and ONNX Runtime's arithmetic
@@ -33,19 +34,25 @@ C_FILES = [p for p in SOURCES if p.suffix == ".c"]
 # gcc >= 11, clang >= 12; without them the library is VNNI only (no AMX tiles) and its prompt
 # attention takes float32 FMAs (no vdpbf16ps): both are chosen at run time where built in.
 NEWER_ISA = ["-mamx-tile", "-mamx-int8", "-mamx-bf16", "-mavx512bf16"]
-COMPILE = ["-O3", "-ffast-math", "-fno-associative-math", "-fopenmp", "-fPIC", "-mavx512f",
-           "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma", "-mf16c", *NEWER_ISA]
+COMPILE = ["-O3", "-ffast-math", "-fno-associative-math", "-fopenmp", "-fPIC"]
 LINK = ["-shared", "-fopenmp"]
+# The library's builds, best first: the CPU flags each needs and its instruction-set options.
+BUILDS = {
+    "avx512": (("avx512f", "avx512bw", "avx512_vnni"),
+               ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma",
+                "-mf16c", *NEWER_ISA]),
+    "avx2": (("avx2", "fma", "f16c"), ["-mavx2", "-mfma", "-mf16c"]),
+}
 # EDGEDS_NATIVE_SANITIZE=address,undefined builds the library with those sanitizers, for the
 # test suite (tests/test_native_sanitized.py); a Python host must preload the ASan runtime
 # (LD_PRELOAD=$(gcc -print-file-name=libasan.so)), as python itself is not built with it.
 SANITIZE = os.environ.get("EDGEDS_NATIVE_SANITIZE")
 if SANITIZE:
-    COMPILE += ["-g", "-fno-omit-frame-pointer", f"-fsanitize={SANITIZE}",
-                "-fno-sanitize-recover=all"]
+    # -O1, as the sanitizers' documentation advises: at -O3 gcc took about 2.5 minutes a file to
+    # instrument the AVX2 build's inlined vector halves (10 s at -O1).
+    COMPILE = ["-O1", *COMPILE[1:], "-g", "-fno-omit-frame-pointer", f"-fsanitize={SANITIZE}",
+               "-fno-sanitize-recover=all"]
     LINK += [f"-fsanitize={SANITIZE}"]
-FLAGS = COMPILE + ["|"] + LINK  # what the library's cache key hashes
-NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")
 
 
 class NativeUnavailable(RuntimeError):
@@ -63,23 +70,38 @@ def unavailable(cpu_flags: frozenset[str] | set[str]) -> str | None:
     runtime can still pick another backend, and not in the middle of loading."""
     if platform.machine() not in ("x86_64", "AMD64"):
         return f"native decoder: x86-64 only (this is {platform.machine()})"
-    if missing := [f for f in NEEDED_FLAGS if f not in cpu_flags]:
+    if (build := build_for(cpu_flags)) is None:
+        missing = [f for f in BUILDS["avx2"][0] if f not in cpu_flags]
         return f"native decoder: this CPU lacks {', '.join(missing)}"
     try:
-        library()
+        library(build)
     except NativeUnavailable as exc:
         return str(exc)
     return None
 
 
-def _library_path() -> Path:
-    key = b"".join(p.read_bytes() for p in SOURCES) + " ".join(FLAGS).encode()
+def build_for(cpu_flags: frozenset[str] | set[str]) -> str | None:
+    """The best of BUILDS that a CPU with these flags runs, or None."""
+    return next((name for name, (needs, _) in BUILDS.items()
+                 if all(f in cpu_flags for f in needs)), None)
+
+
+@cache
+def this_cpus_build() -> str:
+    from ..hardware import detect
+
+    return build_for(detect().flags) or "avx2"  # a CPU with neither never gets past unavailable()
+
+
+def _library_path(build: str) -> Path:
+    flags = COMPILE + BUILDS[build][1] + ["|"] + LINK
+    key = b"".join(p.read_bytes() for p in SOURCES) + " ".join(flags).encode()
     digest = hashlib.sha256(key).hexdigest()[:16]
     root = cache_folder() or Path(tempfile.gettempdir()) / "edgeds"
-    return root / "native" / f"decoder-{digest}.so"
+    return root / "native" / f"decoder-{build}-{digest}.so"
 
 
-def _build(target: Path) -> None:
+def _build(target: Path, build: str) -> None:
     cc = compiler()
     if cc is None:
         raise NativeUnavailable(
@@ -99,10 +121,12 @@ def _build(target: Path) -> None:
 
     try:
         for source, obj in zip(C_FILES, objs):
-            result = run([*COMPILE, "-c", "-o", obj, str(source)])
-            if result.returncode != 0:  # an older compiler without AMX: the VNNI kernels alone
-                older = [f for f in COMPILE if f not in NEWER_ISA]
-                result = run([*older, "-c", "-o", obj, str(source)])
+            isa = BUILDS[build][1]
+            result = run([*COMPILE, *isa, "-c", "-o", obj, str(source)])
+            if result.returncode != 0 and any(f in isa for f in NEWER_ISA):
+                # an older compiler without AMX: the VNNI kernels alone
+                older = [f for f in isa if f not in NEWER_ISA]
+                result = run([*COMPILE, *older, "-c", "-o", obj, str(source)])
             if result.returncode != 0:
                 break
         if result.returncode == 0:
@@ -129,10 +153,12 @@ SPIN_ROUNDS = "10000"
 
 
 @cache
-def library() -> ctypes.CDLL:
-    path = _library_path()
+def library(build: str | None = None) -> ctypes.CDLL:
+    """The library for `build` (of BUILDS; default: the best this CPU runs), built if need be."""
+    build = build or this_cpus_build()
+    path = _library_path(build)
     if not path.is_file():
-        _build(path)
+        _build(path, build)
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", SPIN_ROUNDS)
     try:

@@ -16,7 +16,7 @@
  * target leaves attention a quarter of that); vdpbf16ps does two multiply-adds a lane. */
 #pragma once
 #include <float.h>
-#include <immintrin.h>
+#include "simd.h"
 #include <math.h>
 #include <stdint.h>
 #include <string.h>

@@ -6,7 +6,7 @@
  * serves both kernels. The zero point is taken out after the integer sum (128 x the column sums
  * of W), as MLAS does. */
 #pragma once
-#include <immintrin.h>
+#include "simd.h"
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>

@@ -1,7 +1,7 @@
 /* Horizontal sums of sixteen vectors at once, shared by the dense and MLA decoders and the prompt
  * attention: one reduction tree, so every caller's sums have the same bits. */
 #pragma once
-#include <immintrin.h>
+#include "simd.h"
 
 /* Lane i of the result: the sum of v[i]'s lanes. Pairs, then 64-bit halves, then 128-bit lanes
  * are added across vectors: 30 instructions for 16 sums. */
