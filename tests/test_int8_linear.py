@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from edgeds.backends.onnxruntime.sessions import session_options
 from edgeds_export.graph.onnx_ops import MS, OPSET, Graph, linear
 from edgeds_export.quantize import SCHEMES
 from edgeds_export.tensors import TensorWriter
@@ -29,7 +30,9 @@ def int8_linear_session(tmp_path, w: np.ndarray) -> ort.InferenceSession:
                                              helper.make_opsetid(MS, 1)],
                               ir_version=10)
     onnx.save(model, str(tmp_path / "m.onnx"))
-    return ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    # The backend's session options: on CPUs without VNNI they keep ORT's int8 GEMM exact.
+    return ort.InferenceSession(str(tmp_path / "m.onnx"), session_options(None, None, None, False),
+                                providers=["CPUExecutionProvider"])
 
 
 def test_int8_linear_is_per_row_and_a_zero_row_gives_zeros(tmp_path):

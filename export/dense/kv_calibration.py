@@ -64,7 +64,11 @@ def kv_scales(model_file: Path, num_layers: int, num_kv_heads: int, head_dim: in
     """Per layer, (key scales, value scales), each [kv_heads, head_dim] float32."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    from edgeds.backends.onnxruntime.sessions import session_options
+
+    # The runtime's options: the same scales from a host whose int8 GEMM would saturate.
+    session = ort.InferenceSession(str(model_file), session_options(None, None, None, False),
+                                   providers=["CPUExecutionProvider"])
     n = len(ids)
     empty = np.zeros((1, num_kv_heads, n, head_dim), np.float32)
     feeds = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 
 import onnxruntime as ort
@@ -37,10 +38,25 @@ def loads_in_parts(graph: Graph, provider) -> bool:
             and ort_version() >= PARALLEL_LOAD_MIN_ORT)
 
 
+@cache
+def saturates_int8() -> bool:
+    """Whether ONNX Runtime's int8 GEMM (uint8 activations x int8 weights) saturates here: on x86
+    CPUs without VNNI it sums pairs of products in 16 bits (vpmaddubsw), and on the tiny test
+    models that put greedy agreement with transformers at 44% and the logits 10-30% off."""
+    from ...hardware import detect
+
+    flags = detect().flags
+    return "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
 def session_options(threads: int | None, config: dict | None, profile_prefix: str | None,
-                    part: bool) -> ort.SessionOptions:
+                    part: bool, integer_gemm: bool = True) -> ort.SessionOptions:
+    """integer_gemm: the graph multiplies int8 weights in integers (every graph but a TensorRT
+    target's, whose int8 weights are dequantized into float MatMuls)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if integer_gemm and saturates_int8():  # the weights become uint8 at load: exact products
+        opts.add_session_config_entry("session.x64quantprecision", "1")
     # ORT's CPU arena keeps the largest prefill's activations for the rest of a job (~260 MB
     # after 512-row prefill calls of the 1.5B); without it they are freed after each call,
     # and decode steps ran no slower (benchmarks/results/before-after.md).
@@ -138,8 +154,9 @@ def load_graph(artifact: Artifact, graph, layout: KvLayout, providers: list, thr
     # sessions created at once would write over each other's. Sessions run in turn (parts,
     # or two graphs) stop their threads' spinning after each run.
     in_turn = in_turn or len(files) > 1
+    integer_gemm = getattr(graph, "tensorrt", None) is None
     opts = [session_options(threads, config, profile_prefix and f"{profile_prefix}.{Path(f).stem}",
-                            in_turn) for f in files]
+                            in_turn, integer_gemm) for f in files]
     # The last part holds the LM head, the graph's largest weight: it starts first.
     sessions = _load_sessions([str(artifact.path(f)) for f in files], opts, providers, threads,
                               (len(files) - 1,))
