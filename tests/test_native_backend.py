@@ -257,6 +257,21 @@ def test_cpus_without_avx2s_build_and_machines_without_a_compiler_are_told_why(
     assert f"backend native: {no_compiler}" in engine.reasons
 
 
+def test_a_backend_made_directly_on_a_cpu_without_either_build_is_refused(tmp_path, monkeypatch,
+                                                                          artifacts, unbuilt):
+    """Past the registry (a script making the backend itself): a refusal, not SIGILL."""
+    import edgeds.hardware
+
+    no_f16c = detect(fake_root(tmp_path, x86(4, "")))
+    monkeypatch.setattr(edgeds.hardware, "detect", lambda root="/": no_f16c)
+    native.this_cpus_build.cache_clear()
+    try:
+        with pytest.raises(native.NativeUnavailable, match="this CPU lacks f16c"):
+            NativeBackend(load_artifact(artifacts("qwen2", "int8")), 2)
+    finally:
+        native.this_cpus_build.cache_clear()
+
+
 def test_a_compiler_that_cannot_be_run_is_a_reason_not_a_crash(monkeypatch, unbuilt, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc") + " -v")
     why = native.unavailable(frozenset({"avx512f", "avx512bw", "avx512_vnni"}))

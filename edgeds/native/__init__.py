@@ -90,7 +90,10 @@ def build_for(cpu_flags: frozenset[str] | set[str]) -> str | None:
 def this_cpus_build() -> str:
     from ..hardware import detect
 
-    return build_for(detect().flags) or "avx2"  # a CPU with neither never gets past unavailable()
+    flags = detect().flags
+    if (build := build_for(flags)) is None:  # a backend made directly, past unavailable()
+        raise NativeUnavailable(unavailable(flags))
+    return build
 
 
 def _library_path(build: str) -> Path:
