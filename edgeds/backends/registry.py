@@ -90,15 +90,16 @@ class NativeEntry(BackendEntry):
         from .native import is_mla
 
         mla = artifact is not None and is_mla(artifact)
-        amx = ("" if "amx_int8" not in hw.flags or mla
-               else " (AMX tiles for calls of more than 16 rows)")
         if build_for(hw.flags) == "avx2":
-            amx = " (its AVX2 build: each AVX-512 step as two 256-bit halves)"
+            isa = " (its AVX2 build: each AVX-512 step as two 256-bit halves)"
+        else:
+            isa = ("" if "amx_int8" not in hw.flags or mla
+                   else " (AMX tiles for calls of more than 16 rows)")
         kind = (" for MLA + MoE (latent cache, absorbed attention, experts by token group)"
                 if mla else "")
         which = ("" if artifact is not None
                  else " for int8 exports, dense and DeepSeek-V2/V3 (others: the next backend)")
-        reasons.append(f"backend native: edgeds' own decoder loops{kind}{amx}{which}, "
+        reasons.append(f"backend native: edgeds' own decoder loops{kind}{isa}{which}, "
                        f"{threads} threads")
         return Choice("native", ["cpu"], threads, reasons)
 

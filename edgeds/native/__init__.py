@@ -122,9 +122,9 @@ def _build(target: Path, build: str) -> None:
     def run(step: list[str]) -> subprocess.CompletedProcess:
         return subprocess.run([*shlex.split(cc), *step], capture_output=True, text=True)
 
+    isa = BUILDS[build][1]
     try:
         for source, obj in zip(C_FILES, objs):
-            isa = BUILDS[build][1]
             result = run([*COMPILE, *isa, "-c", "-o", obj, str(source)])
             if result.returncode != 0 and any(f in isa for f in NEWER_ISA):
                 # an older compiler without AMX: the VNNI kernels alone
