@@ -24,7 +24,8 @@ from ..checksum_stamps import cache_folder
 
 HERE = Path(__file__).resolve().parent
 SOURCES = (HERE / "decoder.c", HERE / "mla_moe.c", HERE / "int8_gemm.h", HERE / "flash_prefill.h",
-           HERE / "lane_sums.h", HERE / "simd.h", HERE / "avx512_on_avx2.h")
+           HERE / "lane_sums.h", HERE / "simd.h", HERE / "avx512_on_avx2.h", HERE / "decode_avx2.h",
+           HERE / "int8_avx2.h")
 C_FILES = [p for p in SOURCES if p.suffix == ".c"]
 # Compiled with -ffast-math but linked without it: at link time gcc would add crtfastmath.o, whose
 # constructor turns on flush-to-zero for the whole process (numpy's and ONNX Runtime's arithmetic
@@ -186,6 +187,7 @@ def library(build: str | None = None) -> ctypes.CDLL:
     lib.ed_prompt_bf16.argtypes = [p, i]
     lib.ed_prompt_tile.argtypes = [p, p, p, i, i, i, i, i, i, p]
     lib.ed_decode_tile.argtypes = [p, p, p, i, i, i, i, i, i, p]
+    lib.ed_int8_gemm.argtypes = [p, i, p, p, i, i, p]
     lib.em_new.restype = p
     lib.em_new.argtypes = [p, f, f, f, i, i]
     lib.em_uses_amx.argtypes = [p]

@@ -1,9 +1,11 @@
 /* The AVX-512 intrinsics the native kernels use, written as pairs of AVX2 halves, so the same
  * kernels build and run on CPUs without AVX-512 (AVX2 + FMA + F16C, x86-64-v3). Included by
  * simd.h only where the compiler targets no AVX-512. Each one gives what its AVX-512 namesake
- * gives, lane for lane (the integer dot product exactly, with no saturating step); reductions sum
- * in a fixed order of their own, so a build's results never depend on the batch or the threads.
- * The 512-bit types become structs of two 256-bit halves: only these intrinsics touch them. */
+ * gives, lane for lane; reductions sum in a fixed order of their own, so a build's results never
+ * depend on the batch or the threads. The 512-bit types become structs of two 256-bit halves:
+ * only these intrinsics touch them. The hot loops whose 32 registers of halves would spill
+ * (the int8 dot products, decode attention's inner loops) have 256-bit versions of their own:
+ * int8_avx2.h, decode_avx2.h. */
 #ifndef EDGEDS_AVX512_ON_AVX2_H
 #define EDGEDS_AVX512_ON_AVX2_H
 
@@ -260,20 +262,6 @@ E5 e512i e5_permutexvar_epi16(e512i idx, e512i a) {
   for (int i = 0; i < 32; i++) o16[i] = a16[i16[i] & 31];
   return e5_loadu_si512(o16);
 }
-/* src.i32[i] + sum over j < 4 of a.u8[4i + j] * b.i8[4i + j], exactly: each byte pair widened
- * to 16 bits and multiplied in vpmaddwd (vpmaddubsw would saturate). */
-E5 __m256i e5_dpbusd8(__m256i src, __m256i a, __m256i b) {
-  const __m256i ff = _mm256_set1_epi16(0xff);
-  const __m256i a_even = _mm256_and_si256(a, ff), a_odd = _mm256_srli_epi16(a, 8);
-  const __m256i b_even = _mm256_srai_epi16(_mm256_slli_epi16(b, 8), 8);
-  const __m256i b_odd = _mm256_srai_epi16(b, 8);
-  return _mm256_add_epi32(src, _mm256_add_epi32(_mm256_madd_epi16(a_even, b_even),
-                                                _mm256_madd_epi16(a_odd, b_odd)));
-}
-E5 e512i e5_dpbusd_epi32(e512i src, e512i a, e512i b) {
-  return (e512i){{e5_dpbusd8(src.v[0], a.v[0], b.v[0]), e5_dpbusd8(src.v[1], a.v[1], b.v[1])}};
-}
-
 /* The kernels' names for them. */
 #define _mm512_set1_ps e5_set1_ps
 #define _mm512_setzero_ps e5_setzero_ps
@@ -346,7 +334,6 @@ E5 e512i e5_dpbusd_epi32(e512i src, e512i a, e512i b) {
 #define _mm512_inserti64x4 e5_inserti64x4
 #define _mm512_shuffle_i32x4 e5_shuffle_i32x4
 #define _mm512_permutexvar_epi16 e5_permutexvar_epi16
-#define _mm512_dpbusd_epi32 e5_dpbusd_epi32
 
 #undef E5
 #endif

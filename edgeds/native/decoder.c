@@ -21,6 +21,9 @@
 #include "flash_prefill.h"
 #include "int8_gemm.h"
 #include "lane_sums.h"
+#ifndef __AVX512F__
+#include "decode_avx2.h"
+#endif
 
 enum {
   MAX_HEAD_DIM = 256, /* the attention's key block lives on the stack */
@@ -399,7 +402,18 @@ enum { MAX_PASS_HEADS = 6 }; /* 6 x 4 sums + 6 weights + a value: 31 of 32 regis
 static inline __attribute__((always_inline)) void
 values_pass(const Model *m, const Cache *c, int l, const Tile *tl, int g, int s0, int n,
             const float *w, float *out, const int heads, const int D) {
-  const int X = D / 16, CM = heads <= 2 ? 8 : 4, ST = state_floats(m), f16 = c->f16;
+  const int ST = state_floats(m), f16 = c->f16;
+#ifndef __AVX512F__
+  const void *rows[SPLIT / BLOCK + 1];
+  int count[SPLIT / BLOCK + 1], runs = 0;
+  for (int b0 = s0; b0 < s0 + n; b0 += BLOCK, runs++) {
+    rows[runs] = (const char *)block_of(c, c->vb, tl->slot, b0) +
+                 in_block(m, l, g, b0) * (f16 ? 2 : 4);
+    count[runs] = (b0 + BLOCK < s0 + n ? b0 + BLOCK : s0 + n) - b0;
+  }
+  values_avx2(rows, count, runs, f16, w, SPLIT, out, ST, heads, D);
+#else
+  const int X = D / 16, CM = heads <= 2 ? 8 : 4;
   for (int x0 = 0; x0 < X; x0 += CM) {
     const int C = X - x0 < CM ? X - x0 : CM;
     __m512 acc[MAX_PASS_HEADS][8];
@@ -421,6 +435,7 @@ values_pass(const Model *m, const Cache *c, int l, const Tile *tl, int g, int s0
     for (int j = 0; j < heads; j++)
       for (int x = 0; x < C; x++) _mm512_storeu_ps(out + (size_t)j * ST + 16 * (x0 + x), acc[j][x]);
   }
+#endif
 }
 
 /* Split s (keys [s * SPLIT, (s + 1) * SPLIT)) of KV head g's attention for the tile's rows that
@@ -436,7 +451,7 @@ attend_split_impl(const Model *m, const Cache *c, int l, const Tile *tl, int g, 
   const int ST = state_floats(m), elem_f16 = c->f16, X = D / 16;
   const int s0 = s * SPLIT, last = tl->p0 + tl->n, s1 = last < s0 + SPLIT ? last : s0 + SPLIT;
   const int i0 = s0 - tl->p0 > 0 ? s0 - tl->p0 : 0; /* rows before i0 end before this split */
-  const __m512 scale = _mm512_set1_ps(1.0f / sqrtf((float)D));
+  const float scale = 1.0f / sqrtf((float)D);
   float block[16 * MAX_HEAD_DIM] __attribute__((aligned(64)));
   for (int t0 = s0; t0 < s1; t0 += 16) {
     /* 16 keys at a time, zeros past the split's end: every loop below has fixed trip counts (a
@@ -466,6 +481,10 @@ attend_split_impl(const Model *m, const Cache *c, int l, const Tile *tl, int g, 
       const int len = tl->p0 + i + 1, ni = len - t0 < nt ? len - t0 : nt;
       if (ni <= 0) continue;
       const float *q = qkv + (size_t)(tl->r0 + i) * QKV + g * group * D;
+#ifndef __AVX512F__
+      scores16_avx2(block, q, group, scale,
+                    scores + (size_t)i * group * SPLIT + t0 - s0, SPLIT, D);
+#else
       for (int h = 0; h < group; h++) {
         __m512 acc[16];
         for (int tt = 0; tt < 16; tt++) acc[tt] = _mm512_setzero_ps();
@@ -475,8 +494,9 @@ attend_split_impl(const Model *m, const Cache *c, int l, const Tile *tl, int g, 
             acc[tt] = _mm512_fmadd_ps(qc, _mm512_load_ps(block + tt * D + 16 * x), acc[tt]);
         }
         _mm512_mask_storeu_ps(scores + (size_t)(i * group + h) * SPLIT + t0 - s0,
-                              (__mmask16)((1u << ni) - 1), _mm512_mul_ps(hsum16(acc), scale));
+                              (__mmask16)((1u << ni) - 1), _mm512_mul_ps(hsum16(acc), _mm512_set1_ps(scale)));
       }
+#endif
     }
   }
   for (int i = i0; i < tl->n; i++) {
@@ -892,5 +912,22 @@ int ed_decode_tile(const float *q, const void *k, const void *v, int f16, int bl
     write_out(&m, &t, 0, state, out);
   }
   free(qkv), free(scores), free(state);
+  return rc;
+}
+
+/* int8_gemm.h's VNNI (or AVX2) kernel alone, for tests against numpy: y [M, N] = (a - 128) w
+ * times each column's scale, a uint8 [M, K], w int8 [K, N] (K % 4 == 0, N % 64 == 0), rows of
+ * scale 1. Returns -1 for shapes the kernel does not take, -5 where memory ran out. */
+int ed_int8_gemm(const uint8_t *a, int M, const int8_t *w, const float *scale, int K, int N,
+                 float *y) {
+  if (M < 1 || K < 4 || K % 4 || N < 64 || N % 64) return -1;
+  Weights p = pack(w, scale, K, N);
+  float *ones = malloc((size_t)M * sizeof(float));
+  int rc = p.packed && p.col_sums && p.scale && ones ? 0 : -5;
+  if (!rc) {
+    for (int r = 0; r < M; r++) ones[r] = 1;
+    gemm_vnni(a, M, 1, &p, ones, y);
+  }
+  free(p.packed), free(p.col_sums), free(p.scale), free(ones);
   return rc;
 }

@@ -7,6 +7,9 @@
  * of W), as MLAS does. */
 #pragma once
 #include "simd.h"
+#ifndef __AVX512F__
+#include "int8_avx2.h"
+#endif
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -24,9 +27,15 @@ typedef struct {
   int borrowed;
 } Weights;
 
-/* What the activations' zero point (128) adds to columns n..n+15: subtracted from the sums. */
+/* What the activations' zero point (128) adds to columns n..n+15: subtracted from the sums
+ * (the AVX2 build's dot products take it out as they go: int8_avx2.h). */
 static inline __m512i zero_fix(const Weights *w, int n) {
+#ifdef __AVX512F__
   return _mm512_slli_epi32(_mm512_loadu_si512(w->col_sums + n), 7);
+#else
+  (void)w, (void)n;
+  return _mm512_setzero_si512();
+#endif
 }
 
 /* y = (a - 128) W * row_scale * channel_scale for M rows of a: the kernels below. With two
@@ -120,6 +129,10 @@ static inline void finish(const int32_t *acc, int ld, int rows, int planes, cons
 static inline __attribute__((always_inline)) void vnni_block(const uint8_t *a, int K,
                                                              const int8_t *b, int rows,
                                                              int32_t out[4][64]) {
+#ifndef __AVX512F__
+  const uint8_t *ap[4] = {a, a + K, a + 2 * (size_t)K, a + 3 * (size_t)K};
+  dot_any_avx2(ap, K, b, (size_t)(K / 4) * 64, rows, 4, out);
+#else
   __m512i acc[4][4];
   for (int r = 0; r < rows; r++)
     for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_si512();
@@ -133,6 +146,7 @@ static inline __attribute__((always_inline)) void vnni_block(const uint8_t *a, i
   }
   for (int r = 0; r < rows; r++)
     for (int j = 0; j < 4; j++) _mm512_store_si512(out[r] + 16 * j, acc[r][j]);
+#endif
 }
 
 /* AVX-512 VNNI: blocks of 4 rows x 64 columns; the last block takes the 1-3 rows left, so one
@@ -148,6 +162,7 @@ static void gemm_vnni(const uint8_t *a, int M, int planes, const Weights *w, con
       const int8_t *b = w->packed + (size_t)(4 * nb) * (K / 4) * 64;
       const int rows = M - m < 4 ? M - m : 4;
       int32_t out[4][64] __attribute__((aligned(64)));
+#ifdef __AVX512F__
       if (rows == 4) {
         __m512i acc[4][4];
         for (int r = 0; r < 4; r++)
@@ -163,12 +178,16 @@ static void gemm_vnni(const uint8_t *a, int M, int planes, const Weights *w, con
         }
         for (int r = 0; r < 4; r++)
           for (int j = 0; j < 4; j++) _mm512_store_si512(out[r] + 16 * j, acc[r][j]);
-      } else if (rows == 1) {
+      } else
+#endif
+      if (rows == 1) {
         vnni_block(a + (size_t)m * K, K, b, 1, out);
       } else if (rows == 2) {
         vnni_block(a + (size_t)m * K, K, b, 2, out);
-      } else {
+      } else if (rows == 3) {
         vnni_block(a + (size_t)m * K, K, b, 3, out);
+      } else {
+        vnni_block(a + (size_t)m * K, K, b, 4, out); /* the AVX2 build's full blocks */
       }
       for (int j = 0; j < 4; j++)
         finish(out[0] + 16 * j, 64, rows, planes, w, 64 * nb + 16 * j, row_scale, y, m);

@@ -443,6 +443,9 @@ void em_free(MlaModel *m) {
 static inline __attribute__((always_inline)) void micro(const uint8_t *const *ap, int K,
                                                         const int8_t *b, int rows, int nblk,
                                                         int32_t out[4][64]) {
+#ifndef __AVX512F__
+  dot_any_avx2(ap, K, b, (size_t)(K / 4) * 64, rows, nblk, out);
+#else
   __m512i acc[4][4];
   const size_t stride = (size_t)(K / 4) * 64;
   for (int r = 0; r < rows; r++)
@@ -457,6 +460,7 @@ static inline __attribute__((always_inline)) void micro(const uint8_t *const *ap
   }
   for (int r = 0; r < rows; r++)
     for (int j = 0; j < nblk; j++) _mm512_store_si512(out[r] + 16 * j, acc[r][j]);
+#endif
 }
 
 #define MICRO_CASE(R, B)        \

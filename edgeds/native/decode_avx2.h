@@ -1,0 +1,88 @@
+/* Decode attention's two inner loops (decoder.c's attend_split) for the AVX2 build, in 256-bit
+ * registers. Through avx512_on_avx2.h the AVX-512 loops hold 16 keys' dot products, or six heads
+ * x 64 columns of value sums, in 32 vectors of two halves each: 64 of the 16 registers AVX2 has,
+ * so every multiply-add went through memory (one core reached 5.8 GFMA/s of its ~45 at 16,384
+ * positions). These hold 8 products of 2 heads x 4 keys, or 6 heads x 16 columns, in registers.
+ *
+ * The arithmetic is fixed by the shape alone, as decoder.c's: a head's dot products add their
+ * columns in one order whatever the other heads of its pass, and its value sums add keys in order
+ * one multiply-add at a time, so a row's bits never depend on its batch or its threads. They are
+ * not the AVX-512 build's bits (another reduction order): each build is its own reference. */
+#pragma once
+#include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* The sums of a, b, c, d's lanes, in that order. */
+static inline __attribute__((always_inline)) __m128 sums4_avx2(__m256 a, __m256 b, __m256 c,
+                                                              __m256 d) {
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+/* out[h * stride + t] = scale * q[h] . keys[t] for H (1 or 2) heads from q, 16 keys (D floats each,
+ * 32-byte aligned, zeros past the split). Each key column is loaded once for the H heads. */
+static inline __attribute__((always_inline)) void
+scores_heads_avx2(const float *keys, const float *q, float scale, float *out, size_t stride,
+                  const int H, const int D) {
+  for (int k0 = 0; k0 < 16; k0 += 4) {
+    __m256 acc[2][4];
+    for (int h = 0; h < H; h++)
+      for (int k = 0; k < 4; k++) acc[h][k] = _mm256_setzero_ps();
+    for (int x = 0; x < D; x += 8) {
+      __m256 qx[2];
+      for (int h = 0; h < H; h++) qx[h] = _mm256_loadu_ps(q + (size_t)h * D + x);
+      for (int k = 0; k < 4; k++) {
+        const __m256 key = _mm256_load_ps(keys + (size_t)(k0 + k) * D + x);
+        for (int h = 0; h < H; h++) acc[h][k] = _mm256_fmadd_ps(qx[h], key, acc[h][k]);
+      }
+    }
+    for (int h = 0; h < H; h++)
+      _mm_storeu_ps(out + h * stride + k0, _mm_mul_ps(sums4_avx2(acc[h][0], acc[h][1], acc[h][2],
+                                                                 acc[h][3]),
+                                                      _mm_set1_ps(scale)));
+  }
+}
+
+/* A row's scores against 16 keys for all `group` heads, two heads at a time. All 16 are written
+ * (the caller's softmax reads only the keys the row sees). */
+static inline void scores16_avx2(const float *keys, const float *q, int group, float scale,
+                                 float *out, size_t stride, const int D) {
+  int h = 0;
+  for (; h + 2 <= group; h += 2)
+    scores_heads_avx2(keys, q + (size_t)h * D, scale, out + h * stride, stride, 2, D);
+  if (h < group) scores_heads_avx2(keys, q + (size_t)h * D, scale, out + h * stride, stride, 1, D);
+}
+
+static inline __attribute__((always_inline)) __m256 load8_avx2(const void *base, int f16,
+                                                              size_t at) {
+  return f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + at)))
+             : _mm256_loadu_ps((const float *)base + at);
+}
+
+/* out[j * ost + c] = sum over t of w[j * wstride + t] * value t's column c, for `heads` (at most
+ * 6) heads and every column c < D, the n values lying in runs: run r holds count[r] consecutive
+ * rows of D elements from rows[r]. 16 columns a pass; each value is loaded once a pass for all
+ * the heads. */
+static inline __attribute__((always_inline)) void
+values_avx2(const void *const *rows, const int *count, int runs, int f16, const float *w,
+            size_t wstride, float *out, size_t ost, const int heads, const int D) {
+  for (int x0 = 0; x0 < D; x0 += 16) {
+    __m256 acc[6][2];
+    for (int j = 0; j < heads; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+    for (int r = 0, t = 0; r < runs; r++)
+      for (int i = 0; i < count[r]; i++, t++) {
+        const size_t at = (size_t)i * D + x0;
+        const __m256 v0 = load8_avx2(rows[r], f16, at), v1 = load8_avx2(rows[r], f16, at + 8);
+        for (int j = 0; j < heads; j++) {
+          const __m256 wt = _mm256_broadcast_ss(w + j * wstride + t);
+          acc[j][0] = _mm256_fmadd_ps(wt, v0, acc[j][0]);
+          acc[j][1] = _mm256_fmadd_ps(wt, v1, acc[j][1]);
+        }
+      }
+    for (int j = 0; j < heads; j++) {
+      _mm256_storeu_ps(out + j * ost + x0, acc[j][0]);
+      _mm256_storeu_ps(out + j * ost + x0 + 8, acc[j][1]);
+    }
+  }
+}
