@@ -25,7 +25,7 @@ from ..checksum_stamps import cache_folder
 HERE = Path(__file__).resolve().parent
 SOURCES = (HERE / "decoder.c", HERE / "mla_moe.c", HERE / "int8_gemm.h", HERE / "flash_prefill.h",
            HERE / "lane_sums.h", HERE / "simd.h", HERE / "avx512_on_avx2.h", HERE / "decode_avx2.h",
-           HERE / "int8_avx2.h")
+           HERE / "int8_avx2.h", HERE / "flash_prefill_avx2.h")
 C_FILES = [p for p in SOURCES if p.suffix == ".c"]
 # Compiled with -ffast-math but linked without it: at link time gcc would add crtfastmath.o, whose
 # constructor turns on flush-to-zero for the whole process (numpy's and ONNX Runtime's arithmetic

@@ -4,7 +4,7 @@
  * and value is read and converted once per tile, not once per row. Q.K^T and P.V are bf16
  * products accumulated in float32: AVX512_BF16's vdpbf16ps where the CPU has it, else the same
  * products in float32 FMAs in the order vdpbf16ps takes them (a bf16 product is exact in
- * float32). Decode rows keep decoder.c's float32 attention: a row's path is its call's kind
+ * float32); the AVX2 build takes float32 products (flash_prefill_avx2.h). Decode rows keep decoder.c's float32 attention: a row's path is its call's kind
  * (prompt or decode), as in mla_moe.c, so a row's result never depends on its batch.
  *
  * A row's arithmetic is its own: the key blocks are fixed positions, a row's softmax state
@@ -102,11 +102,18 @@ static inline size_t round64(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
 /* Per thread: queries, keys and value pairs as bf16, weights as bf16, outputs and each row's
  * peak, sum and rescale as float32, each 64-byte aligned. */
+#ifndef __AVX512F__
+static inline size_t prefill_scratch_bytes_avx2(int rows, int D); /* flash_prefill_avx2.h */
+#endif
 static inline size_t prefill_scratch_bytes(int rows, int D) {
+#ifndef __AVX512F__
+  return prefill_scratch_bytes_avx2(rows, D);
+#else
   const size_t Dp = (D + 31) / 32 * 32;
   return 64 + round64((size_t)rows * Dp * 2) + 2 * round64((size_t)KEY_BLOCK * Dp * 2) +
          round64((size_t)rows * KEY_BLOCK * 2) + round64((size_t)rows * D * 4) +
          3 * round64((size_t)rows * 4);
+#endif
 }
 
 /* vdpbf16ps's V operand: lane d of pair k holds keys 2k (low half) and 2k + 1 of column d. */
@@ -286,7 +293,11 @@ prefill_tile_impl(const KeyBlocks *kv, int D, int group, int n, int p0, const fl
     else                                                                                           \
       prefill_tile_impl(kv, D, group, n, p0, q, q_stride, out, out_stride, scratch, hw);           \
   }
+#ifdef __AVX512F__
 PREFILL_TILE(prefill_tile_fma, 0)
+#else
+#include "flash_prefill_avx2.h"
+#endif
 #ifdef __AVX512BF16__
 PREFILL_TILE(prefill_tile_bf16, 1)
 #endif
