@@ -20,20 +20,23 @@ static inline __attribute__((always_inline)) __m128 sums4_avx2(__m256 a, __m256 
   return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
-/* out[h * stride + t] = scale * q[h] . keys[t] for H (1 or 2) heads from q, 16 keys (D floats each,
- * 32-byte aligned, zeros past the split). Each key column is loaded once for the H heads. */
+/* out[h * stride + t] = scale * q[h] . keys[t] for H (1-3) heads from q, 16 keys (D floats each,
+ * zeros past the split). Each key column is loaded once into a register for the H heads (the
+ * empty asm keeps gcc from folding it into each multiply-add as a memory operand: Zen's one
+ * 256-bit load a cycle was the limit then), 3 x 4 sums + 3 queries + the key: 16 registers. */
 static inline __attribute__((always_inline)) void
 scores_heads_avx2(const float *keys, const float *q, float scale, float *out, size_t stride,
                   const int H, const int D) {
   for (int k0 = 0; k0 < 16; k0 += 4) {
-    __m256 acc[2][4];
+    __m256 acc[3][4];
     for (int h = 0; h < H; h++)
       for (int k = 0; k < 4; k++) acc[h][k] = _mm256_setzero_ps();
     for (int x = 0; x < D; x += 8) {
-      __m256 qx[2];
+      __m256 qx[3];
       for (int h = 0; h < H; h++) qx[h] = _mm256_loadu_ps(q + (size_t)h * D + x);
       for (int k = 0; k < 4; k++) {
-        const __m256 key = _mm256_load_ps(keys + (size_t)(k0 + k) * D + x);
+        __m256 key = _mm256_loadu_ps(keys + (size_t)(k0 + k) * D + x);
+        __asm__("" : "+x"(key));
         for (int h = 0; h < H; h++) acc[h][k] = _mm256_fmadd_ps(qx[h], key, acc[h][k]);
       }
     }
@@ -44,14 +47,17 @@ scores_heads_avx2(const float *keys, const float *q, float scale, float *out, si
   }
 }
 
-/* A row's scores against 16 keys for all `group` heads, two heads at a time. All 16 are written
- * (the caller's softmax reads only the keys the row sees). */
+/* A row's scores against 16 keys for all `group` heads, three heads at a time. All 16 are
+ * written (the caller's softmax reads only the keys the row sees). */
 static inline void scores16_avx2(const float *keys, const float *q, int group, float scale,
                                  float *out, size_t stride, const int D) {
   int h = 0;
-  for (; h + 2 <= group; h += 2)
+  for (; h + 3 <= group; h += 3)
+    scores_heads_avx2(keys, q + (size_t)h * D, scale, out + h * stride, stride, 3, D);
+  if (group - h == 2)
     scores_heads_avx2(keys, q + (size_t)h * D, scale, out + h * stride, stride, 2, D);
-  if (h < group) scores_heads_avx2(keys, q + (size_t)h * D, scale, out + h * stride, stride, 1, D);
+  else if (group - h == 1)
+    scores_heads_avx2(keys, q + (size_t)h * D, scale, out + h * stride, stride, 1, D);
 }
 
 static inline __attribute__((always_inline)) __m256 load8_avx2(const void *base, int f16,
@@ -62,27 +68,48 @@ static inline __attribute__((always_inline)) __m256 load8_avx2(const void *base,
 
 /* out[j * ost + c] = sum over t of w[j * wstride + t] * value t's column c, for `heads` (at most
  * 6) heads and every column c < D, the n values lying in runs: run r holds count[r] consecutive
- * rows of D elements from rows[r]. 16 columns a pass; each value is loaded once a pass for all
- * the heads. */
+ * rows of D elements from rows[r]. 16 columns a pass, each value loaded once a pass for all the
+ * heads, over CHUNK keys at a time (the sums kept in out between chunks, in order: the same
+ * bits): a pass reads one line of each row, so the chunk's lines must be in L1 by then. Each
+ * key of a pass prefetches one line of the next chunk, a line a step (a burst of a whole chunk's
+ * prefetches outruns the load queue, and most are dropped). */
+enum { CHUNK = 32, MAX_CHUNKS = 8 }; /* a decode split's 256 keys, or a prompt's key block */
 static inline __attribute__((always_inline)) void
 values_avx2(const void *const *rows, const int *count, int runs, int f16, const float *w,
             size_t wstride, float *out, size_t ost, const int heads, const int D) {
-  for (int x0 = 0; x0 < D; x0 += 16) {
-    __m256 acc[6][2];
-    for (int j = 0; j < heads; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
-    for (int r = 0, t = 0; r < runs; r++)
-      for (int i = 0; i < count[r]; i++, t++) {
+  const int elem = f16 ? 2 : 4, lines = D * elem / 64; /* lines of a row: the passes at most */
+  const char *base[MAX_CHUNKS + 1];
+  int len[MAX_CHUNKS + 1], chunks = 0;
+  for (int r = 0; r < runs; r++)
+    for (int i = 0; i < count[r]; i += CHUNK, chunks++) {
+      base[chunks] = (const char *)rows[r] + (size_t)i * D * elem;
+      len[chunks] = count[r] - i < CHUNK ? count[r] - i : CHUNK;
+    }
+  base[chunks] = NULL;
+  for (int c = 0, t0 = 0; c < chunks; t0 += len[c], c++) {
+    const char *next = base[c + 1];
+    for (int x0 = 0, pass = 0; x0 < D; x0 += 16, pass++) {
+      __m256 acc[6][2];
+      for (int j = 0; j < heads; j++)
+        if (c == 0) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+        else
+          acc[j][0] = _mm256_loadu_ps(out + j * ost + x0),
+          acc[j][1] = _mm256_loadu_ps(out + j * ost + x0 + 8);
+      for (int i = 0; i < len[c]; i++) {
+        if (next && pass < lines && i < len[c + 1])
+          _mm_prefetch(next + ((size_t)i * D * elem) + 64 * pass, _MM_HINT_T0);
         const size_t at = (size_t)i * D + x0;
-        const __m256 v0 = load8_avx2(rows[r], f16, at), v1 = load8_avx2(rows[r], f16, at + 8);
+        const __m256 v0 = load8_avx2(base[c], f16, at), v1 = load8_avx2(base[c], f16, at + 8);
         for (int j = 0; j < heads; j++) {
-          const __m256 wt = _mm256_broadcast_ss(w + j * wstride + t);
+          const __m256 wt = _mm256_broadcast_ss(w + j * wstride + t0 + i);
           acc[j][0] = _mm256_fmadd_ps(wt, v0, acc[j][0]);
           acc[j][1] = _mm256_fmadd_ps(wt, v1, acc[j][1]);
         }
       }
-    for (int j = 0; j < heads; j++) {
-      _mm256_storeu_ps(out + j * ost + x0, acc[j][0]);
-      _mm256_storeu_ps(out + j * ost + x0 + 8, acc[j][1]);
+      for (int j = 0; j < heads; j++) {
+        _mm256_storeu_ps(out + j * ost + x0, acc[j][0]);
+        _mm256_storeu_ps(out + j * ost + x0 + 8, acc[j][1]);
+      }
     }
   }
 }

@@ -458,6 +458,14 @@ attend_split_impl(const Model *m, const Cache *c, int l, const Tile *tl, int g, 
      * variable count cost a compare a multiply-add, and kept the sums in memory). */
     const int nt = s1 - t0 < 16 ? s1 - t0 : 16;
     const void *kb = block_of(c, c->kb, tl->slot, t0);
+#ifndef __AVX512F__
+    const float *keys = block;
+    /* float32 keys in place: 16 keys are one contiguous run of their block (the copy took a
+     * fifth of the AVX2 build's time at 16,384 positions) */
+    if (!elem_f16 && nt == 16)
+      keys = (const float *)kb + in_block(m, l, g, t0);
+    else
+#endif
     for (int tt = 0; tt < 16; tt++)
       for (int x = 0; x < X; x++)
         _mm512_store_ps(block + tt * D + 16 * x,
@@ -482,7 +490,7 @@ attend_split_impl(const Model *m, const Cache *c, int l, const Tile *tl, int g, 
       if (ni <= 0) continue;
       const float *q = qkv + (size_t)(tl->r0 + i) * QKV + g * group * D;
 #ifndef __AVX512F__
-      scores16_avx2(block, q, group, scale,
+      scores16_avx2(keys, q, group, scale,
                     scores + (size_t)i * group * SPLIT + t0 - s0, SPLIT, D);
 #else
       for (int h = 0; h < group; h++) {
