@@ -34,9 +34,15 @@ class Match:
 @dataclass(frozen=True)
 class RuntimeSettings:
     backends: tuple[str, ...] = ("onnxruntime", "openvino")
+    # MoE artifacts (DeepSeek-V2/V3) in this order instead, where set: a CPU may run one kind of
+    # model best on one backend and the other kind on another.
+    backends_moe: tuple[str, ...] = ()
     batch_size: int = 8
     context: int = 4096
     allow_fallback: bool = True
+
+    def backends_for(self, moe: bool) -> tuple[str, ...]:
+        return self.backends_moe if moe and self.backends_moe else self.backends
 
 
 @dataclass(frozen=True)

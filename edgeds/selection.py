@@ -44,7 +44,13 @@ def choose_backend(profile: Profile, hw: Hardware, artifact: Artifact | None,
     """The first backend of the profile's list (or `backend` alone) that can run the artifact
     here, planned; the reasons name every one passed over, and why."""
     reasons: list[str] = []
-    names = [registry.get(backend).name] if backend else list(profile.runtime.backends)
+    moe = artifact is not None and artifact.model.has_experts
+    if backend:
+        names = [registry.get(backend).name]
+    else:
+        names = list(profile.runtime.backends_for(moe))
+        if moe and profile.runtime.backends_moe:
+            reasons.append(f"profile {profile.name}: MoE artifacts try {', '.join(names)}")
     for name in names:
         if (entry := registry.REGISTRY.get(name)) is None:  # a profile's typo: the next one
             reasons.append(f"backend {name}: not one of {', '.join(registry.REGISTRY)}")

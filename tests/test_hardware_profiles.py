@@ -253,3 +253,24 @@ def test_a_job_starts_by_telling_what_would_run_better(tmp_path, artifacts, monk
     assert quiet.exit_code == 0, quiet.output
     assert "edgeds: note:" not in quiet.output
 
+
+
+@pytest.mark.skipif(__import__("edgeds.native", fromlist=["x"]).unavailable(
+    ["avx2", "fma", "f16c"]) is not None, reason="no C compiler for the native decoder")
+def test_cpu_avx2_runs_moe_exports_natively_and_dense_ones_on_onnxruntime(tmp_path, artifacts):
+    """The profile's backends_moe: on AVX2 CPUs the native MLA + MoE decoder is the faster
+    one (benchmarks/results/avx2-zen2-2t.md), the dense one is not at batch 8 and up."""
+    from edgeds.artifact import load_artifact
+
+    hw = detect(fake_root(tmp_path, x86(2, "f16c")))
+    profile, _ = choose_profile(hw, load_profiles())
+    assert profile.name == "cpu-avx2"
+    moe = choose_backend(profile, hw, load_artifact(artifacts("deepseek_v3", "int8")))
+    assert moe.backend == "native"
+    assert any("MoE artifacts try native" in r for r in moe.reasons)
+    dense = choose_backend(profile, hw, load_artifact(artifacts("qwen2", "int8")))
+    assert dense.backend == "onnxruntime"
+    # Where native cannot run an MoE export (fp32 weights), the list goes on.
+    fp32 = choose_backend(profile, hw, load_artifact(artifacts("deepseek_v3")))
+    assert fp32.backend == "onnxruntime"
+    assert any(r.startswith("backend native:") for r in fp32.reasons)

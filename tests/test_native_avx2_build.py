@@ -1,5 +1,5 @@
 """The native decoder's AVX2 build (edgeds/native/avx512_on_avx2.h: each AVX-512 step as two
-256-bit halves) on whatever x86 CPU runs the suite, AVX-512 machines included, where the library
+256-bit halves; int8_avx2.h, decode_avx2.h, flash_prefill_avx2.h) on whatever x86 CPU runs the suite, AVX-512 machines included, where the library
 would otherwise be the AVX-512 build: the CPUs without AVX-512 keep a checked path either way."""
 
 from __future__ import annotations

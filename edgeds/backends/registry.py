@@ -91,7 +91,7 @@ class NativeEntry(BackendEntry):
 
         mla = artifact is not None and is_mla(artifact)
         if build_for(hw.flags) == "avx2":
-            isa = " (its AVX2 build: each AVX-512 step as two 256-bit halves)"
+            isa = " (its AVX2 build: 256-bit kernels, exact int8 products by vpmaddubsw)"
         else:
             isa = ("" if "amx_int8" not in hw.flags or mla
                    else " (AMX tiles for calls of more than 16 rows)")

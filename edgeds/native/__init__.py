@@ -3,7 +3,9 @@ from source with the system C compiler on first use and kept in the edgeds cache
 the source's hash; loaded with ctypes.
 
 It needs an x86-64 CPU with AVX-512 VNNI (AMX is used where the kernel grants it) or AVX2 with
-FMA and F16C (the same kernels, each 512-bit vector as two 256-bit halves: avx512_on_avx2.h),
+FMA and F16C (the same kernels, each 512-bit vector as two 256-bit halves: avx512_on_avx2.h;
+the int8 products and the attention loops in 256-bit code of their own: int8_avx2.h,
+decode_avx2.h, flash_prefill_avx2.h),
 and a C compiler (gcc or clang with OpenMP) the first time. Where either is missing, or the
 build fails, `unavailable()` says why and the runtime goes on to ONNX Runtime."""
 
