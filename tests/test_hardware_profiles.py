@@ -259,7 +259,7 @@ def test_a_job_starts_by_telling_what_would_run_better(tmp_path, artifacts, monk
     ["avx2", "fma", "f16c"]) is not None, reason="no C compiler for the native decoder")
 def test_cpu_avx2_runs_moe_exports_natively_and_dense_ones_on_onnxruntime(tmp_path, artifacts):
     """The profile's backends_moe: on AVX2 CPUs the native MLA + MoE decoder is the faster
-    one (benchmarks/results/avx2-zen2-2t.md), the dense one is not at batch 8 and up."""
+    one (benchmarks/results/avx2-epyc-2t.md), the dense one is not at batch 8 and up."""
     from edgeds.artifact import load_artifact
 
     hw = detect(fake_root(tmp_path, x86(2, "f16c")))
