@@ -113,3 +113,72 @@ values_avx2(const void *const *rows, const int *count, int runs, int f16, const 
     }
   }
 }
+
+/* ---- the MLA decoder's (mla_moe.c's dots and weigh, over the latent cache) ---- */
+
+/* out[i * 4 + j] = q[i] . row j, for H (1 or 2) heads and 4 rows of D values (float32, or half:
+ * float16), each row's column loaded once into a register for the H heads. */
+static inline __attribute__((always_inline)) void
+latent_dots_pass(const float *const *q, const void *const *k, int D, const int H, const int half,
+                 float *out, int ld) {
+  __m256 acc[2][4];
+  for (int h = 0; h < H; h++)
+    for (int j = 0; j < 4; j++) acc[h][j] = _mm256_setzero_ps();
+  for (int x = 0; x < D; x += 8) {
+    __m256 qx[2];
+    for (int h = 0; h < H; h++) qx[h] = _mm256_loadu_ps(q[h] + x);
+    for (int j = 0; j < 4; j++) {
+      __m256 key = load8_avx2(k[j], half, x);
+      __asm__("" : "+x"(key));
+      for (int h = 0; h < H; h++) acc[h][j] = _mm256_fmadd_ps(qx[h], key, acc[h][j]);
+    }
+  }
+  for (int h = 0; h < H; h++)
+    _mm_storeu_ps(out + h * ld, sums4_avx2(acc[h][0], acc[h][1], acc[h][2], acc[h][3]));
+}
+
+/* mla_moe.c's dots(): out[i * (16 / HB) + j] = q[i] . k[j] for HB (4 or 1) heads and 16 / HB
+ * rows. A score's sum is the same whatever shares its pass. */
+static inline __attribute__((always_inline)) void latent_dots_avx2(const float *const *q,
+                                                                   const void *const *k, int D,
+                                                                   const int HB, const int half,
+                                                                   float out[16]) {
+  if (HB == 4) {
+    latent_dots_pass(q, k, D, 2, half, out, 4);
+    latent_dots_pass(q + 2, k, D, 2, half, out + 8, 4);
+    return;
+  }
+  for (int j0 = 0; j0 < 16; j0 += 4) latent_dots_pass(q, k + j0, D, 1, half, out + j0, 4);
+}
+
+/* mla_moe.c's weigh(): out[i][16 c ..] = sum over rows t of w[i][t] * row t's columns, for HB
+ * (4 or 1) heads and CB sixteen-column blocks, rows in order one multiply-add at a time: four
+ * heads a block a pass, or one head four blocks. */
+static inline __attribute__((always_inline)) void
+latent_weigh_avx2(const float *const *w, const void *kv, int len, int D, float *const *out,
+                  const int HB, const int CB, const int half) {
+  const int BP = HB == 4 ? 1 : 4, elem = half ? 2 : 4;
+  for (int c0 = 0; c0 < CB; c0 += BP) {
+    const int nb = CB - c0 < BP ? CB - c0 : BP;
+    __m256 acc[4][4][2];
+    for (int i = 0; i < HB; i++)
+      for (int c = 0; c < nb; c++) acc[i][c][0] = acc[i][c][1] = _mm256_setzero_ps();
+    for (int t = 0; t < len; t++) {
+      const void *row = (const char *)kv + (size_t)t * D * elem;
+      for (int c = 0; c < nb; c++) {
+        const __m256 v0 = load8_avx2(row, half, 16 * (c0 + c)),
+                     v1 = load8_avx2(row, half, 16 * (c0 + c) + 8);
+        for (int i = 0; i < HB; i++) {
+          const __m256 p = _mm256_broadcast_ss(w[i] + t);
+          acc[i][c][0] = _mm256_fmadd_ps(p, v0, acc[i][c][0]);
+          acc[i][c][1] = _mm256_fmadd_ps(p, v1, acc[i][c][1]);
+        }
+      }
+    }
+    for (int i = 0; i < HB; i++)
+      for (int c = 0; c < nb; c++) {
+        _mm256_storeu_ps(out[i] + 16 * (c0 + c), acc[i][c][0]);
+        _mm256_storeu_ps(out[i] + 16 * (c0 + c) + 8, acc[i][c][1]);
+      }
+  }
+}

@@ -38,6 +38,9 @@
 #include "flash_prefill.h"
 #include "int8_gemm.h"
 #include "lane_sums.h"
+#ifndef __AVX512F__
+#include "decode_avx2.h"
+#endif
 
 enum { MAX_THREADS = 4096 }; /* decoder.c's: per-thread buffers are sized by the count */
 enum { MAX_V_TILES = 256 };  /* v_head_dim the AMX-BF16 prompt tiles take */
@@ -810,6 +813,11 @@ static inline __m512 exp_weights(__m512 x) {
 static inline __attribute__((always_inline)) __m512 dots(const float *const *q,
                                                          const void *const *k, int D,
                                                          const int HB, const int half) {
+#ifndef __AVX512F__
+  float s[16];
+  latent_dots_avx2(q, k, D, HB, half, s);
+  return _mm512_loadu_ps(s);
+#else
   const int TB = 16 / HB;
   __m512 acc[16];
   for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
@@ -822,6 +830,7 @@ static inline __attribute__((always_inline)) __m512 dots(const float *const *q,
     }
   }
   return hsum16(acc);
+#endif
 }
 
 /* acc[i][c] += sum over rows t of w[i][t] * kv[t][c0 + 16 c], for HB heads (weights w[i],
@@ -831,6 +840,9 @@ static inline __attribute__((always_inline)) void weigh(const float *const *w, c
                                                         int len, int D, float *const *out,
                                                         const int HB, const int CB,
                                                         const int half) {
+#ifndef __AVX512F__
+  latent_weigh_avx2(w, kv, len, D, out, HB, CB, half);
+#else
   __m512 acc[16];
   for (int i = 0; i < HB; i++)
     for (int c = 0; c < CB; c++) acc[i * CB + c] = _mm512_setzero_ps();
@@ -845,6 +857,7 @@ static inline __attribute__((always_inline)) void weigh(const float *const *w, c
   }
   for (int i = 0; i < HB; i++)
     for (int c = 0; c < CB; c++) _mm512_storeu_ps(out[i] + 16 * c, acc[i * CB + c]);
+#endif
 }
 
 /* Every head h_lo..h_hi of one query row (q [heads][D]: latent query, then rope) over one
