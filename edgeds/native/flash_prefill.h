@@ -21,7 +21,6 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "lane_sums.h"
 
 enum {
   KEY_BLOCK = 64
@@ -172,13 +171,66 @@ static inline __attribute__((always_inline)) void queries_bf16(uint16_t *qb, con
     }
 }
 
+/* 16 x 16 32-bit lanes transposed: lane j of r[i] becomes lane i of r[j]. The tiles' K^T
+ * packing: sixteen keys' vdpbf16ps pairs in, sixteen vectors of one pair of each key out. */
+static inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; i++) {
+    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int h = 0; h < 2; h++)
+    for (int i = 0; i < 4; i++) {
+      t[8 * h + i] = _mm512_shuffle_i32x4(r[8 * h + i], r[8 * h + 4 + i], 0x88);
+      t[8 * h + 4 + i] = _mm512_shuffle_i32x4(r[8 * h + i], r[8 * h + 4 + i], 0xdd);
+    }
+  for (int i = 0; i < 8; i++) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0x88);
+    r[8 + i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0xdd);
+  }
+}
+
+/* Rows a pass holds: 4 x 4 accumulators and 4 key or value vectors of the 32 registers. */
+enum { SCORE_ROWS = 4, VALUE_ROWS = 4 };
+
+/* Raw scores of SCORE_ROWS query rows (their bf16 pairs at qp[i]) against the block's first 16 J
+ * keys, kt's K^T pairs ([J][X][16 pairs][16 keys]): lane t of sc[i][j] is row i's product with
+ * key 16 j + t, its pairs summed in order. Each key vector serves every row and each row's pair
+ * is one broadcast: no horizontal sums. Groups past J score -FLT_MAX. */
+static inline __attribute__((always_inline)) void block_scores(const uint32_t *const *qp,
+                                                               const uint32_t *kt, const int X,
+                                                               const int J, __m512 sc[][4],
+                                                               const int hw) {
+  __m512 acc[SCORE_ROWS][4];
+  for (int i = 0; i < SCORE_ROWS; i++)
+    for (int j = 0; j < J; j++) acc[i][j] = _mm512_setzero_ps();
+  for (int x = 0; x < X; x++)
+    for (int p = 0; p < 16; p++) {
+      __m512i k[4];
+      for (int j = 0; j < J; j++)
+        k[j] = _mm512_load_si512(kt + ((size_t)(j * X + x) * 16 + p) * 16);
+      for (int i = 0; i < SCORE_ROWS; i++) {
+        const __m512i a = _mm512_set1_epi32((int)qp[i][16 * x + p]);
+        for (int j = 0; j < J; j++) acc[i][j] = dp(acc[i][j], a, k[j], hw);
+      }
+    }
+  for (int i = 0; i < SCORE_ROWS; i++)
+    for (int j = 0; j < 4; j++) sc[i][j] = j < J ? acc[i][j] : _mm512_set1_ps(-FLT_MAX);
+}
+
 static inline __attribute__((always_inline)) void
 prefill_tile_impl(const KeyBlocks *kv, int D, int group, int n, int p0, const float *q,
                   size_t q_stride, float *out, size_t out_stride, void *scratch, const int hw) {
   const int rows = n * group, X = (D + 31) / 32, Dp = 32 * X; /* bf16 rows padded to 32 columns */
   char *s = (char *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
   uint16_t *qb = (uint16_t *)s;
-  uint16_t *kb = (uint16_t *)(s += round64((size_t)rows * Dp * 2));
+  uint32_t *kt = (uint32_t *)(s += round64((size_t)rows * Dp * 2)); /* [4][X][16][16] */
   uint16_t *vb = (uint16_t *)(s += round64((size_t)KEY_BLOCK * Dp * 2));
   uint16_t *pb = (uint16_t *)(s += round64((size_t)KEY_BLOCK * D * 2));
   float *o = (float *)(s += round64((size_t)rows * KEY_BLOCK * 2));
@@ -196,14 +248,22 @@ prefill_tile_impl(const KeyBlocks *kv, int D, int group, int n, int p0, const fl
     const int nk16 = (nk + 15) / 16 * 16, pairs = (nk + 1) / 2;
     const void *kbase = kv->keys[kv->ids[b0 / KEY_BLOCK]],
                *vbase = kv->values[kv->ids[b0 / KEY_BLOCK]];
-    /* Keys past nk are zeros (never stale cache contents: a NaN there would survive 0 x it). */
-    for (int t = 0; t < nk16; t++)
+    /* Keys as K^T pairs, 16 at a time; keys past nk are zeros (never stale cache contents: a
+     * NaN there would survive 0 x it). */
+    for (int kg = 0; kg < nk16 / 16; kg++)
       for (int x = 0; x < X; x++) {
-        const size_t at = kv->at + (size_t)t * D + 32 * x;
-        const __m512 lo = t < nk ? load_f(kbase, kv->f16, at) : _mm512_setzero_ps();
-        const __m512 hi =
-            t < nk && 32 * x + 16 < D ? load_f(kbase, kv->f16, at + 16) : _mm512_setzero_ps();
-        _mm512_store_si512(kb + (size_t)t * Dp + 32 * x, to_bf16(lo, hi, hw));
+        __m512i r[16];
+        for (int t = 0; t < 16; t++) {
+          const int key = 16 * kg + t;
+          const size_t at = kv->at + (size_t)key * D + 32 * x;
+          const __m512 lo = key < nk ? load_f(kbase, kv->f16, at) : _mm512_setzero_ps();
+          const __m512 hi = key < nk && 32 * x + 16 < D ? load_f(kbase, kv->f16, at + 16)
+                                                        : _mm512_setzero_ps();
+          r[t] = to_bf16(lo, hi, hw);
+        }
+        transpose16(r);
+        for (int p = 0; p < 16; p++)
+          _mm512_store_si512(kt + ((size_t)(kg * X + x) * 16 + p) * 16, r[p]);
       }
     for (int k = 0; k < pairs; k++)
       for (int c = 0; c < D; c += 16) {
@@ -213,59 +273,57 @@ prefill_tile_impl(const KeyBlocks *kv, int D, int group, int n, int p0, const fl
         _mm512_store_si512(vb + ((size_t)k * D + c) * 2,
                            _mm512_permutexvar_epi16(order, to_bf16(v0, v1, hw)));
       }
-    for (int i = 0; i < n; i++) {
-      const int seen = p0 + i + 1 - b0; /* keys of this block row i attends to */
-      if (seen <= 0) continue;
-      for (int h = 0; h < group; h++) {
-        const int r = i * group + h;
-        const uint16_t *qr = qb + (size_t)r * Dp;
-        __m512i qv[8]; /* D <= 256 */
-        for (int x = 0; x < X; x++) qv[x] = _mm512_load_si512(qr + 32 * x);
-        __m512 sc[KEY_BLOCK / 16];
-        for (int t0 = 0; t0 < KEY_BLOCK; t0 += 16) {
-          if (t0 >= nk16) {
-            sc[t0 / 16] = _mm512_set1_ps(-FLT_MAX);
-            continue;
-          }
-          /* 16 independent sums (one a key), each over D in order: a chain per key would wait
-           * on vdpbf16ps's latency at every step. */
-          __m512 acc[16];
-          for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
-          for (int x = 0; x < X; x++)
-            for (int t = 0; t < 16; t++)
-              acc[t] =
-                  dp(acc[t], qv[x], _mm512_load_si512(kb + (size_t)(t0 + t) * Dp + 32 * x), hw);
-          sc[t0 / 16] = hsum16(acc);
-        }
-        softmax_step(sc, seen, scale, peak + r, sum + r, keep + r, pb + (size_t)r * KEY_BLOCK, hw);
+    for (int r0 = 0; r0 < rows; r0 += SCORE_ROWS) {
+      const uint32_t *qp[SCORE_ROWS]; /* rows past the tile's repeat its last (not kept) */
+      for (int i = 0; i < SCORE_ROWS; i++)
+        qp[i] = (const uint32_t *)(qb + (size_t)(r0 + i < rows ? r0 + i : rows - 1) * Dp);
+      __m512 sc[SCORE_ROWS][4];
+      switch (nk16 / 16) {
+        case 1: block_scores(qp, kt, X, 1, sc, hw); break;
+        case 2: block_scores(qp, kt, X, 2, sc, hw); break;
+        case 3: block_scores(qp, kt, X, 3, sc, hw); break;
+        default: block_scores(qp, kt, X, 4, sc, hw);
+      }
+      for (int i = 0; i < SCORE_ROWS && r0 + i < rows; i++) {
+        const int r = r0 + i, seen = p0 + r / group + 1 - b0; /* keys of this block it sees */
+        if (seen > 0)
+          softmax_step(sc[i], seen, scale, peak + r, sum + r, keep + r,
+                       pb + (size_t)r * KEY_BLOCK, hw);
       }
     }
-    /* O = O * keep + P V, two rows at a time over 128 columns: each value pair load serves both. */
-    for (int i = 0; i < n; i++) {
-      if (p0 + i + 1 - b0 <= 0) continue;
-      for (int h = 0; h < group; h += 2) {
-        const int r = i * group + h, two = h + 1 < group;
-        for (int c0 = 0; c0 < D; c0 += 128) {
-          const int C = D - c0 < 128 ? (D - c0) / 16 : 8;
-          __m512 acc[2][8];
-          for (int j = 0; j <= two; j++)
-            for (int x = 0; x < C; x++)
-              acc[j][x] = _mm512_mul_ps(_mm512_loadu_ps(o + (size_t)(r + j) * D + c0 + 16 * x),
-                                        _mm512_set1_ps(keep[r + j]));
-          const uint32_t *w0 = (const uint32_t *)(pb + (size_t)r * KEY_BLOCK);
-          const uint32_t *w1 = (const uint32_t *)(pb + (size_t)(r + two) * KEY_BLOCK);
-          for (int k = 0; k < pairs; k++) {
-            const __m512i a0 = _mm512_set1_epi32((int)w0[k]), a1 = _mm512_set1_epi32((int)w1[k]);
-            for (int x = 0; x < C; x++) {
-              const __m512i v = _mm512_load_si512(vb + ((size_t)k * D + c0 + 16 * x) * 2);
-              acc[0][x] = dp(acc[0][x], a0, v, hw);
-              if (two) acc[1][x] = dp(acc[1][x], a1, v, hw);
-            }
-          }
-          for (int j = 0; j <= two; j++)
-            for (int x = 0; x < C; x++)
-              _mm512_storeu_ps(o + (size_t)(r + j) * D + c0 + 16 * x, acc[j][x]);
+    /* O = O * keep + P V, VALUE_ROWS rows over 64 columns a pass: each value pair load serves
+     * every row, each row's weight pair is one broadcast. Rows past the tile's repeat its last
+     * and rows that see none of the block are computed but not stored. */
+    for (int r0 = 0; r0 < rows; r0 += VALUE_ROWS) {
+      const uint32_t *w[VALUE_ROWS];
+      int store[VALUE_ROWS];
+      for (int i = 0; i < VALUE_ROWS; i++) {
+        const int r = r0 + i < rows ? r0 + i : rows - 1;
+        w[i] = (const uint32_t *)(pb + (size_t)r * KEY_BLOCK);
+        store[i] = r0 + i < rows && p0 + r / group + 1 - b0 > 0;
+      }
+      for (int c0 = 0; c0 < D; c0 += 64) {
+        const int C = D - c0 < 64 ? (D - c0) / 16 : 4;
+        __m512 acc[VALUE_ROWS][4];
+        for (int i = 0; i < VALUE_ROWS; i++) {
+          const int r = r0 + i < rows ? r0 + i : rows - 1;
+          for (int x = 0; x < C; x++)
+            acc[i][x] = _mm512_mul_ps(_mm512_loadu_ps(o + (size_t)r * D + c0 + 16 * x),
+                                      _mm512_set1_ps(keep[r]));
         }
+        for (int k = 0; k < pairs; k++) {
+          __m512i v[4];
+          for (int x = 0; x < C; x++)
+            v[x] = _mm512_load_si512(vb + ((size_t)k * D + c0 + 16 * x) * 2);
+          for (int i = 0; i < VALUE_ROWS; i++) {
+            const __m512i a = _mm512_set1_epi32((int)w[i][k]);
+            for (int x = 0; x < C; x++) acc[i][x] = dp(acc[i][x], a, v[x], hw);
+          }
+        }
+        for (int i = 0; i < VALUE_ROWS; i++)
+          if (store[i])
+            for (int x = 0; x < C; x++)
+              _mm512_storeu_ps(o + (size_t)(r0 + i) * D + c0 + 16 * x, acc[i][x]);
       }
     }
   }
@@ -309,29 +367,6 @@ PREFILL_TILE(prefill_tile_bf16, 1)
  * and the value pairs (B tiles, as stored). Each element of a tile product depends on its own
  * row and column only, so a row's result is the same in any tile here too; it is not the
  * vdpbf16ps kernel's (the tiles sum in their own order): a process takes one of them. */
-static inline void transpose16(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 8; i++) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; i++) {
-    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int h = 0; h < 2; h++)
-    for (int i = 0; i < 4; i++) {
-      t[8 * h + i] = _mm512_shuffle_i32x4(r[8 * h + i], r[8 * h + 4 + i], 0x88);
-      t[8 * h + 4 + i] = _mm512_shuffle_i32x4(r[8 * h + i], r[8 * h + 4 + i], 0xdd);
-    }
-  for (int i = 0; i < 8; i++) {
-    r[i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0x88);
-    r[8 + i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0xdd);
-  }
-}
-
 static inline size_t amx_scratch_bytes(int rows, int D) {
   const size_t R = (size_t)(rows + 15) / 16 * 16, Dp = (D + 31) / 32 * 32;
   return 64 + round64(R * Dp * 2) + 2 * round64((size_t)KEY_BLOCK * Dp * 2) +
