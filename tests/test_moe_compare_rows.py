@@ -84,3 +84,19 @@ def test_checkpoint_on_threads_is_the_same_for_any_thread_count(tmp_path):
 
     assert weights("t2", threads=2) == weights("t3", threads=3)
     assert weights("t2", threads=2) != weights("t1")
+
+
+def test_a_peers_peak_rss_is_its_own_not_the_harness_s():
+    """Linux counts a forked process's parent memory in its peak RSS: a peer started straight
+    from a harness holding a checkpoint reported the harness's 6 GB."""
+    import sys
+
+    import numpy as np
+
+    held = np.ones(400 << 20 >> 3)  # 400 MiB, touched
+    out, small = mc.run_measured([sys.executable, "-c", "print('ok')"])
+    _, big = mc.run_measured([sys.executable, "-c",
+                              "import numpy as np; a = np.ones(200 << 20 >> 3); print(a[-1])"])
+    assert out.strip() == "ok" and held[-1] == 1
+    assert small < 100  # a bare interpreter, not the 400 MiB above
+    assert 200 < big < 300  # its own 200 MiB

@@ -36,6 +36,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -229,18 +230,31 @@ def run(cmd: list[str], env: dict | None = None, quiet: bool = False) -> str:
     return r.stdout + ("" if quiet else r.stderr)
 
 
+# Runs argv[2:] and writes its peak RSS (KiB) to argv[1]. Linux counts, in a process's peak,
+# the memory of the process it was forked from as it was at the fork: a command started by
+# this harness, whose RSS is a checkpoint's, would report that. Started from this small
+# launcher, the command's peak is its own.
+LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(cmd: list[str]) -> tuple[str, float]:
-    """A command's output and its own peak RSS (MiB), from wait4 (not the harness's)."""
-    p = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
-    )
-    out = p.stdout.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        print(out[-3000:], file=sys.stderr)
-        raise RuntimeError(f"{' '.join(cmd[:2])} failed ({p.returncode})")
-    return out, usage.ru_maxrss / 1024
+    """A command's output and its own peak RSS (MiB, not the harness's: LAUNCHER)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        peak = Path(tmp) / "maxrss"
+        p = subprocess.run([sys.executable, "-c", LAUNCHER, str(peak), *cmd],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           errors="replace")
+        if p.returncode != 0:
+            print(p.stdout[-3000:], file=sys.stderr)
+            raise RuntimeError(f"{' '.join(cmd[:2])} failed ({p.returncode})")
+        return p.stdout, int(peak.read_text()) / 1024
 
 
 def parse_batched_bench(text: str) -> list[dict]:
