@@ -3,10 +3,10 @@ one tile of query rows (16 positions x the group's heads of one KV head) over a 
 thread, the best of `--rounds`, in multiply-adds a second (scores and values, causal).
 
     python -m benchmarks.kernels.prompt_tile --depths 4096,16384
-    gcc -O3 -mavx512f -mavx512bf16 -fopenmp benchmarks/kernels/bf16_peak.c -o /tmp/bf16_peak
 
-The ceiling on CPUs without AMX is vdpbf16ps's rate (bf16_peak.c); `--kernel 0` times the
-float32 copy of the same products, 2 the AMX tiles where the CPU grants them.
+The ceiling on CPUs without AMX is vdpbf16ps's rate (kernels/int8_peak.c built with
+-mavx512bf16); `--kernel 0` times the float32 copy of the same products, 2 the AMX tiles where
+the CPU grants them.
 """
 
 from __future__ import annotations
