@@ -196,6 +196,30 @@ static inline void transpose16(__m512i r[16]) {
   }
 }
 
+/* The first 16 `groups` keys of a block (keys past nk zero) as K^T vdpbf16ps pairs, kt
+ * [groups][X][16 pairs][16 keys]: what the score passes and the AMX B tiles read. */
+static inline __attribute__((always_inline)) void pack_keys_t(const KeyBlocks *kv,
+                                                              const void *kbase, int nk,
+                                                              int groups, const int D,
+                                                              uint32_t *kt, const int hw) {
+  const int X = (D + 31) / 32;
+  for (int kg = 0; kg < groups; kg++)
+    for (int x = 0; x < X; x++) {
+      __m512i r[16];
+      for (int t = 0; t < 16; t++) {
+        const int key = 16 * kg + t;
+        const size_t at = kv->at + (size_t)key * D + 32 * x;
+        const __m512 lo = key < nk ? load_f(kbase, kv->f16, at) : _mm512_setzero_ps();
+        const __m512 hi =
+            key < nk && 32 * x + 16 < D ? load_f(kbase, kv->f16, at + 16) : _mm512_setzero_ps();
+        r[t] = to_bf16(lo, hi, hw);
+      }
+      transpose16(r);
+      for (int p = 0; p < 16; p++)
+        _mm512_store_si512(kt + ((size_t)(kg * X + x) * 16 + p) * 16, r[p]);
+    }
+}
+
 /* Rows a pass holds: 4 x 4 accumulators and 4 key or value vectors of the 32 registers. */
 enum { SCORE_ROWS = 4, VALUE_ROWS = 4 };
 
@@ -248,23 +272,8 @@ prefill_tile_impl(const KeyBlocks *kv, int D, int group, int n, int p0, const fl
     const int nk16 = (nk + 15) / 16 * 16, pairs = (nk + 1) / 2;
     const void *kbase = kv->keys[kv->ids[b0 / KEY_BLOCK]],
                *vbase = kv->values[kv->ids[b0 / KEY_BLOCK]];
-    /* Keys as K^T pairs, 16 at a time; keys past nk are zeros (never stale cache contents: a
-     * NaN there would survive 0 x it). */
-    for (int kg = 0; kg < nk16 / 16; kg++)
-      for (int x = 0; x < X; x++) {
-        __m512i r[16];
-        for (int t = 0; t < 16; t++) {
-          const int key = 16 * kg + t;
-          const size_t at = kv->at + (size_t)key * D + 32 * x;
-          const __m512 lo = key < nk ? load_f(kbase, kv->f16, at) : _mm512_setzero_ps();
-          const __m512 hi = key < nk && 32 * x + 16 < D ? load_f(kbase, kv->f16, at + 16)
-                                                        : _mm512_setzero_ps();
-          r[t] = to_bf16(lo, hi, hw);
-        }
-        transpose16(r);
-        for (int p = 0; p < 16; p++)
-          _mm512_store_si512(kt + ((size_t)(kg * X + x) * 16 + p) * 16, r[p]);
-      }
+    /* Keys past nk are zeros (never stale cache contents: a NaN there would survive 0 x it). */
+    pack_keys_t(kv, kbase, nk, nk16 / 16, D, kt, hw);
     for (int k = 0; k < pairs; k++)
       for (int c = 0; c < D; c += 16) {
         const size_t at = kv->at + (size_t)2 * k * D + c;
@@ -296,21 +305,19 @@ prefill_tile_impl(const KeyBlocks *kv, int D, int group, int n, int p0, const fl
      * and rows that see none of the block are computed but not stored. */
     for (int r0 = 0; r0 < rows; r0 += VALUE_ROWS) {
       const uint32_t *w[VALUE_ROWS];
-      int store[VALUE_ROWS];
+      int row[VALUE_ROWS], store[VALUE_ROWS];
       for (int i = 0; i < VALUE_ROWS; i++) {
-        const int r = r0 + i < rows ? r0 + i : rows - 1;
-        w[i] = (const uint32_t *)(pb + (size_t)r * KEY_BLOCK);
-        store[i] = r0 + i < rows && p0 + r / group + 1 - b0 > 0;
+        row[i] = r0 + i < rows ? r0 + i : rows - 1;
+        w[i] = (const uint32_t *)(pb + (size_t)row[i] * KEY_BLOCK);
+        store[i] = r0 + i < rows && p0 + row[i] / group + 1 - b0 > 0;
       }
       for (int c0 = 0; c0 < D; c0 += 64) {
         const int C = D - c0 < 64 ? (D - c0) / 16 : 4;
         __m512 acc[VALUE_ROWS][4];
-        for (int i = 0; i < VALUE_ROWS; i++) {
-          const int r = r0 + i < rows ? r0 + i : rows - 1;
+        for (int i = 0; i < VALUE_ROWS; i++)
           for (int x = 0; x < C; x++)
-            acc[i][x] = _mm512_mul_ps(_mm512_loadu_ps(o + (size_t)r * D + c0 + 16 * x),
-                                      _mm512_set1_ps(keep[r]));
-        }
+            acc[i][x] = _mm512_mul_ps(_mm512_loadu_ps(o + (size_t)row[i] * D + c0 + 16 * x),
+                                      _mm512_set1_ps(keep[row[i]]));
         for (int k = 0; k < pairs; k++) {
           __m512i v[4];
           for (int x = 0; x < C; x++)
@@ -413,21 +420,7 @@ prefill_tile_amx_impl(const KeyBlocks *kv, int D, int group, int n, int p0, cons
     const void *kbase = kv->keys[kv->ids[b0 / KEY_BLOCK]],
                *vbase = kv->values[kv->ids[b0 / KEY_BLOCK]];
     /* Every key and value of the block is packed (zeros past nk): the tiles take all 64. */
-    for (int kg = 0; kg < 4; kg++)
-      for (int x = 0; x < X; x++) {
-        __m512i r[16];
-        for (int t = 0; t < 16; t++) {
-          const int key = 16 * kg + t;
-          const size_t at = kv->at + (size_t)key * D + 32 * x;
-          const __m512 lo = key < nk ? load_f(kbase, kv->f16, at) : _mm512_setzero_ps();
-          const __m512 hi =
-              key < nk && 32 * x + 16 < D ? load_f(kbase, kv->f16, at + 16) : _mm512_setzero_ps();
-          r[t] = to_bf16(lo, hi, 1);
-        }
-        transpose16(r);
-        for (int p = 0; p < 16; p++)
-          _mm512_store_si512(kt + ((size_t)(kg * X + x) * 16 + p) * 16, r[p]);
-      }
+    pack_keys_t(kv, kbase, nk, 4, D, kt, 1);
     for (int k = 0; k < KEY_BLOCK / 2; k++)
       for (int c = 0; c < D; c += 16) {
         const size_t at = kv->at + (size_t)2 * k * D + c;
