@@ -358,7 +358,11 @@ enum {
   SPLIT = 256, /* keys one partial softmax covers: decode work splits over these (flash-decoding) */
   TILE = 8,    /* query rows of one sequence sharing each key load (decode rows of a refill) */
   PROMPT_TILE = 16, /* the same for a prompt's rows (flash_prefill.h), times the group's heads */
-  AHEAD = 64,  /* how far ahead of its products decode prefetches keys (a block: 16-32 KB) */
+#ifdef __AVX512F__
+  AHEAD = 128, /* how far ahead of its products decode prefetches keys into L2 (two blocks) */
+#else
+  AHEAD = 64, /* the same into L1, where the AVX2 build prefetches them (a block: 16-32 KB) */
+#endif
 };
 
 _Static_assert((int)BLOCK == (int)KEY_BLOCK,
@@ -387,6 +391,11 @@ static inline const void *block_of(const Cache *c, void *const *blocks, int slot
 static inline __m512 load16(const void *base, int f16, size_t at) {
   return f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + at)))
              : _mm512_loadu_ps((const float *)base + at);
+}
+
+/* Bytes [from, to) of p (to at most end) into L2, a line at a time. */
+static inline void prefetch_l2(const char *p, int from, int to, int end) {
+  for (int off = from; off < to && off < end; off += 64) _mm_prefetch(p + off, _MM_HINT_T1);
 }
 
 /* A partial softmax state per (row, head): the unnormalized weighted sum of values (head_dim
@@ -476,15 +485,20 @@ attend_split_impl(const Model *m, const Cache *c, int l, const Tile *tl, int g, 
      * its time at 4,000 positions on one thread). Past the split's end too, up to the tile's:
      * the next split's first keys come in while this one's softmax and values run. */
     const int elem = elem_f16 ? 2 : 4, ahead = t0 + AHEAD;
-    if (ahead < last) {
-      const char *next =
-          (const char *)block_of(c, c->kb, tl->slot, ahead) + in_block(m, l, g, ahead) * elem;
-      const int nn = last - ahead < 16 ? last - ahead : 16;
-      for (int off = 0; off < nn * D * elem; off += 64) _mm_prefetch(next + off, _MM_HINT_T0);
-    }
+    const char *next = ahead < last ? (const char *)block_of(c, c->kb, tl->slot, ahead) +
+                                          in_block(m, l, g, ahead) * elem
+                                    : NULL;
     const char *vnow =
         (const char *)block_of(c, c->vb, tl->slot, t0) + in_block(m, l, g, t0) * elem;
-    for (int off = 0; off < nt * D * elem; off += 64) _mm_prefetch(vnow + off, _MM_HINT_T1);
+    const int next_bytes = next ? (last - ahead < 16 ? last - ahead : 16) * D * elem : 0,
+              vnow_bytes = nt * D * elem;
+    /* each head's share of both, in whole lines */
+    const int next_share = (next_bytes / group + 63) / 64 * 64,
+              vnow_share = (vnow_bytes / group + 63) / 64 * 64;
+#ifndef __AVX512F__
+    for (int off = 0; off < next_bytes; off += 64) _mm_prefetch(next + off, _MM_HINT_T0);
+    for (int off = 0; off < vnow_bytes; off += 64) _mm_prefetch(vnow + off, _MM_HINT_T1);
+#endif
     for (int i = i0; i < tl->n; i++) {
       const int len = tl->p0 + i + 1, ni = len - t0 < nt ? len - t0 : nt;
       if (ni <= 0) continue;
@@ -494,6 +508,13 @@ attend_split_impl(const Model *m, const Cache *c, int l, const Tile *tl, int g, 
                     scores + (size_t)i * group * SPLIT + t0 - s0, SPLIT, D);
 #else
       for (int h = 0; h < group; h++) {
+        /* Into L2, a slice of the lines before each head's products: all of them at once
+         * (256 lines for float32) left decode waiting on memory at half the bandwidth one core
+         * reads at (results/long-context.md). */
+        if (i == i0) {
+          prefetch_l2(next, h * next_share, (h + 1) * next_share, next_bytes);
+          prefetch_l2(vnow, h * vnow_share, (h + 1) * vnow_share, vnow_bytes);
+        }
         __m512 acc[16];
         for (int tt = 0; tt < 16; tt++) acc[tt] = _mm512_setzero_ps();
         for (int x = 0; x < X; x++) {
