@@ -138,10 +138,11 @@ def test_keeping_a_prompts_decompressed_keys_between_calls_changes_no_bit(deep, 
                                                                           tiles):
     """A long prompt prefilled in many calls keeps its decompressed keys and values from call to
     call (each call decompresses its own rows): the same logits, prefill and decode, as with
-    nothing kept (every call decompresses the whole prefix), as with a budget that holds the
-    first prompt only (the second, also straddling calls, decompresses per call) and as with
-    budgets that hold some of a prompt's layers, beside short prompts in the same calls. With
-    either prompt attention kernel."""
+    nothing kept (every call decompresses the whole prefix). Calls through every layer keeping
+    as many leading layers as the budget holds (the first prompt only, some of a prompt's
+    layers), and calls layer by layer keeping one layer at a time (a later prompt kept where
+    an earlier one does not fit), beside short prompts in the same calls. With either prompt
+    attention kernel."""
     _, art = deep("deepseek_v2")
     rng = np.random.default_rng(12)
     prompts = [rng.integers(2, 320, n).astype(np.int64) for n in (1300, 9, 700, 40)]
@@ -153,12 +154,15 @@ def test_keeping_a_prompts_decompressed_keys_between_calls_changes_no_bit(deep, 
     one = kept_bytes(backend._model, 1300, layers)
     first_layer = kept_bytes(backend._model, 1300, 1)
     second_layer = kept_bytes(backend._model, 700, 1)
-    assert one == layers * first_layer
+    assert one == layers * first_layer and second_layer < first_layer
+    every = [(0, layers), (2, layers)]
+    cases = [(False, 0, []), (False, one, [(0, layers)]), (False, first_layer, [(0, 1)]),
+             (False, one + second_layer, [(0, layers), (2, 1)]), (False, 1 << 30, every),
+             (True, 0, []), (True, first_layer, [(0, layers)]), (True, second_layer, [(2, layers)]),
+             (True, first_layer + second_layer, every)]
     runs = []
-    for budget, kept in [(0, []), (one, [(0, layers)]), (first_layer, [(0, 1)]),
-                         (one + second_layer, [(0, layers), (2, 1)]),
-                         (1 << 30, [(0, layers), (2, layers)])]:
-        backend.keep_decompressed_bytes = budget
+    for layer_major, budget, kept in cases:
+        backend.layer_major, backend.keep_decompressed_bytes = layer_major, budget
         backend.start(4, 1400)
         logits = [backend.prefill([0, 1, 2, 3], prompts, every_position=True)]
         assert backend.kept_slots == kept  # slots 1 and 3 lie in one call each
@@ -167,3 +171,33 @@ def test_keeping_a_prompts_decompressed_keys_between_calls_changes_no_bit(deep, 
         runs.append(np.concatenate([logits[0][:, -300:], *logits[1:]], 1))
     for run in runs[1:]:
         np.testing.assert_array_equal(run, runs[0])
+
+
+def test_a_straddling_prompt_runs_every_call_through_a_layer_before_the_next(deep, monkeypatch):
+    """Layer by layer (the default where a prompt's one layer fits the budget): each call's rows
+    through layer 0, then each through layer 1, ..., the logits at the last layer's calls
+    alone; with nothing kept, each call through every layer at once."""
+    _, art = deep("deepseek_v2")
+    rng = np.random.default_rng(13)
+    prompts = [rng.integers(2, 320, n).astype(np.int64) for n in (450, 30)]
+    monkeypatch.setattr(native_backend, "PREFILL_ROWS", 200)
+    backend = NativeMlaBackend(art, 2)
+    seen = []
+    forward = backend._forward
+
+    def recording(ids, slots, positions, logit_rows, logits, prompt=False, layers=None,
+                  hidden=None):
+        seen.append((layers, len(ids), len(logit_rows)))
+        forward(ids, slots, positions, logit_rows, logits, prompt, layers, hidden)
+
+    monkeypatch.setattr(backend, "_forward", recording)
+    backend.start(2, 600)
+    backend.prefill([0, 1], prompts)
+    L = backend.layers
+    assert seen == [((l, l + 1), n, (l == L - 1) * logits) for l in range(L)
+                    for n, logits in ((200, 0), (200, 0), (80, 2))]
+    seen.clear()
+    backend.keep_decompressed_bytes = 0
+    backend.start(2, 600)
+    backend.prefill([0, 1], prompts)
+    assert seen == [(None, 200, 0), (None, 200, 0), (None, 80, 2)]

@@ -1,10 +1,12 @@
 """Where the native MLA backend's peak RSS comes from, row by row of moe_compare's shapes: the
 process's high-water mark after each (batch, prompt) shape, with the decompressed keys and values
 of a long prompt kept between its prefill calls (`keep_decompressed_bytes`, the default) or not
-(0), and the prefill rate of the longest prompt either way. Run once per setting: the high-water
-mark is the process's.
+(0), one layer at a time (the calls layer by layer, the default) or as many leading layers as
+the budget holds (`--every-layer-per-call`), and the prefill rate of the longest prompt. Run once
+per setting: the high-water mark is the process's.
 
     python -m benchmarks.design.mla_prefill_memory ARTIFACT [--keep-bytes 0] [--threads 2]
+        [--every-layer-per-call]
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ def main() -> None:
     ap.add_argument("--keep-bytes", type=int, default=None,
                     help="keep_decompressed_bytes (default: the backend's)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--every-layer-per-call", action="store_true",
+                    help="each prefill call through every layer (layer_major=False)")
     args = ap.parse_args()
     backend = NativeMlaBackend(load_artifact(args.artifact), threads=args.threads,
-                               keep_decompressed_bytes=args.keep_bytes)
+                               keep_decompressed_bytes=args.keep_bytes,
+                               layer_major=not args.every_layer_per_call)
     rng = np.random.default_rng(0)
     rows = []
     for batch, prompt in SHAPES:
@@ -56,7 +61,8 @@ def main() -> None:
         rows.append({"batch": batch, "prompt": prompt, "prefill_tok_s": round(batch * prompt /
                      prefill_s, 1), "high_water_mib": hwm, "rss_after_mib": now})
         print(json.dumps(rows[-1]), flush=True)
-    print(json.dumps({"keep_decompressed_bytes": backend.keep_decompressed_bytes, "rows": rows}))
+    print(json.dumps({"keep_decompressed_bytes": backend.keep_decompressed_bytes,
+                      "layer_major": backend.layer_major, "rows": rows}))
 
 
 if __name__ == "__main__":

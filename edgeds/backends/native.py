@@ -356,16 +356,7 @@ class NativeBackend:
         ends = np.cumsum([len(p) - s for p, s in pairs]) - 1
         wanted = np.arange(len(ids)) if every_position else ends
         out = np.empty((len(wanted), self.vocab_size), np.float32)
-        # Calls of PREFILL_ROWS rows; a prompt may straddle two, its later rows attending to what
-        # the earlier call cached.
-        for start in range(0, len(ids), PREFILL_ROWS):
-            stop = min(start + PREFILL_ROWS, len(ids))
-            pick = np.flatnonzero((wanted >= start) & (wanted < stop))
-            rows = (wanted[pick] - start).astype(np.int32)
-            logits = _logits_buffer(len(rows), self.vocab_size)
-            self._forward(ids[start:stop], row_slot[start:stop], positions[start:stop], rows,
-                          logits, prompt=True)
-            out[pick] = logits[:len(rows)]
+        self._prefill_calls(ids, row_slot, positions, wanted, out)
         for s, p in zip(slots, prompts):
             self.slot_lengths.filled(s, len(p))
         if not every_position:
@@ -375,6 +366,19 @@ class NativeBackend:
         for i, (p, end) in enumerate(zip(prompts, ends)):
             full[i, :len(p)] = out[end - len(p) + 1:end + 1]
         return full
+
+    def _prefill_calls(self, ids: np.ndarray, row_slot: np.ndarray, positions: np.ndarray,
+                       wanted: np.ndarray, out: np.ndarray) -> None:
+        """The prefill's rows in calls of PREFILL_ROWS; a prompt may straddle two, its later rows
+        attending to what the earlier call cached. out[i]: the logits of row wanted[i]."""
+        for start in range(0, len(ids), PREFILL_ROWS):
+            stop = min(start + PREFILL_ROWS, len(ids))
+            pick = np.flatnonzero((wanted >= start) & (wanted < stop))
+            rows = (wanted[pick] - start).astype(np.int32)
+            logits = _logits_buffer(len(rows), self.vocab_size)
+            self._forward(ids[start:stop], row_slot[start:stop], positions[start:stop], rows,
+                          logits, prompt=True)
+            out[pick] = logits[:len(rows)]
 
     def prefill_chunk(self, slot: int, ids: np.ndarray, start: int, last: bool) -> np.ndarray:
         """Positions [start, start + len(ids)) of a prompt into `slot` (start 0: a new one); the

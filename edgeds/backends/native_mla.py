@@ -67,7 +67,7 @@ class NativeMlaBackend(NativeBackend):
     def __init__(self, artifact: Artifact, threads: int, use_amx: bool = True,
                  map_weights: bool = True, cache_dtype: str = "float32",
                  absorbed_resumes: bool = False, keep_decompressed_bytes: int | None = None,
-                 prompt_tiles: bool = True):
+                 prompt_tiles: bool = True, layer_major: bool = True):
         """use_amx: take the AMX tiles where the CPU and kernel grant them (calls whose rows for
         a weight reach 16; elsewhere the request fails and the VNNI kernel runs).
         map_weights: the int8 linear layers and experts, which the export stores in the GEMM's
@@ -83,6 +83,12 @@ class NativeMlaBackend(NativeBackend):
         its prompts in while they are prefilled in several calls, so that each call decompresses
         its own rows only, not the whole prefix again (freed when the prefill returns; None: an
         eighth of the machine's memory, at most 8 GiB; 0: none). The same bits either way.
+        layer_major: such a prefill runs all its calls through one layer before the next, so
+        that a prompt keeps one layer's decompressed keys and values at a time (a 4,096-token
+        prompt at V2-Lite's widths: 84 MB, where keeping every layer at once held 84 MB a
+        layer), at the cost of the calls' hidden states between layers (hidden size x 4 bytes
+        a row). False: each call through every layer, keeping as many leading layers as the
+        budget holds. The same bits either way.
         prompt_tiles: a prompt's attention on AMX-BF16 tiles where the CPU grants them (bf16
         products of the queries and decompressed keys and values, float32 sums), else float32
         FMAs; a process takes one kernel for every prompt row (`prompt_tiles` after says which)."""
@@ -95,6 +101,7 @@ class NativeMlaBackend(NativeBackend):
         index = tensor_index.load(artifact, graph)
         layout = artifact.manifest.kv_layout("onnx")
         self.layers, self.vocab_size, self.latent_dim = layout.layers, m.vocab_size, layout.head_dim
+        self.hidden_size = m.hidden_size
         shared = next(
             (ly["moe"]["shared"] for ly in index["layers"] if ly["moe"] and ly["moe"]["shared"]),
             None,
@@ -263,6 +270,8 @@ class NativeMlaBackend(NativeBackend):
         self.keep_decompressed_bytes = keep_decompressed_bytes
         self.prompt_tiles = bool(self.lib.em_set_prompt_tiles(self._model, int(prompt_tiles)))
         self.kept_slots: list[tuple[int, int]] = []  # (slot, layers) the last prefill kept
+        self.layer_major = layer_major
+        self._layer_major_keep: list[tuple[int, int]] = []  # (slot, prompt length) this prefill
 
     def profile(self, reset: bool = False) -> np.ndarray:
         """Seconds spent in each phase of mla_moe.c's calls since the last reset: attention
@@ -346,33 +355,79 @@ class NativeMlaBackend(NativeBackend):
 
     def _prefill(self, kind: int, slots, prompts, every_position, starts) -> np.ndarray:
         self._prefill_call = kind
+        self.kept_slots, self._layer_major_keep = [], []
         try:
             if kind == 1:
-                self._keep_straddling(slots, prompts, starts)
+                straddling = self._straddling(slots, prompts, starts)
+                if self.layer_major:
+                    self._layer_major_keep = self._keep_one_layer(straddling)
+                else:
+                    self._keep_leading_layers(straddling)
             return super().prefill(slots, prompts, every_position, starts)
         finally:
             self._prefill_call = 0
+            self._layer_major_keep = []
             self.lib.em_drop_decompressed(self._model)
 
-    def _keep_straddling(self, slots, prompts, starts) -> None:
-        """The prompts whose rows fall in more than one of NativeBackend.prefill's calls keep
-        their decompressed keys and values from call to call, in order, for as many of their
-        leading layers as the budget still holds (the other layers, and a prompt with none
-        kept, decompress the prefix per call): a prompt too long for the whole budget keeps
-        part of its model rather than none of it."""
+    @staticmethod
+    def _straddling(slots, prompts, starts) -> list[tuple[int, int]]:
+        """(slot, prompt length) of the prompts whose rows fall in more than one of
+        NativeBackend.prefill's calls."""
         starts = [0] * len(prompts) if starts is None else starts
-        rows = native.PREFILL_ROWS
-        left, at = self.keep_decompressed_bytes, 0
-        self.kept_slots = []  # what the last prefill kept: (slot, layers)
+        rows, at, found = native.PREFILL_ROWS, 0, []
         for slot, p, s in zip(slots, prompts, starts):
             first, at = at, at + len(p) - s
-            if at == first or first // rows == (at - 1) // rows:
-                continue  # one call (or no rows: refused by the prefill): nothing to keep
-            per_layer = self.lib.em_kept_bytes(self._model, len(p), 1)
+            if at > first and first // rows != (at - 1) // rows:
+                found.append((slot, len(p)))
+        return found
+
+    def _keep_leading_layers(self, straddling) -> None:
+        """Each straddling prompt keeps its decompressed keys and values from call to call,
+        for as many of its leading layers as the budget still holds (the other layers, and a
+        prompt with none kept, decompress the prefix per call)."""
+        left = self.keep_decompressed_bytes
+        for slot, length in straddling:
+            per_layer = self.lib.em_kept_bytes(self._model, length, 1)
             layers = min(self.layers, left // per_layer)
-            if layers and self.lib.em_keep_decompressed(self._model, slot, len(p), layers) == 0:
+            if layers and self.lib.em_keep_decompressed(self._model, slot, length, 0, layers) == 0:
                 left -= layers * per_layer
                 self.kept_slots.append((slot, layers))
+
+    def _keep_one_layer(self, straddling) -> list[tuple[int, int]]:
+        """The straddling prompts whose one layer the budget holds (all its layers are kept in
+        turn, layer by layer); the others decompress the prefix per call."""
+        left, kept = self.keep_decompressed_bytes, []
+        for slot, length in straddling:
+            per_layer = self.lib.em_kept_bytes(self._model, length, 1)
+            if per_layer <= left:
+                left -= per_layer
+                kept.append((slot, length))
+                self.kept_slots.append((slot, self.layers))
+        return kept
+
+    def _prefill_calls(self, ids, row_slot, positions, wanted, out) -> None:
+        """Layer by layer where a prompt straddles calls (layer_major), else NativeBackend's
+        calls through every layer."""
+        if not self._layer_major_keep:
+            return super()._prefill_calls(ids, row_slot, positions, wanted, out)
+        rows = native.PREFILL_ROWS
+        hidden = np.empty((len(ids), self.hidden_size), np.float32)
+        no_rows, no_logits = np.empty(0, np.int32), np.empty((1, 1), np.float32)
+        for layer in range(self.layers):
+            for slot, length in self._layer_major_keep:  # where memory fails: per call
+                self.lib.em_keep_decompressed(self._model, slot, length, layer, 1)
+            last = layer == self.layers - 1
+            for start in range(0, len(ids), rows):
+                stop = min(start + rows, len(ids))
+                pick = np.flatnonzero((wanted >= start) & (wanted < stop)) if last else no_rows
+                logit_rows = (wanted[pick] - start).astype(np.int32)
+                logits = (native._logits_buffer(len(logit_rows), self.vocab_size) if last
+                          else no_logits)
+                self._forward(ids[start:stop], row_slot[start:stop], positions[start:stop],
+                              logit_rows, logits, layers=(layer, layer + 1),
+                              hidden=hidden[start:stop])
+                if last:
+                    out[pick] = logits[:len(logit_rows)]
 
     def _forward(
         self,
@@ -382,8 +437,13 @@ class NativeMlaBackend(NativeBackend):
         logit_rows: np.ndarray,
         logits: np.ndarray,
         prompt: bool = False,  # what NativeBackend.prefill passes; here _prefill_call says it
+        layers: tuple[int, int] | None = None,
+        hidden: np.ndarray | None = None,
     ) -> None:
-        rc = self.lib.em_forward(
+        """layers [l0, l1) alone, the rows' hidden states carried in `hidden` (l0 > 0: read;
+        l1 short of the last layer: written, no logits); None: every layer."""
+        l0, l1 = layers or (0, self.layers)
+        rc = self.lib.em_forward_layers(
             self._model,
             len(ids),
             _ptr(ids),
@@ -396,10 +456,15 @@ class NativeMlaBackend(NativeBackend):
             self.capacity,
             self._prefill_call,
             _ptr(logits),
+            l0,
+            l1,
+            None if hidden is None else _ptr(hidden),
         )
         if rc == -1:
             raise ValueError("a position outside the cache capacity or the model's context")
         if rc == -2:
             raise ValueError(f"a token id outside the vocabulary (0..{self.vocab_size - 1})")
-        if rc != 0:
+        if rc == -3:
             raise ValueError("a logit row outside the call")
+        if rc != 0:
+            raise ValueError(f"layers {l0}..{l1} of {self.layers}, or no hidden states for them")

@@ -196,7 +196,7 @@ def library(build: str | None = None) -> ctypes.CDLL:
     lib.em_set_activations.argtypes = [p, i]
     lib.em_set_embedding_f16.argtypes = [p, p]
     lib.em_set_cache_half.argtypes = [p, i]
-    lib.em_keep_decompressed.argtypes = [p, i, i, i]
+    lib.em_keep_decompressed.argtypes = [p, i, i, i, i]
     lib.em_keep_decompressed.restype = i
     lib.em_drop_decompressed.argtypes = [p]
     lib.em_kept_bytes.argtypes = [p, i, i]
@@ -215,4 +215,5 @@ def library(build: str | None = None) -> ctypes.CDLL:
     lib.em_set_rope.argtypes = [p, p, p, i]
     lib.em_free.argtypes = [p]
     lib.em_forward.argtypes = [p, i, p, p, p, i, p, p, i, i, i, p]
+    lib.em_forward_layers.argtypes = [p, i, p, p, p, i, p, p, i, i, i, p, i, i, p]
     return lib

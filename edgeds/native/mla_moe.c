@@ -120,7 +120,8 @@ typedef struct {
  * decompressed), so a call decompresses only the rows past them instead of the whole prefix
  * again. The layers past `layers` decompress per call, as a prompt not kept does. */
 typedef struct {
-  int slot, blocks, layers;
+  int slot, blocks, first, layers; /* layers [first, first + layers) */
+  size_t cap;                      /* floats buf holds */
   int *done;
   float *buf;
 } Kept;
@@ -387,15 +388,23 @@ size_t em_kept_bytes(const MlaModel *m, int rows, int layers) {
 }
 
 /* Slot `slot`'s next prompt, of up to `rows` positions, keeps its decompressed keys and values
- * of its first `layers` layers between its prefill calls until em_drop_decompressed: layers x
- * heads x rows x (nope + rope + v) floats. A slot kept again starts empty. Returns 0, or -1
- * where that memory is not there or `layers` is out of range. */
-int em_keep_decompressed(MlaModel *m, int slot, int rows, int layers) {
+ * of layers [first, first + layers) between its prefill calls until em_drop_decompressed:
+ * layers x heads x rows x (nope + rope + v) floats. A slot kept again starts empty (in the
+ * same memory where that holds it: a prompt prefilled layer by layer keeps each layer in
+ * turn). Returns 0, or -1 where that memory is not there or the layers are out of range. */
+int em_keep_decompressed(MlaModel *m, int slot, int rows, int first, int layers) {
   const int *d = m->d;
-  if (layers < 1 || layers > d[D_LAYERS] || rows < 1) return -1;
+  if (first < 0 || layers < 1 || first + layers > d[D_LAYERS] || rows < 1) return -1;
+  const size_t floats = em_kept_bytes(m, rows, layers) / 4;
   Kept *k = NULL;
   for (int i = 0; i < m->n_kept; i++)
-    if (m->kept[i].slot == slot) k = &m->kept[i], free(k->buf), free(k->done);
+    if (m->kept[i].slot == slot) k = &m->kept[i];
+  if (k && k->cap >= floats) {
+    k->blocks = (rows + dec_keys(m) - 1) / dec_keys(m), k->first = first, k->layers = layers;
+    memset(k->done, 0, d[D_LAYERS] * sizeof(int));
+    return 0;
+  }
+  if (k) free(k->buf), free(k->done);
   if (!k) {
     if (m->n_kept == m->kept_cap) {
       const int cap = m->kept_cap ? 2 * m->kept_cap : 8;
@@ -405,8 +414,9 @@ int em_keep_decompressed(MlaModel *m, int slot, int rows, int layers) {
     }
     k = &m->kept[m->n_kept++];
   }
-  k->slot = slot, k->blocks = (rows + dec_keys(m) - 1) / dec_keys(m), k->layers = layers;
-  k->buf = alloc64(em_kept_bytes(m, rows, layers));
+  k->slot = slot, k->blocks = (rows + dec_keys(m) - 1) / dec_keys(m), k->first = first,
+  k->layers = layers, k->cap = floats;
+  k->buf = alloc64(floats * 4);
   k->done = calloc(d[D_LAYERS], sizeof(int));
   if (!k->buf || !k->done) {
     free(k->buf), free(k->done);
@@ -1357,10 +1367,11 @@ static void prefill_attention(MlaModel *m, const MLayer *ly, int layer, int rows
     if (!need[s]) continue;
     Kept *k = NULL;
     for (int i = 0; i < m->n_kept; i++)
-      if (m->kept[i].slot == s && bk * m->kept[i].blocks >= need[s] && layer < m->kept[i].layers)
+      if (m->kept[i].slot == s && bk * m->kept[i].blocks >= need[s] &&
+          layer >= m->kept[i].first && layer < m->kept[i].first + m->kept[i].layers)
         k = &m->kept[i];
     if (k) {
-      m->slot_keys[s] = (SlotKeys){k->buf + (size_t)layer * H * k->blocks * bf,
+      m->slot_keys[s] = (SlotKeys){k->buf + (size_t)(layer - k->first) * H * k->blocks * bf,
                                    (size_t)k->blocks * bf, 1};
       first[s] = k->done[layer], kept_new += (need[s] + bk - 1) / bk - k->done[layer];
       if (need[s] / bk > k->done[layer]) k->done[layer] = need[s] / bk; /* its full blocks */
@@ -1748,9 +1759,17 @@ static void absorbed_attention(MlaModel *m, const MLayer *ly, int rows, const in
  * Returns 0; -1 for a position outside the rope table or the cache or a slot outside the cache,
  * -2 for a token id outside the vocabulary, -3 for a logit row outside the call (nothing is
  * computed then). */
-int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, const int32_t *pos,
-               int n_logits, const int32_t *logit_rows, void *cache, int slots, int capacity,
-               int prefill, float *logits) {
+/* Layers [l0, l1) of `rows` tokens; `hidden_in_out` [rows][hidden size] carries the rows'
+ * hidden states between calls: read where l0 > 0 (else the rows' embeddings), written where l1 is not the
+ * last layer (else the logits: em_forward's). A prompt prefilled layer by layer, all its calls
+ * through one layer before the next, gives em_forward's bits: a row's arithmetic in a layer
+ * does not depend on when its call runs, only on the cache rows before it, which its earlier
+ * calls wrote at that layer. Returns em_forward's codes, or -4 for a layer range out of
+ * bounds or one that needs `hidden_in_out` without it. */
+int em_forward_layers(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot,
+                      const int32_t *pos, int n_logits, const int32_t *logit_rows, void *cache,
+                      int slots, int capacity, int prefill, float *logits, int l0, int l1,
+                      float *hidden_in_out) {
   const int *d = m->d;
   const int hidden = d[D_HIDDEN], H = d[D_HEADS], L = d[D_KV_LORA], dr = d[D_ROPE], dn = d[D_NOPE],
             dv = d[D_V];
@@ -1765,6 +1784,8 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
   }
   for (int i = 0; i < n_logits; i++)
     if (logit_rows[i] < 0 || logit_rows[i] >= rows) return -3;
+  if (l0 < 0 || l1 > d[D_LAYERS] || l0 >= l1 || (!hidden_in_out && (l0 > 0 || l1 < d[D_LAYERS])))
+    return -4;
   omp_set_num_threads(m->threads);
   m->stamp = omp_get_wtime();
   const int max_chunks = (longest + KV_CHUNK - 1) / KV_CHUNK;
@@ -1774,21 +1795,26 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
   uint8_t *xq = m->xq;
   const size_t per_layer = (size_t)slots * capacity * D;
 
+  if (l0 > 0) {
+    memcpy(h, hidden_in_out, (size_t)rows * hidden * sizeof(float));
+  } else {
 #pragma omp parallel for if (rows > 1) /* one row: no team woken for it */
-  for (int r = 0; r < rows; r++) {
-    float *dst = h + (size_t)r * hidden;
-    if (m->embed_q) {
-      const int8_t *src = m->embed_q + (size_t)ids[r] * hidden;
-      for (int i = 0; i < hidden; i++) dst[i] = src[i] * m->embed_scale[ids[r]];
-    } else if (m->embed_h) { /* hidden % 16 == 0 (native_mla.py checks the widths) */
-      const uint16_t *src = m->embed_h + (size_t)ids[r] * hidden;
-      for (int i = 0; i < hidden; i += 16)
-        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
-    } else {
-      memcpy(dst, m->embed_f + (size_t)ids[r] * hidden, hidden * sizeof(float));
+    for (int r = 0; r < rows; r++) {
+      float *dst = h + (size_t)r * hidden;
+      if (m->embed_q) {
+        const int8_t *src = m->embed_q + (size_t)ids[r] * hidden;
+        for (int i = 0; i < hidden; i++) dst[i] = src[i] * m->embed_scale[ids[r]];
+      } else if (m->embed_h) { /* hidden % 16 == 0 (native_mla.py checks the widths) */
+        const uint16_t *src = m->embed_h + (size_t)ids[r] * hidden;
+        for (int i = 0; i < hidden; i += 16)
+          _mm512_storeu_ps(dst + i,
+                           _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+      } else {
+        memcpy(dst, m->embed_f + (size_t)ids[r] * hidden, hidden * sizeof(float));
+      }
     }
   }
-  for (int l = 0; l < d[D_LAYERS]; l++) {
+  for (int l = l0; l < l1; l++) {
     const MLayer *ly = &m->layer[l];
     char *cl = (char *)cache + l * per_layer * (m->half ? 2 : 4);
 #pragma omp parallel for if (rows > 1)
@@ -1858,6 +1884,11 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
     for (int r = 0; r < rows; r++)
       for (int i = 0; i < hidden; i++) h[(size_t)r * hidden + i] += m->out[(size_t)r * hidden + i];
   }
+  if (l1 < d[D_LAYERS]) {
+    memcpy(hidden_in_out, h, (size_t)rows * hidden * sizeof(float));
+    lap(m, P_REST);
+    return 0;
+  }
   lap(m, P_REST);
 #pragma omp parallel for if (n_logits > 1)
   for (int i = 0; i < n_logits; i++)
@@ -1869,4 +1900,11 @@ int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, c
   run_jobs(m, &head, 1);
   lap(m, P_HEAD);
   return 0;
+}
+
+int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, const int32_t *pos,
+               int n_logits, const int32_t *logit_rows, void *cache, int slots, int capacity,
+               int prefill, float *logits) {
+  return em_forward_layers(m, rows, ids, slot, pos, n_logits, logit_rows, cache, slots, capacity,
+                           prefill, logits, 0, m->d[D_LAYERS], NULL);
 }
