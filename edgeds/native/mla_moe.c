@@ -372,10 +372,13 @@ void em_set_rope(MlaModel *m, const float *cos_t, const float *sin_t, int positi
   m->cos_t = (float *)cos_t, m->sin_t = (float *)sin_t;
 }
 
-/* Every kept prompt's decompressed keys and values freed (the prompts are prefilled). */
+/* Every decompressed key and value freed, the kept prompts' and the prefill passes' own buffer
+ * (the prompts are prefilled): up to DEC_BUDGET of a batch of prompts would otherwise stay
+ * resident through later decode steps and prefills, and a long prompt's peak memory on top. */
 void em_drop_decompressed(MlaModel *m) {
   for (int i = 0; i < m->n_kept; i++) free(m->kept[i].buf), free(m->kept[i].done);
   m->n_kept = 0;
+  free(m->dec), m->dec = NULL, m->dec_cap = 0;
 }
 
 static inline size_t dec_units(const MlaModel *m);
