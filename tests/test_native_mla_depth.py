@@ -140,9 +140,10 @@ def test_keeping_a_prompts_decompressed_keys_between_calls_changes_no_bit(deep, 
     call (each call decompresses its own rows): the same logits, prefill and decode, as with
     nothing kept (every call decompresses the whole prefix). Calls through every layer keeping
     as many leading layers as the budget holds (the first prompt only, some of a prompt's
-    layers), and calls layer by layer keeping one layer at a time (a later prompt kept where
-    an earlier one does not fit), beside short prompts in the same calls. With either prompt
-    attention kernel."""
+    layers), and calls layer by layer keeping one layer at a time beside the rows' hidden states
+    (a later prompt kept where an earlier one does not fit; where the hidden states alone fill
+    the budget, calls through every layer again), beside short prompts in the same calls. With
+    either prompt attention kernel."""
     _, art = deep("deepseek_v2")
     rng = np.random.default_rng(12)
     prompts = [rng.integers(2, 320, n).astype(np.int64) for n in (1300, 9, 700, 40)]
@@ -155,11 +156,14 @@ def test_keeping_a_prompts_decompressed_keys_between_calls_changes_no_bit(deep, 
     first_layer = kept_bytes(backend._model, 1300, 1)
     second_layer = kept_bytes(backend._model, 700, 1)
     assert one == layers * first_layer and second_layer < first_layer
+    hidden = sum(map(len, prompts)) * backend.hidden_size * 4  # layer by layer holds them too
     every = [(0, layers), (2, layers)]
     cases = [(False, 0, []), (False, one, [(0, layers)]), (False, first_layer, [(0, 1)]),
              (False, one + second_layer, [(0, layers), (2, 1)]), (False, 1 << 30, every),
-             (True, 0, []), (True, first_layer, [(0, layers)]), (True, second_layer, [(2, layers)]),
-             (True, first_layer + second_layer, every)]
+             (True, 0, []), (True, hidden + first_layer, [(0, layers)]),
+             (True, hidden + second_layer, [(2, layers)]),
+             (True, hidden + first_layer + second_layer, every),
+             (True, hidden, [(0, min(layers, hidden // first_layer))][:hidden // first_layer])]
     runs = []
     for layer_major, budget, kept in cases:
         backend.layer_major, backend.keep_decompressed_bytes = layer_major, budget

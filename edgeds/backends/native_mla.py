@@ -87,8 +87,9 @@ class NativeMlaBackend(NativeBackend):
         that a prompt keeps one layer's decompressed keys and values at a time (a 4,096-token
         prompt at V2-Lite's widths: 84 MB, where keeping every layer at once held 84 MB a
         layer), at the cost of the calls' hidden states between layers (hidden size x 4 bytes
-        a row). False: each call through every layer, keeping as many leading layers as the
-        budget holds. The same bits either way.
+        a row, out of the same budget: where they do not fit it, as below). False: each call
+        through every layer, keeping as many leading layers as the budget holds. The same bits
+        either way.
         prompt_tiles: a prompt's attention on AMX-BF16 tiles where the CPU grants them (bf16
         products of the queries and decompressed keys and values, float32 sums), else float32
         FMAs; a process takes one kernel for every prompt row (`prompt_tiles` after says which)."""
@@ -359,8 +360,10 @@ class NativeMlaBackend(NativeBackend):
         try:
             if kind == 1:
                 straddling = self._straddling(slots, prompts, starts)
-                if self.layer_major:
-                    self._layer_major_keep = self._keep_one_layer(straddling)
+                rows = sum(len(p) for p in prompts) - sum(starts)
+                hidden_bytes = rows * self.hidden_size * 4  # what layer by layer holds besides
+                if self.layer_major and hidden_bytes < self.keep_decompressed_bytes:
+                    self._layer_major_keep = self._keep_one_layer(straddling, hidden_bytes)
                 else:
                     self._keep_leading_layers(straddling)
             return super().prefill(slots, prompts, every_position, starts)
@@ -393,10 +396,11 @@ class NativeMlaBackend(NativeBackend):
                 left -= layers * per_layer
                 self.kept_slots.append((slot, layers))
 
-    def _keep_one_layer(self, straddling) -> list[tuple[int, int]]:
-        """The straddling prompts whose one layer the budget holds (all its layers are kept in
-        turn, layer by layer); the others decompress the prefix per call."""
-        left, kept = self.keep_decompressed_bytes, []
+    def _keep_one_layer(self, straddling, hidden_bytes: int) -> list[tuple[int, int]]:
+        """The straddling prompts whose one layer the budget holds beside the calls' hidden
+        states (all its layers are kept in turn, layer by layer); the others decompress the
+        prefix per call."""
+        left, kept = self.keep_decompressed_bytes - hidden_bytes, []
         for slot, length in straddling:
             per_layer = self.lib.em_kept_bytes(self._model, length, 1)
             if per_layer <= left:
