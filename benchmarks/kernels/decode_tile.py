@@ -25,7 +25,7 @@ from edgeds.native import library
 BLOCK = 64  # decoder.c's positions a block
 
 
-def tile_runner(lib: ctypes.CDLL, depth: int, group: int, d: int, dtype, threads: int, rng):
+def tile_runner(depth: int, group: int, d: int, dtype, threads: int, rng):
     """A callable timing one round: every thread through its copies of the cache once; returns
     seconds per tile."""
     blocks = depth // BLOCK + 1
@@ -73,19 +73,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--library", action="append", help="a built library (repeat to compare)")
     args = ap.parse_args()
-    libs = {p: open_library(p) for p in args.library} if args.library else {"this checkout":
-                                                                           library()}
+    libs = ({p: open_library(p) for p in args.library} if args.library
+            else {"this checkout": library()})
     rng = np.random.default_rng(0)
     for dtype in args.dtypes.split(","):
         for depth in (int(x) for x in args.depths.split(",")):
-            run, nbytes = tile_runner(next(iter(libs.values())), depth, args.group,
-                                      args.head_dim, np.dtype(dtype), args.threads, rng)
+            run, nbytes = tile_runner(depth, args.group, args.head_dim, np.dtype(dtype),
+                                      args.threads, rng)
             seconds = {name: [] for name in libs}
             for _ in range(args.rounds):  # the libraries in turns, the first round a warm-up
                 for name, lib in libs.items():
                     seconds[name].append(run(lib.ed_decode_tile))
-            cells = [f"{name}: {np.median(s[1:]) * 1e3:.3f} ms ({nbytes / np.median(s[1:]) / 1e9:.1f}"
-                     " GB/s)" for name, s in seconds.items()]
+            medians = {name: float(np.median(s[1:])) for name, s in seconds.items()}
+            cells = [f"{name}: {t * 1e3:.3f} ms ({nbytes / t / 1e9:.1f} GB/s)"
+                     for name, t in medians.items()]
             print(f"{dtype} @{depth}, {args.threads} thread(s): " + "; ".join(cells), flush=True)
 
 

@@ -85,11 +85,10 @@ class NativeMlaBackend(NativeBackend):
         eighth of the machine's memory, at most 8 GiB; 0: none). The same bits either way.
         layer_major: such a prefill runs all its calls through one layer before the next, so
         that a prompt keeps one layer's decompressed keys and values at a time (a 4,096-token
-        prompt at V2-Lite's widths: 84 MB, where keeping every layer at once held 84 MB a
-        layer), at the cost of the calls' hidden states between layers (hidden size x 4 bytes
-        a row, out of the same budget: where they do not fit it, as below). False: each call
-        through every layer, keeping as many leading layers as the budget holds. The same bits
-        either way.
+        prompt at V2-Lite's widths: 84 MB, not 84 MB for each layer kept), at the cost of the
+        calls' hidden states between layers (hidden size x 4 bytes a row, out of the same
+        budget: where they do not fit it, as below). False: each call through every layer,
+        keeping as many leading layers as the budget holds. The same bits either way.
         prompt_tiles: a prompt's attention on AMX-BF16 tiles where the CPU grants them (bf16
         products of the queries and decompressed keys and values, float32 sums), else float32
         FMAs; a process takes one kernel for every prompt row (`prompt_tiles` after says which)."""
@@ -462,7 +461,7 @@ class NativeMlaBackend(NativeBackend):
             _ptr(logits),
             l0,
             l1,
-            None if hidden is None else _ptr(hidden),
+            _ptr(hidden),
         )
         if rc == -1:
             raise ValueError("a position outside the cache capacity or the model's context")

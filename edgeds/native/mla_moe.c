@@ -1756,19 +1756,16 @@ static void absorbed_attention(MlaModel *m, const MLayer *ly, int rows, const in
 
 /* `rows` tokens: row r is token ids[r] at position pos[r] of cache slot slot[r], attending to that
  * slot's positions up to its own (rows of one slot come in position order). cache: [layers,
- * slots, capacity, kv_lora_rank + rope] float16 or float32 (em_set_cache_half). Writes the
- * logits of rows `logit_rows`
- * ([n_logits] row indices) to `logits` [n_logits][vocab].
+ * slots, capacity, kv_lora_rank + rope] float16 or float32 (em_set_cache_half). Layers
+ * [l0, l1) alone: `hidden_in_out` [rows][hidden size] carries the rows' hidden states between
+ * calls, read where l0 > 0 (else the rows' embeddings) and written where l1 is short of the
+ * last layer; at the last layer the logits of rows `logit_rows` ([n_logits] row indices) go to
+ * `logits` [n_logits][vocab]. A prompt prefilled layer by layer, all its calls through one
+ * layer before the next, gets the bits of calls through every layer: a row's arithmetic in a
+ * layer depends only on the cache rows before it, which its earlier calls wrote at that layer.
  * Returns 0; -1 for a position outside the rope table or the cache or a slot outside the cache,
- * -2 for a token id outside the vocabulary, -3 for a logit row outside the call (nothing is
- * computed then). */
-/* Layers [l0, l1) of `rows` tokens; `hidden_in_out` [rows][hidden size] carries the rows'
- * hidden states between calls: read where l0 > 0 (else the rows' embeddings), written where l1 is not the
- * last layer (else the logits: em_forward's). A prompt prefilled layer by layer, all its calls
- * through one layer before the next, gives em_forward's bits: a row's arithmetic in a layer
- * does not depend on when its call runs, only on the cache rows before it, which its earlier
- * calls wrote at that layer. Returns em_forward's codes, or -4 for a layer range out of
- * bounds or one that needs `hidden_in_out` without it. */
+ * -2 for a token id outside the vocabulary, -3 for a logit row outside the call, -4 for layers
+ * out of range or needing `hidden_in_out` without it (nothing is computed then). */
 int em_forward_layers(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot,
                       const int32_t *pos, int n_logits, const int32_t *logit_rows, void *cache,
                       int slots, int capacity, int prefill, float *logits, int l0, int l1,
@@ -1905,6 +1902,7 @@ int em_forward_layers(MlaModel *m, int rows, const int64_t *ids, const int32_t *
   return 0;
 }
 
+/* Every layer: em_forward_layers(..., 0, layers, NULL). */
 int em_forward(MlaModel *m, int rows, const int64_t *ids, const int32_t *slot, const int32_t *pos,
                int n_logits, const int32_t *logit_rows, void *cache, int slots, int capacity,
                int prefill, float *logits) {
