@@ -499,6 +499,9 @@ attend_split_impl(const Model *m, const Cache *c, int l, const Tile *tl, int g, 
     for (int off = 0; off < next_bytes; off += 64) _mm_prefetch(next + off, _MM_HINT_T0);
     for (int off = 0; off < vnow_bytes; off += 64) _mm_prefetch(vnow + off, _MM_HINT_T1);
 #endif
+#ifdef __AVX512F__
+    int fetched = 0; /* by the first row that reaches these keys */
+#endif
     for (int i = i0; i < tl->n; i++) {
       const int len = tl->p0 + i + 1, ni = len - t0 < nt ? len - t0 : nt;
       if (ni <= 0) continue;
@@ -511,7 +514,7 @@ attend_split_impl(const Model *m, const Cache *c, int l, const Tile *tl, int g, 
         /* Into L2, a slice of the lines before each head's products: all of them at once
          * (256 lines for float32) left decode waiting on memory at half the bandwidth one core
          * reads at (results/long-context.md). */
-        if (i == i0) {
+        if (!fetched) {
           prefetch_l2(next, h * next_share, (h + 1) * next_share, next_bytes);
           prefetch_l2(vnow, h * vnow_share, (h + 1) * vnow_share, vnow_bytes);
         }
@@ -525,6 +528,7 @@ attend_split_impl(const Model *m, const Cache *c, int l, const Tile *tl, int g, 
         _mm512_mask_storeu_ps(scores + (size_t)(i * group + h) * SPLIT + t0 - s0,
                               (__mmask16)((1u << ni) - 1), _mm512_mul_ps(hsum16(acc), _mm512_set1_ps(scale)));
       }
+      fetched = 1;
 #endif
     }
   }
