@@ -372,13 +372,19 @@ class NativeBackend:
         """The prefill's rows in calls of PREFILL_ROWS; a prompt may straddle two, its later rows
         attending to what the earlier call cached. out[i]: the logits of row wanted[i]."""
         for start in range(0, len(ids), PREFILL_ROWS):
-            stop = min(start + PREFILL_ROWS, len(ids))
-            pick = np.flatnonzero((wanted >= start) & (wanted < stop))
-            rows = (wanted[pick] - start).astype(np.int32)
-            logits = _logits_buffer(len(rows), self.vocab_size)
-            self._forward(ids[start:stop], row_slot[start:stop], positions[start:stop], rows,
-                          logits, prompt=True)
-            out[pick] = logits[:len(rows)]
+            self._prefill_rows(ids, row_slot, positions, wanted, out, start,
+                               min(start + PREFILL_ROWS, len(ids)))
+
+    def _prefill_rows(self, ids, row_slot, positions, wanted, out, start: int, stop: int,
+                      **forward) -> None:
+        """Rows [start, stop) of a prefill in one call (`forward`: _forward's other arguments),
+        the logits of its rows among `wanted` into `out`."""
+        pick = np.flatnonzero((wanted >= start) & (wanted < stop))
+        rows = (wanted[pick] - start).astype(np.int32)
+        logits = _logits_buffer(len(rows), self.vocab_size)
+        self._forward(ids[start:stop], row_slot[start:stop], positions[start:stop], rows, logits,
+                      prompt=True, **forward)
+        out[pick] = logits[:len(rows)]
 
     def prefill_chunk(self, slot: int, ids: np.ndarray, start: int, last: bool) -> np.ndarray:
         """Positions [start, start + len(ids)) of a prompt into `slot` (start 0: a new one); the

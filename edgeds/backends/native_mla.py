@@ -415,22 +415,16 @@ class NativeMlaBackend(NativeBackend):
             return super()._prefill_calls(ids, row_slot, positions, wanted, out)
         rows = native.PREFILL_ROWS
         hidden = np.empty((len(ids), self.hidden_size), np.float32)
-        no_rows, no_logits = np.empty(0, np.int32), np.empty((1, 1), np.float32)
+        no_rows = np.empty(0, np.int64)
         for layer in range(self.layers):
             for slot, length in self._layer_major_keep:  # where memory fails: per call
                 self.lib.em_keep_decompressed(self._model, slot, length, layer, 1)
-            last = layer == self.layers - 1
+            # logits at the last layer's calls alone
+            logits_of = wanted if layer == self.layers - 1 else no_rows
             for start in range(0, len(ids), rows):
                 stop = min(start + rows, len(ids))
-                pick = np.flatnonzero((wanted >= start) & (wanted < stop)) if last else no_rows
-                logit_rows = (wanted[pick] - start).astype(np.int32)
-                logits = (native._logits_buffer(len(logit_rows), self.vocab_size) if last
-                          else no_logits)
-                self._forward(ids[start:stop], row_slot[start:stop], positions[start:stop],
-                              logit_rows, logits, layers=(layer, layer + 1),
-                              hidden=hidden[start:stop])
-                if last:
-                    out[pick] = logits[:len(logit_rows)]
+                self._prefill_rows(ids, row_slot, positions, logits_of, out, start, stop,
+                                   layers=(layer, layer + 1), hidden=hidden[start:stop])
 
     def _forward(
         self,
