@@ -26,6 +26,7 @@ from .context import ContextChoice, choose_context, truncate_prompt
 from .default_model import default_artifact
 from .errors import ConfigError, UsageError
 from .hardware import Hardware, detect
+from .heap import give_back_freed_heap
 from .memory_budget import kv_budget, largest_batch, weight_bytes, weights_do_not_fit
 from .profiles import Profile, choose_profile, load_profiles
 from .sampling import SamplingParams
@@ -263,6 +264,7 @@ def load(artifact: str | Path | None = None, profile: str | None = None, backend
             if check is not None:
                 check.result()  # raises ArtifactError on a mismatch, before anything runs
         engine = Engine(art, prof, choice, hw, reasons, tokenizer.result(), runner, window)
+    give_back_freed_heap()  # what the tokenizer's and the manifest's parsing freed
     if prefix_cache is not False:
         folder = None if prefix_cache is True else prefix_cache
         why = engine.enable_prefix_cache(folder, prefix_cache_size)
