@@ -147,7 +147,7 @@ typedef struct {
   const float *embed_scale, *embed_f;
   const uint16_t *embed_h; /* a float16 table */
   /* scratch, grown to the largest call */
-  int rows_cap, chunks_cap, items_cap, act_width;
+  int rows_cap, chunks_cap, items_cap;
   size_t tiles_cap;
   uint8_t *tiles;
   float *h, *xn, *proj, *kv, *query, *part, *scores, *vals, *out, *rs, *logit_e, *wts, *act, *ye,
@@ -190,9 +190,6 @@ MlaModel *em_new(const int *dims, float eps, float softmax_scale, float routed_s
   m->eps = eps, m->softmax_scale = softmax_scale, m->routed_scaling = routed_scaling,
   m->threads = threads;
   m->layer = calloc(dims[D_LAYERS], sizeof(MLayer));
-  /* A MoE layer's activation rows: the routed experts' and the shared expert's, one stride. */
-  m->act_width =
-      dims[D_MOE_INTER] > dims[D_SHARED_INTER] ? dims[D_MOE_INTER] : dims[D_SHARED_INTER];
   m->planes = 1;
 #ifdef __AMX_INT8__
   m->amx = use_amx && amx_permitted();
@@ -1560,7 +1557,9 @@ static void grow_scratch(MlaModel *m, int rows, int chunks) {
     m->vals = alloc64(R * H * (L > d[D_V] ? L : d[D_V]) * 4);
     m->rs = alloc64(R * 4), m->logit_e = alloc64(R * (d[D_EXPERTS] + 1) * 4),
     m->wts = alloc64(R * topk * 4);
-    const size_t acts = A * m->act_width > R * d[D_INTER] ? A * m->act_width : R * d[D_INTER];
+    /* a MoE layer's pairs (act_row), or a dense layer's rows */
+    const size_t pairs = R * topk * d[D_MOE_INTER] + R * d[D_SHARED_INTER];
+    const size_t acts = pairs > R * d[D_INTER] ? pairs : R * d[D_INTER];
     m->act = alloc64(acts * 4), m->actq = alloc64(acts * m->planes), m->ars = alloc64(A * 4);
     m->actq_lo = m->planes > 1 ? acts : 0, m->xq_lo = m->planes > 1 ? R * wide : 0;
     m->ye = alloc64(A * hidden * 4);
@@ -1588,13 +1587,22 @@ void em_profile(MlaModel *m, double *out, int reset) {
   if (reset) memset(m->seconds, 0, sizeof m->seconds);
 }
 
+/* Where pair a's activations start in act and actq: the routed pairs' rows are the experts'
+ * width, the shared expert's rows after them its own (wider) width; a dense layer's rows its. */
+static inline int act_width(const int *d, const MLayer *ly, int a, int routed) {
+  return !ly->moe ? d[D_INTER] : a < routed ? d[D_MOE_INTER] : d[D_SHARED_INTER];
+}
+static inline size_t act_row(const int *d, const MLayer *ly, int a, int routed) {
+  if (!ly->moe || a < routed) return (size_t)a * act_width(d, ly, a, routed);
+  return (size_t)routed * d[D_MOE_INTER] + (size_t)(a - routed) * d[D_SHARED_INTER];
+}
+
 /* A dense layer's MLP, or a MoE layer's routed and shared experts, on xq (normed xn for the
  * router): the result into m->out. Row a of act/actq/ye is one (token, expert) pair: expert e's
  * pairs are rows first[j] .. first[j] + count of its job j. */
 static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
   const int *d = m->d;
   const int hidden = d[D_HIDDEN], E = d[D_EXPERTS], k = d[D_TOPK];
-  const int W = ly->moe ? m->act_width : d[D_INTER]; /* act's row stride */
   float *out = m->out, *act = m->act, *ye = m->ye;
   Job jobs[MAX_EXPERTS + 1];
   const Mlp *mlp[MAX_EXPERTS + 1];
@@ -1649,24 +1657,23 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
                     hidden,
                     ly->moe ? m->tok_of + first[j] : NULL,
                     m->rs,
-                    act + (size_t)first[j] * W,
-                    W,
+                    act + act_row(d, ly, first[j], routed),
+                    act_width(d, ly, first[j], routed),
                     n};
     jobs[j].lo = m->xq_lo;
   }
   run_jobs(m, jobs, n_jobs);
   /* Each pair's activations quantized once for its down projection. */
-  const int inter = ly->moe ? d[D_MOE_INTER] : d[D_INTER], tail = d[D_SHARED_INTER];
 #pragma omp parallel for schedule(static) if (total > 16)
   for (int a = 0; a < total; a++)
-    quantize_row(m->eps, act + (size_t)a * W, ly->moe && a >= routed ? tail : inter, NULL, NULL,
-                 m->actq + (size_t)a * W, m->ars + a,
-                 lo_plane(m->actq + (size_t)a * W, m->actq_lo));
+    quantize_row(m->eps, act + act_row(d, ly, a, routed), act_width(d, ly, a, routed), NULL, NULL,
+                 m->actq + act_row(d, ly, a, routed), m->ars + a,
+                 lo_plane(m->actq + act_row(d, ly, a, routed), m->actq_lo));
   for (int j = 0; j < n_jobs; j++) {
     jobs[j] = (Job){&mlp[j]->down,
                     NULL,
-                    m->actq + (size_t)first[j] * W,
-                    W,
+                    m->actq + act_row(d, ly, first[j], routed),
+                    act_width(d, ly, first[j], routed),
                     NULL,
                     m->ars + first[j],
                     (ly->moe ? ye + (size_t)first[j] * hidden : out),
