@@ -141,3 +141,24 @@ def test_float_activations_write_matmulnbits_at_accuracy_level_0(checkpoints, tm
         assert load_artifact(out).manifest.quantization.activations == acts
     assert levels["float"] == {0}
     assert onnx_ops.ACCURACY_LEVEL == 4
+
+
+@needs_native
+def test_a_site_without_its_second_plane_rounds_as_one_plane(exports):
+    """em_set_plane_sites (benchmarks/quality/plane_sites.py): no site with two planes gives the
+    int8 rows' logits bit for bit; every site gives the two planes' own."""
+    _, art = exports(activations="int16")
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(0, 256, n) for n in (9, 30, 17)]
+
+    def logits(planes: int, sites: int) -> np.ndarray:
+        backend = NativeMlaBackend(art, 2)
+        backend.lib.em_set_activations(backend._model, planes)
+        backend.lib.em_set_plane_sites(backend._model, sites)
+        backend.start(3, 40)
+        return backend.prefill([0, 1, 2], prompts).copy()
+
+    one, two = logits(1, -1), logits(2, -1)
+    assert not np.array_equal(one, two)
+    assert np.array_equal(logits(2, 0), one)
+    assert np.array_equal(logits(2, 63), two)

@@ -194,6 +194,7 @@ def library(build: str | None = None) -> ctypes.CDLL:
     lib.em_new.argtypes = [p, f, f, f, i, i]
     lib.em_uses_amx.argtypes = [p]
     lib.em_set_activations.argtypes = [p, i]
+    lib.em_set_plane_sites.argtypes = [p, i]
     lib.em_set_embedding_f16.argtypes = [p, p]
     lib.em_set_cache_half.argtypes = [p, i]
     lib.em_keep_decompressed.argtypes = [p, i, i, i, i]

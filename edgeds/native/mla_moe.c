@@ -156,7 +156,7 @@ typedef struct {
   /* Activations as two int8 planes (em_set_activations; int8_gemm.h's quantize_remainder and
    * combine_planes). The remainder planes lie xq_lo / actq_lo bytes after their rows; 0 while
    * there is one plane. */
-  int planes;
+  int planes, plane_sites;
   size_t xq_lo, actq_lo;
   int32_t *sel, *assign, *tok_of;
   Item *items;
@@ -190,7 +190,7 @@ MlaModel *em_new(const int *dims, float eps, float softmax_scale, float routed_s
   m->eps = eps, m->softmax_scale = softmax_scale, m->routed_scaling = routed_scaling,
   m->threads = threads;
   m->layer = calloc(dims[D_LAYERS], sizeof(MLayer));
-  m->planes = 1;
+  m->planes = 1, m->plane_sites = ~0;
 #ifdef __AMX_INT8__
   m->amx = use_amx && amx_permitted();
 #endif
@@ -767,6 +767,15 @@ static void quantize_row(float eps, const float *x, int n, const float *g, float
 
 /* Where the remainder plane of quantized row q goes: lo bytes on, or nowhere (one plane). */
 static inline uint8_t *lo_plane(uint8_t *q, size_t lo) { return lo ? q + lo : NULL; }
+
+/* Which matmul inputs take the second plane where em_set_activations gave two (default all):
+ * a bit each, for measuring where int8 rounding costs quality (benchmarks/quality/
+ * plane_sites.py); a site without it rounds as one plane does, bit for bit. */
+enum { S_ATTN_IN = 1, S_Q_B = 2, S_O = 4, S_MLP_IN = 8, S_DOWN = 16, S_HEAD = 32 };
+static inline size_t lo_at(const MlaModel *m, int site, size_t lo) {
+  return m->plane_sites & site ? lo : 0;
+}
+void em_set_plane_sites(MlaModel *m, int sites) { m->plane_sites = sites; }
 
 static void rms_norm(float eps, float *x, int n, const float *g) {
   float ss = 0;
@@ -1660,7 +1669,7 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
                     act + act_row(d, ly, first[j], routed),
                     act_width(d, ly, first[j], routed),
                     n};
-    jobs[j].lo = m->xq_lo;
+    jobs[j].lo = lo_at(m, S_MLP_IN, m->xq_lo);
   }
   run_jobs(m, jobs, n_jobs);
   /* Each pair's activations quantized once for its down projection. */
@@ -1668,7 +1677,7 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
   for (int a = 0; a < total; a++)
     quantize_row(m->eps, act + act_row(d, ly, a, routed), act_width(d, ly, a, routed), NULL, NULL,
                  m->actq + act_row(d, ly, a, routed), m->ars + a,
-                 lo_plane(m->actq + act_row(d, ly, a, routed), m->actq_lo));
+                 lo_plane(m->actq + act_row(d, ly, a, routed), lo_at(m, S_DOWN, m->actq_lo)));
   for (int j = 0; j < n_jobs; j++) {
     jobs[j] = (Job){&mlp[j]->down,
                     NULL,
@@ -1679,7 +1688,7 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
                     (ly->moe ? ye + (size_t)first[j] * hidden : out),
                     hidden,
                     jobs[j].rows};
-    jobs[j].lo = m->actq_lo;
+    jobs[j].lo = lo_at(m, S_DOWN, m->actq_lo);
   }
   run_jobs(m, jobs, n_jobs);
   if (!ly->moe) {
@@ -1827,21 +1836,22 @@ int em_forward_layers(MlaModel *m, int rows, const int64_t *ids, const int32_t *
 #pragma omp parallel for if (rows > 1)
     for (int r = 0; r < rows; r++)
       quantize_row(m->eps, h + (size_t)r * hidden, hidden, ly->input_norm, xn + (size_t)r * hidden,
-                   xq + (size_t)r * hidden, rs + r, lo_plane(xq + (size_t)r * hidden, m->xq_lo));
+                   xq + (size_t)r * hidden, rs + r,
+                   lo_plane(xq + (size_t)r * hidden, lo_at(m, S_ATTN_IN, m->xq_lo)));
     /* q_a (or q) and kv_a read the same quantized rows: one loop over both. */
     Job jobs[2] = {
         {qlora ? &ly->q_a : &ly->q, NULL, xq, hidden, NULL, rs, proj, qlora ? qlora : QW, rows},
         {&ly->kv_a, NULL, xq, hidden, NULL, rs, kv, D, rows}};
-    jobs[0].lo = jobs[1].lo = m->xq_lo;
+    jobs[0].lo = jobs[1].lo = lo_at(m, S_ATTN_IN, m->xq_lo);
     run_jobs(m, jobs, 2);
     if (qlora) {
 #pragma omp parallel for if (rows > 1)
       for (int r = 0; r < rows; r++)
         quantize_row(m->eps, proj + (size_t)r * qlora, qlora, ly->q_a_norm,
                      proj + (size_t)r * qlora, xq + (size_t)r * qlora, rs + r,
-                     lo_plane(xq + (size_t)r * qlora, m->xq_lo));
+                     lo_plane(xq + (size_t)r * qlora, lo_at(m, S_Q_B, m->xq_lo)));
       Job q = {&ly->q, NULL, xq, qlora, NULL, rs, proj, QW, rows};
-      q.lo = m->xq_lo;
+      q.lo = lo_at(m, S_Q_B, m->xq_lo);
       run_jobs(m, &q, 1);
     }
     /* The latent (normed) and the rotated rope key into the cache; the query's rope rotated. */
@@ -1873,17 +1883,18 @@ int em_forward_layers(MlaModel *m, int rows, const int64_t *ids, const int32_t *
 #pragma omp parallel for if (rows > 1)
     for (int r = 0; r < rows; r++)
       quantize_row(m->eps, vals + (size_t)r * H * dv, H * dv, NULL, NULL, xq + (size_t)r * H * dv,
-                   rs + r, lo_plane(xq + (size_t)r * H * dv, m->xq_lo));
+                   rs + r, lo_plane(xq + (size_t)r * H * dv, lo_at(m, S_O, m->xq_lo)));
     lap(m, P_ATTN);
     Job o = {&ly->o, NULL, xq, H * dv, NULL, rs, m->out, hidden, rows};
-    o.lo = m->xq_lo;
+    o.lo = lo_at(m, S_O, m->xq_lo);
     run_jobs(m, &o, 1);
 #pragma omp parallel for if (rows > 1)
     for (int r = 0; r < rows; r++) {
       float *x = h + (size_t)r * hidden;
       for (int i = 0; i < hidden; i++) x[i] += m->out[(size_t)r * hidden + i];
       quantize_row(m->eps, x, hidden, ly->post_norm, xn + (size_t)r * hidden,
-                   xq + (size_t)r * hidden, rs + r, lo_plane(xq + (size_t)r * hidden, m->xq_lo));
+                   xq + (size_t)r * hidden, rs + r,
+                   lo_plane(xq + (size_t)r * hidden, lo_at(m, S_MLP_IN, m->xq_lo)));
     }
     lap(m, P_O);
     feed_forward(m, ly, rows);
@@ -1901,9 +1912,9 @@ int em_forward_layers(MlaModel *m, int rows, const int64_t *ids, const int32_t *
   for (int i = 0; i < n_logits; i++)
     quantize_row(m->eps, h + (size_t)logit_rows[i] * hidden, hidden, m->final_norm,
                  xn + (size_t)i * hidden, xq + (size_t)i * hidden, rs + i,
-                 lo_plane(xq + (size_t)i * hidden, m->xq_lo));
+                 lo_plane(xq + (size_t)i * hidden, lo_at(m, S_HEAD, m->xq_lo)));
   Job head = {&m->head, NULL, xq, hidden, NULL, rs, logits, d[D_VOCAB], n_logits};
-  head.lo = m->xq_lo;
+  head.lo = lo_at(m, S_HEAD, m->xq_lo);
   run_jobs(m, &head, 1);
   lap(m, P_HEAD);
   return 0;
