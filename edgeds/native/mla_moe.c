@@ -1674,10 +1674,11 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
   run_jobs(m, jobs, n_jobs);
   /* Each pair's activations quantized once for its down projection. */
 #pragma omp parallel for schedule(static) if (total > 16)
-  for (int a = 0; a < total; a++)
-    quantize_row(m->eps, act + act_row(d, ly, a, routed), act_width(d, ly, a, routed), NULL, NULL,
-                 m->actq + act_row(d, ly, a, routed), m->ars + a,
-                 lo_plane(m->actq + act_row(d, ly, a, routed), lo_at(m, S_DOWN, m->actq_lo)));
+  for (int a = 0; a < total; a++) {
+    const size_t at = act_row(d, ly, a, routed);
+    quantize_row(m->eps, act + at, act_width(d, ly, a, routed), NULL, NULL, m->actq + at,
+                 m->ars + a, lo_plane(m->actq + at, lo_at(m, S_DOWN, m->actq_lo)));
+  }
   for (int j = 0; j < n_jobs; j++) {
     jobs[j] = (Job){&mlp[j]->down,
                     NULL,
