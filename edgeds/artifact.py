@@ -94,7 +94,7 @@ class Artifact:
         names = [graph.file, *(p.file for p in graph.parts), graph.data_file, graph.tensors]
         if small_batch and (small := graph.small_batch):
             names += [small.file, *(p.file for p in small.parts), small.data_file]
-        names += [tok.file, tok.chat_template]
+        names += [tok.compact or tok.file, tok.chat_template]
         return list(dict.fromkeys(n for n in names if n))
 
     def verify(self, names: list[str] | None = None) -> None:

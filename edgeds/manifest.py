@@ -673,6 +673,9 @@ class TokenizerFiles:
     bos_token: str | None
     eos_token: str | None
     add_bos_token: bool
+    # The same tokenizer as arrays (compact_tokenizer.py), where the exporter could write it:
+    # read in milliseconds where `file` takes `tokenizers` a large part of a second.
+    compact: str | None = None
 
     @staticmethod
     def _parse(r: _Fields) -> TokenizerFiles:
@@ -682,6 +685,7 @@ class TokenizerFiles:
             r.opt_str("bos_token"),
             r.opt_str("eos_token"),
             r.bool("add_bos_token", default=False),
+            r.file_name("compact") if r.get("compact", None) is not None else None,
         )
 
 
@@ -915,7 +919,7 @@ def _check_consistency(manifest: Manifest, raw_graphs: dict, file: str) -> None:
                     f"{file}: graphs.{fmt} names '{name}', which its files list lacks"
                 )
     tok = manifest.tokenizer
-    for name in (tok.file, tok.chat_template):
+    for name in (tok.file, tok.chat_template, tok.compact):
         if name and name not in manifest.files:
             raise ArtifactError(f"{file}: tokenizer names '{name}', which its files list lacks")
 

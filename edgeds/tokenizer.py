@@ -1,6 +1,7 @@
-"""Tokenizer and chat template from the artifact: `tokenizers` plus a sandboxed Jinja template.
+"""Tokenizer and chat template from the artifact: its compact tokenizer where the exporter wrote
+one (else `tokenizers` with the fast tokenizer file) plus a sandboxed Jinja template.
 
-No transformers: the fast tokenizer file and the template are all the runtime needs. The
+No transformers: the tokenizer's files and the template are all the runtime needs. The
 template runs in Jinja's immutable sandbox within bounds of time and size (chat_template.py).
 """
 
@@ -11,6 +12,7 @@ from tokenizers import Tokenizer
 
 from .artifact import Artifact
 from .chat_template import ChatTemplate
+from .compact_tokenizer import CompactTokenizer
 from .errors import ArtifactError
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -20,7 +22,12 @@ ROLES = ("system", "user", "assistant", "tool")
 class TextTokenizer:
     def __init__(self, artifact: Artifact):
         meta = artifact.manifest.tokenizer
-        self.tok = Tokenizer.from_file(str(artifact.path(meta.file)))
+        if meta.compact:
+            self.tok = CompactTokenizer(artifact.path(meta.compact))
+            self._ids = self.tok.encode
+        else:
+            self.tok = tok = Tokenizer.from_file(str(artifact.path(meta.file)))
+            self._ids = lambda text: tok.encode(text, add_special_tokens=False).ids
         self.bos_token, self.eos_token = meta.bos_token, meta.eos_token
         self.bos_id = self.tok.token_to_id(self.bos_token) if self.bos_token else None
         self.add_bos = meta.add_bos_token and self.bos_id is not None
@@ -30,7 +37,7 @@ class TextTokenizer:
         self.reasoning = self.tok.token_to_id(THINK_CLOSE) is not None
 
     def encode(self, text: str) -> np.ndarray:
-        ids = self.tok.encode(text, add_special_tokens=False).ids
+        ids = self._ids(text)
         if self.add_bos:
             ids = [self.bos_id, *ids]
         return np.asarray(ids, dtype=np.int64)
@@ -43,8 +50,7 @@ class TextTokenizer:
 
     def encode_chat(self, messages: list[dict]) -> np.ndarray:
         # The template writes the BOS token itself, so none is added here.
-        return np.asarray(self.tok.encode(self.render_chat(messages), add_special_tokens=False).ids,
-                          dtype=np.int64)
+        return np.asarray(self._ids(self.render_chat(messages)), dtype=np.int64)
 
     def decode(self, ids) -> str:
         return self.tok.decode(list(map(int, ids)), skip_special_tokens=True)

@@ -8,6 +8,7 @@ replaces an old artifact only then (and only an artifact: check_output).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shutil
@@ -20,9 +21,11 @@ from edgeds.errors import ArtifactError
 from edgeds.manifest import MANIFEST, listed_files, parse, seal
 
 from .checkpoint import Checkpoint
+from .compact_tokenizer import COMPACT_FILE, write_compact_tokenizer
 from .errors import ExportError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+log = logging.getLogger("edgeds.export")
 
 
 def check_output(out: Path, src: Path, overwrite: bool) -> None:
@@ -118,8 +121,12 @@ def copy_tokenizer(ckpt: Checkpoint, tmp: Path) -> dict:
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
     if template:
         (tmp / "chat_template.jinja").write_text(template, encoding="utf-8")
+    why = write_compact_tokenizer(tmp / "tokenizer.json", tmp / COMPACT_FILE)
+    if why:
+        log.info("tokenizer: no compact form (%s); the runtime reads tokenizer.json", why)
     return {
         "file": "tokenizer.json",
+        "compact": None if why else COMPACT_FILE,
         "chat_template": "chat_template.jinja" if template else None,
         "bos_token": _token(tok_config.get("bos_token")),
         "eos_token": _token(tok_config.get("eos_token")),
