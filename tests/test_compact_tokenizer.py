@@ -181,3 +181,22 @@ def test_a_damaged_file_is_an_artifact_error(tmp_path):
     np.savez(tmp_path / "o.npz", spec=np.frombuffer(b'{"version": 9}', np.uint8))
     with pytest.raises(ArtifactError, match="version 9 is not 1"):
         CompactTokenizer(tmp_path / "o.npz")
+
+
+def test_an_export_reads_its_compact_tokenizer_and_says_the_same(artifacts):
+    """An exported artifact names its compact form; the runtime reads that, and chats and
+    prompts become the ids tokenizer.json gives."""
+    from edgeds.artifact import load_artifact
+    from edgeds.tokenizer import TextTokenizer
+
+    art = load_artifact(artifacts("qwen2", "int8"))
+    assert art.manifest.tokenizer.compact == writer.COMPACT_FILE
+    assert writer.COMPACT_FILE in art.files_for("onnx")
+    compact = TextTokenizer(art)
+    assert isinstance(compact.tok, CompactTokenizer)
+    ref = Tokenizer.from_file(str(art.path("tokenizer.json")))
+    chat = [{"role": "user", "content": "def add(a, b):\n    return a + b  # 1234 中文"}]
+    text = compact.render_chat(chat)
+    assert compact.encode_chat(chat).tolist() == ref.encode(text, add_special_tokens=False).ids
+    ids = compact.encode("Hello, world! 12345").tolist()
+    assert compact.decode(ids) == ref.decode(ids, skip_special_tokens=True)
