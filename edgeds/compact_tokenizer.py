@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import ArtifactError
 
-_PAIR = 20  # a merge's key: left id << _PAIR | right id (vocabularies stay below 2**20)
+PAIR_BITS = 20  # a merge's key: left id << PAIR_BITS | right id (the exporter checks the ids fit)
 _WORD_CACHE = 1 << 16
 _LONG_WORD = 48  # symbols; longer words merge through a heap instead of rescanning
 
@@ -50,7 +50,7 @@ class CompactTokenizer:
             raise ArtifactError(f"{name}: not a compact tokenizer ({exc})") from None
         self._blob, self._offsets, self._in_model = blob, offsets, in_model
         self._byte_ids = byte_ids.tolist()
-        keys = (merges[:, 0].astype(np.int64) << _PAIR) | merges[:, 1]
+        keys = (merges[:, 0].astype(np.int64) << PAIR_BITS) | merges[:, 1]
         self._ranks = dict(zip(keys.tolist(), range(len(merges))))
         self._merged = merges[:, 2].tolist()
         self._ignore_merges = spec["ignore_merges"]
@@ -150,7 +150,7 @@ class CompactTokenizer:
         while len(syms) > 1:
             best = at = None
             for i in range(len(syms) - 1):
-                r = ranks.get(syms[i] << _PAIR | syms[i + 1])
+                r = ranks.get(syms[i] << PAIR_BITS | syms[i + 1])
                 if r is not None and (best is None or r < best):
                     best, at = r, i
             if best is None:
@@ -164,21 +164,23 @@ class CompactTokenizer:
         nxt, prev = list(range(1, n + 1)), list(range(-1, n - 1))
         nxt[-1] = -1
         heap = [(r, i) for i in range(n - 1)
-                if (r := ranks.get(syms[i] << _PAIR | syms[i + 1])) is not None]
+                if (r := ranks.get(syms[i] << PAIR_BITS | syms[i + 1])) is not None]
         heapq.heapify(heap)
         alive = [True] * n
         while heap:
             r, i = heapq.heappop(heap)
             j = nxt[i]
-            if not alive[i] or j < 0 or ranks.get(syms[i] << _PAIR | syms[j]) != r:
+            if not alive[i] or j < 0 or ranks.get(syms[i] << PAIR_BITS | syms[j]) != r:
                 continue  # a pair some earlier merge took apart
             syms[i], alive[j] = merged[r], False
             nxt[i] = nxt[j]
             if nxt[j] >= 0:
                 prev[nxt[j]] = i
             for a, b in ((prev[i], i), (i, nxt[i])):
-                if a >= 0 and b >= 0 and (r2 := ranks.get(syms[a] << _PAIR | syms[b])) is not None:
-                    heapq.heappush(heap, (r2, a))
+                if a >= 0 and b >= 0:
+                    r2 = ranks.get(syms[a] << PAIR_BITS | syms[b])
+                    if r2 is not None:
+                        heapq.heappush(heap, (r2, a))
         out, i = [], 0
         while i >= 0:
             out.append(syms[i])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeds.compact_tokenizer import CompactTokenizer, byte_level_chars
+from edgeds.compact_tokenizer import PAIR_BITS, CompactTokenizer, byte_level_chars
 
 COMPACT_FILE = "tokenizer.compact.npz"
 
@@ -53,6 +53,8 @@ def write_compact_tokenizer(tokenizer_json: Path, out: Path) -> str | None:
         why = _differs(CompactTokenizer(out), reference)
     except Unsupported as exc:
         why = str(exc)
+    except (KeyError, TypeError, ValueError, re.error) as exc:  # a tokenizer.json of a shape
+        why = f"its tokenizer.json is not what the translation reads ({exc!r})"  # not met here
     if why is not None and out.exists():
         out.unlink()
     return why
@@ -89,6 +91,8 @@ def _compact_arrays(tok: dict) -> dict[str, np.ndarray]:
             raise Unsupported(f"added token {a['content']!r} strips or matches single words")
 
     n = max([*vocab.values(), *(a["id"] for a in added)]) + 1
+    if n > 1 << PAIR_BITS:
+        raise Unsupported(f"{n} tokens: a merge's key holds ids below {1 << PAIR_BITS}")
     char_byte = {c: b for b, c in enumerate(byte_level_chars())}
     strings: list[str | None] = [None] * n
     for s, i in vocab.items():
@@ -212,7 +216,7 @@ def python_pattern(onig: str) -> str:
         elif c in "$^":
             out.append(f"(?m:{c})")  # Oniguruma's anchors are a line's
             i += 1
-        elif c == "(" and onig.startswith("(?", i) and not re.match(r"\(\?(i:|:|=|!|<=|<!)", onig[i:]):
+        elif onig.startswith("(?", i) and not re.match(r"\(\?(i:|:|=|!|<=|<!)", onig[i:]):
             raise Unsupported(f"pattern group {onig[i:i + 4]}")
         elif c in "+*?}" and onig[i + 1:i + 2] == "+":
             raise Unsupported("a possessive quantifier")

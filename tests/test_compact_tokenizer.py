@@ -117,7 +117,8 @@ def test_the_deepseek_v3_tokenizer(tmp_path):
     if not REAL.is_dir():
         pytest.skip("shared/reference is not beside the repository")
     assert writer.write_compact_tokenizer(REAL / "tokenizer.json", tmp_path / "t.npz") is None
-    compact, tok = CompactTokenizer(tmp_path / "t.npz"), Tokenizer.from_file(str(REAL / "tokenizer.json"))
+    compact = CompactTokenizer(tmp_path / "t.npz")
+    tok = Tokenizer.from_file(str(REAL / "tokenizer.json"))
     _same(compact, tok, _random_texts(tok, 1500))
     for token in ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜tool▁sep｜>", "Ġthe"):
         assert compact.token_to_id(token) == tok.token_to_id(token) is not None
