@@ -46,6 +46,11 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
     stamps = checksum_stamps.stamp_folder()
     report["checksum_stamps"] = str(stamps) if stamps else None
     if art is not None:
+        tok = art.manifest.tokenizer
+        report["tokenizer"] = (
+            f"{tok.compact}: read as arrays" if tok.compact else
+            f"{tok.file}: parsed by tokenizers at every load (an export by this edgeds adds "
+            "the compact form, which loads in milliseconds)")
         fmt = choice.artifact_format if choice else "onnx"
         fmt = fmt if fmt in art.formats else art.formats[0]
         weights = weight_bytes(
@@ -117,6 +122,7 @@ def format_report(r: dict) -> str:
         *[f"  {x}" for x in r["reasons"]],
         *([f"prefix cache: {r['prefix_cache']}"] if "prefix_cache" in r else []),
         *([f"quality: {r['quality']}"] if "quality" in r else []),
+        *([f"tokenizer: {r['tokenizer']}"] if "tokenizer" in r else []),
         (
             "checksums: a file is hashed at load until it matches, then stamped in "
             f"{r['checksum_stamps']} (EDGEDS_VERIFY=always hashes at every load)"

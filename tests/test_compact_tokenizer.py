@@ -201,3 +201,14 @@ def test_an_export_reads_its_compact_tokenizer_and_says_the_same(artifacts):
     assert compact.encode_chat(chat).tolist() == ref.encode(text, add_special_tokens=False).ids
     ids = compact.encode("Hello, world! 12345").tolist()
     assert compact.decode(ids) == ref.decode(ids, skip_special_tokens=True)
+
+
+def test_doctor_names_the_tokenizer_a_load_reads(artifacts):
+    from edgeds.default_model import default_artifact
+    from edgeds.doctor import diagnose, format_report
+
+    assert "tokenizer: tokenizer.compact.npz: read as arrays" in format_report(
+        diagnose(artifacts("qwen2", "int8")))
+    # the embedded model was exported before the compact form
+    assert "tokenizer: tokenizer.json: parsed by tokenizers" in format_report(
+        diagnose(default_artifact()))
