@@ -8,7 +8,6 @@ template runs in Jinja's immutable sandbox within bounds of time and size (chat_
 from __future__ import annotations
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from .artifact import Artifact
 from .chat_template import ChatTemplate
@@ -25,7 +24,9 @@ class TextTokenizer:
         if meta.compact:
             self.tok = CompactTokenizer(artifact.path(meta.compact))
             self._ids = self.tok.encode
-        else:
+        else:  # an artifact exported before the compact form, or a tokenizer it cannot hold
+            from tokenizers import Tokenizer
+
             self.tok = tok = Tokenizer.from_file(str(artifact.path(meta.file)))
             self._ids = lambda text: tok.encode(text, add_special_tokens=False).ids
         self.bos_token, self.eos_token = meta.bos_token, meta.eos_token
