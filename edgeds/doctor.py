@@ -50,7 +50,7 @@ def diagnose(artifact: str | None = None, profile: str | None = None, backend: s
         report["tokenizer"] = (
             f"{tok.compact}: read as arrays" if tok.compact else
             f"{tok.file}: parsed by tokenizers at every load (an export by this edgeds adds "
-            "the compact form, which loads in milliseconds)")
+            "the compact form, read without that parse)")
         fmt = choice.artifact_format if choice else "onnx"
         fmt = fmt if fmt in art.formats else art.formats[0]
         weights = weight_bytes(

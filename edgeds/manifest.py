@@ -674,7 +674,7 @@ class TokenizerFiles:
     eos_token: str | None
     add_bos_token: bool
     # The same tokenizer as arrays (compact_tokenizer.py), where the exporter could write it:
-    # read in milliseconds where `file` takes `tokenizers` a large part of a second.
+    # read without the JSON parse that `file` costs `tokenizers` at every load.
     compact: str | None = None
 
     @staticmethod

@@ -1,8 +1,8 @@
 """Writes the compact tokenizer (`edgeds/compact_tokenizer.py` reads it) from a tokenizer.json.
 
-`tokenizers` spends most of an artifact's load parsing tokenizer.json (V3's: 0.3 s here, 0.5 s
-on the AMX Xeon, for JSON maps of 128k tokens and merges); the compact form is arrays the
-runtime reads in milliseconds. It covers the byte-level BPE tokenizers of the DeepSeek families
+`tokenizers` spent most of an artifact's load parsing tokenizer.json (V3's JSON maps of 128k
+tokens and merges; benchmarks/results/moe-xeon-amx-16t-8l.md); the compact form is arrays the
+runtime reads without a parse. It covers the byte-level BPE tokenizers of the DeepSeek families
 (V2/V3/R1, the Qwen2 and Llama distills, coder/llm); any other kind of tokenizer, or one whose
 behaviour the translation does not reproduce on the sample text, keeps `tokenizers` alone.
 
