@@ -46,19 +46,20 @@ class CompactTokenizer:
                                         "export the artifact again")
                 blob, offsets = z["token_bytes"].tobytes(), z["token_offsets"].tolist()
                 byte_ids, merges, in_model = z["byte_ids"], z["merges"], z["in_model"]
-        except (OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
+            self._blob, self._offsets, self._in_model = blob, offsets, in_model
+            self._byte_ids = byte_ids.tolist()
+            keys = (merges[:, 0].astype(np.int64) << PAIR_BITS) | merges[:, 1]
+            self._ranks = dict(zip(keys.tolist(), range(len(merges))))
+            self._merged = merges[:, 2].tolist()
+            self._ignore_merges = spec["ignore_merges"]
+            self._nfc = spec["normalizer"] == "NFC"
+            self._splits = [re.compile(p) for p in spec["splits"]]
+            self._added = {content: i for content, i, _, _ in spec["added"]}
+            self._special = {i for _, i, special, _ in spec["added"] if special}
+            self._text_tokens = spec["text_tokens"]
+        except (OSError, ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError,
+                re.error) as exc:
             raise ArtifactError(f"{name}: not a compact tokenizer ({exc})") from None
-        self._blob, self._offsets, self._in_model = blob, offsets, in_model
-        self._byte_ids = byte_ids.tolist()
-        keys = (merges[:, 0].astype(np.int64) << PAIR_BITS) | merges[:, 1]
-        self._ranks = dict(zip(keys.tolist(), range(len(merges))))
-        self._merged = merges[:, 2].tolist()
-        self._ignore_merges = spec["ignore_merges"]
-        self._nfc = spec["normalizer"] == "NFC"
-        self._splits = [re.compile(p) for p in spec["splits"]]
-        self._added = {content: i for content, i, _, _ in spec["added"]}
-        self._special = {i for _, i, special, _ in spec["added"] if special}
-        self._text_tokens = spec["text_tokens"]
         self._raw_added = _alternation([c for c, _, _, norm in spec["added"] if not norm])
         self._norm_added = _alternation([self._normalize(c) for c, _, _, norm in spec["added"]
                                          if norm])
@@ -79,10 +80,11 @@ class CompactTokenizer:
         raw, blob, off = bytes(char_byte[c] for c in token), self._blob, self._offsets
         at = blob.find(raw)
         while at >= 0:
-            i = bisect.bisect_left(off, at)
-            if i < len(off) - 1 and off[i] == at and off[i + 1] == at + len(raw) \
-                    and self._in_model[i]:
-                return i
+            i = bisect.bisect_left(off, at)  # ids without bytes share an offset: look past them
+            while i < len(off) - 1 and off[i] == at:
+                if off[i + 1] == at + len(raw) and self._in_model[i]:
+                    return i
+                i += 1
             at = blob.find(raw, at + 1)
         return None
 

@@ -182,6 +182,12 @@ def test_a_damaged_file_is_an_artifact_error(tmp_path):
     np.savez(tmp_path / "o.npz", spec=np.frombuffer(b'{"version": 9}', np.uint8))
     with pytest.raises(ArtifactError, match="version 9 is not 1"):
         CompactTokenizer(tmp_path / "o.npz")
+    spec = np.frombuffer(b'{"version": 1}', np.uint8)  # arrays of the wrong shapes
+    np.savez(tmp_path / "s.npz", spec=spec, token_bytes=np.zeros(3, np.uint8),
+             token_offsets=np.zeros(2, np.int64), byte_ids=np.zeros(256, np.int32),
+             merges=np.zeros(5, np.int32), in_model=np.zeros(1, np.bool_))
+    with pytest.raises(ArtifactError, match="not a compact tokenizer"):
+        CompactTokenizer(tmp_path / "s.npz")
 
 
 def test_an_export_reads_its_compact_tokenizer_and_says_the_same(artifacts):
