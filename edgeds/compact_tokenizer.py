@@ -34,6 +34,29 @@ def byte_level_chars() -> tuple[str, ...]:
     return tuple(chr(b) if b in keep else chr(next(extra)) for b in range(256))
 
 
+@cache
+def char_bytes() -> dict[str, int]:
+    """byte_level_chars inverted: the byte each stand-in character writes."""
+    return {c: b for b, c in enumerate(byte_level_chars())}
+
+
+def isolated(rx: re.Pattern, text: str) -> list[str]:
+    """`text` cut at rx's matches, each match a piece of its own (tokenizers' Split with
+    behavior "Isolated"); an empty match cuts nothing."""
+    pieces, last = [], 0
+    for m in rx.finditer(text):
+        s, e = m.span()
+        if s == e:
+            continue
+        if s > last:
+            pieces.append(text[last:s])
+        pieces.append(text[s:e])
+        last = e
+    if last < len(text):
+        pieces.append(text[last:])
+    return pieces
+
+
 class CompactTokenizer:
     def __init__(self, path: Path):
         name = Path(path).name
@@ -72,7 +95,7 @@ class CompactTokenizer:
             return self._added[token]
         if token in self._text_tokens:
             return self._text_tokens[token]
-        char_byte = {c: b for b, c in enumerate(byte_level_chars())}
+        char_byte = char_bytes()
         if not all(c in char_byte for c in token):
             return None
         # A scan of the blob for a token whose bytes these are (the vocabulary's map is built
@@ -114,20 +137,7 @@ class CompactTokenizer:
     def _pre_tokenize(self, text: str) -> list[str]:
         pieces = [text]
         for rx in self._splits:
-            out = []
-            for p in pieces:
-                last = 0
-                for m in rx.finditer(p):
-                    s, e = m.span()
-                    if s == e:
-                        continue
-                    if s > last:
-                        out.append(p[last:s])
-                    out.append(p[s:e])
-                    last = e
-                if last < len(p):
-                    out.append(p[last:])
-            pieces = out
+            pieces = [q for p in pieces for q in isolated(rx, p)]
         return pieces
 
     def _word_ids(self, word: str) -> tuple[int, ...]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeds.compact_tokenizer import PAIR_BITS, CompactTokenizer, byte_level_chars
+from edgeds.compact_tokenizer import PAIR_BITS, CompactTokenizer, byte_level_chars, char_bytes
 
 COMPACT_FILE = "tokenizer.compact.npz"
 
@@ -93,7 +93,7 @@ def _compact_arrays(tok: dict) -> dict[str, np.ndarray]:
     n = max([*vocab.values(), *(a["id"] for a in added)]) + 1
     if n > 1 << PAIR_BITS:
         raise Unsupported(f"{n} tokens: a merge's key holds ids below {1 << PAIR_BITS}")
-    char_byte = {c: b for b, c in enumerate(byte_level_chars())}
+    char_byte = char_bytes()
     strings: list[str | None] = [None] * n
     for s, i in vocab.items():
         strings[i] = s

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from edgeds.compact_tokenizer import CompactTokenizer
+from edgeds.compact_tokenizer import CompactTokenizer, isolated
 from edgeds.errors import ArtifactError
 from export import compact_tokenizer as writer
 
@@ -159,20 +159,7 @@ def test_patterns_split_as_oniguruma_does(onig, tmp_path):
     split = pre_tokenizers.Split(Regex(onig), "isolated")
     rx = re.compile(writer.python_pattern(onig))
     for text in ["a  \nb \n", " \n\n x\ty  ", "١٢ab 34\u3000\U00010d40\U00010d41!", ""]:
-        ours = [p for p in _pieces(rx, text)]
-        assert ours == [p for p, _ in split.pre_tokenize_str(text)], text
-
-
-def _pieces(rx, text):
-    last = 0
-    for m in rx.finditer(text):
-        if m.start() > last:
-            yield text[last:m.start()]
-        if m.end() > m.start():
-            yield m.group()
-        last = m.end()
-    if last < len(text):
-        yield text[last:]
+        assert isolated(rx, text) == [p for p, _ in split.pre_tokenize_str(text)], text
 
 
 def test_a_damaged_file_is_an_artifact_error(tmp_path):
