@@ -112,6 +112,9 @@ def main() -> None:
         help="prompt lengths (e.g. 512,4096,16384): batch-1 prefill tok/s alone",
     )
     p.add_argument("--rounds", type=int, default=2, help="--prefills' rounds")
+    p.add_argument("--decode-kernels", default="tiles",
+                   help="the phase table once per decode attention kernel: tiles (AMX-BF16 "
+                        "where granted) and/or fma, e.g. tiles,fma")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -169,16 +172,24 @@ def main() -> None:
         "",
     ]
     cols = [(b, int(n)) for b in batches for n in args.prompts.split(",")]
-    lines += [
-        "| native phase, ms per decode step | "
-        + " | ".join(f"batch {b} after {n}" for b, n in cols)
-        + " |",
-        "|---|" + "---|" * len(cols),
-    ]
-    table = np.stack([profile(native, b, n, STEPS, rng) for b, n in cols], 1) * 1e3
-    for phase, row in zip(PHASES, table):
-        lines.append(f"| {phase} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
-    lines.append("| total | " + " | ".join(f"{v:.2f}" for v in table.sum(0)) + " |")
+    for kernel in args.decode_kernels.split(","):
+        if kernel != "tiles":
+            native = NativeMlaBackend(art, args.threads, decode_tiles=False)
+        took = "AMX-BF16 tiles" if native.decode_tiles else "float32 FMAs"
+        lines += [
+            "",
+            f"decode attention on {took} (asked: {kernel})",
+            "",
+            "| native phase, ms per decode step | "
+            + " | ".join(f"batch {b} after {n}" for b, n in cols)
+            + " |",
+            "|---|" + "---|" * len(cols),
+        ]
+        table = np.stack([profile(native, b, n, STEPS, rng) for b, n in cols], 1) * 1e3
+        for phase, row in zip(PHASES, table):
+            lines.append(f"| {phase} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+        lines.append("| total | " + " | ".join(f"{v:.2f}" for v in table.sum(0)) + " |")
+        print("\n".join(lines[-12:]), flush=True)
     print("\n".join(lines))
     out = RESULTS / f"mla-profile-{args.machine}.md"
     if args.phases_only:

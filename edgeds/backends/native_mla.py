@@ -67,7 +67,8 @@ class NativeMlaBackend(NativeBackend):
     def __init__(self, artifact: Artifact, threads: int, use_amx: bool = True,
                  map_weights: bool = True, cache_dtype: str = "float32",
                  absorbed_resumes: bool = False, keep_decompressed_bytes: int | None = None,
-                 prompt_tiles: bool = True, layer_major: bool = True):
+                 prompt_tiles: bool = True, decode_tiles: bool = True,
+                 layer_major: bool = True):
         """use_amx: take the AMX tiles where the CPU and kernel grant them (calls whose rows for
         a weight reach 16; elsewhere the request fails and the VNNI kernel runs).
         map_weights: the int8 linear layers and experts, which the export stores in the GEMM's
@@ -91,7 +92,10 @@ class NativeMlaBackend(NativeBackend):
         keeping as many leading layers as the budget holds. The same bits either way.
         prompt_tiles: a prompt's attention on AMX-BF16 tiles where the CPU grants them (bf16
         products of the queries and decompressed keys and values, float32 sums), else float32
-        FMAs; a process takes one kernel for every prompt row (`prompt_tiles` after says which)."""
+        FMAs; a process takes one kernel for every prompt row (`prompt_tiles` after says which).
+        decode_tiles: the same for decode attention over the latent cache (bf16 products of the
+        absorbed queries and the cached latents, float32 sums), for every decode row
+        (`decode_tiles` after says which)."""
         check_threads(threads)
         if why := unsupported(artifact):
             raise ArtifactError(f"native backend: {why}")
@@ -269,6 +273,7 @@ class NativeMlaBackend(NativeBackend):
             keep_decompressed_bytes = min(8 << 30, physical_memory() // 8)
         self.keep_decompressed_bytes = keep_decompressed_bytes
         self.prompt_tiles = bool(self.lib.em_set_prompt_tiles(self._model, int(prompt_tiles)))
+        self.decode_tiles = bool(self.lib.em_set_decode_tiles(self._model, int(decode_tiles)))
         self.kept_slots: list[tuple[int, int]] = []  # (slot, layers) the last prefill kept
         self.layer_major = layer_major
         self._layer_major_keep: list[tuple[int, int]] = []  # (slot, prompt length) this prefill

@@ -27,7 +27,8 @@ from ..checksum_stamps import cache_folder
 HERE = Path(__file__).resolve().parent
 SOURCES = (HERE / "decoder.c", HERE / "mla_moe.c", HERE / "int8_gemm.h", HERE / "flash_prefill.h",
            HERE / "lane_sums.h", HERE / "simd.h", HERE / "avx512_on_avx2.h", HERE / "decode_avx2.h",
-           HERE / "int8_avx2.h", HERE / "flash_prefill_avx2.h")
+           HERE / "int8_avx2.h", HERE / "flash_prefill_avx2.h", HERE / "latent_tiles.h",
+           HERE / "tile_emulation.h")
 C_FILES = [p for p in SOURCES if p.suffix == ".c"]
 # Compiled with -ffast-math but linked without it: at link time gcc would add crtfastmath.o, whose
 # constructor turns on flush-to-zero for the whole process (numpy's and ONNX Runtime's arithmetic
@@ -45,6 +46,14 @@ BUILDS = {
                ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma",
                 "-mf16c", *NEWER_ISA]),
     "avx2": (("avx2", "fma", "f16c"), ["-mavx2", "-mfma", "-mf16c"]),
+}
+# Builds the suite asks for by name, never chosen for a CPU: the AVX-512 build with the AMX-BF16
+# tile instructions done in plain C (tile_emulation.h), so that the tile kernels' layouts are
+# checked on CPUs without AMX.
+TEST_BUILDS = {
+    "avx512-emulated-tiles": (BUILDS["avx512"][0],
+                              [f for f in BUILDS["avx512"][1] if f not in NEWER_ISA]
+                              + ["-DEDGEDS_EMULATE_TILES"]),
 }
 # EDGEDS_NATIVE_SANITIZE=address,undefined builds the library with those sanitizers, for the
 # test suite (tests/test_native_sanitized.py); a Python host must preload the ASan runtime
@@ -99,8 +108,12 @@ def this_cpus_build() -> str:
     return build
 
 
+def _isa(build: str) -> list[str]:
+    return (BUILDS.get(build) or TEST_BUILDS[build])[1]
+
+
 def _library_path(build: str) -> Path:
-    flags = COMPILE + BUILDS[build][1] + ["|"] + LINK
+    flags = COMPILE + _isa(build) + ["|"] + LINK
     key = b"".join(p.read_bytes() for p in SOURCES) + " ".join(flags).encode()
     digest = hashlib.sha256(key).hexdigest()[:16]
     root = cache_folder() or Path(tempfile.gettempdir()) / "edgeds"
@@ -125,7 +138,7 @@ def _build(target: Path, build: str) -> None:
     def run(step: list[str]) -> subprocess.CompletedProcess:
         return subprocess.run([*shlex.split(cc), *step], capture_output=True, text=True)
 
-    isa = BUILDS[build][1]
+    isa = _isa(build)
     try:
         for source, obj in zip(C_FILES, objs):
             result = run([*COMPILE, *isa, "-c", "-o", obj, str(source)])
@@ -204,6 +217,8 @@ def library(build: str | None = None) -> ctypes.CDLL:
     lib.em_kept_bytes.restype = ctypes.c_size_t
     lib.em_set_prompt_tiles.argtypes = [p, i]
     lib.em_set_prompt_tiles.restype = i
+    lib.em_set_decode_tiles.argtypes = [p, i]
+    lib.em_set_decode_tiles.restype = i
     lib.em_profile.argtypes = [p, p, i]
     lib.em_set_linear.argtypes = [p, i, i, p, p, i, i]
     lib.em_set_expert.argtypes = [p, i, i, i, p, p, i, i]

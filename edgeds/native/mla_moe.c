@@ -139,6 +139,10 @@ typedef struct {
   int amx; /* the process holds the AMX tiles: jobs of AMX_MIN_ROWS rows or more use them */
   int half; /* the latent cache holds float16 (em_set_cache_half), else float32 */
   int prompt_amx; /* prompt attention on AMX-BF16 tiles (em_set_prompt_tiles), else FMAs */
+  int decode_tiles; /* decode attention on AMX-BF16 tiles (em_set_decode_tiles), else FMAs */
+  uint32_t *qtiles; /* the decode call's queries as B tiles, latent_query_bytes a row */
+  char *tile_scratch; /* tile_bytes a thread, for attend_chunk_tiles */
+  size_t tile_bytes;
   double seconds[P_COUNT], stamp; /* em_profile's */
   MLayer *layer;
   Weights head;
@@ -443,6 +447,7 @@ void em_free(MlaModel *m) {
                 m->out, m->rs, m->logit_e, m->wts, m->act,   m->ye,   m->ars};
   for (size_t i = 0; i < sizeof f / sizeof *f; i++) free(f[i]);
   free(m->xq), free(m->actq), free(m->sel), free(m->assign), free(m->tok_of), free(m->items);
+  free(m->qtiles), free(m->tile_scratch);
   free(m->tiles), free(m->dec), free(m->ones), free(m->src), free(m->seg_base),
       free(m->tile_row), free(m->tile_len), free(m->slot_keys);
   em_drop_decompressed(m);
@@ -964,6 +969,22 @@ static __attribute__((noinline)) void attend_chunk(const float *q, const void *k
     attend_chunk_t(q, kv, chunk, length, h_lo, h_hi, D, L, scale, scores, part, 1);
   else
     attend_chunk_t(q, kv, chunk, length, h_lo, h_hi, D, L, scale, scores, part, 0);
+}
+
+#include "latent_tiles.h"
+
+/* want 1: decode attention on AMX-BF16 tiles where granted (latent_tiles.h; widths in whole
+ * 16-column blocks), 0: float32 FMAs. Before the first em_forward. Returns what it took. */
+int em_set_decode_tiles(MlaModel *m, int want) {
+  m->decode_tiles = 0;
+#if defined(EDGEDS_EMULATE_TILES)
+  m->decode_tiles = want && latent_tiles_fit(m->d[D_KV_LORA], m->d[D_ROPE]);
+#elif defined(LATENT_TILES)
+  m->decode_tiles = want && latent_tiles_fit(m->d[D_KV_LORA], m->d[D_ROPE]) && amx_permitted();
+#else
+  (void)want;
+#endif
+  return m->decode_tiles;
 }
 
 /* The chunks' partial softmaxes of one head merged in position order into its attended latent. */
@@ -1576,6 +1597,12 @@ static void grow_scratch(MlaModel *m, int rows, int chunks) {
     m->assign = alloc64(R * topk * 4);
     m->tok_of = alloc64(A * 4);
     m->scores = alloc64((size_t)m->threads * H * KV_CHUNK * 4);
+#ifdef LATENT_TILES
+    free(m->qtiles), free(m->tile_scratch);
+    m->qtiles = alloc64(R * latent_query_bytes(H, D));
+    m->tile_bytes = round64(latent_tile_scratch((H + 15) / 16, D, L));
+    m->tile_scratch = alloc64(m->threads * m->tile_bytes);
+#endif
     free(m->tile_row), free(m->tile_len), free(m->task_tile);
     m->tile_row = malloc(R * sizeof(int32_t)), m->tile_len = malloc(R * sizeof(int32_t));
     m->task_tile = malloc((R + 1) * sizeof(int32_t));
@@ -1714,6 +1741,25 @@ static void feed_forward(MlaModel *m, const MLayer *ly, int rows) {
   lap(m, P_EXPERTS);
 }
 
+/* Row r's heads [h_lo, h_hi) over chunk c of its slot's cached rows (pos: its position), on the
+ * kernel the process took: partials into part (attend_chunk's). */
+static void attend_task(MlaModel *m, const void *cl, int capacity, int slot, int pos, int r, int c,
+                        int h_lo, int h_hi, float *part) {
+  const int H = m->d[D_HEADS], L = m->d[D_KV_LORA], D = L + m->d[D_ROPE];
+  const void *kv = latent_row(cl, (size_t)slot * capacity, D, m->half);
+  const int t = omp_get_thread_num();
+#ifdef LATENT_TILES
+  if (m->decode_tiles) {
+    attend_chunk_tiles(m->qtiles + (size_t)r * (latent_query_bytes(H, D) / 4), kv, m->half, c,
+                       pos + 1, h_lo, h_hi, D, L, m->softmax_scale,
+                       m->tile_scratch + (size_t)t * m->tile_bytes, part);
+    return;
+  }
+#endif
+  attend_chunk(m->query + (size_t)r * H * D, kv, m->half, c, pos + 1, h_lo, h_hi, D, L,
+               m->softmax_scale, m->scores + (size_t)t * H * KV_CHUNK, part);
+}
+
 /* Attention of a decode call over the latent cache, W_UK absorbed into each query and W_UV
  * applied to the attended latent: m->proj's queries -> m->vals. */
 static void absorbed_attention(MlaModel *m, const MLayer *ly, int rows, const int32_t *slot,
@@ -1730,25 +1776,34 @@ static void absorbed_attention(MlaModel *m, const MLayer *ly, int rows, const in
     for (int hd = 0; hd < H; hd++)
       int8_matvec(proj + (size_t)r * QW + hd * (dn + dr), dn, ly->w_uk + (size_t)hd * dn * L, L,
                   ly->uk_scale + (size_t)hd * L, query + ((size_t)r * H + hd) * D);
+#ifdef LATENT_TILES
+  if (m->decode_tiles) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++)
+      latent_query_tiles(query + (size_t)r * H * D, H, D,
+                         m->qtiles + (size_t)r * (latent_query_bytes(H, D) / 4));
+  }
+#endif
   lap(m, P_ATTN_PROJ);
   if (rows < m->threads) { /* few rows: a task per (row, chunk, heads): every thread busy */
     /* As many heads a task as leaves no thread idle: each task reads its chunk's latents once
      * for its heads (a long row: a chunk a task, all heads; a short one: down to a head a
-     * task). A head's arithmetic is the same in a task of one head or of all. */
+     * task, or to a group of 16 on tiles). A head's arithmetic is the same in a task of one
+     * head (group) or of all. */
+    const int tiles = m->decode_tiles, least = !tiles ? 1 : H < 16 ? H : 16;
     int per = H;
-    while (per > 1 && rows * max_chunks * ((H + per - 1) / per) < m->threads) per = (per + 1) / 2;
+    while (per > least && (!tiles || per % 32 == 0) &&
+           rows * max_chunks * ((H + per - 1) / per) < m->threads)
+      per = (per + 1) / 2;
     const int groups = (H + per - 1) / per;
 #pragma omp parallel for collapse(3) schedule(dynamic, 1)
     for (int r = 0; r < rows; r++)
       for (int c = 0; c < max_chunks; c++)
         for (int g = 0; g < groups; g++)
           if (c * KV_CHUNK <= pos[r])
-            attend_chunk(query + (size_t)r * H * D,
-                         latent_row(cl, (size_t)slot[r] * capacity, D, m->half), m->half, c,
-                         pos[r] + 1, per * g, per * g + per < H ? per * g + per : H, D, L,
-                         m->softmax_scale,
-                         m->scores + (size_t)omp_get_thread_num() * H * KV_CHUNK,
-                         m->part + r * part_row + (size_t)c * H * (L + 2));
+            attend_task(m, cl, capacity, slot[r], pos[r], r, c, per * g,
+                        per * g + per < H ? per * g + per : H,
+                        m->part + r * part_row + (size_t)c * H * (L + 2));
 #pragma omp parallel for collapse(2) schedule(static)
     for (int r = 0; r < rows; r++)
       for (int hd = 0; hd < H; hd++)
@@ -1759,11 +1814,7 @@ static void absorbed_attention(MlaModel *m, const MLayer *ly, int rows, const in
     for (int r = 0; r < rows; r++) {
       float *part = m->part + (size_t)omp_get_thread_num() * part_row;
       for (int c = 0; c * KV_CHUNK <= pos[r]; c++)
-        attend_chunk(query + (size_t)r * H * D,
-                     latent_row(cl, (size_t)slot[r] * capacity, D, m->half), m->half, c,
-                     pos[r] + 1, 0, H, D, L, m->softmax_scale,
-                     m->scores + (size_t)omp_get_thread_num() * H * KV_CHUNK,
-                     part + (size_t)c * H * (L + 2));
+        attend_task(m, cl, capacity, slot[r], pos[r], r, c, 0, H, part + (size_t)c * H * (L + 2));
       for (int hd = 0; hd < H; hd++)
         attended_values(m, ly, part + (size_t)hd * (L + 2), pos[r], hd,
                         vals + (size_t)r * H * dv + hd * dv);
