@@ -1,7 +1,8 @@
-"""Decode attention over the latent cache on AMX-BF16 tiles (edgeds/native/latent_tiles.h), on
-the library's emulated-tiles build (tile_emulation.h: the tile instructions in plain C), so the
-kernel's layouts, padding and task splits are checked on any AVX-512 CPU; the lent Xeon runs the
-same tests on real tiles (benchmarks/devices/moe_device.sh tiles). Against transformers past
+"""Decode attention over the latent cache in bf16 products (edgeds/native/latent_tiles.h): on
+vdpbf16ps where the CPU has AVX-512 BF16, and on AMX-BF16 tiles, real where the CPU has them,
+else on the library's emulated-tiles build (tile_emulation.h: the tile instructions in plain C),
+so the tiles' layouts, padding and task splits are checked on any AVX-512 CPU (the lent Xeon runs
+them on real tiles: benchmarks/devices/moe_device.sh's AMX_TESTS). Against transformers past
 several key chunks, and the same bits over any split of the work or batch."""
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ PROMPT = 1300  # six key chunks of 256, the last one part full
 CONTEXT = 1400
 
 
-@pytest.fixture
-def tiles_build(monkeypatch):
-    """The library as the tests see it: real tiles on a CPU that grants them, else emulated."""
-    if "amx_bf16" not in CPU:
+@pytest.fixture(params=["tiles", "bf16"])
+def kernel(request, monkeypatch):
+    """The bf16 kernel under test, and the library it runs in: tiles real on a CPU with them,
+    else emulated; vdpbf16ps where the CPU has it."""
+    if request.param == "bf16" and "avx512_bf16" not in CPU:
+        pytest.skip("vdpbf16ps: a CPU with AVX-512 BF16")
+    if request.param == "tiles" and "amx_bf16" not in CPU:
         monkeypatch.setattr(native, "this_cpus_build", lambda: "avx512-emulated-tiles")
     native.library.cache_clear()
-    yield
+    yield request.param
     native.library.cache_clear()
 
 
@@ -64,16 +68,15 @@ def decode_logits(backend, prompt: np.ndarray, tokens) -> np.ndarray:
 
 @pytest.mark.parametrize("kind,cache", [("deepseek_v2", "float32"), ("deepseek_v3", "float32"),
                                         ("deepseek_v2", "float16")])
-def test_tile_decode_follows_transformers_as_closely_as_onnxruntime(kind, cache, exports,
-                                                                    tiles_build):
+def test_bf16_decode_follows_transformers_as_closely_as_onnxruntime(kind, cache, exports, kernel):
     """bf16 products of the absorbed queries and the cached latents: cached decode past five
     full key chunks within ONNX Runtime's distance of transformers (float32 throughout)."""
     ck, art = exports(kind)
     prompt = np.random.default_rng(7).integers(2, 320, PROMPT).astype(np.int64)
     _, ref_decode, tokens = reference_logits(load_reference(ck), prompt, 8)
     ref = np.stack(ref_decode)
-    backend = NativeMlaBackend(art, 3, cache_dtype=cache)
-    assert backend.decode_tiles
+    backend = NativeMlaBackend(art, 3, cache_dtype=cache, decode_kernel=kernel)
+    assert backend.decode_kernel == kernel
     got = decode_logits(backend, prompt, tokens[:8])
     ort = decode_logits(OnnxRuntimeBackend(art, ["CPUExecutionProvider"], 2), prompt, tokens[:8])
     scale = np.abs(ref).max()
@@ -84,7 +87,7 @@ def test_tile_decode_follows_transformers_as_closely_as_onnxruntime(kind, cache,
 
 
 @pytest.mark.parametrize("heads", [64, 40])
-def test_tile_decode_is_the_same_over_any_split_and_batch(heads, exports, tiles_build):
+def test_bf16_decode_is_the_same_over_any_split_and_batch(heads, exports, kernel):
     """64 heads: one task of four groups of 16 (1 thread), a task per chunk (8 threads), a task
     per chunk and group (30); 40: a last group of 8 heads padded. The same bits each way, alone
     and as one row of a batch of 8 at other depths (a task per row)."""
@@ -92,8 +95,8 @@ def test_tile_decode_is_the_same_over_any_split_and_batch(heads, exports, tiles_
     prompt = np.random.default_rng(8).integers(2, 320, PROMPT).astype(np.int64)
     runs = []
     for threads in (1, 8, 30):
-        backend = NativeMlaBackend(art, threads)
-        assert backend.decode_tiles
+        backend = NativeMlaBackend(art, threads, decode_kernel=kernel)
+        assert backend.decode_kernel == kernel
         runs.append(decode_logits(backend, prompt, (5, 9, 11)))
     for run in runs[1:]:
         np.testing.assert_array_equal(run, runs[0])
@@ -102,7 +105,7 @@ def test_tile_decode_is_the_same_over_any_split_and_batch(heads, exports, tiles_
     reqs = [gen.Request(0, prompt, params)] + [
         gen.Request(i, rng.integers(2, 320, n).astype(np.int64), params)
         for i, n in enumerate(rng.integers(3, 700, 7), 1)]
-    backend = NativeMlaBackend(art, 2)
+    backend = NativeMlaBackend(art, 2, decode_kernel=kernel)
     batched = {e.key: e.token_ids for e in gen.run(backend, reqs, 8, CONTEXT, set())
                if isinstance(e, gen.Finished)}
     for r in reqs[:3]:
@@ -111,13 +114,14 @@ def test_tile_decode_is_the_same_over_any_split_and_batch(heads, exports, tiles_
         assert alone.token_ids == batched[r.key]
 
 
-def test_the_float32_kernels_stay_where_tiles_are_declined(exports, tiles_build):
-    """decode_tiles=False: the FMA kernel, whose logits differ from the tiles' in the last
-    bits (bf16 products) but not by more than bf16 rounding."""
+def test_the_float32_kernel_is_another_kernel(exports, kernel):
+    """decode_kernel="fma": float32 products, whose logits differ from the bf16 kernels' in the
+    last bits but not by more than bf16 rounding."""
     _, art = exports("deepseek_v2")
     prompt = np.random.default_rng(10).integers(2, 320, PROMPT).astype(np.int64)
-    tiled, plain = NativeMlaBackend(art, 2), NativeMlaBackend(art, 2, decode_tiles=False)
-    assert tiled.decode_tiles and not plain.decode_tiles
+    tiled = NativeMlaBackend(art, 2, decode_kernel=kernel)
+    plain = NativeMlaBackend(art, 2, decode_kernel="fma")
+    assert (tiled.decode_kernel, plain.decode_kernel) == (kernel, "fma")
     a, b = (decode_logits(be, prompt, (5, 9, 11)) for be in (tiled, plain))
     assert not np.array_equal(a, b)
     assert np.abs(a - b).max() < 0.05 * np.abs(b).max()
@@ -133,8 +137,22 @@ def test_real_tiles_compute_what_the_emulated_ones_do(exports, monkeypatch):
     for build in ("avx512", "avx512-emulated-tiles"):
         monkeypatch.setattr(native, "this_cpus_build", lambda b=build: b)
         native.library.cache_clear()
-        backend = NativeMlaBackend(art, 4)
-        assert backend.decode_tiles
+        backend = NativeMlaBackend(art, 4, decode_kernel="tiles")
+        assert backend.decode_kernel == "tiles"
         runs.append(decode_logits(backend, prompt, (5, 9, 11)))
     native.library.cache_clear()
     assert np.abs(runs[0] - runs[1]).max() < 1e-3 * np.abs(runs[1]).max()
+
+
+def test_a_kernel_the_cpu_lacks_falls_back_to_fmas(exports, monkeypatch):
+    """The emulated-tiles build has no vdpbf16ps (built without AVX-512 BF16): "bf16" asked,
+    FMAs taken and said; an unknown name is an error naming the choices."""
+    _, art = exports("deepseek_v2")
+    monkeypatch.setattr(native, "this_cpus_build", lambda: "avx512-emulated-tiles")
+    native.library.cache_clear()
+    try:
+        assert NativeMlaBackend(art, 1, decode_kernel="bf16").decode_kernel == "fma"
+        with pytest.raises(ValueError, match="auto, fma, bf16, tiles"):
+            NativeMlaBackend(art, 1, decode_kernel="amx")
+    finally:
+        native.library.cache_clear()

@@ -112,9 +112,9 @@ def main() -> None:
         help="prompt lengths (e.g. 512,4096,16384): batch-1 prefill tok/s alone",
     )
     p.add_argument("--rounds", type=int, default=2, help="--prefills' rounds")
-    p.add_argument("--decode-kernels", default="tiles",
-                   help="the phase table once per decode attention kernel: tiles (AMX-BF16 "
-                        "where granted) and/or fma, e.g. tiles,fma")
+    p.add_argument("--decode-kernels", default="auto",
+                   help="the phase table once per decode attention kernel (NativeMlaBackend's "
+                        "decode_kernel: auto, fma, bf16, tiles), e.g. bf16,fma")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -173,12 +173,10 @@ def main() -> None:
     ]
     cols = [(b, int(n)) for b in batches for n in args.prompts.split(",")]
     for kernel in args.decode_kernels.split(","):
-        if kernel != "tiles":
-            native = NativeMlaBackend(art, args.threads, decode_tiles=False)
-        took = "AMX-BF16 tiles" if native.decode_tiles else "float32 FMAs"
+        native = NativeMlaBackend(art, args.threads, decode_kernel=kernel)
         lines += [
             "",
-            f"decode attention on {took} (asked: {kernel})",
+            f"decode attention kernel {native.decode_kernel} (asked: {kernel})",
             "",
             "| native phase, ms per decode step | "
             + " | ".join(f"batch {b} after {n}" for b, n in cols)

@@ -23,6 +23,7 @@ import numpy as np
 from .. import tensor_index
 from ..artifact import Artifact
 from ..errors import ArtifactError
+from ..hardware import detect
 from ..native import library
 from . import native
 from .native import NativeBackend, _ptr, check_threads
@@ -58,6 +59,16 @@ def unsupported(artifact: Artifact) -> str | None:
     return None
 
 
+DECODE_KERNELS = ("fma", "bf16", "tiles")  # em_set_decode_kernel's numbers
+
+
+def default_decode_kernel(cpu_flags) -> str:
+    """vdpbf16ps where it was measured faster than FMAs: CPUs with AVX-512 BF16 but no AMX (the
+    2-core EPYC, benchmarks/results/long-context.md). FMAs on AMX CPUs, where neither bf16 kernel
+    has been timed yet (their arithmetic is checked there by tests/test_native_mla_tiles.py)."""
+    return "bf16" if "avx512_bf16" in cpu_flags and "amx_bf16" not in cpu_flags else "fma"
+
+
 class NativeMlaBackend(NativeBackend):
     grows_in_blocks = False  # its latent cache is one array of slots x capacity (start, grow)
     name = "native"
@@ -67,7 +78,7 @@ class NativeMlaBackend(NativeBackend):
     def __init__(self, artifact: Artifact, threads: int, use_amx: bool = True,
                  map_weights: bool = True, cache_dtype: str = "float32",
                  absorbed_resumes: bool = False, keep_decompressed_bytes: int | None = None,
-                 prompt_tiles: bool = True, decode_tiles: bool = True,
+                 prompt_tiles: bool = True, decode_kernel: str = "auto",
                  layer_major: bool = True):
         """use_amx: take the AMX tiles where the CPU and kernel grant them (calls whose rows for
         a weight reach 16; elsewhere the request fails and the VNNI kernel runs).
@@ -93,9 +104,10 @@ class NativeMlaBackend(NativeBackend):
         prompt_tiles: a prompt's attention on AMX-BF16 tiles where the CPU grants them (bf16
         products of the queries and decompressed keys and values, float32 sums), else float32
         FMAs; a process takes one kernel for every prompt row (`prompt_tiles` after says which).
-        decode_tiles: the same for decode attention over the latent cache (bf16 products of the
-        absorbed queries and the cached latents, float32 sums), for every decode row
-        (`decode_tiles` after says which)."""
+        decode_kernel: decode attention over the latent cache in float32 FMAs ("fma") or in bf16
+        products of the absorbed queries and the cached latents, float32 sums, on vdpbf16ps
+        ("bf16") or AMX-BF16 tiles ("tiles"), for every decode row; where the CPU lacks the one
+        asked for, FMAs (`decode_kernel` after says which). "auto": default_decode_kernel."""
         check_threads(threads)
         if why := unsupported(artifact):
             raise ArtifactError(f"native backend: {why}")
@@ -273,7 +285,12 @@ class NativeMlaBackend(NativeBackend):
             keep_decompressed_bytes = min(8 << 30, physical_memory() // 8)
         self.keep_decompressed_bytes = keep_decompressed_bytes
         self.prompt_tiles = bool(self.lib.em_set_prompt_tiles(self._model, int(prompt_tiles)))
-        self.decode_tiles = bool(self.lib.em_set_decode_tiles(self._model, int(decode_tiles)))
+        if decode_kernel == "auto":
+            decode_kernel = default_decode_kernel(detect().flags)
+        if decode_kernel not in DECODE_KERNELS:
+            raise ValueError(f"decode_kernel {decode_kernel!r}: auto, {', '.join(DECODE_KERNELS)}")
+        took = self.lib.em_set_decode_kernel(self._model, DECODE_KERNELS.index(decode_kernel))
+        self.decode_kernel = DECODE_KERNELS[took]
         self.kept_slots: list[tuple[int, int]] = []  # (slot, layers) the last prefill kept
         self.layer_major = layer_major
         self._layer_major_keep: list[tuple[int, int]] = []  # (slot, prompt length) this prefill

@@ -1,18 +1,45 @@
-/* Absorbed decode attention over the latent cache on AMX-BF16 tiles (em_set_decode_tiles), the
- * float32 FMA kernel's (attend_chunk) counterpart: per 64 cached rows of a chunk S^T = K Q^T,
- * the rows converted to bf16 as A tiles against a group of 16 heads' queries as B tiles (packed
- * once a layer, latent_query_tiles); the chunk's softmax with the heads in the lanes; then P V,
- * the weights as A tiles and the chunk's rows, interleaved in pairs as vdpbf16ps takes them, as
- * B tiles. bf16 products, float32 sums. An element of a tile product depends on its own row and
- * column only, and rows past the chunk's are zeros, so a (head, row) result is the same in any
- * task, call or batch; it is not the FMA kernel's: a process takes one of the two.
+/* Absorbed decode attention over the latent cache in bf16 products (em_set_decode_kernel), the
+ * float32 FMA kernel's (attend_chunk) counterpart, on AMX-BF16 tiles or on vdpbf16ps (AVX-512
+ * BF16) over the same layouts: per 64 cached rows of a chunk S^T = K Q^T, the rows converted to
+ * bf16 (A) against a group of 16 heads' queries (B, packed once a layer, latent_query_tiles);
+ * the chunk's softmax with the heads in the lanes; then P V, the weights (A) against the chunk's
+ * rows interleaved in pairs (B). bf16 products, float32 sums. An element of a product depends on
+ * its own row and column only, and rows past the chunk's are zeros, so a (head, row) result is
+ * the same in any task, call or batch; it is not the FMA kernel's, nor the tiles' that of
+ * vdpbf16ps (each sums in its own order): a process takes one of the three.
  * Included by mla_moe.c after latent16, latent_row and exp_weights. */
+#ifdef __AVX512F__
+#define LATENT_BF16 1
 #if defined(__AMX_BF16__) || defined(EDGEDS_EMULATE_TILES)
 #define LATENT_TILES 1
+#endif
 #ifdef EDGEDS_EMULATE_TILES
 #include "tile_emulation.h"
 static void tiles_on(void) {}
 #endif
+
+enum { DECODE_FMA, DECODE_BF16, DECODE_TILES }; /* em_set_decode_kernel's kernels */
+typedef int32_t __attribute__((may_alias)) bf16_pair;
+
+/* c[m] (m < rows_out, float32, c_stride apart) = sum over k steps s and pairs p of
+ * a[m][s][p] . b[s][p] as vdpbf16ps, lanes the 16 columns: a's row m at a + m * a_stride (bf16,
+ * 32 a step), b's pair row p of step s at b + s * b_step + p * b_row (16 pairs). A tile product
+ * of AMX done in vector registers, the 16 rows' sums held across the steps. */
+static inline __attribute__((always_inline)) void vdp_rows(const uint16_t *a, size_t a_stride,
+                                                           const uint32_t *b, size_t b_step,
+                                                           size_t b_row, int steps, float *c,
+                                                           size_t c_stride, int rows_out) {
+  __m512 acc[16];
+  for (int m = 0; m < 16; m++) acc[m] = _mm512_setzero_ps();
+  for (int s = 0; s < steps; s++)
+    for (int p = 0; p < 16; p++) {
+      const __m512i bp = _mm512_load_si512(b + s * b_step + p * b_row);
+      for (int m = 0; m < 16; m++)
+        acc[m] = dp(acc[m], _mm512_set1_epi32(*(const bf16_pair *)(a + m * a_stride + 32 * s + 2 * p)),
+                    bp, 1);
+    }
+  for (int m = 0; m < rows_out; m++) _mm512_storeu_ps(c + m * c_stride, acc[m]);
+}
 
 enum { TILE_PASS = 64, MAX_TILE_D = 1024 }; /* rows scored a pass (four C tiles); D's bound */
 
@@ -53,30 +80,44 @@ static void latent_query_tiles(const float *q, int H, int D, uint32_t *qt) {
   }
 }
 
+/* Rows ta and tb = ta + 1 of a chunk (ra, rb; NULL: past the chunk's keys, zeros) into kb's rows
+ * j and j + 1 (bf16, tile_width(D) columns) and into pair row `pair` of vt (the latent columns
+ * of both, interleaved: a B row of P V). */
+static inline __attribute__((always_inline)) void tile_pair(const void *ra, const void *rb, int D,
+                                                            int L, const int half, uint16_t *ka,
+                                                            uint16_t *kb, uint16_t *pair) {
+  const __m512i order = _mm512_loadu_si512(PAIR_ORDER);
+  const __m512 z = _mm512_setzero_ps();
+  for (int c = 0; c < tile_width(D); c += 32) {
+    const __m512 a0 = ra && c < D ? latent16(ra, c, half) : z,
+                 a1 = ra && c + 16 < D ? latent16(ra, c + 16, half) : z,
+                 b0 = rb && c < D ? latent16(rb, c, half) : z,
+                 b1 = rb && c + 16 < D ? latent16(rb, c + 16, half) : z;
+    _mm512_store_si512(ka + c, to_bf16(a0, a1, 1));
+    _mm512_store_si512(kb + c, to_bf16(b0, b1, 1));
+    if (c < L) _mm512_store_si512(pair + 2 * c, _mm512_permutexvar_epi16(order, to_bf16(a0, b0, 1)));
+    if (c + 16 < L)
+      _mm512_store_si512(pair + 2 * (c + 16), _mm512_permutexvar_epi16(order, to_bf16(a1, b1, 1)));
+  }
+}
+
 /* Rows [b0, b0 + TILE_PASS) of a chunk (kv: its row 0; `len` rows hold keys, the rest are taken
- * as zeros) into kb, bf16 rows of tile_width(D), and into vt, the latent columns of row pairs
- * (pair P: rows 2P and 2P + 1 of each column, a B tile row of P V). */
+ * as zeros) into kb (bf16 rows) and vt (row pairs), tile_pair's. A pass of whole rows and
+ * whole 32-column blocks takes no test per block, and asks for the rows a few pairs ahead: the
+ * cached rows come from memory once, so their loads, not the products, bound the kernel. */
 static inline __attribute__((always_inline)) void tile_rows(const void *kv, int b0, int len,
                                                             int D, int L, const int half,
                                                             uint16_t *kb, uint16_t *vt) {
   const int Dp = tile_width(D);
-  const __m512i order = _mm512_loadu_si512(PAIR_ORDER);
-  const __m512 z = _mm512_setzero_ps();
   for (int j = 0; j < TILE_PASS; j += 2) {
     const int ta = b0 + j, tb = ta + 1;
-    const void *ra = latent_row(kv, ta, D, half), *rb = latent_row(kv, tb, D, half);
-    uint16_t *pair = vt + (size_t)(ta / 2) * L * 2;
-    for (int c = 0; c < Dp; c += 32) {
-      const __m512 a0 = ta < len && c < D ? latent16(ra, c, half) : z,
-                   a1 = ta < len && c + 16 < D ? latent16(ra, c + 16, half) : z,
-                   b0v = tb < len && c < D ? latent16(rb, c, half) : z,
-                   b1v = tb < len && c + 16 < D ? latent16(rb, c + 16, half) : z;
-      _mm512_store_si512(kb + (size_t)j * Dp + c, to_bf16(a0, a1, 1));
-      _mm512_store_si512(kb + (size_t)(j + 1) * Dp + c, to_bf16(b0v, b1v, 1));
-      if (c < L) _mm512_store_si512(pair + 2 * c, _mm512_permutexvar_epi16(order, to_bf16(a0, b0v, 1)));
-      if (c + 16 < L)
-        _mm512_store_si512(pair + 2 * (c + 16),
-                           _mm512_permutexvar_epi16(order, to_bf16(a1, b1v, 1)));
+    uint16_t *ka = kb + (size_t)j * Dp, *pair = vt + (size_t)(ta / 2) * L * 2;
+    if (tb < len && D == Dp) {
+      tile_pair(latent_row(kv, ta, D, half), latent_row(kv, tb, D, half), D, L, half, ka,
+                ka + Dp, pair);
+    } else {
+      tile_pair(ta < len ? latent_row(kv, ta, D, half) : NULL,
+                tb < len ? latent_row(kv, tb, D, half) : NULL, D, L, half, ka, ka + Dp, pair);
     }
   }
 }
@@ -84,10 +125,9 @@ static inline __attribute__((always_inline)) void tile_rows(const void *kv, int 
 /* attend_chunk's work on tiles: heads h_lo..h_hi (whole groups of 16, or all H) of one query
  * row (qt: its latent_query_tiles) over one chunk of a slot's cached rows; per head the chunk's
  * peak, exp-sum and exp-weighted latents in part [heads][2 + L]. */
-static __attribute__((noinline)) void attend_chunk_tiles(const uint32_t *qt, const void *kv,
-                                                         int half, int chunk, int length, int h_lo,
-                                                         int h_hi, int D, int L, float scale,
-                                                         void *scratch, float *part) {
+static inline __attribute__((always_inline)) void attend_chunk_bf16_t(
+    const uint32_t *qt, const void *kv, int half, int chunk, int length, int h_lo, int h_hi, int D,
+    int L, float scale, void *scratch, float *part, const int amx) {
   const int t0 = chunk * KV_CHUNK, len = length - t0 < KV_CHUNK ? length - t0 : KV_CHUNK;
   const int Dp = tile_width(D), X = Dp / 32, g_lo = h_lo / 16, G = (h_hi - 16 * g_lo + 15) / 16;
   const int steps = (len + 31) / 32; /* P V's 32-row steps: rows past len weigh zeros */
@@ -96,9 +136,12 @@ static __attribute__((noinline)) void attend_chunk_tiles(const uint32_t *qt, con
   uint16_t *vt = (uint16_t *)(s += round64((size_t)TILE_PASS * Dp * 2));
   float *sT = (float *)(s += round64((size_t)KV_CHUNK * L * 2)); /* [group][row][head] */
   uint16_t *pb = (uint16_t *)(s += round64((size_t)G * KV_CHUNK * 16 * 4)); /* [head][row] */
-  float *tmp = (float *)(s + round64(16 * KV_CHUNK * 2));
+  float *tmp = (float *)(s + round64(16 * KV_CHUNK * 2)); /* a C tile's rows, for part */
+  (void)tmp;
   kv = latent_row(kv, t0, D, half);
-  tiles_on();
+#ifdef LATENT_TILES
+  if (amx) tiles_on();
+#endif
   for (int b0 = 0; b0 < len; b0 += TILE_PASS) {
     if (half)
       tile_rows(kv, b0, len, D, L, 1, kb, vt);
@@ -106,6 +149,13 @@ static __attribute__((noinline)) void attend_chunk_tiles(const uint32_t *qt, con
       tile_rows(kv, b0, len, D, L, 0, kb, vt);
     for (int g = 0; g < G; g++) {
       const uint32_t *qg = qt + (size_t)(g_lo + g) * X * 256;
+      float *out = sT + ((size_t)g * KV_CHUNK + b0) * 16;
+      if (!amx) {
+        for (int i = 0; i < TILE_PASS / 16; i++)
+          vdp_rows(kb + (size_t)16 * i * Dp, Dp, qg, 256, 16, X, out + 256 * i, 16, 16);
+        continue;
+      }
+#ifdef LATENT_TILES
       _tile_zero(0);
       _tile_zero(1);
       _tile_zero(2);
@@ -121,11 +171,11 @@ static __attribute__((noinline)) void attend_chunk_tiles(const uint32_t *qt, con
         _tile_dpbf16ps(2, 5, 4);
         _tile_dpbf16ps(3, 6, 4);
       }
-      float *out = sT + ((size_t)g * KV_CHUNK + b0) * 16;
       _tile_stored(0, out, 64);
       _tile_stored(1, out + 256, 64);
       _tile_stored(2, out + 512, 64);
       _tile_stored(3, out + 768, 64);
+#endif
     }
   }
   const __m512i lanes = _mm512_mullo_epi32(
@@ -159,6 +209,13 @@ static __attribute__((noinline)) void attend_chunk_tiles(const uint32_t *qt, con
       }
     for (int c0 = 0; c0 < L; c0 += 64) {
       const int blocks = L - c0 < 64 ? (L - c0) / 16 : 4;
+      if (!amx) {
+        for (int i = 0; i < blocks; i++)
+          vdp_rows(pb, KV_CHUNK, (const uint32_t *)vt + c0 + 16 * i, (size_t)16 * L, L, steps,
+                   part + (size_t)h0 * (L + 2) + 2 + c0 + 16 * i, L + 2, heads);
+        continue;
+      }
+#ifdef LATENT_TILES
       _tile_zero(0);
       _tile_zero(1);
       _tile_zero(2);
@@ -189,8 +246,33 @@ static __attribute__((noinline)) void attend_chunk_tiles(const uint32_t *qt, con
         for (int n = 0; n < heads; n++)
           memcpy(part + (size_t)(h0 + n) * (L + 2) + 2 + c0 + 16 * i, tmp + 16 * n, 64);
       }
+#endif
     }
   }
-  _tile_release();
+#ifdef LATENT_TILES
+  if (amx) _tile_release();
+#endif
+}
+
+/* One copy of the arithmetic per cache type and kernel, as attend_chunk. */
+static __attribute__((noinline)) void attend_chunk_bf16(const uint32_t *qt, const void *kv,
+                                                        int half, int chunk, int length, int h_lo,
+                                                        int h_hi, int D, int L, float scale,
+                                                        void *scratch, float *part,
+                                                        int kernel) {
+#ifdef LATENT_TILES
+  if (kernel == DECODE_TILES) {
+    if (half)
+      attend_chunk_bf16_t(qt, kv, 1, chunk, length, h_lo, h_hi, D, L, scale, scratch, part, 1);
+    else
+      attend_chunk_bf16_t(qt, kv, 0, chunk, length, h_lo, h_hi, D, L, scale, scratch, part, 1);
+    return;
+  }
+#endif
+  (void)kernel;
+  if (half)
+    attend_chunk_bf16_t(qt, kv, 1, chunk, length, h_lo, h_hi, D, L, scale, scratch, part, 0);
+  else
+    attend_chunk_bf16_t(qt, kv, 0, chunk, length, h_lo, h_hi, D, L, scale, scratch, part, 0);
 }
 #endif

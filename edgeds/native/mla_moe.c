@@ -139,9 +139,9 @@ typedef struct {
   int amx; /* the process holds the AMX tiles: jobs of AMX_MIN_ROWS rows or more use them */
   int half; /* the latent cache holds float16 (em_set_cache_half), else float32 */
   int prompt_amx; /* prompt attention on AMX-BF16 tiles (em_set_prompt_tiles), else FMAs */
-  int decode_tiles; /* decode attention on AMX-BF16 tiles (em_set_decode_tiles), else FMAs */
-  uint32_t *qtiles; /* the decode call's queries as B tiles, latent_query_bytes a row */
-  char *tile_scratch; /* tile_bytes a thread, for attend_chunk_tiles */
+  int decode_kernel; /* decode attention's (em_set_decode_kernel): latent_tiles.h's DECODE_ */
+  uint32_t *qtiles; /* the decode call's queries in bf16 pairs, latent_query_bytes a row */
+  char *tile_scratch; /* tile_bytes a thread, for attend_chunk_bf16 */
   size_t tile_bytes;
   double seconds[P_COUNT], stamp; /* em_profile's */
   MLayer *layer;
@@ -973,18 +973,23 @@ static __attribute__((noinline)) void attend_chunk(const float *q, const void *k
 
 #include "latent_tiles.h"
 
-/* want 1: decode attention on AMX-BF16 tiles where granted (latent_tiles.h; widths in whole
- * 16-column blocks), 0: float32 FMAs. Before the first em_forward. Returns what it took. */
-int em_set_decode_tiles(MlaModel *m, int want) {
-  m->decode_tiles = 0;
+/* Decode attention's kernel: 0 float32 FMAs, 1 bf16 products on vdpbf16ps, 2 on AMX-BF16 tiles
+ * (latent_tiles.h), each where the build and the CPU have it and the widths are whole 16-column
+ * blocks; else FMAs. Before the first em_forward. Returns what it took. */
+int em_set_decode_kernel(MlaModel *m, int want) {
+  m->decode_kernel = 0;
+#ifdef LATENT_BF16
+  if (!latent_tiles_fit(m->d[D_KV_LORA], m->d[D_ROPE])) return 0;
+  if (want == DECODE_BF16 && bf16_supported()) m->decode_kernel = DECODE_BF16;
 #if defined(EDGEDS_EMULATE_TILES)
-  m->decode_tiles = want && latent_tiles_fit(m->d[D_KV_LORA], m->d[D_ROPE]);
+  if (want == DECODE_TILES) m->decode_kernel = DECODE_TILES;
 #elif defined(LATENT_TILES)
-  m->decode_tiles = want && latent_tiles_fit(m->d[D_KV_LORA], m->d[D_ROPE]) && amx_permitted();
+  if (want == DECODE_TILES && amx_permitted()) m->decode_kernel = DECODE_TILES;
+#endif
 #else
   (void)want;
 #endif
-  return m->decode_tiles;
+  return m->decode_kernel;
 }
 
 /* The chunks' partial softmaxes of one head merged in position order into its attended latent. */
@@ -1597,11 +1602,14 @@ static void grow_scratch(MlaModel *m, int rows, int chunks) {
     m->assign = alloc64(R * topk * 4);
     m->tok_of = alloc64(A * 4);
     m->scores = alloc64((size_t)m->threads * H * KV_CHUNK * 4);
-#ifdef LATENT_TILES
+#ifdef LATENT_BF16
     free(m->qtiles), free(m->tile_scratch);
-    m->qtiles = alloc64(R * latent_query_bytes(H, D));
-    m->tile_bytes = round64(latent_tile_scratch((H + 15) / 16, D, L));
-    m->tile_scratch = alloc64(m->threads * m->tile_bytes);
+    m->qtiles = NULL, m->tile_scratch = NULL;
+    if (m->decode_kernel) {
+      m->qtiles = alloc64(R * latent_query_bytes(H, D));
+      m->tile_bytes = round64(latent_tile_scratch((H + 15) / 16, D, L));
+      m->tile_scratch = alloc64(m->threads * m->tile_bytes);
+    }
 #endif
     free(m->tile_row), free(m->tile_len), free(m->task_tile);
     m->tile_row = malloc(R * sizeof(int32_t)), m->tile_len = malloc(R * sizeof(int32_t));
@@ -1748,11 +1756,11 @@ static void attend_task(MlaModel *m, const void *cl, int capacity, int slot, int
   const int H = m->d[D_HEADS], L = m->d[D_KV_LORA], D = L + m->d[D_ROPE];
   const void *kv = latent_row(cl, (size_t)slot * capacity, D, m->half);
   const int t = omp_get_thread_num();
-#ifdef LATENT_TILES
-  if (m->decode_tiles) {
-    attend_chunk_tiles(m->qtiles + (size_t)r * (latent_query_bytes(H, D) / 4), kv, m->half, c,
-                       pos + 1, h_lo, h_hi, D, L, m->softmax_scale,
-                       m->tile_scratch + (size_t)t * m->tile_bytes, part);
+#ifdef LATENT_BF16
+  if (m->decode_kernel) {
+    attend_chunk_bf16(m->qtiles + (size_t)r * (latent_query_bytes(H, D) / 4), kv, m->half, c,
+                      pos + 1, h_lo, h_hi, D, L, m->softmax_scale,
+                      m->tile_scratch + (size_t)t * m->tile_bytes, part, m->decode_kernel);
     return;
   }
 #endif
@@ -1776,8 +1784,8 @@ static void absorbed_attention(MlaModel *m, const MLayer *ly, int rows, const in
     for (int hd = 0; hd < H; hd++)
       int8_matvec(proj + (size_t)r * QW + hd * (dn + dr), dn, ly->w_uk + (size_t)hd * dn * L, L,
                   ly->uk_scale + (size_t)hd * L, query + ((size_t)r * H + hd) * D);
-#ifdef LATENT_TILES
-  if (m->decode_tiles) {
+#ifdef LATENT_BF16
+  if (m->decode_kernel) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++)
       latent_query_tiles(query + (size_t)r * H * D, H, D,
@@ -1788,9 +1796,9 @@ static void absorbed_attention(MlaModel *m, const MLayer *ly, int rows, const in
   if (rows < m->threads) { /* few rows: a task per (row, chunk, heads): every thread busy */
     /* As many heads a task as leaves no thread idle: each task reads its chunk's latents once
      * for its heads (a long row: a chunk a task, all heads; a short one: down to a head a
-     * task, or to a group of 16 on tiles). A head's arithmetic is the same in a task of one
+     * task, or to a group of 16 in bf16). A head's arithmetic is the same in a task of one
      * head (group) or of all. */
-    const int tiles = m->decode_tiles, least = !tiles ? 1 : H < 16 ? H : 16;
+    const int tiles = m->decode_kernel != 0, least = !tiles ? 1 : H < 16 ? H : 16;
     int per = H;
     while (per > least && (!tiles || per % 32 == 0) &&
            rows * max_chunks * ((H + per - 1) / per) < m->threads)
