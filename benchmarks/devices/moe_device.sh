@@ -25,6 +25,11 @@
 # and MOE_DIR/peers-bin.flags (/proc/cpuinfo's flags where they were built); they are used only
 # where the machine has every one of those flags, else the peers are built as above.
 # LAYERS=27 for the whole V2-Lite depth (about 16 GB int8; the same steps).
+# The decode attention kernels side by side on the artifact of an `all` call (phase timers; the
+# engines' rows above run the backend's default kernel):
+#   there: python3 -m benchmarks.kernels.mla_decode_profile --layers 8 --threads 16 \
+#            --work /tmp/moe-8 --batches 1 --prompts 128,4096,16384 --phases-only --no-ort \
+#            --decode-kernels tiles,bf16,fma
 set -o pipefail
 M=$(realpath "${MOE_DIR:-.carry/moebench}")
 LAYERS=${LAYERS:-8} THREADS=${THREADS:-16} BUILD=${PEERS_BUILD:-/tmp/peerbuild}
@@ -37,7 +42,7 @@ ARGS=(--layers "$LAYERS" --threads "$THREADS" --peers-src "$M" --peers-build "$B
       --work "$WORK" --machine "$MACHINE" ${CONFIG:+--config "$CONFIG"})
 PEERS=llama.cpp,ik_llama.cpp EDGEDS=edgeds-native,edgeds-onnxruntime
 # (the profile test's fp32 artifact is exported with OpenVINO, which the device lacks)
-AMX_TESTS=${AMX_TESTS:-"tests/test_native_mla.py
+AMX_TESTS=${AMX_TESTS:-"tests/test_native_mla.py tests/test_native_mla_tiles.py
   tests/test_mla_moe.py::test_int8_decode_runs_experts_no_token_chose
   --deselect tests/test_native_mla.py::test_the_avx512_profile_picks_native_for_an_int8_deepseek_export_and_says_why"}
 
