@@ -80,6 +80,15 @@ static void latent_query_tiles(const float *q, int H, int D, uint32_t *qt) {
   }
 }
 
+#ifdef LATENT_TILES
+static inline void zero_accumulators(void) { /* C tiles 0-3 */
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+}
+#endif
+
 /* Rows ta and tb = ta + 1 of a chunk (ra, rb; NULL: past the chunk's keys, zeros) into kb's rows
  * j and j + 1 (bf16, tile_width(D) columns) and into pair row `pair` of vt (the latent columns
  * of both, interleaved: a B row of P V). */
@@ -156,10 +165,7 @@ static inline __attribute__((always_inline)) void attend_chunk_bf16_t(
         continue;
       }
 #ifdef LATENT_TILES
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
+      zero_accumulators();
       for (int x = 0; x < X; x++) {
         _tile_loadd(4, qg + (size_t)x * 256, 64);
         _tile_loadd(5, kb + 32 * x, Dp * 2);
@@ -216,10 +222,7 @@ static inline __attribute__((always_inline)) void attend_chunk_bf16_t(
         continue;
       }
 #ifdef LATENT_TILES
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
+      zero_accumulators();
       for (int k = 0; k < steps; k++) {
         const uint16_t *v = vt + ((size_t)16 * k * L + c0) * 2;
         _tile_loadd(4, pb + 32 * k, KV_CHUNK * 2);
