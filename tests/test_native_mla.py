@@ -337,6 +337,14 @@ def test_the_avx512_profile_picks_native_for_an_int8_deepseek_export_and_says_wh
     choice = choose_backend(profile, hw, mla("deepseek_v3")[1])
     assert choice.backend == "native"
     assert any(r.startswith("backend native: edgeds' own decoder loops") for r in choice.reasons)
+    # AVX-512 BF16 without AMX: decode attention in bf16 products, and the reason says so
+    assert any("absorbed attention in bf16 products on vdpbf16ps at decode" in r
+               for r in choice.reasons)
+    amx = detect(fake_root(tmp_path / "amx", x86(8, "avx512f avx512bw avx512_vnni avx512_bf16 "
+                                                   "amx_tile amx_int8 amx_bf16")))
+    amx_profile, _ = choose_profile(amx, load_profiles())
+    assert any("absorbed attention in float32 FMAs at decode" in r
+               for r in choose_backend(amx_profile, amx, mla("deepseek_v3")[1]).reasons)
     fp32 = choose_backend(profile, hw, load_artifact(artifacts("deepseek_v2", "fp32")))
     assert fp32.backend == "onnxruntime"
     assert "backend native: weights fp32: it runs --weights int8 exports" in fp32.reasons

@@ -60,6 +60,8 @@ def unsupported(artifact: Artifact) -> str | None:
 
 
 DECODE_KERNELS = ("fma", "bf16", "tiles")  # em_set_decode_kernel's numbers
+DECODE_KERNEL_WORDS = {"fma": "float32 FMAs", "bf16": "bf16 products on vdpbf16ps",
+                       "tiles": "bf16 products on AMX tiles"}
 
 
 def default_decode_kernel(cpu_flags) -> str:

@@ -95,8 +95,13 @@ class NativeEntry(BackendEntry):
         else:
             isa = ("" if "amx_int8" not in hw.flags or mla
                    else " (AMX tiles for calls of more than 16 rows)")
-        kind = (" for MLA + MoE (latent cache, absorbed attention, experts by token group)"
-                if mla else "")
+        kind = ""
+        if mla:
+            from .native_mla import DECODE_KERNEL_WORDS, default_decode_kernel
+
+            words = DECODE_KERNEL_WORDS[default_decode_kernel(hw.flags)]
+            kind = (f" for MLA + MoE (latent cache, absorbed attention in {words} at decode, "
+                    "experts by token group)")
         which = ("" if artifact is not None
                  else " for int8 exports, dense and DeepSeek-V2/V3 (others: the next backend)")
         reasons.append(f"backend native: edgeds' own decoder loops{kind}{isa}{which}, "
