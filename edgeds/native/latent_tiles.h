@@ -55,7 +55,7 @@ static inline size_t latent_query_bytes(int H, int D) {
   return (size_t)(H + 15) / 16 * (tile_width(D) / 32) * 1024;
 }
 
-/* Bytes of one thread's scratch for attend_chunk_tiles over `groups` groups of 16 heads. */
+/* Bytes of one thread's scratch for attend_chunk_bf16 over `groups` groups of 16 heads. */
 static inline size_t latent_tile_scratch(int groups, int D, int L) {
   return 64 + round64((size_t)TILE_PASS * tile_width(D) * 2) + round64((size_t)KV_CHUNK * L * 2) +
          round64((size_t)groups * KV_CHUNK * 16 * 4) + round64(16 * KV_CHUNK * 2) + 16 * 16 * 4;
@@ -89,9 +89,9 @@ static inline void zero_accumulators(void) { /* C tiles 0-3 */
 }
 #endif
 
-/* Rows ta and tb = ta + 1 of a chunk (ra, rb; NULL: past the chunk's keys, zeros) into kb's rows
- * j and j + 1 (bf16, tile_width(D) columns) and into pair row `pair` of vt (the latent columns
- * of both, interleaved: a B row of P V). */
+/* Two consecutive cached rows (ra, rb; NULL: past the chunk's keys, zeros) into ka and kb (bf16,
+ * tile_width(D) columns each) and into `pair`, a pair row of vt (the latent columns of both,
+ * interleaved: a B row of P V). */
 static inline __attribute__((always_inline)) void tile_pair(const void *ra, const void *rb, int D,
                                                             int L, const int half, uint16_t *ka,
                                                             uint16_t *kb, uint16_t *pair) {
@@ -112,8 +112,7 @@ static inline __attribute__((always_inline)) void tile_pair(const void *ra, cons
 
 /* Rows [b0, b0 + TILE_PASS) of a chunk (kv: its row 0; `len` rows hold keys, the rest are taken
  * as zeros) into kb (bf16 rows) and vt (row pairs), tile_pair's. A pass of whole rows and
- * whole 32-column blocks takes no test per block, and asks for the rows a few pairs ahead: the
- * cached rows come from memory once, so their loads, not the products, bound the kernel. */
+ * whole 32-column blocks takes no test per row. */
 static inline __attribute__((always_inline)) void tile_rows(const void *kv, int b0, int len,
                                                             int D, int L, const int half,
                                                             uint16_t *kb, uint16_t *vt) {
@@ -131,9 +130,10 @@ static inline __attribute__((always_inline)) void tile_rows(const void *kv, int 
   }
 }
 
-/* attend_chunk's work on tiles: heads h_lo..h_hi (whole groups of 16, or all H) of one query
- * row (qt: its latent_query_tiles) over one chunk of a slot's cached rows; per head the chunk's
- * peak, exp-sum and exp-weighted latents in part [heads][2 + L]. */
+/* attend_chunk's work in bf16 products (amx: on tiles, else on vdpbf16ps): heads h_lo..h_hi
+ * (whole groups of 16, or all H) of one query row (qt: its latent_query_tiles) over one chunk of
+ * a slot's cached rows; per head the chunk's peak, exp-sum and exp-weighted latents in part
+ * [heads][2 + L]. */
 static inline __attribute__((always_inline)) void attend_chunk_bf16_t(
     const uint32_t *qt, const void *kv, int half, int chunk, int length, int h_lo, int h_hi, int D,
     int L, float scale, void *scratch, float *part, const int amx) {
