@@ -1,4 +1,5 @@
-"""Shared by the batch-job tests: run `edgeds infer` as a user does, read what it wrote."""
+"""Shared by the batch-job tests: run `edgeds infer` as a user does, read what it wrote; and
+the generate loop's greedy tokens of a request alone against the same request in a batch."""
 
 from __future__ import annotations
 
@@ -41,3 +42,15 @@ def run_in_process(engine, inp, out, **options):
     defaults = SamplingParams(max_new_tokens=options.pop("max_new_tokens", 4))
     opts = JobOptions(str(inp), str(out), defaults, **options)
     return run_job(engine, opts, progress_stream=io.StringIO())
+
+
+def assert_alone_as_in_batch(backend, reqs, batch: int, context: int, first: int = 3) -> None:
+    """reqs run together at `batch`, then each of the first `first` alone: the same tokens."""
+    from edgeds import generate as gen
+
+    batched = {e.key: e.token_ids for e in gen.run(backend, reqs, batch, context, set())
+               if isinstance(e, gen.Finished)}
+    for r in reqs[:first]:
+        [alone] = [e for e in gen.run(backend, [r], 1, context, set())
+                   if isinstance(e, gen.Finished)]
+        assert alone.token_ids == batched[r.key]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from batch_helpers import assert_alone_as_in_batch
 from test_export_parity import reference_logits
 from tiny_models import load_reference, make_checkpoint
 
@@ -96,12 +97,7 @@ def test_greedy_is_the_same_at_batch_1_and_64_at_depth(kv_cache, deep):
     reqs = [gen.Request(i, rng.integers(2, 320, n).astype(np.int64), params)
             for i, n in enumerate(lengths)]
     backend = NativeBackend(art, 4)
-    batched = {e.key: e.token_ids for e in gen.run(backend, reqs, 64, CONTEXT, set())
-               if isinstance(e, gen.Finished)}
-    for r in reqs[:3]:
-        [alone] = [e for e in gen.run(backend, [r], 1, CONTEXT, set())
-                   if isinstance(e, gen.Finished)]
-        assert alone.token_ids == batched[r.key]
+    assert_alone_as_in_batch(backend, reqs, 64, CONTEXT)
 
 
 def test_released_blocks_are_reused_and_idle_slots_hold_none(deep):

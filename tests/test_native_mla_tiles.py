@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from batch_helpers import assert_alone_as_in_batch
 from test_export_parity import reference_logits
 from tiny_models import load_reference, make_checkpoint
 
@@ -106,12 +107,7 @@ def test_bf16_decode_is_the_same_over_any_split_and_batch(heads, exports, kernel
         gen.Request(i, rng.integers(2, 320, n).astype(np.int64), params)
         for i, n in enumerate(rng.integers(3, 700, 7), 1)]
     backend = NativeMlaBackend(art, 2, decode_kernel=kernel)
-    batched = {e.key: e.token_ids for e in gen.run(backend, reqs, 8, CONTEXT, set())
-               if isinstance(e, gen.Finished)}
-    for r in reqs[:3]:
-        [alone] = [e for e in gen.run(backend, [r], 1, CONTEXT, set())
-                   if isinstance(e, gen.Finished)]
-        assert alone.token_ids == batched[r.key]
+    assert_alone_as_in_batch(backend, reqs, 8, CONTEXT)
 
 
 def test_the_float32_kernel_is_another_kernel(exports, kernel):

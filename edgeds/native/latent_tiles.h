@@ -111,8 +111,7 @@ static inline __attribute__((always_inline)) void tile_pair(const void *ra, cons
 }
 
 /* Rows [b0, b0 + TILE_PASS) of a chunk (kv: its row 0; `len` rows hold keys, the rest are taken
- * as zeros) into kb (bf16 rows) and vt (row pairs), tile_pair's. A pass of whole rows and
- * whole 32-column blocks takes no test per row. */
+ * as zeros) into kb (bf16 rows) and vt (row pairs), tile_pair's. */
 static inline __attribute__((always_inline)) void tile_rows(const void *kv, int b0, int len,
                                                             int D, int L, const int half,
                                                             uint16_t *kb, uint16_t *vt) {
@@ -120,13 +119,8 @@ static inline __attribute__((always_inline)) void tile_rows(const void *kv, int 
   for (int j = 0; j < TILE_PASS; j += 2) {
     const int ta = b0 + j, tb = ta + 1;
     uint16_t *ka = kb + (size_t)j * Dp, *pair = vt + (size_t)(ta / 2) * L * 2;
-    if (tb < len && D == Dp) {
-      tile_pair(latent_row(kv, ta, D, half), latent_row(kv, tb, D, half), D, L, half, ka,
-                ka + Dp, pair);
-    } else {
-      tile_pair(ta < len ? latent_row(kv, ta, D, half) : NULL,
-                tb < len ? latent_row(kv, tb, D, half) : NULL, D, L, half, ka, ka + Dp, pair);
-    }
+    tile_pair(ta < len ? latent_row(kv, ta, D, half) : NULL,
+              tb < len ? latent_row(kv, tb, D, half) : NULL, D, L, half, ka, ka + Dp, pair);
   }
 }
 
